@@ -1,0 +1,1 @@
+"""Clients that speak the wire protocol only, as a third party would."""

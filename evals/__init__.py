@@ -1,0 +1,1 @@
+"""Evaluations and benchmarks; they use stream/ and clients/, and write JSON."""

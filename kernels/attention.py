@@ -1,0 +1,198 @@
+"""Attention over a paged KV cache with rotary embedding applied from logical positions.
+
+The cache stores keys *un-rotated*, one row per slot, shared by every sequence of a pool::
+
+    k_cache, v_cache: [num_slots, H_kv, D]     (one layer of the pool)
+
+A step's metadata (built once on the host, shared by all layers) lists, per sequence ``s``,
+the slots it reads and the logical position of each, packed back to back::
+
+    q        [N_q, H_q, D]    q_indptr  = [0, q_len_0, q_len_0 + q_len_1, ...]
+    kv_slots [N_kv]           kv_indptr = [0, kv_len_0, ...]
+    q_pos    [N_q, 3]  kv_pos [N_kv, 3]    int32 (t, h, w); 1D text repeats one value
+
+The new tokens' own keys are written to their slots first (:func:`write_kv`) and appear at the
+*end* of their sequence's kv list, so causal masking is bottom-right aligned::
+
+    causal:  query i of q_len queries over kv_len keys sees keys j <= kv_len - q_len + i
+    full:    every query sees all kv_len keys (a video chunk attends to itself bidirectionally)
+
+Grouped-query attention: query head h reads kv head ``h // (H_q // H_kv)``.
+
+:func:`paged_attention_ref` is the plain-torch twin (gather, rotate, SDPA). The Triton kernels in
+:mod:`kernels.triton_attention` have the same signature; :func:`paged_attention` dispatches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kernels.rope import RopeSpec, apply_rope
+
+__all__ = [
+    "AttentionMetadata",
+    "paged_attention",
+    "paged_attention_ref",
+    "register_backend",
+    "select_backend",
+    "write_kv",
+]
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Where every sequence's keys live and where its tokens sit; one per step, all layers.
+
+    Device tensors are read by kernels; the ``*_host`` copies let the host size grids and loop
+    without synchronising the device.
+    """
+
+    q_pos: torch.Tensor  # int32 [N_q, 3], logical positions of the queries
+    kv_slots: torch.Tensor  # int32 [N_kv], pool slot of every key, per sequence, in order
+    kv_pos: torch.Tensor  # int32 [N_kv, 3], logical position of every key
+    q_indptr: torch.Tensor  # int32 [S + 1]
+    kv_indptr: torch.Tensor  # int32 [S + 1]
+    q_indptr_host: tuple[int, ...]  # same values as q_indptr, on the host
+    kv_indptr_host: tuple[int, ...]  # same values as kv_indptr, on the host
+    causal: bool  # bottom-right causal (text) or full (video chunk)
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.q_indptr_host) - 1
+
+    @property
+    def max_q_len(self) -> int:
+        return max(b - a for a, b in zip(self.q_indptr_host, self.q_indptr_host[1:], strict=False))
+
+    @property
+    def max_kv_len(self) -> int:
+        return max(
+            b - a for a, b in zip(self.kv_indptr_host, self.kv_indptr_host[1:], strict=False)
+        )
+
+    def validate(self) -> None:
+        """Check the host-visible invariants; raises ``ValueError`` naming the broken one."""
+        qi, ki = self.q_indptr_host, self.kv_indptr_host
+        if len(qi) != len(ki) or len(qi) < 2:
+            raise ValueError(
+                f"q_indptr ({len(qi)}) and kv_indptr ({len(ki)}) need S+1 >= 2 entries"
+            )
+        for s in range(len(qi) - 1):
+            q_len, kv_len = qi[s + 1] - qi[s], ki[s + 1] - ki[s]
+            if q_len < 0 or kv_len < 0:
+                raise ValueError(f"sequence {s}: negative length (q {q_len}, kv {kv_len})")
+            if self.causal and q_len > kv_len:
+                raise ValueError(f"sequence {s}: causal with {q_len} queries but {kv_len} keys")
+            if q_len and not kv_len:
+                raise ValueError(f"sequence {s}: {q_len} queries attend to no key")
+        if self.q_pos.shape != (qi[-1], 3):
+            raise ValueError(f"q_pos shape {tuple(self.q_pos.shape)} != ({qi[-1]}, 3)")
+        if self.kv_pos.shape != (ki[-1], 3) or self.kv_slots.shape != (ki[-1],):
+            raise ValueError(
+                f"kv_slots {tuple(self.kv_slots.shape)} / kv_pos {tuple(self.kv_pos.shape)} "
+                f"do not match kv_indptr total {ki[-1]}"
+            )
+
+
+def write_kv(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+) -> None:
+    """Store un-rotated ``k``/``v`` ``[N, H_kv, D]`` into ``slots`` ``[N]`` of one layer's cache.
+
+    Graph-safe (a scatter; no host sync). Overwriting already-cached slots is how recompute
+    passes (the t=0 refresh, KV-recache) replace K/V in place.
+    """
+    index = slots.long()
+    k_cache.index_copy_(0, index, k.to(k_cache.dtype))
+    v_cache.index_copy_(0, index, v.to(v_cache.dtype))
+
+
+def paged_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    rope: RopeSpec,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Plain-torch twin: gather the keys, rotate queries and keys, SDPA per sequence in float32.
+
+    Args:
+        q: ``[N_q, H_q, D]`` un-rotated queries.
+        k_cache, v_cache: ``[num_slots, H_kv, D]`` one layer of the pool.
+        meta: the step's :class:`AttentionMetadata`.
+        rope: rotation of the model.
+        scale: softmax scale, ``D ** -0.5`` by default.
+
+    Returns:
+        ``[N_q, H_q, D]`` in ``q.dtype``.
+    """
+    num_q_heads, num_kv_heads = q.shape[1], k_cache.shape[1]
+    if num_q_heads % num_kv_heads:
+        raise ValueError(f"{num_q_heads} query heads are not a multiple of {num_kv_heads} kv heads")
+    index = meta.kv_slots.long()
+    keys = apply_rope(k_cache.index_select(0, index), meta.kv_pos, rope)
+    values = v_cache.index_select(0, index).float()
+    queries = apply_rope(q, meta.q_pos, rope)
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    qi, ki = meta.q_indptr_host, meta.kv_indptr_host
+    for s in range(meta.num_seqs):
+        q_len, kv_len = qi[s + 1] - qi[s], ki[s + 1] - ki[s]
+        if q_len == 0:
+            continue
+        qs = queries[qi[s] : qi[s + 1]].transpose(0, 1)  # [H_q, q_len, D]
+        ks = keys[ki[s] : ki[s + 1]].transpose(0, 1)
+        vs = values[ki[s] : ki[s + 1]].transpose(0, 1)
+        mask = None
+        if meta.causal:
+            rows = torch.arange(q_len, device=q.device)[:, None] + (kv_len - q_len)
+            mask = torch.arange(kv_len, device=q.device)[None, :] <= rows
+        o = F.scaled_dot_product_attention(
+            qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=num_q_heads != num_kv_heads
+        )
+        out[qi[s] : qi[s + 1]] = o.transpose(0, 1)
+    return out.to(q.dtype)
+
+
+AttentionFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata, RopeSpec, "float | None"],
+    torch.Tensor,
+]
+_BACKENDS: dict[str, AttentionFn] = {"torch": paged_attention_ref}
+
+
+def register_backend(name: str, fn: AttentionFn) -> None:
+    """Make ``fn`` selectable as backend ``name``; same signature as :func:`paged_attention_ref`."""
+    _BACKENDS[name] = fn
+
+
+def select_backend(device: torch.device, name: str | None = None) -> AttentionFn:
+    """The backend for ``device``: ``name``, else ``$STREAM_ATTENTION_BACKEND``, else Triton on
+    CUDA and the torch twin elsewhere."""
+    name = name or os.environ.get("STREAM_ATTENTION_BACKEND")
+    if name is None:
+        name = "triton" if device.type == "cuda" and "triton" in _BACKENDS else "torch"
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; known: {sorted(_BACKENDS)}")
+    return _BACKENDS[name]
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    rope: RopeSpec,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Dispatch to the backend for ``q``'s device; see :func:`paged_attention_ref`."""
+    return select_backend(q.device)(q, k_cache, v_cache, meta, rope, scale)

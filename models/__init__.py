@@ -1,0 +1,1 @@
+"""Pure nn.Modules and loaders. Never imports :mod:`stream`."""

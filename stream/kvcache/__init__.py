@@ -1,0 +1,66 @@
+"""The shared rolling KV-cache manager.
+
+* :mod:`~stream.kvcache.pool` -- preallocated blocks per geometry, reservations (admission).
+* :mod:`~stream.kvcache.session` -- a session's ordered segments, logical positions, step plans,
+  and :class:`CacheView`, the attention context models call.
+* :mod:`~stream.kvcache.policies` -- LongLive, Rolling Forcing, StreamingVLM, StreamingLLM.
+* :mod:`~stream.kvcache.manager` -- pools per geometry and policy-driven session opening.
+"""
+
+from stream.kvcache.errors import CacheError, CacheFullError, CacheMisuseError
+from stream.kvcache.manager import KVCacheManager, Policy, PolicyConfig
+from stream.kvcache.policies import (
+    FrameSinkWindow,
+    FrameWindowConfig,
+    RollingWindow,
+    RollingWindowConfig,
+    StreamingVLMConfig,
+    StreamingVLMWindow,
+    TokenSinkWindow,
+    TokenWindowConfig,
+    frame_positions,
+    text_positions,
+    vision_positions,
+)
+from stream.kvcache.pool import NULL_BLOCK, BlockPool, CacheGeometry, PoolStats, Reservation
+from stream.kvcache.session import (
+    CacheStep,
+    CacheView,
+    SequencePlan,
+    SessionCache,
+    SessionState,
+    TokenRange,
+    build_step,
+)
+
+__all__ = [
+    "NULL_BLOCK",
+    "BlockPool",
+    "CacheError",
+    "CacheFullError",
+    "CacheGeometry",
+    "CacheMisuseError",
+    "CacheStep",
+    "CacheView",
+    "FrameSinkWindow",
+    "FrameWindowConfig",
+    "KVCacheManager",
+    "Policy",
+    "PolicyConfig",
+    "PoolStats",
+    "Reservation",
+    "RollingWindow",
+    "RollingWindowConfig",
+    "SequencePlan",
+    "SessionCache",
+    "SessionState",
+    "StreamingVLMConfig",
+    "StreamingVLMWindow",
+    "TokenRange",
+    "TokenSinkWindow",
+    "TokenWindowConfig",
+    "build_step",
+    "frame_positions",
+    "text_positions",
+    "vision_positions",
+]

@@ -1,0 +1,512 @@
+"""Eviction policies: which tokens a session keeps, where they sit, and its worst-case size.
+
+Each policy owns a :class:`SessionCache`, names its segments, and returns the token ranges a step
+writes; the pipeline turns those into a plan (:meth:`SessionCache.plan`). Positions are logical
+and re-based on the host after every change, so no policy ever copies or re-rotates a key.
+
+::
+
+    FrameSinkWindow (LongLive)       [sink: 3 frames][window: last 9 frames, current chunk included]
+    RollingWindow (Rolling Forcing)  [sink: 1st block][history: clean][window: noisy, rewritten]
+                                      positions contiguous: the sink sits just before the history
+    StreamingVLMWindow               [system][prev head 512][prev tail 512][prev end]
+                                      [round i: text | vision | reply] x last N rounds
+    TokenSinkWindow (StreamingLLM)   [sink: n tokens][window: last W tokens]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream.kvcache.session import SessionCache, TokenRange
+
+__all__ = [
+    "FrameSinkWindow",
+    "FrameWindowConfig",
+    "RollingWindow",
+    "RollingWindowConfig",
+    "StreamingVLMConfig",
+    "StreamingVLMWindow",
+    "TokenSinkWindow",
+    "TokenWindowConfig",
+    "frame_positions",
+    "text_positions",
+    "vision_positions",
+]
+
+
+def _blocks_for(tokens: int, block_size: int) -> int:
+    """Blocks a segment of at most ``tokens`` live tokens can span (+1 for a partial head)."""
+    return -(-tokens // block_size) + 1
+
+
+def frame_positions(frames: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Wan token positions ``[len(frames) * h * w, 3]``: (frame, row, column), frame-major."""
+    h, w = grid
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    hw = np.stack([rows.ravel(), cols.ravel()], axis=1)
+    t = np.repeat(np.asarray(frames, dtype=np.int32), h * w)[:, None]
+    return np.concatenate([t, np.tile(hw, (len(frames), 1))], axis=1).astype(np.int32)
+
+
+def text_positions(count: int, start: int = 0) -> np.ndarray:
+    """1D positions for ``count`` text tokens, repeated on the three axes."""
+    return np.repeat(np.arange(start, start + count, dtype=np.int32)[:, None], 3, axis=1)
+
+
+def vision_positions(grid_thw: tuple[int, int, int], t_step: int = 1) -> np.ndarray:
+    """Qwen2.5-VL M-RoPE positions of one video block after 2x2 merging, relative to its start."""
+    t, h, w = grid_thw
+    tt, hh, ww = np.meshgrid(np.arange(t) * t_step, np.arange(h), np.arange(w), indexing="ij")
+    return np.stack([tt.ravel(), hh.ravel(), ww.ravel()], axis=1).astype(np.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# (a) LongLive: frame sink + short window
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrameWindowConfig:
+    """Frame sink + sliding window over latent frames.
+
+    Attributes:
+        grid: latent tokens per frame as (rows, columns) after patching, e.g. (30, 52).
+        sink_frames: first frames kept for the whole stream (LongLive: 3).
+        window_frames: most recent frames kept, the chunk being generated included (LongLive: 9).
+        positions: "absolute" keeps true frame indices until ``max_position``, then shifts the
+            window down (the sink stays put); "contiguous" packs sink then window from 0.
+        max_position: first temporal position never used (Wan's table has 1024).
+    """
+
+    grid: tuple[int, int]
+    sink_frames: int = 3
+    window_frames: int = 9
+    positions: str = "absolute"
+    max_position: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.positions not in ("absolute", "contiguous"):
+            raise ValueError(
+                f"positions must be 'absolute' or 'contiguous', got {self.positions!r}"
+            )
+        if self.window_frames <= 0 or self.sink_frames < 0:
+            raise ValueError(f"bad sink/window sizes {self.sink_frames}/{self.window_frames}")
+        if self.max_position < self.sink_frames + self.window_frames:
+            raise ValueError(f"max_position {self.max_position} is smaller than the cache")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def worst_case_blocks(self, block_size: int) -> int:
+        tpf = self.tokens_per_frame
+        return _blocks_for(self.sink_frames * tpf, block_size) + _blocks_for(
+            self.window_frames * tpf, block_size
+        )
+
+
+class FrameSinkWindow:
+    """LongLive's cache: the first frames as a sink, then a short window of recent frames."""
+
+    def __init__(self, cache: SessionCache, config: FrameWindowConfig) -> None:
+        self.cache, self.config = cache, config
+        cache.add_segment("sink")
+        cache.add_segment("window")
+        self.frames_seen = 0  # absolute index of the next frame
+
+    def sink_frames(self) -> np.ndarray:
+        return self._frames("sink")
+
+    def window_frames(self) -> np.ndarray:
+        return self._frames("window")
+
+    def begin_chunk(self, num_frames: int) -> list[TokenRange]:
+        """Make room for and append the next ``num_frames`` frames; returns what to write.
+
+        The sink fills first; later frames enter the window, evicting its oldest frames.
+        The returned ranges are rewritten by every pass over the chunk (denoising steps and the
+        clean t=0 refresh overwrite the same slots).
+        """
+        cfg, tpf = self.config, self.config.tokens_per_frame
+        if num_frames > cfg.window_frames:
+            raise ValueError(
+                f"chunk of {num_frames} frames exceeds the window of {cfg.window_frames}"
+            )
+        frames = np.arange(self.frames_seen, self.frames_seen + num_frames)
+        self.frames_seen += num_frames
+        into_sink = min(num_frames, cfg.sink_frames - len(self.sink_frames()))
+        ranges = []
+        if into_sink:
+            ranges.append(self.cache.append("sink", frame_positions(frames[:into_sink], cfg.grid)))
+        rest = frames[into_sink:]
+        if len(rest):
+            overflow = len(self.window_frames()) + len(rest) - cfg.window_frames
+            if overflow > 0:
+                self.cache.evict_front("window", overflow * tpf)
+            ranges.append(self.cache.append("window", frame_positions(rest, cfg.grid)))
+        self._rebase()
+        return ranges
+
+    def recache(self, num_frames: int, refresh_sink: bool) -> tuple[list[TokenRange], np.ndarray]:
+        """Ranges and discarded query positions for a KV-recache over the last ``num_frames``.
+
+        ``refresh_sink=False`` (LongLive's ``global_sink``): the sink keeps its K/V; recent frames
+        not retained, and sink frames inside the span, are queries whose K/V is thrown away.
+        ``refresh_sink=True``: the oldest frames of the span become the new sink.
+
+        Returns:
+            (ranges to write, positions ``[m, 3]`` of discarded queries placed before them);
+            the queries are the span's frames in order when the span covers whole segments.
+        """
+        cfg = self.config
+        span = np.arange(max(0, self.frames_seen - num_frames), self.frames_seen)
+        if refresh_sink:
+            if len(span) < cfg.sink_frames + len(self.window_frames()):
+                raise ValueError(f"refresh_sink needs at least {cfg.sink_frames} + window frames")
+            new_sink = span[-(cfg.sink_frames + len(self.window_frames())) :][: cfg.sink_frames]
+            self.cache.set_rel_positions("sink", frame_positions(new_sink, cfg.grid))
+            self._rebase()
+            dropped = span[: len(span) - cfg.sink_frames - len(self.window_frames())]
+            ranges = [self._whole("sink"), self._whole("window")]
+        else:
+            window = self.window_frames()
+            dropped = span[span < (window[0] if len(window) else self.frames_seen)]
+            ranges = [self._whole("window")]
+        return ranges, self._frame_query_positions(dropped)
+
+    def plan_context(self) -> list[str]:
+        return ["sink", "window"]
+
+    def _frames(self, name: str) -> np.ndarray:
+        rel = self.cache.rel_positions(name)
+        return rel[:: self.config.tokens_per_frame, 0]
+
+    def _whole(self, name: str) -> TokenRange:
+        return TokenRange(name, 0, self.cache.length(name))
+
+    def _rebase(self) -> None:
+        cfg = self.config
+        if cfg.positions == "contiguous":
+            self.cache.layout_contiguous(["sink", "window"], axes=(0,))
+            return
+        shift = max(0, self.frames_seen - cfg.max_position)
+        sink = self.sink_frames()
+        sink_shift = min(shift, int(sink.min())) if len(sink) else 0
+        self.cache.set_offset("sink", (-sink_shift, 0, 0))
+        self.cache.set_offset("window", (-shift, 0, 0))
+
+    def _frame_query_positions(self, frames: np.ndarray) -> np.ndarray:
+        """Positions of frames outside the cache: below the window, on the window's axis.
+
+        Sink frames inside the span are read back at the sink's own positions.
+        """
+        positions = frame_positions(frames, self.config.grid)
+        in_sink = np.isin(positions[:, 0], self.sink_frames())
+        positions[in_sink] += self.cache.offset("sink")
+        positions[~in_sink] += self.cache.offset("window")
+        return positions
+
+
+# --------------------------------------------------------------------------------------------
+# (b) Rolling Forcing: sink + clean history + a noisy window that is never cached
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RollingWindowConfig:
+    """Rolling Forcing: a window of blocks at rising noise, denoised jointly.
+
+    Attributes:
+        grid: latent tokens per frame (rows, columns).
+        block_frames: latent frames per block (3).
+        window_blocks: blocks in the rolling window (5, one per noise level).
+        sink_blocks: leading blocks kept forever as the attention sink (1).
+        history_frames: clean frames kept just before the window (the published 21-frame
+            attention span minus the 15-frame window and the 3-frame sink: 3).
+    """
+
+    grid: tuple[int, int]
+    block_frames: int = 3
+    window_blocks: int = 5
+    sink_blocks: int = 1
+    history_frames: int = 3
+
+    def __post_init__(self) -> None:
+        if self.history_frames < self.block_frames:
+            raise ValueError(
+                f"history_frames ({self.history_frames}) must hold at least one block "
+                f"({self.block_frames} frames): the exiting block's clean K/V is kept there"
+            )
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def worst_case_blocks(self, block_size: int) -> int:
+        tpf = self.tokens_per_frame
+        sizes = (
+            self.sink_blocks * self.block_frames,
+            self.history_frames + self.block_frames,  # a new block lands before the oldest leaves
+            self.window_blocks * self.block_frames,
+        )
+        return sum(_blocks_for(frames * tpf, block_size) for frames in sizes)
+
+
+class RollingWindow:
+    """Rolling Forcing's cache; positions are contiguous (sink, history, window), so the sink
+    always sits just before the recent history ("dynamic RoPE") and nothing ever grows."""
+
+    def __init__(self, cache: SessionCache, config: RollingWindowConfig) -> None:
+        self.cache, self.config = cache, config
+        for name in ("sink", "history", "window"):
+            cache.add_segment(name)
+        self.frames_entered = 0  # absolute index of the next frame to enter the window
+
+    @property
+    def window_blocks(self) -> int:
+        return self.cache.length("window") // (
+            self.config.block_frames * self.config.tokens_per_frame
+        )
+
+    def frames(self, name: str) -> np.ndarray:
+        return self.cache.rel_positions(name)[:: self.config.tokens_per_frame, 0]
+
+    def enter_block(self) -> None:
+        """A fresh noise block enters at the newest end of the window."""
+        cfg = self.config
+        if self.window_blocks >= cfg.window_blocks:
+            raise ValueError(f"the window already holds {cfg.window_blocks} blocks")
+        frames = np.arange(self.frames_entered, self.frames_entered + cfg.block_frames)
+        self.frames_entered += cfg.block_frames
+        self.cache.append("window", frame_positions(frames, cfg.grid))
+        self._rebase()
+
+    def window_pass(self) -> tuple[list[TokenRange], list[str]]:
+        """Write ranges and context of the joint denoising pass over the whole window."""
+        return [TokenRange("window", 0, self.cache.length("window"))], ["sink", "history"]
+
+    def exit_block(self) -> tuple[list[TokenRange], list[str]]:
+        """The oldest window block is clean: move it into the sink or the history.
+
+        Returns the range its t=0 cache pass writes and the context that pass attends to.
+        """
+        cfg = self.config
+        block_tokens = cfg.block_frames * cfg.tokens_per_frame
+        if self.window_blocks == 0:
+            raise ValueError("no block in the window to exit")
+        frames = self.frames("window")[: cfg.block_frames]
+        self.cache.evict_front("window", block_tokens)
+        target = (
+            "sink" if len(self.frames("sink")) < cfg.sink_blocks * cfg.block_frames else "history"
+        )
+        written = self.cache.append(target, frame_positions(frames, cfg.grid))
+        if target == "history":
+            overflow = len(self.frames("history")) - cfg.history_frames
+            if overflow > 0:
+                self.cache.evict_front("history", overflow * cfg.tokens_per_frame)
+                written = TokenRange(
+                    "history",
+                    written.start - overflow * cfg.tokens_per_frame,
+                    written.stop - overflow * cfg.tokens_per_frame,
+                )
+        self._rebase()
+        return [written], ["sink", "history"]
+
+    def _rebase(self) -> None:
+        self.cache.layout_contiguous(["sink", "history", "window"], axes=(0,))
+
+
+# --------------------------------------------------------------------------------------------
+# (c) StreamingVLM: system sink, previous text 512 + 512, last N text rounds, vision window
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamingVLMConfig:
+    """StreamingVLM's budgets (defaults as published).
+
+    Attributes:
+        text_rounds: recent rounds whose text stays in place (16).
+        vision_seconds: recent rounds whose vision tokens stay (16).
+        prev_sink_tokens: first tokens of the "previous text" block kept forever (512).
+        prev_window_tokens: last tokens of the "previous text" block kept (512).
+        max_prefix_tokens: system prompt + previous-text header/footer, for the worst case.
+        max_round_text_tokens: a round's template and reply text (query included), worst case.
+        max_vision_tokens: merged vision tokens of one second, worst case (768 for 16:9).
+    """
+
+    text_rounds: int = 16
+    vision_seconds: int = 16
+    prev_sink_tokens: int = 512
+    prev_window_tokens: int = 512
+    max_prefix_tokens: int = 256
+    max_round_text_tokens: int = 160
+    max_vision_tokens: int = 768
+
+    def worst_case_blocks(self, block_size: int) -> int:
+        rounds = max(self.text_rounds, self.vision_seconds) + 1  # the new round before eviction
+        text = rounds * 2 * _blocks_for(self.max_round_text_tokens, block_size)
+        vision = (self.vision_seconds + 1) * _blocks_for(self.max_vision_tokens, block_size)
+        prefix = 2 * _blocks_for(self.max_prefix_tokens, block_size)
+        prev = _blocks_for(self.prev_sink_tokens, block_size) + _blocks_for(
+            self.prev_window_tokens + self.max_round_text_tokens, block_size
+        )
+        return text + vision + prefix + prev
+
+
+class StreamingVLMWindow:
+    """StreamingVLM's cache with contiguous M-RoPE positions over whatever is retained.
+
+    Segment order::
+
+        system | prev_head | prev_tail | prev_end | r<i>.text r<i>.vision r<i>.reply | ...
+
+    Folding a round's reply text into ``prev_tail`` copies its un-rotated K/V (no recompute),
+    as StreamingVLM's "reuse KV" does; positions then follow from the layout.
+    """
+
+    PREFIX = ("system", "prev_head", "prev_tail", "prev_end")
+
+    def __init__(self, cache: SessionCache, config: StreamingVLMConfig) -> None:
+        self.cache, self.config = cache, config
+        for name in self.PREFIX:
+            cache.add_segment(name)
+        self.rounds: list[int] = []  # live round ids, oldest first
+        self._reply_text: dict[int, tuple[int, int]] = {}  # round -> foldable span of its reply
+        self._next_round = 0
+
+    def start(
+        self, system_tokens: int, prev_text_tokens: int, prev_end_tokens: int
+    ) -> list[TokenRange]:
+        """Lay out the prefix; ``prev_text_tokens`` beyond 512 + 512 must be cut by the caller."""
+        cfg = self.config
+        if prev_text_tokens > cfg.prev_sink_tokens + cfg.prev_window_tokens:
+            raise ValueError(
+                f"previous text of {prev_text_tokens} tokens exceeds "
+                f"{cfg.prev_sink_tokens} + {cfg.prev_window_tokens}; keep its first and last parts"
+            )
+        head = min(prev_text_tokens, cfg.prev_sink_tokens)
+        sizes = (system_tokens, head, prev_text_tokens - head, prev_end_tokens)
+        ranges = [
+            self.cache.append(name, text_positions(n))
+            for name, n in zip(self.PREFIX, sizes, strict=True)
+        ]
+        self._rebase()
+        return [r for r in ranges if len(r)]
+
+    def begin_round(
+        self, text_tokens: int, vision_grid: tuple[int, int, int] | None, reply_prefix_tokens: int
+    ) -> list[TokenRange]:
+        """Evict per the policy, then append a new one-second round; returns what to prefill.
+
+        Args:
+            text_tokens: template text before the vision block ("\\n<|im_start|>user\\nTime=...").
+            vision_grid: merged (t, h, w) grid of the second's video, or None.
+            reply_prefix_tokens: text after the vision block up to the assistant's first token.
+        """
+        self._evict()
+        rid, self._next_round = self._next_round, self._next_round + 1
+        self.rounds.append(rid)
+        names = (f"r{rid}.text", f"r{rid}.vision", f"r{rid}.reply")
+        for name in names:
+            self.cache.add_segment(name)
+        ranges = [self.cache.append(names[0], text_positions(text_tokens))]
+        if vision_grid is not None:
+            ranges.append(self.cache.append(names[1], vision_positions(vision_grid)))
+        ranges.append(self.cache.append(names[2], text_positions(reply_prefix_tokens)))
+        self._reply_text[rid] = (reply_prefix_tokens, reply_prefix_tokens)
+        self._rebase()
+        return [r for r in ranges if len(r)]
+
+    def append_reply(self, count: int = 1, foldable: bool = True) -> TokenRange:
+        """Append decoded tokens to the current round's reply (``foldable``: part of its text)."""
+        rid = self.rounds[-1]
+        name = f"r{rid}.reply"
+        start = self.cache.length(name)
+        written = self.cache.append(name, text_positions(count, start))
+        if foldable:
+            first, _ = self._reply_text[rid]
+            self._reply_text[rid] = (first, start + count)
+        return written
+
+    def _evict(self) -> None:
+        """Make room for one more round: fold and drop old text, drop old vision, trim."""
+        cfg, names = self.config, self.cache.segment_names
+        with_text = [r for r in self.rounds if f"r{r}.reply" in names]
+        for rid in with_text[: max(0, len(with_text) - cfg.text_rounds + 1)]:
+            self._fold(rid)
+            self.cache.drop(f"r{rid}.text")
+            self.cache.drop(f"r{rid}.reply")
+        with_vision = [r for r in self.rounds if f"r{r}.vision" in names]
+        for rid in with_vision[: max(0, len(with_vision) - cfg.vision_seconds + 1)]:
+            self.cache.drop(f"r{rid}.vision")
+        names = self.cache.segment_names
+        self.rounds = [r for r in self.rounds if any(n.startswith(f"r{r}.") for n in names)]
+        overflow = self.cache.length("prev_tail") - cfg.prev_window_tokens
+        if overflow > 0:
+            self.cache.evict_front("prev_tail", overflow)
+
+    def _fold(self, rid: int) -> None:
+        """Copy round ``rid``'s reply text to the end of the previous text, K/V reused."""
+        first, stop = self._reply_text.pop(rid)
+        if stop > first:
+            rel = self.cache.rel_positions("prev_tail")
+            start = int(rel[-1, 0]) + 1 if len(rel) else 0
+            self.cache.copy_tokens(
+                TokenRange(f"r{rid}.reply", first, stop),
+                "prev_tail",
+                text_positions(stop - first, start),
+            )
+
+    def _rebase(self) -> None:
+        self.cache.layout_contiguous(self.cache.segment_names, axes=(0, 1, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# (d) StreamingLLM: token sink + sliding window
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenWindowConfig:
+    sink_tokens: int = 4
+    window_tokens: int = 1020
+    max_step_tokens: int = 1  # most tokens appended by one step
+
+    def worst_case_blocks(self, block_size: int) -> int:
+        return _blocks_for(self.sink_tokens, block_size) + _blocks_for(
+            self.window_tokens, block_size
+        )
+
+
+class TokenSinkWindow:
+    """StreamingLLM: the first tokens as a sink, then the most recent ones, positions contiguous."""
+
+    def __init__(self, cache: SessionCache, config: TokenWindowConfig) -> None:
+        self.cache, self.config = cache, config
+        cache.add_segment("sink")
+        cache.add_segment("window")
+        self.tokens_seen = 0
+
+    def append(self, count: int) -> list[TokenRange]:
+        cfg = self.config
+        if count > cfg.window_tokens:
+            raise ValueError(f"{count} tokens exceed the window of {cfg.window_tokens}")
+        ranges = []
+        into_sink = min(count, cfg.sink_tokens - self.cache.length("sink"))
+        if into_sink:
+            ranges.append(self.cache.append("sink", text_positions(into_sink, self.tokens_seen)))
+        rest = count - into_sink
+        if rest:
+            overflow = self.cache.length("window") + rest - cfg.window_tokens
+            if overflow > 0:
+                self.cache.evict_front("window", overflow)
+            ranges.append(
+                self.cache.append("window", text_positions(rest, self.tokens_seen + into_sink))
+            )
+        self.tokens_seen += count
+        self.cache.layout_contiguous(["sink", "window"], axes=(0, 1, 2))
+        return ranges

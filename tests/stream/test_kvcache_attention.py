@@ -1,0 +1,256 @@
+"""Attention through the cache manager equals dense attention over exactly the retained tokens at
+their re-based positions.
+
+Every forward writes fresh random K/V through :class:`CacheView`; the test keeps its own record
+of the latest K/V of every token (by id), derives the retained tokens and their positions from
+the policy's *published semantics* (not from the cache's bookkeeping), and recomputes attention
+densely in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kernels import RopeSpec, mrope, rope_1d, wan_rope
+from stream.kvcache import (
+    CacheGeometry,
+    CacheView,
+    FrameWindowConfig,
+    KVCacheManager,
+    RollingWindowConfig,
+    StreamingVLMConfig,
+    TokenWindowConfig,
+    build_step,
+)
+
+LAYERS = 2
+
+
+def rotate64(x: torch.Tensor, pos: np.ndarray, rope: RopeSpec) -> torch.Tensor:
+    """float64 rotation written from the pair definition, independent of kernels.rope."""
+    x = x.double()
+    out = x.clone()
+    d = x.shape[-1]
+    for j in range(d // 2):
+        a, b = (2 * j, 2 * j + 1) if rope.interleaved else (j, j + d // 2)
+        angle = torch.from_numpy(pos[:, int(rope.axis[j])].astype(np.float64)) * float(
+            rope.inv_freq[j]
+        )
+        cos, sin = angle.cos()[:, None], angle.sin()[:, None]
+        out[..., a] = x[..., a] * cos - x[..., b] * sin
+        out[..., b] = x[..., b] * cos + x[..., a] * sin
+    return out
+
+
+def dense_attention(q, q_pos, k, v, kv_pos, rope, causal) -> torch.Tensor:
+    group = q.shape[1] // k.shape[1]
+    qr, kr = rotate64(q, q_pos, rope), rotate64(k, kv_pos, rope)
+    kr, vv = kr.repeat_interleave(group, 1), v.double().repeat_interleave(group, 1)
+    scores = torch.einsum("qhd,khd->hqk", qr, kr) / math.sqrt(q.shape[-1])
+    if causal:
+        nq, nk = q.shape[0], k.shape[0]
+        keep = torch.arange(nk)[None, :] <= torch.arange(nq)[:, None] + nk - nq
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), vv)
+
+
+class Harness:
+    """Runs forwards of one session through CacheView and records every token's latest K/V."""
+
+    def __init__(self, session, rope: RopeSpec, heads: tuple[int, int], seed: int) -> None:
+        self.session, self.rope = session, rope
+        self.hq, self.hkv = heads
+        self.gen = torch.Generator().manual_seed(seed)
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, write, ids, discarded=None, context=None, causal=False) -> list[torch.Tensor]:
+        cache = self.session.cache
+        plan = cache.plan(write, discarded, context)
+        view = CacheView(cache.pool, build_step([plan], causal, "cpu"), self.rope)
+        n, d = len(plan.q_pos), self.rope.head_dim
+        q = torch.randn(n, self.hq, d, generator=self.gen)
+        ks = torch.randn(LAYERS, n, self.hkv, d, generator=self.gen)
+        vs = torch.randn(LAYERS, n, self.hkv, d, generator=self.gen)
+        outs = [view.attend(layer, q, ks[layer], vs[layer]) for layer in range(LAYERS)]
+        n_discarded = 0 if discarded is None else len(discarded)
+        for i, token in enumerate(ids):
+            self.kv[int(token)] = (ks[:, n_discarded + i], vs[:, n_discarded + i])
+        self.last = (q, plan.q_pos, ks, vs, n_discarded)
+        return outs
+
+    def check(self, outs, kv_ids, kv_pos, causal=False) -> None:
+        """Compare with dense attention over ``kv_ids`` (retained, then the step's own) at
+        ``kv_pos``; discarded queries see the retained tokens and every new token's fresh K/V."""
+        q, q_pos, ks, vs, n_discarded = self.last
+        for layer in range(LAYERS):
+            k = torch.stack([self.kv[int(t)][0][layer] for t in kv_ids])
+            v = torch.stack([self.kv[int(t)][1][layer] for t in kv_ids])
+            want = dense_attention(q, q_pos, k, v, kv_pos, self.rope, causal)
+            torch.testing.assert_close(outs[layer].double(), want, rtol=1e-4, atol=1e-4)
+
+
+def frame_pos(frames, grid, t_of) -> np.ndarray:
+    h, w = grid
+    return np.array([(t_of(f), r, c) for f in frames for r in range(h) for c in range(w)])
+
+
+def make(block_size: int, hkv: int, d: int) -> tuple[KVCacheManager, CacheGeometry]:
+    geometry = CacheGeometry(LAYERS, hkv, d, torch.float32)
+    m = KVCacheManager()
+    m.add_pool(geometry, block_size, 8 << 20)
+    return m, geometry
+
+
+@pytest.mark.parametrize(("heads", "d", "grid"), [((4, 2), 16, (2, 2)), ((3, 3), 32, (1, 3))])
+def test_longlive_chunks_and_recache_match_dense(heads, d, grid) -> None:
+    tpf = grid[0] * grid[1]
+    m, geometry = make(block_size=tpf, hkv=heads[1], d=d)
+    config = FrameWindowConfig(grid=grid, sink_frames=3, window_frames=9, positions="contiguous")
+    h = Harness(m.open(geometry, config), wan_rope(d), heads, seed=d)
+    ids_of = lambda frames: [f * tpf + j for f in frames for j in range(tpf)]  # noqa: E731
+    for chunk in range(30):
+        ranges = h.session.begin_chunk(3)
+        new = list(range(3 * chunk, 3 * chunk + 3))
+        for _ in range(2):  # a denoising pass, then the t=0 refresh, overwrite the same slots
+            outs = h.forward(ranges, ids_of(new))
+        sink = [0, 1, 2]
+        window = list(range(max(3, 3 * chunk - 6), 3 * chunk + 3))
+        old = [f for f in window if f not in new]
+        retained = (sink if chunk else []) + old + new
+        t_of = {f: i for i, f in enumerate(sink + [f for f in window])}.__getitem__
+        h.check(outs, ids_of(retained), frame_pos(retained, grid, t_of))
+    # a prompt switch: recache the last 12 frames, sink kept, 3 evicted frames discarded
+    ranges, discarded = h.session.recache(12, refresh_sink=False)
+    window = list(range(81, 90))
+    outs = h.forward(ranges, ids_of(window), discarded)
+    t_of = {**{f: f - 81 + 3 for f in range(78, 90)}, 0: 0, 1: 1, 2: 2}.__getitem__
+    np.testing.assert_array_equal(h.last[1], frame_pos(range(78, 90), grid, t_of))
+    h.check(outs, ids_of([0, 1, 2, *window]), frame_pos([0, 1, 2, *window], grid, t_of))
+
+
+def test_rolling_forcing_window_and_cache_pass_match_dense() -> None:
+    grid, tpf, d = (1, 2), 2, 16
+    m, geometry = make(block_size=2, hkv=1, d=d)
+    config = RollingWindowConfig(grid=grid)
+    h = Harness(m.open(geometry, config), wan_rope(d), (2, 1), seed=1)
+    ids_of = lambda frames: [f * tpf + j for f in frames for j in range(tpf)]  # noqa: E731
+    clean: list[int] = []  # frames that exited, in order
+    for _ in range(16):
+        if h.session.window_blocks < 5:
+            h.session.enter_block()
+        window = h.session.frames("window").tolist()
+        write, context = h.session.window_pass()
+        outs = h.forward(write, ids_of(window), context=context)
+        sink, history = clean[:3], clean[3:][-3:]
+        frames = sink + history + window
+        h.check(
+            outs, ids_of(frames), frame_pos(frames, grid, {f: i for i, f in enumerate(frames)}.get)
+        )
+        if h.session.window_blocks == 5:
+            write, context = h.session.exit_block()
+            block = window[:3]
+            clean += block
+            outs = h.forward(write, ids_of(block), context=context)
+            retained = clean[:3] + clean[3:][-3:]
+            frames = [f for f in retained if f not in block] + block
+            t_of = {f: i for i, f in enumerate(frames)}.get
+            h.check(outs, ids_of(frames), frame_pos(frames, grid, t_of))
+    assert clean == list(range(len(clean))) and len(clean) == 36
+
+
+@pytest.mark.parametrize("heads", [(4, 1), (2, 2)])
+def test_streaming_llm_decode_matches_dense(heads) -> None:
+    d = 16
+    m, geometry = make(block_size=8, hkv=heads[1], d=d)
+    h = Harness(
+        m.open(geometry, TokenWindowConfig(sink_tokens=4, window_tokens=20)),
+        rope_1d(d),
+        heads,
+        seed=7,
+    )
+    token = 0
+    for step in range(40):
+        n = 5 if step % 4 == 0 else 1  # prefill-like chunks between single-token decode steps
+        ranges = h.session.append(n)
+        new = list(range(token, token + n))
+        token += n
+        outs = h.forward(ranges, new, causal=True)
+        retained = [*range(min(4, token)), *range(max(4, token - 20), token)]
+        h.check(outs, retained, np.repeat(np.arange(len(retained))[:, None], 3, 1), causal=True)
+
+
+def test_streaming_vlm_after_evictions_matches_recomputation() -> None:
+    d = 16
+    m, geometry = make(block_size=4, hkv=2, d=d)
+    config = StreamingVLMConfig(
+        text_rounds=3,
+        vision_seconds=3,
+        prev_sink_tokens=4,
+        prev_window_tokens=4,
+        max_prefix_tokens=8,
+        max_round_text_tokens=10,
+        max_vision_tokens=6,
+    )
+    h = Harness(m.open(geometry, config), mrope(d, sections=(2, 3, 3)), (4, 2), seed=3)
+    # tokens as Qwen2.5-VL lays them out: ("text", id) or ("vision", id, (t, h, w))
+    next_id = 0
+
+    def text(n):
+        nonlocal next_id
+        toks = [("text", next_id + i) for i in range(n)]
+        next_id += n
+        return toks
+
+    def vision(grid_hw):
+        nonlocal next_id
+        hh, ww = grid_hw
+        toks = [("vision", next_id + r * ww + c, (0, r, c)) for r in range(hh) for c in range(ww)]
+        next_id += hh * ww
+        return toks
+
+    def positions(seq):
+        """Qwen2.5-VL rope index over the retained sequence: text steps by one, a vision block
+        starts at the cursor on every axis and text resumes after its largest index."""
+        pos, cursor, i = [], 0, 0
+        while i < len(seq):
+            if seq[i][0] == "text":
+                pos.append((cursor,) * 3)
+                cursor += 1
+                i += 1
+                continue
+            j = i
+            while j < len(seq) and seq[j][0] == "vision" and (j == i or seq[j][2] != (0, 0, 0)):
+                pos.append(tuple(cursor + x for x in seq[j][2]))
+                j += 1
+            cursor = max(max(p) for p in pos[i:j]) + 1
+            i = j
+        return np.array(pos)
+
+    system, head, tail, end = text(3), text(4), text(4), text(2)
+    ranges = h.session.start(3, 8, 2)
+    outs = h.forward(ranges, [t[1] for t in system + head + tail + end], causal=True)
+    prev_tail = list(tail)
+    rounds = []
+    for second in range(12):
+        rnd = {"text": text(2), "vision": vision((2, 3)), "prefix": text(2), "reply": []}
+        if len(rounds) == 3:  # evict the oldest round, its reply text folded into prev_tail
+            old = rounds.pop(0)
+            prev_tail = (prev_tail + old["reply"])[-4:]
+        rounds.append(rnd)
+        ranges = h.session.begin_round(2, (1, 2, 3), 2)
+        new = rnd["text"] + rnd["vision"] + rnd["prefix"]
+        outs = h.forward(ranges, [t[1] for t in new], causal=True)
+        for _ in range(second % 3):
+            r = h.session.append_reply()
+            tok = text(1)
+            rnd["reply"] += tok
+            outs = h.forward([r], [tok[0][1]], causal=True)
+        seq = system + head + prev_tail + end
+        for r in rounds:
+            seq += r["text"] + r["vision"] + r["prefix"] + r["reply"]
+        ids = [t[1] for t in seq]
+        h.check(outs, ids, positions(seq), causal=True)

@@ -1,0 +1,225 @@
+"""Each eviction policy over thousands of steps keeps exactly the tokens it should, at the
+positions it should, and its size stays bounded.
+
+Every token's K row carries its identity (``k[..., 0] = frame or token id``) so the tests read
+back from device memory which tokens a plan really attends to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stream.kvcache import (
+    CacheGeometry,
+    FrameWindowConfig,
+    KVCacheManager,
+    RollingWindowConfig,
+    StreamingVLMConfig,
+    TokenRange,
+    TokenWindowConfig,
+)
+
+GEOMETRY = CacheGeometry(num_layers=2, num_kv_heads=1, head_dim=4, dtype=torch.float32)
+
+
+def manager(block_size: int, capacity: int = 4 << 20) -> KVCacheManager:
+    m = KVCacheManager()
+    m.add_pool(GEOMETRY, block_size, capacity)
+    return m
+
+
+def tag(session, ranges: list[TokenRange], ids: np.ndarray) -> None:
+    """Write each written token's id into its K row (layer 0), like a forward would."""
+    slots = np.concatenate([session.cache.slots(r.segment)[r.start : r.stop] for r in ranges])
+    k = session.cache.pool.layer_kv(0)[0]
+    k[torch.from_numpy(slots).long(), 0, 0] = torch.from_numpy(ids.astype(np.float32))
+
+
+def attended_ids(session, write, context=None) -> np.ndarray:
+    plan = session.cache.plan(write, context=context)
+    k = session.cache.pool.layer_kv(0)[0]
+    return k[torch.from_numpy(plan.kv_slots).long(), 0, 0].numpy().astype(np.int64)
+
+
+@pytest.mark.parametrize("positions", ["absolute", "contiguous"])
+def test_frame_sink_window_over_2000_chunks(positions: str) -> None:
+    grid = (2, 3)
+    config = FrameWindowConfig(
+        grid=grid, sink_frames=3, window_frames=9, positions=positions, max_position=64
+    )
+    m = manager(block_size=6)
+    s = m.open(GEOMETRY, config)
+    pool = m.pool(GEOMETRY)
+    for chunk in range(2000):
+        ranges = s.begin_chunk(3)
+        frames = np.arange(3 * chunk, 3 * chunk + 3)
+        tag(s, ranges, np.repeat(frames, 6))
+        expected_window = np.arange(max(3, 3 * chunk - 6), 3 * chunk + 3)
+        np.testing.assert_array_equal(s.sink_frames(), [0, 1, 2])
+        np.testing.assert_array_equal(s.window_frames(), expected_window)
+        ids = attended_ids(s, ranges)
+        expected = np.concatenate([np.repeat([0, 1, 2], 6), np.repeat(expected_window, 6)])
+        np.testing.assert_array_equal(np.sort(ids), np.sort(expected))
+        # the new chunk comes last: its own keys are at the end of the list
+        np.testing.assert_array_equal(ids[-18:], np.repeat(frames, 6) if chunk else ids[-18:])
+        t = s.cache.plan(ranges).kv_pos[:, 0]
+        assert t.max() < config.max_position
+        assert pool.stats().used_blocks <= config.worst_case_blocks(6)
+    t_window = s.cache.positions("window")[::6, 0]
+    if positions == "contiguous":
+        np.testing.assert_array_equal(t_window, np.arange(3, 12))
+    else:  # newest frame pinned at max_position - 1, the window contiguous below it
+        np.testing.assert_array_equal(t_window, np.arange(55, 64))
+    np.testing.assert_array_equal(s.cache.positions("sink")[::6, 0], [0, 1, 2])
+    # h and w are never shifted
+    np.testing.assert_array_equal(
+        s.cache.positions("window")[:6, 1:], [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
+    )
+
+
+def test_frame_recache_keeps_sink_and_rewrites_window() -> None:
+    config = FrameWindowConfig(grid=(1, 2), sink_frames=3, window_frames=9)
+    s = manager(block_size=2).open(GEOMETRY, config)
+    for _ in range(10):
+        s.begin_chunk(3)
+    window_slots = s.cache.slots("window").copy()
+    ranges, discarded = s.recache(12, refresh_sink=False)
+    plan = s.cache.plan(ranges, discarded)
+    # 12 query frames: 3 evicted ones (discarded) then the 9 window frames, rewritten in place
+    np.testing.assert_array_equal(plan.q_pos[::2, 0], np.arange(18, 30))
+    np.testing.assert_array_equal(plan.write_slots[6:], window_slots)
+    assert (plan.write_slots[:6] < 2).all()  # discarded writes go to the null block
+    # keys: the sink (old prompt's K/V) then the rewritten window; never the discarded frames
+    np.testing.assert_array_equal(plan.kv_pos[::2, 0], [0, 1, 2, *range(21, 30)])
+
+
+def test_frame_recache_refreshes_sink() -> None:
+    config = FrameWindowConfig(grid=(1, 2), sink_frames=3, window_frames=9)
+    s = manager(block_size=2).open(GEOMETRY, config)
+    for _ in range(10):
+        s.begin_chunk(3)
+    ranges, discarded = s.recache(12, refresh_sink=True)
+    plan = s.cache.plan(ranges, discarded)
+    assert len(discarded) == 0
+    np.testing.assert_array_equal(s.sink_frames(), [18, 19, 20])
+    np.testing.assert_array_equal(plan.q_pos[::2, 0], np.arange(18, 30))
+    np.testing.assert_array_equal(plan.kv_pos[::2, 0], np.arange(18, 30))
+
+
+def test_early_recache_reads_sink_frames_as_discarded_queries() -> None:
+    config = FrameWindowConfig(grid=(1, 1), sink_frames=3, window_frames=9)
+    s = manager(block_size=1).open(GEOMETRY, config)
+    s.begin_chunk(3)
+    s.begin_chunk(3)
+    ranges, discarded = s.recache(12, refresh_sink=False)
+    np.testing.assert_array_equal(discarded[:, 0], [0, 1, 2])
+    np.testing.assert_array_equal(s.cache.plan(ranges, discarded).q_pos[:, 0], np.arange(6))
+
+
+def test_rolling_window_over_3000_steps() -> None:
+    grid = (1, 2)
+    tpf = 2
+    config = RollingWindowConfig(grid=grid)
+    m = manager(block_size=2)
+    s = m.open(GEOMETRY, config)
+    pool = m.pool(GEOMETRY)
+    exited = []
+    for step in range(3000):
+        if s.window_blocks < config.window_blocks:
+            s.enter_block()
+        write, context = s.window_pass()
+        window = s.frames("window")
+        tag(s, write, np.repeat(window, tpf))
+        ids = attended_ids(s, write, context)
+        # keys: sink, clean history, the whole noisy window
+        expected = np.concatenate([s.frames("sink"), s.frames("history"), window])
+        np.testing.assert_array_equal(ids[::tpf], expected)
+        plan = s.cache.plan(write, context=context)
+        # contiguous: sink right before history, history right before the window
+        np.testing.assert_array_equal(plan.kv_pos[::tpf, 0], np.arange(len(expected)))
+        if s.window_blocks == config.window_blocks or step > 3000 - 6:
+            write, context = s.exit_block()
+            block = s.cache.rel_positions(write[0].segment)[write[0].start : write[0].stop : tpf, 0]
+            exited.extend(block.tolist())
+            tag(s, write, np.repeat(block, tpf))
+        assert pool.stats().used_blocks <= config.worst_case_blocks(2)
+        if step >= 8:
+            np.testing.assert_array_equal(s.frames("sink"), [0, 1, 2])
+            assert len(s.frames("history")) == config.history_frames
+            np.testing.assert_array_equal(
+                s.frames("history"), np.arange(exited[-3], exited[-1] + 1)
+            )
+    assert exited == list(range(len(exited)))  # every block exits once, in order
+    assert len(exited) == 3 * (3000 - 4)
+
+
+def test_streaming_vlm_over_600_seconds() -> None:
+    config = StreamingVLMConfig(
+        text_rounds=16,
+        vision_seconds=16,
+        prev_sink_tokens=8,
+        prev_window_tokens=8,
+        max_prefix_tokens=8,
+        max_round_text_tokens=12,
+        max_vision_tokens=6,
+    )
+    m = manager(block_size=4, capacity=64 << 20)
+    s = m.open(GEOMETRY, config)
+    pool = m.pool(GEOMETRY)
+    prefix = s.start(system_tokens=5, prev_text_tokens=12, prev_end_tokens=2)
+    tag(s, prefix, np.arange(10_000, 10_000 + sum(len(r) for r in prefix)))
+    replies: dict[int, list[int]] = {}
+    for second in range(600):
+        ranges = s.begin_round(text_tokens=3, vision_grid=(1, 2, 3), reply_prefix_tokens=2)
+        tag(s, ranges, np.full(sum(len(r) for r in ranges), 1_000_000 + second))
+        replies[second] = []
+        for k in range(second % 5):  # 0 to 4 reply tokens; 0 is a silent second
+            r = s.append_reply()
+            token = 100 * second + k
+            tag(s, [r], np.array([token]))
+            replies[second].append(token)
+        live = s.rounds
+        assert live == list(range(max(0, second - 15), second + 1))
+        # the previous-text tail holds the newest folded reply text, at most 8 tokens
+        folded = [t for sec in range(max(0, second - 15)) for t in replies[sec]]
+        tail_ids = attended_ids(s, [], context=["prev_tail"])
+        initial_tail = list(range(10_013, 10_017))  # prev text tokens 8..11 of the prompt
+        np.testing.assert_array_equal(tail_ids, (initial_tail + folded)[-8:])
+        assert pool.stats().used_blocks <= config.worst_case_blocks(4)
+        # contiguous positions: every segment starts right after the previous one ends
+        cursor = 0
+        for name in s.cache.segment_names:
+            pos = s.cache.positions(name)
+            if len(pos):
+                assert pos.min() == cursor, name
+                cursor = pos.max() + 1
+    assert cursor < 400  # bounded, not growing with the stream
+
+
+def test_streaming_vlm_drops_vision_before_text_when_its_window_is_shorter() -> None:
+    config = StreamingVLMConfig(text_rounds=6, vision_seconds=2, max_vision_tokens=6)
+    s = manager(block_size=4, capacity=64 << 20).open(GEOMETRY, config)
+    s.start(2, 0, 1)
+    for _ in range(10):
+        s.begin_round(3, (1, 2, 3), 2)
+        s.append_reply(2)
+    names = s.cache.segment_names
+    assert [n for n in names if n.endswith(".vision")] == ["r8.vision", "r9.vision"]
+    assert [n for n in names if n.endswith(".reply")] == [f"r{i}.reply" for i in range(4, 10)]
+
+
+def test_token_sink_window_over_5000_tokens() -> None:
+    config = TokenWindowConfig(sink_tokens=4, window_tokens=60)
+    m = manager(block_size=16)
+    s = m.open(GEOMETRY, config)
+    for token in range(5000):
+        ranges = s.append(1)
+        tag(s, ranges, np.array([token]))
+        ids = attended_ids(s, ranges)
+        expected = [*range(min(4, token + 1)), *range(max(4, token - 59), token + 1)]
+        np.testing.assert_array_equal(ids, expected)
+        plan = s.cache.plan(ranges)
+        np.testing.assert_array_equal(plan.kv_pos[:, 0], np.arange(len(expected)))
+        assert m.pool(GEOMETRY).stats().used_blocks <= config.worst_case_blocks(16)
