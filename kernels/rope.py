@@ -56,15 +56,22 @@ class RopeSpec:
     def head_dim(self) -> int:
         return 2 * self.inv_freq.numel()
 
-    def to(self, device: torch.device | str) -> RopeSpec:
-        return RopeSpec(self.inv_freq.to(device), self.axis.to(device), self.interleaved)
-
-    def per_dim(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Expand to per-dim tables ``(freq, axis, partner, sign)``, each ``[head_dim]``.
+    def per_dim(
+        self, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-dim tables ``(freq, axis, partner, sign)``, each ``[head_dim]``, on ``device``.
 
         ``rotated[d] = x[d] * cos(a[d]) + sign[d] * x[partner[d]] * sin(a[d])`` with
-        ``a[d] = pos[axis[d]] * freq[d]``; kernels load these instead of re-deriving the layout.
+        ``a[d] = pos[axis[d]] * freq[d]``. Built once per device and cached, so attention calls
+        do no host work (and no host-device copies) after the first.
         """
+        device = torch.device(device) if device is not None else self.inv_freq.device
+        cache = self.__dict__.setdefault("_tables", {})
+        if device not in cache:
+            cache[device] = tuple(t.to(device) for t in self._build_tables())
+        return cache[device]
+
+    def _build_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         half = self.inv_freq.numel()
         device = self.inv_freq.device
         pair = torch.arange(2 * half, device=device)
@@ -123,7 +130,7 @@ def apply_rope(x: torch.Tensor, pos: torch.Tensor, rope: RopeSpec) -> torch.Tens
     """Rotate ``x`` ``[N, H, D]`` at int positions ``pos`` ``[N, 3]``; float32 ``[N, H, D]`` out."""
     if x.shape[-1] != rope.head_dim:
         raise ValueError(f"head dim {x.shape[-1]} does not match the rope's {rope.head_dim}")
-    freq, axis, partner, sign = rope.to(x.device).per_dim()
+    freq, axis, partner, sign = rope.per_dim(x.device)
     angle = pos.to(torch.float32).index_select(1, axis.long()) * freq  # [N, D]
     cos, sin = angle.cos()[:, None, :], angle.sin()[:, None, :]
     xf = x.float()

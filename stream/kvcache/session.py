@@ -395,7 +395,8 @@ class CacheView:
     ) -> None:
         self.pool = pool
         self.step = step
-        self.rope = rope.to(pool.kv.device)
+        self.rope = rope
+        rope.per_dim(pool.kv.device)  # build the device tables now, outside any captured step
         self._attention = select_backend(pool.kv.device, backend)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

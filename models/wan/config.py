@@ -1,0 +1,67 @@
+"""Configuration of the Wan2.1 text-to-video DiT, with named presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["WAN_PRESETS", "WanConfig", "wan_config"]
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    """Sizes of a Wan2.1 DiT; the constructor arguments of :class:`CausalWanModel`.
+
+    Attributes:
+        dim: hidden size of the transformer (1.3B: 1536).
+        ffn_dim: hidden size of each block's feed-forward network.
+        num_heads: attention heads; ``dim // num_heads`` is the head size.
+        num_layers: transformer blocks.
+        freq_dim: size of the sinusoidal timestep embedding.
+        in_channels, out_channels: latent channels in and out (the Wan VAE has 16).
+        patch_size: (frames, rows, columns) of latent per token.
+        text_dim: width of the text encoder's output (umT5-XXL: 4096).
+        text_len: text tokens per prompt, padding included (umT5: 512).
+        eps: epsilon of every LayerNorm and RMSNorm.
+    """
+
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    freq_dim: int = 256
+    in_channels: int = 16
+    out_channels: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    text_dim: int = 4096
+    text_len: int = 512
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim={self.dim} is not a multiple of num_heads={self.num_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for the rotary embedding")
+        if self.freq_dim % 2:
+            raise ValueError(f"freq_dim={self.freq_dim} must be even")
+        if len(self.patch_size) != 3:
+            raise ValueError(f"patch_size={self.patch_size} must be (frames, rows, columns)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+WAN_PRESETS: dict[str, WanConfig] = {
+    "wan2.1-t2v-1.3b": WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    "tiny": WanConfig(
+        dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=32, text_dim=32, text_len=16
+    ),
+}
+
+
+def wan_config(name: str) -> WanConfig:
+    """The preset called ``name``; ``ValueError`` listing the known names otherwise."""
+    try:
+        return WAN_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown Wan preset {name!r}; known: {sorted(WAN_PRESETS)}") from None
