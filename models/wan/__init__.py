@@ -1,6 +1,28 @@
 """The causal Wan2.1 text-to-video DiT (LongLive / Self-Forcing weights, original key names)."""
 
 from models.wan.config import WAN_PRESETS, WanConfig, wan_config
+from models.wan.loader import (
+    CheckpointError,
+    check_state_dict,
+    detect_wan_layout,
+    expected_wan_shapes,
+    load_wan_weights,
+    merge_lora,
+    read_wan_state_dict,
+)
 from models.wan.model import CausalWanModel, TextConditioning
 
-__all__ = ["WAN_PRESETS", "CausalWanModel", "TextConditioning", "WanConfig", "wan_config"]
+__all__ = [
+    "WAN_PRESETS",
+    "CausalWanModel",
+    "CheckpointError",
+    "TextConditioning",
+    "WanConfig",
+    "check_state_dict",
+    "detect_wan_layout",
+    "expected_wan_shapes",
+    "load_wan_weights",
+    "merge_lora",
+    "read_wan_state_dict",
+    "wan_config",
+]

@@ -1,0 +1,71 @@
+"""Flow-matching few-step schedules of the Self-Forcing family (pure math, no modules).
+
+The distilled generators predict a velocity ``v`` with ``x_t = (1 - sigma) * x0 + sigma * noise``,
+so ``x0 = x_t - sigma * v``. Timesteps live on a 1000-step grid whose sigmas are shifted::
+
+    s_i = 1 - i / 1000                        i = 0 .. 999
+    sigma_i = shift * s_i / (1 + (shift - 1) * s_i)
+    t_i = 1000 * sigma_i
+
+A published step list such as ``[1000, 750, 500, 250]`` is *warped* through that grid
+(``t = t_{1000 - step}``), which with shift 5 gives ``[1000, 937.5, 833.3, 625.0]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["FlowSchedule"]
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+@dataclass(frozen=True)
+class FlowSchedule:
+    """A warped, shifted list of denoising steps.
+
+    Attributes:
+        steps: the published step list, e.g. ``(1000, 750, 500, 250)``.
+        shift: sigma shift (5.0 for LongLive and Rolling Forcing).
+        warp: map ``steps`` through the shifted grid (``warp_denoising_step: true``).
+    """
+
+    steps: tuple[int, ...]
+    shift: float = 5.0
+    warp: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.steps or any(not 0 < s <= NUM_TRAIN_TIMESTEPS for s in self.steps):
+            raise ValueError(f"steps must be in (0, {NUM_TRAIN_TIMESTEPS}], got {self.steps}")
+        if list(self.steps) != sorted(self.steps, reverse=True):
+            raise ValueError(f"steps must decrease, got {self.steps}")
+
+    @property
+    def sigmas(self) -> tuple[float, ...]:
+        """Noise level of each step, in (0, 1]."""
+        if self.warp:
+            raw = [1.0 - (NUM_TRAIN_TIMESTEPS - s) / NUM_TRAIN_TIMESTEPS for s in self.steps]
+        else:
+            raw = [s / NUM_TRAIN_TIMESTEPS for s in self.steps]
+        return tuple(self.shift * s / (1 + (self.shift - 1) * s) for s in raw)
+
+    @property
+    def timesteps(self) -> tuple[float, ...]:
+        """Model timesteps of each step on the 0..1000 scale."""
+        return tuple(NUM_TRAIN_TIMESTEPS * s for s in self.sigmas)
+
+    @staticmethod
+    def to_x0(
+        x_t: torch.Tensor, velocity: torch.Tensor, sigma: float | torch.Tensor
+    ) -> torch.Tensor:
+        """Clean estimate from a velocity prediction, in float32."""
+        return x_t.float() - sigma * velocity.float()
+
+    @staticmethod
+    def add_noise(
+        x0: torch.Tensor, noise: torch.Tensor, sigma: float | torch.Tensor
+    ) -> torch.Tensor:
+        """Re-noise a clean estimate to ``sigma`` (fresh noise: the stochastic DMD sampler)."""
+        return (1 - sigma) * x0 + sigma * noise

@@ -1,0 +1,242 @@
+"""Streaming decode with the Wan2.1 VAE (diffusers' ``AutoencoderKLWan``), caller-owned state.
+
+diffusers decodes a whole video in one call and keeps the causal-convolution feature cache on
+the module (``self._feat_map``), so one instance can serve only one stream at a time. This
+wrapper drives the same decoder one latent frame at a time, but with the cache held in a
+:class:`DecodeState` that the session owns. Any number of streams can share one set of weights
+and be decoded interleaved, chunk by chunk, and the frames are the same as a whole-video decode
+of the concatenated latents::
+
+    latent frames    z0 | z1 z2 | z3 z4 z5 | ...     (any chunking)
+    output frames     1 |  4  4 |  4  4  4 | ...     first latent frame -> 1 frame, later -> 4
+    3-latent chunks  [z0 z1 z2] -> 9 frames, [z3 z4 z5] -> 12 frames, ...
+
+Latents come in the generator's normalised space and are de-normalised here
+(``z * latents_std + latents_mean``, per channel, from the diffusers config) before decoding.
+
+Weights load from a local diffusers-layout folder (``vae/config.json`` plus weights, or that
+folder itself) or from the original ``Wan2.1_VAE.pth``, whose keys are renamed with diffusers'
+own ``convert_wan_vae_to_diffusers``. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, unpatchify
+from safetensors.torch import load_file
+from torch import nn
+
+__all__ = ["DecodeState", "WanVAE", "tiny_wan_vae", "to_uint8"]
+
+_ORIGINAL_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+@dataclass(slots=True)
+class DecodeState:
+    """One stream's causal-decoder state; owned by the session, never by the model.
+
+    Create it with :meth:`WanVAE.new_decode_state`; reset a stream by creating a new one.
+    """
+
+    feat_cache: list[torch.Tensor | str | None]
+    """One entry per causal conv of the decoder, in call order: ``None`` before the first frame,
+    then the last ``<= 2`` input frames ``[B, C, 2, h', w']`` of that conv. The temporal
+    upsamplers hold diffusers' ``"Rep"`` marker after the first frame (no temporal context yet)."""
+    started: bool = False
+    """Whether the stream's first latent frame (the one that gives a single output frame) has been
+    decoded."""
+    latent_shape: tuple[int, int, int] | None = field(default=None)
+    """``(B, h, w)`` of the latents this state was started with; later chunks must match."""
+
+
+class WanVAE(nn.Module):
+    """Shared Wan VAE weights with per-stream streaming decode.
+
+    Args:
+        vae: a diffusers ``AutoencoderKLWan`` (Wan2.1 layout, or any smaller config of it).
+    """
+
+    def __init__(self, vae: AutoencoderKLWan) -> None:
+        super().__init__()
+        self.vae = vae
+        z_dim = vae.config.z_dim
+        device = vae.post_quant_conv.weight.device
+        mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=device)
+        std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=device)
+        # fp32 [1, z_dim, 1, 1, 1]; not saved (they live in the diffusers config)
+        self.register_buffer("latents_mean", mean.view(1, z_dim, 1, 1, 1), persistent=False)
+        self.register_buffer("latents_std", std.view(1, z_dim, 1, 1, 1), persistent=False)
+        self._num_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> WanVAE:
+        """Load from local files only.
+
+        Args:
+            path: one of
+                * a diffusers model folder (``<root>/vae``, holding ``config.json``),
+                * a diffusers pipeline folder holding ``vae/config.json``,
+                * the original ``Wan2.1_VAE.pth`` (or ``.pt`` / ``.safetensors`` with the
+                  original key names), which always has the Wan2.1 geometry (the diffusers
+                  default config).
+            dtype: parameter dtype, for example ``torch.bfloat16`` on an accelerator.
+            device: where the weights go.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist or holds no VAE config; the message
+                names the path.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"Wan VAE path does not exist: {str(path)!r}")
+        if path.is_file():
+            if path.suffix not in _ORIGINAL_SUFFIXES:
+                raise ValueError(
+                    f"Wan VAE file {str(path)!r} is not a checkpoint; expected one of "
+                    f"{_ORIGINAL_SUFFIXES} or a diffusers folder"
+                )
+            vae = _load_original(path)
+        elif (path / "config.json").is_file():
+            vae = AutoencoderKLWan.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+        elif (path / "vae" / "config.json").is_file():
+            vae = AutoencoderKLWan.from_pretrained(
+                path, subfolder="vae", local_files_only=True, torch_dtype=dtype
+            )
+        else:
+            raise FileNotFoundError(
+                f"no Wan VAE config in {str(path)!r}: expected config.json or vae/config.json"
+            )
+        return cls(vae.eval().to(device=device, dtype=dtype))
+
+    # ------------------------------------------------------------------ geometry
+
+    @property
+    def z_dim(self) -> int:
+        """Latent channels (16 for Wan2.1)."""
+        return self.vae.config.z_dim
+
+    @property
+    def spatial_stride(self) -> int:
+        """Output pixels per latent pixel along H and W (8 for Wan2.1)."""
+        return self.vae.config.scale_factor_spatial
+
+    @property
+    def temporal_stride(self) -> int:
+        """Output frames per latent frame after the first (4 for Wan2.1)."""
+        return self.vae.config.scale_factor_temporal
+
+    # ------------------------------------------------------------------ decode
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Map generator latents to VAE latents: ``z * latents_std + latents_mean`` per channel.
+
+        Args:
+            latents: ``[B, z_dim, T, h, w]`` in the generator's normalised space.
+
+        Returns:
+            ``[B, z_dim, T, h, w]`` fp32 latents ready for the VAE decoder.
+        """
+        return latents.float() * self.latents_std.float() + self.latents_mean.float()
+
+    def new_decode_state(self) -> DecodeState:
+        """A fresh state for one stream (nothing decoded yet)."""
+        return DecodeState(feat_cache=[None] * self._num_convs)
+
+    @torch.no_grad()
+    def decode_chunk(self, latents: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """Decode the next latent frames of one stream, continuing its causal cache.
+
+        Args:
+            latents: ``[B, z_dim, T, h, w]`` generator (normalised) latents, ``T >= 1``.
+            state: the stream's :class:`DecodeState`; updated in place.
+
+        Returns:
+            ``[B, 3, T_out, h * 8, w * 8]`` frames in ``[-1, 1]`` in the VAE's dtype, with
+            ``T_out = 1 + 4 * (T - 1)`` for the stream's first chunk and ``4 * T`` afterwards.
+            :func:`to_uint8` turns them into displayable frames.
+        """
+        if latents.ndim != 5 or latents.shape[1] != self.z_dim:
+            raise ValueError(
+                f"latents must be [B, {self.z_dim}, T, h, w], got {tuple(latents.shape)}"
+            )
+        shape = (latents.shape[0], latents.shape[3], latents.shape[4])
+        if state.latent_shape is None:
+            state.latent_shape = shape
+        elif state.latent_shape != shape:
+            raise ValueError(
+                f"latents (B, h, w) = {shape} do not match the stream's {state.latent_shape}"
+            )
+        dtype = self.vae.post_quant_conv.weight.dtype
+        x = self.vae.post_quant_conv(self.denormalize(latents).to(dtype))
+        frames = []
+        for i in range(x.shape[2]):
+            frames.append(
+                self.vae.decoder(
+                    x[:, :, i : i + 1],
+                    feat_cache=state.feat_cache,
+                    feat_idx=[0],
+                    first_chunk=not state.started,
+                )
+            )
+            state.started = True
+        out = torch.cat(frames, dim=2)
+        if self.vae.config.patch_size is not None:
+            out = unpatchify(out, patch_size=self.vae.config.patch_size)
+        return out.clamp(-1.0, 1.0)
+
+
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """Convert decoded frames to displayable pixels.
+
+    Args:
+        video: ``[B, 3, T, H, W]`` in ``[-1, 1]`` (as returned by :meth:`WanVAE.decode_chunk`).
+
+    Returns:
+        uint8 ``[B, T, H, W, 3]`` (RGB, channels last), on the same device.
+    """
+    pixels = ((video.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 4, 1)
+
+
+def tiny_wan_vae(seed: int = 0) -> WanVAE:
+    """A ~0.2 M-parameter Wan VAE with seeded random weights, for tests and CPU runs.
+
+    Same architecture and strides as Wan2.1 (z_dim 16, spatial 8, temporal 4), base width 8,
+    one residual block per level. The global RNG is left untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKLWan(
+            base_dim=8,
+            z_dim=16,
+            dim_mult=[1, 2, 2, 2],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+        )
+    return WanVAE(vae.eval())
+
+
+def _load_original(path: Path) -> AutoencoderKLWan:
+    """Load an original-layout Wan2.1 VAE checkpoint through diffusers' key conversion."""
+    if path.suffix == ".safetensors":
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    state = convert_wan_vae_to_diffusers(state)
+    with torch.device("meta"):
+        vae = AutoencoderKLWan()
+    vae.load_state_dict(state, strict=True, assign=True)
+    return vae
