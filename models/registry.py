@@ -1,0 +1,158 @@
+"""Named model presets and the bundles pipelines run on.
+
+A generation preset is a Wan DiT, a streaming Wan VAE and a text encoder behind a prompt cache:
+
+* ``tiny`` -- the embedded default: tiny configurations of the real architectures; with no paths
+  its weights are seeded and built in memory (no files, no downloads) and it runs the whole
+  service on a CPU.
+* ``wan2.1-t2v-1.3b`` -- full size.
+
+A preset fixes the architecture; weights come from :class:`WanPaths` when given: a
+diffusers-layout model folder (``transformer/ vae/ text_encoder/ tokenizer/``), with the DiT
+optionally replaced by a LongLive / Self-Forcing / Rolling Forcing checkpoint (+ LoRA).
+``random_weights`` builds the DiT and VAE with random weights, for speed measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan
+
+from kernels import RopeSpec, wan_rope
+from models.text import PromptCache, TextEncoder, UMT5TextEncoder, tiny_umt5_encoder
+from models.vae import WanVAE, tiny_wan_vae
+from models.wan import CausalWanModel, load_wan_weights, wan_config
+
+__all__ = ["GENERATION_PRESETS", "WanModels", "WanPaths", "load_wan_models"]
+
+# Pixels per DiT token side: the VAE's spatial stride 8 times the patch's 2.
+_PIXELS_PER_TOKEN = 16
+
+GENERATION_PRESETS = {
+    "tiny": {"dit": "tiny", "size": (128, 128)},
+    "wan2.1-t2v-1.3b": {"dit": "wan2.1-t2v-1.3b", "size": (480, 832)},
+}
+
+
+@dataclass(frozen=True)
+class WanPaths:
+    """Where full-size weights live; any field left None falls back to ``model_dir``."""
+
+    model_dir: Path | None = None  # diffusers layout: transformer/ vae/ text_encoder/ tokenizer/
+    dit: Path | None = None  # a DiT checkpoint file or folder, any layout the loader knows
+    dit_layout: str = "auto"
+    lora: Path | None = None  # LongLive lora.pt, merged into the DiT at load
+    vae: Path | None = None  # a diffusers vae/ folder or Wan2.1_VAE.pth
+    text_encoder: Path | None = None  # a folder with text_encoder/ and tokenizer/
+
+    def resolve(self, part: str, subfolder: str) -> Path:
+        path = getattr(self, part) or (self.model_dir / subfolder if self.model_dir else None)
+        if path is None:
+            raise ValueError(
+                f"no path for the {part}: pass --{part.replace('_', '-')} or --model-dir"
+            )
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{part} path does not exist: {path}")
+        return Path(path)
+
+
+@dataclass(eq=False)
+class WanModels:
+    """The shared modules of a Wan generation preset on one device."""
+
+    dit: CausalWanModel
+    vae: WanVAE
+    text: PromptCache
+    device: torch.device
+    dtype: torch.dtype
+    default_size: tuple[int, int]  # (height, width) in pixels
+
+    @property
+    def rope(self) -> RopeSpec:
+        return wan_rope(self.dit.config.head_dim)
+
+    def check_size(self, height: int, width: int) -> None:
+        if height <= 0 or width <= 0 or height % _PIXELS_PER_TOKEN or width % _PIXELS_PER_TOKEN:
+            raise ValueError(
+                f"height and width must be positive multiples of {_PIXELS_PER_TOKEN}, "
+                f"got {height}x{width}"
+            )
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(channels, rows, columns) of one latent frame for a ``height`` x ``width`` video."""
+        self.check_size(height, width)
+        stride = self.vae.spatial_stride
+        return (self.dit.config.in_channels, height // stride, width // stride)
+
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """DiT tokens per latent frame, as (rows, columns)."""
+        self.check_size(height, width)
+        return (height // _PIXELS_PER_TOKEN, width // _PIXELS_PER_TOKEN)
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """``[1, text_len, text_dim]`` embedding on the DiT's device and dtype (cached)."""
+        return self.text.encode([prompt]).to(self.device, self.dtype)
+
+
+def load_wan_models(
+    preset: str = "tiny",
+    paths: WanPaths | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    random_weights: bool = False,
+    text_encoder: TextEncoder | None = None,
+    prompt_cache_size: int = 32,
+) -> WanModels:
+    """Build a generation preset on ``device``.
+
+    Args:
+        preset: a key of :data:`GENERATION_PRESETS`.
+        paths: where full-size weights live (ignored by ``tiny`` and ``random_weights``).
+        random_weights: full-size DiT and VAE with random weights (benchmarks only).
+        text_encoder: use this encoder instead of the preset's (benchmarks, tests).
+        prompt_cache_size: prompts whose embeddings stay cached.
+    """
+    if preset not in GENERATION_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(GENERATION_PRESETS)}")
+    spec = GENERATION_PRESETS[preset]
+    device = torch.device(device)
+    config = wan_config(spec["dit"])
+    if random_weights or (preset == "tiny" and paths is None):
+        generator = torch.Generator().manual_seed(0)
+        with torch.device(device):
+            dit = CausalWanModel(config)
+        dit.init_weights(generator)
+        if preset == "tiny":
+            vae = tiny_wan_vae()
+            encoder = text_encoder or tiny_umt5_encoder(text_len=config.text_len)
+        else:
+            vae = WanVAE(AutoencoderKLWan().eval())
+            encoder = text_encoder
+    else:
+        paths = paths or WanPaths()
+        with torch.device("meta"):
+            dit = CausalWanModel(config)
+        dit_path = paths.resolve("dit", "transformer")
+        layout = paths.dit_layout if paths.dit else "diffusers"
+        load_wan_weights(dit, dit_path, layout=layout, lora=paths.lora, dtype=dtype, device=device)
+        vae = WanVAE.from_pretrained(paths.resolve("vae", "vae"), dtype=dtype, device=device)
+        encoder = text_encoder or UMT5TextEncoder.from_pretrained(
+            paths.resolve("text_encoder", ""), text_len=config.text_len, dtype=dtype, device=device
+        )
+    if encoder is None:
+        raise ValueError(
+            "random_weights needs a text_encoder (a full-size umT5 is not random-built)"
+        )
+    if encoder.dim != config.text_dim:
+        raise ValueError(f"text encoder width {encoder.dim} != DiT text_dim {config.text_dim}")
+    return WanModels(
+        dit=dit.to(device, dtype).eval(),
+        vae=vae.to(device, dtype).eval(),
+        text=PromptCache(encoder, prompt_cache_size),
+        device=device,
+        dtype=dtype,
+        default_size=spec["size"],
+    )

@@ -1,0 +1,1 @@
+"""Frame-level autoregressive pipelines: each turns a session's inputs into frames or captions."""

@@ -1,0 +1,224 @@
+"""LongLive on the tiny preset: frame counts, flat memory, determinism, prompt switches,
+unbounded positions, and ``stream generate`` writing a real MP4."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import torch
+from diffusers.models.transformers import transformer_wan
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from models.registry import load_wan_models
+from models.text import tiny_umt5_encoder
+from models.vae import tiny_wan_vae
+from models.wan import wan_config
+from stream.cli import main
+from stream.generate import parse_switch
+from stream.kvcache import KVCacheManager
+from stream.pipelines.base import GenerationRequest
+from stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+
+SIZE = {"height": 32, "width": 32}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_wan_models("tiny")
+
+
+def pipeline(tiny, **config) -> LongLivePipeline:
+    # one 32 x 32 latent frame = 2 x 2 tokens = one block
+    return LongLivePipeline(tiny, KVCacheManager(), 16 << 20, LongLiveConfig(**config), 4)
+
+
+def kv_of(pipe: LongLivePipeline, slots: np.ndarray) -> torch.Tensor:
+    return pipe.pool.kv[:, :, torch.from_numpy(slots).long()].clone()
+
+
+def test_500_chunks_flat_memory_exact_frame_count(tiny) -> None:
+    pipe = pipeline(tiny)
+    state = pipe.open(GenerationRequest("a red ball", seed=0, **SIZE))
+    frames, indices, used = 0, [], set()
+    for chunk in range(500):
+        out = pipe.step(state)
+        assert out.frames.shape[1:] == (32, 32, 3) and out.frames.dtype == np.uint8
+        assert len(out) == (9 if chunk == 0 else 12)
+        indices.append(out.first_index)
+        frames += len(out)
+        if chunk >= 4:
+            used.add(pipe.pool.stats().used_blocks)
+            assert state.history.shape[2] == 12
+    assert frames == 9 + 12 * 499 == state.frames_emitted
+    assert indices == [0, *range(9, frames, 12)]
+    assert used == {12}  # sink 3 + window 9 frames, one block each, from the window on
+    np.testing.assert_array_equal(state.cache.window_frames(), np.arange(1491, 1500))
+    assert state.cache.cache.positions("window")[:, 0].max() == 1023  # re-based, never past 1024
+    pipe.close(state)
+    assert pipe.pool.stats().used_blocks == 0
+
+
+def test_same_seed_same_frames_and_other_seed_differs(tiny) -> None:
+    pipe = pipeline(tiny)
+    runs = []
+    for seed in (3, 3, 4):
+        state = pipe.open(GenerationRequest("a red ball", seed=seed, **SIZE))
+        runs.append(np.concatenate([pipe.step(state).frames for _ in range(3)]))
+        pipe.close(state)
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("global_sink", [True, False])
+def test_prompt_switch_rewrites_exactly_the_recent_window(tiny, global_sink: bool) -> None:
+    """Beside a run without the switch: the switch run's cross-attention input is the new
+    prompt's, its retained window frames carry new K/V, and its sink is kept (global_sink) or
+    re-anchored on recent frames (otherwise)."""
+    pipes = [pipeline(tiny, global_sink=global_sink) for _ in range(2)]
+    states = [p.open(GenerationRequest("a red ball", seed=5, **SIZE)) for p in pipes]
+    for _ in range(5):
+        for p, s in zip(pipes, states, strict=True):
+            p.step(s)
+    pipes[1].switch_prompt(states[1], "a blue cube")
+    for p, s in zip(pipes, states, strict=True):
+        p.step(s)
+    control, switched = states
+    new_text = tiny.dit.encode_text(tiny.encode_prompt("a blue cube"))
+    torch.testing.assert_close(switched.text.k, new_text.k)
+    assert not torch.allclose(control.text.k, switched.text.k)
+
+    cache_c, cache_s = control.cache.cache, switched.cache.cache
+    tpf = 4  # 2 x 2 tokens per latent frame at 32 x 32
+    retained = slice(0, 6 * tpf)  # the window's 6 frames from before the switch
+    old_c = kv_of(pipes[0], cache_c.slots("window")[retained])
+    old_s = kv_of(pipes[1], cache_s.slots("window")[retained])
+    assert (old_c - old_s).abs().amax(dim=(0, 1, 3, 4)).min() > 1e-6  # every token rewritten
+    sink_c, sink_s = kv_of(pipes[0], cache_c.slots("sink")), kv_of(pipes[1], cache_s.slots("sink"))
+    if global_sink:
+        torch.testing.assert_close(sink_c, sink_s, rtol=0, atol=0)
+        np.testing.assert_array_equal(switched.cache.sink_frames(), [0, 1, 2])
+    else:
+        assert not torch.allclose(sink_c, sink_s)
+        np.testing.assert_array_equal(switched.cache.sink_frames(), [3, 4, 5])
+
+
+def test_transition_blends_text_over_chunks(tiny) -> None:
+    pipe = pipeline(tiny)
+    state = pipe.open(GenerationRequest("a red ball", seed=1, **SIZE))
+    pipe.step(state)
+    start = state.embedding.clone()
+    target = tiny.encode_prompt("a blue cube")
+    pipe.switch_prompt(state, "a blue cube", transition_chunks=4)
+    for i in range(4):
+        pipe.step(state)
+        torch.testing.assert_close(state.embedding, torch.lerp(start, target, (i + 1) / 4))
+    assert not state.transition and not state.recache_pending
+
+
+def test_parse_switch() -> None:
+    switch = parse_switch("t=4s:a blue cube: close up")
+    assert (switch.at_seconds, switch.prompt) == (4.0, "a blue cube: close up")
+    assert parse_switch("t=2.5:x").at_seconds == 2.5
+    for bad in ("4s:x", "t=4s:", "t=x:y"):
+        with pytest.raises(ValueError, match="--switch"):
+            parse_switch(bad)
+
+
+def read_mp4(path) -> tuple[int, float, int, int]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, float(stream.average_rate), stream.width, stream.height
+
+
+def test_stream_generate_writes_16_frames_per_second(tmp_path) -> None:
+    out = tmp_path / "video.mp4"
+    argv = [
+        "generate",
+        "--prompt",
+        "a red ball",
+        "--switch",
+        "t=1s:a blue cube",
+        "--switch",
+        "t=2s:a green star",
+        "--seconds",
+        "3",
+        "--out",
+        str(out),
+        "--height",
+        "32",
+        "--width",
+        "48",
+    ]
+    assert main(argv) == 0
+    assert read_mp4(out) == (48, 16.0, 48, 32)
+
+
+def _write_tiny_model_dir(root) -> None:
+    """A diffusers-layout folder holding tiny-preset weights, written with each library's own
+    save_pretrained: transformer/ vae/ text_encoder/ tokenizer/."""
+    cfg = wan_config("tiny")
+    transformer_wan.WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=cfg.num_heads,
+        attention_head_dim=cfg.head_dim,
+        in_channels=16,
+        out_channels=16,
+        text_dim=cfg.text_dim,
+        freq_dim=cfg.freq_dim,
+        ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.num_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+    ).save_pretrained(root / "transformer")
+    tiny_wan_vae().vae.save_pretrained(root / "vae")
+    tiny_umt5_encoder().model.save_pretrained(root / "text_encoder")
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {
+        w: i + 3 for i, w in enumerate(["a", "red", "ball"])
+    }
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(root / "tokenizer")
+
+
+def test_stream_generate_from_a_model_folder(tmp_path) -> None:
+    _write_tiny_model_dir(tmp_path / "model")
+    out = tmp_path / "video.mp4"
+    argv = [
+        "generate",
+        "--prompt",
+        "a red ball",
+        "--seconds",
+        "1",
+        "--out",
+        str(out),
+        "--model-dir",
+        str(tmp_path / "model"),
+        "--height",
+        "32",
+        "--width",
+        "32",
+    ]
+    assert main(argv) == 0
+    assert read_mp4(out)[:2] == (16, 16.0)
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path) -> None:
+    argv = [
+        "generate",
+        "--prompt",
+        "x",
+        "--out",
+        str(tmp_path / "v.mp4"),
+        "--model-dir",
+        str(tmp_path / "nowhere"),
+    ]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        main(argv)
