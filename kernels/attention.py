@@ -19,8 +19,10 @@ The new tokens' own keys are written to their slots first (:func:`write_kv`) and
 
 Grouped-query attention: query head h reads kv head ``h // (H_q // H_kv)``.
 
-:func:`paged_attention_ref` is the plain-torch twin (gather, rotate, SDPA). The Triton kernels in
-:mod:`kernels.triton_attention` have the same signature; :func:`paged_attention` dispatches.
+:func:`paged_attention_ref` is the plain-torch twin (gather, rotate, SDPA in float32);
+:func:`paged_attention_sdpa` is the same in the input dtype, so torch's fused kernels run (the
+baseline on CUDA). The Triton kernels in :mod:`kernels.triton_attention` have the same signature;
+:func:`paged_attention` dispatches.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "AttentionMetadata",
     "paged_attention",
     "paged_attention_ref",
+    "paged_attention_sdpa",
     "register_backend",
     "select_backend",
     "write_kv",
@@ -136,22 +139,47 @@ def paged_attention_ref(
     Returns:
         ``[N_q, H_q, D]`` in ``q.dtype``.
     """
+    return _gather_rotate_attend(q, k_cache, v_cache, meta, rope, scale, torch.float32)
+
+
+def paged_attention_sdpa(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    rope: RopeSpec,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The twin computed in ``q.dtype`` so torch picks its fused SDPA kernels (cuDNN, flash):
+    rotation in float32, rounded once. The baseline for the Triton kernels on CUDA."""
+    return _gather_rotate_attend(q, k_cache, v_cache, meta, rope, scale, q.dtype)
+
+
+def _gather_rotate_attend(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    rope: RopeSpec,
+    scale: float | None,
+    compute_dtype: torch.dtype,
+) -> torch.Tensor:
     num_q_heads, num_kv_heads = q.shape[1], k_cache.shape[1]
     if num_q_heads % num_kv_heads:
         raise ValueError(f"{num_q_heads} query heads are not a multiple of {num_kv_heads} kv heads")
     index = meta.kv_slots.long()
-    keys = apply_rope(k_cache.index_select(0, index), meta.kv_pos, rope)
-    values = v_cache.index_select(0, index).float()
-    queries = apply_rope(q, meta.q_pos, rope)
-    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    keys = apply_rope(k_cache.index_select(0, index), meta.kv_pos, rope).to(compute_dtype)
+    values = v_cache.index_select(0, index).to(compute_dtype)
+    queries = apply_rope(q, meta.q_pos, rope).to(compute_dtype)
+    out = torch.empty(q.shape, dtype=compute_dtype, device=q.device)
     qi, ki = meta.q_indptr_host, meta.kv_indptr_host
     for s in range(meta.num_seqs):
         q_len, kv_len = qi[s + 1] - qi[s], ki[s + 1] - ki[s]
         if q_len == 0:
             continue
-        qs = queries[qi[s] : qi[s + 1]].transpose(0, 1)  # [H_q, q_len, D]
-        ks = keys[ki[s] : ki[s + 1]].transpose(0, 1)
-        vs = values[ki[s] : ki[s + 1]].transpose(0, 1)
+        qs = queries[qi[s] : qi[s + 1]].transpose(0, 1)[None]  # [1, H_q, q_len, D]
+        ks = keys[ki[s] : ki[s + 1]].transpose(0, 1)[None]
+        vs = values[ki[s] : ki[s + 1]].transpose(0, 1)[None]
         mask = None
         if meta.causal:
             rows = torch.arange(q_len, device=q.device)[:, None] + (kv_len - q_len)
@@ -159,7 +187,7 @@ def paged_attention_ref(
         o = F.scaled_dot_product_attention(
             qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=num_q_heads != num_kv_heads
         )
-        out[qi[s] : qi[s + 1]] = o.transpose(0, 1)
+        out[qi[s] : qi[s + 1]] = o[0].transpose(0, 1)
     return out.to(q.dtype)
 
 
@@ -167,7 +195,7 @@ AttentionFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata, RopeSpec, "float | None"],
     torch.Tensor,
 ]
-_BACKENDS: dict[str, AttentionFn] = {"torch": paged_attention_ref}
+_BACKENDS: dict[str, AttentionFn] = {"torch": paged_attention_ref, "sdpa": paged_attention_sdpa}
 
 
 def register_backend(name: str, fn: AttentionFn) -> None:

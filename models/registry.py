@@ -16,6 +16,7 @@ optionally replaced by a LongLive / Self-Forcing / Rolling Forcing checkpoint (+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -70,8 +71,9 @@ class WanModels:
     dtype: torch.dtype
     default_size: tuple[int, int]  # (height, width) in pixels
 
-    @property
+    @cached_property
     def rope(self) -> RopeSpec:
+        """One spec per bundle, so its device tables are built once."""
         return wan_rope(self.dit.config.head_dim)
 
     def check_size(self, height: int, width: int) -> None:

@@ -59,6 +59,7 @@ class LongLiveConfig:
     positions: str = "absolute"
     max_position: int = 1024
     fps: float = 16.0
+    attention_backend: str | None = None  # None: Triton on CUDA, the torch twin elsewhere
 
     def __post_init__(self) -> None:
         if self.recache_frames < self.sink_frames + self.window_frames - self.chunk_frames:
@@ -163,9 +164,14 @@ class LongLivePipeline:
 
     # -- one chunk -------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def step(self, state: LongLiveState) -> FrameChunk:
         """Generate, refresh and decode the next chunk of ``chunk_frames`` latent frames."""
+        return self.decode(state, self.denoise(state))
+
+    @torch.inference_mode()
+    def denoise(self, state: LongLiveState) -> torch.Tensor:
+        """Generate the next chunk and write its clean K/V; returns its clean latents
+        ``[1, C, chunk_frames, h, w]`` (a pending prompt switch is applied first)."""
         cfg, dit = self.config, self.models.dit
         if state.transition:
             state.embedding = state.transition.pop(0)
@@ -186,10 +192,15 @@ class LongLivePipeline:
         clean = x0.to(self.models.dtype)
         dit(clean, self._timestep(0.0, cfg.chunk_frames), state.text, view)  # cache refresh
         state.history = self._remember(state.history, clean)
-        frames = to_uint8(self.models.vae.decode_chunk(clean, state.decode_state))[0]
-        chunk = FrameChunk(frames.cpu().numpy(), state.frames_emitted, cfg.fps)
-        state.frames_emitted += len(chunk)
         state.chunks += 1
+        return clean
+
+    @torch.inference_mode()
+    def decode(self, state: LongLiveState, latents: torch.Tensor) -> FrameChunk:
+        """Stream-decode clean latents into uint8 frames, continuing the stream's VAE cache."""
+        frames = to_uint8(self.models.vae.decode_chunk(latents, state.decode_state))[0]
+        chunk = FrameChunk(frames.cpu().numpy(), state.frames_emitted, self.config.fps)
+        state.frames_emitted += len(chunk)
         return chunk
 
     def _recache(self, state: LongLiveState) -> None:
@@ -209,7 +220,7 @@ class LongLivePipeline:
     ) -> AttentionContext:
         plan = state.cache.cache.plan(ranges, discarded)
         step = build_step([plan], causal=False, device=self.models.device)
-        return CacheView(self.pool, step, self.models.rope)
+        return CacheView(self.pool, step, self.models.rope, self.config.attention_backend)
 
     def _noise(self, state: LongLiveState, frames: int) -> torch.Tensor:
         c, h, w = state.latent_shape

@@ -14,6 +14,7 @@ from kernels.attention import (
     AttentionMetadata,
     paged_attention,
     paged_attention_ref,
+    paged_attention_sdpa,
     register_backend,
     select_backend,
     write_kv,
@@ -134,6 +135,19 @@ def test_paged_attention_ref_matches_naive(dtype, heads, causal, rope_name):
     assert out.dtype == dtype and out.shape == q.shape
     ref = _naive_attention(q, k_cache, v_cache, meta, spec, None)
     assert torch.isfinite(out.float()).all()
+    torch.testing.assert_close(out.double(), ref, **TOLS[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_paged_attention_sdpa_matches_naive(dtype, causal):
+    """The input-dtype variant (the CUDA baseline) computes the same function."""
+    q_lens, kv_lens = CAUSAL_LAYOUT if causal else FULL_LAYOUT
+    q, k_cache, v_cache, meta = _make_case(11, q_lens, kv_lens, 4, 2, 16, dtype, causal, extra=5)
+    spec = ROPES["mrope"](16)
+    out = paged_attention_sdpa(q, k_cache, v_cache, meta, spec)
+    assert out.dtype == dtype
+    ref = _naive_attention(q, k_cache, v_cache, meta, spec, None)
     torch.testing.assert_close(out.double(), ref, **TOLS[dtype])
 
 
