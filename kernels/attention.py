@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,9 @@ from kernels.rope import RopeSpec, apply_rope
 
 __all__ = [
     "AttentionMetadata",
+    "DECODE_MAX_Q_LEN",
     "paged_attention",
+    "paged_attention_auto",
     "paged_attention_ref",
     "paged_attention_sdpa",
     "register_backend",
@@ -64,19 +66,16 @@ class AttentionMetadata:
     kv_indptr_host: tuple[int, ...]  # same values as kv_indptr, on the host
     causal: bool  # bottom-right causal (text) or full (video chunk)
 
+    max_q_len: int = field(init=False)  # longest sequence's queries, derived from the indptr
+    max_kv_len: int = field(init=False)  # longest sequence's keys
+
+    def __post_init__(self) -> None:
+        self.max_q_len = _longest(self.q_indptr_host)
+        self.max_kv_len = _longest(self.kv_indptr_host)
+
     @property
     def num_seqs(self) -> int:
         return len(self.q_indptr_host) - 1
-
-    @property
-    def max_q_len(self) -> int:
-        return max(b - a for a, b in zip(self.q_indptr_host, self.q_indptr_host[1:], strict=False))
-
-    @property
-    def max_kv_len(self) -> int:
-        return max(
-            b - a for a, b in zip(self.kv_indptr_host, self.kv_indptr_host[1:], strict=False)
-        )
 
     def validate(self) -> None:
         """Check the host-visible invariants; raises ``ValueError`` naming the broken one."""
@@ -100,6 +99,10 @@ class AttentionMetadata:
                 f"kv_slots {tuple(self.kv_slots.shape)} / kv_pos {tuple(self.kv_pos.shape)} "
                 f"do not match kv_indptr total {ki[-1]}"
             )
+
+
+def _longest(indptr: tuple[int, ...]) -> int:
+    return max((b - a for a, b in zip(indptr, indptr[1:], strict=False)), default=0)
 
 
 def write_kv(
@@ -195,7 +198,29 @@ AttentionFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata, RopeSpec, "float | None"],
     torch.Tensor,
 ]
-_BACKENDS: dict[str, AttentionFn] = {"torch": paged_attention_ref, "sdpa": paged_attention_sdpa}
+# Up to this many queries per sequence a step is decode-shaped (split-K pays off).
+DECODE_MAX_Q_LEN = 32
+
+
+def paged_attention_auto(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    rope: RopeSpec,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The fastest measured backend per shape on CUDA: the Triton split-K kernel for decode,
+    the gathered SDPA for chunks (BENCHMARKS.md has the figures behind the choice)."""
+    name = "triton" if meta.max_q_len <= DECODE_MAX_Q_LEN and "triton" in _BACKENDS else "sdpa"
+    return _BACKENDS[name](q, k_cache, v_cache, meta, rope, scale)
+
+
+_BACKENDS: dict[str, AttentionFn] = {
+    "torch": paged_attention_ref,
+    "sdpa": paged_attention_sdpa,
+    "auto": paged_attention_auto,
+}
 
 
 def register_backend(name: str, fn: AttentionFn) -> None:
@@ -204,11 +229,11 @@ def register_backend(name: str, fn: AttentionFn) -> None:
 
 
 def select_backend(device: torch.device, name: str | None = None) -> AttentionFn:
-    """The backend for ``device``: ``name``, else ``$STREAM_ATTENTION_BACKEND``, else Triton on
-    CUDA and the torch twin elsewhere."""
+    """The backend for ``device``: ``name``, else ``$STREAM_ATTENTION_BACKEND``, else ``auto``
+    on CUDA (Triton for decode, SDPA for chunks) and the torch twin elsewhere."""
     name = name or os.environ.get("STREAM_ATTENTION_BACKEND")
     if name is None:
-        name = "triton" if device.type == "cuda" and "triton" in _BACKENDS else "torch"
+        name = "auto" if device.type == "cuda" else "torch"
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; known: {sorted(_BACKENDS)}")
     return _BACKENDS[name]

@@ -123,7 +123,7 @@ def load_wan_models(
     device = torch.device(device)
     config = wan_config(spec["dit"])
     if random_weights or (preset == "tiny" and paths is None):
-        generator = torch.Generator().manual_seed(0)
+        generator = torch.Generator(device).manual_seed(0)
         with torch.device(device):
             dit = CausalWanModel(config)
         dit.init_weights(generator)

@@ -366,10 +366,7 @@ def test_select_backend_torch_on_cpu(isolated_backends):
 
 
 def test_select_backend_cuda_default(isolated_backends):
-    attention_mod._BACKENDS.pop("triton", None)
-    assert select_backend(torch.device("cuda")) is paged_attention_ref
-    register_backend("triton", _fake_backend)
-    assert select_backend(torch.device("cuda")) is _fake_backend
+    assert select_backend(torch.device("cuda")) is attention_mod.paged_attention_auto
 
 
 def test_select_backend_explicit_name(isolated_backends):

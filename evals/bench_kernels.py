@@ -1,0 +1,234 @@
+"""Benchmark the Triton paged attention against dense SDPA and its torch twin.
+
+Cases (bf16, head_dim 128)::
+
+    wan_chunk      Wan2.1 chunk     4680 q x 18720 k, 12 heads, full attention
+    wan_recache    KV recache      18720 q x 18720 k, 12 heads, full
+    rolling_window Rolling Forcing 23400 q x 32760 k, 12 heads, full
+    qwen_decode    Qwen2.5-VL-7B   16 sequences x 1 q x ~13k k, 28 q / 4 kv heads, causal
+
+Each case fills a slot pool in random order with un-rotated keys, checks Triton against
+:func:`kernels.attention.paged_attention_ref`, then times (median of ``triton.testing.do_bench``):
+
+1. ``triton``: :func:`kernels.triton_attention.paged_attention_triton`, gather and rope included;
+2. ``sdpa``: ``F.scaled_dot_product_attention`` (default backend) on keys already gathered and
+   rotated, i.e. the dense lower bound without the paging and rotation work;
+3. ``twin``: the torch twin end to end (gather, rotate, float32 SDPA per sequence);
+4. ``sdpa_paged``: :func:`kernels.attention.paged_attention_sdpa`, the twin in bf16 so that
+   torch's fused SDPA runs: the end-to-end torch baseline with paging and rotation.
+
+FLOPs are ``4 * q * k * H * D`` per sequence (full attention). Run on the GPU as
+``python -m evals.bench_kernels --out results.json``; ``--quick`` shrinks every case so that the
+script can be smoke-tested on a CPU with ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from kernels.attention import (
+    AttentionMetadata,
+    paged_attention_ref,
+    paged_attention_sdpa,
+    write_kv,
+)
+from kernels.rope import RopeSpec, apply_rope, mrope, wan_rope
+from kernels.triton_attention import paged_attention_triton
+
+WAN_GRID = (30, 52)  # latent h x w of one 480x832 Wan frame: 1560 tokens
+
+
+@dataclass
+class Case:
+    name: str
+    q: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    meta: AttentionMetadata
+    rope: RopeSpec
+
+    @property
+    def flops(self) -> float:
+        qi, ki = self.meta.q_indptr_host, self.meta.kv_indptr_host
+        pairs = sum((qi[s + 1] - qi[s]) * (ki[s + 1] - ki[s]) for s in range(self.meta.num_seqs))
+        return 4.0 * pairs * self.q.shape[1] * self.q.shape[2]
+
+    @property
+    def shape(self) -> str:
+        m = self.meta
+        return (f"{m.num_seqs}x({m.max_q_len}q x {m.max_kv_len}k) "
+                f"H{self.q.shape[1]}/{self.k_cache.shape[1]} D{self.q.shape[2]}")
+
+
+def _wan_positions(first_frame: int, frames: int, grid: tuple[int, int]) -> torch.Tensor:
+    t, h, w = torch.meshgrid(
+        torch.arange(first_frame, first_frame + frames), torch.arange(grid[0]),
+        torch.arange(grid[1]), indexing="ij",
+    )
+    return torch.stack([t.flatten(), h.flatten(), w.flatten()], 1).to(torch.int32)
+
+
+def _qwen_positions(num_keys: int, gen: torch.Generator) -> torch.Tensor:
+    """M-RoPE positions of a video prompt: text, a t/h/w grid of video tokens, text again."""
+    prefix = int(torch.randint(16, 64, (), generator=gen))
+    frames, h, w = max(1, (num_keys - 2 * prefix) // (18 * 32)), 18, 32
+    video = _wan_positions(0, frames, (h, w)) + prefix
+    video = video[: max(0, num_keys - 2 * prefix)]
+    start = int(video.max()) + 1 if len(video) else prefix
+    suffix = torch.arange(start, start + num_keys - prefix - len(video))
+    text = torch.cat([torch.arange(prefix), suffix])[:, None].expand(-1, 3)
+    return torch.cat([text[:prefix], video, text[prefix:]]).to(torch.int32)
+
+
+def _fill_pool(kv_pos: list[torch.Tensor], q_pos: list[torch.Tensor], num_q_heads: int,
+               num_kv_heads: int, head_dim: int, causal: bool, device: torch.device,
+               gen: torch.Generator):
+    """Random bf16 q/k/v, keys at random slots of a pool twice the size, packed metadata."""
+    dtype = torch.bfloat16
+    num_kv, num_q = sum(len(p) for p in kv_pos), sum(len(p) for p in q_pos)
+    num_slots = 2 * num_kv
+    k_cache = torch.zeros(num_slots, num_kv_heads, head_dim, dtype=dtype, device=device)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.randperm(num_slots, generator=gen)[:num_kv].to(torch.int32).to(device)
+    k = torch.randn(num_kv, num_kv_heads, head_dim, generator=gen).to(device, dtype)
+    write_kv(k_cache, v_cache, slots, k, torch.randn(k.shape, generator=gen).to(device, dtype))
+    q = torch.randn(num_q, num_q_heads, head_dim, generator=gen).to(device, dtype)
+    q_indptr = [0] + torch.tensor([len(p) for p in q_pos]).cumsum(0).tolist()
+    kv_indptr = [0] + torch.tensor([len(p) for p in kv_pos]).cumsum(0).tolist()
+    meta = AttentionMetadata(
+        q_pos=torch.cat(q_pos).to(device),
+        kv_slots=slots,
+        kv_pos=torch.cat(kv_pos).to(device),
+        q_indptr=torch.tensor(q_indptr, dtype=torch.int32, device=device),
+        kv_indptr=torch.tensor(kv_indptr, dtype=torch.int32, device=device),
+        q_indptr_host=tuple(q_indptr),
+        kv_indptr_host=tuple(kv_indptr),
+        causal=causal,
+    )
+    meta.validate()
+    return q, k_cache, v_cache, meta
+
+
+def build_cases(quick: bool, device: torch.device, seed: int = 0) -> list[Case]:
+    gen = torch.Generator().manual_seed(seed)
+    grid, heads, head_dim = ((3, 4), 2, 32) if quick else (WAN_GRID, 12, 128)
+    cases = []
+    # (name, query frames, key frames); queries are the last frames of the window, as in a
+    # stream where the chunk's own keys were written last. Window start 40 frames in.
+    for name, q_frames, kv_frames in [
+        ("wan_chunk", 3, 12), ("wan_recache", 12, 12), ("rolling_window", 15, 21)
+    ]:
+        kv_pos = _wan_positions(40, kv_frames, grid)
+        q_pos = kv_pos[len(kv_pos) - q_frames * grid[0] * grid[1]:]
+        args = _fill_pool([kv_pos], [q_pos], heads, heads, head_dim, False, device, gen)
+        cases.append(Case(name, *args, wan_rope(head_dim)))
+
+    num_seqs, num_q_heads, num_kv_heads = (3, 4, 2) if quick else (16, 28, 4)
+    num_keys = 77 if quick else 13_000  # equal lengths so that dense SDPA is one batched call
+    kv_pos = [_qwen_positions(num_keys, gen) for _ in range(num_seqs)]
+    q_pos = [p[-1:] for p in kv_pos]  # the newest token, its key already in the cache
+    sections = (4, 6, 6) if quick else (16, 24, 24)
+    args = _fill_pool(kv_pos, q_pos, num_q_heads, num_kv_heads, head_dim, True, device, gen)
+    cases.append(Case("qwen_decode", *args, mrope(head_dim, sections=sections)))
+    return cases
+
+
+def dense_sdpa(case: Case) -> Callable[[], torch.Tensor]:
+    """SDPA on pre-gathered, pre-rotated bf16 keys (every sequence has equal lengths)."""
+    meta, s = case.meta, case.meta.num_seqs
+    index = meta.kv_slots.long()
+    k = apply_rope(case.k_cache.index_select(0, index), meta.kv_pos, case.rope)
+    v = case.v_cache.index_select(0, index)
+    q = apply_rope(case.q, meta.q_pos, case.rope)
+
+    def batched(x: torch.Tensor) -> torch.Tensor:  # [S * L, H, D] -> [S, H, L, D]
+        return x.to(torch.bfloat16).unflatten(0, (s, -1)).transpose(1, 2).contiguous()
+
+    q, k, v = batched(q), batched(k), batched(v)
+    # One query per sequence sees all its keys: no mask (is_causal would be top-left aligned).
+    assert not meta.causal or meta.max_q_len == 1
+    gqa = q.shape[1] != k.shape[1]
+    return lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+
+
+def bench_ms(fn: Callable[[], object]) -> float:
+    """Median milliseconds: ``do_bench`` on CUDA, a few wall-clock runs elsewhere."""
+    if torch.cuda.is_available():
+        return triton.testing.do_bench(fn, return_mode="median")
+    fn()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def run_case(case: Case) -> dict:
+    args = (case.q, case.k_cache, case.v_cache, case.meta, case.rope)
+    out = paged_attention_triton(*args).float()
+    ref = paged_attention_ref(*args).float()
+    rel_err = (torch.linalg.norm(out - ref) / torch.linalg.norm(ref)).item()
+    del out, ref
+    print(f"{case.name:15s} {case.shape}: rel error vs twin {rel_err:.2e}", flush=True)
+    result = {"case": case.name, "shape": case.shape, "flops": case.flops, "rel_err": rel_err,
+              "ok": rel_err < 1e-2}
+    for label, fn in [
+        ("triton", lambda: paged_attention_triton(*args)),
+        ("sdpa", dense_sdpa(case)),
+        ("twin", lambda: paged_attention_ref(*args)),
+        ("sdpa_paged", lambda: paged_attention_sdpa(*args)),
+    ]:
+        ms = bench_ms(fn)
+        result[f"{label}_ms"] = ms
+        result[f"{label}_tflops"] = case.flops / ms / 1e9
+        print(f"  {label:10s} {ms:9.3f} ms  {case.flops / ms / 1e9:7.1f} TFLOP/s", flush=True)
+    result["triton_over_sdpa"] = result["triton_ms"] / result["sdpa_ms"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="bench_kernels.json", help="JSON results path")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (CPU smoke test)")
+    parser.add_argument("--cases", nargs="*", help="subset of case names to run")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cases = build_cases(args.quick, device, args.seed)
+    if args.cases:
+        cases = [c for c in cases if c.name in args.cases]
+    results = [run_case(case) for case in cases]
+
+    header = (f"{'case':15s} {'shape':36s} {'rel_err':>8s} {'triton ms':>10s} {'TFLOP/s':>8s} "
+              f"{'sdpa ms':>9s} {'TFLOP/s':>8s} {'twin ms':>9s} {'paged ms':>9s} {'tri/sdpa':>8s}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in results:
+        print(f"{r['case']:15s} {r['shape']:36s} {r['rel_err']:8.1e} {r['triton_ms']:10.3f} "
+              f"{r['triton_tflops']:8.1f} {r['sdpa_ms']:9.3f} {r['sdpa_tflops']:8.1f} "
+              f"{r['twin_ms']:9.3f} {r['sdpa_paged_ms']:9.3f} {r['triton_over_sdpa']:8.2f}")
+    report = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "quick": args.quick,
+        "results": results,
+    }
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    if not all(r["ok"] for r in results):
+        raise SystemExit("Triton disagrees with the torch twin (rel error >= 1e-2)")
+
+
+if __name__ == "__main__":
+    main()
