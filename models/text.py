@@ -137,32 +137,36 @@ class UMT5TextEncoder(nn.Module):
         cls,
         path: str | Path,
         *,
+        tokenizer: str | Path | None = None,
         text_len: int = 512,
         dtype: torch.dtype = torch.bfloat16,
         device: torch.device | str = "cpu",
     ) -> UMT5TextEncoder:
-        """Load from a local folder, never downloading.
+        """Load from local files, never downloading.
 
         Args:
-            path: a diffusers pipeline folder holding ``text_encoder/`` and ``tokenizer/``, or
-                one folder holding both the encoder (``config.json`` + weights) and the
-                tokenizer files.
+            path: a diffusers pipeline folder holding ``text_encoder/`` and ``tokenizer/``; one
+                folder holding both the encoder (``config.json`` + weights) and the tokenizer;
+                or the original Wan checkpoint ``models_t5_umt5-xxl-enc-bf16.pth``.
+            tokenizer: the tokenizer folder for an original checkpoint; by default
+                ``google/umt5-xxl/`` beside it, as in the Wan2.1 release.
             text_len: tokens per prompt.
             dtype: parameter dtype (``torch.bfloat16`` as Wan runs it, or ``torch.float32``).
             device: where the weights go.
 
         Raises:
-            FileNotFoundError: ``path`` does not exist or holds no encoder config; the message
-                names the path.
-            ValueError: ``path`` is a file (the original Wan ``.pth`` layout is not supported).
+            FileNotFoundError: ``path`` (or the tokenizer folder) does not exist or holds no
+                encoder config; the message names the path.
+            ValueError: an original checkpoint holds a key the umT5 mapping does not know.
         """
         path = Path(path)
         if path.is_file():
-            raise ValueError(
-                f"{str(path)!r} is a file; the original Wan umT5 checkpoint "
-                "(models_t5_umt5-xxl-enc-bf16.pth) is not supported: pass a Hugging Face folder "
-                "(text_encoder/ + tokenizer/, as in Wan2.1-T2V-1.3B-Diffusers)"
-            )
+            tok_dir = Path(tokenizer) if tokenizer else path.parent / "google" / "umt5-xxl"
+            if not tok_dir.is_dir():
+                raise FileNotFoundError(f"umT5 tokenizer folder does not exist: {str(tok_dir)!r}")
+            model = _load_original_umt5(path, dtype)
+            tok = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+            return cls(model.eval().to(device), tok, text_len=text_len)
         if not path.is_dir():
             raise FileNotFoundError(f"umT5 text encoder folder does not exist: {str(path)!r}")
         if (path / "text_encoder" / "config.json").is_file():
@@ -280,3 +284,59 @@ def tiny_umt5_encoder(seed: int = 0, text_len: int = 16) -> UMT5TextEncoder:
         torch.manual_seed(seed)
         model = UMT5EncoderModel(config)
     return UMT5TextEncoder(model.eval(), ByteTokenizer(), text_len=text_len)
+
+
+# Original Wan umT5 names (wan/modules/t5.py, encoder only) -> transformers' UMT5EncoderModel.
+_ORIGINAL_UMT5_RENAMES = (
+    (r"token_embedding\.weight", "shared.weight"),
+    (r"blocks\.(\d+)\.attn\.([qkvo])\.weight", r"encoder.block.\1.layer.0.SelfAttention.\2.weight"),
+    (
+        r"blocks\.(\d+)\.pos_embedding\.embedding\.weight",
+        r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias.weight",
+    ),
+    (r"blocks\.(\d+)\.norm1\.weight", r"encoder.block.\1.layer.0.layer_norm.weight"),
+    (
+        r"blocks\.(\d+)\.ffn\.gate\.0\.weight",
+        r"encoder.block.\1.layer.1.DenseReluDense.wi_0.weight",
+    ),
+    (r"blocks\.(\d+)\.ffn\.fc1\.weight", r"encoder.block.\1.layer.1.DenseReluDense.wi_1.weight"),
+    (r"blocks\.(\d+)\.ffn\.fc2\.weight", r"encoder.block.\1.layer.1.DenseReluDense.wo.weight"),
+    (r"blocks\.(\d+)\.norm2\.weight", r"encoder.block.\1.layer.1.layer_norm.weight"),
+    (r"norm\.weight", "encoder.final_layer_norm.weight"),
+)
+
+
+def _load_original_umt5(path: Path, dtype: torch.dtype) -> UMT5EncoderModel:
+    """Build a UMT5EncoderModel from Wan's original encoder checkpoint; the config is read off
+    the tensor shapes (umT5-XXL: 24 layers, d_model 4096, 64 heads, d_ff 10240)."""
+    original = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in original.items():
+        for pattern, target in _ORIGINAL_UMT5_RENAMES:
+            if re.fullmatch(pattern, key):
+                state[re.sub(pattern, target, key)] = value
+                break
+        else:
+            raise ValueError(f"{str(path)!r}: unexpected key {key!r} for an original umT5 encoder")
+    if "shared.weight" not in state:
+        raise ValueError(f"{str(path)!r}: no token_embedding.weight; not a umT5 encoder checkpoint")
+    state["encoder.embed_tokens.weight"] = state["shared.weight"]
+    vocab, d_model = state["shared.weight"].shape
+    num_buckets, num_heads = state[
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    ].shape
+    config = UMT5Config(
+        vocab_size=vocab,
+        d_model=d_model,
+        d_kv=state["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0] // num_heads,
+        d_ff=state["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0],
+        num_layers=1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.block.")),
+        num_heads=num_heads,
+        relative_attention_num_buckets=num_buckets,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+    )
+    with torch.device("meta"):
+        model = UMT5EncoderModel(config)
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    return model

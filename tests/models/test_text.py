@@ -129,5 +129,45 @@ def test_missing_folder_names_it(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="empty"):
         UMT5TextEncoder.from_pretrained(tmp_path / "empty")
     (tmp_path / "models_t5_umt5-xxl-enc-bf16.pth").touch()
-    with pytest.raises(ValueError, match="not supported"):
+    with pytest.raises(FileNotFoundError, match="umt5-xxl"):  # no tokenizer beside it
         UMT5TextEncoder.from_pretrained(tmp_path / "models_t5_umt5-xxl-enc-bf16.pth")
+
+
+def _to_original_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' UMT5 names -> Wan's original encoder names, written independently."""
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if key == "shared.weight":
+            out["token_embedding.weight"] = value
+        elif key == "encoder.final_layer_norm.weight":
+            out["norm.weight"] = value
+        elif parts[:2] == ["encoder", "block"]:
+            n, layer, sub = parts[2], parts[4], ".".join(parts[5:])
+            names = {
+                "SelfAttention.q.weight": "attn.q.weight",
+                "SelfAttention.k.weight": "attn.k.weight",
+                "SelfAttention.v.weight": "attn.v.weight",
+                "SelfAttention.o.weight": "attn.o.weight",
+                "SelfAttention.relative_attention_bias.weight": "pos_embedding.embedding.weight",
+                "layer_norm.weight": "norm1.weight" if layer == "0" else "norm2.weight",
+                "DenseReluDense.wi_0.weight": "ffn.gate.0.weight",
+                "DenseReluDense.wi_1.weight": "ffn.fc1.weight",
+                "DenseReluDense.wo.weight": "ffn.fc2.weight",
+            }
+            out[f"blocks.{n}.{names[sub]}"] = value
+    return out
+
+
+def test_original_wan_checkpoint_loads_and_matches(encoder: UMT5TextEncoder, tmp_path) -> None:
+    """Wan's release layout: models_t5_umt5-xxl-enc-bf16.pth beside google/umt5-xxl/."""
+    checkpoint = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
+    torch.save(_to_original_names(encoder.model.state_dict()), checkpoint)
+    _word_tokenizer().save_pretrained(tmp_path / "google" / "umt5-xxl")
+    loaded = UMT5TextEncoder.from_pretrained(checkpoint, text_len=16, dtype=torch.float32)
+    prompts = ["a red ball rolls", "the blue square"]
+    expected = UMT5TextEncoder(encoder.model, _word_tokenizer(), 16).encode(prompts)
+    torch.testing.assert_close(loaded.encode(prompts), expected, atol=0, rtol=0)
+    torch.save({"blocks.0.attn.q.weight": torch.zeros(2, 2), "mystery": torch.zeros(1)}, checkpoint)
+    with pytest.raises(ValueError, match="mystery"):
+        UMT5TextEncoder.from_pretrained(checkpoint, text_len=16)
