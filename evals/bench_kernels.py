@@ -65,14 +65,18 @@ class Case:
     @property
     def shape(self) -> str:
         m = self.meta
-        return (f"{m.num_seqs}x({m.max_q_len}q x {m.max_kv_len}k) "
-                f"H{self.q.shape[1]}/{self.k_cache.shape[1]} D{self.q.shape[2]}")
+        return (
+            f"{m.num_seqs}x({m.max_q_len}q x {m.max_kv_len}k) "
+            f"H{self.q.shape[1]}/{self.k_cache.shape[1]} D{self.q.shape[2]}"
+        )
 
 
 def _wan_positions(first_frame: int, frames: int, grid: tuple[int, int]) -> torch.Tensor:
     t, h, w = torch.meshgrid(
-        torch.arange(first_frame, first_frame + frames), torch.arange(grid[0]),
-        torch.arange(grid[1]), indexing="ij",
+        torch.arange(first_frame, first_frame + frames),
+        torch.arange(grid[0]),
+        torch.arange(grid[1]),
+        indexing="ij",
     )
     return torch.stack([t.flatten(), h.flatten(), w.flatten()], 1).to(torch.int32)
 
@@ -89,9 +93,16 @@ def _qwen_positions(num_keys: int, gen: torch.Generator) -> torch.Tensor:
     return torch.cat([text[:prefix], video, text[prefix:]]).to(torch.int32)
 
 
-def _fill_pool(kv_pos: list[torch.Tensor], q_pos: list[torch.Tensor], num_q_heads: int,
-               num_kv_heads: int, head_dim: int, causal: bool, device: torch.device,
-               gen: torch.Generator):
+def _fill_pool(
+    kv_pos: list[torch.Tensor],
+    q_pos: list[torch.Tensor],
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    causal: bool,
+    device: torch.device,
+    gen: torch.Generator,
+):
     """Random bf16 q/k/v, keys at random slots of a pool twice the size, packed metadata."""
     dtype = torch.bfloat16
     num_kv, num_q = sum(len(p) for p in kv_pos), sum(len(p) for p in q_pos)
@@ -125,10 +136,12 @@ def build_cases(quick: bool, device: torch.device, seed: int = 0) -> list[Case]:
     # (name, query frames, key frames); queries are the last frames of the window, as in a
     # stream where the chunk's own keys were written last. Window start 40 frames in.
     for name, q_frames, kv_frames in [
-        ("wan_chunk", 3, 12), ("wan_recache", 12, 12), ("rolling_window", 15, 21)
+        ("wan_chunk", 3, 12),
+        ("wan_recache", 12, 12),
+        ("rolling_window", 15, 21),
     ]:
         kv_pos = _wan_positions(40, kv_frames, grid)
-        q_pos = kv_pos[len(kv_pos) - q_frames * grid[0] * grid[1]:]
+        q_pos = kv_pos[len(kv_pos) - q_frames * grid[0] * grid[1] :]
         args = _fill_pool([kv_pos], [q_pos], heads, heads, head_dim, False, device, gen)
         cases.append(Case(name, *args, wan_rope(head_dim)))
 
@@ -180,8 +193,13 @@ def run_case(case: Case) -> dict:
     rel_err = (torch.linalg.norm(out - ref) / torch.linalg.norm(ref)).item()
     del out, ref
     print(f"{case.name:15s} {case.shape}: rel error vs twin {rel_err:.2e}", flush=True)
-    result = {"case": case.name, "shape": case.shape, "flops": case.flops, "rel_err": rel_err,
-              "ok": rel_err < 1e-2}
+    result = {
+        "case": case.name,
+        "shape": case.shape,
+        "flops": case.flops,
+        "rel_err": rel_err,
+        "ok": rel_err < 1e-2,
+    }
     for label, fn in [
         ("triton", lambda: paged_attention_triton(*args)),
         ("sdpa", dense_sdpa(case)),
@@ -210,13 +228,17 @@ def main() -> None:
         cases = [c for c in cases if c.name in args.cases]
     results = [run_case(case) for case in cases]
 
-    header = (f"{'case':15s} {'shape':36s} {'rel_err':>8s} {'triton ms':>10s} {'TFLOP/s':>8s} "
-              f"{'sdpa ms':>9s} {'TFLOP/s':>8s} {'twin ms':>9s} {'paged ms':>9s} {'tri/sdpa':>8s}")
+    header = (
+        f"{'case':15s} {'shape':36s} {'rel_err':>8s} {'triton ms':>10s} {'TFLOP/s':>8s} "
+        f"{'sdpa ms':>9s} {'TFLOP/s':>8s} {'twin ms':>9s} {'paged ms':>9s} {'tri/sdpa':>8s}"
+    )
     print("\n" + header + "\n" + "-" * len(header))
     for r in results:
-        print(f"{r['case']:15s} {r['shape']:36s} {r['rel_err']:8.1e} {r['triton_ms']:10.3f} "
-              f"{r['triton_tflops']:8.1f} {r['sdpa_ms']:9.3f} {r['sdpa_tflops']:8.1f} "
-              f"{r['twin_ms']:9.3f} {r['sdpa_paged_ms']:9.3f} {r['triton_over_sdpa']:8.2f}")
+        print(
+            f"{r['case']:15s} {r['shape']:36s} {r['rel_err']:8.1e} {r['triton_ms']:10.3f} "
+            f"{r['triton_tflops']:8.1f} {r['sdpa_ms']:9.3f} {r['sdpa_tflops']:8.1f} "
+            f"{r['twin_ms']:9.3f} {r['sdpa_paged_ms']:9.3f} {r['triton_over_sdpa']:8.2f}"
+        )
     report = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__,

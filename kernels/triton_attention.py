@@ -111,8 +111,10 @@ def _sincos(angle):
     r = tl.fma(k, -7.54978995489188216e-8, r)
     z = r * r
     sin_r = r + r * z * (-1.6666654611e-1 + z * (8.3321608736e-3 + z * -1.9515295891e-4))
-    cos_r = 1.0 - 0.5 * z + z * z * (
-        4.166664568298827e-2 + z * (-1.388731625493765e-3 + z * 2.443315711809948e-5)
+    cos_r = (
+        1.0
+        - 0.5 * z
+        + z * z * (4.166664568298827e-2 + z * (-1.388731625493765e-3 + z * 2.443315711809948e-5))
     )
     quadrant = k.to(tl.int32) & 3
     swap = (quadrant & 1) == 1
@@ -125,8 +127,17 @@ def _sincos(angle):
 
 @triton.jit
 def _load_rotated(
-    base_ptr, row_off, stride_d, pos_ptr, pos_row, mask, freq, axis,
-    ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, INTERLEAVED: tl.constexpr,
+    base_ptr,
+    row_off,
+    stride_d,
+    pos_ptr,
+    pos_row,
+    mask,
+    freq,
+    axis,
+    ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
 ):
     """Load ``ROWS`` head vectors at element offsets ``row_off`` and rotate them in float32.
 
@@ -160,12 +171,36 @@ def _load_rotated(
 
 @triton.jit
 def _attend_keys(
-    acc, m_i, l_i, q_a, q_b, q_tok,
-    lo, hi, kv_start, kv_len, q_len, kv_head,
-    k_ptr, v_ptr, stride_ks, stride_kh, stride_kd, stride_vs, stride_vh, stride_vd,
-    slots_ptr, kv_pos_ptr, freq, axis,
-    CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, INTERLEAVED: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    acc,
+    m_i,
+    l_i,
+    q_a,
+    q_b,
+    q_tok,
+    lo,
+    hi,
+    kv_start,
+    kv_len,
+    q_len,
+    kv_head,
+    k_ptr,
+    v_ptr,
+    stride_ks,
+    stride_kh,
+    stride_kd,
+    stride_vs,
+    stride_vh,
+    stride_vd,
+    slots_ptr,
+    kv_pos_ptr,
+    freq,
+    axis,
+    CAUSAL: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Fold keys ``[lo, hi)`` of one sequence into the running ``(acc, m_i, l_i)``.
 
@@ -178,8 +213,17 @@ def _attend_keys(
         n_mask = offs_n < hi
         slots = tl.load(slots_ptr + kv_start + offs_n, mask=n_mask, other=0).to(tl.int64)
         k_a, k_b = _load_rotated(
-            k_ptr, slots * stride_ks + kv_head * stride_kh, stride_kd, kv_pos_ptr,
-            kv_start + offs_n, n_mask, freq, axis, BLOCK_N, HEAD_DIM, INTERLEAVED,
+            k_ptr,
+            slots * stride_ks + kv_head * stride_kh,
+            stride_kd,
+            kv_pos_ptr,
+            kv_start + offs_n,
+            n_mask,
+            freq,
+            axis,
+            BLOCK_N,
+            HEAD_DIM,
+            INTERLEAVED,
         )
         v_off = slots[:, None] * stride_vs + kv_head * stride_vh + dims[None, :] * stride_vd
         v = tl.load(v_ptr + v_off, mask=n_mask[:, None], other=0.0)
@@ -207,16 +251,38 @@ def _attend_keys(
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr,
-    stride_qn, stride_qh, stride_qd,
-    stride_ks, stride_kh, stride_kd,
-    stride_vs, stride_vh, stride_vd,
-    stride_on, stride_oh, stride_od,
-    q_pos_ptr, kv_pos_ptr, slots_ptr, q_indptr_ptr, kv_indptr_ptr, freq_ptr, axis_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    stride_qn,
+    stride_qh,
+    stride_qd,
+    stride_ks,
+    stride_kh,
+    stride_kd,
+    stride_vs,
+    stride_vh,
+    stride_vd,
+    stride_on,
+    stride_oh,
+    stride_od,
+    q_pos_ptr,
+    kv_pos_ptr,
+    slots_ptr,
+    q_indptr_ptr,
+    kv_indptr_ptr,
+    freq_ptr,
+    axis_ptr,
     qk_scale,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, INTERLEAVED: tl.constexpr,
-    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     head = tl.program_id(1)
@@ -234,8 +300,17 @@ def _prefill_kernel(
     q_mask = q_tok < q_len
     rows = (q_start + q_tok).to(tl.int64)
     q_a, q_b = _load_rotated(
-        q_ptr, rows * stride_qn + head * stride_qh, stride_qd, q_pos_ptr, rows, q_mask,
-        freq, axis, BLOCK_M, HEAD_DIM, INTERLEAVED,
+        q_ptr,
+        rows * stride_qn + head * stride_qh,
+        stride_qd,
+        q_pos_ptr,
+        rows,
+        q_mask,
+        freq,
+        axis,
+        BLOCK_M,
+        HEAD_DIM,
+        INTERLEAVED,
     )
     q_a = (q_a * qk_scale).to(DOT_DTYPE)
     q_b = (q_b * qk_scale).to(DOT_DTYPE)
@@ -247,10 +322,36 @@ def _prefill_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc, m_i, l_i = _attend_keys(
-        acc, m_i, l_i, q_a, q_b, q_tok, 0, hi, kv_start, kv_len, q_len, head // GROUP,
-        k_ptr, v_ptr, stride_ks, stride_kh, stride_kd, stride_vs, stride_vh, stride_vd,
-        slots_ptr, kv_pos_ptr, freq, axis,
-        CAUSAL, HEAD_DIM, INTERLEAVED, BLOCK_N, DOT_DTYPE, PRECISION,
+        acc,
+        m_i,
+        l_i,
+        q_a,
+        q_b,
+        q_tok,
+        0,
+        hi,
+        kv_start,
+        kv_len,
+        q_len,
+        head // GROUP,
+        k_ptr,
+        v_ptr,
+        stride_ks,
+        stride_kh,
+        stride_kd,
+        stride_vs,
+        stride_vh,
+        stride_vd,
+        slots_ptr,
+        kv_pos_ptr,
+        freq,
+        axis,
+        CAUSAL,
+        HEAD_DIM,
+        INTERLEAVED,
+        BLOCK_N,
+        DOT_DTYPE,
+        PRECISION,
     )
     out = acc / l_i[:, None]  # every row sees key 0 (validated metadata): l_i > 0
     dims = tl.arange(0, HEAD_DIM)
@@ -260,15 +361,38 @@ def _prefill_kernel(
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, k_ptr, v_ptr, acc_ptr, ml_ptr,
-    stride_qn, stride_qh, stride_qd,
-    stride_ks, stride_kh, stride_kd,
-    stride_vs, stride_vh, stride_vd,
-    q_pos_ptr, kv_pos_ptr, slots_ptr, q_indptr_ptr, kv_indptr_ptr, freq_ptr, axis_ptr,
-    qk_scale, num_q_heads,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, INTERLEAVED: tl.constexpr,
-    CAUSAL: tl.constexpr, SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    acc_ptr,
+    ml_ptr,
+    stride_qn,
+    stride_qh,
+    stride_qd,
+    stride_ks,
+    stride_kh,
+    stride_kd,
+    stride_vs,
+    stride_vh,
+    stride_vd,
+    q_pos_ptr,
+    kv_pos_ptr,
+    slots_ptr,
+    q_indptr_ptr,
+    kv_indptr_ptr,
+    freq_ptr,
+    axis_ptr,
+    qk_scale,
+    num_q_heads,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    SPLITS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -287,8 +411,17 @@ def _decode_kernel(
     r_mask = q_tok < q_len
     tokens = (q_start + q_tok).to(tl.int64)
     q_a, q_b = _load_rotated(
-        q_ptr, tokens * stride_qn + head * stride_qh, stride_qd, q_pos_ptr, tokens, r_mask,
-        freq, axis, BLOCK_M, HEAD_DIM, INTERLEAVED,
+        q_ptr,
+        tokens * stride_qn + head * stride_qh,
+        stride_qd,
+        q_pos_ptr,
+        tokens,
+        r_mask,
+        freq,
+        axis,
+        BLOCK_M,
+        HEAD_DIM,
+        INTERLEAVED,
     )
     q_a = (q_a * qk_scale).to(DOT_DTYPE)
     q_b = (q_b * qk_scale).to(DOT_DTYPE)
@@ -301,10 +434,36 @@ def _decode_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc, m_i, l_i = _attend_keys(
-        acc, m_i, l_i, q_a, q_b, q_tok, lo, hi, kv_start, kv_len, q_len, kv_head,
-        k_ptr, v_ptr, stride_ks, stride_kh, stride_kd, stride_vs, stride_vh, stride_vd,
-        slots_ptr, kv_pos_ptr, freq, axis,
-        CAUSAL, HEAD_DIM, INTERLEAVED, BLOCK_N, DOT_DTYPE, PRECISION,
+        acc,
+        m_i,
+        l_i,
+        q_a,
+        q_b,
+        q_tok,
+        lo,
+        hi,
+        kv_start,
+        kv_len,
+        q_len,
+        kv_head,
+        k_ptr,
+        v_ptr,
+        stride_ks,
+        stride_kh,
+        stride_kd,
+        stride_vs,
+        stride_vh,
+        stride_vd,
+        slots_ptr,
+        kv_pos_ptr,
+        freq,
+        axis,
+        CAUSAL,
+        HEAD_DIM,
+        INTERLEAVED,
+        BLOCK_N,
+        DOT_DTYPE,
+        PRECISION,
     )
     # Workspace rows are (query token, query head, split); empty splits write max -inf, sum 0.
     part = (tokens * num_q_heads + head) * SPLITS + split
@@ -316,8 +475,16 @@ def _decode_kernel(
 
 @triton.jit
 def _combine_kernel(
-    acc_ptr, ml_ptr, o_ptr, stride_on, stride_oh, stride_od, num_q_heads,
-    HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
+    acc_ptr,
+    ml_ptr,
+    o_ptr,
+    stride_on,
+    stride_oh,
+    stride_od,
+    num_q_heads,
+    HEAD_DIM: tl.constexpr,
+    SPLITS: tl.constexpr,
+    SPLITS_P2: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
@@ -359,8 +526,10 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rope: 
     """Validate shapes; return the GQA group size."""
     head_dim = q.shape[-1]
     if k_cache.shape != v_cache.shape or k_cache.shape[-1] != head_dim:
-        raise ValueError(f"k_cache {tuple(k_cache.shape)} / v_cache {tuple(v_cache.shape)} "
-                         f"do not match q {tuple(q.shape)}")
+        raise ValueError(
+            f"k_cache {tuple(k_cache.shape)} / v_cache {tuple(v_cache.shape)} "
+            f"do not match q {tuple(q.shape)}"
+        )
     # Each pair half is a matrix-product operand of HEAD_DIM // 2 >= 16 columns.
     if head_dim != rope.head_dim or head_dim < 32 or head_dim & (head_dim - 1):
         raise ValueError(f"head_dim {head_dim} must be a power of two >= 32 and match the rope")
@@ -384,8 +553,12 @@ def _dot_config(q: torch.Tensor, k_cache: torch.Tensor) -> tuple[tl.dtype, str]:
 
 def _common_args(meta: AttentionMetadata, rope: RopeSpec, device: torch.device) -> list:
     return [
-        meta.q_pos.contiguous(), meta.kv_pos.contiguous(), meta.kv_slots.contiguous(),
-        meta.q_indptr, meta.kv_indptr, *_rope_tables(rope, device),
+        meta.q_pos.contiguous(),
+        meta.kv_pos.contiguous(),
+        meta.kv_slots.contiguous(),
+        meta.q_indptr,
+        meta.kv_indptr,
+        *_rope_tables(rope, device),
     ]
 
 
@@ -420,13 +593,26 @@ def prefill_attention(
     scale = head_dim**-0.5 if scale is None else scale
     grid = (triton.cdiv(meta.max_q_len, block_m), num_q_heads, meta.num_seqs)
     _prefill_kernel[grid](
-        q, k_cache, v_cache, out,
-        *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
+        q,
+        k_cache,
+        v_cache,
+        out,
+        *q.stride(),
+        *k_cache.stride(),
+        *v_cache.stride(),
+        *out.stride(),
         *_common_args(meta, rope, q.device),
         scale * _LOG2E,
-        GROUP=group, HEAD_DIM=head_dim, INTERLEAVED=rope.interleaved, CAUSAL=meta.causal,
-        BLOCK_M=block_m, BLOCK_N=block_n, DOT_DTYPE=dot_dtype, PRECISION=precision,
-        num_warps=num_warps or (8 if on_gpu else 4), num_stages=num_stages,
+        GROUP=group,
+        HEAD_DIM=head_dim,
+        INTERLEAVED=rope.interleaved,
+        CAUSAL=meta.causal,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        DOT_DTYPE=dot_dtype,
+        PRECISION=precision,
+        num_warps=num_warps or (8 if on_gpu else 4),
+        num_stages=num_stages,
     )
     return out
 
@@ -467,8 +653,9 @@ def decode_attention(
     if num_tokens == 0:
         return out
     if meta.max_q_len > DECODE_MAX_Q_LEN:
-        raise ValueError(f"decode kernel takes <= {DECODE_MAX_Q_LEN} queries per sequence, "
-                         f"got {meta.max_q_len}")
+        raise ValueError(
+            f"decode kernel takes <= {DECODE_MAX_Q_LEN} queries per sequence, got {meta.max_q_len}"
+        )
     on_gpu = q.device.type == "cuda"
     # Tuned on an H200 (Qwen2.5-VL decode, bf16); float32 keys take one stage less.
     block_n = block_n or (64 if on_gpu else 16)
@@ -480,22 +667,43 @@ def decode_attention(
     dot_dtype, precision = _dot_config(q, k_cache)
     scale = head_dim**-0.5 if scale is None else scale
     # No zero-fill: every (token, head, split) row is written by exactly one decode program.
-    acc = torch.empty((num_tokens, num_q_heads, splits, head_dim), dtype=torch.float32,
-                      device=q.device)
+    acc = torch.empty(
+        (num_tokens, num_q_heads, splits, head_dim), dtype=torch.float32, device=q.device
+    )
     ml = torch.empty((num_tokens, num_q_heads, splits, 2), dtype=torch.float32, device=q.device)
     _decode_kernel[(meta.num_seqs, num_kv_heads, splits)](
-        q, k_cache, v_cache, acc, ml,
-        *q.stride(), *k_cache.stride(), *v_cache.stride(),
+        q,
+        k_cache,
+        v_cache,
+        acc,
+        ml,
+        *q.stride(),
+        *k_cache.stride(),
+        *v_cache.stride(),
         *_common_args(meta, rope, q.device),
-        scale * _LOG2E, num_q_heads,
-        GROUP=group, HEAD_DIM=head_dim, INTERLEAVED=rope.interleaved, CAUSAL=meta.causal,
+        scale * _LOG2E,
+        num_q_heads,
+        GROUP=group,
+        HEAD_DIM=head_dim,
+        INTERLEAVED=rope.interleaved,
+        CAUSAL=meta.causal,
         SPLITS=splits,
-        BLOCK_M=block_m, BLOCK_N=block_n, DOT_DTYPE=dot_dtype, PRECISION=precision,
-        num_warps=num_warps or 4, num_stages=num_stages,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        DOT_DTYPE=dot_dtype,
+        PRECISION=precision,
+        num_warps=num_warps or 4,
+        num_stages=num_stages,
     )
     _combine_kernel[(num_tokens, num_q_heads)](
-        acc, ml, out, *out.stride(), num_q_heads,
-        HEAD_DIM=head_dim, SPLITS=splits, SPLITS_P2=triton.next_power_of_2(splits),
+        acc,
+        ml,
+        out,
+        *out.stride(),
+        num_q_heads,
+        HEAD_DIM=head_dim,
+        SPLITS=splits,
+        SPLITS_P2=triton.next_power_of_2(splits),
         num_warps=4 if on_gpu else 1,
     )
     return out

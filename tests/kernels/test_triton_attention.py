@@ -154,8 +154,17 @@ def test_decode_matches_reference(ta, rope_kind, causal, dtype, heads, q_lens, n
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_head_dims_far_positions_and_scale(ta, head_dim):
     """Other head sizes, positions in the ten thousands (large angles), a non-default scale."""
-    case = make_case([5, 9], [9, 30], 2, 1, head_dim, True, torch.float32, seed=head_dim,
-                     max_pos=(60_000, 30, 52))
+    case = make_case(
+        [5, 9],
+        [9, 30],
+        2,
+        1,
+        head_dim,
+        True,
+        torch.float32,
+        seed=head_dim,
+        max_pos=(60_000, 30, 52),
+    )
     rope = make_rope("mrope", head_dim)
     assert_matches(ta.prefill_attention(*case, rope, scale=0.3), *case, rope, scale=0.3)
     assert_matches(ta.decode_attention(*case, rope, scale=0.3), *case, rope, scale=0.3)
@@ -190,8 +199,17 @@ def test_full_size_on_gpu(ta, shape):
         case = make_case([4680], [18720], 12, 12, 128, False, torch.bfloat16, seed=1)
         rope = wan_rope(128)
     else:
-        case = make_case([1] * 16, [13_000 + 17 * i for i in range(16)], 28, 4, 128, True,
-                         torch.bfloat16, seed=2, max_pos=(13_000, 13_000, 13_000))
+        case = make_case(
+            [1] * 16,
+            [13_000 + 17 * i for i in range(16)],
+            28,
+            4,
+            128,
+            True,
+            torch.bfloat16,
+            seed=2,
+            max_pos=(13_000, 13_000, 13_000),
+        )
         rope = mrope(128)
     out = ta.paged_attention_triton(*case, rope)
     ref = paged_attention_ref(*case, rope).float()
