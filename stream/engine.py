@@ -1,0 +1,377 @@
+"""The engine: one per device, owning its pipelines and running every session's steps on one
+device thread.
+
+Each turn of the loop is ``schedule() -> execute() -> update()``::
+
+    commands (open, switch, pause, resume, close) drained between steps, never during one
+    schedule():  the runnable session with the earliest deadline
+                 deadline = when its client's playback would run out of frames
+                 runnable = running, and less than `lookahead_seconds` ahead of playback
+                 (benchmark sessions: whenever their output queue has room)
+    execute():   pipeline.step(state)      one chunk (12 frames for LongLive)
+    update():    frames -> the session's OutputQueue (bounded, oldest dropped), stats
+
+A step that raises ends only its own session (error ``internal``); the others go on.
+Admission is the cache manager's (``CacheFullError`` -> ``cache_full``) and the session limit's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from stream.kvcache import CacheFullError
+from stream.pipelines.base import FrameChunk, GenerationRequest
+from stream.protocol import ProtocolError
+from stream.session import OutputFrame, OutputQueue, Session, SessionState
+
+__all__ = ["Engine", "EngineConfig", "EngineStats", "GenerationPipeline"]
+
+logger = logging.getLogger(__name__)
+
+
+class GenerationPipeline(Protocol):
+    """What the engine needs of a generation pipeline (LongLive, Rolling Forcing)."""
+
+    @property
+    def config(self) -> Any: ...  # has .fps
+
+    def open(self, request: GenerationRequest) -> Any: ...
+    def step(self, state: Any) -> FrameChunk: ...
+    def switch_prompt(self, state: Any, prompt: str, transition_chunks: int = 0) -> None: ...
+    def close(self, state: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Limits and pacing of one engine."""
+
+    max_sessions: int = 8  # sessions alive at once on this device
+    output_queue_frames: int = 96  # undelivered frames kept per session (oldest dropped)
+    lookahead_seconds: float = 1.5  # how far ahead of playback a session is generated
+    max_pending_commands: int = 1024  # commands from connections not yet applied
+
+    def __post_init__(self) -> None:
+        if self.max_sessions <= 0 or self.output_queue_frames <= 0 or self.lookahead_seconds <= 0:
+            raise ValueError(f"engine limits must be positive: {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    sessions: dict[str, int]  # live sessions per pipeline
+    frames_generated: int
+    frames_dropped: int
+    steps: int
+    step_seconds: tuple[float, ...]  # recent step durations
+    errors: dict[str, int]  # ended-with-error counts per code
+
+
+@dataclass(eq=False)
+class _Live:
+    """Engine-side state of a session (touched only by the engine thread)."""
+
+    session: Session
+    pipeline: GenerationPipeline
+    state: Any
+    t0: float = math.nan  # wall time of frame 0 on the client's clock (set at the first step)
+    paused_at: float | None = None
+    chunk_frames: int = 1  # frames of the last step, to keep a benchmark session's queue whole
+
+    def deadline(self) -> float:
+        if math.isnan(self.t0):
+            return -math.inf
+        return self.t0 + self.session.stats.frames_generated / self.session.fps
+
+
+class Engine:
+    """Runs sessions of named pipelines on one device thread.
+
+    Args:
+        pipelines: pipeline name -> pipeline (sharing the device's models and cache manager).
+        config: limits and pacing.
+        clock: a monotonic clock in seconds (tests may pass their own).
+    """
+
+    def __init__(
+        self,
+        pipelines: Mapping[str, GenerationPipeline],
+        config: EngineConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pipelines = dict(pipelines)
+        self.config = config or EngineConfig()
+        self._clock = clock
+        self._live: dict[int, _Live] = {}
+        self._commands: collections.deque[Callable[[], None]] = collections.deque()
+        self._wakeup = threading.Condition()
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._frames_generated = 0
+        self._frames_dropped = 0
+        self._steps = 0
+        self._step_seconds: collections.deque[float] = collections.deque(maxlen=1024)
+        self._errors: collections.Counter[str] = collections.Counter()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the engine is already started")
+        self._thread = threading.Thread(target=self._run, name="stream-engine", daemon=True)
+        self._thread.start()
+
+    async def shutdown(self, reason: str = "server_shutdown") -> None:
+        """End every session with ``reason`` and stop the device thread (idempotent)."""
+        if self._thread is None or self._stopping:
+            return
+        done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            for live in list(self._live.values()):
+                self._end(live, reason, "the server is stopping")
+            self._stopping = True
+            loop.call_soon_threadsafe(done.set_result, None)
+
+        self._submit(stop)
+        await done
+        await asyncio.to_thread(self._thread.join)
+
+    # -- commands (any thread, applied by the engine thread between steps) -----------------
+
+    async def open_session(
+        self, pipeline: str, params: dict[str, Any], realtime: bool = True
+    ) -> Session:
+        """Admit and start a session; raises :class:`ProtocolError` with the refusal's code."""
+        if pipeline not in self.pipelines:
+            raise ProtocolError(
+                "unknown_pipeline",
+                f"unknown pipeline {pipeline!r}; known: {sorted(self.pipelines)}",
+            )
+        request = _generation_request(params)
+        loop = asyncio.get_running_loop()
+        result = loop.create_future()
+        target = self.pipelines[pipeline]
+        session = Session(
+            next(self._ids),
+            pipeline,
+            params,
+            OutputQueue(self.config.output_queue_frames, loop),
+            target.config.fps,
+            realtime,
+        )
+
+        def open_() -> None:
+            if len(self._live) >= self.config.max_sessions:
+                limit = self.config.max_sessions
+                error = ProtocolError("too_many_sessions", f"the server runs at most {limit}")
+            else:
+                try:
+                    state = target.open(request)
+                except CacheFullError as exc:
+                    error = ProtocolError("cache_full", str(exc))
+                except ValueError as exc:
+                    error = ProtocolError("invalid_message", str(exc))
+                else:
+                    self._live[session.id] = _Live(session, target, state)
+                    session.state = SessionState.RUNNING
+                    loop.call_soon_threadsafe(self._hand_over, result, session)
+                    return
+            loop.call_soon_threadsafe(_reject, result, error)
+
+        self._submit(open_)
+        return await result
+
+    def _hand_over(self, result: asyncio.Future, session: Session) -> None:
+        """Give the opened session to its caller, or close it if the caller has gone."""
+        if result.done():  # cancelled while the engine was opening it
+            self.close(session, "disconnected")
+        else:
+            result.set_result(session)
+
+    def switch_prompt(self, session: Session, prompt: str, transition_chunks: int = 0) -> None:
+        def switch() -> None:
+            live = self._live.get(session.id)
+            if live is not None:
+                live.pipeline.switch_prompt(live.state, prompt, transition_chunks)
+                frame = session.stats.frames_generated  # the first frame made under it
+                session.post(
+                    {
+                        "type": "prompt.applied",
+                        "session": session.id,
+                        "prompt": prompt,
+                        "frame": frame,
+                        "transition_chunks": transition_chunks,
+                    }
+                )
+
+        self._submit(switch)
+
+    def pause(self, session: Session) -> None:
+        def pause() -> None:
+            live = self._live.get(session.id)
+            if live is not None and session.state is SessionState.RUNNING:
+                session.state = SessionState.PAUSED
+                live.paused_at = self._clock()
+
+        self._submit(pause)
+
+    def resume(self, session: Session) -> None:
+        def resume() -> None:
+            live = self._live.get(session.id)
+            if live is not None and session.state is SessionState.PAUSED:
+                if live.paused_at is not None and not math.isnan(live.t0):
+                    live.t0 += self._clock() - live.paused_at  # playback stood still too
+                live.paused_at = None
+                session.state = SessionState.RUNNING
+
+        self._submit(resume)
+
+    def close(self, session: Session, reason: str = "stopped") -> None:
+        """End a session and return its cache blocks (idempotent)."""
+
+        def close() -> None:
+            live = self._live.get(session.id)
+            if live is not None:
+                self._end(live, reason, None)
+
+        self._submit(close)
+
+    def stats(self) -> EngineStats:
+        per_pipeline = collections.Counter(
+            live.session.pipeline for live in list(self._live.values())
+        )
+        return EngineStats(
+            sessions=dict(per_pipeline),
+            frames_generated=self._frames_generated,
+            frames_dropped=self._frames_dropped,
+            steps=self._steps,
+            step_seconds=tuple(self._step_seconds),
+            errors=dict(self._errors),
+        )
+
+    def _submit(self, command: Callable[[], None]) -> None:
+        with self._wakeup:
+            if len(self._commands) >= self.config.max_pending_commands:
+                raise ProtocolError("rate_limited", "the engine's command queue is full")
+            self._commands.append(command)
+            self._wakeup.notify()
+
+    # -- the device thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                commands = list(self._commands)
+                self._commands.clear()
+            for command in commands:
+                command()
+            if self._stopping:
+                return
+            live = self._schedule()
+            if live is None:
+                with self._wakeup:
+                    if not self._commands:
+                        self._wakeup.wait(timeout=self._idle_timeout())
+                continue
+            self._execute(live)
+
+    def _schedule(self) -> _Live | None:
+        now = self._clock()
+        best: _Live | None = None
+        for live in self._live.values():
+            session = live.session
+            if session.state is not SessionState.RUNNING:
+                continue
+            if session.realtime:
+                ahead = live.deadline() - now
+                if ahead > self.config.lookahead_seconds:
+                    continue
+            elif len(session.output) + live.chunk_frames > self.config.output_queue_frames:
+                continue  # a benchmark session waits for its consumer instead of dropping
+            if best is None or live.deadline() < best.deadline():
+                best = live
+        return best
+
+    def _idle_timeout(self) -> float:
+        """Sleep until the earliest realtime session needs its next chunk (at most 50 ms)."""
+        now = self._clock()
+        waits = [
+            live.deadline() - now - self.config.lookahead_seconds
+            for live in self._live.values()
+            if live.session.state is SessionState.RUNNING and live.session.realtime
+        ]
+        return min([0.05, *(w for w in waits if w > 0)])
+
+    def _execute(self, live: _Live) -> None:
+        session = live.session
+        start = time.perf_counter()
+        try:
+            chunk = live.pipeline.step(live.state)
+        except Exception as exc:  # one session's failure must not stop the others
+            logger.exception("session %d: step failed", session.id)
+            self._errors["internal"] += 1
+            self._end(live, "error", f"step failed: {type(exc).__name__}: {exc}")
+            return
+        elapsed = time.perf_counter() - start
+        self._update(live, chunk, elapsed)
+
+    def _update(self, live: _Live, chunk: FrameChunk, elapsed: float) -> None:
+        session = live.session
+        if math.isnan(live.t0):
+            live.t0 = self._clock()
+        height, width = chunk.frames.shape[1:3]
+        session.height, session.width = height, width
+        live.chunk_frames = len(chunk)
+        frames = [
+            OutputFrame(chunk.first_index + i, float(t), chunk.frames[i])
+            for i, t in enumerate(chunk.timestamps)
+        ]
+        dropped = session.output.put(frames)
+        session.stats.frames_generated += len(frames)
+        session.stats.frames_dropped += dropped
+        session.stats.steps += 1
+        session.stats.step_seconds.append(elapsed)
+        self._frames_generated += len(frames)
+        self._frames_dropped += dropped
+        self._steps += 1
+        self._step_seconds.append(elapsed)
+
+    def _end(self, live: _Live, reason: str, message: str | None) -> None:
+        session = live.session
+        del self._live[session.id]
+        try:
+            live.pipeline.close(live.state)
+        except Exception:
+            logger.exception("session %d: close failed", session.id)
+        session.finish(reason, message)
+
+
+def _generation_request(params: dict[str, Any]) -> GenerationRequest:
+    """Validate generation start parameters (the protocol's ``params``)."""
+    prompt = params.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > 2000:
+        raise ProtocolError("invalid_message", "params.prompt must be a non-empty string <= 2000")
+    values = {}
+    for name in ("seed", "height", "width"):
+        value = params.get(name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            raise ProtocolError("invalid_message", f"params.{name} must be a non-negative integer")
+        values[name] = value
+    return GenerationRequest(prompt, values["seed"] or 0, values["height"], values["width"])
+
+
+def _reject(future: asyncio.Future, error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

@@ -1,0 +1,351 @@
+"""The wire protocol, sans I/O: parsing, validation and the connection state machine.
+
+Messages are JSON text frames ``{"type": ..., ...}`` for control and binary frames for media;
+a binary frame starts with a fixed 32-byte little-endian header::
+
+    offset  size  field
+    0       2     magic b"SV"
+    2       1     protocol version (1)
+    3       1     kind: 1 video frame (server -> client), 2 input frame (client -> server)
+    4       4     session id (u32)
+    8       8     frame index (u64)
+    16      8     timestamp, seconds (f64)
+    24      1     format: 1 JPEG, 2 PNG, 3 raw RGB24, 4 H.264 access unit
+    25      3     reserved (zero)
+    28      2     width (u16)
+    30      2     height (u16)
+    32      ...   payload
+
+A connection must open with ``hello``; everything else is refused with ``not_ready`` until then.
+Every client message is validated here; a bad one raises :class:`ProtocolError` carrying the
+error code the server sends back, and the connection goes on. See docs/protocol.md.
+
+Exceptions: :class:`ProtocolError` (one per refused message; ``code`` in :data:`ERROR_CODES`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ERROR_CODES",
+    "HEADER",
+    "PROTOCOL_VERSION",
+    "ClientMessage",
+    "Connection",
+    "ConnectionState",
+    "FrameFormat",
+    "FrameHeader",
+    "FrameKind",
+    "Hello",
+    "InputFrame",
+    "Pause",
+    "PromptUpdate",
+    "ProtocolError",
+    "Question",
+    "Resume",
+    "SessionStart",
+    "Stop",
+    "encode",
+]
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("<2sBBIQdB3xHH")
+MAGIC = b"SV"
+
+ERROR_CODES = {
+    "bad_json": "a text message that is not a JSON object",
+    "unknown_type": "a message type the server does not know",
+    "invalid_message": "a field is missing, of the wrong type or out of range",
+    "message_too_large": "a message over the server's max_message_bytes",
+    "unsupported_version": "hello asked for a protocol version the server does not speak",
+    "unauthorized": "the token is missing or wrong",
+    "not_ready": "a message sent before hello, or hello sent twice",
+    "unknown_session": "no session of this connection has that id",
+    "unknown_pipeline": "session.start named a pipeline or preset the server does not run",
+    "too_many_sessions": "the server or this connection is at its session limit",
+    "cache_full": "the KV cache cannot admit the session's worst case now",
+    "rate_limited": "the connection sends messages faster than allowed",
+    "bad_frame": "a media frame that cannot be decoded, or with a bad header",
+    "frame_too_large": "a media frame over the server's max_frame_pixels",
+    "wrong_direction": "a message the session's pipeline does not take (e.g. a prompt to a VLM)",
+    "timestamps_backwards": "an input frame older than the previous one",
+    "internal": "the session's step failed; the session has ended",
+    "server_shutdown": "the server is stopping",
+}
+
+
+class ProtocolError(Exception):
+    """A refused message; ``code`` is sent back to the client with ``message``."""
+
+    def __init__(self, code: str, message: str, session: int | None = None) -> None:
+        assert code in ERROR_CODES, code
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.session = code, message, session
+
+
+class FrameKind(enum.IntEnum):
+    VIDEO = 1  # server -> client
+    INPUT = 2  # client -> server
+
+
+class FrameFormat(enum.IntEnum):
+    JPEG = 1
+    PNG = 2
+    RAW = 3  # RGB24, row-major, width * height * 3 bytes
+    H264 = 4
+
+    @classmethod
+    def from_name(cls, name: str) -> FrameFormat:
+        try:
+            return {"jpeg": cls.JPEG, "png": cls.PNG, "raw": cls.RAW, "h264": cls.H264}[name]
+        except KeyError:
+            raise ProtocolError(
+                "invalid_message", f"format must be jpeg, png, raw or h264, got {name!r}"
+            ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHeader:
+    kind: FrameKind
+    session: int
+    index: int
+    timestamp: float  # seconds
+    format: FrameFormat
+    width: int
+    height: int
+
+    def pack(self) -> bytes:
+        return HEADER.pack(
+            MAGIC,
+            PROTOCOL_VERSION,
+            self.kind,
+            self.session,
+            self.index,
+            self.timestamp,
+            self.format,
+            self.width,
+            self.height,
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes) -> FrameHeader:
+        if len(data) < HEADER.size:
+            raise ProtocolError("bad_frame", f"binary message of {len(data)} bytes has no header")
+        magic, version, kind, session, index, timestamp, fmt, width, height = HEADER.unpack_from(
+            data
+        )
+        if magic != MAGIC or version != PROTOCOL_VERSION:
+            raise ProtocolError("bad_frame", f"bad header magic {magic!r} or version {version}")
+        try:
+            return cls(FrameKind(kind), session, index, timestamp, FrameFormat(fmt), width, height)
+        except ValueError as exc:
+            raise ProtocolError("bad_frame", f"bad header field: {exc}") from None
+
+
+# -- client messages ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStart:
+    pipeline: str
+    preset: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # validated by the pipeline's adapter
+    request_id: str | None = None  # echoed in session.started / error so clients can match
+
+
+@dataclass(frozen=True, slots=True)
+class PromptUpdate:
+    session: int
+    prompt: str
+    transition_chunks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    session: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    session: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    session: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    session: int
+
+
+@dataclass(frozen=True, slots=True)
+class InputFrame:
+    header: FrameHeader
+    payload: bytes
+
+
+ClientMessage = Hello | SessionStart | PromptUpdate | Question | Pause | Resume | Stop | InputFrame
+
+
+def _field(obj: dict, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    if name not in obj:
+        if default is ...:
+            raise ProtocolError("invalid_message", f"{obj.get('type')}: missing field {name!r}")
+        return default
+    value = obj[name]
+    # bool is an int in Python; a JSON true is never a valid number here
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ProtocolError(
+            "invalid_message", f"{obj.get('type')}: field {name!r} must be {names}, got {value!r}"
+        )
+    return value
+
+
+def _session(obj: dict) -> int:
+    session = _field(obj, "session", int)
+    if not 0 < session < 2**32:
+        raise ProtocolError("invalid_message", f"session id {session} out of range")
+    return session
+
+
+def _text(obj: dict, name: str, limit: int) -> str:
+    text = _field(obj, name, str)
+    if not text.strip():
+        raise ProtocolError("invalid_message", f"{obj['type']}: {name!r} must not be empty")
+    if len(text) > limit:
+        raise ProtocolError("invalid_message", f"{obj['type']}: {name!r} longer than {limit}")
+    return text
+
+
+def _parse_hello(obj: dict) -> Hello:
+    token = _field(obj, "token", (str, type(None)), None)
+    return Hello(_field(obj, "version", int), token)
+
+
+def _parse_start(obj: dict) -> SessionStart:
+    params = _field(obj, "params", dict, {})
+    return SessionStart(
+        _field(obj, "pipeline", str),
+        _field(obj, "preset", (str, type(None)), None),
+        params,
+        _field(obj, "request_id", (str, type(None)), None),
+    )
+
+
+def _parse_prompt(obj: dict) -> PromptUpdate:
+    transition = _field(obj, "transition_chunks", int, 0)
+    if not 0 <= transition <= 64:
+        raise ProtocolError("invalid_message", f"transition_chunks must be 0..64, got {transition}")
+    return PromptUpdate(_session(obj), _text(obj, "prompt", 2000), transition)
+
+
+_PARSERS = {
+    "hello": _parse_hello,
+    "session.start": _parse_start,
+    "prompt.update": _parse_prompt,
+    "question": lambda o: Question(_session(o), _text(o, "text", 2000)),
+    "pause": lambda o: Pause(_session(o)),
+    "resume": lambda o: Resume(_session(o)),
+    "stop": lambda o: Stop(_session(o)),
+}
+
+
+class ConnectionState(enum.IntEnum):
+    AWAITING_HELLO = 0
+    READY = 1
+    CLOSED = 2  # terminal
+
+
+class Connection:
+    """One connection's protocol state: turns raw messages into validated client messages.
+
+    Args:
+        max_message_bytes: larger messages are refused with ``message_too_large``.
+        token: when set, ``hello`` must carry it.
+    """
+
+    def __init__(self, max_message_bytes: int = 1 << 20, token: str | None = None) -> None:
+        self.state = ConnectionState.AWAITING_HELLO
+        self.max_message_bytes = max_message_bytes
+        self._token = token
+
+    def receive(self, data: str | bytes) -> ClientMessage:
+        """Parse one message; raises :class:`ProtocolError` (the connection stays usable)."""
+        if self.state is ConnectionState.CLOSED:
+            raise ProtocolError("not_ready", "the connection is closed")
+        size = len(data.encode() if isinstance(data, str) else data)
+        if size > self.max_message_bytes:
+            raise ProtocolError(
+                "message_too_large", f"{size} bytes exceeds the limit of {self.max_message_bytes}"
+            )
+        message = self._parse_binary(data) if isinstance(data, bytes) else self._parse_text(data)
+        if self.state is ConnectionState.AWAITING_HELLO and not isinstance(message, Hello):
+            raise ProtocolError("not_ready", "the first message must be hello")
+        if isinstance(message, Hello):
+            self._accept_hello(message)
+        return message
+
+    def close(self) -> None:
+        self.state = ConnectionState.CLOSED
+
+    def _accept_hello(self, hello: Hello) -> None:
+        if self.state is not ConnectionState.AWAITING_HELLO:
+            raise ProtocolError("not_ready", "hello was already received")
+        if hello.version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                "unsupported_version",
+                f"server speaks version {PROTOCOL_VERSION}, got {hello.version}",
+            )
+        if self._token is not None and hello.token != self._token:
+            raise ProtocolError("unauthorized", "a valid token is required")
+        self.state = ConnectionState.READY
+
+    @staticmethod
+    def _parse_text(text: str) -> ClientMessage:
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ProtocolError("bad_json", f"not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ProtocolError("bad_json", "a message must be a JSON object")
+        kind = obj.get("type")
+        if not isinstance(kind, str):
+            raise ProtocolError("invalid_message", "missing string field 'type'")
+        parser = _PARSERS.get(kind)
+        if parser is None:
+            raise ProtocolError("unknown_type", f"unknown message type {kind[:64]!r}")
+        return parser(obj)
+
+    @staticmethod
+    def _parse_binary(data: bytes) -> InputFrame:
+        header = FrameHeader.unpack(data)
+        if header.kind is not FrameKind.INPUT:
+            raise ProtocolError(
+                "bad_frame", f"clients send input frames, got kind {header.kind.name}"
+            )
+        if not 0 < header.session < 2**32:
+            raise ProtocolError("bad_frame", f"session id {header.session} out of range")
+        return InputFrame(header, data[HEADER.size :])
+
+
+# -- server messages ----------------------------------------------------------------------------
+
+
+def encode(kind: str, **fields: Any) -> str:
+    """A server control message as JSON text, e.g. ``encode("error", code=..., message=...)``."""
+    return json.dumps({"type": kind, **fields}, separators=(",", ":"))
