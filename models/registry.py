@@ -151,8 +151,8 @@ def load_wan_models(
     if encoder.dim != config.text_dim:
         raise ValueError(f"text encoder width {encoder.dim} != DiT text_dim {config.text_dim}")
     return WanModels(
-        dit=dit.to(device, dtype).eval(),
-        vae=vae.to(device, dtype).eval(),
+        dit=dit.to(device, dtype).eval().requires_grad_(False),
+        vae=vae.to(device, dtype).eval().requires_grad_(False),
         text=PromptCache(encoder, prompt_cache_size),
         device=device,
         dtype=dtype,

@@ -1,0 +1,161 @@
+"""Rolling Forcing: a window of blocks at rising noise, denoised jointly, one clean block out per
+step, with the first block as an attention sink, on the shared cache.
+
+::
+
+    window (oldest -> newest), 5 blocks x 3 latent frames, levels [555.6, 769.2, 882.4, 952.4, 1000]
+      pass:   one forward over the 15 frames, full attention inside the window,
+              keys = sink + clean history + the window (never cached while noisy)
+      exit:   the oldest block's x0 is final -> t=0 cache pass writes its clean K/V
+              (into the sink first, then the history) -> streamed VAE decode -> 12 frames
+      roll:   every other block is re-noised one level down; a fresh noise block enters
+
+Positions are contiguous (sink, history, window), so the sink always sits just before the
+recent history (the published "dynamic RoPE") and a stream never nears a RoPE table's end.
+At the start the window ramps up as published: with n < 5 blocks it takes the tail of the
+levels, so the first block exits after 5 passes. A step returns the next exiting block.
+
+A prompt switch (the published code has none) re-encodes the text, replaces the
+cross-attention K/V, and optionally recaches the clean sink + history under the new prompt;
+the blocks already in the window continue under it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from models.registry import WanModels
+from models.schedule import FlowSchedule
+from stream.kvcache import KVCacheManager, RollingWindowConfig, TokenRange
+from stream.pipelines.wan import WanStreamPipeline, WanStreamState
+
+__all__ = ["RollingForcingConfig", "RollingForcingPipeline", "RollingForcingState"]
+
+
+@dataclass(frozen=True)
+class RollingForcingConfig:
+    """Rolling Forcing's published inference settings; every field can be overridden."""
+
+    schedule: FlowSchedule = FlowSchedule((1000, 800, 600, 400, 200), shift=5.0)
+    block_frames: int = 3
+    sink_blocks: int = 1
+    history_frames: int = 3  # clean frames kept before the window (21 - 15 window - 3 sink)
+    recache_on_switch: bool = True
+    fps: float = 16.0
+    attention_backend: str | None = None
+
+    @property
+    def window_blocks(self) -> int:
+        return len(self.schedule.steps)  # one block per noise level
+
+
+@dataclass(eq=False)
+class RollingForcingState(WanStreamState):
+    window: torch.Tensor | None = None  # [1, C, n * block_frames, h, w] noisy latents
+    clean: torch.Tensor | None = None  # [1, C, <= sink + history frames, h, w] retained x0
+    passes: int = 0
+
+
+class RollingForcingPipeline(WanStreamPipeline):
+    """Runs Rolling Forcing streams on shared models and a shared cache pool."""
+
+    def __init__(
+        self,
+        models: WanModels,
+        manager: KVCacheManager,
+        cache_bytes: int = 4 << 30,
+        config: RollingForcingConfig | None = None,
+        block_size: int | None = None,
+    ) -> None:
+        self.config = config or RollingForcingConfig()
+        super().__init__(models, manager, cache_bytes, block_size)
+        # noise levels of the window, oldest block first (lowest noise)
+        self._sigmas = tuple(reversed(self.config.schedule.sigmas))
+        self._timesteps = tuple(reversed(self.config.schedule.timesteps))
+
+    def _cache_config(self, grid: tuple[int, int]) -> RollingWindowConfig:
+        cfg = self.config
+        return RollingWindowConfig(
+            grid=grid,
+            block_frames=cfg.block_frames,
+            window_blocks=cfg.window_blocks,
+            sink_blocks=cfg.sink_blocks,
+            history_frames=cfg.history_frames,
+        )
+
+    def _new_state(self, **fields) -> RollingForcingState:
+        return RollingForcingState(**fields)
+
+    @torch.inference_mode()
+    def denoise(self, state: RollingForcingState) -> torch.Tensor:
+        """Roll the window until its oldest block exits; returns that block's clean latents."""
+        while True:
+            exited = self.window_step(state)
+            if exited is not None:
+                return exited
+
+    @torch.inference_mode()
+    def window_step(self, state: RollingForcingState) -> torch.Tensor | None:
+        """One joint pass over the window; the exiting block's x0 once the window is full."""
+        cfg, dit, frames = self.config, self.models.dit, self.config.block_frames
+        if self._advance_text(state) and cfg.recache_on_switch:
+            self._recache(state)
+        if state.cache.window_blocks < cfg.window_blocks:
+            state.cache.enter_block()
+            fresh = self._noise(state, frames)
+            state.window = fresh if state.window is None else torch.cat([state.window, fresh], 2)
+        blocks = state.cache.window_blocks
+        levels = list(range(cfg.window_blocks - blocks, cfg.window_blocks))  # tail while ramping
+        sigma = self._per_frame([self._sigmas[i] for i in levels])
+        timestep = self._per_frame([self._timesteps[i] for i in levels])[None]
+        write, context = state.cache.window_pass()
+        velocity = dit(state.window, timestep, state.text, self._view(state, write, None, context))
+        x0 = FlowSchedule.to_x0(state.window, velocity, sigma[None, None, :, None, None])
+        state.passes += 1
+        exited = None
+        if blocks == cfg.window_blocks:  # the oldest block is at the lowest level: it is done
+            exited = x0[:, :, :frames].to(self.models.dtype)
+            write, context = state.cache.exit_block()
+            view = self._view(state, write, None, context)
+            dit(exited, self._timestep(0.0, frames), state.text, view)  # its clean K/V
+            self._keep_clean(state, exited)
+            x0, levels = x0[:, :, frames:], levels[1:]
+        if not levels:
+            state.window = None
+            return exited
+        # every remaining block goes one level down, with fresh noise
+        lower = self._per_frame([self._sigmas[i - 1] for i in levels])[None, None, :, None, None]
+        noise = torch.randn(x0.shape, generator=state.generator, device=x0.device)
+        state.window = FlowSchedule.add_noise(x0, noise, lower).to(self.models.dtype)
+        return exited
+
+    def _keep_clean(self, state: RollingForcingState, block: torch.Tensor) -> None:
+        kept = self.config.sink_blocks * self.config.block_frames + self.config.history_frames
+        clean = block if state.clean is None else torch.cat([state.clean, block], dim=2)
+        sink = self.config.sink_blocks * self.config.block_frames
+        if clean.shape[2] > kept:  # drop the oldest history frames, never the sink
+            clean = torch.cat(
+                [clean[:, :, :sink], clean[:, :, clean.shape[2] - (kept - sink) :]], 2
+            )
+        state.clean = clean
+
+    def _recache(self, state: RollingForcingState) -> None:
+        """One t=0 forward over the clean sink + history under the new prompt."""
+        if state.clean is None:
+            return
+        cache = state.cache.cache
+        ranges = [
+            TokenRange(name, 0, cache.length(name))
+            for name in ("sink", "history")
+            if cache.length(name)
+        ]
+        frames = state.clean.shape[2]
+        view = self._view(state, ranges, None, [])
+        self.models.dit(state.clean, self._timestep(0.0, frames), state.text, view)
+
+    def _per_frame(self, values: list[float]) -> torch.Tensor:
+        """One value per latent frame of the listed blocks, ``[blocks * block_frames]``."""
+        per_block = torch.tensor(values, dtype=torch.float32, device=self.models.device)
+        return per_block.repeat_interleave(self.config.block_frames)

@@ -1,0 +1,178 @@
+"""What the Wan generation pipelines share: a pool per DiT geometry, per-stream text state with
+prompt switches and transitions, noise, plans and the streamed VAE decode.
+
+A pipeline subclass says how a stream's cache is laid out (``_cache_config``) and how a step
+runs (``denoise``); everything a stream owns lives in its :class:`WanStreamState`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.attention import AttentionContext
+from models.registry import WanModels
+from models.vae import to_uint8
+from models.wan import TextConditioning
+from stream.kvcache import (
+    CacheGeometry,
+    CacheView,
+    KVCacheManager,
+    Policy,
+    PolicyConfig,
+    TokenRange,
+    build_step,
+)
+from stream.pipelines.base import FrameChunk, GenerationRequest
+
+__all__ = ["WanStreamPipeline", "WanStreamState"]
+
+
+@dataclass(eq=False)
+class WanStreamState:
+    """Everything one stream owns; nothing of it lives on the shared modules."""
+
+    cache: Policy
+    latent_shape: tuple[int, int, int]  # (channels, h, w) of one latent frame
+    generator: torch.Generator
+    embedding: torch.Tensor  # [1, L, text_dim] text embedding of the current prompt
+    text: TextConditioning  # cross-attention K/V of the current prompt
+    decode_state: object
+    prompt: str
+    frames_emitted: int = 0
+    transition: list[torch.Tensor] = field(default_factory=list)  # embeddings of coming steps
+    recache_pending: bool = False
+
+
+class WanStreamPipeline(ABC):
+    """Base of the Wan generation pipelines.
+
+    Args:
+        models: the DiT, the streaming VAE and the text encoder (with its prompt cache).
+        manager: the device's cache manager; a pool for the DiT's geometry is added if missing.
+        cache_bytes: capacity of that pool when it is created here.
+        block_size: tokens per block of that pool; one latent frame at the default size when
+            None (a frame per block keeps eviction exact and waste at zero).
+    """
+
+    config: object  # the subclass's frozen config; has fps and attention_backend
+
+    def __init__(
+        self,
+        models: WanModels,
+        manager: KVCacheManager,
+        cache_bytes: int,
+        block_size: int | None,
+    ) -> None:
+        self.models = models
+        self.manager = manager
+        cfg = models.dit.config
+        self.geometry = CacheGeometry(
+            cfg.num_layers, cfg.num_heads, cfg.head_dim, models.dtype, str(models.device)
+        )
+        try:
+            self.pool = manager.pool(self.geometry)
+        except ValueError:
+            rows, cols = models.token_grid(*models.default_size)
+            self.pool = manager.add_pool(self.geometry, block_size or rows * cols, cache_bytes)
+
+    @abstractmethod
+    def _cache_config(self, grid: tuple[int, int]) -> PolicyConfig:
+        """The cache policy of one stream whose latent frames are ``grid`` tokens."""
+
+    @abstractmethod
+    def denoise(self, state: WanStreamState) -> torch.Tensor:
+        """Run the stream's next step; returns the clean latents ``[1, C, T, h, w]`` it emits."""
+
+    @abstractmethod
+    def _new_state(self, **fields) -> WanStreamState:
+        """The pipeline's state for a stream opened with ``fields``."""
+
+    # -- session lifecycle -----------------------------------------------------------------
+
+    def open(self, request: GenerationRequest) -> WanStreamState:
+        """Admit a stream (raises ``CacheFullError`` when its cache does not fit)."""
+        height = request.height or self.models.default_size[0]
+        width = request.width or self.models.default_size[1]
+        latent_shape = self.models.latent_shape(height, width)
+        cache = self.manager.open(
+            self.geometry, self._cache_config(self.models.token_grid(height, width))
+        )
+        try:
+            embedding = self.models.encode_prompt(request.prompt)
+            return self._new_state(
+                cache=cache,
+                latent_shape=latent_shape,
+                generator=torch.Generator(self.models.device).manual_seed(request.seed),
+                embedding=embedding,
+                text=self.models.dit.encode_text(embedding),
+                decode_state=self.models.vae.new_decode_state(),
+                prompt=request.prompt,
+            )
+        except BaseException:
+            cache.cache.close()
+            raise
+
+    def close(self, state: WanStreamState) -> None:
+        state.cache.cache.close()
+
+    def switch_prompt(self, state: WanStreamState, prompt: str, transition_chunks: int = 0) -> None:
+        """Switch at the next step; ``transition_chunks`` > 0 blends the text over that many."""
+        if transition_chunks < 0:
+            raise ValueError(f"transition_chunks must be >= 0, got {transition_chunks}")
+        target = self.models.encode_prompt(prompt)
+        start = state.embedding
+        steps = max(transition_chunks, 1)
+        state.transition = [torch.lerp(start, target, (i + 1) / steps) for i in range(steps)]
+        state.prompt = prompt
+        state.recache_pending = True
+
+    def _advance_text(self, state: WanStreamState) -> bool:
+        """Apply the next transition embedding; True when a switch has just begun."""
+        if not state.transition:
+            return False
+        state.embedding = state.transition.pop(0)
+        state.text = self.models.dit.encode_text(state.embedding)
+        began, state.recache_pending = state.recache_pending, False
+        return began
+
+    # -- one step --------------------------------------------------------------------------
+
+    def step(self, state: WanStreamState) -> FrameChunk:
+        """Generate and decode the next chunk of frames."""
+        return self.decode(state, self.denoise(state))
+
+    @torch.inference_mode()
+    def decode(self, state: WanStreamState, latents: torch.Tensor) -> FrameChunk:
+        """Stream-decode clean latents into uint8 frames, continuing the stream's VAE cache."""
+        frames = to_uint8(self.models.vae.decode_chunk(latents, state.decode_state))[0]
+        chunk = FrameChunk(frames.cpu().numpy(), state.frames_emitted, self.config.fps)
+        state.frames_emitted += len(chunk)
+        return chunk
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _view(
+        self,
+        state: WanStreamState,
+        ranges: list[TokenRange],
+        discarded: np.ndarray | None = None,
+        context: list[str] | None = None,
+    ) -> AttentionContext:
+        plan = state.cache.cache.plan(ranges, discarded, context)
+        step = build_step([plan], causal=False, device=self.models.device)
+        return CacheView(self.pool, step, self.models.rope, self.config.attention_backend)
+
+    def _noise(self, state: WanStreamState, frames: int) -> torch.Tensor:
+        c, h, w = state.latent_shape
+        return torch.randn(
+            (1, c, frames, h, w), generator=state.generator, device=self.models.device
+        ).to(self.models.dtype)
+
+    def _timestep(self, t: float | list[float], frames: int) -> torch.Tensor:
+        """``[1, frames]`` model timesteps: one value, or one per frame."""
+        values = torch.as_tensor(t, dtype=torch.float32, device=self.models.device)
+        return values.expand(frames).reshape(1, frames) if values.ndim == 0 else values[None]

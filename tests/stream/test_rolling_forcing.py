@@ -1,0 +1,139 @@
+"""Rolling Forcing on the tiny preset: a window pass through the cache equals a dense
+recomputation, exact exit order and counts over 300 steps with flat memory, prompt switches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernels import wan_rope
+from models.attention import DenseAttention
+from models.registry import load_wan_models
+from stream.kvcache import KVCacheManager, frame_positions
+from stream.pipelines.base import GenerationRequest
+from stream.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
+
+SIZE = {"height": 32, "width": 32}  # 2 x 2 tokens per latent frame
+TPF = 4
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_wan_models("tiny")
+
+
+def pipeline(tiny, **config) -> RollingForcingPipeline:
+    return RollingForcingPipeline(
+        tiny, KVCacheManager(), 16 << 20, RollingForcingConfig(**config), TPF
+    )
+
+
+def test_window_pass_equals_dense_recomputation(tiny) -> None:
+    """With the window full: frames [sink 3 | history 3 | window 15] in one dense forward,
+    sink and history clean at t=0 and the window at its levels; each clean block sees what it saw
+    when its K/V was cached (sink: itself; a history block: the sink and itself), the window
+    sees everything. The exiting block's x0 must match."""
+    pipe = pipeline(tiny)
+    state = pipe.open(GenerationRequest("a red ball", seed=2, **SIZE))
+    for _ in range(3):
+        pipe.step(state)
+    while state.cache.window_blocks < 4:  # land just before a pass over a full window
+        pipe.window_step(state)
+    window_in = torch.cat([state.window, _peek_noise(state, pipe)], dim=2)
+    clean = state.clean.clone()
+    exited = pipe.window_step(state)  # enters the fresh block drawn above, then exits one
+
+    latents = torch.cat([clean, window_in], dim=2)  # 21 frames
+    n_ctx = clean.shape[2]
+    sigmas = torch.tensor(pipe._sigmas).repeat_interleave(3)
+    timestep = torch.cat([torch.zeros(n_ctx), torch.tensor(pipe._timesteps).repeat_interleave(3)])
+    frame_of = np.repeat(np.arange(latents.shape[2]), TPF)
+    sees = np.zeros((len(frame_of), len(frame_of)), dtype=bool)
+    for q, fq in enumerate(frame_of):
+        if fq < 3:
+            sees[q] = frame_of < 3
+        elif fq < n_ctx:
+            sees[q] = (frame_of < 3) | ((frame_of >= 3) & (frame_of < n_ctx))
+        else:
+            sees[q] = True
+    pos = torch.from_numpy(frame_positions(np.arange(latents.shape[2]), (2, 2)))
+    n = len(frame_of)
+    dense = DenseAttention(
+        pos, (0, n), wan_rope(tiny.dit.config.head_dim), False, torch.from_numpy(sees)
+    )
+    with torch.inference_mode():
+        velocity = tiny.dit(latents, timestep[None], state.text, dense)
+    x0 = latents[:, :, n_ctx:].float() - sigmas[None, None, :, None, None] * velocity[:, :, n_ctx:]
+    torch.testing.assert_close(exited.float(), x0[:, :, :3], rtol=1e-4, atol=1e-4)
+
+
+def _peek_noise(state, pipe) -> torch.Tensor:
+    """The fresh block the next pass will draw, without consuming the stream's generator."""
+    saved = state.generator.get_state()
+    block = pipe._noise(state, 3)
+    state.generator.set_state(saved)
+    return block
+
+
+def test_300_steps_exact_exit_order_and_flat_memory(tiny) -> None:
+    pipe = pipeline(tiny)
+    state = pipe.open(GenerationRequest("a red ball", seed=0, **SIZE))
+    firsts, total, used = [], 0, set()
+    for step in range(300):
+        chunk = pipe.step(state)
+        assert len(chunk) == (9 if step == 0 else 12)
+        firsts.append(chunk.first_index)
+        total += len(chunk)
+        np.testing.assert_array_equal(state.cache.frames("sink"), [0, 1, 2])
+        if step:
+            used.add(pipe.pool.stats().used_blocks)
+            exited = 3 * step  # the block that left at this step starts at frame 3 * step
+            np.testing.assert_array_equal(
+                state.cache.frames("history"), np.arange(exited, exited + 3)
+            )
+        np.testing.assert_array_equal(
+            state.cache.frames("window"), np.arange(3 * step + 3, 3 * step + 15)
+        )
+    assert total == 9 + 12 * 299 == state.frames_emitted
+    assert firsts == [0, *range(9, total, 12)]
+    assert state.passes == 300 + 4  # 4 ramp-up passes before the first block exits
+    assert used == {3 + 3 + 12}  # sink, history, 4 window blocks between steps: one frame a block
+    positions = state.cache.cache.positions("window")[:, 0]
+    assert positions.max() == 3 + 3 + 12 - 1  # contiguous: never grows with the stream
+    pipe.close(state)
+    assert pipe.pool.stats().used_blocks == 0
+
+
+@pytest.mark.parametrize("recache", [True, False])
+def test_prompt_switch_mid_window(tiny, recache: bool) -> None:
+    """Beside a run without the switch: the window's blocks carry on (same latents at the
+    switch), the text is the new prompt's, and the clean sink is rewritten under it only with
+    recache."""
+    pipes = [pipeline(tiny, recache_on_switch=recache) for _ in range(2)]
+    states = [p.open(GenerationRequest("a red ball", seed=9, **SIZE)) for p in pipes]
+    for _ in range(4):
+        for p, s in zip(pipes, states, strict=True):
+            p.step(s)
+    control, switched = states
+    torch.testing.assert_close(control.window, switched.window, rtol=0, atol=0)
+    pipes[1].switch_prompt(switched, "a blue cube")
+    for p, s in zip(pipes, states, strict=True):
+        p.window_step(s)  # the switch applies at this pass (after its recache)
+    new_text = tiny.dit.encode_text(tiny.encode_prompt("a blue cube"))
+    torch.testing.assert_close(switched.text.k, new_text.k)
+    assert not torch.allclose(control.window, switched.window)  # the window now follows it
+
+    def clean_kv(p, s, name):
+        slots = torch.from_numpy(s.cache.cache.slots(name)).long()
+        return p.pool.kv[:, :, slots]
+
+    # the sink keeps the old prompt's K/V unless recached; the history now holds the block that
+    # just exited, computed under the new prompt either way
+    sink_same = torch.equal(
+        clean_kv(pipes[0], control, "sink"), clean_kv(pipes[1], switched, "sink")
+    )
+    assert sink_same is not recache
+    assert not torch.equal(
+        clean_kv(pipes[0], control, "history"), clean_kv(pipes[1], switched, "history")
+    )
