@@ -1,0 +1,130 @@
+"""The tiny Qwen2.5-VL's parts, built in memory: a toy-world tokenizer and a toy-size config.
+
+Used by :func:`models.qwen_vl.tiny_qwen_vl` (tests and the embedded default); no files are read.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedTokenizerBase, Qwen2_5_VLConfig
+
+from models.qwen_vl import QwenSpecialTokens
+
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "TOY_WORDS", "tiny_config", "tiny_tokenizer"]
+
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+TOY_WORDS = """
+red green blue yellow orange purple pink white black gray grey cyan magenta brown gold silver
+circle circles square squares triangle triangles star stars rectangle rectangles diamond hexagon
+ball balls box boxes shape shapes dot dots ring object objects
+move moves moving moved bounce bounces bouncing spin spins spinning rotate rotates rotating
+grow grows growing shrink shrinks shrinking appear appears disappear disappears enter enters
+leave leaves stop stops stopped jump jumps fall falls rise rises slide slides drift drifts
+turn turns flash flashes change changes collide collides hit hits pass passes follow follows
+left right up down top bottom center middle corner edge side screen frame background
+fast slow slowly quickly still again now then while toward towards across around into out
+the a an and or but is are was were it its they them this that these those there here
+of in on at to from with by over under near behind above below next between each both
+one two three four five six seven eight nine ten zero no some all many more fewer same other
+big small large tiny bigger smaller first second last new
+system user assistant You you helpful previous text Time Commentate commentate video match
+what What how How many Describe describe happens happening see seen I we
+""".split()
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """A word-level tokenizer for the toy world, built in memory, with Qwen's special tokens.
+
+    Words, digits and punctuation are tokens, with and without one leading space (GPT style);
+    ``\\n`` and `` `` are tokens too, so decoding reproduces the text exactly. Letters are in the
+    vocabulary, so only unknown multi-letter words become ``<unk>``.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [
+        chr(c) for c in range(ord("A"), ord("Z") + 1)
+    ]
+    pieces = list(dict.fromkeys(TOY_WORDS + letters + list("0123456789") + list(".,!?:;=-'\"()/")))
+    vocab = {"<unk>": 0, "\n": 1, " ": 2}
+    for piece in pieces:
+        for form in (piece, " " + piece):
+            vocab.setdefault(form, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(
+        Regex(r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\s"), behavior="isolated"
+    )
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL at toy size: vision depth 2 / width 32; text 64 wide, 2 layers, 4+2 heads."""
+    ids = QwenSpecialTokens.from_tokenizer(tokenizer)
+    return Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "mrope_section": [2, 3, 3],
+            },
+            "bos_token_id": ids.endoftext,
+            "eos_token_id": ids.im_end,
+            "pad_token_id": ids.endoftext,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "tokens_per_second": 2,
+            "window_size": 56,  # 2x2 merged tokens per window
+            "out_hidden_size": 64,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=ids.image_pad,
+        video_token_id=ids.video_pad,
+        vision_start_token_id=ids.vision_start,
+        vision_end_token_id=ids.vision_end,
+        tie_word_embeddings=False,
+    )
