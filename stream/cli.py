@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -77,6 +80,138 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from models.registry import WanPaths, load_wan_models
+    from stream.engine import Engine, EngineConfig
+    from stream.kvcache import KVCacheManager
+    from stream.pipelines.longlive import LongLivePipeline
+    from stream.server import ServerConfig, build_server
+
+    try:
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            token=args.token or None,
+            allowed_origins=tuple(args.allow_origin) if args.allow_origin else None,
+            preset=args.preset,
+            max_sessions_per_connection=args.max_sessions_per_connection,
+            max_message_bytes=args.max_message_bytes,
+            max_frame_pixels=args.max_frame_pixels,
+            static_dir=args.static_dir,
+            record_dir=args.record_dir,
+        )
+    except ValueError as exc:
+        print(f"stream serve: {exc}", file=sys.stderr)
+        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, _DTYPES[args.dtype or ("bf16" if device == "cuda" else "fp32")])
+    any_path = any((args.model_dir, args.dit, args.vae, args.text_encoder))
+    paths = (
+        WanPaths(args.model_dir, args.dit, args.dit_layout, args.lora, args.vae, args.text_encoder)
+        if any_path
+        else None
+    )
+    models = load_wan_models(args.preset, paths, device=device, dtype=dtype)
+    cache_gb = args.cache_gb if args.cache_gb is not None else (8.0 if device == "cuda" else 0.5)
+    pipeline = LongLivePipeline(models, KVCacheManager(), int(cache_gb * (1 << 30)))
+    engine = Engine({"longlive": pipeline}, EngineConfig(max_sessions=args.max_sessions))
+
+    async def run() -> None:
+        server = build_server(config, engine)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        print(f"stream {stream.__version__}: {args.preset} on {device}", flush=True)
+        print(f"  WebSocket  {server.url}", flush=True)
+        print(f"  page       http://{host}:{server.port}/", flush=True)
+        print(f"  health     http://{host}:{server.port}/healthz", flush=True)
+        await stop.wait()
+        print("shutting down", flush=True)
+        await server.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve the WebSocket API (and the browser page)",
+        description="Every flag falls back to the environment variable named in its help.",
+    )
+    serve.add_argument("--host", default=_env("STREAM_HOST", "127.0.0.1"), help="STREAM_HOST")
+    serve.add_argument(
+        "--port", type=int, default=int(_env("STREAM_PORT", "8000")), help="STREAM_PORT"
+    )
+    serve.add_argument(
+        "--token",
+        default=_env("STREAM_TOKEN"),
+        help="STREAM_TOKEN; required in hello; mandatory when --host is not loopback",
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[o for o in (_env("STREAM_ALLOW_ORIGIN") or "").split(",") if o],
+        help="STREAM_ALLOW_ORIGIN (comma separated); browser origins allowed (repeatable; "
+        "default: same origin and localhost)",
+    )
+    serve.add_argument(
+        "--cache-gb",
+        type=float,
+        default=_env("STREAM_CACHE_GB"),
+        help="STREAM_CACHE_GB; KV-cache pool size (default: 8 on cuda, 0.5 on cpu)",
+    )
+    serve.add_argument(
+        "--max-sessions",
+        type=int,
+        default=int(_env("STREAM_MAX_SESSIONS", "8")),
+        help="STREAM_MAX_SESSIONS; sessions on the device at once",
+    )
+    serve.add_argument(
+        "--max-sessions-per-connection",
+        type=int,
+        default=int(_env("STREAM_MAX_SESSIONS_PER_CONNECTION", "4")),
+        help="STREAM_MAX_SESSIONS_PER_CONNECTION",
+    )
+    serve.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=int(_env("STREAM_MAX_MESSAGE_BYTES", str(1 << 20))),
+        help="STREAM_MAX_MESSAGE_BYTES",
+    )
+    serve.add_argument(
+        "--max-frame-pixels",
+        type=int,
+        default=int(_env("STREAM_MAX_FRAME_PIXELS", str(1920 * 1080))),
+        help="STREAM_MAX_FRAME_PIXELS",
+    )
+    serve.add_argument(
+        "--static-dir", type=Path, default=_env("STREAM_STATIC_DIR"), help="STREAM_STATIC_DIR"
+    )
+    serve.add_argument(
+        "--record-dir",
+        type=Path,
+        default=_env("STREAM_RECORD_DIR"),
+        help="STREAM_RECORD_DIR; default: a temporary folder",
+    )
+    _add_model_arguments(serve)
+    serve.set_defaults(
+        run=_serve,
+        preset=_env("STREAM_PRESET", "tiny"),
+        device=_env("STREAM_DEVICE"),
+        dtype=_env("STREAM_DTYPE"),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stream",
@@ -115,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--cache-gb", type=float, default=8.0, help="KV-cache pool size")
     _add_model_arguments(generate)
     generate.set_defaults(run=_generate)
+    _add_serve_parser(commands)
     return parser
 
 

@@ -64,6 +64,7 @@ class OutputQueue:
         self._loop = loop
         self._ready = asyncio.Event()
         self._closed = False
+        self._tap: Callable[[list[OutputFrame]], None] | None = None
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -80,8 +81,18 @@ class OutputQueue:
                     dropped += 1
                 self._frames.append(frame)
             self.dropped += dropped
+            if self._tap is not None:
+                self._tap(frames)
         self._wake()
         return dropped
+
+    def set_tap(self, tap: Callable[[list[OutputFrame]], None] | None) -> None:
+        """Also hand every frame put from now on, and those still buffered, to ``tap`` (e.g. a
+        recorder), in order; it is called on the producer's thread and must not block."""
+        with self._lock:
+            self._tap = tap
+            if tap is not None and self._frames:
+                tap(list(self._frames))
 
     def close(self) -> None:
         """No more frames will come; a waiting ``get`` returns ``None`` once the queue is empty."""

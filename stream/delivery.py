@@ -1,0 +1,160 @@
+"""Frame delivery helpers of the server: per-session frame encoders and MP4 recorders.
+
+Both run off the event loop. An encoder is used by one session's sender, one frame at a time;
+a recorder takes frames from any thread without blocking and writes them on its own single
+worker, dropping (and counting) frames when more than ``max_pending`` wait for the disk::
+
+    engine thread --OutputQueue tap--> Recorder.add --(bounded)--> worker: Mp4Writer.write
+    sender task --get--> FrameEncoder.encode (thread pool) --> ws.send
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from stream.media import Mp4Writer
+from stream.protocol import FrameFormat, ProtocolError
+from stream.session import OutputFrame
+
+__all__ = ["FrameEncoder", "Recorder", "parse_output_params"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_output_params(params: dict) -> tuple[FrameFormat, int, bool, bool]:
+    """Validate the delivery part of ``session.start`` params.
+
+    Returns:
+        (format, JPEG quality, realtime, record).
+    """
+    fmt = params.get("format", "jpeg")
+    if not isinstance(fmt, str):
+        raise ProtocolError("invalid_message", f"params.format must be a string, got {fmt!r}")
+    quality = params.get("quality", 85)
+    if not isinstance(quality, int) or isinstance(quality, bool) or not 1 <= quality <= 100:
+        raise ProtocolError("invalid_message", f"params.quality must be 1..100, got {quality!r}")
+    flags = []
+    for name, default in (("realtime", True), ("record", False)):
+        value = params.get(name, default)
+        if not isinstance(value, bool):
+            raise ProtocolError("invalid_message", f"params.{name} must be a boolean")
+        flags.append(value)
+    return FrameFormat.from_name(fmt), quality, flags[0], flags[1]
+
+
+class FrameEncoder:
+    """Turns uint8 RGB frames ``[H, W, 3]`` into one format's payloads (one session's).
+
+    Args:
+        fmt: the wire format.
+        fps: frame rate of the stream (H.264 timing and keyframe interval).
+        quality: JPEG quality 1..100.
+    """
+
+    def __init__(self, fmt: FrameFormat, fps: float, quality: int = 85) -> None:
+        self.format = fmt
+        self.fps = fps
+        self.quality = quality
+        self._h264: av.CodecContext | None = None
+
+    def encode(self, frame: OutputFrame) -> bytes:
+        pixels = frame.pixels
+        if self.format is FrameFormat.RAW:
+            return np.ascontiguousarray(pixels).tobytes()
+        if self.format is FrameFormat.H264:
+            return self._encode_h264(frame)
+        bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+        if self.format is FrameFormat.JPEG:
+            ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        else:
+            ok, data = cv2.imencode(".png", bgr)
+        if not ok:
+            raise RuntimeError(f"cv2.imencode failed for a {pixels.shape} frame")
+        return data.tobytes()
+
+    def _encode_h264(self, frame: OutputFrame) -> bytes:
+        """One access unit in Annex B (zerolatency: no B-frames, no lookahead, one packet)."""
+        height, width = frame.pixels.shape[:2]
+        if self._h264 is None:
+            ctx = av.CodecContext.create("libx264", "w")
+            ctx.width, ctx.height = width, height
+            ctx.pix_fmt = "yuv420p"
+            rate = Fraction(self.fps).limit_denominator(1001)
+            ctx.time_base = 1 / rate
+            ctx.framerate = rate
+            ctx.gop_size = max(1, round(2 * self.fps))  # a keyframe every 2 s for late joiners
+            ctx.options = {"tune": "zerolatency", "preset": "ultrafast", "profile": "baseline"}
+            self._h264 = ctx
+        video = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame.pixels), format="rgb24")
+        video.pts = frame.index
+        return b"".join(bytes(packet) for packet in self._h264.encode(video))
+
+    def close(self) -> None:
+        self._h264 = None  # nothing to flush: every frame's packet was already sent
+
+
+class Recorder:
+    """An MP4 of every frame handed to :meth:`add`, written on one worker thread.
+
+    Args:
+        path: the MP4 file to write.
+        fps: frame rate of the stream.
+        max_pending: frames waiting for the writer at most; more are dropped and counted.
+    """
+
+    def __init__(self, path: Path, fps: float, max_pending: int = 64) -> None:
+        if max_pending <= 0:
+            raise ValueError(f"max_pending must be positive, got {max_pending}")
+        self.path = path
+        self.max_pending = max_pending
+        self.frames_dropped = 0
+        self._writer = Mp4Writer(path, fps)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="record")
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._failed = False
+        self._closed: concurrent.futures.Future | None = None
+
+    @property
+    def frames_written(self) -> int:
+        return self._writer.frames_written
+
+    def add(self, frames: list[OutputFrame]) -> None:
+        """Queue frames for writing (any thread; never blocks, drops when the disk lags)."""
+        with self._lock:
+            if self._closed is not None or self._failed:
+                return
+            for frame in frames:
+                if self._pending >= self.max_pending:
+                    self.frames_dropped += 1
+                    continue
+                self._pending += 1
+                self._executor.submit(self._write, frame.pixels)
+
+    def close(self) -> concurrent.futures.Future:
+        """Finish the file after the queued frames (idempotent); the future resolves when the
+        MP4 is complete and playable."""
+        with self._lock:
+            if self._closed is None:
+                self._closed = self._executor.submit(self._writer.close)
+                self._executor.shutdown(wait=False)
+            return self._closed
+
+    def _write(self, pixels: np.ndarray) -> None:
+        try:
+            if not self._failed:
+                self._writer.write(pixels)
+        except Exception:
+            logger.exception("recording %s failed; later frames are not written", self.path)
+            self._failed = True
+        finally:
+            with self._lock:
+                self._pending -= 1
