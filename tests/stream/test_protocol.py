@@ -1,0 +1,374 @@
+"""stream/protocol.py: parsing, validation and the connection state machine, without sockets."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.protocol import (
+    ERROR_CODES,
+    HEADER,
+    PROTOCOL_VERSION,
+    Connection,
+    ConnectionState,
+    FrameFormat,
+    FrameHeader,
+    FrameKind,
+    Hello,
+    InputFrame,
+    Pause,
+    PromptUpdate,
+    ProtocolError,
+    Question,
+    Resume,
+    SessionStart,
+    Stop,
+    encode,
+)
+
+WIRE_HEADER = "<2sBBIQdB3xHH"  # docs/protocol.md
+
+
+def ready(**kwargs: Any) -> Connection:
+    connection = Connection(**kwargs)
+    connection.receive(json.dumps({"type": "hello", "version": PROTOCOL_VERSION}))
+    return connection
+
+
+def message(kind: str, **fields: Any) -> str:
+    return json.dumps({"type": kind, **fields})
+
+
+def refused(connection: Connection, data: str | bytes) -> str:
+    with pytest.raises(ProtocolError) as info:
+        connection.receive(data)
+    assert info.value.code in ERROR_CODES
+    return info.value.code
+
+
+def input_frame(session: int = 1, kind: int = 2, fmt: int = 1, payload: bytes = b"jpeg") -> bytes:
+    return struct.pack(WIRE_HEADER, b"SV", 1, kind, session, 3, 0.25, fmt, 64, 48) + payload
+
+
+# -- the state machine -------------------------------------------------------------------------
+
+
+def test_hello_opens_the_connection() -> None:
+    connection = Connection()
+    assert connection.state is ConnectionState.AWAITING_HELLO
+    assert connection.receive(message("hello", version=1)) == Hello(1, None)
+    assert connection.state is ConnectionState.READY
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        message("session.start", pipeline="longlive", params={"prompt": "x"}),
+        message("pause", session=1),
+        input_frame(),
+    ],
+)
+def test_everything_before_hello_is_not_ready(data: str | bytes) -> None:
+    connection = Connection()
+    assert refused(connection, data) == "not_ready"
+    assert connection.state is ConnectionState.AWAITING_HELLO
+    connection.receive(message("hello", version=1))  # still possible afterwards
+
+
+def test_second_hello_is_not_ready() -> None:
+    connection = ready()
+    assert refused(connection, message("hello", version=1)) == "not_ready"
+    assert connection.state is ConnectionState.READY
+
+
+def test_unsupported_version() -> None:
+    connection = Connection()
+    assert refused(connection, message("hello", version=2)) == "unsupported_version"
+    assert connection.state is ConnectionState.AWAITING_HELLO
+
+
+@pytest.mark.parametrize("token", [None, "wrong", ""])
+def test_token_required(token: str | None) -> None:
+    connection = Connection(token="secret")
+    assert refused(connection, message("hello", version=1, token=token)) == "unauthorized"
+    assert refused(connection, message("hello", version=1)) == "unauthorized"
+    assert connection.receive(message("hello", version=1, token="secret")) == Hello(1, "secret")
+    assert connection.state is ConnectionState.READY
+
+
+def test_token_ignored_without_one_configured() -> None:
+    assert Connection().receive(message("hello", version=1, token="x")) == Hello(1, "x")
+
+
+def test_closed_connection_refuses_everything() -> None:
+    connection = ready()
+    connection.close()
+    assert connection.state is ConnectionState.CLOSED
+    assert refused(connection, message("pause", session=1)) == "not_ready"
+
+
+# -- every message type ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            message("session.start", pipeline="longlive", params={"prompt": "a fox", "seed": 3}),
+            SessionStart("longlive", None, {"prompt": "a fox", "seed": 3}, None),
+        ),
+        (
+            message("session.start", pipeline="longlive", preset="tiny", request_id="r1"),
+            SessionStart("longlive", "tiny", {}, "r1"),
+        ),
+        (
+            message("prompt.update", session=7, prompt="a bird", transition_chunks=4),
+            PromptUpdate(7, "a bird", 4),
+        ),
+        (message("prompt.update", session=7, prompt="a bird"), PromptUpdate(7, "a bird", 0)),
+        (message("question", session=2, text="what is red?"), Question(2, "what is red?")),
+        (message("pause", session=1), Pause(1)),
+        (message("resume", session=1), Resume(1)),
+        (message("stop", session=2**32 - 1), Stop(2**32 - 1)),
+    ],
+)
+def test_messages_parse(data: str, expected: Any) -> None:
+    assert ready().receive(data) == expected
+
+
+def test_input_frame_parses() -> None:
+    parsed = ready().receive(input_frame(session=5, payload=b"\xff\xd8 jpeg bytes"))
+    assert isinstance(parsed, InputFrame)
+    assert parsed.header == FrameHeader(FrameKind.INPUT, 5, 3, 0.25, FrameFormat.JPEG, 64, 48)
+    assert parsed.payload == b"\xff\xd8 jpeg bytes"
+
+
+# -- validation errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["", "{", "not json", "[1, 2]", '"hello"', "3", "null", "[" * 100000]
+)
+def test_bad_json(text: str) -> None:
+    assert refused(ready(), text) == "bad_json"
+
+
+@pytest.mark.parametrize("kind", ["nope", "welcome", "session.started", "HELLO", ""])
+def test_unknown_type(kind: str) -> None:
+    assert refused(ready(), message(kind)) == "unknown_type"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        json.dumps({"session": 1}),  # no type
+        json.dumps({"type": 5}),
+        json.dumps({"type": None}),
+        message("hello"),  # hello without version, before hello
+        message("hello", version="1"),
+        message("hello", version=True),  # a bool is not an int
+        message("hello", version=1.0),
+        message("hello", version=1, token=5),
+    ],
+)
+def test_invalid_hello(data: str) -> None:
+    assert refused(Connection(), data) == "invalid_message"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        message("session.start"),  # no pipeline
+        message("session.start", pipeline=1),
+        message("session.start", pipeline="longlive", params="prompt"),
+        message("session.start", pipeline="longlive", params=[]),
+        message("session.start", pipeline="longlive", preset=3),
+        message("session.start", pipeline="longlive", request_id=1),
+        message("prompt.update", prompt="x"),  # no session
+        message("prompt.update", session=1),  # no prompt
+        message("prompt.update", session=1, prompt=""),
+        message("prompt.update", session=1, prompt="   \n"),
+        message("prompt.update", session=1, prompt="x" * 2001),
+        message("prompt.update", session=1, prompt=5),
+        message("prompt.update", session=1, prompt="x", transition_chunks=-1),
+        message("prompt.update", session=1, prompt="x", transition_chunks=65),
+        message("prompt.update", session=1, prompt="x", transition_chunks=1.5),
+        message("prompt.update", session=1, prompt="x", transition_chunks=True),
+        message("question", session=1, text=""),
+        message("question", session=1),
+        message("pause", session=0),
+        message("pause", session=-1),
+        message("resume", session=2**32),
+        message("stop", session="1"),
+        message("stop", session=True),
+        message("stop", session=1.0),
+        message("stop", session=None),
+        message("stop"),
+    ],
+)
+def test_invalid_message(data: str) -> None:
+    assert refused(ready(), data) == "invalid_message"
+
+
+def test_boundaries_accepted() -> None:
+    connection = ready()
+    assert connection.receive(message("prompt.update", session=1, prompt="x" * 2000)).prompt
+    update = connection.receive(
+        message("prompt.update", session=1, prompt="x", transition_chunks=64)
+    )
+    assert update == PromptUpdate(1, "x", 64)
+
+
+def test_message_too_large() -> None:
+    connection = ready(max_message_bytes=64)
+    text = message("prompt.update", session=1, prompt="x" * 40)
+    assert len(text) > 64
+    assert refused(connection, text) == "message_too_large"
+    assert refused(connection, input_frame(payload=b"\0" * 64)) == "message_too_large"
+    # the limit counts UTF-8 bytes, not characters
+    wide = json.dumps({"type": "stop", "session": 1, "x": "é" * 20}, ensure_ascii=False)
+    assert len(wide) <= 64 < len(wide.encode())
+    assert refused(connection, wide) == "message_too_large"
+    assert connection.receive(message("stop", session=1)) == Stop(1)  # still usable
+    assert refused(Connection(max_message_bytes=8), "x" * 9) == "message_too_large"  # before hello
+
+
+# -- binary frames -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(FrameKind))
+@pytest.mark.parametrize("fmt", list(FrameFormat))
+def test_header_round_trip(kind: FrameKind, fmt: FrameFormat) -> None:
+    header = FrameHeader(kind, 2**32 - 1, 2**64 - 1, 12.0625, fmt, 65535, 1)
+    packed = header.pack()
+    assert len(packed) == HEADER.size == 32
+    assert packed == struct.pack(
+        WIRE_HEADER, b"SV", 1, kind, 2**32 - 1, 2**64 - 1, 12.0625, fmt, 65535, 1
+    )
+    assert packed[25:28] == b"\0\0\0"
+    assert FrameHeader.unpack(packed + b"rest") == header
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"SV\x01\x02",  # shorter than the header
+        b"XY" + input_frame()[2:],  # magic
+        input_frame()[:2] + b"\x02" + input_frame()[3:],  # version
+        input_frame(kind=0),
+        input_frame(kind=3),
+        input_frame(fmt=0),
+        input_frame(fmt=5),
+        input_frame(session=0),
+    ],
+)
+def test_bad_frame(data: bytes) -> None:
+    assert refused(ready(), data) == "bad_frame"
+
+
+def test_header_unpack_refuses_bad_headers() -> None:
+    with pytest.raises(ProtocolError, match="bad_frame"):
+        FrameHeader.unpack(b"SV")
+    with pytest.raises(ProtocolError, match="bad_frame"):
+        FrameHeader.unpack(input_frame(fmt=9))
+
+
+def test_client_sent_video_frames_are_refused() -> None:
+    assert refused(ready(), input_frame(kind=FrameKind.VIDEO)) == "bad_frame"
+
+
+def test_format_names() -> None:
+    assert [FrameFormat.from_name(n) for n in ("jpeg", "png", "raw", "h264")] == list(FrameFormat)
+    with pytest.raises(ProtocolError) as info:
+        FrameFormat.from_name("gif")
+    assert info.value.code == "invalid_message"
+
+
+# -- server messages ---------------------------------------------------------------------------
+
+
+def test_encode() -> None:
+    text = encode("error", code="cache_full", message="no room", request_id="r1")
+    assert text == '{"type":"error","code":"cache_full","message":"no room","request_id":"r1"}'
+    assert json.loads(encode("session.ended", session=3, reason="stopped")) == {
+        "type": "session.ended",
+        "session": 3,
+        "reason": "stopped",
+    }
+    assert encode("metrics", fps=15.5, queue=[]) == '{"type":"metrics","fps":15.5,"queue":[]}'
+
+
+def test_protocol_error() -> None:
+    error = ProtocolError("unknown_session", "no session 4", session=4)
+    assert (error.code, error.message, error.session) == ("unknown_session", "no session 4", 4)
+    assert str(error) == "unknown_session: no session 4"
+    with pytest.raises(AssertionError):
+        ProtocolError("no_such_code", "x")
+
+
+# -- properties --------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+known_types = st.sampled_from(
+    ["hello", "session.start", "prompt.update", "question", "pause", "resume", "stop", "x"]
+)
+fields = st.sampled_from(
+    ["version", "token", "pipeline", "preset", "params", "request_id", "session", "prompt",
+     "transition_chunks", "text"]
+)  # fmt: skip
+messages = st.builds(
+    lambda kind, body: {"type": kind, **body},
+    known_types,
+    st.dictionaries(fields, json_values, max_size=5),
+)
+
+
+def _only_protocol_errors(connection: Connection, data: str | bytes) -> None:
+    try:
+        connection.receive(data)
+    except ProtocolError as exc:
+        assert exc.code in ERROR_CODES
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(messages | json_values, min_size=1, max_size=4))
+def test_random_json_raises_only_protocol_errors(objects: list[Any]) -> None:
+    connection = Connection(token=None)
+    for obj in objects:
+        _only_protocol_errors(connection, json.dumps(obj))
+    ready_connection = ready()
+    for obj in objects:
+        _only_protocol_errors(ready_connection, json.dumps(obj))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.binary(max_size=64)
+    | st.builds(
+        lambda header, tail: header + tail,
+        st.binary(min_size=32, max_size=32),
+        st.binary(max_size=8),
+    )
+    | st.builds(
+        lambda fields, tail: b"SV\x01" + fields + tail,
+        st.binary(min_size=29, max_size=29),
+        st.binary(max_size=8),
+    ),
+    st.text(max_size=64),
+)
+def test_random_bytes_raise_only_protocol_errors(data: bytes, text: str) -> None:
+    for connection in (Connection(), ready()):
+        _only_protocol_errors(connection, data)
+        _only_protocol_errors(connection, text)
