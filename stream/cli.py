@@ -50,28 +50,42 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _generate(args: argparse.Namespace) -> int:
+def _device_and_dtype(args: argparse.Namespace):
     import torch
 
-    from models.registry import WanPaths, load_wan_models
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, getattr(torch, _DTYPES[args.dtype or ("bf16" if device == "cuda" else "fp32")])
+
+
+def _wan_paths(args: argparse.Namespace):
+    from models.registry import WanPaths
+
+    if not any((args.model_dir, args.dit, args.vae, args.text_encoder)):
+        return None
+    return WanPaths(
+        args.model_dir, args.dit, args.dit_layout, args.lora, args.vae, args.text_encoder
+    )
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from models.registry import load_wan_models
     from stream.generate import generate_video, parse_switch
     from stream.kvcache import KVCacheManager
     from stream.pipelines.base import GenerationRequest
     from stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+    from stream.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, _DTYPES[args.dtype or ("bf16" if device == "cuda" else "fp32")])
+    device, dtype = _device_and_dtype(args)
     switches = [parse_switch(s) for s in args.switch]
     switches = [type(s)(s.at_seconds, s.prompt, args.transition_chunks) for s in switches]
-    any_path = any((args.model_dir, args.dit, args.vae, args.text_encoder))
-    paths = (
-        WanPaths(args.model_dir, args.dit, args.dit_layout, args.lora, args.vae, args.text_encoder)
-        if any_path
-        else None
-    )
-    models = load_wan_models(args.preset, paths, device=device, dtype=dtype)
-    config = LongLiveConfig(global_sink=not args.refresh_sink)
-    pipeline = LongLivePipeline(models, KVCacheManager(), int(args.cache_gb * (1 << 30)), config)
+    models = load_wan_models(args.preset, _wan_paths(args), device=device, dtype=dtype)
+    cache_bytes = int(args.cache_gb * (1 << 30))
+    if args.pipeline == "longlive":
+        config = LongLiveConfig(global_sink=not args.refresh_sink)
+        pipeline = LongLivePipeline(models, KVCacheManager(), cache_bytes, config)
+    else:
+        config = RollingForcingConfig(recache_on_switch=not args.no_recache)
+        pipeline = RollingForcingPipeline(models, KVCacheManager(), cache_bytes, config)
     request = GenerationRequest(args.prompt, args.seed, args.height, args.width)
     written = generate_video(pipeline, request, switches, args.seconds, args.out)
     print(
@@ -81,13 +95,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import torch
-
-    from models.registry import WanPaths, load_wan_models
     from stream.engine import Engine, EngineConfig
-    from stream.kvcache import KVCacheManager
-    from stream.pipelines.longlive import LongLivePipeline
     from stream.server import ServerConfig, build_server
+    from stream.service import ServiceModels, build_pipelines
 
     try:
         config = ServerConfig(
@@ -105,18 +115,22 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"stream serve: {exc}", file=sys.stderr)
         return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, _DTYPES[args.dtype or ("bf16" if device == "cuda" else "fp32")])
-    any_path = any((args.model_dir, args.dit, args.vae, args.text_encoder))
-    paths = (
-        WanPaths(args.model_dir, args.dit, args.dit_layout, args.lora, args.vae, args.text_encoder)
-        if any_path
-        else None
-    )
-    models = load_wan_models(args.preset, paths, device=device, dtype=dtype)
+    device, dtype = _device_and_dtype(args)
     cache_gb = args.cache_gb if args.cache_gb is not None else (8.0 if device == "cuda" else 0.5)
-    pipeline = LongLivePipeline(models, KVCacheManager(), int(cache_gb * (1 << 30)))
-    engine = Engine({"longlive": pipeline}, EngineConfig(max_sessions=args.max_sessions))
+    vlm_gb = (
+        args.vlm_cache_gb if args.vlm_cache_gb is not None else (4.0 if device == "cuda" else 0.25)
+    )
+    spec = ServiceModels(
+        preset=args.preset,
+        paths=_wan_paths(args),
+        vlm_dir=args.vlm_dir,
+        device=device,
+        dtype=dtype,
+        cache_bytes=int(float(cache_gb) * (1 << 30)),
+        vlm_cache_bytes=int(float(vlm_gb) * (1 << 30)),
+        pipelines=tuple(args.pipelines.split(",")),
+    )
+    engine = Engine(build_pipelines(spec), EngineConfig(max_sessions=args.max_sessions))
 
     async def run() -> None:
         server = build_server(config, engine)
@@ -203,6 +217,23 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         default=_env("STREAM_RECORD_DIR"),
         help="STREAM_RECORD_DIR; default: a temporary folder",
     )
+    serve.add_argument(
+        "--pipelines",
+        default=_env("STREAM_PIPELINES", "longlive,rolling_forcing,streaming_vlm"),
+        help="STREAM_PIPELINES; comma-separated pipelines to serve",
+    )
+    serve.add_argument(
+        "--vlm-dir",
+        type=Path,
+        default=_env("STREAM_VLM_DIR"),
+        help="STREAM_VLM_DIR; a local Qwen2.5-VL / StreamingVLM folder (default: the tiny one)",
+    )
+    serve.add_argument(
+        "--vlm-cache-gb",
+        type=float,
+        default=_env("STREAM_VLM_CACHE_GB"),
+        help="STREAM_VLM_CACHE_GB; the VLM's KV-cache pool (default: 4 on cuda, 0.25 on cpu)",
+    )
     _add_model_arguments(serve)
     serve.set_defaults(
         run=_serve,
@@ -222,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     version.set_defaults(run=_version)
 
     generate = commands.add_parser("generate", help="generate a video with prompt switches to MP4")
-    generate.add_argument("--pipeline", choices=["longlive"], default="longlive")
+    generate.add_argument("--pipeline", choices=["longlive", "rolling_forcing"], default="longlive")
     generate.add_argument("--prompt", required=True)
     generate.add_argument(
         "--switch",
@@ -241,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--refresh-sink",
         action="store_true",
         help="re-anchor the frame sink at a switch (LongLive global_sink=false)",
+    )
+    generate.add_argument(
+        "--no-recache",
+        action="store_true",
+        help="Rolling Forcing: keep the clean history's K/V at a switch instead of recaching it",
     )
     generate.add_argument("--seconds", type=float, default=8.0)
     generate.add_argument("--out", type=Path, required=True, help="output .mp4")

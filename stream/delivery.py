@@ -1,4 +1,5 @@
-"""Frame delivery helpers of the server: per-session frame encoders and MP4 recorders.
+"""Frame delivery helpers of the server: per-session frame encoders, MP4 recorders, and the
+decoding of understanding sessions' input frames.
 
 Both run off the event loop. An encoder is used by one session's sender, one frame at a time;
 a recorder takes frames from any thread without blocking and writes them on its own single
@@ -21,10 +22,10 @@ import cv2
 import numpy as np
 
 from stream.media import Mp4Writer
-from stream.protocol import FrameFormat, ProtocolError
+from stream.protocol import FrameFormat, FrameHeader, ProtocolError
 from stream.session import OutputFrame
 
-__all__ = ["FrameEncoder", "Recorder", "parse_output_params"]
+__all__ = ["FrameEncoder", "Recorder", "decode_input_frame", "parse_output_params"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,3 +159,45 @@ class Recorder:
         finally:
             with self._lock:
                 self._pending -= 1
+
+
+def decode_input_frame(header: FrameHeader, payload: bytes, max_pixels: int) -> np.ndarray:
+    """An understanding session's input frame as uint8 RGB ``[H, W, 3]``.
+
+    Raises:
+        ProtocolError: ``frame_too_large`` over ``max_pixels``; ``bad_frame`` when the payload
+            does not decode (or H.264, which input frames do not take).
+    """
+    if header.width * header.height > max_pixels:
+        raise ProtocolError(
+            "frame_too_large",
+            f"{header.width}x{header.height} is over {max_pixels} pixels",
+            header.session,
+        )
+    if header.format is FrameFormat.RAW:
+        if header.width <= 0 or header.height <= 0:
+            raise ProtocolError(
+                "bad_frame", "a raw frame needs its width and height", header.session
+            )
+        if len(payload) != header.width * header.height * 3:
+            raise ProtocolError(
+                "bad_frame",
+                f"raw {header.width}x{header.height} needs {header.width * header.height * 3} "
+                f"bytes, got {len(payload)}",
+                header.session,
+            )
+        return np.frombuffer(payload, dtype=np.uint8).reshape(header.height, header.width, 3)
+    if header.format not in (FrameFormat.JPEG, FrameFormat.PNG):
+        raise ProtocolError("bad_frame", "input frames are JPEG, PNG or raw RGB", header.session)
+    image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ProtocolError(
+            "bad_frame", f"the {header.format.name} payload does not decode", header.session
+        )
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise ProtocolError(
+            "frame_too_large",
+            f"decoded {image.shape[1]}x{image.shape[0]} is over {max_pixels} pixels",
+            header.session,
+        )
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

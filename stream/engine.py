@@ -3,15 +3,20 @@ device thread.
 
 Each turn of the loop is ``schedule() -> execute() -> update()``::
 
-    commands (open, switch, pause, resume, close) drained between steps, never during one
-    schedule():  the runnable session with the earliest deadline
-                 deadline = when its client's playback would run out of frames
-                 runnable = running, and less than `lookahead_seconds` ahead of playback
-                 (benchmark sessions: whenever their output queue has room)
-    execute():   pipeline.step(state)      one chunk (12 frames for LongLive)
-    update():    frames -> the session's OutputQueue (bounded, oldest dropped), stats
+    commands (open, switch, frames, questions, pause, resume, close) drained between steps
+    schedule():  understanding streams in the middle of a reply first: one decode step for
+                 all of them together (continuous batching over the paged cache); else the
+                 runnable session with the earliest deadline:
+                   generation: when its client's playback would run out of frames, runnable
+                     while less than `lookahead_seconds` ahead (benchmark sessions: whenever
+                     their output queue has room)
+                   understanding: a full second of feed is buffered (deadline: now)
+    execute():   pipeline.step(state) (one chunk: 12 frames for LongLive), or a VLM prefill
+                 (vision tower + the second's round), or the batched decode step
+    update():    frames -> the session's OutputQueue (bounded, oldest dropped); captions ->
+                 the session's events; stats
 
-A step that raises ends only its own session (error ``internal``); the others go on.
+A step that raises ends only its own session(s) (error ``internal``); the others go on.
 Admission is the cache manager's (``CacheFullError`` -> ``cache_full``) and the session limit's.
 """
 
@@ -30,16 +35,27 @@ from typing import Any, Protocol
 
 from stream.kvcache import CacheFullError
 from stream.pipelines.base import FrameChunk, GenerationRequest
+from stream.pipelines.feed import TimestampsBackwardsError
+from stream.pipelines.streaming_vlm import Caption, UnderstandingRequest
 from stream.protocol import ProtocolError
 from stream.session import OutputFrame, OutputQueue, Session, SessionState
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "GenerationPipeline"]
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineStats",
+    "GenerationPipeline",
+    "Pipeline",
+    "UnderstandingPipeline",
+]
 
 logger = logging.getLogger(__name__)
 
 
 class GenerationPipeline(Protocol):
     """What the engine needs of a generation pipeline (LongLive, Rolling Forcing)."""
+
+    kind: str  # "generation"
 
     @property
     def config(self) -> Any: ...  # has .fps
@@ -48,6 +64,26 @@ class GenerationPipeline(Protocol):
     def step(self, state: Any) -> FrameChunk: ...
     def switch_prompt(self, state: Any, prompt: str, transition_chunks: int = 0) -> None: ...
     def close(self, state: Any) -> None: ...
+
+
+class UnderstandingPipeline(Protocol):
+    """What the engine needs of an understanding pipeline (StreamingVLM)."""
+
+    kind: str  # "understanding"
+
+    @property
+    def config(self) -> Any: ...  # has .fps: sampled frames per second of feed
+
+    def open(self, request: UnderstandingRequest) -> Any: ...
+    def push_frame(self, state: Any, timestamp: float, frame: Any) -> None: ...
+    def ask(self, state: Any, question: str) -> None: ...
+    def ready(self, state: Any) -> bool: ...
+    def prefill(self, state: Any) -> None: ...
+    def decode(self, states: list[Any]) -> list[Caption | None]: ...
+    def close(self, state: Any) -> None: ...
+
+
+Pipeline = GenerationPipeline | UnderstandingPipeline
 
 
 @dataclass(frozen=True)
@@ -79,7 +115,7 @@ class _Live:
     """Engine-side state of a session (touched only by the engine thread)."""
 
     session: Session
-    pipeline: GenerationPipeline
+    pipeline: Pipeline
     state: Any
     t0: float = math.nan  # wall time of frame 0 on the client's clock (set at the first step)
     paused_at: float | None = None
@@ -102,7 +138,7 @@ class Engine:
 
     def __init__(
         self,
-        pipelines: Mapping[str, GenerationPipeline],
+        pipelines: Mapping[str, Pipeline],
         config: EngineConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -157,10 +193,13 @@ class Engine:
                 "unknown_pipeline",
                 f"unknown pipeline {pipeline!r}; known: {sorted(self.pipelines)}",
             )
-        request = _generation_request(params)
+        target = self.pipelines[pipeline]
+        if target.kind == "understanding":
+            request = _understanding_request(params)
+        else:
+            request = _generation_request(params)
         loop = asyncio.get_running_loop()
         result = loop.create_future()
-        target = self.pipelines[pipeline]
         session = Session(
             next(self._ids),
             pipeline,
@@ -215,6 +254,32 @@ class Engine:
                 )
 
         self._submit(switch)
+
+    def push_frame(self, session: Session, timestamp: float, frame: Any) -> None:
+        """Feed an understanding session one uint8 ``[H, W, 3]`` frame."""
+
+        def push() -> None:
+            live = self._live.get(session.id)
+            if live is None:
+                return
+            try:
+                live.pipeline.push_frame(live.state, timestamp, frame)
+            except TimestampsBackwardsError as exc:
+                session.post(_error_event(session, "timestamps_backwards", str(exc)))
+            except ValueError as exc:
+                session.post(_error_event(session, "bad_frame", str(exc)))
+
+        self._submit(push)
+
+    def ask(self, session: Session, question: str) -> None:
+        """A question for an understanding session, answered in its next round."""
+
+        def ask() -> None:
+            live = self._live.get(session.id)
+            if live is not None:
+                live.pipeline.ask(live.state, question)
+
+        self._submit(ask)
 
     def pause(self, session: Session) -> None:
         def pause() -> None:
@@ -277,13 +342,28 @@ class Engine:
                 command()
             if self._stopping:
                 return
+            decoding = self._decoding()
+            if decoding:
+                self._decode(decoding)
+                continue
             live = self._schedule()
             if live is None:
                 with self._wakeup:
                     if not self._commands:
                         self._wakeup.wait(timeout=self._idle_timeout())
                 continue
-            self._execute(live)
+            if live.pipeline.kind == "understanding":
+                self._prefill(live)
+            else:
+                self._execute(live)
+
+    def _decoding(self) -> dict[int, list[_Live]]:
+        """Understanding streams in the middle of a reply, grouped by pipeline."""
+        groups: dict[int, list[_Live]] = {}
+        for live in self._live.values():
+            if live.pipeline.kind == "understanding" and getattr(live.state, "decoding", False):
+                groups.setdefault(id(live.pipeline), []).append(live)
+        return groups
 
     def _schedule(self) -> _Live | None:
         now = self._clock()
@@ -291,6 +371,10 @@ class Engine:
         for live in self._live.values():
             session = live.session
             if session.state is not SessionState.RUNNING:
+                continue
+            if live.pipeline.kind == "understanding":
+                if live.pipeline.ready(live.state) and (best is None or now < best.deadline()):
+                    best, live.t0 = live, now  # due now: the feed's second is waiting
                 continue
             if session.realtime:
                 ahead = live.deadline() - now
@@ -312,15 +396,54 @@ class Engine:
         ]
         return min([0.05, *(w for w in waits if w > 0)])
 
+    def _prefill(self, live: _Live) -> None:
+        start = time.perf_counter()
+        try:
+            live.pipeline.prefill(live.state)
+        except Exception as exc:
+            self._fail([live], exc)
+            return
+        live.session.stats.step_seconds.append(time.perf_counter() - start)
+        self._step_seconds.append(time.perf_counter() - start)
+
+    def _decode(self, groups: dict[int, list[_Live]]) -> None:
+        """One batched decode step per understanding pipeline; finished replies -> captions."""
+        for lives in groups.values():
+            start = time.perf_counter()
+            try:
+                captions = lives[0].pipeline.decode([live.state for live in lives])
+            except Exception as exc:
+                self._fail(lives, exc)
+                continue
+            self._steps += 1
+            self._step_seconds.append(time.perf_counter() - start)
+            for live, caption in zip(lives, captions, strict=True):
+                if caption is not None:
+                    session = live.session
+                    session.stats.steps += 1
+                    session.post(
+                        {
+                            "type": "caption",
+                            "session": session.id,
+                            "start": caption.start,
+                            "end": caption.end,
+                            "text": caption.text,
+                            "lag": round(live.state.feed.lag_seconds, 3),
+                        }
+                    )
+
+    def _fail(self, lives: list[_Live], exc: Exception) -> None:
+        for live in lives:
+            logger.error("session %d: step failed: %r", live.session.id, exc, exc_info=exc)
+            self._errors["internal"] += 1
+            self._end(live, "error", f"step failed: {type(exc).__name__}: {exc}")
+
     def _execute(self, live: _Live) -> None:
-        session = live.session
         start = time.perf_counter()
         try:
             chunk = live.pipeline.step(live.state)
         except Exception as exc:  # one session's failure must not stop the others
-            logger.exception("session %d: step failed", session.id)
-            self._errors["internal"] += 1
-            self._end(live, "error", f"step failed: {type(exc).__name__}: {exc}")
+            self._fail([live], exc)
             return
         elapsed = time.perf_counter() - start
         self._update(live, chunk, elapsed)
@@ -370,6 +493,23 @@ def _generation_request(params: dict[str, Any]) -> GenerationRequest:
             raise ProtocolError("invalid_message", f"params.{name} must be a non-negative integer")
         values[name] = value
     return GenerationRequest(prompt, values["seed"] or 0, values["height"], values["width"])
+
+
+def _understanding_request(params: dict[str, Any]) -> UnderstandingRequest:
+    """Validate understanding start parameters (the protocol's ``params``)."""
+    values = {}
+    for name, limit in (("instruction", 2000), ("previous_text", 20000)):
+        value = params.get(name, "")
+        if not isinstance(value, str) or len(value) > limit:
+            raise ProtocolError("invalid_message", f"params.{name} must be a string <= {limit}")
+        values[name] = value
+    return UnderstandingRequest(
+        values["instruction"] or UnderstandingRequest().instruction, values["previous_text"]
+    )
+
+
+def _error_event(session: Session, code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, "session": session.id}
 
 
 def _reject(future: asyncio.Future, error: BaseException) -> None:

@@ -26,6 +26,7 @@ Exceptions: :class:`ProtocolError` (one per refused message; ``code`` in :data:`
 from __future__ import annotations
 
 import enum
+import hmac
 import json
 import struct
 from dataclasses import dataclass, field
@@ -82,10 +83,12 @@ ERROR_CODES = {
 class ProtocolError(Exception):
     """A refused message; ``code`` is sent back to the client with ``message``."""
 
-    def __init__(self, code: str, message: str, session: int | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, session: int | None = None, request_id: str | None = None
+    ) -> None:
         assert code in ERROR_CODES, code
         super().__init__(f"{code}: {message}")
-        self.code, self.message, self.session = code, message, session
+        self.code, self.message, self.session, self.request_id = code, message, session, request_id
 
 
 class FrameKind(enum.IntEnum):
@@ -311,7 +314,9 @@ class Connection:
                 "unsupported_version",
                 f"server speaks version {PROTOCOL_VERSION}, got {hello.version}",
             )
-        if self._token is not None and hello.token != self._token:
+        if self._token is not None and not hmac.compare_digest(
+            (hello.token or "").encode(), self._token.encode()
+        ):
             raise ProtocolError("unauthorized", "a valid token is required")
         self.state = ConnectionState.READY
 
@@ -329,7 +334,15 @@ class Connection:
         parser = _PARSERS.get(kind)
         if parser is None:
             raise ProtocolError("unknown_type", f"unknown message type {kind[:64]!r}")
-        return parser(obj)
+        try:
+            return parser(obj)
+        except ProtocolError as exc:  # let the client match the refusal to what it sent
+            request_id, session = obj.get("request_id"), obj.get("session")
+            if exc.request_id is None and isinstance(request_id, str):
+                exc.request_id = request_id[:128]
+            if exc.session is None and type(session) is int and 0 < session < 2**32:
+                exc.session = session
+            raise
 
     @staticmethod
     def _parse_binary(data: bytes) -> InputFrame:
@@ -346,6 +359,7 @@ class Connection:
 # -- server messages ----------------------------------------------------------------------------
 
 
-def encode(kind: str, **fields: Any) -> str:
-    """A server control message as JSON text, e.g. ``encode("error", code=..., message=...)``."""
-    return json.dumps({"type": kind, **fields}, separators=(",", ":"))
+def encode(message_type: str, /, **fields: Any) -> str:
+    """A server control message as JSON text, e.g. ``encode("error", code=..., message=...)``.
+    Non-finite numbers are refused: browsers cannot parse them."""
+    return json.dumps({"type": message_type, **fields}, separators=(",", ":"), allow_nan=False)

@@ -31,6 +31,7 @@ import http
 import ipaddress
 import json
 import logging
+import math
 import mimetypes
 import re
 import tempfile
@@ -47,10 +48,10 @@ from websockets.http11 import Request, Response
 
 import stream
 from stream import protocol
-from stream.delivery import FrameEncoder, Recorder, parse_output_params
+from stream.delivery import FrameEncoder, Recorder, decode_input_frame, parse_output_params
 from stream.engine import Engine
 from stream.metrics import CONTENT_TYPE, ServiceCounters, render_metrics
-from stream.protocol import FrameHeader, FrameKind, ProtocolError, encode
+from stream.protocol import FrameFormat, FrameHeader, FrameKind, ProtocolError, encode
 from stream.session import Session, SessionState
 from stream.web import response, static_file
 
@@ -150,6 +151,7 @@ class _Stream:
     encoder: FrameEncoder
     recorder: Recorder | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
+    last_timestamp: float = 0.0  # of the last input frame (understanding sessions)
 
 
 class _Client:
@@ -180,7 +182,9 @@ class _Client:
                         request_id = message.request_id
                     await self.dispatch(message)
                 except ProtocolError as exc:
-                    await self.send_error(exc, request_id)
+                    await self.send_error(exc, request_id or exc.request_id)
+                    if exc.code == "unauthorized":  # no second guess on this connection
+                        await self.ws.close(1008, "unauthorized")
         except ConnectionClosed:
             pass
         finally:
@@ -193,27 +197,57 @@ class _Client:
         elif isinstance(message, protocol.SessionStart):
             await self.start(message)
         elif isinstance(message, protocol.InputFrame):
-            self.stream(message.header.session)
-            raise ProtocolError(
-                "wrong_direction",
-                "generation sessions take no input frames",
-                message.header.session,
-            )
+            await self.feed(message)
         else:
             stream_ = self.stream(message.session)
             session = stream_.session
+            understanding = self.engine.pipelines[session.pipeline].kind == "understanding"
             if isinstance(message, protocol.PromptUpdate):
+                if understanding:
+                    raise ProtocolError(
+                        "wrong_direction", "understanding sessions take questions", session.id
+                    )
                 self.engine.switch_prompt(session, message.prompt, message.transition_chunks)
             elif isinstance(message, protocol.Question):
-                raise ProtocolError(
-                    "wrong_direction", "generation sessions take prompts, not questions", session.id
-                )
+                if not understanding:
+                    raise ProtocolError(
+                        "wrong_direction",
+                        "generation sessions take prompts, not questions",
+                        session.id,
+                    )
+                self.engine.ask(session, message.text)
             elif isinstance(message, protocol.Pause):
                 self.engine.pause(session)
             elif isinstance(message, protocol.Resume):
                 self.engine.resume(session)
             elif isinstance(message, protocol.Stop):
                 self.engine.close(session, "stopped")
+
+    async def feed(self, message: protocol.InputFrame) -> None:
+        """An understanding session's input frame: checked here, decoded off the loop."""
+        header = message.header
+        stream_ = self.stream(header.session)
+        session = stream_.session
+        if self.engine.pipelines[session.pipeline].kind != "understanding":
+            raise ProtocolError(
+                "wrong_direction", "generation sessions take no input frames", session.id
+            )
+        if not math.isfinite(header.timestamp) or header.timestamp < stream_.last_timestamp:
+            raise ProtocolError(
+                "timestamps_backwards",
+                f"frame at {header.timestamp} s after one at {stream_.last_timestamp} s",
+                session.id,
+            )
+        loop = asyncio.get_running_loop()
+        frame = await loop.run_in_executor(
+            self.server.encoders,
+            decode_input_frame,
+            header,
+            message.payload,
+            self.config.max_frame_pixels,
+        )
+        stream_.last_timestamp = header.timestamp
+        self.engine.push_frame(session, header.timestamp, frame)
 
     def stream(self, session_id: int) -> _Stream:
         stream_ = self.streams.get(session_id)
@@ -243,6 +277,9 @@ class _Client:
                 f"a connection runs at most {config.max_sessions_per_connection} sessions",
             )
         params = message.params
+        if engine.pipelines[message.pipeline].kind == "understanding":
+            await self.start_understanding(message)
+            return
         fmt, quality, realtime, record = parse_output_params(params)
         height, width = self.server.resolve_size(message.pipeline, params)
         try:
@@ -283,6 +320,37 @@ class _Client:
         logger.info(
             "session %d started: %s %dx%d %s", session.id, session.pipeline, width, height, fmt.name
         )
+
+    async def start_understanding(self, message: protocol.SessionStart) -> None:
+        """A feed in, captions out: no frames to encode, pace or record."""
+        try:
+            session = await asyncio.wait_for(
+                self.engine.open_session(message.pipeline, message.params),
+                self.config.session_open_timeout,
+            )
+        except TimeoutError:
+            raise ProtocolError(
+                "internal", "the engine did not admit the session in time"
+            ) from None
+        stream_ = _Stream(session, FrameEncoder(FrameFormat.JPEG, session.fps, 85))
+        self.streams[session.id] = stream_
+        try:
+            await self.send(
+                encode(
+                    "session.started",
+                    session=session.id,
+                    pipeline=session.pipeline,
+                    kind="understanding",
+                    fps=session.fps,
+                    request_id=message.request_id,
+                )
+            )
+        finally:
+            stream_.tasks = [
+                asyncio.create_task(self.deliver(stream_), name=f"send-{session.id}"),
+                asyncio.create_task(self.forward_events(session), name=f"events-{session.id}"),
+            ]
+        logger.info("session %d started: %s", session.id, session.pipeline)
 
     # -- sending ---------------------------------------------------------------------------
 

@@ -398,7 +398,11 @@ class StreamingVLMWindow:
         return [r for r in ranges if len(r)]
 
     def begin_round(
-        self, text_tokens: int, vision_grid: tuple[int, int, int] | None, reply_prefix_tokens: int
+        self,
+        text_tokens: int,
+        vision_grid: tuple[int, int, int] | None,
+        reply_prefix_tokens: int,
+        t_step: int = 1,
     ) -> list[TokenRange]:
         """Evict per the policy, then append a new one-second round; returns what to prefill.
 
@@ -406,6 +410,8 @@ class StreamingVLMWindow:
             text_tokens: template text before the vision block ("\\n<|im_start|>user\\nTime=...").
             vision_grid: merged (t, h, w) grid of the second's video, or None.
             reply_prefix_tokens: text after the vision block up to the assistant's first token.
+            t_step: temporal position step between the video's grids (Qwen2.5-VL:
+                tokens_per_second x seconds per grid).
         """
         self._evict()
         rid, self._next_round = self._next_round, self._next_round + 1
@@ -415,7 +421,7 @@ class StreamingVLMWindow:
             self.cache.add_segment(name)
         ranges = [self.cache.append(names[0], text_positions(text_tokens))]
         if vision_grid is not None:
-            ranges.append(self.cache.append(names[1], vision_positions(vision_grid)))
+            ranges.append(self.cache.append(names[1], vision_positions(vision_grid, t_step)))
         ranges.append(self.cache.append(names[2], text_positions(reply_prefix_tokens)))
         self._reply_text[rid] = (reply_prefix_tokens, reply_prefix_tokens)
         self._rebase()

@@ -59,6 +59,7 @@ class WanStreamPipeline(ABC):
     """
 
     config: object  # the subclass's frozen config; has fps and attention_backend
+    kind = "generation"
 
     def __init__(
         self,

@@ -223,6 +223,20 @@ def test_formats_png_raw_h264(models):
 # -- refusals -----------------------------------------------------------------------------------
 
 
+def test_wrong_token_is_refused_and_the_connection_closed(models):
+    """No second guess on one connection: unauthorized, then close 1008."""
+
+    async def main():
+        async with running(models, token="secret") as server, connect(server.url) as ws:
+            await ws.send(json.dumps({"type": "hello", "version": 1, "token": "wrong"}))
+            await expect_error(ws, "unauthorized")
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+            assert ws.close_code == 1008
+
+    run(main())
+
+
 def test_refused_messages_keep_the_connection(models):
     async def main():
         limit = 4096
@@ -237,8 +251,6 @@ def test_refused_messages_keep_the_connection(models):
 
             await ws.send(json.dumps({"type": "session.start", "pipeline": "longlive"}))
             await expect_error(ws, "not_ready")
-            await ws.send(json.dumps({"type": "hello", "version": 1, "token": "wrong"}))
-            await expect_error(ws, "unauthorized")
             await ws.send(json.dumps({"type": "hello", "version": 2, "token": "secret"}))
             await expect_error(ws, "unsupported_version")
             await hello(ws, "secret")

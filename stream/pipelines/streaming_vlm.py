@@ -1,0 +1,304 @@
+"""StreamingVLM: live commentary on an endless video feed, one round per second, on the shared
+cache, with decode batched across streams.
+
+Each second ``k`` of the feed (2 frames at 2 fps) becomes one chat round, as StreamingVLM
+formats it::
+
+    first second:  <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
+                   <|im_start|>previous text\\n{previous text}<|im_end|>\\n
+                   <|im_start|>user\\nTime=0.0-1.0s<|vision_start|>{video}<|vision_end|>
+                   {instruction}<|im_end|>\\n<|im_start|>assistant\\n
+    later seconds: [<|im_end|> of the last reply]\\n<|im_start|>user\\nTime=k.0-k+1.0s
+                   <|vision_start|>{video}<|vision_end|>{question?}<|im_end|>\\n
+                   <|im_start|>assistant\\n
+
+then up to 20 tokens of reply, ending at ``<|im_end|>``; the reply's text minus the trailing
+" ..." is the caption of ``[k, k + 1)`` (empty for a silent second). A question asked
+mid-stream joins the next round's user turn. The cache keeps StreamingVLM's policy (system
+sink, previous text 512 + 512, the last 16 rounds of text, a 16-second vision window) with
+contiguous M-RoPE positions, re-based on the host; nothing is ever re-rotated.
+
+A round runs as :meth:`StreamingVLMPipeline.prefill` (vision tower + one forward over the new
+round) followed by :meth:`StreamingVLMPipeline.decode` steps, which take any number of streams
+and run one packed forward for all of them.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.qwen_vl import QwenVL
+from stream.kvcache import (
+    CacheGeometry,
+    CacheView,
+    KVCacheManager,
+    StreamingVLMConfig,
+    StreamingVLMWindow,
+    TokenRange,
+    build_step,
+)
+from stream.pipelines.feed import FeedChunk, FrameFeed
+
+__all__ = [
+    "Caption",
+    "StreamingVLMPipeline",
+    "StreamingVLMState",
+    "UnderstandingConfig",
+    "UnderstandingRequest",
+]
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+DEFAULT_INSTRUCTION = "Commentate on this video."
+
+
+@dataclass(frozen=True)
+class UnderstandingConfig:
+    """StreamingVLM's published inference settings; every field can be overridden."""
+
+    fps: int = 2  # sampled frames per second of video (2: one temporal grid per second)
+    max_new_tokens: int = 20  # per second
+    max_pixels: int | None = None  # per frame; the model's (768 * 28 * 28) when None
+    text_rounds: int = 16
+    vision_seconds: int = 16
+    prev_sink_tokens: int = 512
+    prev_window_tokens: int = 512
+    max_round_text_tokens: int = 160  # template + question + reply, for admission
+    max_buffered_seconds: int = 4  # feed seconds waiting; older ones are skipped
+    attention_backend: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.fps not in (2, 4):
+            raise ValueError(
+                f"fps must be 2 or 4 (whole temporal grids per second), got {self.fps}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class UnderstandingRequest:
+    instruction: str = DEFAULT_INSTRUCTION
+    previous_text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Caption:
+    start: float  # seconds of the feed
+    end: float
+    text: str  # "" for a silent second
+
+
+@dataclass(eq=False)
+class StreamingVLMState:
+    """Everything one stream owns."""
+
+    cache: StreamingVLMWindow
+    feed: FrameFeed
+    instruction: str
+    questions: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=8))
+    pending: list[int] = field(default_factory=list)  # the last reply's tail, not cached yet
+    rounds: int = 0
+    second: int = -1  # the feed second being answered
+    reply: list[int] = field(default_factory=list)  # tokens generated this round
+    next_token: int | None = None  # generated, not yet in the cache
+    decoding: bool = False
+
+
+class StreamingVLMPipeline:
+    """Runs StreamingVLM streams on one Qwen2.5-VL and a shared cache pool.
+
+    Args:
+        model: the loaded Qwen2.5-VL.
+        manager: the device's cache manager; a pool for the decoder's geometry is added.
+        cache_bytes: capacity of that pool when created here.
+        config: StreamingVLM settings.
+        block_size: tokens per block of that pool.
+    """
+
+    kind = "understanding"
+
+    def __init__(
+        self,
+        model: QwenVL,
+        manager: KVCacheManager,
+        cache_bytes: int = 2 << 30,
+        config: UnderstandingConfig | None = None,
+        block_size: int = 16,
+    ) -> None:
+        self.model = model
+        self.config = config or UnderstandingConfig()
+        self.manager = manager
+        args = model.args
+        self.geometry = CacheGeometry(
+            args.num_layers, args.num_kv_heads, args.head_dim, model.dtype, str(model.device)
+        )
+        try:
+            self.pool = manager.pool(self.geometry)
+        except ValueError:
+            self.pool = manager.add_pool(self.geometry, block_size, cache_bytes)
+        merge = model.merge_size * model.patch_size
+        max_pixels = self.config.max_pixels or model.video_max_pixels
+        grids_per_second = self.config.fps // model.temporal_patch_size
+        self._policy = StreamingVLMConfig(
+            text_rounds=self.config.text_rounds,
+            vision_seconds=self.config.vision_seconds,
+            prev_sink_tokens=self.config.prev_sink_tokens,
+            prev_window_tokens=self.config.prev_window_tokens,
+            max_prefix_tokens=64,
+            max_round_text_tokens=self.config.max_round_text_tokens,
+            max_vision_tokens=grids_per_second * max_pixels // (merge * merge),
+        )
+        # temporal position step between grids: tokens_per_second x seconds per grid
+        tokens_per_second = getattr(model.config.vision_config, "tokens_per_second", 2)
+        self._t_step = round(tokens_per_second * model.temporal_patch_size / self.config.fps)
+        sp = model.special
+        self._stop = sp.im_end
+        # structural tokens a reply must never contain (a stray <|video_pad|> would also be
+        # taken for a vision slot when the reply is prefilled again)
+        banned = [sp.video_pad, sp.image_pad, sp.vision_start, sp.vision_end, sp.im_start]
+        self._banned = torch.tensor(banned + [sp.endoftext], device=model.device)
+
+    # -- session lifecycle -----------------------------------------------------------------
+
+    def open(self, request: UnderstandingRequest) -> StreamingVLMState:
+        """Admit a stream and prefill its prefix (system prompt and previous text)."""
+        cache = self.manager.open(self.geometry, self._policy)
+        try:
+            state = StreamingVLMState(
+                cache,
+                FrameFeed(self.config.fps, self.config.max_buffered_seconds),
+                request.instruction.strip() or DEFAULT_INSTRUCTION,
+            )
+            self._prefill_prefix(state, request.previous_text)
+            return state
+        except BaseException:
+            cache.cache.close()
+            raise
+
+    def close(self, state: StreamingVLMState) -> None:
+        state.cache.cache.close()
+
+    def push_frame(self, state: StreamingVLMState, timestamp: float, frame: np.ndarray) -> None:
+        """Feed one uint8 ``[H, W, 3]`` frame (raises on timestamps going backwards)."""
+        state.feed.push(timestamp, frame)
+
+    def ask(self, state: StreamingVLMState, question: str) -> None:
+        """Ask about the video; answered in the next round."""
+        state.questions.append(question.strip())
+
+    def ready(self, state: StreamingVLMState) -> bool:
+        """Whether a prefill can run now (a full second is buffered and no reply is pending)."""
+        return not state.decoding and state.feed.ready()
+
+    # -- one round -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, state: StreamingVLMState) -> None:
+        """Start the round of the next buffered second: vision tower + one forward."""
+        chunk: FeedChunk | None = state.feed.take()
+        if chunk is None:
+            raise ValueError("no complete second buffered; check ready() first")
+        model, sp = self.model, self.model.special
+        video = model.video_inputs(chunk.frames, max_pixels=self.config.max_pixels)
+        t, h, w = video.merged_grid
+        first = state.rounds == 0
+        head = "<|im_start|>user\n" if first else "\n<|im_start|>user\n"
+        head += f"Time={chunk.second:.1f}-{chunk.second + 1:.1f}s<|vision_start|>"
+        extra = state.instruction if first else " ".join(state.questions)
+        state.questions.clear()
+        tail = f"<|vision_end|>{extra}<|im_end|>\n<|im_start|>assistant\n"
+        head_ids, tail_ids = self._tokens(head), self._tokens(tail)
+        ranges: list[TokenRange] = []
+        ids: list[int] = []
+        if state.pending:  # the last reply's end joins this prefill, as StreamingVLM does
+            ranges.append(state.cache.append_reply(len(state.pending), foldable=False))
+            ids += state.pending
+        ranges += state.cache.begin_round(
+            len(head_ids), (t, h, w), len(tail_ids), t_step=self._t_step
+        )
+        ids += head_ids + [sp.video_pad] * (t * h * w) + tail_ids
+        embeds = model.embed(
+            torch.tensor(ids, device=model.device), video.pixel_values_videos, video.video_grid_thw
+        )
+        hidden = model.decoder(embeds, self._view([state], [ranges]))
+        state.next_token = int(self._greedy(hidden[-1:])[0])
+        state.reply, state.second, state.decoding, state.pending = [], chunk.second, True, []
+        state.rounds += 1
+
+    @torch.inference_mode()
+    def decode(self, states: list[StreamingVLMState]) -> list[Caption | None]:
+        """One token for each decoding stream, in one packed forward.
+
+        Returns, per stream, the caption of its second when its reply just ended, else None.
+        """
+        model = self.model
+        finished: list[Caption | None] = [None] * len(states)
+        active = []
+        for i, state in enumerate(states):
+            if self._accept(state):
+                finished[i] = self._caption(state)
+            else:
+                active.append(i)
+        if active:
+            ranges = [[states[i].cache.append_reply(1)] for i in active]
+            ids = torch.tensor([states[i].next_token for i in active], device=model.device)
+            hidden = model.decoder(
+                model.embed(ids), self._view([states[i] for i in active], ranges)
+            )
+            tokens = self._greedy(hidden).tolist()
+            for i, token in zip(active, tokens, strict=True):
+                states[i].reply.append(states[i].next_token)
+                states[i].next_token = token
+        return finished
+
+    def _accept(self, state: StreamingVLMState) -> bool:
+        """True when the round is over: the model said <|im_end|> or used its token budget
+        (then, as StreamingVLM does, the reply is closed with an <|im_end|> of our own)."""
+        if not state.decoding:
+            raise ValueError("decode() called on a stream that is not decoding")
+        if state.next_token == self._stop:
+            state.pending = [self._stop]
+        elif len(state.reply) + 1 >= self.config.max_new_tokens:
+            state.reply.append(state.next_token)
+            state.pending = [state.next_token, self._stop]
+        else:
+            return False
+        state.decoding, state.next_token = False, None
+        return True
+
+    def _caption(self, state: StreamingVLMState) -> Caption:
+        text = self.model.tokenizer.decode(state.reply, skip_special_tokens=True)
+        text = text.strip()
+        if text.endswith("..."):  # the end-of-chunk marker StreamingVLM is trained to emit
+            text = text[:-3].rstrip()
+        return Caption(float(state.second), float(state.second + 1), text)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _prefill_prefix(self, state: StreamingVLMState, previous_text: str) -> None:
+        system = self._tokens(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n")
+        system += self._tokens("<|im_start|>previous text\n")
+        prev = self._tokens(previous_text) if previous_text.strip() else []
+        budget = self.config.prev_sink_tokens + self.config.prev_window_tokens
+        if len(prev) > budget:  # StreamingVLM keeps the first 512 and the last 512 tokens
+            prev = prev[: self.config.prev_sink_tokens] + prev[-self.config.prev_window_tokens :]
+        end = self._tokens("<|im_end|>\n")
+        ranges = state.cache.start(len(system), len(prev), len(end))
+        ids = torch.tensor(system + prev + end, device=self.model.device)
+        self.model.decoder(self.model.embed(ids), self._view([state], [ranges]))
+
+    def _greedy(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.model.decoder.logits(hidden)
+        logits[:, self._banned] = -torch.inf
+        return logits.argmax(-1)
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.model.tokenizer.encode(text, add_special_tokens=False)
+
+    def _view(self, states: list[StreamingVLMState], ranges: list[list[TokenRange]]) -> CacheView:
+        plans = [s.cache.cache.plan(r) for s, r in zip(states, ranges, strict=True)]
+        step = build_step(plans, causal=True, device=self.model.device)
+        return CacheView(self.pool, step, self.model.rope, self.config.attention_backend)

@@ -1,0 +1,69 @@
+"""What one device serves: the models, their cache pools, and the pipelines built on them.
+
+LongLive and Rolling Forcing share the Wan models and, having one geometry, one KV pool;
+StreamingVLM has its own model and pool. Everything comes from local paths or, by default,
+from the embedded tiny models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.registry import WanPaths, load_wan_models
+from stream.engine import Pipeline
+from stream.kvcache import KVCacheManager
+
+__all__ = ["PIPELINES", "ServiceModels", "build_pipelines"]
+
+PIPELINES = ("longlive", "rolling_forcing", "streaming_vlm")
+
+
+@dataclass(frozen=True)
+class ServiceModels:
+    """Which models a device loads, and how much cache each geometry gets."""
+
+    preset: str = "tiny"  # Wan preset for the generation pipelines
+    paths: WanPaths | None = None  # local Wan weights; None: the preset's embedded weights
+    vlm_dir: Path | None = None  # a local Qwen2.5-VL / StreamingVLM folder; None: the tiny one
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    cache_bytes: int = 512 << 20  # the Wan pool (LongLive and Rolling Forcing share it)
+    vlm_cache_bytes: int = 256 << 20
+    pipelines: tuple[str, ...] = PIPELINES
+
+    def __post_init__(self) -> None:
+        unknown = set(self.pipelines) - set(PIPELINES)
+        if unknown or not self.pipelines:
+            raise ValueError(
+                f"pipelines must be a non-empty subset of {PIPELINES}, got {self.pipelines}"
+            )
+
+
+def build_pipelines(
+    spec: ServiceModels, manager: KVCacheManager | None = None
+) -> dict[str, Pipeline]:
+    """Load the models of ``spec`` on its device and build its pipelines over one manager."""
+    from stream.pipelines.longlive import LongLivePipeline
+    from stream.pipelines.rolling_forcing import RollingForcingPipeline
+    from stream.pipelines.streaming_vlm import StreamingVLMPipeline
+
+    manager = manager or KVCacheManager()
+    pipelines: dict[str, Pipeline] = {}
+    if {"longlive", "rolling_forcing"} & set(spec.pipelines):
+        wan = load_wan_models(spec.preset, spec.paths, device=spec.device, dtype=spec.dtype)
+        if "longlive" in spec.pipelines:
+            pipelines["longlive"] = LongLivePipeline(wan, manager, spec.cache_bytes)
+        if "rolling_forcing" in spec.pipelines:
+            pipelines["rolling_forcing"] = RollingForcingPipeline(wan, manager, spec.cache_bytes)
+    if "streaming_vlm" in spec.pipelines:
+        from models.qwen_vl import load_qwen_vl, tiny_qwen_vl
+
+        if spec.vlm_dir is None:
+            vlm = tiny_qwen_vl(device=spec.device)
+        else:
+            vlm = load_qwen_vl(spec.vlm_dir, dtype=spec.dtype, device=spec.device)
+        pipelines["streaming_vlm"] = StreamingVLMPipeline(vlm, manager, spec.vlm_cache_bytes)
+    return pipelines

@@ -1,0 +1,121 @@
+"""The whole service as a newcomer runs it: every pipeline on one engine (LongLive and Rolling
+Forcing sharing the Wan models and one KV pool), driven through the project's own Python
+client over a real loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+
+from clients import StreamClient
+from stream.engine import Engine, EngineConfig
+from stream.kvcache import KVCacheManager
+from stream.protocol import FrameFormat, FrameHeader, FrameKind
+from stream.server import ServerConfig, build_server
+from stream.service import PIPELINES, ServiceModels, build_pipelines
+
+SIZE = {"height": 32, "width": 32}
+
+
+@pytest.fixture(scope="module")
+def pipelines():
+    manager = KVCacheManager()
+    return manager, build_pipelines(ServiceModels(cache_bytes=64 << 20), manager)
+
+
+def run(coro) -> None:
+    asyncio.run(asyncio.wait_for(coro, 90))
+
+
+def test_one_pool_serves_both_generation_pipelines(pipelines) -> None:
+    manager, built = pipelines
+    assert sorted(built) == sorted(PIPELINES)
+    assert built["longlive"].pool is built["rolling_forcing"].pool
+    assert len(manager.stats()) == 2  # the Wan geometry and the Qwen geometry
+
+
+def test_generation_pipelines_through_the_client(pipelines) -> None:
+    manager, built = pipelines
+
+    async def main() -> None:
+        engine = Engine(built, EngineConfig(lookahead_seconds=0.5))
+        async with build_server(ServerConfig(port=0), engine) as server:
+            async with StreamClient.connect(server.url) as client:
+                assert sorted(client.pipelines) == sorted(PIPELINES)
+                longlive = await client.generate("a red ball", **SIZE)
+                rolling = await client.generate("a blue cube", pipeline="rolling_forcing", **SIZE)
+                seen = {longlive.id: [], rolling.id: []}
+                applied = None
+
+                async def watch(session, count):
+                    nonlocal applied
+                    async for frame in session.frames():
+                        assert frame.pixels.shape == (32, 32, 3)
+                        seen[session.id].append(frame.index)
+                        if session is rolling and frame.index == 12:
+                            applied = await session.switch_prompt("a green star")
+                        if len(seen[session.id]) == count:
+                            await session.stop()
+
+                await asyncio.gather(watch(longlive, 30), watch(rolling, 30))
+                assert seen[longlive.id] == list(range(30)) == seen[rolling.id]
+                assert applied["type"] == "prompt.applied" and applied["frame"] >= 12
+                assert longlive.ended_reason == rolling.ended_reason == "stopped"
+        for stats in manager.stats().values():
+            assert stats.used_blocks == 0  # every session gave its blocks back
+
+    run(main())
+
+
+def test_understanding_round_trip_over_raw_websockets(pipelines) -> None:
+    """Frames in as binary messages, one caption per second of feed out."""
+    _, built = pipelines
+
+    async def main() -> None:
+        engine = Engine(built, EngineConfig(lookahead_seconds=0.5))
+        async with build_server(ServerConfig(port=0), engine) as server:
+            async with ws_connect(server.url, max_queue=None) as ws:
+                await ws.send(json.dumps({"type": "hello", "version": 1}))
+                json.loads(await ws.recv())
+                start = {
+                    "type": "session.start",
+                    "pipeline": "streaming_vlm",
+                    "params": {"instruction": "Say what moves."},
+                }
+                await ws.send(json.dumps(start))
+                started = json.loads(await ws.recv())
+                assert started["type"] == "session.started" and started["kind"] == "understanding"
+                session = started["session"]
+                rng = np.random.default_rng(0)
+                for i in range(9):  # 4.5 s at 2 fps: seconds 0-3 complete
+                    pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+                    header = FrameHeader(
+                        FrameKind.INPUT, session, i, i / 2, FrameFormat.RAW, 64, 48
+                    )
+                    await ws.send(header.pack() + pixels.tobytes())
+                old = FrameHeader(FrameKind.INPUT, session, 9, 1.0, FrameFormat.RAW, 64, 48)
+                await ws.send(old.pack() + bytes(64 * 48 * 3))
+                captions, errors = [], []
+                async with asyncio.timeout(60):
+                    while len(captions) < 4 or not errors:
+                        message = json.loads(await ws.recv())
+                        if message["type"] == "caption":
+                            captions.append(message)
+                        elif message["type"] == "error":
+                            errors.append(message["code"])
+                assert [(c["start"], c["end"]) for c in captions] == [
+                    (s, s + 1.0) for s in range(4)
+                ]
+                assert all(isinstance(c["text"], str) for c in captions)
+                assert errors[0] == "timestamps_backwards"
+                await ws.send(json.dumps({"type": "question", "session": session, "text": "why?"}))
+                await ws.send(json.dumps({"type": "stop", "session": session}))
+                async with asyncio.timeout(30):
+                    while json.loads(await ws.recv())["type"] != "session.ended":
+                        pass
+
+    run(main())
