@@ -311,7 +311,7 @@ class QwenVL:
         video_min_pixels: int = VIDEO_MIN_PIXELS,
         video_max_pixels: int = VIDEO_MAX_PIXELS,
     ) -> None:
-        self.hf = hf_model.eval()
+        self.hf = hf_model.eval().requires_grad_(False)  # an inference bundle
         self.config = hf_model.config
         self.decoder = QwenDecoder.from_hf(hf_model)
         self.rope = self.decoder.rope
