@@ -1,15 +1,18 @@
-"""LongLive at full size with random weights: ms per chunk, FPS with and without the streamed
-VAE decode, and the extra latency of a prompt switch, per attention backend.
+"""A generation pipeline at full size with random weights: ms per step, FPS with and without
+the streamed VAE decode, and the extra latency of a prompt switch, per attention backend.
 
 Run on the accelerator (speed does not depend on weight values)::
 
-    python -m evals.bench_longlive --out longlive.json            # 832x480, bf16, triton + sdpa
+    python -m evals.bench_generation --pipeline longlive --out longlive.json
+    python -m evals.bench_generation --pipeline rolling_forcing --out rolling.json
 
-Each backend runs the same stream: ``--chunks`` chunks of 3 latent frames (12 video frames),
-the window full from chunk 4 on; medians are over the steady chunks. A prompt switch is then
-made ``--switches`` times; its stall is the switch chunk's DiT time minus the steady median.
-The ``sdpa`` backend (torch's fused SDPA, cuDNN on H200, over keys gathered and rotated from
-our cache) is the in-run baseline; published anchors are in shared/reference/anchors_h200.md.
+Each backend runs the same stream: ``--chunks`` steps of 12 video frames (LongLive: a chunk of
+3 latent frames; Rolling Forcing: one window pass + the exiting block's cache pass, the first
+step including the 4 ramp-up passes); medians are over the steps after ``--warmup``. A prompt
+switch is then made ``--switches`` times; its stall is the switch step's DiT time minus the
+steady median. The ``sdpa`` backend (torch's fused SDPA, cuDNN on H200, over keys gathered and
+rotated from our cache) is the in-run baseline; published anchors are in
+shared/reference/anchors_h200.md.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from models.text import ByteTokenizer, UMT5TextEncoder
 from stream.kvcache import KVCacheManager
 from stream.pipelines.base import GenerationRequest
 from stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+from stream.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
 
 FRAMES_PER_CHUNK = 12
 
@@ -61,8 +65,13 @@ def timed(fn, *args):
 
 
 def run_backend(models, backend: str, args: argparse.Namespace) -> dict:
-    config = LongLiveConfig(attention_backend=backend)
-    pipe = LongLivePipeline(models, KVCacheManager(), int(args.cache_gb * (1 << 30)), config)
+    cache_bytes = int(args.cache_gb * (1 << 30))
+    if args.pipeline == "longlive":
+        config = LongLiveConfig(attention_backend=backend)
+        pipe = LongLivePipeline(models, KVCacheManager(), cache_bytes, config)
+    else:
+        config = RollingForcingConfig(attention_backend=backend)
+        pipe = RollingForcingPipeline(models, KVCacheManager(), cache_bytes, config)
     height, width = args.size
     state = pipe.open(GenerationRequest("a corgi surfing a wave at sunset", 0, height, width))
     dit_ms, decode_ms = [], []
@@ -83,13 +92,13 @@ def run_backend(models, backend: str, args: argparse.Namespace) -> dict:
     stats = pipe.pool.stats()
     pipe.close(state)
     return {
-        "dit_ms_per_chunk": dit_ms,
-        "decode_ms_per_chunk": decode_ms,
+        "dit_ms_per_step": dit_ms,
+        "decode_ms_per_step": decode_ms,
         "dit_ms_median": dit_med,
         "decode_ms_median": dec_med,
         "fps_dit_only": FRAMES_PER_CHUNK / dit_med * 1e3,
         "fps_dit_plus_decode_serial": FRAMES_PER_CHUNK / (dit_med + dec_med) * 1e3,
-        "switch_chunk_ms": switch_ms,
+        "switch_step_ms": switch_ms,
         "switch_stall_ms_median": statistics.median(switch_ms) - dit_med,
         "cache_bytes_per_session": max(stats.bytes_by_session.values(), default=0),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30
@@ -101,6 +110,7 @@ def run_backend(models, backend: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--pipeline", choices=["longlive", "rolling_forcing"], default="longlive")
     parser.add_argument("--backends", default="triton,sdpa")
     parser.add_argument("--chunks", type=int, default=14)
     parser.add_argument("--warmup", type=int, default=4, help="chunks left out of the medians")
@@ -128,7 +138,7 @@ def main() -> None:
             text_encoder=encoder,
         )
     results = {
-        "benchmark": "longlive",
+        "benchmark": args.pipeline,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
@@ -145,8 +155,8 @@ def main() -> None:
         results["backends"][backend] = run_backend(models, backend, args)
     args.out.write_text(json.dumps(results, indent=2))
     print(
-        f"\nLongLive {results['size']} {results['dtype']} on {results['device']} (medians, chunks "
-        f"{args.warmup}..{args.chunks - 1})"
+        f"\n{args.pipeline} {results['size']} {results['dtype']} on {results['device']} "
+        f"(medians, steps {args.warmup}..{args.chunks - 1})"
     )
     print(
         f"{'backend':8} {'DiT ms':>8} {'VAE ms':>8} {'FPS DiT':>8} {'FPS e2e':>8} {'switch+ms':>9}"
