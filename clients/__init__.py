@@ -1,6 +1,7 @@
 """Clients that speak the wire protocol only, as a third party would (docs/protocol.md)."""
 
 from clients.client import (
+    Caption,
     ClientError,
     Frame,
     FrameFormat,
@@ -8,12 +9,15 @@ from clients.client import (
     FrameKind,
     GenerationSession,
     ServerError,
+    Session,
     SessionEnded,
     StreamClient,
+    UnderstandingSession,
     generate_frames,
 )
 
 __all__ = [
+    "Caption",
     "ClientError",
     "Frame",
     "FrameFormat",
@@ -21,7 +25,9 @@ __all__ = [
     "FrameKind",
     "GenerationSession",
     "ServerError",
+    "Session",
     "SessionEnded",
     "StreamClient",
+    "UnderstandingSession",
     "generate_frames",
 ]

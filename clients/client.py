@@ -11,19 +11,36 @@ docs/protocol.md, as any third-party client would do::
             if frame.index >= 160:
                 await session.stop()
 
+Understanding pipelines run the other way: the client sends video, the server sends captions::
+
+    async with StreamClient.connect("ws://127.0.0.1:8000/ws") as client:
+        session = await client.understand(instruction="Commentate on this match.")
+        await session.send_frame(pixels, timestamp=0.0)  # uint8 [H, W, 3] RGB; more follow
+        await session.ask("what colour is the ball?")  # answered in the next second's caption
+        async for caption in session.captions():  # Caption(start, end, text, lag), one a second
+            print(caption.start, caption.text)
+
 One reader task per connection receives every message and dispatches it by session id::
 
     websocket ── reader task ─┬─ welcome / unattributed error ──> StreamClient
-                              ├─ session.started / error+request_id ──> generate() futures
-                              └─ session N ─┬─ binary video frame ──> frame queue (bounded)
-                                            └─ JSON event ─────────> events queue (bounded)
+                              ├─ session.started / error+request_id ──> start() futures
+                              │      (kind "understanding" -> UnderstandingSession,
+                              │       else GenerationSession)
+                              ├─ generation session N ─┬─ binary video frame ─> frame queue
+                              │                        └─ JSON event ─────────> events queue
+                              └─ understanding session M ─┬─ caption ─> caption queue
+                                                          └─ JSON event ─> events queue
 
-Both per-session queues are bounded and drop their *oldest* entry when full, so a consumer that
+    send_frame() ── encode (JPEG/PNG/raw) ── 32-byte INPUT header + payload ──> websocket
+
+Every per-session queue is bounded and drops its *oldest* entry when full, so a consumer that
 falls behind never blocks the reader (nor the other sessions of the connection); dropped frames
 are counted in :attr:`GenerationSession.frames_dropped` (the server counts its own drops in
-``metrics.frames_dropped``). H.264 access units are decoded as they arrive, before the queue, so
-that a dropped frame never breaks the decoder's reference chain; JPEG, PNG and raw frames are
-decoded by the consumer, so that dropped ones cost nothing.
+``metrics.frames_dropped``), dropped captions in :attr:`UnderstandingSession.captions_dropped`.
+H.264 access units are decoded as they arrive, before the queue, so that a dropped frame never
+breaks the decoder's reference chain; JPEG, PNG and raw frames are decoded by the consumer, so
+that dropped ones cost nothing. ``events`` receives every JSON message of a session (captions
+included), also bounded with the oldest dropped.
 
 Exceptions: :class:`ClientError` is the base; :class:`ServerError` is an ``error`` reply of the
 server (``code`` from the protocol's error table); :class:`SessionEnded` is raised by a call
@@ -39,11 +56,12 @@ import enum
 import itertools
 import json
 import logging
+import math
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self, TypeVar
 
 import av
 import cv2
@@ -55,6 +73,7 @@ from websockets.exceptions import ConnectionClosed
 __all__ = [
     "HEADER",
     "PROTOCOL_VERSION",
+    "Caption",
     "ClientError",
     "Frame",
     "FrameFormat",
@@ -62,12 +81,17 @@ __all__ = [
     "FrameKind",
     "GenerationSession",
     "ServerError",
+    "Session",
     "SessionEnded",
     "StreamClient",
+    "UnderstandingSession",
+    "encode_image",
     "generate_frames",
 ]
 
 logger = logging.getLogger(__name__)
+
+_S = TypeVar("_S", bound="Session")
 
 # -- the wire format (docs/protocol.md, "Binary frames") ---------------------------------------
 
@@ -198,6 +222,25 @@ def decode_image(fmt: FrameFormat, payload: bytes, width: int, height: int) -> n
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def encode_image(fmt: FrameFormat, pixels: np.ndarray, quality: int = 90) -> bytes:
+    """Encode uint8 RGB ``[H, W, 3]`` as a JPEG (``quality`` 1..100), PNG or raw RGB24 payload."""
+    if fmt is FrameFormat.RAW:
+        return np.ascontiguousarray(pixels).tobytes()
+    if fmt not in (FrameFormat.JPEG, FrameFormat.PNG):
+        raise ValueError(f"fmt must be JPEG, PNG or RAW, got {fmt!r}")
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    if fmt is FrameFormat.JPEG:
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    else:
+        ok, data = cv2.imencode(".png", bgr)
+    if not ok:
+        raise ClientError(f"cannot encode a {pixels.shape} frame as {fmt.name}")
+    return data.tobytes()
+
+
+_INPUT_FORMATS = {"jpeg": FrameFormat.JPEG, "png": FrameFormat.PNG, "raw": FrameFormat.RAW}
+
+
 # -- per-session state -------------------------------------------------------------------------
 
 
@@ -236,20 +279,99 @@ class _DropOldest:
             await self._ready.wait()
 
 
-class GenerationSession:
-    """One generation stream on a :class:`StreamClient` (made by :meth:`StreamClient.generate`).
+class Session:
+    """What every session on a :class:`StreamClient` has, whichever way its video flows.
 
     Attributes:
         id: the server's session id.
-        pipeline, fps, width, height, format: from ``session.started``.
-        events: ``prompt.applied``, ``metrics``, ``caption``, ``error`` and ``session.ended``
-            messages of this session, as received (dicts); bounded, the oldest dropped.
-        metrics: the latest ``metrics`` message, or ``None``.
+        pipeline, fps: from ``session.started``.
+        events: every JSON message of this session, as received (dicts); bounded, the oldest
+            dropped.
         ended_reason: ``stopped``, ``error``, ``server_shutdown`` (or ``disconnected`` when the
             connection closed first); ``None`` while the session runs.
-        ended_message, recording: from ``session.ended`` (``recording`` is a URL path).
+        ended_message: from ``session.ended``.
+    """
+
+    kind = ""  # the ``kind`` of ``session.started`` this class serves
+
+    def __init__(self, client: StreamClient, started: dict[str, Any], max_queued_events: int):
+        self._client = client
+        self.id: int = started["session"]
+        self.pipeline: str = started.get("pipeline", "")
+        self.fps: float = float(started.get("fps", 0.0))
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=max_queued_events)
+        self.ended_reason: str | None = None
+        self.ended_message: str | None = None
+        self._ended = asyncio.Event()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    async def stop(self, *, wait: bool = True, timeout: float | None = 10.0) -> None:
+        """Send ``stop`` (if the session still runs) and, with ``wait``, await ``session.ended``.
+        What is already queued can still be read afterwards."""
+        if not self.ended:
+            with contextlib.suppress(ConnectionClosed):
+                await self._client._send("stop", session=self.id)
+        if wait:
+            await asyncio.wait_for(self._ended.wait(), timeout)
+
+    async def wait_ended(self, timeout: float | None = None) -> str:
+        """Wait for ``session.ended``; returns :attr:`ended_reason`."""
+        await asyncio.wait_for(self._ended.wait(), timeout)
+        assert self.ended_reason is not None
+        return self.ended_reason
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.ended:
+            with contextlib.suppress(ClientError, ConnectionClosed, asyncio.TimeoutError):
+                await self.stop()
+
+    def _check_running(self) -> None:
+        if self.ended:
+            raise SessionEnded(f"session {self.id} has ended ({self.ended_reason})")
+
+    # -- called by the reader task -----------------------------------------------------------
+
+    def _on_frame(self, header: FrameHeader, payload: bytes) -> None:
+        logger.debug("session %d: ignoring video frame %d", self.id, header.index)
+
+    def _on_event(self, message: dict[str, Any]) -> None:
+        if message["type"] == "session.ended":
+            self._end(message.get("reason", "stopped"), message.get("message"))
+        if self.events.full():
+            self.events.get_nowait()
+        self.events.put_nowait(message)
+
+    def _end(self, reason: str, message: str | None) -> None:
+        """Mark the session ended (idempotent); subclasses close their queues too."""
+        if self.ended:
+            return
+        self.ended_reason, self.ended_message = reason, message
+        self._ended.set()
+
+
+class GenerationSession(Session):
+    """One generation stream on a :class:`StreamClient` (made by :meth:`StreamClient.generate`).
+
+    Attributes (beyond :class:`Session`'s):
+        width, height, format: from ``session.started``.
+        events: ``prompt.applied``, ``metrics``, ``error`` and ``session.ended`` messages.
+        metrics: the latest ``metrics`` message, or ``None``.
+        recording: from ``session.ended`` (a URL path), or ``None``.
         frames_dropped: frames this client dropped because :meth:`frames` fell behind.
     """
+
+    kind = "generation"
 
     def __init__(
         self,
@@ -258,20 +380,13 @@ class GenerationSession:
         max_queued_frames: int,
         max_queued_events: int,
     ) -> None:
-        self._client = client
-        self.id: int = started["session"]
-        self.pipeline: str = started.get("pipeline", "")
-        self.fps: float = float(started.get("fps", 0.0))
+        super().__init__(client, started, max_queued_events)
         self.width: int = int(started.get("width", 0))
         self.height: int = int(started.get("height", 0))
         self.format: str = started.get("format", "jpeg")
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=max_queued_events)
         self.metrics: dict[str, Any] | None = None
-        self.ended_reason: str | None = None
-        self.ended_message: str | None = None
         self.recording: str | None = None
         self._frames = _DropOldest(max_queued_frames)
-        self._ended = asyncio.Event()
         self._switches: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
         self._h264: Any = None  # av.CodecContext, created at the first H.264 access unit
         self._h264_headers: collections.deque[FrameHeader] = collections.deque()
@@ -279,10 +394,6 @@ class GenerationSession:
     def __repr__(self) -> str:
         state = self.ended_reason or "running"
         return f"<GenerationSession {self.id} {self.pipeline} {self.width}x{self.height} {state}>"
-
-    @property
-    def ended(self) -> bool:
-        return self._ended.is_set()
 
     @property
     def frames_dropped(self) -> int:
@@ -324,21 +435,6 @@ class GenerationSession:
         self._check_running()
         await self._client._send("resume", session=self.id)
 
-    async def stop(self, *, wait: bool = True, timeout: float | None = 10.0) -> None:
-        """Send ``stop`` (if the session still runs) and, with ``wait``, await ``session.ended``.
-        Frames already queued can still be read from :meth:`frames` afterwards."""
-        if not self.ended:
-            with contextlib.suppress(ConnectionClosed):
-                await self._client._send("stop", session=self.id)
-        if wait:
-            await asyncio.wait_for(self._ended.wait(), timeout)
-
-    async def wait_ended(self, timeout: float | None = None) -> str:
-        """Wait for ``session.ended``; returns :attr:`ended_reason`."""
-        await asyncio.wait_for(self._ended.wait(), timeout)
-        assert self.ended_reason is not None
-        return self.ended_reason
-
     async def frames(self) -> AsyncIterator[Frame]:
         """Decoded frames in order, until the session ends and the queue is drained."""
         while True:
@@ -355,23 +451,6 @@ class GenerationSession:
                 logger.warning("session %d: frame %d: %s", self.id, header.index, exc)
                 continue
             yield Frame(header.index, header.timestamp, pixels, header.format.name.lower(), self.id)
-
-    async def __aenter__(self) -> GenerationSession:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not self.ended:
-            with contextlib.suppress(ClientError, ConnectionClosed, asyncio.TimeoutError):
-                await self.stop()
-
-    def _check_running(self) -> None:
-        if self.ended:
-            raise SessionEnded(f"session {self.id} has ended ({self.ended_reason})")
 
     # -- called by the reader task -----------------------------------------------------------
 
@@ -402,20 +481,163 @@ class GenerationSession:
         elif kind == "error":
             _resolve_oldest(self._switches, ServerError.from_message(message))
         elif kind == "session.ended":
-            self._end(message.get("reason", "stopped"), message.get("message"))
             self.recording = message.get("recording")
-        if self.events.full():
-            self.events.get_nowait()
-        self.events.put_nowait(message)
+        super()._on_event(message)
 
     def _end(self, reason: str, message: str | None) -> None:
         if self.ended:
             return
-        self.ended_reason, self.ended_message = reason, message
+        super()._end(reason, message)
         self._frames.close()
-        self._ended.set()
         while self._switches:
             _resolve_oldest(self._switches, SessionEnded(f"session {self.id} ended: {reason}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Caption:
+    """One ``caption`` of an understanding session: what the model said about a stretch of the
+    feed (``text`` is empty for a silent second)."""
+
+    start: float  # seconds of the feed's timestamps, inclusive
+    end: float  # seconds, exclusive
+    text: str
+    lag: float  # seconds the understanding trailed the newest frame when it was made
+
+
+class UnderstandingSession(Session):
+    """One understanding stream on a :class:`StreamClient` (made by
+    :meth:`StreamClient.understand`): frames go in with :meth:`send_frame`, captions come out
+    of :meth:`captions`.
+
+    Attributes (beyond :class:`Session`'s):
+        fps: frames per second of feed the server samples (send more and it keeps the newest
+            of each slot).
+        frames_sent: input frames sent so far (the next frame's index).
+        captions_dropped: captions this client dropped because :meth:`captions` fell behind.
+    """
+
+    kind = "understanding"
+
+    def __init__(
+        self,
+        client: StreamClient,
+        started: dict[str, Any],
+        max_queued_captions: int,
+        max_queued_events: int,
+    ) -> None:
+        super().__init__(client, started, max_queued_events)
+        self.frames_sent = 0
+        self._captions = _DropOldest(max_queued_captions)
+        self._last_timestamp = 0.0
+        self._sending = asyncio.Lock()  # frames leave in index (and timestamp) order
+
+    def __repr__(self) -> str:
+        state = self.ended_reason or "running"
+        return f"<UnderstandingSession {self.id} {self.pipeline} {state}>"
+
+    @property
+    def captions_dropped(self) -> int:
+        return self._captions.dropped
+
+    async def send_frame(
+        self,
+        pixels: np.ndarray,
+        timestamp: float,
+        *,
+        format: str = "jpeg",
+        quality: int = 90,
+    ) -> None:
+        """Send one input frame (JPEG/PNG encoding runs in a worker thread).
+
+        Args:
+            pixels: uint8 ``[H, W, 3]`` RGB; ``H * W`` at most the server's
+                ``limits.max_frame_pixels`` (else the server answers ``frame_too_large``).
+            timestamp: seconds since the feed's start, never below the previous frame's.
+            format: ``jpeg``, ``png`` (lossless) or ``raw`` (RGB24, largest).
+            quality: JPEG quality, 1..100.
+
+        Raises:
+            ValueError, TypeError: a bad argument (checked before sending).
+            SessionEnded: the session has ended.
+        """
+        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
+            raise TypeError(f"pixels must be a uint8 numpy array, got {type(pixels).__name__}")
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
+            raise ValueError(f"pixels must be [H, W, 3], got shape {pixels.shape}")
+        height, width = pixels.shape[:2]
+        if height > 0xFFFF or width > 0xFFFF:
+            raise ValueError(f"pixels of {width}x{height} do not fit the header's u16 sizes")
+        if not math.isfinite(timestamp) or timestamp < 0:
+            raise ValueError(f"timestamp must be a finite number >= 0, got {timestamp}")
+        fmt = _INPUT_FORMATS.get(format)
+        if fmt is None:
+            raise ValueError(f"format must be jpeg, png or raw, got {format!r}")
+        if not 1 <= quality <= 100:
+            raise ValueError(f"quality must be 1..100, got {quality}")
+        self._check_running()
+        async with self._sending:
+            if timestamp < self._last_timestamp:
+                raise ValueError(
+                    f"timestamp {timestamp} is before the previous frame's {self._last_timestamp}"
+                )
+            if fmt is FrameFormat.RAW:
+                payload = np.ascontiguousarray(pixels).tobytes()
+            else:
+                payload = await asyncio.to_thread(encode_image, fmt, pixels, quality)
+            header = FrameHeader(
+                FrameKind.INPUT, self.id, self.frames_sent, timestamp, fmt, width, height
+            )
+            self._check_running()
+            await self._client._send_binary(header.pack() + payload)
+            self.frames_sent += 1
+            self._last_timestamp = timestamp
+
+    async def ask(self, question: str) -> None:
+        """Send a ``question`` about the video; it is answered in the next second's caption.
+
+        Raises:
+            ValueError: a blank question or one over 2000 characters.
+            SessionEnded: the session has ended.
+        """
+        if not question.strip() or len(question) > 2000:
+            raise ValueError(f"question must be 1..2000 non-blank characters, got {question!r:.80}")
+        self._check_running()
+        await self._client._send("question", session=self.id, text=question)
+
+    async def captions(self) -> AsyncIterator[Caption]:
+        """Captions in order, until the session ends and the queue is drained.
+
+        The queue holds ``max_queued_captions`` (see :meth:`StreamClient.open`); a consumer
+        that falls further behind loses the oldest (counted in :attr:`captions_dropped`).
+        """
+        while True:
+            caption = await self._captions.get()
+            if caption is None:
+                return
+            yield caption
+
+    # -- called by the reader task -----------------------------------------------------------
+
+    def _on_event(self, message: dict[str, Any]) -> None:
+        if message["type"] == "caption":
+            try:
+                caption = Caption(
+                    float(message["start"]),
+                    float(message["end"]),
+                    str(message.get("text", "")),
+                    float(message.get("lag", 0.0)),
+                )
+            except (KeyError, TypeError, ValueError):
+                logger.warning("session %d: malformed caption %.200s", self.id, message)
+            else:
+                self._captions.put(caption)
+        super()._on_event(message)
+
+    def _end(self, reason: str, message: str | None) -> None:
+        if self.ended:
+            return
+        super()._end(reason, message)
+        self._captions.close()
 
 
 def _resolve_oldest(
@@ -454,14 +676,16 @@ class StreamClient:
         *,
         max_queued_frames: int = 64,
         max_queued_events: int = 256,
+        max_queued_captions: int = 64,
     ) -> None:
         self.welcome = welcome
-        self.sessions: dict[int, GenerationSession] = {}
+        self.sessions: dict[int, Session] = {}
         self.errors: asyncio.Queue[ServerError] = asyncio.Queue(maxsize=max_queued_events)
         self._ws = websocket
         self._max_queued_frames = max_queued_frames
         self._max_queued_events = max_queued_events
-        self._requests: dict[str, asyncio.Future[GenerationSession]] = {}
+        self._max_queued_captions = max_queued_captions
+        self._requests: dict[str, asyncio.Future[Session]] = {}
         self._request_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader = asyncio.create_task(self._read(), name="stream-client-reader")
@@ -476,6 +700,7 @@ class StreamClient:
         open_timeout: float = 10.0,
         max_queued_frames: int = 64,
         max_queued_events: int = 256,
+        max_queued_captions: int = 64,
     ) -> StreamClient:
         """Connect, send ``hello`` and wait for ``welcome``.
 
@@ -488,6 +713,8 @@ class StreamClient:
             max_queued_frames: per session, frames kept for a slow :meth:`~GenerationSession.
                 frames` consumer before the oldest is dropped.
             max_queued_events: per session, events kept before the oldest is dropped.
+            max_queued_captions: per understanding session, captions kept for a slow
+                :meth:`~UnderstandingSession.captions` consumer before the oldest is dropped.
 
         Raises:
             ServerError: the server refused the hello (``unauthorized``,
@@ -519,6 +746,7 @@ class StreamClient:
             message,
             max_queued_frames=max_queued_frames,
             max_queued_events=max_queued_events,
+            max_queued_captions=max_queued_captions,
         )
 
     @classmethod
@@ -594,7 +822,46 @@ class StreamClient:
             params["height"] = height
         if width is not None:
             params["width"] = width
-        return await self.start(pipeline, params, preset=preset, timeout=timeout)
+        session = await self.start(pipeline, params, preset=preset, timeout=timeout)
+        return await self._expect(session, GenerationSession)
+
+    async def understand(
+        self,
+        *,
+        pipeline: str = "streaming_vlm",
+        instruction: str | None = None,
+        previous_text: str | None = None,
+        preset: str | None = None,
+        timeout: float | None = 120.0,
+    ) -> UnderstandingSession:
+        """Start an understanding session (video in, captions out) and wait for
+        ``session.started``.
+
+        Args:
+            pipeline: an understanding pipeline of ``client.pipelines``.
+            instruction: what to do with the video (at most 2000 characters); the server's
+                default ("Commentate on this video.") when ``None``.
+            previous_text: text said before this feed starts (at most 20000 characters),
+                e.g. the commentary of a previous part of the same video.
+            preset: as :meth:`generate`.
+            timeout: seconds to wait for ``session.started``.
+
+        Raises:
+            ValueError: an argument is too long (checked before sending).
+            ServerError: the server refused (``cache_full``, ``unknown_pipeline``, ...).
+            ClientError: ``pipeline`` is not an understanding pipeline.
+        """
+        params: dict[str, Any] = {}
+        for name, value, limit in (
+            ("instruction", instruction, 2000),
+            ("previous_text", previous_text, 20000),
+        ):
+            if value is not None:
+                if len(value) > limit:
+                    raise ValueError(f"{name} must be at most {limit} characters, got {len(value)}")
+                params[name] = value
+        session = await self.start(pipeline, params, preset=preset, timeout=timeout)
+        return await self._expect(session, UnderstandingSession)
 
     async def start(
         self,
@@ -603,10 +870,11 @@ class StreamClient:
         *,
         preset: str | None = None,
         timeout: float | None = 120.0,
-    ) -> GenerationSession:
-        """Send a raw ``session.start`` and wait for ``session.started`` (see :meth:`generate`)."""
+    ) -> Session:
+        """Send a raw ``session.start`` and wait for ``session.started`` (see :meth:`generate`
+        and :meth:`understand`); the session's class follows the reply's ``kind``."""
         request_id = f"r{next(self._request_ids)}"
-        started: asyncio.Future[GenerationSession] = asyncio.get_running_loop().create_future()
+        started: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = started
         message: dict[str, Any] = {"pipeline": pipeline, "params": params}
         if preset is not None:
@@ -628,6 +896,20 @@ class StreamClient:
 
     async def _send(self, kind: str, **fields: Any) -> None:
         await self._ws.send(json.dumps({"type": kind, **fields}, separators=(",", ":")))
+
+    async def _send_binary(self, data: bytes) -> None:
+        await self._ws.send(data)
+
+    async def _expect(self, session: Session, cls: type[_S]) -> _S:
+        """``session`` if it is a ``cls``; else stop it and raise :class:`ClientError`."""
+        if isinstance(session, cls):
+            return session
+        with contextlib.suppress(ClientError, ConnectionClosed, asyncio.TimeoutError):
+            await session.stop()
+        raise ClientError(
+            f"pipeline {session.pipeline!r} started a {type(session).__name__}, "
+            f"not a {cls.__name__}"
+        )
 
     # -- the reader task ---------------------------------------------------------------------
 
@@ -682,7 +964,15 @@ class StreamClient:
     def _on_started(self, message: dict[str, Any]) -> None:
         if not isinstance(message.get("session"), int):
             raise ClientError(f"session.started without a session id: {message}")
-        session = GenerationSession(self, message, self._max_queued_frames, self._max_queued_events)
+        session: Session
+        if message.get("kind") == UnderstandingSession.kind:
+            session = UnderstandingSession(
+                self, message, self._max_queued_captions, self._max_queued_events
+            )
+        else:  # generation servers predate ``kind``
+            session = GenerationSession(
+                self, message, self._max_queued_frames, self._max_queued_events
+            )
         self.sessions[session.id] = session  # before any of its frames is read
         request = self._requests.pop(message.get("request_id"), None)  # type: ignore[arg-type]
         if request is not None and not request.done():

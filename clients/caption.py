@@ -1,0 +1,681 @@
+"""Live commentary on a video file, a network stream or a camera: ``stream caption``.
+
+Frames are read from the source, sampled at the server's rate, downscaled and sent to an
+understanding session; its captions (one a second) are printed as they arrive and, on request,
+written as WebVTT / SubRip subtitles, burnt into a copy of the video, or shown in a window::
+
+    source ─ decode ─┬─ sampler (newest frame of each 1/fps slot) ─ downscale ─ send_frame ─> server
+    (thread)         ├─ --out-mp4: frames wait for their second's caption, then drawn + encoded
+                     └─ --show: the newest frame with the newest caption
+    server ─ caption ─> print "[  12.0 -   13.0] text"; kept for --vtt / --srt; --out-mp4
+
+Pacing: with ``--realtime`` (the default for cameras and network URLs) frames are sent at their
+presentation times, as a live feed would arrive, and the server keeps the newest seconds when
+it falls behind. Without it (the default for files) a file is sent as fast as the server keeps
+up, but never more than ``--max-lead`` seconds of feed ahead of the captions received, so that
+a long file does not pile up (the server skips seconds it has no room for).
+
+The feed's second ``k`` is understood once a frame at or after ``k + 1`` arrives, so at the end
+of the source the last frame is sent once more at the next whole second: a 4 s video gets the
+captions of 0-1, 1-2, 2-3 and 3-4 (a 4.3 s one also 4-5, on its last frame). The tool waits
+for the caption of that last second (at most ``--timeout`` seconds), stops the session and exits
+with 0; a server or source error exits with 1.
+
+Use it as ``stream caption ...`` or ``python -m clients.caption ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import fractions
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import av
+import cv2
+import numpy as np
+from websockets.exceptions import WebSocketException
+
+from clients.client import (
+    Caption,
+    ClientError,
+    ServerError,
+    StreamClient,
+    UnderstandingSession,
+)
+
+__all__ = [
+    "Question",
+    "add_caption_arguments",
+    "fit_size",
+    "format_timestamp",
+    "main",
+    "parse_question",
+    "run_caption",
+    "subtitle_cues",
+    "write_srt",
+    "write_vtt",
+]
+
+DEFAULT_URL = "ws://127.0.0.1:8000/ws"
+DEFAULT_MAX_PIXELS = 768 * 28 * 28  # StreamingVLM's per-frame budget
+_MAX_PENDING_OVERLAY_SECONDS = 30  # --out-mp4 frames kept waiting for their caption
+
+
+# -- arguments -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    at: float  # seconds of feed; asked before the first frame at or after it is sent
+    text: str
+
+
+def parse_question(value: str) -> Question:
+    """``"t=5:what colour is the ball?"`` (also ``t=5s:...``) -> ``Question(5.0, ...)``."""
+    spec, sep, text = value.partition(":")
+    seconds = spec.strip().removeprefix("t=").removesuffix("s")
+    try:
+        at = float(seconds)
+    except ValueError:
+        at = math.nan
+    if not sep or not spec.strip().startswith("t=") or not math.isfinite(at) or at < 0:
+        raise argparse.ArgumentTypeError(f"expected t=SECONDS:QUESTION, got {value!r}")
+    if not text.strip() or len(text) > 2000:
+        raise argparse.ArgumentTypeError(f"the question must be 1..2000 characters: {value!r}")
+    return Question(at, text.strip())
+
+
+def _positive(kind: type) -> Any:
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or not number > 0 or not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+        return number
+
+    return parse
+
+
+def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``caption`` command's arguments to ``parser`` (run it with :func:`run_caption`)."""
+    source = parser.add_argument_group("source (one of)").add_mutually_exclusive_group(
+        required=True
+    )
+    source.add_argument(
+        "--video", metavar="PATH_OR_URL", help="a video file or a network URL (rtsp://, http://)"
+    )
+    source.add_argument("--camera", type=int, metavar="INDEX", help="an OpenCV camera index")
+    parser.add_argument(
+        "--url", default=DEFAULT_URL, help=f"the server's WebSocket URL (default {DEFAULT_URL})"
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("STREAM_TOKEN"),
+        help="the server's token (default: $STREAM_TOKEN)",
+    )
+    parser.add_argument("--pipeline", default="streaming_vlm", help="default streaming_vlm")
+    parser.add_argument("--instruction", help="what to say about the video (server default)")
+    parser.add_argument("--previous-text", help="commentary said before this feed starts")
+    parser.add_argument(
+        "--question",
+        action="append",
+        default=[],
+        type=parse_question,
+        metavar="t=SECONDS:QUESTION",
+        help="ask QUESTION when the feed reaches SECONDS (repeatable)",
+    )
+    feed = parser.add_argument_group("feed")
+    feed.add_argument(
+        "--fps",
+        type=_positive(float),
+        help="frames per second sent (default: the rate the server samples, 2)",
+    )
+    feed.add_argument(
+        "--max-pixels",
+        type=_positive(int),
+        default=DEFAULT_MAX_PIXELS,
+        help=f"downscale frames to width*height <= this (default {DEFAULT_MAX_PIXELS})",
+    )
+    feed.add_argument(
+        "--format",
+        choices=["jpeg", "png", "raw"],
+        default="jpeg",
+        help="frame encoding (default jpeg; raw frames are also shrunk to fit one message)",
+    )
+    feed.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    feed.add_argument(
+        "--realtime",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send frames at their presentation times (default: on for URLs, off for files; "
+        "a camera is always live)",
+    )
+    feed.add_argument(
+        "--max-lead",
+        type=_positive(float),
+        default=2.0,
+        help="without --realtime: seconds of feed sent ahead of the captions received (default 2)",
+    )
+    feed.add_argument(
+        "--duration", type=_positive(float), help="stop the source after SECONDS of feed"
+    )
+    feed.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=60.0,
+        help="seconds to wait for a caption before giving up (default 60)",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--quiet-silence", action="store_true", help="do not print seconds without text"
+    )
+    out.add_argument("--vtt", type=Path, metavar="PATH", help="write WebVTT subtitles")
+    out.add_argument("--srt", type=Path, metavar="PATH", help="write SubRip subtitles")
+    out.add_argument(
+        "--out-mp4", type=Path, metavar="PATH", help="write the video with the captions drawn on"
+    )
+    out.add_argument(
+        "--show", action="store_true", help="show the video and captions (needs $DISPLAY)"
+    )
+
+
+# -- sources -------------------------------------------------------------------------------
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+class _VideoSource:
+    """Frames of a file or network stream, decoded with PyAV, timed by their presentation
+    timestamps (from 0 at the first frame, never going backwards)."""
+
+    def __init__(self, location: str, open_timeout: float) -> None:
+        self.container = av.open(location, timeout=(open_timeout, open_timeout))
+        if not self.container.streams.video:
+            self.container.close()
+            raise ClientError(f"{location}: no video stream")
+        stream = self.container.streams.video[0]
+        stream.thread_type = "AUTO"
+        self.rate = fractions.Fraction(stream.average_rate or stream.guessed_rate or 25)
+        self._frames = self.container.decode(stream)
+        self._first: float | None = None
+        self._index = 0
+        self.last_timestamp = -1.0
+
+    def read(self) -> tuple[float, np.ndarray] | None:
+        frame = next(self._frames, None)
+        if frame is None:
+            return None
+        time_ = frame.time if frame.time is not None else self._index / self.rate
+        if self._first is None:
+            self._first = time_
+        timestamp = max(float(time_ - self._first), self.last_timestamp, 0.0)
+        self._index += 1
+        self.last_timestamp = timestamp
+        return timestamp, frame.to_ndarray(format="rgb24")
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class _CameraSource:
+    """Frames of an OpenCV camera, timed by a monotonic clock from the first frame."""
+
+    def __init__(self, index: int) -> None:
+        self.capture = cv2.VideoCapture(index)
+        if not self.capture.isOpened():
+            raise ClientError(f"cannot open camera {index}")
+        fps = self.capture.get(cv2.CAP_PROP_FPS)
+        self.rate = fractions.Fraction(fps).limit_denominator(1001) if fps > 0 else 30
+        self._start: float | None = None
+        self.last_timestamp = -1.0
+
+    def read(self) -> tuple[float, np.ndarray] | None:
+        ok, bgr = self.capture.read()
+        if not ok:
+            return None
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        self.last_timestamp = now - self._start
+        return self.last_timestamp, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+# -- sampling and sizing -------------------------------------------------------------------
+
+
+class _Sampler:
+    """Keeps, of each ``1/fps`` slot ``((n - 1)/fps, n/fps]``, only the newest frame: the one
+    the server's feed would sample (it takes the last frame at or before each slot time)."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self._pending: tuple[float, np.ndarray] | None = None
+
+    def _slot(self, timestamp: float) -> int:
+        return math.ceil(timestamp * self.fps - 1e-9)
+
+    def offer(self, timestamp: float, frame: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        """Frames to send now (the previous slot's, once a frame of a later slot arrives)."""
+        out = []
+        if self._pending is not None and self._slot(self._pending[0]) != self._slot(timestamp):
+            out.append(self._pending)
+        self._pending = (timestamp, frame)
+        return out
+
+    def finish(self, end: float) -> list[tuple[float, np.ndarray]]:
+        """The last frame, and a copy of it at ``end`` so that the last second completes."""
+        if self._pending is None:
+            return []
+        out = [self._pending]
+        if end > self._pending[0]:
+            out.append((end, self._pending[1]))
+        self._pending = None
+        return out
+
+
+def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The largest (width, height) of the same aspect with ``width * height <= max_pixels``."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    new_width = max(1, math.floor(width * scale))
+    new_height = max(1, min(math.floor(height * scale), max_pixels // new_width))
+    return new_width, new_height
+
+
+def _downscale(frame: np.ndarray, max_pixels: int) -> np.ndarray:
+    height, width = frame.shape[:2]
+    size = fit_size(width, height, max_pixels)
+    if size == (width, height):
+        return frame
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
+# -- outputs -------------------------------------------------------------------------------
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def format_timestamp(seconds: float, separator: str = ".") -> str:
+    """``HH:MM:SS.mmm`` (WebVTT; ``separator=","`` for SubRip)."""
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def subtitle_cues(captions: list[Caption]) -> list[tuple[float, float, str]]:
+    """(start, end, text) cues: one per caption with text, consecutive captions that repeat the
+    same text merged into one cue; silent seconds make no cue."""
+    cues: list[tuple[float, float, str]] = []
+    for caption in captions:
+        text = _clean(caption.text).replace("-->", "->")
+        if not text:
+            continue
+        if cues and cues[-1][2] == text and abs(cues[-1][1] - caption.start) < 1e-6:
+            cues[-1] = (cues[-1][0], caption.end, text)
+        else:
+            cues.append((caption.start, caption.end, text))
+    return cues
+
+
+def write_vtt(path: Path, captions: list[Caption]) -> None:
+    lines = ["WEBVTT", ""]
+    for start, end, text in subtitle_cues(captions):
+        lines += [f"{format_timestamp(start)} --> {format_timestamp(end)}", text, ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def write_srt(path: Path, captions: list[Caption]) -> None:
+    lines = []
+    for number, (start, end, text) in enumerate(subtitle_cues(captions), 1):
+        span = f"{format_timestamp(start, ',')} --> {format_timestamp(end, ',')}"
+        lines += [str(number), span, text, ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def draw_caption(frame: np.ndarray, text: str) -> np.ndarray:
+    """A copy of RGB ``frame`` with ``text`` wrapped and drawn at the bottom (white on a black
+    outline)."""
+    out = np.ascontiguousarray(frame).copy()
+    text = _clean(text)
+    if not text:
+        return out
+    height, width = out.shape[:2]
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, width / 1200)
+    thickness = max(1, round(scale * 2))
+    margin = max(2, width // 50)
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        fits = cv2.getTextSize(candidate, font, scale, thickness)[0][0] <= width - 2 * margin
+        if lines and fits:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    line_height = cv2.getTextSize("Ag", font, scale, thickness)[0][1] * 3 // 2 + 1
+    y = height - margin
+    for line in reversed(lines):
+        for color, weight in (((0, 0, 0), thickness + 2), ((255, 255, 255), thickness)):
+            cv2.putText(out, line, (margin, y), font, scale, color, weight, cv2.LINE_AA)
+        y -= line_height
+    return out
+
+
+class _Mp4Writer:
+    """H.264 (libx264, yuv420p) at the source's frame rate; odd sizes are padded to even."""
+
+    def __init__(self, path: Path, rate: fractions.Fraction | int) -> None:
+        self.path = path
+        self.rate = fractions.Fraction(rate).limit_denominator(1001)
+        self.container: Any = None
+        self.stream: Any = None
+        self.size: tuple[int, int] | None = None  # (width, height) of the source
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        height, width = frame.shape[:2]
+        if self.container is None:
+            self.size = (width, height)
+            self.container = av.open(str(self.path), "w")
+            self.stream = self.container.add_stream("libx264", rate=self.rate)
+            self.stream.width, self.stream.height = width + width % 2, height + height % 2
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.options = {"crf": "20", "preset": "veryfast"}
+        elif (width, height) != self.size:
+            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
+        if width % 2 or height % 2:
+            frame = cv2.copyMakeBorder(frame, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
+        video = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        video.pts = self.frames
+        video.time_base = 1 / self.rate
+        self.container.mux(self.stream.encode(video))
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.mux(self.stream.encode(None))
+            self.container.close()
+            self.container = None
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Captioner:
+    """One run of the tool on an open session: feeds it, collects its captions."""
+
+    args: argparse.Namespace
+    session: UnderstandingSession
+    source: Any  # _VideoSource | _CameraSource
+    realtime: bool
+    max_pixels: int
+    out: TextIO
+    captions: list[Caption] = field(default_factory=list)
+    last_end: float = 0.0  # end of the newest caption received
+    failed: str | None = None
+
+    def __post_init__(self) -> None:
+        self.fps = self.args.fps or self.session.fps or 2.0
+        self.stop = asyncio.Event()  # SIGINT, the window's q key, or --duration
+        self.progress = asyncio.Event()  # set at each caption and at the session's end
+        self.questions = collections.deque(sorted(self.args.question, key=lambda q: q.at))
+        self.writer = _Mp4Writer(self.args.out_mp4, self.source.rate) if self.args.out_mp4 else None
+        self.overlay: collections.deque[tuple[float, np.ndarray]] = collections.deque()
+        self.texts: dict[int, str] = {}  # second -> caption text, for --out-mp4
+        self.overlay_lock = asyncio.Lock()
+        self.show = bool(self.args.show and os.environ.get("DISPLAY"))
+        if self.args.show and not self.show:
+            print("stream caption: --show needs a display ($DISPLAY); ignored", file=sys.stderr)
+
+    async def run(self) -> int:
+        receiver = asyncio.create_task(self.receive(), name="caption-receiver")
+        watcher = asyncio.create_task(self.watch_errors(), name="caption-errors")
+        try:
+            closing = await self.feed()
+            if closing is not None and not self.session.ended:
+                await self.wait_for(lambda: self.last_end >= closing - 1e-6, "the last caption")
+        except (ClientError, TimeoutError, WebSocketException) as exc:
+            self.failed = self.failed or str(exc)
+        finally:
+            with contextlib.suppress(ClientError, asyncio.TimeoutError, OSError):
+                await self.session.stop(timeout=10.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(receiver, 10.0)
+            watcher.cancel()
+            receiver.cancel()
+            await asyncio.gather(receiver, watcher, return_exceptions=True)
+            await self.flush_overlay(math.inf)
+            if self.writer is not None:
+                await asyncio.to_thread(self.writer.close)
+            if self.show:
+                cv2.destroyAllWindows()
+        if self.args.vtt:
+            write_vtt(self.args.vtt, self.captions)
+        if self.args.srt:
+            write_srt(self.args.srt, self.captions)
+        if self.failed is None and self.session.ended_reason == "error":
+            self.failed = f"the session failed: {self.session.ended_message}"
+        if self.failed is not None:
+            print(f"stream caption: {self.failed}", file=sys.stderr)
+            return 1
+        return 0
+
+    async def feed(self) -> float | None:
+        """Send the source; returns the closing timestamp (the last second's end), or None
+        when no frame was read."""
+        sampler = _Sampler(self.fps)
+        duration = self.args.duration
+        wall_start = time.monotonic()
+        last: float | None = None
+        while not self.stop.is_set() and not self.session.ended:
+            item = await asyncio.to_thread(self.source.read)
+            if item is None:
+                break
+            timestamp, frame = item
+            if duration is not None and timestamp >= duration:
+                break
+            if self.realtime and isinstance(self.source, _VideoSource):
+                await asyncio.sleep(max(0.0, wall_start + timestamp - time.monotonic()))
+            last = timestamp
+            if self.writer is not None:
+                await self.add_overlay(timestamp, frame)
+            if self.show:
+                self.display(frame)
+            for sample in sampler.offer(timestamp, frame):
+                await self.send(*sample)
+        if last is None:
+            return None
+        end = last + float(1 / self.source.rate) if isinstance(self.source, _VideoSource) else last
+        if duration is not None:
+            end = min(end, duration)
+        closing = max(1, math.ceil(end - 1e-6))
+        for sample in sampler.finish(float(closing)):
+            await self.send(*sample)
+        for question in self.questions:
+            print(f"stream caption: not asked (feed ended first): {question.text}", file=sys.stderr)
+        return float(closing)
+
+    async def send(self, timestamp: float, frame: np.ndarray) -> None:
+        if not self.realtime:  # keep at most --max-lead seconds ahead of the captions
+            lead = max(self.args.max_lead, 1 + 1 / self.fps)  # less could never progress
+            await self.wait_for(lambda: timestamp <= self.last_end + lead, "a caption")
+        while self.questions and self.questions[0].at <= timestamp:
+            await self.session.ask(self.questions.popleft().text)
+        pixels = _downscale(frame, self.max_pixels)
+        await self.session.send_frame(
+            pixels, timestamp, format=self.args.format, quality=self.args.quality
+        )
+
+    async def wait_for(self, condition: Any, what: str) -> None:
+        """Wait until ``condition()``; raises when no caption came for ``--timeout`` seconds,
+        or :class:`ClientError` when the session ends first."""
+        while not condition():
+            if self.session.ended:
+                raise ClientError(f"the session ended ({self.session.ended_reason}) first")
+            self.progress.clear()
+            try:
+                await asyncio.wait_for(self.progress.wait(), self.args.timeout)
+            except TimeoutError:
+                message = f"no caption for {self.args.timeout:g} s while waiting for {what}"
+                raise TimeoutError(message) from None
+
+    async def receive(self) -> None:
+        try:
+            async for caption in self.session.captions():
+                self.captions.append(caption)
+                self.last_end = max(self.last_end, caption.end)
+                text = _clean(caption.text)
+                if text or not self.args.quiet_silence:
+                    line = f"[{caption.start:6.1f} - {caption.end:6.1f}] {text}"
+                    print(line.rstrip(), file=self.out, flush=True)
+                if self.writer is not None:
+                    self.texts[math.floor(caption.start + 1e-6)] = caption.text
+                    await self.flush_overlay(caption.end)
+                self.progress.set()
+        finally:
+            self.progress.set()
+
+    async def watch_errors(self) -> None:
+        while True:
+            event = await self.session.events.get()
+            if event["type"] == "error":
+                error = ServerError.from_message(event)
+                print(f"stream caption: server error {error}", file=sys.stderr)
+            elif event["type"] == "session.ended":
+                self.progress.set()
+
+    # -- --out-mp4 and --show ------------------------------------------------------------
+
+    async def add_overlay(self, timestamp: float, frame: np.ndarray) -> None:
+        self.overlay.append((timestamp, frame))
+        oldest_kept = timestamp - _MAX_PENDING_OVERLAY_SECONDS
+        if self.overlay[0][0] < oldest_kept:  # the captions lag too far: write without
+            await self.flush_overlay(oldest_kept)
+
+    async def flush_overlay(self, until: float) -> None:
+        """Draw and encode the waiting frames before ``until`` seconds."""
+        if self.writer is None:
+            return
+        async with self.overlay_lock:
+            ready = []
+            while self.overlay and self.overlay[0][0] < until - 1e-6:
+                timestamp, frame = self.overlay.popleft()
+                ready.append(draw_caption(frame, self.texts.get(math.floor(timestamp), "")))
+            if ready:
+                await asyncio.to_thread(_write_all, self.writer, ready)
+
+    def display(self, frame: np.ndarray) -> None:
+        text = self.captions[-1].text if self.captions else ""
+        cv2.imshow("stream caption", cv2.cvtColor(draw_caption(frame, text), cv2.COLOR_RGB2BGR))
+        if cv2.waitKey(1) & 0xFF == ord("q"):
+            self.stop.set()
+
+
+def _write_all(writer: _Mp4Writer, frames: list[np.ndarray]) -> None:
+    for frame in frames:
+        writer.write(frame)
+
+
+def _open_source(args: argparse.Namespace) -> Any:
+    if args.video is not None:
+        return _VideoSource(args.video, args.timeout)
+    return _CameraSource(args.camera)
+
+
+async def run_caption(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Run the ``caption`` command (arguments from :func:`add_caption_arguments`); returns the
+    exit code: 0 when every caption of the feed arrived, 1 on an error (reported on stderr).
+
+    Captions are printed to ``out`` (default: stdout)."""
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        print(f"stream caption: --quality must be 1..100, got {args.quality}", file=sys.stderr)
+        return 1
+    try:
+        source = await asyncio.to_thread(_open_source, args)
+    except (ClientError, OSError, av.FFmpegError) as exc:
+        where = args.video if args.video is not None else f"camera {args.camera}"
+        print(f"stream caption: cannot open {where}: {exc}", file=sys.stderr)
+        return 1
+    realtime = args.realtime
+    if realtime is None or args.camera is not None:  # a camera is live whatever is asked
+        realtime = args.camera is not None or _is_url(args.video)
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Event | None = None
+    try:
+        async with StreamClient.connect(args.url, token=args.token) as client:
+            session = await client.understand(
+                pipeline=args.pipeline,
+                instruction=args.instruction,
+                previous_text=args.previous_text,
+                timeout=args.timeout,
+            )
+            limits = client.limits
+            max_pixels = min(args.max_pixels, int(limits.get("max_frame_pixels") or 1 << 62))
+            if args.format == "raw":  # a raw frame must also fit one message
+                max_bytes = int(limits.get("max_message_bytes") or 1 << 62)
+                max_pixels = min(max_pixels, (max_bytes - 32) // 3)
+            captioner = _Captioner(
+                args, session, source, realtime, max_pixels, out=out or sys.stdout
+            )
+            stop = captioner.stop
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                # the first Ctrl-C ends the feed (its captions still come); a second one quits
+                loop.add_signal_handler(signal.SIGINT, _on_interrupt, loop, stop)
+            return await captioner.run()
+    except ServerError as exc:
+        print(f"stream caption: server error {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except (ClientError, OSError, TimeoutError, WebSocketException) as exc:
+        print(f"stream caption: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if stop is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGINT)
+        await asyncio.to_thread(source.close)
+
+
+def _on_interrupt(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    print("stream caption: stopping the feed (Ctrl-C again to quit)", file=sys.stderr)
+    stop.set()
+    loop.remove_signal_handler(signal.SIGINT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m clients.caption",
+        description="Live captions of a video file, network stream or camera, from a "
+        "streaming understanding server.",
+    )
+    add_caption_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(run_caption(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
