@@ -152,6 +152,31 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _caption(args: argparse.Namespace) -> int:
+    """The commentary tool of clients/, through the server at --url, or else through one started
+    here on a free loopback port (the tiny default, or --vlm-dir)."""
+    from clients.caption import run_caption  # the CLI is the one place both sides meet
+
+    if args.url is not None:
+        return asyncio.run(run_caption(args))
+    from stream.engine import Engine
+    from stream.server import ServerConfig, build_server
+    from stream.service import ServiceModels, build_pipelines
+
+    device, dtype = _device_and_dtype(args)
+    spec = ServiceModels(
+        vlm_dir=args.vlm_dir, device=device, dtype=dtype, pipelines=("streaming_vlm",)
+    )
+    engine = Engine(build_pipelines(spec))
+
+    async def run() -> int:
+        async with build_server(ServerConfig(port=0), engine) as server:
+            args.url = server.url
+            return await run_caption(args)
+
+    return asyncio.run(run())
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
@@ -287,7 +312,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(generate)
     generate.set_defaults(run=_generate)
     _add_serve_parser(commands)
+    _add_caption_parser(commands)
     return parser
+
+
+def _add_caption_parser(commands: argparse._SubParsersAction) -> None:
+    from clients.caption import add_caption_arguments
+
+    caption = commands.add_parser(
+        "caption",
+        help="live commentary on a video file, stream URL or camera, printed as it comes",
+        description="Without --url, a server with the StreamingVLM pipeline is started here.",
+    )
+    add_caption_arguments(caption)
+    caption.add_argument("--vlm-dir", type=Path, help="a local Qwen2.5-VL / StreamingVLM folder")
+    caption.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    caption.add_argument("--dtype", choices=sorted(_DTYPES), default=None)
+    caption.set_defaults(run=_caption, url=None)
 
 
 def main(argv: list[str] | None = None) -> int:
