@@ -456,16 +456,24 @@ class StreamingVLMWindow:
             self.cache.evict_front("prev_tail", overflow)
 
     def _fold(self, rid: int) -> None:
-        """Copy round ``rid``'s reply text to the end of the previous text, K/V reused."""
+        """Copy round ``rid``'s reply text to the end of the previous text, K/V reused.
+
+        The previous text keeps its first ``prev_sink_tokens`` and its last
+        ``prev_window_tokens``: folded text fills the head until it is full, then the tail.
+        """
         first, stop = self._reply_text.pop(rid)
-        if stop > first:
-            rel = self.cache.rel_positions("prev_tail")
-            start = int(rel[-1, 0]) + 1 if len(rel) else 0
-            self.cache.copy_tokens(
-                TokenRange(f"r{rid}.reply", first, stop),
-                "prev_tail",
-                text_positions(stop - first, start),
-            )
+        room = self.config.prev_sink_tokens - self.cache.length("prev_head")
+        into_head = min(max(room, 0), stop - first)
+        for target, start, end in (
+            ("prev_head", first, first + into_head),
+            ("prev_tail", first + into_head, stop),
+        ):
+            if end > start:
+                rel = self.cache.rel_positions(target)
+                at = int(rel[-1, 0]) + 1 if len(rel) else 0
+                self.cache.copy_tokens(
+                    TokenRange(f"r{rid}.reply", start, end), target, text_positions(end - start, at)
+                )
 
     def _rebase(self) -> None:
         self.cache.layout_contiguous(self.cache.segment_names, axes=(0, 1, 2))
