@@ -3,6 +3,7 @@ recomputation, exact exit order and counts over 300 steps with flat memory, prom
 
 from __future__ import annotations
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from kernels import wan_rope
 from models.attention import DenseAttention
 from models.registry import load_wan_models
+from stream.cli import main
 from stream.kvcache import KVCacheManager, frame_positions
 from stream.pipelines.base import GenerationRequest
 from stream.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
@@ -137,3 +139,29 @@ def test_prompt_switch_mid_window(tiny, recache: bool) -> None:
     assert not torch.equal(
         clean_kv(pipes[0], control, "history"), clean_kv(pipes[1], switched, "history")
     )
+
+
+def test_stream_generate_rolling_forcing_writes_the_mp4(tmp_path) -> None:
+    out = tmp_path / "rolling.mp4"
+    argv = [
+        "generate",
+        "--pipeline",
+        "rolling_forcing",
+        "--prompt",
+        "a red ball",
+        "--switch",
+        "t=1s:a blue cube",
+        "--seconds",
+        "3",
+        "--out",
+        str(out),
+        "--height",
+        "32",
+        "--width",
+        "32",
+    ]
+    assert main(argv) == 0
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert sum(1 for _ in container.decode(stream)) == 48
+        assert float(stream.average_rate) == 16.0
