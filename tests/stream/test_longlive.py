@@ -7,14 +7,9 @@ import av
 import numpy as np
 import pytest
 import torch
-from diffusers.models.transformers import transformer_wan
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
 
+from evals.random_checkpoint import write_model_folder
 from models.registry import load_wan_models
-from models.text import tiny_umt5_encoder
-from models.vae import tiny_wan_vae
-from models.wan import wan_config
 from stream.cli import main
 from stream.generate import parse_switch
 from stream.kvcache import KVCacheManager
@@ -156,40 +151,8 @@ def test_stream_generate_writes_16_frames_per_second(tmp_path) -> None:
     assert read_mp4(out) == (48, 16.0, 48, 32)
 
 
-def _write_tiny_model_dir(root) -> None:
-    """A diffusers-layout folder holding tiny-preset weights, written with each library's own
-    save_pretrained: transformer/ vae/ text_encoder/ tokenizer/."""
-    cfg = wan_config("tiny")
-    transformer_wan.WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=cfg.num_heads,
-        attention_head_dim=cfg.head_dim,
-        in_channels=16,
-        out_channels=16,
-        text_dim=cfg.text_dim,
-        freq_dim=cfg.freq_dim,
-        ffn_dim=cfg.ffn_dim,
-        num_layers=cfg.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-    ).save_pretrained(root / "transformer")
-    tiny_wan_vae().vae.save_pretrained(root / "vae")
-    tiny_umt5_encoder().model.save_pretrained(root / "text_encoder")
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {
-        w: i + 3 for i, w in enumerate(["a", "red", "ball"])
-    }
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", 1)]
-    )
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    ).save_pretrained(root / "tokenizer")
-
-
 def test_stream_generate_from_a_model_folder(tmp_path) -> None:
-    _write_tiny_model_dir(tmp_path / "model")
+    write_model_folder("tiny", tmp_path / "model", text_layers=2, dtype=torch.float32)
     out = tmp_path / "video.mp4"
     argv = [
         "generate",
