@@ -109,7 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_sessions_per_connection=args.max_sessions_per_connection,
             max_message_bytes=args.max_message_bytes,
             max_frame_pixels=args.max_frame_pixels,
-            static_dir=args.static_dir,
+            static_dir=None if args.no_page else args.static_dir,
             record_dir=args.record_dir,
         )
     except ValueError as exc:
@@ -234,8 +234,12 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         help="STREAM_MAX_FRAME_PIXELS",
     )
     serve.add_argument(
-        "--static-dir", type=Path, default=_env("STREAM_STATIC_DIR"), help="STREAM_STATIC_DIR"
+        "--static-dir",
+        type=Path,
+        default=_env("STREAM_STATIC_DIR", str(Path(stream.__file__).parent / "static")),
+        help="STREAM_STATIC_DIR; the browser page's files (default: the page shipped here)",
     )
+    serve.add_argument("--no-page", action="store_true", help="serve no browser page at /")
     serve.add_argument(
         "--record-dir",
         type=Path,
