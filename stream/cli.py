@@ -317,7 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=_generate)
     _add_serve_parser(commands)
     _add_caption_parser(commands)
+    _add_timeline_parser(commands)
     return parser
+
+
+def _add_timeline_parser(commands: argparse._SubParsersAction) -> None:
+    from clients.timeline import add_timeline_arguments
+
+    timeline = commands.add_parser(
+        "timeline",
+        help="generate from a schedule of prompts (ours or LongLive's) through a server, to MP4",
+    )
+    add_timeline_arguments(timeline)
+    timeline.set_defaults(run=_timeline)
+
+
+def _timeline(args: argparse.Namespace) -> int:
+    from clients.timeline import run_timeline
+
+    return asyncio.run(run_timeline(args))
 
 
 def _add_caption_parser(commands: argparse._SubParsersAction) -> None:

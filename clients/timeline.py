@@ -1,0 +1,905 @@
+"""Generate a video from a timeline of prompts through a running server: ``stream timeline``.
+
+One generation session is driven from a schedule file: it starts with the first prompt, sends
+a ``prompt.update`` for each later one when the stream reaches its time, writes every frame it
+receives to an MP4 (libx264 at the session's fps) and stops after the schedule's length::
+
+    schedule ─ parse + validate ─> session.start(prompt 0) ─> frames ─┬─> MP4 (writer thread)
+                                                                      └─> frame S_k - 1 received:
+                                   prompt.applied {frame} <── prompt.update(prompt k)
+    end: stop, then VIDEO.timeline.json (prompts, requested and applied frames, frame count)
+
+Schedules (JSON, or JSONL: one JSON value per line):
+
+* ours, one object: ``{"prompts": [{"t": 0, "prompt": "..."}, {"t": 4.0, "prompt": "...",
+  "transition_chunks": 2}], "seconds": 12, "pipeline": "longlive", "seed": 0}`` (``t`` in
+  seconds of video, the first at 0, increasing; ``seconds``, ``pipeline``, ``seed`` optional,
+  the command line wins), or the same entries one per line in a JSONL file (or a JSON array);
+* LongLive's interactive format (``utils/dataset.py: MultiTextDataset``): JSONL lines of
+  ``{"prompts": [p0, p1, ..., pN-1]}``, one video per line (``--line N`` picks one), switched
+  at ``--switch-frame-indices`` given in **latent** frames, as in LongLive's config
+  (default: every 40 latent frames, 10 s per segment).
+
+LongLive's latent frames map to video frames as its causal VAE decodes them: latent 0 makes
+one video frame, every later latent four::
+
+    latent   L:  0 | 1         | 2         | ...  | 40                | ...
+    video    f:  0 | 1 2 3 4   | 5 6 7 8   | ...  | 157 158 159 160   | ...
+
+so a switch at latent ``L >= 1`` starts at video frame ``1 + 4 * (L - 1)`` (40 -> 157, 80 ->
+317), and ``--num-output-frames N`` latents (default: the last index plus 40, i.e. 240 for
+LongLive's six prompts) make ``4 * N - 3`` video frames (240 -> 957, as LongLive writes).
+Times are these frames over LongLive's 16 fps. Like LongLive, which switches at the first
+3-latent chunk starting at or after the index, the server switches at a chunk boundary.
+
+When a switch lands: prompt ``k`` should start at frame ``S_k = ceil(t_k * fps)`` (or the
+converted LongLive frame). Its ``prompt.update`` is sent as soon as frame ``S_k - 1``
+arrives, the earliest moment the server has certainly generated ``S_k`` frames, so the switch
+never lands before ``S_k``; it lands at the next chunk the server starts, which is later by
+however far generation runs ahead of this client. Without ``--realtime`` frames are sent as soon
+as made and read as fast, so that is a chunk or two while the model is the bottleneck (more
+when the server generates faster than it sends, up to ``limits.output_queue_frames``); with
+``--realtime`` the server keeps about 1.5 s (its lookahead) ahead of playback, plus a chunk.
+The sidecar records both frames; a switch applied after the video's end is reported.
+
+Frames the server or this client dropped (index gaps, with ``--realtime`` and a slow reader)
+are filled with the previous frame so that the MP4 keeps its timing; they are counted as
+``frames_missing``. Exit codes: 0 done, 1 a server or connection error (``server error CODE:
+message`` on stderr), 2 an invalid schedule or argument, 130 interrupted (Ctrl-C; the MP4 and
+sidecar of what came so far are still written, a second Ctrl-C quits at once).
+
+Use it as ``stream timeline ...`` or ``python -m clients.timeline ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fractions
+import json
+import math
+import os
+import re
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from tqdm import tqdm
+from websockets.exceptions import WebSocketException
+
+from clients.client import ClientError, Frame, GenerationSession, ServerError, StreamClient
+
+__all__ = [
+    "LONGLIVE_FPS",
+    "LONGLIVE_SEGMENT_LATENTS",
+    "PromptEntry",
+    "ScheduleError",
+    "Timeline",
+    "add_timeline_arguments",
+    "latent_to_video_frame",
+    "load_timeline",
+    "main",
+    "parse_frame_indices",
+    "parse_size",
+    "parse_timeline",
+    "run_timeline",
+    "sidecar_path",
+]
+
+DEFAULT_URL = "ws://127.0.0.1:8000/ws"
+LONGLIVE_FPS = 16  # the frame rate of LongLive's (and Wan2.1's) videos
+LONGLIVE_SEGMENT_LATENTS = 40  # LongLive's default switch spacing: 10 s of 16 fps video
+MAX_PROMPT_CHARS = 2000  # the protocol's limit on a prompt
+MAX_TRANSITION_CHUNKS = 64  # the protocol's limit on prompt.update's transition_chunks
+_MAX_QUEUED_FRAMES = 1024  # encoded frames the client keeps for a slow writer (64 s at 16 fps)
+_MAX_PENDING_WRITES = 32  # decoded frames waiting for the MP4 encoder
+_TIMELINE_KEYS = ("prompts", "seconds", "pipeline", "seed")
+_ENTRY_KEYS = ("t", "prompt", "transition_chunks")
+_LONGLIVE_KEYS = ("prompts",)
+
+
+# -- schedules -------------------------------------------------------------------------------
+
+
+class ScheduleError(ValueError):
+    """A schedule file that cannot be read or is invalid; the message says where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptEntry:
+    """One prompt of a timeline and where it starts."""
+
+    prompt: str
+    t: float  # seconds of video at which it starts (0 for the first)
+    transition_chunks: int = 0  # chunks over which the previous prompt blends into this one
+    frame: int | None = None  # exact first video frame, when the schedule fixes it (LongLive)
+    latent_frame: int | None = None  # LongLive's switch index, in latent frames
+
+    def start_frame(self, fps: float) -> int:
+        """The first video frame of this prompt at ``fps``: ``frame`` when fixed, else the
+        first frame at or after ``t`` (``ceil(t * fps)``)."""
+        if self.frame is not None:
+            return self.frame
+        return max(0, math.ceil(self.t * fps - 1e-9))
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """A validated schedule: prompts in order (the first at 0), and the video's settings."""
+
+    prompts: tuple[PromptEntry, ...]
+    seconds: float | None = None  # length of the video; None: the command line must say
+    frames: int | None = None  # exact length in video frames (LongLive's num_output_frames)
+    pipeline: str | None = None  # None: the command line's, else longlive
+    seed: int | None = None
+    kind: str = "timeline"  # "timeline" (ours) or "longlive"
+    line: int | None = None  # the schedule's line, in a file of several (1-based)
+
+
+def latent_to_video_frame(latent: int) -> int:
+    """The first video frame decoded from LongLive latent frame ``latent``: 0 for latent 0,
+    else ``1 + 4 * (latent - 1)`` (the causal VAE makes 1 frame of the first latent, 4 of each
+    later one)."""
+    if latent < 0:
+        raise ValueError(f"latent must be >= 0, got {latent}")
+    return 0 if latent == 0 else 1 + 4 * (latent - 1)
+
+
+def parse_timeline(
+    text: str,
+    *,
+    name: str = "<schedule>",
+    line: int | None = None,
+    switch_frame_indices: list[int] | None = None,
+    num_output_frames: int | None = None,
+) -> Timeline:
+    """Parse and validate a schedule (see the module docstring for the formats).
+
+    Args:
+        text: the file's contents, JSON or JSONL.
+        name: the file's name, for error messages.
+        line: which ``{"prompts": ...}`` line of a file of several (1-based, blank lines not
+            counted); default the first.
+        switch_frame_indices: LongLive's format only: latent frames where prompts 1..N-1
+            start; default every 40.
+        num_output_frames: LongLive's format only: the video's length in latent frames;
+            default the last switch index plus 40.
+
+    Raises:
+        ScheduleError: the text is not a schedule, or an argument does not fit it.
+    """
+    records = _records(text, name)
+    if not records:
+        raise ScheduleError(f"{name}: no schedule (the file is empty)")
+    schedules = [(where, obj) for where, obj in records if "prompts" in obj]
+    entries = [(where, obj) for where, obj in records if "prompts" not in obj]
+    if schedules and entries:
+        raise ScheduleError(
+            f'{entries[0][0]}: a prompt entry in a file of {{"prompts": [...]}} schedules; '
+            "use one format per file"
+        )
+    if entries:
+        for option, value in (
+            ("--line", line),
+            ("--switch-frame-indices", switch_frame_indices),
+            ("--num-output-frames", num_output_frames),
+        ):
+            if value is not None:
+                raise ScheduleError(f'{name}: {option} applies to {{"prompts": [...]}} files')
+        prompts = tuple(_entry(obj, where) for where, obj in entries)
+        _check_order(prompts, name)
+        return Timeline(prompts)
+    if line is not None and not 1 <= line <= len(schedules):
+        raise ScheduleError(f"{name}: --line {line} is out of range: it has {len(schedules)}")
+    where, obj = schedules[(line or 1) - 1]
+    number = (line or 1) if len(schedules) > 1 else None
+    raw = obj["prompts"]
+    if not isinstance(raw, list) or not raw:
+        raise ScheduleError(f"{where}: 'prompts' must be a non-empty list, got {raw!r:.80}")
+    if all(isinstance(p, str) for p in raw):
+        return _longlive(obj, where, number, switch_frame_indices, num_output_frames)
+    if not all(isinstance(p, dict) for p in raw):
+        raise ScheduleError(
+            f"{where}: 'prompts' must hold all strings (LongLive's format) or all objects "
+            '{"t": ..., "prompt": ...}'
+        )
+    for option, value in (
+        ("--switch-frame-indices", switch_frame_indices),
+        ("--num-output-frames", num_output_frames),
+    ):
+        if value is not None:
+            raise ScheduleError(
+                f"{where}: {option} applies to LongLive's format "
+                '({"prompts": ["...", ...]}) only'
+            )
+    _check_keys(obj, _TIMELINE_KEYS, where)
+    prompts = tuple(_entry(p, f"{where}: prompts[{i}]") for i, p in enumerate(raw))
+    _check_order(prompts, where)
+    seconds = obj.get("seconds")
+    if seconds is not None:
+        seconds = _positive_number(seconds, f"{where}: 'seconds'")
+        _check_length(prompts, seconds, where)
+    pipeline = obj.get("pipeline")
+    if pipeline is not None and (not isinstance(pipeline, str) or not pipeline.strip()):
+        raise ScheduleError(f"{where}: 'pipeline' must be a non-empty string, got {pipeline!r}")
+    seed = obj.get("seed")
+    if seed is not None and (not _is_int(seed) or seed < 0):
+        raise ScheduleError(f"{where}: 'seed' must be an integer >= 0, got {seed!r}")
+    return Timeline(prompts, seconds, None, pipeline, seed, "timeline", number)
+
+
+def load_timeline(path: str | Path, **kwargs: Any) -> Timeline:
+    """Read and parse a schedule file (``-`` for stdin); ``kwargs`` as :func:`parse_timeline`.
+
+    Raises:
+        ScheduleError: the file cannot be read or is not a valid schedule.
+    """
+    try:
+        if str(path) == "-":
+            return parse_timeline(sys.stdin.read(), name="<stdin>", **kwargs)
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScheduleError(f"cannot read {path}: {exc}") from None
+    return parse_timeline(text, name=str(path), **kwargs)
+
+
+def _records(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
+    """The JSON objects of ``text``: one (a JSON file), the items of a JSON array, or one per
+    non-blank line (JSONL); each with where it was, for messages."""
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+        is_json = False
+    else:
+        is_json = True
+    if is_json:
+        items = whole if isinstance(whole, list) else [whole]
+        where = [f"{name}[{i}]" for i in range(len(items))] if isinstance(whole, list) else [name]
+        out = []
+        for place, item in zip(where, items, strict=True):
+            if not isinstance(item, dict):
+                raise ScheduleError(f"{place}: expected a JSON object, got {item!r:.80}")
+            out.append((place, item))
+        return out
+    out = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        place = f"{name} line {number}"
+        try:
+            item = json.loads(raw)
+        except ValueError as exc:
+            raise ScheduleError(f"{place}: not JSON: {exc}") from None
+        if not isinstance(item, dict):
+            raise ScheduleError(f"{place}: expected a JSON object, got {item!r:.80}")
+        out.append((place, item))
+    return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_number(value: Any, what: str) -> float:
+    if not _is_number(value) or value <= 0:
+        raise ScheduleError(f"{what} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _check_keys(obj: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(obj) - set(known))
+    if unknown:
+        raise ScheduleError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"expected {', '.join(map(repr, known))}"
+        )
+
+
+def _check_prompt(prompt: Any, where: str) -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ScheduleError(f"{where}: the prompt must be a non-empty string, got {prompt!r:.80}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ScheduleError(
+            f"{where}: the prompt must be at most {MAX_PROMPT_CHARS} characters, got {len(prompt)}"
+        )
+    return prompt.strip()
+
+
+def _entry(obj: Any, where: str) -> PromptEntry:
+    if not isinstance(obj, dict):
+        raise ScheduleError(f"{where}: expected an object, got {obj!r:.80}")
+    _check_keys(obj, _ENTRY_KEYS, where)
+    for key in ("t", "prompt"):
+        if key not in obj:
+            raise ScheduleError(f"{where}: missing {key!r}")
+    prompt = _check_prompt(obj["prompt"], where)
+    t = obj["t"]
+    if not _is_number(t) or t < 0:
+        raise ScheduleError(f"{where}: 't' must be a number of seconds >= 0, got {t!r}")
+    chunks = obj.get("transition_chunks", 0)
+    if not _is_int(chunks) or not 0 <= chunks <= MAX_TRANSITION_CHUNKS:
+        raise ScheduleError(
+            f"{where}: 'transition_chunks' must be an integer 0..{MAX_TRANSITION_CHUNKS}, "
+            f"got {chunks!r}"
+        )
+    return PromptEntry(prompt, float(t), chunks)
+
+
+def _check_order(prompts: tuple[PromptEntry, ...], where: str) -> None:
+    if prompts[0].t != 0:
+        raise ScheduleError(f"{where}: the first prompt must start at t=0, got t={prompts[0].t:g}")
+    if prompts[0].transition_chunks:
+        raise ScheduleError(
+            f"{where}: the first prompt cannot have transition_chunks (nothing precedes it)"
+        )
+    for i in range(1, len(prompts)):
+        if prompts[i].t <= prompts[i - 1].t:
+            raise ScheduleError(
+                f"{where}: times must increase: prompt {i} starts at t={prompts[i].t:g}, "
+                f"not after prompt {i - 1} (t={prompts[i - 1].t:g})"
+            )
+
+
+def _check_length(prompts: tuple[PromptEntry, ...], seconds: float, where: str) -> None:
+    if prompts[-1].t >= seconds:
+        raise ScheduleError(
+            f"{where}: prompt {len(prompts) - 1} starts at t={prompts[-1].t:g}, at or after "
+            f"the end of the video ({seconds:g} s)"
+        )
+
+
+def _longlive(
+    obj: dict[str, Any],
+    where: str,
+    line: int | None,
+    indices: list[int] | None,
+    num_output_frames: int | None,
+) -> Timeline:
+    """LongLive's ``{"prompts": [p0, ..., pN-1]}`` with its latent switch indices."""
+    _check_keys(obj, _LONGLIVE_KEYS, where)
+    texts = [_check_prompt(p, f"{where}: prompts[{i}]") for i, p in enumerate(obj["prompts"])]
+    if indices is None:
+        indices = [LONGLIVE_SEGMENT_LATENTS * k for k in range(1, len(texts))]
+    if len(indices) != len(texts) - 1:
+        raise ScheduleError(
+            f"{where}: {len(texts)} prompts need {len(texts) - 1} switch frame indices "
+            f"(one per prompt after the first), got {len(indices)}: {indices}"
+        )
+    for i, index in enumerate(indices):
+        if index < 1 or (i and index <= indices[i - 1]):
+            raise ScheduleError(
+                f"{where}: switch frame indices must be increasing latent frames >= 1, "
+                f"got {indices}"
+            )
+    last = indices[-1] if indices else 0
+    if num_output_frames is None:
+        num_output_frames = last + LONGLIVE_SEGMENT_LATENTS
+    if num_output_frames <= last:
+        raise ScheduleError(
+            f"{where}: --num-output-frames {num_output_frames} must exceed the last switch "
+            f"index ({last})"
+        )
+    prompts = [PromptEntry(texts[0], 0.0, frame=0, latent_frame=0)]
+    for text, latent in zip(texts[1:], indices, strict=True):
+        frame = latent_to_video_frame(latent)
+        prompts.append(PromptEntry(text, frame / LONGLIVE_FPS, frame=frame, latent_frame=latent))
+    frames = 4 * num_output_frames - 3  # latent_to_video_frame(N - 1) + 4
+    return Timeline(tuple(prompts), frames / LONGLIVE_FPS, frames, None, None, "longlive", line)
+
+
+# -- arguments -------------------------------------------------------------------------------
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """``"480x832"`` -> ``(480, 832)`` (height, width; positive multiples of 16)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 480x832, got {value!r}")
+    height, width = int(match[1]), int(match[2])
+    if not height or not width or height % 16 or width % 16:
+        raise argparse.ArgumentTypeError(
+            f"height and width must be positive multiples of 16, got {value!r}"
+        )
+    return height, width
+
+
+def parse_frame_indices(value: str) -> list[int]:
+    """``"40,80,120"`` (also space-separated or in brackets) -> ``[40, 80, 120]``."""
+    parts = [p for p in re.split(r"[\s,]+", value.strip().strip("[]")) if p]
+    try:
+        indices = [int(p) for p in parts]
+    except ValueError:
+        indices = []
+    if not indices or any(i < 1 for i in indices):
+        raise argparse.ArgumentTypeError(
+            f"expected latent frame indices >= 1 such as 40,80,120, got {value!r}"
+        )
+    return indices
+
+
+def _positive(kind: type) -> Any:
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or not number > 0 or not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+        return number
+
+    return parse
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+    return number
+
+
+def add_timeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``timeline`` command's arguments to ``parser`` (run it with
+    :func:`run_timeline`)."""
+    parser.add_argument(
+        "schedule",
+        metavar="SCHEDULE",
+        help="a JSON / JSONL prompt schedule, ours or LongLive's ('-' for stdin)",
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        metavar="MP4",
+        help="the video to write (default: SCHEDULE's name with .mp4, in the current folder); "
+        "the sidecar goes next to it as NAME.timeline.json",
+    )
+    parser.add_argument(
+        "--url", default=DEFAULT_URL, help=f"the server's WebSocket URL (default {DEFAULT_URL})"
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("STREAM_TOKEN"),
+        help="the server's token (default: $STREAM_TOKEN)",
+    )
+    video = parser.add_argument_group("video")
+    video.add_argument(
+        "--pipeline", help="generation pipeline (default: the schedule's, else longlive)"
+    )
+    video.add_argument(
+        "--seed", type=_non_negative_int, help="noise seed (default: the schedule's, else 0)"
+    )
+    video.add_argument(
+        "--seconds",
+        type=_positive(float),
+        help="length of the video (default: the schedule's; required when it has none)",
+    )
+    video.add_argument(
+        "--size",
+        type=parse_size,
+        metavar="HxW",
+        help="frame size, e.g. 480x832 (default: the server's preset)",
+    )
+    video.add_argument(
+        "--realtime",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="have the server pace frames at the video's fps (default: off, as fast as it "
+        "generates)",
+    )
+    video.add_argument(
+        "--format",
+        choices=["jpeg", "png", "raw", "h264"],
+        default="jpeg",
+        help="how frames travel from the server (default jpeg)",
+    )
+    video.add_argument(
+        "--quality", type=int, default=95, help="JPEG / H.264 transport quality (default 95)"
+    )
+    video.add_argument(
+        "--crf", type=int, default=18, help="x264 quality of the MP4, lower is better (default 18)"
+    )
+    longlive = parser.add_argument_group('LongLive\'s format ({"prompts": [p0, p1, ...]})')
+    longlive.add_argument(
+        "--switch-frame-indices",
+        type=parse_frame_indices,
+        metavar="L1,L2,...",
+        help="latent frames where prompts 1..N-1 start, as LongLive's config "
+        f"(default: every {LONGLIVE_SEGMENT_LATENTS}); latent L starts at video frame "
+        "1 + 4*(L-1)",
+    )
+    longlive.add_argument(
+        "--num-output-frames",
+        type=_positive(int),
+        metavar="LATENTS",
+        help=f"video length in latent frames (default: the last index + "
+        f"{LONGLIVE_SEGMENT_LATENTS}); N latents make 4*N-3 video frames",
+    )
+    longlive.add_argument(
+        "--line",
+        type=_positive(int),
+        metavar="N",
+        help="the schedule on line N of a file of several (1-based; default 1)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=60.0,
+        help="seconds to wait for the session, a frame or a switch (default 60)",
+    )
+
+
+# -- outputs ---------------------------------------------------------------------------------
+
+
+def sidecar_path(video: Path) -> Path:
+    """``out/video.mp4`` -> ``out/video.timeline.json``."""
+    return video.with_name(f"{video.stem if video.suffix else video.name}.timeline.json")
+
+
+def _default_out(schedule: str, timeline: Timeline) -> Path:
+    stem = "timeline" if schedule == "-" else Path(schedule).stem
+    return Path(f"{stem}-{timeline.line}.mp4" if timeline.line is not None else f"{stem}.mp4")
+
+
+class _Mp4Writer:
+    """H.264 (libx264, yuv420p) at a constant rate; odd sizes are padded to even."""
+
+    def __init__(self, path: Path, fps: float, crf: int) -> None:
+        self.path = path
+        self.rate = fractions.Fraction(fps).limit_denominator(1001)
+        self.crf = crf
+        self.container: Any = None
+        self.stream: Any = None
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        height, width = frame.shape[:2]
+        if self.container is None:
+            self.container = av.open(str(self.path), "w")
+            self.stream = self.container.add_stream("libx264", rate=self.rate)
+            self.stream.width, self.stream.height = width + width % 2, height + height % 2
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.options = {"crf": str(self.crf), "preset": "veryfast"}
+        if width % 2 or height % 2:
+            frame = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+        video = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        video.pts = self.frames
+        video.time_base = 1 / self.rate
+        self.container.mux(self.stream.encode(video))
+        self.frames += 1
+
+    def close(self) -> None:
+        container, self.container = self.container, None
+        if container is not None:
+            try:
+                container.mux(self.stream.encode(None))
+            finally:
+                container.close()
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+class _Recorder:
+    """One run on an open session: receives frames, switches prompts, writes the MP4."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        session: GenerationSession,
+        timeline: Timeline,
+        starts: list[int],
+        total: int,
+        out: Path,
+    ) -> None:
+        self.args = args
+        self.session = session
+        self.timeline = timeline
+        self.starts = starts  # requested first frame of each prompt
+        self.total = total  # frames to write
+        self.out = out
+        self.applied: list[int | None] = [0] + [None] * (len(starts) - 1)
+        self.written = 0  # frames received or filled in, in order
+        self.missing = 0  # of which filled in (dropped on the way)
+        self.failed: str | None = None
+        self.interrupted = asyncio.Event()
+        self.switches: asyncio.Queue[int] = asyncio.Queue()
+        self.pending: asyncio.Queue[np.ndarray | None] = asyncio.Queue(_MAX_PENDING_WRITES)
+        self.writer = _Mp4Writer(out, session.fps, args.crf)
+        self.bar: Any = None
+
+    def note(self, message: str) -> None:
+        tqdm.write(f"stream timeline: {message}", file=sys.stderr)
+
+    async def run(self) -> int:
+        self.bar = tqdm(
+            total=self.total,
+            unit="frame",
+            desc="timeline",
+            disable=self.args.no_progress,
+            file=sys.stderr,
+        )
+        writer = asyncio.create_task(self.write(), name="timeline-writer")
+        switcher = asyncio.create_task(self.switch(), name="timeline-switcher")
+        try:
+            await self.receive()
+            if self.failed is None and not self.interrupted.is_set():
+                await asyncio.wait_for(self.switches.join(), self.args.timeout)
+        except (ClientError, TimeoutError, WebSocketException) as exc:
+            self.failed = self.failed or f"{type(exc).__name__}: {exc}"
+        finally:
+            with contextlib.suppress(ClientError, TimeoutError, WebSocketException, OSError):
+                await self.session.stop(timeout=self.args.timeout)
+            switcher.cancel()
+            await asyncio.gather(switcher, return_exceptions=True)
+            await self.pending.put(None)
+            await writer
+            self.bar.close()
+        self.report()
+        if self.failed is not None:
+            print(f"stream timeline: {self.failed}", file=sys.stderr)
+            return 1
+        return 130 if self.interrupted.is_set() else 0
+
+    async def receive(self) -> None:
+        """Read frames until ``total`` are written, switching prompts on the way."""
+        frames = self.session.frames()
+        previous: np.ndarray | None = None
+        upcoming = 1  # the next prompt to switch to
+        try:
+            while self.written < self.total:
+                if self.failed is not None or self.interrupted.is_set():
+                    return
+                try:
+                    frame: Frame = await asyncio.wait_for(anext(frames), self.args.timeout)
+                except StopAsyncIteration:
+                    self.failed = self.ended_early()
+                    return
+                except TimeoutError:
+                    raise TimeoutError(f"no frame for {self.args.timeout:g} s") from None
+                # frame N arrived: the server has made N + 1 frames, so a switch sent now lands
+                # at or after N + 1
+                while upcoming < len(self.starts) and frame.index + 1 >= self.starts[upcoming]:
+                    self.switches.put_nowait(upcoming)
+                    upcoming += 1
+                if frame.index < self.written:
+                    continue
+                while self.written < min(frame.index, self.total):  # a gap: repeat the last
+                    await self.put(previous if previous is not None else frame.pixels)
+                    self.missing += 1
+                if self.written < self.total:
+                    await self.put(frame.pixels)
+                previous = frame.pixels
+        finally:
+            await frames.aclose()
+
+    async def put(self, pixels: np.ndarray) -> None:
+        await self.pending.put(pixels)
+        self.written += 1
+        self.bar.update(1)
+
+    async def write(self) -> None:
+        try:
+            while (pixels := await self.pending.get()) is not None:
+                await asyncio.to_thread(self.writer.write, pixels)
+        except (OSError, av.FFmpegError, ValueError) as exc:
+            self.failed = self.failed or f"cannot write {self.out}: {exc}"
+            while await self.pending.get() is not None:  # unblock receive() until it ends
+                pass
+        try:
+            await asyncio.to_thread(self.writer.close)
+        except (OSError, av.FFmpegError, ValueError) as exc:
+            self.failed = self.failed or f"cannot write {self.out}: {exc}"
+
+    async def switch(self) -> None:
+        """Send the queued switches in order, each after the previous one is applied."""
+        while True:
+            k = await self.switches.get()
+            entry = self.timeline.prompts[k]
+            try:
+                applied = await asyncio.wait_for(
+                    self.session.switch_prompt(entry.prompt, entry.transition_chunks),
+                    self.args.timeout,
+                )
+            except (ClientError, TimeoutError) as exc:
+                if isinstance(exc, ServerError):
+                    self.failed = self.failed or f"server error {exc.code}: {exc.message}"
+                else:
+                    self.failed = self.failed or f"prompt {k} was not applied: {exc}"
+                while not self.switches.empty():  # release a join() waiting for them
+                    self.switches.get_nowait()
+                    self.switches.task_done()
+                return
+            finally:
+                self.switches.task_done()
+            assert applied is not None
+            frame = int(applied["frame"])
+            self.applied[k] = frame
+            self.note(f"prompt {k} from frame {frame} (asked for {self.starts[k]}): {entry.prompt}")
+            if frame >= self.total:
+                self.note(f"prompt {k} came after the video's end (frame {self.total})")
+
+    def ended_early(self) -> str:
+        """What to say when the session ended before the video was complete."""
+        while not self.session.events.empty():
+            event = self.session.events.get_nowait()
+            if event.get("type") == "error":
+                return f"server error {event.get('code')}: {event.get('message')}"
+        reason = self.session.ended_reason
+        detail = f": {self.session.ended_message}" if self.session.ended_message else ""
+        return f"the session ended ({reason}{detail}) after {self.written} of {self.total} frames"
+
+    def report(self) -> None:
+        """Write the sidecar next to the MP4."""
+        prompts = []
+        for k, entry in enumerate(self.timeline.prompts):
+            item: dict[str, Any] = {
+                "prompt": entry.prompt,
+                "t": entry.t,
+                "transition_chunks": entry.transition_chunks,
+                "requested_frame": self.starts[k],
+                "applied_frame": self.applied[k],
+            }
+            if entry.latent_frame is not None:
+                item["latent_frame"] = entry.latent_frame
+            prompts.append(item)
+        sidecar = {
+            "video": self.out.name,
+            "schedule": self.args.schedule,
+            "format": self.timeline.kind,
+            "line": self.timeline.line,
+            "pipeline": self.session.pipeline,
+            "seed": self.args.seed,
+            "fps": self.session.fps,
+            "width": self.session.width,
+            "height": self.session.height,
+            "realtime": bool(self.args.realtime),
+            "seconds": self.writer.frames / self.session.fps,
+            "frames": self.writer.frames,
+            "frames_missing": self.missing,
+            "complete": self.writer.frames == self.total,
+            "prompts": prompts,
+        }
+        path = sidecar_path(self.out)
+        try:
+            path.write_text(json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        except OSError as exc:
+            self.failed = self.failed or f"cannot write {path}: {exc}"
+        if self.missing:
+            self.note(f"{self.missing} dropped frame(s) were filled with the previous one")
+
+
+def _plan(timeline: Timeline, fps: float, seconds: float | None) -> tuple[list[int], int]:
+    """The first frame of each prompt and the frame count at ``fps``.
+
+    Raises:
+        ScheduleError: two prompts start at the same frame, or one at or after the end.
+    """
+    if seconds is not None:
+        total = max(1, round(seconds * fps))
+    elif timeline.frames is not None:
+        total = timeline.frames
+    else:
+        assert timeline.seconds is not None
+        total = max(1, round(timeline.seconds * fps))
+    starts = [entry.start_frame(fps) for entry in timeline.prompts]
+    for k in range(1, len(starts)):
+        if starts[k] <= starts[k - 1]:
+            raise ScheduleError(
+                f"prompts {k - 1} and {k} both start at frame {starts[k]} at {fps:g} fps"
+            )
+    if starts[-1] >= total:
+        raise ScheduleError(
+            f"prompt {len(starts) - 1} starts at frame {starts[-1]}, at or after the end of the "
+            f"video ({total} frames at {fps:g} fps)"
+        )
+    return starts, total
+
+
+async def run_timeline(args: argparse.Namespace) -> int:
+    """Run the ``timeline`` command (arguments from :func:`add_timeline_arguments`); returns the
+    exit code: 0 done, 1 a server or connection error, 2 an invalid schedule, 130 interrupted.
+    Messages go to stderr."""
+    try:
+        timeline = load_timeline(
+            args.schedule,
+            line=args.line,
+            switch_frame_indices=args.switch_frame_indices,
+            num_output_frames=args.num_output_frames,
+        )
+        if args.seconds is None and timeline.seconds is None:
+            raise ScheduleError(f"{args.schedule}: the schedule has no 'seconds': pass --seconds")
+        if args.seconds is not None and timeline.frames is None:
+            _check_length(timeline.prompts, args.seconds, args.schedule)
+    except ScheduleError as exc:
+        print(f"stream timeline: {exc}", file=sys.stderr)
+        return 2
+    if not 1 <= args.quality <= 100 or not 0 <= args.crf <= 51:
+        print("stream timeline: --quality must be 1..100 and --crf 0..51", file=sys.stderr)
+        return 2
+    args.pipeline = args.pipeline or timeline.pipeline or "longlive"
+    args.seed = args.seed if args.seed is not None else (timeline.seed or 0)
+    out = args.out or _default_out(args.schedule, timeline)
+    if not out.parent.is_dir():
+        print(f"stream timeline: {out.parent} is not a folder", file=sys.stderr)
+        return 2
+    height, width = args.size or (None, None)
+    loop = asyncio.get_running_loop()
+    recorder: _Recorder | None = None
+    try:
+        async with StreamClient.connect(
+            args.url,
+            token=args.token,
+            open_timeout=args.timeout,
+            max_queued_frames=_MAX_QUEUED_FRAMES,
+        ) as client:
+            session = await client.generate(
+                timeline.prompts[0].prompt,
+                pipeline=args.pipeline,
+                seed=args.seed,
+                height=height,
+                width=width,
+                format=args.format,
+                quality=args.quality,
+                realtime=args.realtime,
+                timeout=args.timeout,
+            )
+            async with session:  # stops it on the way out
+                try:
+                    starts, total = _plan(timeline, session.fps, args.seconds)
+                except ScheduleError as exc:
+                    print(f"stream timeline: {exc}", file=sys.stderr)
+                    return 2
+                recorder = _Recorder(args, session, timeline, starts, total, out)
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    # the first Ctrl-C ends the video early (still written); a second one quits
+                    loop.add_signal_handler(signal.SIGINT, _on_interrupt, loop, recorder)
+                return await recorder.run()
+    except ServerError as exc:
+        print(f"stream timeline: server error {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except (ClientError, OSError, TimeoutError, WebSocketException, ValueError) as exc:
+        print(f"stream timeline: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if recorder is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGINT)
+
+
+def _on_interrupt(loop: asyncio.AbstractEventLoop, recorder: _Recorder) -> None:
+    recorder.note("stopping early (Ctrl-C again to quit)")
+    recorder.interrupted.set()
+    loop.remove_signal_handler(signal.SIGINT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m clients.timeline",
+        description="Generate a video from a timeline of prompts through a streaming server, "
+        "and write it as an MP4 with a JSON sidecar of when each prompt took effect.",
+    )
+    add_timeline_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(run_timeline(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
