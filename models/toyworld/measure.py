@@ -1,0 +1,184 @@
+"""Read colour, position and shape back from pixels: ground truth for evals of any frames.
+
+Nothing here uses the simulation, so it works on generated frames as well as rendered ones:
+
+1. The background colour is the median of the border pixels.
+2. Each pixel is explained as a blend ``bg + a (c - bg)`` of the background and a palette colour
+   ``c``; the colour with the smallest residual wins, and the pixel is foreground when
+   ``a >= 0.5``. Anti-aliased edges thus keep their object's colour instead of drifting to a
+   neighbouring palette entry.
+3. Per colour, the largest 8-connected component is the blob: its area, centroid and box.
+4. Shape from the box fill ratio (circle ~0.785, square ~1.0, triangle and diamond ~0.5), and
+   for ratios near 0.5 from the centroid's drop below the box centre (triangle ~h/6, diamond 0).
+   A blob whose box touches another blob's box may be occluded: its shape is left untold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+
+from models.toyworld.text import PromptObject, parse_prompt
+from models.toyworld.world import BACKGROUNDS, COLORS
+
+__all__ = ["Blob", "Measurement", "adherence", "measure"]
+
+_NAMES = tuple(COLORS)
+_PALETTE = np.array([COLORS[n] for n in _NAMES], np.float32)  # [K, 3]
+_BACKGROUNDS = np.array(list(BACKGROUNDS.values()), np.float32)  # [B, 3]
+_SQUARE_FILL = 0.88  # fill ratio at or above: square
+_CIRCLE_FILL = 0.65  # fill ratio at or above (below square): circle
+_TRIANGLE_DROP = 0.08  # centroid below box centre, in box heights: triangle, else diamond
+
+
+@dataclass(frozen=True)
+class Blob:
+    """The largest connected region of one palette colour.
+
+    Attributes:
+        color: one of :data:`~models.toyworld.world.COLORS`.
+        fraction: its pixels over the frame's pixels.
+        centroid: ``(y, x)`` in pixels (cv2 convention: pixel ``(i, j)`` sits at ``(i, j)``).
+        bbox: ``(y0, x0, y1, x1)``, end-exclusive.
+        fill: pixels over box area.
+        shape: the shape guess, or ``None`` when the blob is too small or touches another.
+    """
+
+    color: str
+    fraction: float
+    centroid: tuple[float, float]
+    bbox: tuple[int, int, int, int]
+    fill: float
+    shape: str | None
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one frame shows.
+
+    Attributes:
+        background: the nearest :data:`~models.toyworld.world.BACKGROUNDS` name.
+        blobs: one per colour found, largest first.
+    """
+
+    background: str
+    blobs: tuple[Blob, ...]
+
+    @property
+    def color(self) -> str | None:
+        """The dominant non-background colour, or ``None`` for an empty frame."""
+        return self.blobs[0].color if self.blobs else None
+
+    @property
+    def shape(self) -> str | None:
+        """The dominant blob's shape guess, or ``None``."""
+        return self.blobs[0].shape if self.blobs else None
+
+    def find(self, color: str) -> Blob | None:
+        """The blob of ``color``, or ``None``."""
+        return next((b for b in self.blobs if b.color == color), None)
+
+
+def _touch(a: Blob, b: Blob) -> bool:
+    """Whether the boxes of ``a`` and ``b`` overlap or are adjacent."""
+    return all(a.bbox[i] <= b.bbox[i + 2] and b.bbox[i] <= a.bbox[i + 2] for i in (0, 1))
+
+
+def _shape(area: int, top: int, height: int, width: int, cy: float) -> str:
+    fill = area / (height * width)
+    if fill >= _SQUARE_FILL:
+        return "square"
+    if fill >= _CIRCLE_FILL:
+        return "circle"
+    drop = (cy - (top + (height - 1) / 2)) / height
+    return "triangle" if drop > _TRIANGLE_DROP else "diamond"
+
+
+def measure(frame: np.ndarray, min_fraction: float = 0.004, shape_pixels: int = 40) -> Measurement:
+    """Measure one frame.
+
+    Args:
+        frame: ``[H, W, 3]`` uint8 RGB.
+        min_fraction: smallest blob kept, as a fraction of the frame (at least 8 pixels).
+        shape_pixels: smallest blob whose shape is guessed.
+
+    Returns:
+        The background name and the blobs found.
+    """
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame must be [H, W, 3], got shape {frame.shape}")
+    h, w, _ = frame.shape
+    pixels = frame.astype(np.float32)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    bg = np.median(border, axis=0)  # [3]
+    rel = (pixels - bg).reshape(-1, 3)  # [HW, 3]
+    toward = _PALETTE - bg  # [K, 3]
+    dot = rel @ toward.T  # [HW, K]
+    norm2 = np.maximum((toward**2).sum(1), 1.0)  # [K]
+    alpha = np.clip(dot / norm2, 0.0, 1.0)  # [HW, K]
+    residual = (rel**2).sum(1, keepdims=True) - 2 * alpha * dot + alpha**2 * norm2
+    best = residual.argmin(1)  # [HW]
+    fg = alpha[np.arange(len(best)), best] >= 0.5
+    labels = np.where(fg, best, -1).reshape(h, w)
+    min_pixels = max(8, round(min_fraction * h * w))
+    blobs = []
+    for k in np.flatnonzero(np.bincount(labels[labels >= 0], minlength=len(_NAMES)) >= min_pixels):
+        mask = (labels == k).astype(np.uint8)
+        _, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        big = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+        x0, y0, bw, bh, area = (int(v) for v in stats[big])
+        if area < min_pixels:
+            continue
+        cx, cy = (float(v) for v in centroids[big])
+        shape = _shape(area, y0, bh, bw, cy) if area >= shape_pixels else None
+        blobs.append(
+            Blob(
+                _NAMES[k],
+                area / (h * w),
+                (cy, cx),
+                (y0, x0, y0 + bh, x0 + bw),
+                area / (bh * bw),
+                shape,
+            )
+        )
+    blobs = [
+        replace(b, shape=None) if any(_touch(b, o) for o in blobs if o is not b) else b
+        for b in blobs
+    ]
+    blobs.sort(key=lambda b: -b.fraction)
+    background = tuple(BACKGROUNDS)[int(((_BACKGROUNDS - bg) ** 2).sum(1).argmin())]
+    return Measurement(background, tuple(blobs))
+
+
+def _shows(m: Measurement, obj: PromptObject) -> bool:
+    """Whether ``m`` holds a blob of ``obj``'s colour whose shape (when told) is ``obj``'s."""
+    blob = m.find(obj.color)
+    return blob is not None and blob.shape in (None, obj.shape)
+
+
+def adherence(frames: np.ndarray | Sequence[np.ndarray], text: str) -> float:
+    """Fraction of frames that show what the prompt ``text`` names.
+
+    A frame matches when every non-transient sprite of the prompt is found in its colour with
+    its shape (shape checked only when measurable), and the frame's dominant colour, if any, is
+    one the prompt names. A prompt naming no sprites matches only empty frames. Background and
+    motion are not checked.
+
+    Args:
+        frames: ``[T, H, W, 3]`` uint8 RGB, ``T >= 1``.
+        text: a prompt of the :mod:`models.toyworld.text` grammar.
+    """
+    if len(frames) == 0:
+        raise ValueError("frames must hold at least one frame, got 0")
+    parsed = parse_prompt(text)
+    colors = {o.color for o in parsed.objects}
+    wanted = [o for o in parsed.objects if not o.transient]
+    hits = 0
+    for frame in frames:
+        m = measure(frame)
+        shown = all(_shows(m, o) for o in wanted)
+        hits += shown and (m.color is None or m.color in colors)
+    return hits / len(frames)
