@@ -54,7 +54,7 @@ class WanConfig:
 WAN_PRESETS: dict[str, WanConfig] = {
     "wan2.1-t2v-1.3b": WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     "tiny": WanConfig(
-        dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=32, text_dim=32, text_len=16
+        dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=32, text_dim=32, text_len=64
     ),
 }
 
