@@ -126,12 +126,12 @@ class ServerThread:
         return f"http://127.0.0.1:{self.server.port}/"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def pipelines():
     return build_pipelines(ServiceModels(cache_bytes=64 << 20), KVCacheManager())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def live_server(pipelines, tmp_path_factory) -> Iterator[ServerThread]:
     config = ServerConfig(
         port=0,
@@ -143,7 +143,7 @@ def live_server(pipelines, tmp_path_factory) -> Iterator[ServerThread]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium_path, tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
