@@ -1,0 +1,766 @@
+"""Train the tiny toy-world video generator: the codec (tiny Wan VAE), then the causal Wan DiT.
+
+Run ``python -m models.toyworld.train_generator --out DIR [--device cuda] [--seconds-budget 150]
+[--smoke]``. Everything is seeded; the wall-clock budget decides how many steps each stage gets.
+
+Stages (fractions of the training budget; evaluation runs after it)::
+
+    render pool   N toy clips of 45 frames (64x64, 16 fps) with per-chunk prompts
+    1. codec      40%  tiny AutoencoderKLWan on random 9-frame windows: MSE + L1 + small KL;
+                       then per-channel mean/std of the encoder means over the pool go into the
+                       VAE config (latents_mean / latents_std), so latents are ~N(0, 1)
+    2. generator  rest tiny CausalWanModel, flow matching + diffusion forcing (below)
+    3. save       vae/ (diffusers), dit.safetensors (original Wan keys), train.json
+    4. evaluate   LongLive-style sampling, decode, adherence + codec PSNR into train.json
+
+Generator training ("teacher-forced" diffusion forcing). Each clip of 12 latent frames is split
+into 4 chunks of 3 frames and laid out twice, a clean copy at t=0 (what LongLive's cache holds
+after its t=0 refresh) and a noisy copy with one noise level per chunk::
+
+    tokens of one clip  [ clean c0 | clean c1 | clean c2 | clean c3 | noisy c0 | ... | noisy c3 ]
+    clean chunk a sees  clean frames g <= its own last frame, within sink + window
+    noisy chunk a sees  clean frames g <  its first frame, within sink + window, and itself
+
+    sink + window of chunk a (frames 3a .. 3a+2), LongLive sink 3 / window 9 (chunk included):
+        g < 3   or   3a + 3 - 9 <= g < 3a + 3
+
+The loss is the MSE of the velocity ``noise - x0`` on the noisy copy only. Every chunk is a batch
+row of the DiT (3 latent frames), so each chunk cross-attends to the prompt of its own time:
+prompt-switch clips (``switch_clip``, switching at a chunk boundary) condition the chunks before
+the switch on the old prompt and those after on the new one. The K/V of earlier chunks are
+computed under their own prompt (LongLive recaches them under the new one at a switch).
+
+Sampling (:func:`evaluate`) is the LongLive loop without ``stream/`` (``models/`` must not import
+it): per chunk, noise, 4 warped steps ``[1000, 750, 500, 250]`` (shift 5) with re-noising, over a
+:class:`~models.attention.DenseAttention` of the clean frames generated so far plus the chunk, under
+the same block-causal sink/window mask. Recomputing the clean frames in every forward is the
+t=0 refresh: their keys and values equal what the cache would hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from kernels.rope import RopeSpec, apply_rope, wan_rope
+from models.attention import DenseAttention
+from models.schedule import FlowSchedule
+from models.text import tiny_umt5_encoder
+from models.toyworld.measure import adherence
+from models.toyworld.render import render
+from models.toyworld.scenarios import sample_clip, switch_clip
+from models.toyworld.text import prompt
+from models.vae import WanVAE, tiny_wan_vae, to_uint8
+from models.wan import CausalWanModel, wan_config
+
+__all__ = ["TrainConfig", "evaluate", "main", "train"]
+
+logger = logging.getLogger(__name__)
+
+_FPS = 16.0
+_SIZE = (64, 64)
+_SPATIAL = 8  # VAE pixels per latent pixel
+_TEMPORAL = 4  # VAE frames per latent frame after the first
+_PATCH = 2  # DiT latent pixels per token side
+_TEXT_LEN = 64  # tiny preset's text_len; the encoder is tiny_umt5_encoder(seed=0, text_len=64)
+_TEXT_SEED = 0
+_EVAL_SEED = 1_000_003  # held-out clips: no training rng stream uses this entropy
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a run; recorded in ``train.json``.
+
+    Attributes:
+        seconds_budget: wall-clock seconds for rendering + codec + generator (eval runs after).
+        vae_fraction: share of the budget for the codec stage.
+        pool_clips: toy clips rendered once and shared by both stages.
+        switch_fraction: share of the pool that are prompt-switch clips.
+        max_objects, transient: ``sample_clip`` arguments of the pool.
+        vae_frames: video frames per codec window (1 + 4k for the causal temporal stride).
+        vae_batch, vae_lr, kl_weight: codec optimisation (KL is per element, mean-reduced).
+        latent_frames: latent frames per generator clip (video frames ``1 + 4 (F - 1)``).
+        chunk_frames, sink_frames, window_frames: LongLive's chunking and cache geometry.
+        gen_batch, gen_lr, warmup_steps, ema_decay: generator optimisation.
+        inference_level_prob: chance a chunk's noise level is one of the 4 sampling levels
+            (else a continuous shifted level).
+        shift: sigma shift of the schedule.
+        max_vae_steps, max_gen_steps: step caps (``None``: the budget decides).
+        fixed_batch: reuse the first batch every step (smoke runs: loss must fall).
+        log_every: steps between logged losses.
+        eval_clips: prompts generated by the final evaluation.
+        seed: the seed of everything.
+    """
+
+    seconds_budget: float = 150.0
+    vae_fraction: float = 0.4
+    pool_clips: int = 3072
+    switch_fraction: float = 0.25
+    max_objects: int = 2
+    transient: float = 0.1
+    vae_frames: int = 9
+    vae_batch: int = 32
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-4
+    latent_frames: int = 12
+    chunk_frames: int = 3
+    sink_frames: int = 3
+    window_frames: int = 9
+    gen_batch: int = 64
+    gen_lr: float = 1e-3
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    inference_level_prob: float = 0.5
+    shift: float = 5.0
+    max_vae_steps: int | None = None
+    max_gen_steps: int | None = None
+    fixed_batch: bool = False
+    log_every: int = 50
+    eval_clips: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.vae_frames - 1) % _TEMPORAL:
+            raise ValueError(f"vae_frames must be 1 + 4k, got {self.vae_frames}")
+        if self.latent_frames % self.chunk_frames:
+            raise ValueError(
+                f"latent_frames={self.latent_frames} must be a multiple of "
+                f"chunk_frames={self.chunk_frames}"
+            )
+        if not 0 < self.vae_fraction < 1:
+            raise ValueError(f"vae_fraction must be in (0, 1), got {self.vae_fraction}")
+
+    @property
+    def video_frames(self) -> int:
+        return 1 + _TEMPORAL * (self.latent_frames - 1)
+
+    @property
+    def num_chunks(self) -> int:
+        return self.latent_frames // self.chunk_frames
+
+
+SMOKE = TrainConfig(
+    seconds_budget=600.0,  # the step caps end the stages
+    pool_clips=4,
+    vae_frames=5,
+    vae_batch=1,
+    vae_lr=3e-3,
+    max_vae_steps=5,
+    latent_frames=6,
+    gen_batch=2,
+    warmup_steps=1,
+    max_gen_steps=4,
+    fixed_batch=True,
+    log_every=1,
+    eval_clips=1,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Data: one pool of rendered clips with per-chunk prompts
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pool:
+    """Rendered clips and what conditions each of their chunks."""
+
+    video: torch.Tensor  # uint8 [N, T, H, W, 3]
+    chunk_prompt: torch.Tensor  # int64 [N, num_chunks], index into ``prompts``
+    prompts: list[str]
+
+
+def _chunk_first_video_frame(chunk: int, chunk_frames: int) -> int:
+    """First video frame decoded from latent chunk ``chunk`` (latent 0 gives one frame)."""
+    return 0 if chunk == 0 else 1 + _TEMPORAL * (chunk * chunk_frames - 1)
+
+
+def render_pool(cfg: TrainConfig, n: int, rng: np.random.Generator) -> Pool:
+    """Render ``n`` clips of ``cfg.video_frames`` frames; a ``switch_fraction`` of them switch
+    prompt at a random chunk boundary."""
+    seconds = cfg.video_frames / _FPS
+    video = np.empty((n, cfg.video_frames, *_SIZE, 3), np.uint8)
+    index: dict[str, int] = {}
+    chunk_prompt = np.empty((n, cfg.num_chunks), np.int64)
+    for i in range(n):
+        if cfg.num_chunks > 1 and rng.random() < cfg.switch_fraction:
+            at = int(rng.integers(1, cfg.num_chunks))
+            frame = _chunk_first_video_frame(at, cfg.chunk_frames)
+            sw = switch_clip(rng, seconds, frame / _FPS, fps=_FPS, size=_SIZE)
+            clip, texts = sw.clip, [sw.before] * at + [sw.after] * (cfg.num_chunks - at)
+        else:
+            clip = sample_clip(
+                rng,
+                seconds=seconds,
+                fps=_FPS,
+                size=_SIZE,
+                max_objects=cfg.max_objects,
+                transient=cfg.transient,
+            )
+            texts = [prompt(clip)] * cfg.num_chunks
+        video[i] = render(clip)
+        chunk_prompt[i] = [index.setdefault(t, len(index)) for t in texts]
+    return Pool(torch.from_numpy(video), torch.from_numpy(chunk_prompt), list(index))
+
+
+def to_signed(video: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, T, H, W, 3]`` -> float ``[B, 3, T, H, W]`` in ``[-1, 1]``."""
+    return video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Block-causal sink/window attention
+# --------------------------------------------------------------------------------------------
+
+
+def frame_positions(frames: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Wan token positions ``[len(frames) * h * w, 3]``: (frame, row, column), frame-major."""
+    # Copied from stream.kvcache.policies.frame_positions (models/ must not import stream/).
+    h, w = grid
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    hw = np.stack([rows.ravel(), cols.ravel()], axis=1)
+    t = np.repeat(np.asarray(frames, dtype=np.int32), h * w)[:, None]
+    return np.concatenate([t, np.tile(hw, (len(frames), 1))], axis=1).astype(np.int32)
+
+
+def frame_mask(
+    frames: np.ndarray, clean: np.ndarray, chunk: int, sink: int, window: int
+) -> np.ndarray:
+    """Keep-mask ``[S, S]`` between frame slots (see the module docstring's diagram).
+
+    Args:
+        frames: ``[S]`` latent frame index of each slot.
+        clean: ``[S]`` bool, whether the slot holds the clean (t=0) copy of its frame.
+        chunk, sink, window: LongLive's chunk, sink and window sizes in latent frames.
+    """
+    q_chunk, k_chunk = (frames // chunk)[:, None], (frames // chunk)[None, :]
+    end = (q_chunk + 1) * chunk  # one past the query chunk's last frame
+    g = frames[None, :]
+    in_cache = (g < sink) | (g >= end - window)
+    q_clean, k_clean = clean[:, None], clean[None, :]
+    sees_clean = k_clean & in_cache & np.where(q_clean, g < end, k_chunk < q_chunk)
+    sees_self_noisy = ~q_clean & ~k_clean & (k_chunk == q_chunk)
+    return sees_clean | sees_self_noisy
+
+
+def token_mask(mask: np.ndarray, tokens_per_frame: int) -> np.ndarray:
+    """Frame-slot mask -> token mask (every token of a slot shares the slot's row/column)."""
+    return np.repeat(np.repeat(mask, tokens_per_frame, 0), tokens_per_frame, 1)
+
+
+class ClipBatchAttention:
+    """``B`` clips of identical layout: one shared keep-mask, SDPA batched over the clips.
+
+    Equivalent to :class:`~models.attention.DenseAttention` over the packed clips with a
+    block-diagonal mask, without the ``(B T)^2`` mask.
+
+    Args:
+        pos: int32 ``[T, 3]`` positions of one clip's tokens.
+        mask: bool ``[T, T]`` keep-mask of one clip.
+        rope: the model's rotation.
+        clips: ``B``.
+    """
+
+    def __init__(self, pos: torch.Tensor, mask: torch.Tensor, rope: RopeSpec, clips: int) -> None:
+        self._pos = pos.repeat(clips, 1)
+        self._mask = mask
+        self._rope = rope
+        self._clips = clips
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b = self._clips
+
+        def heads(x: torch.Tensor) -> torch.Tensor:  # [B*T, H, D] -> [B, H, T, D]
+            return x.unflatten(0, (b, -1)).transpose(1, 2)
+
+        qr = heads(apply_rope(q, self._pos, self._rope))
+        kr = heads(apply_rope(k, self._pos, self._rope))
+        out = F.scaled_dot_product_attention(qr, kr, heads(v.float()), attn_mask=self._mask)
+        return out.transpose(1, 2).flatten(0, 1).to(q.dtype)
+
+
+def _clip_attention(
+    cfg: TrainConfig, grid: tuple[int, int], rope: RopeSpec, clips: int, device: torch.device
+) -> ClipBatchAttention:
+    """The training layout: clean copy then noisy copy of ``cfg.latent_frames`` frames."""
+    frames = np.concatenate([np.arange(cfg.latent_frames)] * 2)
+    clean = np.arange(2 * cfg.latent_frames) < cfg.latent_frames
+    mask = frame_mask(frames, clean, cfg.chunk_frames, cfg.sink_frames, cfg.window_frames)
+    mask = token_mask(mask, grid[0] * grid[1])
+    pos = torch.from_numpy(frame_positions(frames, grid)).to(device)
+    return ClipBatchAttention(pos, torch.from_numpy(mask).to(device), rope, clips)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _lr_factor(step: int, warmup: int, progress: float) -> float:
+    """Linear warmup, then cosine from 1 to 0.1 over the stage's elapsed-time ``progress``."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    return warm * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def _chunk_rows(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``[B, C, F, h, w]`` -> ``[B * F/chunk, C, chunk, h, w]`` (clip-major rows)."""
+    b, c, f, h, w = x.shape
+    return x.reshape(b, c, f // chunk, chunk, h, w).transpose(1, 2).reshape(-1, c, chunk, h, w)
+
+
+def _build_text_encoder(device: torch.device):
+    return tiny_umt5_encoder(seed=_TEXT_SEED, text_len=_TEXT_LEN).to(device)
+
+
+@torch.no_grad()
+def _encode_prompts(prompts: list[str], device: torch.device, batch: int = 256) -> torch.Tensor:
+    encoder = _build_text_encoder(device)
+    out = [encoder.encode(prompts[i : i + batch]) for i in range(0, len(prompts), batch)]
+    return torch.cat(out).float()  # [P, L, 32]
+
+
+def _psnr(mse: float) -> float:
+    return 10.0 * math.log10(4.0 / max(mse, 1e-12))  # signal range [-1, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: codec
+# --------------------------------------------------------------------------------------------
+
+
+def train_codec(
+    cfg: TrainConfig, pool: Pool, device: torch.device, deadline: float
+) -> tuple[AutoencoderKLWan, dict]:
+    """Train the tiny Wan VAE on random ``cfg.vae_frames``-frame windows of the pool."""
+    vae = tiny_wan_vae(seed=cfg.seed).vae.to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    n, t = pool.video.shape[:2]
+    start, step, curve, losses = time.perf_counter(), 0, [], []
+    batch = None
+    bar = tqdm(desc="codec", unit="step", mininterval=2.0, file=sys.stderr)
+    while time.perf_counter() < deadline and (
+        cfg.max_vae_steps is None or step < cfg.max_vae_steps
+    ):
+        if batch is None or not cfg.fixed_batch:
+            idx = torch.randint(n, (cfg.vae_batch,), generator=gen)
+            off = torch.randint(t - cfg.vae_frames + 1, (cfg.vae_batch,), generator=gen)
+            frames = off[:, None] + torch.arange(cfg.vae_frames)
+            batch = to_signed(pool.video[idx[:, None], frames]).to(device)
+        progress = (time.perf_counter() - start) / max(1e-6, deadline - start)
+        for group in opt.param_groups:
+            group["lr"] = cfg.vae_lr * _lr_factor(step, 20, progress)
+        with _autocast(device):
+            dist = vae.encode(batch).latent_dist
+            recon = vae.decode(dist.sample()).sample.float()
+        mse = F.mse_loss(recon, batch)
+        l1 = (recon - batch).abs().mean()
+        kl = 0.5 * (dist.mean.float() ** 2 + dist.var.float() - 1.0 - dist.logvar.float()).mean()
+        loss = mse + l1 + cfg.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.detach())
+        step += 1
+        bar.update()
+        if step % cfg.log_every == 0 or step == 1:
+            recent = torch.stack(losses[-cfg.log_every :]).mean().item()
+            curve.append((step, recent))
+            bar.set_postfix(loss=f"{recent:.4f}", mse=f"{mse.item():.4f}", kl=f"{kl.item():.2f}")
+    bar.close()
+    vae.eval()
+    final = torch.stack(losses[-cfg.log_every :]).mean().item() if losses else float("nan")
+    return vae, {
+        "steps": step,
+        "seconds": time.perf_counter() - start,
+        "final_loss": final,
+        "first_loss": losses[0].item() if losses else float("nan"),
+        "curve": curve,
+    }
+
+
+@torch.no_grad()
+def encode_pool(
+    vae: AutoencoderKLWan, pool: Pool, device: torch.device, batch: int = 64
+) -> torch.Tensor:
+    """Encoder means ``[N, 16, F, h, w]`` (fp32, on ``device``) of every pool clip."""
+    out = []
+    for i in range(0, len(pool.video), batch):
+        with _autocast(device):
+            mean = vae.encode(to_signed(pool.video[i : i + batch]).to(device)).latent_dist.mean
+        out.append(mean.float())
+    return torch.cat(out)
+
+
+def set_latent_stats(vae: AutoencoderKLWan, latents: torch.Tensor) -> tuple[list, list]:
+    """Write per-channel mean/std of ``latents [N, C, F, h, w]`` into the VAE config."""
+    dims = (0, 2, 3, 4)
+    mean = latents.mean(dims).tolist()
+    std = latents.std(dims).clamp_min(1e-3).tolist()
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    return mean, std
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: generator
+# --------------------------------------------------------------------------------------------
+
+
+def train_dit(
+    cfg: TrainConfig,
+    latents: torch.Tensor,
+    chunk_prompt: torch.Tensor,
+    text: torch.Tensor,
+    device: torch.device,
+    deadline: float,
+) -> tuple[CausalWanModel, dict]:
+    """Flow matching with per-chunk noise levels over normalised ``latents [N, 16, F, h, w]``.
+
+    Args:
+        chunk_prompt: int64 ``[N, num_chunks]`` prompt index of every chunk.
+        text: ``[P, L, 32]`` text-encoder output of every prompt.
+
+    Returns:
+        The EMA weights in a fresh model, and the stage's statistics.
+    """
+    config = wan_config("tiny")
+    model = CausalWanModel(config).to(device)
+    model.init_weights(torch.Generator(device).manual_seed(cfg.seed))
+    model.train()
+    names = [k for k, _ in model.named_parameters()]
+    params = [p for _, p in model.named_parameters()]
+    ema = [p.detach().clone().float() for p in params]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.gen_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    grid = (latents.shape[3] // _PATCH, latents.shape[4] // _PATCH)
+    rope = wan_rope(config.head_dim)
+    attention = _clip_attention(cfg, grid, rope, cfg.gen_batch, device)
+    levels = torch.tensor(
+        FlowSchedule((1000, 750, 500, 250), shift=cfg.shift).sigmas, device=device
+    )
+    gen = torch.Generator(device).manual_seed(cfg.seed + 2)
+    chunk_prompt, text = chunk_prompt.to(device), text.to(device)
+    n, nc, ch = latents.shape[0], cfg.num_chunks, cfg.chunk_frames
+    start, step, curve, losses = time.perf_counter(), 0, [], []
+    idx = None
+    bar = tqdm(desc="generator", unit="step", mininterval=2.0, file=sys.stderr)
+    while time.perf_counter() < deadline and (
+        cfg.max_gen_steps is None or step < cfg.max_gen_steps
+    ):
+        if idx is None or not cfg.fixed_batch:
+            idx = torch.randint(n, (cfg.gen_batch,), generator=gen, device=device)
+        b = cfg.gen_batch
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        u = torch.rand((b, nc), generator=gen, device=device)
+        pick = torch.randint(len(levels), (b, nc), generator=gen, device=device)
+        use_level = torch.rand((b, nc), generator=gen, device=device) < cfg.inference_level_prob
+        sigma = torch.where(use_level, levels[pick], _shifted(u, cfg.shift))  # [B, nc]
+        s = sigma.repeat_interleave(ch, 1)[:, None, :, None, None]  # [B, 1, F, 1, 1]
+        xt = (1 - s) * x0 + s * noise
+        rows = torch.stack([_chunk_rows(x0, ch), _chunk_rows(xt, ch)])  # [2, B*nc, C, ch, h, w]
+        rows = rows.unflatten(1, (b, nc)).transpose(0, 1).flatten(0, 2)  # clip, copy, chunk
+        t = torch.stack([torch.zeros_like(sigma), sigma * 1000], 1)  # [B, 2, nc]
+        t = t.flatten().repeat_interleave(ch).view(-1, ch)  # [B*2*nc, ch]
+        prompt_rows = chunk_prompt[idx][:, None, :].expand(b, 2, nc).flatten()
+        progress = (time.perf_counter() - start) / max(1e-6, deadline - start)
+        for group in opt.param_groups:
+            group["lr"] = cfg.gen_lr * _lr_factor(step, cfg.warmup_steps, progress)
+        with _autocast(device):
+            cond = model.encode_text(text[prompt_rows])
+            pred = model(rows, t, cond, attention).float()
+        pred = pred.unflatten(0, (b, 2, nc))[:, 1]  # noisy copy [B, nc, C, ch, h, w]
+        target = _chunk_rows(noise - x0, ch).unflatten(0, (b, nc))
+        loss = F.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.float() for p in params], 1 - decay)
+        losses.append(loss.detach())
+        step += 1
+        bar.update()
+        if step % cfg.log_every == 0 or step == 1:
+            recent = torch.stack(losses[-cfg.log_every :]).mean().item()
+            curve.append((step, recent))
+            bar.set_postfix(loss=f"{recent:.4f}")
+    bar.close()
+    final_model = CausalWanModel(config)
+    final_model.load_state_dict({k: v.cpu() for k, v in zip(names, ema, strict=True)}, strict=True)
+    final = torch.stack(losses[-cfg.log_every :]).mean().item() if losses else float("nan")
+    return final_model.eval(), {
+        "steps": step,
+        "seconds": time.perf_counter() - start,
+        "final_loss": final,
+        "first_loss": losses[0].item() if losses else float("nan"),
+        "curve": curve,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling and evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate(
+    dit: CausalWanModel,
+    context: torch.Tensor,
+    latent_frames: int,
+    latent_hw: tuple[int, int],
+    generator: torch.Generator,
+    *,
+    chunk: int = 3,
+    sink: int = 3,
+    window: int = 9,
+    schedule: FlowSchedule | None = None,
+) -> torch.Tensor:
+    """LongLive's loop over one stream, with dense attention instead of the cache.
+
+    Args:
+        context: ``[1, L, 32]`` text-encoder output of the prompt.
+        latent_frames: frames to generate, a multiple of ``chunk``.
+        latent_hw: ``(h, w)`` latent pixels per frame.
+
+    Returns:
+        ``[1, 16, latent_frames, h, w]`` normalised clean latents.
+    """
+    schedule = schedule or FlowSchedule((1000, 750, 500, 250), shift=5.0)
+    device = context.device
+    h, w = latent_hw
+    grid = (h // _PATCH, w // _PATCH)
+    rope = wan_rope(dit.config.head_dim)
+    cond = dit.encode_text(context)
+    channels = dit.config.in_channels
+    clean: list[torch.Tensor] = []  # [1, C, chunk, h, w] each
+    for c in range(latent_frames // chunk):
+        frames = np.arange((c + 1) * chunk)
+        is_clean = frames < c * chunk
+        mask = token_mask(frame_mask(frames, is_clean, chunk, sink, window), grid[0] * grid[1])
+        pos = torch.from_numpy(frame_positions(frames, grid)).to(device)
+        attention = DenseAttention(
+            pos, (0, pos.shape[0]), rope, causal=False, mask=torch.from_numpy(mask).to(device)
+        )
+        rows = c + 1
+        text = type(cond)(cond.k.expand(-1, rows, -1, -1, -1), cond.v.expand(-1, rows, -1, -1, -1))
+        x = torch.randn((1, channels, chunk, h, w), generator=generator, device=device)
+        for i, (sigma, t) in enumerate(zip(schedule.sigmas, schedule.timesteps, strict=True)):
+            batch = torch.cat([*clean, x])
+            timestep = torch.zeros((rows, chunk), device=device)
+            timestep[-1] = t
+            velocity = dit(batch, timestep, text, attention)[-1:]
+            x0 = FlowSchedule.to_x0(x, velocity, sigma)
+            if i + 1 < len(schedule.sigmas):
+                noise = torch.randn(x.shape, generator=generator, device=device)
+                x = FlowSchedule.add_noise(x0, noise, schedule.sigmas[i + 1])
+        clean.append(x0)
+    return torch.cat(clean, dim=2)
+
+
+def _load_dit(path: Path, device: torch.device) -> CausalWanModel:
+    dit = CausalWanModel(wan_config("tiny"))
+    dit.load_state_dict(load_file(path), strict=True)
+    return dit.to(device).float().eval()
+
+
+def _eval_clips(n: int, video_frames: int, max_objects: int = 2) -> list:
+    rng = np.random.default_rng(_EVAL_SEED)
+    return [
+        sample_clip(rng, seconds=video_frames / _FPS, fps=_FPS, size=_SIZE, max_objects=max_objects)
+        for _ in range(n)
+    ]
+
+
+@torch.no_grad()
+def evaluate(
+    out_dir: str | Path,
+    device: str | torch.device = "cpu",
+    n_clips: int = 8,
+    latent_frames: int = 12,
+    seed: int = 0,
+) -> dict:
+    """Generate ``n_clips`` held-out prompts with the trained weights and grade them.
+
+    Returns:
+        ``adherence`` (mean over clips of :func:`~models.toyworld.adherence`), per-clip values
+        and prompts, ``truth_adherence`` / ``recon_adherence`` (rendered and codec-reconstructed
+        clips, the ceiling), and ``recon_psnr`` (dB, codec on the rendered clips).
+    """
+    out_dir, device = Path(out_dir), torch.device(device)
+    vae = WanVAE.from_pretrained(out_dir / "vae", device=device)
+    dit = _load_dit(out_dir / "dit.safetensors", device)
+    video_frames = 1 + _TEMPORAL * (latent_frames - 1)
+    clips = _eval_clips(n_clips, video_frames)
+    prompts = [prompt(c) for c in clips]
+    context = _encode_prompts(prompts, device)
+    generator = torch.Generator(device).manual_seed(seed)
+    result: dict = {"prompts": prompts, "adherence_per_clip": [], "latent_frames": latent_frames}
+    truth, recon_adh, mses = [], [], []
+    for i, clip in enumerate(clips):
+        frames = render(clip)
+        truth.append(adherence(frames, prompts[i]))
+        x = to_signed(torch.from_numpy(frames)[None]).to(device)
+        z = vae.vae.encode(x).latent_dist.mean
+        recon = vae.decode_chunk((z - vae.latents_mean) / vae.latents_std, vae.new_decode_state())
+        mses.append(F.mse_loss(recon.float(), x).item())
+        recon_adh.append(adherence(to_uint8(recon)[0].cpu().numpy(), prompts[i]))
+        latents = generate(
+            dit, context[i : i + 1], latent_frames, (_SIZE[0] // _SPATIAL, _SIZE[1] // _SPATIAL),
+            generator,
+        )  # fmt: skip
+        video = to_uint8(vae.decode_chunk(latents, vae.new_decode_state()))[0].cpu().numpy()
+        result["adherence_per_clip"].append(adherence(video, prompts[i]))
+        if i == 0:
+            result["sample_shape"] = list(video.shape)
+    result["adherence"] = float(np.mean(result["adherence_per_clip"]))
+    result["truth_adherence"] = float(np.mean(truth))
+    result["recon_adherence"] = float(np.mean(recon_adh))
+    result["recon_psnr"] = _psnr(float(np.mean(mses)))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, out: Path, device: torch.device, command: str) -> dict:
+    """All stages; writes ``vae/``, ``dit.safetensors`` and ``train.json`` into ``out``."""
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed conv shapes in the codec
+
+    pool = render_pool(cfg, cfg.pool_clips, np.random.default_rng([cfg.seed, 1]))
+    logger.info(
+        "rendered %d clips, %d prompts in %.1fs",
+        len(pool.video),
+        len(pool.prompts),
+        time.perf_counter() - t0,
+    )
+    budget_end = t0 + cfg.seconds_budget
+    codec_end = t0 + cfg.vae_fraction * cfg.seconds_budget
+    vae, codec = train_codec(cfg, pool, device, codec_end)
+
+    t_encode = time.perf_counter()
+    raw = encode_pool(vae, pool, device)
+    mean, std = set_latent_stats(vae, raw)
+    m = torch.tensor(mean, device=device)[None, :, None, None, None]
+    sd = torch.tensor(std, device=device)[None, :, None, None, None]
+    latents = (raw - m) / sd
+    del raw
+    text = _encode_prompts(pool.prompts, device)
+    encode_seconds = time.perf_counter() - t_encode
+    logger.info("encoded the pool to %s in %.1fs", tuple(latents.shape), encode_seconds)
+
+    dit, gen = train_dit(cfg, latents, pool.chunk_prompt, text, device, budget_end)
+
+    vae.to("cpu").save_pretrained(out / "vae", safe_serialization=True)
+    state = {k: v.detach().float().contiguous() for k, v in dit.state_dict().items()}
+    save_file(state, out / "dit.safetensors", metadata={"format": "pt", "layout": "wan"})
+    train_seconds = time.perf_counter() - t0
+
+    t_eval = time.perf_counter()
+    evaluation = evaluate(out, device, cfg.eval_clips, cfg.latent_frames, cfg.seed)
+    report = {
+        "command": command,
+        "seed": cfg.seed,
+        "config": asdict(cfg),
+        "device": str(device),
+        "torch": torch.__version__,
+        "text_encoder": {
+            "builder": "models.text.tiny_umt5_encoder",
+            "seed": _TEXT_SEED,
+            "text_len": _TEXT_LEN,
+            "note": "not saved: the frozen seeded encoder is rebuilt in memory",
+        },
+        "size": list(_SIZE),
+        "fps": _FPS,
+        "pool": {"clips": len(pool.video), "prompts": len(pool.prompts)},
+        "codec": codec,
+        "latents_mean": mean,
+        "latents_std": std,
+        "encode_seconds": encode_seconds,
+        "generator": gen,
+        "train_seconds": train_seconds,
+        "eval": evaluation,
+        "eval_seconds": time.perf_counter() - t_eval,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    (out / "train.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m models.toyworld.train_generator", description=__doc__
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seconds-budget", type=float, default=None, help="training wall seconds")
+    p.add_argument("--smoke", action="store_true", help="a few steps of each stage, tiny batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool-clips", type=int, default=None)
+    p.add_argument("--vae-batch", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None, help="generator clips per step")
+    p.add_argument("--eval-clips", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = SMOKE if args.smoke else TrainConfig()
+    overrides = {
+        "seconds_budget": args.seconds_budget,
+        "pool_clips": args.pool_clips,
+        "vae_batch": args.vae_batch,
+        "gen_batch": args.batch,
+        "eval_clips": args.eval_clips,
+    }
+    cfg = replace(cfg, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
+    argv = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m models.toyworld.train_generator", *map(str, argv)])
+    report = train(cfg, args.out, torch.device(args.device), command)
+    logger.info(
+        "codec %s steps loss %.4f, generator %s steps loss %.4f, adherence %.3f, psnr %.1f dB, "
+        "%.0fs",
+        report["codec"]["steps"],
+        report["codec"]["final_loss"],
+        report["generator"]["steps"],
+        report["generator"]["final_loss"],
+        report["eval"]["adherence"],
+        report["eval"]["recon_psnr"],
+        report["wall_seconds"],
+    )
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""CPU smoke run of the toy-world generator training script, and its attention layouts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kernels.rope import wan_rope
+from models.attention import DenseAttention
+from models.toyworld import train_generator as tg
+from models.vae import WanVAE
+from models.wan import CausalWanModel, wan_config
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_loadable_weights(tmp_path):
+    report = tg.main(["--smoke", "--out", str(tmp_path)])
+
+    for name in ("vae/config.json", "dit.safetensors", "train.json"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "train.json").read_text())
+    assert saved["command"].endswith(f"--smoke --out {tmp_path}")
+    assert saved["text_encoder"]["seed"] == 0 and saved["text_encoder"]["text_len"] == 64
+
+    vae = WanVAE.from_pretrained(tmp_path / "vae")
+    assert vae.latents_mean.flatten().tolist() == report["latents_mean"]
+    assert torch.allclose(vae.latents_std.flatten(), torch.tensor(report["latents_std"]))
+
+    dit = CausalWanModel(wan_config("tiny"))
+    dit.load_state_dict(load_file(tmp_path / "dit.safetensors"), strict=True)
+
+    codec, gen = report["codec"], report["generator"]
+    assert codec["steps"] == tg.SMOKE.max_vae_steps and gen["steps"] == tg.SMOKE.max_gen_steps
+    losses = [loss for _, loss in codec["curve"]] + [loss for _, loss in gen["curve"]]
+    assert all(math.isfinite(x) for x in losses)
+    assert codec["curve"][-1][1] < codec["curve"][0][1]
+    assert 0.0 <= report["eval"]["adherence"] <= 1.0
+    assert math.isfinite(report["eval"]["recon_psnr"])
+
+
+def test_frame_mask_is_longlive_sink_and_window():
+    frames = np.arange(15)
+    mask = tg.frame_mask(frames, np.ones(15, bool), chunk=3, sink=3, window=9)
+    # chunk 4 (frames 12-14) sees the sink 0-2 and the window 6-14 (itself included)
+    expected = np.zeros(15, bool)
+    expected[[0, 1, 2, *range(6, 15)]] = True
+    assert (mask[12] == expected).all() and (mask[14] == expected).all()
+    # chunk 1 sees frames 0-5: block-causal, whole chunks
+    assert mask[3, :6].all() and not mask[3, 6:].any()
+
+    # training layout: noisy chunk a sees clean chunks before it and its own noisy chunk
+    both = np.concatenate([frames[:6]] * 2)
+    clean = np.arange(12) < 6
+    m = tg.frame_mask(both, clean, chunk=3, sink=3, window=9)
+    assert not m[6, :6].any() and m[6, 6:9].all() and not m[6, 9:].any()  # noisy chunk 0
+    assert m[9, :3].all() and not m[9, 3:9].any() and m[9, 9:].all()  # noisy chunk 1
+
+
+def test_clip_batch_attention_matches_block_diagonal_dense():
+    torch.manual_seed(0)
+    clips, frames, grid, heads, dim = 3, 4, (2, 2), 2, 32
+    fr = np.concatenate([np.arange(frames)] * 2)
+    clean = np.arange(2 * frames) < frames
+    mask = tg.token_mask(tg.frame_mask(fr, clean, 2, 2, 4), grid[0] * grid[1])
+    pos = torch.from_numpy(tg.frame_positions(fr, grid))
+    t = pos.shape[0]
+    q, k, v = (torch.randn(clips * t, heads, dim) for _ in range(3))
+    rope = wan_rope(dim)
+    batched = tg.ClipBatchAttention(pos, torch.from_numpy(mask), rope, clips)
+    dense_mask = torch.block_diag(*[torch.from_numpy(mask)] * clips).bool()
+    dense = DenseAttention(pos.repeat(clips, 1), (0, clips * t), rope, False, dense_mask)
+    torch.testing.assert_close(batched.attend(0, q, k, v), dense.attend(0, q, k, v))

@@ -1,0 +1,112 @@
+"""The toy-world VLM training script: its token layout is the pipeline's, and a smoke run
+trains, saves a loadable folder and lowers the loss."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.qwen_vl import load_qwen_vl, tiny_qwen_vl
+from models.toyworld import Feed, render
+from models.toyworld.train_vlm import (
+    DEFAULT_INSTRUCTION,
+    SecondCache,
+    Segment,
+    _tokens,
+    build_window,
+    layout,
+    main,
+    prefix_text,
+    round_segments,
+    score,
+)
+from stream.kvcache import KVCacheManager
+from stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_qwen_vl()
+
+
+def test_layout_matches_pipeline(model):
+    """Prefix, a first round, its reply and a later round: the ids the pipeline embeds, in
+    order, equal the training layout with the same reply."""
+    pipe = StreamingVLMPipeline(model, KVCacheManager(), 64 << 20)
+    seen: list[int] = []
+    embed = model.embed
+
+    def recording(input_ids, *args, **kwargs):
+        seen.extend(input_ids.tolist())
+        return embed(input_ids, *args, **kwargs)
+
+    model.embed = recording
+    try:
+        state = pipe.open(UnderstandingRequest())
+        feed = Feed(1, (64, 64), 2.0)
+        replies = []
+        for second in range(3):  # a second is complete once the next one starts
+            for j, frame in enumerate(render(feed.second(second))):
+                pipe.push_frame(state, second + j / 2, frame)
+        for _ in range(2):
+            assert pipe.ready(state)
+            pipe.prefill(state)
+            while state.decoding:
+                pipe.decode([state])
+            replies.append(list(state.reply))
+        grid = model.video_inputs(list(render(feed.second(0)))).merged_grid
+    finally:
+        del model.embed
+    before, after = prefix_text()
+    segs = [Segment.text(_tokens(model, before) + _tokens(model, after))]
+    for second, reply in enumerate(replies):
+        extra = DEFAULT_INSTRUCTION if second == 0 else ""
+        segs += round_segments(model, second, second == 0, extra, grid)
+        segs.append(Segment.text(reply + [model.special.im_end]))
+    ours = [i for s in segs for i in s.ids]
+    # the pipeline has not embedded the last reply's <|im_end|> (it joins the next prefill),
+    # and a cut reply's last token is in the same pending tail
+    pending = len(state.pending)
+    assert seen == ours[: len(ours) - pending]
+
+
+def test_window_positions_contiguous(model):
+    cache = SecondCache(model, torch.device("cpu"))
+    window = build_window(model, cache, seed=2, start=3, seconds=2, previous="a red circle")
+    pos = window.pos
+    assert pos.shape == (len(window.ids), 3)
+    vp = model.special.video_pad
+    is_video = np.array(window.ids) == vp
+    text = pos[~is_video]
+    assert (text[:, 0] == text[:, 1]).all() and (text[:, 1] == text[:, 2]).all()
+    # a 2x2 block at (c, c + row, c + col); the next text token at c + 2
+    first = int(np.argmax(is_video))
+    c = pos[first - 1, 0] + 1
+    block = pos[first : first + 4]
+    assert block.tolist() == [[c, c, c], [c, c, c + 1], [c, c + 1, c], [c, c + 1, c + 1]]
+    assert pos[first + 4, 0] == c + 2
+    # labels: each second's reply ends with <|im_end|>, labelled
+    labelled = [i for i, b in zip(window.ids, window.labels, strict=True) if b]
+    assert 1 <= labelled.count(model.special.im_end) <= 2  # a cut reply has no labelled end
+    assert layout([]).shape == (0, 3)
+
+
+def test_score():
+    s = score(["a red circle appears", ""], ["a red circle appears", "the blue square is still"])
+    assert s["pair_precision"] == 1.0 and s["pair_recall"] == 0.5
+    assert s["exact_match"] == 0.5 and s["silence_agreement"] == 0.5
+
+
+@pytest.mark.slow
+def test_smoke_run(tmp_path):
+    info = main(["--smoke", "--out", str(tmp_path)])
+    losses = info["losses"]
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < losses[0]
+    loaded = load_qwen_vl(tmp_path, dtype=torch.float32)
+    assert loaded.args.num_layers == 2
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert record["steps"] == len(losses) and "pair_f1" in record["eval"]
