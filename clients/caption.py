@@ -52,6 +52,7 @@ from clients.client import (
     StreamClient,
     UnderstandingSession,
 )
+from clients.video import Mp4Writer
 
 __all__ = [
     "Question",
@@ -382,43 +383,6 @@ def draw_caption(frame: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-class _Mp4Writer:
-    """H.264 (libx264, yuv420p) at the source's frame rate; odd sizes are padded to even."""
-
-    def __init__(self, path: Path, rate: fractions.Fraction | int) -> None:
-        self.path = path
-        self.rate = fractions.Fraction(rate).limit_denominator(1001)
-        self.container: Any = None
-        self.stream: Any = None
-        self.size: tuple[int, int] | None = None  # (width, height) of the source
-        self.frames = 0
-
-    def write(self, frame: np.ndarray) -> None:
-        height, width = frame.shape[:2]
-        if self.container is None:
-            self.size = (width, height)
-            self.container = av.open(str(self.path), "w")
-            self.stream = self.container.add_stream("libx264", rate=self.rate)
-            self.stream.width, self.stream.height = width + width % 2, height + height % 2
-            self.stream.pix_fmt = "yuv420p"
-            self.stream.options = {"crf": "20", "preset": "veryfast"}
-        elif (width, height) != self.size:
-            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
-        if width % 2 or height % 2:
-            frame = cv2.copyMakeBorder(frame, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
-        video = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        video.pts = self.frames
-        video.time_base = 1 / self.rate
-        self.container.mux(self.stream.encode(video))
-        self.frames += 1
-
-    def close(self) -> None:
-        if self.container is not None:
-            self.container.mux(self.stream.encode(None))
-            self.container.close()
-            self.container = None
-
-
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -441,7 +405,7 @@ class _Captioner:
         self.stop = asyncio.Event()  # SIGINT, the window's q key, or --duration
         self.progress = asyncio.Event()  # set at each caption and at the session's end
         self.questions = collections.deque(sorted(self.args.question, key=lambda q: q.at))
-        self.writer = _Mp4Writer(self.args.out_mp4, self.source.rate) if self.args.out_mp4 else None
+        self.writer = Mp4Writer(self.args.out_mp4, self.source.rate) if self.args.out_mp4 else None
         self.overlay: collections.deque[tuple[float, np.ndarray]] = collections.deque()
         self.texts: dict[int, str] = {}  # second -> caption text, for --out-mp4
         self.overlay_lock = asyncio.Lock()
@@ -593,7 +557,7 @@ class _Captioner:
             self.stop.set()
 
 
-def _write_all(writer: _Mp4Writer, frames: list[np.ndarray]) -> None:
+def _write_all(writer: Mp4Writer, frames: list[np.ndarray]) -> None:
     for frame in frames:
         writer.write(frame)
 

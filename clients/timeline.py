@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fractions
 import json
 import math
 import os
@@ -66,6 +65,7 @@ from clients.schedule import (
 )
 from clients.schedule import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
 from clients.schedule import MAX_TRANSITION_CHUNKS as MAX_TRANSITION_CHUNKS
+from clients.video import Mp4Writer
 
 __all__ = [
     "LONGLIVE_FPS",
@@ -233,42 +233,6 @@ def _default_out(schedule: str, timeline: Timeline) -> Path:
     return Path(f"{stem}-{timeline.line}.mp4" if timeline.line is not None else f"{stem}.mp4")
 
 
-class _Mp4Writer:
-    """H.264 (libx264, yuv420p) at a constant rate; odd sizes are padded to even."""
-
-    def __init__(self, path: Path, fps: float, crf: int) -> None:
-        self.path = path
-        self.rate = fractions.Fraction(fps).limit_denominator(1001)
-        self.crf = crf
-        self.container: Any = None
-        self.stream: Any = None
-        self.frames = 0
-
-    def write(self, frame: np.ndarray) -> None:
-        height, width = frame.shape[:2]
-        if self.container is None:
-            self.container = av.open(str(self.path), "w")
-            self.stream = self.container.add_stream("libx264", rate=self.rate)
-            self.stream.width, self.stream.height = width + width % 2, height + height % 2
-            self.stream.pix_fmt = "yuv420p"
-            self.stream.options = {"crf": str(self.crf), "preset": "veryfast"}
-        if width % 2 or height % 2:
-            frame = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-        video = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        video.pts = self.frames
-        video.time_base = 1 / self.rate
-        self.container.mux(self.stream.encode(video))
-        self.frames += 1
-
-    def close(self) -> None:
-        container, self.container = self.container, None
-        if container is not None:
-            try:
-                container.mux(self.stream.encode(None))
-            finally:
-                container.close()
-
-
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -297,7 +261,7 @@ class _Recorder:
         self.interrupted = asyncio.Event()
         self.switches: asyncio.Queue[int] = asyncio.Queue()
         self.pending: asyncio.Queue[np.ndarray | None] = asyncio.Queue(_MAX_PENDING_WRITES)
-        self.writer = _Mp4Writer(out, session.fps, args.crf)
+        self.writer = Mp4Writer(out, session.fps, args.crf)
         self.bar: Any = None
 
     def note(self, message: str) -> None:

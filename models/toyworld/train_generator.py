@@ -57,6 +57,7 @@ from tqdm import tqdm
 
 from kernels.rope import RopeSpec, apply_rope, wan_rope
 from models.attention import DenseAttention
+from models.positions import frame_positions
 from models.schedule import FlowSchedule
 from models.text import tiny_umt5_encoder
 from models.toyworld.measure import adherence
@@ -224,16 +225,6 @@ def to_signed(video: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Block-causal sink/window attention
 # --------------------------------------------------------------------------------------------
-
-
-def frame_positions(frames: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Wan token positions ``[len(frames) * h * w, 3]``: (frame, row, column), frame-major."""
-    # Copied from stream.kvcache.policies.frame_positions (models/ must not import stream/).
-    h, w = grid
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    hw = np.stack([rows.ravel(), cols.ravel()], axis=1)
-    t = np.repeat(np.asarray(frames, dtype=np.int32), h * w)[:, None]
-    return np.concatenate([t, np.tile(hw, (len(frames), 1))], axis=1).astype(np.int32)
 
 
 def frame_mask(

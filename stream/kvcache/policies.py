@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.positions import frame_positions, text_positions, vision_positions
 from stream.kvcache.session import SessionCache, TokenRange
 
 __all__ = [
@@ -40,27 +41,6 @@ __all__ = [
 def _blocks_for(tokens: int, block_size: int) -> int:
     """Blocks a segment of at most ``tokens`` live tokens can span (+1 for a partial head)."""
     return -(-tokens // block_size) + 1
-
-
-def frame_positions(frames: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Wan token positions ``[len(frames) * h * w, 3]``: (frame, row, column), frame-major."""
-    h, w = grid
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    hw = np.stack([rows.ravel(), cols.ravel()], axis=1)
-    t = np.repeat(np.asarray(frames, dtype=np.int32), h * w)[:, None]
-    return np.concatenate([t, np.tile(hw, (len(frames), 1))], axis=1).astype(np.int32)
-
-
-def text_positions(count: int, start: int = 0) -> np.ndarray:
-    """1D positions for ``count`` text tokens, repeated on the three axes."""
-    return np.repeat(np.arange(start, start + count, dtype=np.int32)[:, None], 3, axis=1)
-
-
-def vision_positions(grid_thw: tuple[int, int, int], t_step: int = 1) -> np.ndarray:
-    """Qwen2.5-VL M-RoPE positions of one video block after 2x2 merging, relative to its start."""
-    t, h, w = grid_thw
-    tt, hh, ww = np.meshgrid(np.arange(t) * t_step, np.arange(h), np.arange(w), indexing="ij")
-    return np.stack([tt.ravel(), hh.ravel(), ww.ravel()], axis=1).astype(np.int32)
 
 
 # --------------------------------------------------------------------------------------------
