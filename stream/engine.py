@@ -156,6 +156,8 @@ class Engine:
         self._steps = 0
         self._step_seconds: collections.deque[float] = collections.deque(maxlen=1024)
         self._errors: collections.Counter[str] = collections.Counter()
+        # stats() runs on the server's loop while the device thread updates these
+        self._stats_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -221,7 +223,8 @@ class Engine:
                 except ValueError as exc:
                     error = ProtocolError("invalid_message", str(exc))
                 else:
-                    self._live[session.id] = _Live(session, target, state)
+                    with self._stats_lock:
+                        self._live[session.id] = _Live(session, target, state)
                     session.state = SessionState.RUNNING
                     loop.call_soon_threadsafe(self._hand_over, result, session)
                     return
@@ -312,17 +315,26 @@ class Engine:
         self._submit(close)
 
     def stats(self) -> EngineStats:
-        per_pipeline = collections.Counter(
-            live.session.pipeline for live in list(self._live.values())
-        )
-        return EngineStats(
-            sessions=dict(per_pipeline),
-            frames_generated=self._frames_generated,
-            frames_dropped=self._frames_dropped,
-            steps=self._steps,
-            step_seconds=tuple(self._step_seconds),
-            errors=dict(self._errors),
-        )
+        """A consistent snapshot; safe from any thread."""
+        with self._stats_lock:
+            per_pipeline = collections.Counter(
+                live.session.pipeline for live in self._live.values()
+            )
+            return EngineStats(
+                sessions=dict(per_pipeline),
+                frames_generated=self._frames_generated,
+                frames_dropped=self._frames_dropped,
+                steps=self._steps,
+                step_seconds=tuple(self._step_seconds),
+                errors=dict(self._errors),
+            )
+
+    def _record_step(self, seconds: float, frames: int = 0, dropped: int = 0) -> None:
+        with self._stats_lock:
+            self._steps += 1
+            self._step_seconds.append(seconds)
+            self._frames_generated += frames
+            self._frames_dropped += dropped
 
     def _submit(self, command: Callable[[], None]) -> None:
         with self._wakeup:
@@ -403,8 +415,9 @@ class Engine:
         except Exception as exc:
             self._fail([live], exc)
             return
-        live.session.stats.step_seconds.append(time.perf_counter() - start)
-        self._step_seconds.append(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        live.session.stats.step_seconds.append(elapsed)
+        self._record_step(elapsed)
 
     def _decode(self, groups: dict[int, list[_Live]]) -> None:
         """One batched decode step per understanding pipeline; finished replies -> captions."""
@@ -415,8 +428,7 @@ class Engine:
             except Exception as exc:
                 self._fail(lives, exc)
                 continue
-            self._steps += 1
-            self._step_seconds.append(time.perf_counter() - start)
+            self._record_step(time.perf_counter() - start)
             for live, caption in zip(lives, captions, strict=True):
                 if caption is not None:
                     session = live.session
@@ -435,7 +447,8 @@ class Engine:
     def _fail(self, lives: list[_Live], exc: Exception) -> None:
         for live in lives:
             logger.error("session %d: step failed: %r", live.session.id, exc, exc_info=exc)
-            self._errors["internal"] += 1
+            with self._stats_lock:
+                self._errors["internal"] += 1
             self._end(live, "error", f"step failed: {type(exc).__name__}: {exc}")
 
     def _execute(self, live: _Live) -> None:
@@ -464,14 +477,12 @@ class Engine:
         session.stats.frames_dropped += dropped
         session.stats.steps += 1
         session.stats.step_seconds.append(elapsed)
-        self._frames_generated += len(frames)
-        self._frames_dropped += dropped
-        self._steps += 1
-        self._step_seconds.append(elapsed)
+        self._record_step(elapsed, len(frames), dropped)
 
     def _end(self, live: _Live, reason: str, message: str | None) -> None:
         session = live.session
-        del self._live[session.id]
+        with self._stats_lock:
+            del self._live[session.id]
         try:
             live.pipeline.close(live.state)
         except Exception:

@@ -18,6 +18,7 @@ All bookkeeping is host-side Python; nothing here reads device memory.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +113,8 @@ class BlockPool:
         self._free: list[int] = list(range(total_blocks - 1, NULL_BLOCK, -1))
         self._reservations: dict[int, Reservation] = {}
         self._unallocated_reserved = 0
+        # the device thread changes the books while the server's loop may read stats()
+        self._lock = threading.RLock()
 
     # -- admission -------------------------------------------------------------------------
 
@@ -121,52 +124,56 @@ class BlockPool:
 
     def reserve(self, owner: int, num_blocks: int) -> Reservation | None:
         """Claim ``num_blocks`` for ``owner``; ``None`` if they don't fit."""
-        if num_blocks <= 0:
-            raise ValueError(f"num_blocks must be positive, got {num_blocks}")
-        if owner in self._reservations:
-            raise CacheMisuseError(f"session {owner} already holds a reservation")
-        if num_blocks > self.available_blocks():
-            return None
-        reservation = Reservation(owner, num_blocks, set())
-        self._reservations[owner] = reservation
-        self._unallocated_reserved += num_blocks
-        return reservation
+        with self._lock:
+            if num_blocks <= 0:
+                raise ValueError(f"num_blocks must be positive, got {num_blocks}")
+            if owner in self._reservations:
+                raise CacheMisuseError(f"session {owner} already holds a reservation")
+            if num_blocks > self.available_blocks():
+                return None
+            reservation = Reservation(owner, num_blocks, set())
+            self._reservations[owner] = reservation
+            self._unallocated_reserved += num_blocks
+            return reservation
 
     def release(self, reservation: Reservation) -> None:
         """Return every block ``reservation`` holds and drop the claim."""
-        if reservation.released:
-            raise CacheMisuseError(f"reservation of session {reservation.owner} released twice")
-        self.free(reservation, list(reservation.held))
-        reservation.released = True
-        self._unallocated_reserved -= reservation.limit
-        del self._reservations[reservation.owner]
+        with self._lock:
+            if reservation.released:
+                raise CacheMisuseError(f"reservation of session {reservation.owner} released twice")
+            self.free(reservation, list(reservation.held))
+            reservation.released = True
+            self._unallocated_reserved -= reservation.limit
+            del self._reservations[reservation.owner]
 
     # -- blocks ----------------------------------------------------------------------------
 
     def allocate(self, reservation: Reservation, count: int) -> list[int]:
         """Take ``count`` blocks out of ``reservation``; raises if that exceeds its limit."""
-        if reservation.released:
-            raise CacheMisuseError(f"session {reservation.owner} allocates after release")
-        if len(reservation.held) + count > reservation.limit:
-            raise CacheMisuseError(
-                f"session {reservation.owner} needs {len(reservation.held) + count} blocks, "
-                f"over its reservation of {reservation.limit}: its policy's worst case is wrong"
-            )
-        blocks = [self._free.pop() for _ in range(count)]
-        reservation.held.update(blocks)
-        self._unallocated_reserved -= count
-        return blocks
+        with self._lock:
+            if reservation.released:
+                raise CacheMisuseError(f"session {reservation.owner} allocates after release")
+            if len(reservation.held) + count > reservation.limit:
+                raise CacheMisuseError(
+                    f"session {reservation.owner} needs {len(reservation.held) + count} blocks, "
+                    f"over its reservation of {reservation.limit}: its policy's worst case is wrong"
+                )
+            blocks = [self._free.pop() for _ in range(count)]
+            reservation.held.update(blocks)
+            self._unallocated_reserved -= count
+            return blocks
 
     def free(self, reservation: Reservation, blocks: list[int]) -> None:
         """Give ``blocks`` back; they return to ``reservation``'s unallocated claim."""
-        for block in blocks:
-            if block not in reservation.held:
-                raise CacheMisuseError(
-                    f"session {reservation.owner} frees block {block} it does not hold"
-                )
-            reservation.held.remove(block)
-            self._free.append(block)
-        self._unallocated_reserved += len(blocks)
+        with self._lock:
+            for block in blocks:
+                if block not in reservation.held:
+                    raise CacheMisuseError(
+                        f"session {reservation.owner} frees block {block} it does not hold"
+                    )
+                reservation.held.remove(block)
+                self._free.append(block)
+            self._unallocated_reserved += len(blocks)
 
     # -- device data -----------------------------------------------------------------------
 
@@ -179,26 +186,29 @@ class BlockPool:
         self.kv.index_copy_(2, dst, self.kv.index_select(2, src))
 
     def stats(self) -> PoolStats:
-        used = sum(len(r.held) for r in self._reservations.values())
-        return PoolStats(
-            block_size=self.block_size,
-            bytes_per_block=self.bytes_per_block,
-            num_blocks=self.num_blocks,
-            used_blocks=used,
-            reserved_blocks=self._unallocated_reserved,
-            free_blocks=self.available_blocks(),
-            bytes_by_session={
-                owner: len(r.held) * self.bytes_per_block for owner, r in self._reservations.items()
-            },
-        )
+        with self._lock:
+            used = sum(len(r.held) for r in self._reservations.values())
+            return PoolStats(
+                block_size=self.block_size,
+                bytes_per_block=self.bytes_per_block,
+                num_blocks=self.num_blocks,
+                used_blocks=used,
+                reserved_blocks=self._unallocated_reserved,
+                free_blocks=self.available_blocks(),
+                bytes_by_session={
+                    owner: len(r.held) * self.bytes_per_block
+                    for owner, r in self._reservations.items()
+                },
+            )
 
     def check_invariants(self) -> None:
         """Every block is free, or held by exactly one session; counts agree (tests, debugging)."""
-        held = [b for r in self._reservations.values() for b in r.held]
-        assert len(held) == len(set(held)), "a block is held twice"
-        assert not set(held) & set(self._free), "a block is both free and held"
-        assert len(set(self._free)) == len(self._free), "a block is free twice"
-        assert NULL_BLOCK not in self._free and NULL_BLOCK not in held, "the null block escaped"
-        assert len(held) + len(self._free) == self.num_blocks, "blocks leaked"
-        outstanding = sum(r.limit - len(r.held) for r in self._reservations.values())
-        assert outstanding == self._unallocated_reserved, "reservation counts drifted"
+        with self._lock:
+            held = [b for r in self._reservations.values() for b in r.held]
+            assert len(held) == len(set(held)), "a block is held twice"
+            assert not set(held) & set(self._free), "a block is both free and held"
+            assert len(set(self._free)) == len(self._free), "a block is free twice"
+            assert NULL_BLOCK not in self._free and NULL_BLOCK not in held, "the null block escaped"
+            assert len(held) + len(self._free) == self.num_blocks, "blocks leaked"
+            outstanding = sum(r.limit - len(r.held) for r in self._reservations.values())
+            assert outstanding == self._unallocated_reserved, "reservation counts drifted"
