@@ -379,23 +379,25 @@ class Engine:
 
     def _schedule(self) -> _Live | None:
         now = self._clock()
-        best: _Live | None = None
+        best, best_deadline = None, math.inf
         for live in self._live.values():
             session = live.session
             if session.state is not SessionState.RUNNING:
                 continue
             if live.pipeline.kind == "understanding":
-                if live.pipeline.ready(live.state) and (best is None or now < best.deadline()):
-                    best, live.t0 = live, now  # due now: the feed's second is waiting
-                continue
-            if session.realtime:
-                ahead = live.deadline() - now
-                if ahead > self.config.lookahead_seconds:
+                if not live.pipeline.ready(live.state):
+                    continue
+                deadline = now  # a second of feed is waiting
+            elif session.realtime:
+                deadline = live.deadline()
+                if deadline - now > self.config.lookahead_seconds:
                     continue
             elif len(session.output) + live.chunk_frames > self.config.output_queue_frames:
                 continue  # a benchmark session waits for its consumer instead of dropping
-            if best is None or live.deadline() < best.deadline():
-                best = live
+            else:
+                deadline = live.deadline()
+            if deadline < best_deadline:
+                best, best_deadline = live, deadline
         return best
 
     def _idle_timeout(self) -> float:
