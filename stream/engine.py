@@ -4,13 +4,15 @@ device thread.
 Each turn of the loop is ``schedule() -> execute() -> update()``::
 
     commands (open, switch, frames, questions, pause, resume, close) drained between steps
-    schedule():  understanding streams in the middle of a reply first: one decode step for
-                 all of them together (continuous batching over the paged cache); else the
-                 runnable session with the earliest deadline:
-                   generation: when its client's playback would run out of frames, runnable
-                     while less than `lookahead_seconds` ahead (benchmark sessions: whenever
-                     their output queue has room)
-                   understanding: a full second of feed is buffered (deadline: now)
+    schedule():  1. a realtime generation session past its deadline (its client's playback
+                    would otherwise run out of frames)
+                 2. an understanding stream with a second of feed waiting: its prefill, after
+                    which it joins the streams mid-reply
+                 3. one decode step for every understanding stream mid-reply, batched
+                    (continuous batching over the paged cache)
+                 4. the generation session with the earliest deadline, while less than
+                    `lookahead_seconds` ahead (benchmark sessions: whenever their output
+                    queue has room)
     execute():   pipeline.step(state) (one chunk: 12 frames for LongLive), or a VLM prefill
                  (vision tower + the second's round), or the batched decode step
     update():    frames -> the session's OutputQueue (bounded, oldest dropped); captions ->
@@ -78,6 +80,7 @@ class UnderstandingPipeline(Protocol):
     def push_frame(self, state: Any, timestamp: float, frame: Any) -> None: ...
     def ask(self, state: Any, question: str) -> None: ...
     def ready(self, state: Any) -> bool: ...
+    def is_decoding(self, state: Any) -> bool: ...
     def prefill(self, state: Any) -> None: ...
     def decode(self, states: list[Any]) -> list[Caption | None]: ...
     def close(self, state: Any) -> None: ...
@@ -346,49 +349,70 @@ class Engine:
     # -- the device thread -----------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            with self._wakeup:
-                commands = list(self._commands)
-                self._commands.clear()
-            for command in commands:
+        while not self._stopping:
+            try:
+                self._turn()
+            except Exception:  # a bug of ours must not stop every session of the device
+                logger.exception("engine loop")
+
+    def _turn(self) -> None:
+        """Drain the commands, then one unit of work (or a short wait)."""
+        with self._wakeup:
+            commands = list(self._commands)
+            self._commands.clear()
+        for command in commands:
+            try:
                 command()
-            if self._stopping:
-                return
-            decoding = self._decoding()
-            if decoding:
-                self._decode(decoding)
-                continue
-            live = self._schedule()
-            if live is None:
-                with self._wakeup:
-                    if not self._commands:
-                        self._wakeup.wait(timeout=self._idle_timeout())
-                continue
-            if live.pipeline.kind == "understanding":
-                self._prefill(live)
-            else:
-                self._execute(live)
+            except Exception:  # one bad command must not drop the ones behind it
+                logger.exception("engine command")
+        if self._stopping:
+            return
+        # overdue generation first, then understanding (a waiting second is prefilled so it
+        # joins the streams mid-reply, then one decode step for all of them), then generation
+        # ahead of its deadline
+        generation = self._schedule()
+        overdue = generation is not None and generation.deadline() <= self._clock()
+        if overdue and generation.session.realtime:
+            self._execute(generation)
+        elif (ready := self._ready_understanding()) is not None:
+            self._prefill(ready)
+        elif decoding := self._decoding():
+            self._decode(decoding)
+        elif generation is not None:
+            self._execute(generation)
+        else:
+            with self._wakeup:
+                if not self._commands:
+                    self._wakeup.wait(timeout=self._idle_timeout())
 
     def _decoding(self) -> dict[int, list[_Live]]:
         """Understanding streams in the middle of a reply, grouped by pipeline."""
         groups: dict[int, list[_Live]] = {}
         for live in self._live.values():
-            if live.pipeline.kind == "understanding" and getattr(live.state, "decoding", False):
+            if live.pipeline.kind == "understanding" and live.pipeline.is_decoding(live.state):
                 groups.setdefault(id(live.pipeline), []).append(live)
         return groups
 
+    def _ready_understanding(self) -> _Live | None:
+        """An understanding stream with a second of feed waiting and no reply in progress."""
+        for live in self._live.values():
+            if (
+                live.pipeline.kind == "understanding"
+                and live.session.state is SessionState.RUNNING
+                and live.pipeline.ready(live.state)
+            ):
+                return live
+        return None
+
     def _schedule(self) -> _Live | None:
+        """The generation session with the earliest deadline among those due for a step."""
         now = self._clock()
         best, best_deadline = None, math.inf
         for live in self._live.values():
             session = live.session
-            if session.state is not SessionState.RUNNING:
+            if session.state is not SessionState.RUNNING or live.pipeline.kind != "generation":
                 continue
-            if live.pipeline.kind == "understanding":
-                if not live.pipeline.ready(live.state):
-                    continue
-                deadline = now  # a second of feed is waiting
-            elif session.realtime:
+            if session.realtime:
                 deadline = live.deadline()
                 if deadline - now > self.config.lookahead_seconds:
                     continue
@@ -442,7 +466,7 @@ class Engine:
                             "start": caption.start,
                             "end": caption.end,
                             "text": caption.text,
-                            "lag": round(live.state.feed.lag_seconds, 3),
+                            "lag": round(caption.lag, 3),
                         }
                     )
 

@@ -88,6 +88,7 @@ class Caption:
     start: float  # seconds of the feed
     end: float
     text: str  # "" for a silent second
+    lag: float = 0.0  # seconds the understanding trails the newest frame, when it was made
 
 
 @dataclass(eq=False)
@@ -188,6 +189,10 @@ class StreamingVLMPipeline:
         """Ask about the video; answered in the next round."""
         state.questions.append(question.strip())
 
+    def is_decoding(self, state: StreamingVLMState) -> bool:
+        """Whether the stream is in the middle of a reply (it takes part in decode steps)."""
+        return state.decoding
+
     def ready(self, state: StreamingVLMState) -> bool:
         """Whether a prefill can run now (a full second is buffered and no reply is pending)."""
         return not state.decoding and state.feed.ready()
@@ -273,7 +278,7 @@ class StreamingVLMPipeline:
         text = text.strip()
         if text.endswith("..."):  # the end-of-chunk marker StreamingVLM is trained to emit
             text = text[:-3].rstrip()
-        return Caption(float(state.second), float(state.second + 1), text)
+        return Caption(float(state.second), float(state.second + 1), text, state.feed.lag_seconds)
 
     # -- helpers ---------------------------------------------------------------------------
 
