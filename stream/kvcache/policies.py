@@ -157,9 +157,6 @@ class FrameSinkWindow:
             ranges = [self._whole("window")]
         return ranges, self._frame_query_positions(dropped)
 
-    def plan_context(self) -> list[str]:
-        return ["sink", "window"]
-
     def _frames(self, name: str) -> np.ndarray:
         rel = self.cache.rel_positions(name)
         return rel[:: self.config.tokens_per_frame, 0]
@@ -468,7 +465,6 @@ class StreamingVLMWindow:
 class TokenWindowConfig:
     sink_tokens: int = 4
     window_tokens: int = 1020
-    max_step_tokens: int = 1  # most tokens appended by one step
 
     def worst_case_blocks(self, block_size: int) -> int:
         return _blocks_for(self.sink_tokens, block_size) + _blocks_for(

@@ -57,7 +57,6 @@ class LongLiveConfig:
 @dataclass(eq=False)
 class LongLiveState(WanStreamState):
     history: torch.Tensor | None = None  # [1, C, <= recache_frames, h, w] clean latents
-    chunks: int = 0
 
 
 class LongLivePipeline(WanStreamPipeline):
@@ -107,7 +106,6 @@ class LongLivePipeline(WanStreamPipeline):
         dit(clean, self._timestep(0.0, cfg.chunk_frames), state.text, view)  # cache refresh
         history = clean if state.history is None else torch.cat([state.history, clean], dim=2)
         state.history = history[:, :, -cfg.recache_frames :]
-        state.chunks += 1
         return clean
 
     def _recache(self, state: LongLiveState) -> None:
