@@ -1,0 +1,59 @@
+"""The ``stream`` command as a user runs it: help, version, and ``stream serve`` started as its
+own process on the embedded default, answering health checks, stopped with SIGINT."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import stream
+
+COMMAND = [sys.executable, "-m", "stream.cli"]
+
+
+def test_help_and_version() -> None:
+    out = subprocess.run([*COMMAND, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for command in ("serve", "generate", "caption", "timeline", "version"):
+        assert command in out.stdout
+    version = subprocess.run([*COMMAND, "version"], capture_output=True, text=True, timeout=60)
+    assert version.stdout.strip() == f"stream {stream.__version__}"
+
+
+def test_serve_starts_on_the_default_and_stops_on_sigint() -> None:
+    process = subprocess.Popen(
+        [*COMMAND, "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            match = re.search(r"health\s+(http://\S+/healthz)", line)
+            if match:
+                url = match[1]
+        assert url is not None, "stream serve printed no health URL"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200 and response.read().strip() == b"ok"
+        page = url.removesuffix("healthz")
+        with urllib.request.urlopen(page, timeout=10) as response:
+            assert b"<html" in response.read().lower()  # the browser page, served by default
+        metrics = url.removesuffix("healthz") + "metrics"
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            text = response.read().decode()
+        for pipeline in ("longlive", "rolling_forcing", "streaming_vlm"):
+            assert f'stream_sessions{{pipeline="{pipeline}"}} 0' in text, json.dumps(text[:500])
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
