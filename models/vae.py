@@ -1,11 +1,12 @@
 """Streaming decode with the Wan2.1 VAE (diffusers' ``AutoencoderKLWan``), caller-owned state.
 
 diffusers decodes a whole video in one call and keeps the causal-convolution feature cache on
-the module (``self._feat_map``), so one instance can serve only one stream at a time. This
-wrapper drives the same decoder one latent frame at a time, but with the cache held in a
-:class:`DecodeState` that the session owns. Any number of streams can share one set of weights
-and be decoded interleaved, chunk by chunk, and the frames are the same as a whole-video decode
-of the concatenated latents::
+the module (``self._feat_map``), so one instance can serve only one stream at a time, and it
+loops over latent frames. This wrapper decodes a whole chunk per pass
+(:func:`~models.vae_causal.decode_frames`) with the history held in a :class:`DecodeState` that
+the session owns. Any number of streams can share one set of weights and be decoded
+interleaved, chunk by chunk, and the frames are the same as a whole-video decode of the
+concatenated latents::
 
     latent frames    z0 | z1 z2 | z3 z4 z5 | ...     (any chunking)
     output frames     1 |  4  4 |  4  4  4 | ...     first latent frame -> 1 frame, later -> 4
@@ -27,13 +28,16 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, unpatchify
 from safetensors.torch import load_file
 from torch import nn
+
+from models.vae_causal import History, check_wan21_layout, decode_frames
 
 __all__ = ["DecodeState", "WanVAE", "tiny_wan_vae", "to_uint8"]
 
 _ORIGINAL_SUFFIXES = (".pth", ".pt", ".safetensors")
+# local files only; without accelerate installed diffusers would warn about low_cpu_mem_usage
+_LOCAL = {"local_files_only": True, "low_cpu_mem_usage": False}
 
 
 @dataclass(slots=True)
@@ -43,13 +47,9 @@ class DecodeState:
     Create it with :meth:`WanVAE.new_decode_state`; reset a stream by creating a new one.
     """
 
-    feat_cache: list[torch.Tensor | str | None]
-    """One entry per causal conv of the decoder, in call order: ``None`` before the first frame,
-    then the last ``<= 2`` input frames ``[B, C, 2, h', w']`` of that conv. The temporal
-    upsamplers hold diffusers' ``"Rep"`` marker after the first frame (no temporal context yet)."""
-    started: bool = False
-    """Whether the stream's first latent frame (the one that gives a single output frame) has been
-    decoded."""
+    history: History = field(default_factory=list)
+    """Per temporal convolution of the decoder, its last input frames (see
+    :data:`~models.vae_causal.History`); empty before the stream's first frame."""
     latent_shape: tuple[int, int, int] | None = field(default=None)
     """``(B, h, w)`` of the latents this state was started with; later chunks must match."""
 
@@ -63,6 +63,7 @@ class WanVAE(nn.Module):
 
     def __init__(self, vae: AutoencoderKLWan) -> None:
         super().__init__()
+        check_wan21_layout(vae)
         self.vae = vae
         z_dim = vae.config.z_dim
         device = vae.post_quant_conv.weight.device
@@ -71,7 +72,6 @@ class WanVAE(nn.Module):
         # fp32 [1, z_dim, 1, 1, 1]; not saved (they live in the diffusers config)
         self.register_buffer("latents_mean", mean.view(1, z_dim, 1, 1, 1), persistent=False)
         self.register_buffer("latents_std", std.view(1, z_dim, 1, 1, 1), persistent=False)
-        self._num_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
 
     # ------------------------------------------------------------------ loading
 
@@ -110,16 +110,18 @@ class WanVAE(nn.Module):
                 )
             vae = _load_original(path)
         elif (path / "config.json").is_file():
-            vae = AutoencoderKLWan.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+            vae = AutoencoderKLWan.from_pretrained(path, **_LOCAL, torch_dtype=dtype)
         elif (path / "vae" / "config.json").is_file():
             vae = AutoencoderKLWan.from_pretrained(
-                path, subfolder="vae", local_files_only=True, torch_dtype=dtype
+                path, subfolder="vae", **_LOCAL, torch_dtype=dtype
             )
         else:
             raise FileNotFoundError(
                 f"no Wan VAE config in {str(path)!r}: expected config.json or vae/config.json"
             )
-        return cls(vae.eval().to(device=device, dtype=dtype))
+        if vae.dtype != dtype:  # the original checkpoint loads in its stored dtype
+            vae = vae.to(dtype=dtype)
+        return cls(vae.eval().to(device=device))
 
     # ------------------------------------------------------------------ geometry
 
@@ -153,7 +155,7 @@ class WanVAE(nn.Module):
 
     def new_decode_state(self) -> DecodeState:
         """A fresh state for one stream (nothing decoded yet)."""
-        return DecodeState(feat_cache=[None] * self._num_convs)
+        return DecodeState()
 
     @torch.no_grad()
     def decode_chunk(self, latents: torch.Tensor, state: DecodeState) -> torch.Tensor:
@@ -181,21 +183,7 @@ class WanVAE(nn.Module):
             )
         dtype = self.vae.post_quant_conv.weight.dtype
         x = self.vae.post_quant_conv(self.denormalize(latents).to(dtype))
-        frames = []
-        for i in range(x.shape[2]):
-            frames.append(
-                self.vae.decoder(
-                    x[:, :, i : i + 1],
-                    feat_cache=state.feat_cache,
-                    feat_idx=[0],
-                    first_chunk=not state.started,
-                )
-            )
-            state.started = True
-        out = torch.cat(frames, dim=2)
-        if self.vae.config.patch_size is not None:
-            out = unpatchify(out, patch_size=self.vae.config.patch_size)
-        return out.clamp(-1.0, 1.0)
+        return decode_frames(self.vae.decoder, x, state.history).clamp(-1.0, 1.0)
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
@@ -211,16 +199,16 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 2, 3, 4, 1)
 
 
-def tiny_wan_vae(seed: int = 0) -> WanVAE:
-    """A ~0.2 M-parameter Wan VAE with seeded random weights, for tests and CPU runs.
+def tiny_wan_vae(seed: int = 0, base_dim: int = 8) -> WanVAE:
+    """A small Wan VAE with seeded random weights, for tests, CPU runs and toy-world training.
 
-    Same architecture and strides as Wan2.1 (z_dim 16, spatial 8, temporal 4), base width 8,
-    one residual block per level. The global RNG is left untouched.
+    Same architecture and strides as Wan2.1 (z_dim 16, spatial 8, temporal 4), one residual
+    block per level; ``base_dim`` 8 is ~0.2 M parameters. The global RNG is left untouched.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKLWan(
-            base_dim=8,
+            base_dim=base_dim,
             z_dim=16,
             dim_mult=[1, 2, 2, 2],
             num_res_blocks=1,

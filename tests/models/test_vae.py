@@ -75,7 +75,7 @@ def test_state_rejects_other_geometry(vae: WanVAE) -> None:
     with pytest.raises(ValueError, match=r"\(B, h, w\)"):
         vae.decode_chunk(torch.zeros(1, 16, 1, 2, 2), state)
     with pytest.raises(ValueError, match="latents must be"):
-        vae.decode_chunk(torch.zeros(1, 8, 1, 4, 4), DecodeState(feat_cache=[]))
+        vae.decode_chunk(torch.zeros(1, 8, 1, 4, 4), DecodeState())
 
 
 def test_to_uint8_layout_and_values(vae: WanVAE) -> None:

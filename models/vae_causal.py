@@ -1,0 +1,179 @@
+"""Chunk-parallel forward of diffusers' Wan2.1 VAE (``AutoencoderKLWan``), history held outside.
+
+diffusers runs the causal encoder four frames at a time and the decoder one latent frame at a
+time, carrying each causal convolution's last two input frames in ``feat_cache``: decoding T
+latent frames is T passes through every layer, each a string of small kernels. Causality makes
+that loop unnecessary. A temporal-kernel-3 causal convolution over frames ``[a, b)`` needs only
+the two input frames before ``a``, so this module walks the same modules with whole chunks, one
+pass per chunk, given that history::
+
+    history = []
+    decode_frames(decoder, z[:, :, :1], history)     # 1 frame
+    decode_frames(decoder, z[:, :, 1:4], history)    # 12 frames, one pass through the layers
+    ...                                              # == diffusers' decode of all of z
+
+Temporal resampling follows diffusers exactly:
+
+* decoder (``upsample3d``): the stream's first frame skips the temporal up-convolution and stays
+  one frame; every later frame becomes two, the convolution seeing zeros before frame 1;
+* encoder (``downsample3d``): the first frame is kept; stride-2 windows over all frames follow.
+
+The encoder runs on whole clips of ``1 + 4k`` frames only (training and offline encoding), so it
+needs no history. Everything else (norms, activations, the per-frame attention block, spatial
+resampling) acts frame by frame and is called as diffusers' own modules. Only the Wan2.1 layout
+(``is_residual=False``, no patchify) is supported.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import (
+    WanAttentionBlock,
+    WanCausalConv3d,
+    WanDecoder3d,
+    WanMidBlock,
+    WanResample,
+    WanResidualBlock,
+)
+
+__all__ = ["History", "check_wan21_layout", "decode_frames", "encode_video"]
+
+_CONTEXT = 2  # input frames of history a temporal-kernel-3 causal convolution needs
+
+History = list[torch.Tensor | None]
+"""One stream's decoder history: per temporal convolution, in call order, ``None`` before the
+stream's first frame, then its last ``<= 2`` input frames ``[B, C, t, h, w]``."""
+
+
+class _Walk:
+    """Hands out history slots in call order; the call order is fixed by the module tree."""
+
+    def __init__(self, history: History) -> None:
+        self.history = history
+        self._next = 0
+
+    def _slot(self) -> int:
+        if self._next == len(self.history):
+            self.history.append(None)
+        self._next += 1
+        return self._next - 1
+
+    def causal(self, conv: WanCausalConv3d, x: torch.Tensor) -> torch.Tensor:
+        if conv._padding[4] == 0:  # no temporal context (1x1x1 shortcuts)
+            return conv(x)
+        slot = self._slot()
+        past = self.history[slot]
+        out = conv(x, past)  # None: diffusers zero-pads, as before a stream's first frame
+        seen = x if past is None else torch.cat([past, x], dim=2)
+        self.history[slot] = seen[:, :, -_CONTEXT:].detach().clone()
+        return out
+
+    def upsample(self, resample: WanResample, x: torch.Tensor) -> torch.Tensor:
+        if resample.mode == "upsample3d":
+            slot = self._slot()
+            past = self.history[slot]
+            head = None
+            if past is None:  # the stream's first frame passes without the temporal conv
+                head, x = x[:, :, :1], x[:, :, 1:]
+                past = head.new_zeros((*head.shape[:2], _CONTEXT, *head.shape[3:]))
+            if x.shape[2]:
+                b, c, t, h, w = x.shape
+                doubled = resample.time_conv(x, past)  # [B, 2C, t, h, w]
+                past = torch.cat([past, x], dim=2)[:, :, -_CONTEXT:].detach().clone()
+                # channel halves are the two output frames of each input frame, interleaved
+                x = doubled.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5)
+                x = x.reshape(b, c, 2 * t, h, w)
+                x = x if head is None else torch.cat([head, x], dim=2)
+            else:
+                x = head
+            self.history[slot] = past
+        return _per_frame(resample.resample, x)
+
+    def residual(self, block: WanResidualBlock, x: torch.Tensor) -> torch.Tensor:
+        skip = block.conv_shortcut(x)
+        x = self.causal(block.conv1, block.nonlinearity(block.norm1(x)))
+        x = self.causal(block.conv2, block.dropout(block.nonlinearity(block.norm2(x))))
+        return x + skip
+
+    def mid(self, block: WanMidBlock, x: torch.Tensor) -> torch.Tensor:
+        x = self.residual(block.resnets[0], x)
+        for attention, resnet in zip(block.attentions, block.resnets[1:], strict=True):
+            x = self.residual(resnet, attention(x))
+        return x
+
+
+def _per_frame(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 2D module to every frame of ``[B, C, T, H, W]``."""
+    b, _, t = x.shape[:3]
+    y = module(x.transpose(1, 2).flatten(0, 1))
+    return y.unflatten(0, (b, t)).transpose(1, 2)
+
+
+def _downsample(resample: WanResample, x: torch.Tensor) -> torch.Tensor:
+    x = _per_frame(resample.resample, x)
+    if resample.mode == "downsample3d" and x.shape[2] > 1:
+        x = torch.cat([x[:, :, :1], resample.time_conv(x)], dim=2)
+    return x
+
+
+def check_wan21_layout(vae: AutoencoderKLWan) -> None:
+    """Raise ``ValueError`` unless ``vae`` has the Wan2.1 layout this module walks."""
+    if vae.config.patch_size is not None or vae.config.is_residual:
+        raise ValueError(
+            "only the Wan2.1 VAE layout (no patchify, no residual blocks) is supported, got "
+            f"patch_size={vae.config.patch_size}, is_residual={vae.config.is_residual}"
+        )
+
+
+def encode_video(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
+    """The encoder's moments of whole clips, as ``vae.encode`` computes them.
+
+    Args:
+        vae: a Wan2.1-layout ``AutoencoderKLWan``.
+        video: ``[B, 3, 1 + 4k, H, W]`` in ``[-1, 1]``.
+
+    Returns:
+        ``[B, 2 z_dim, 1 + k, H/8, W/8]``: means then log-variances (``quant_conv`` applied), the
+        parameters diffusers' ``DiagonalGaussianDistribution`` takes.
+    """
+    check_wan21_layout(vae)
+    frames = video.shape[2]
+    if video.ndim != 5 or (frames - 1) % vae.config.scale_factor_temporal:
+        raise ValueError(f"video must be [B, 3, 1 + 4k, H, W], got {tuple(video.shape)}")
+    encoder, walk = vae.encoder, _Walk([])
+    x = walk.causal(encoder.conv_in, video)
+    for layer in encoder.down_blocks:
+        if isinstance(layer, WanResidualBlock):
+            x = walk.residual(layer, x)
+        elif isinstance(layer, WanAttentionBlock):
+            x = layer(x)
+        else:
+            x = _downsample(layer, x)
+    x = walk.mid(encoder.mid_block, x)
+    x = walk.causal(encoder.conv_out, encoder.nonlinearity(encoder.norm_out(x)))
+    return vae.quant_conv(x)
+
+
+def decode_frames(decoder: WanDecoder3d, x: torch.Tensor, history: History) -> torch.Tensor:
+    """Decode the next latent frames of one stream in one pass, continuing ``history``.
+
+    Args:
+        decoder: ``vae.decoder`` of a Wan2.1-layout ``AutoencoderKLWan``.
+        x: ``[B, z_dim, T, h, w]`` after ``post_quant_conv``, ``T >= 1``.
+        history: the stream's :data:`History`, ``[]`` for a new stream; updated in place.
+
+    Returns:
+        ``[B, 3, T_out, 8h, 8w]`` unclamped, ``T_out = 1 + 4 (T - 1)`` for a stream's first
+        call and ``4 T`` afterwards.
+    """
+    walk = _Walk(history)
+    x = walk.causal(decoder.conv_in, x)
+    x = walk.mid(decoder.mid_block, x)
+    for block in decoder.up_blocks:
+        for resnet in block.resnets:
+            x = walk.residual(resnet, x)
+        if block.upsamplers is not None:
+            x = walk.upsample(block.upsamplers[0], x)
+    x = decoder.nonlinearity(decoder.norm_out(x))
+    return walk.causal(decoder.conv_out, x)

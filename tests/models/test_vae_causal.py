@@ -1,0 +1,62 @@
+"""The chunk-parallel Wan VAE walk against diffusers' own chunked encode and per-frame decode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+
+from models.vae import tiny_wan_vae
+from models.vae_causal import decode_frames, encode_video
+
+
+@pytest.fixture(scope="module")
+def vae() -> AutoencoderKLWan:
+    return tiny_wan_vae(seed=3).vae.double()
+
+
+@pytest.mark.parametrize("frames", [1, 5, 13])
+def test_encode_video_equals_diffusers_encode(vae: AutoencoderKLWan, frames: int) -> None:
+    gen = torch.Generator().manual_seed(frames)
+    video = torch.rand(2, 3, frames, 32, 48, generator=gen, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        expected = vae.encode(video).latent_dist.parameters
+        got = encode_video(vae, video)
+    assert got.shape == (2, 32, 1 + (frames - 1) // 4, 4, 6)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
+def test_encode_video_rejects_frame_counts_off_the_stride(vae: AutoencoderKLWan) -> None:
+    with pytest.raises(ValueError, match=r"1 \+ 4k"):
+        encode_video(vae, torch.zeros(1, 3, 6, 16, 16, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("chunks", [(7,), (1, 6), (3, 3, 1), (1, 1, 2, 3)])
+def test_decode_frames_in_any_chunks_equals_diffusers_decode(
+    vae: AutoencoderKLWan, chunks: tuple[int, ...]
+) -> None:
+    gen = torch.Generator().manual_seed(len(chunks))
+    z = torch.randn(2, 16, sum(chunks), 4, 6, generator=gen, dtype=torch.float64)
+    history: list = []
+    with torch.no_grad():
+        expected = vae.decode(z).sample
+        x = vae.post_quant_conv(z)
+        parts = [decode_frames(vae.decoder, part, history) for part in x.split(list(chunks), 2)]
+    assert [p.shape[2] for p in parts] == [4 * c - 3 * (i == 0) for i, c in enumerate(chunks)]
+    torch.testing.assert_close(torch.cat(parts, 2).clamp(-1, 1), expected, atol=1e-12, rtol=0)
+
+
+def test_gradients_flow_through_a_whole_clip(vae: AutoencoderKLWan) -> None:
+    video = torch.rand(1, 3, 5, 16, 16, dtype=torch.float64, requires_grad=True)
+    moments = encode_video(vae, video)
+    recon = decode_frames(vae.decoder, vae.post_quant_conv(moments[:, :16]), [])
+    recon.square().mean().backward()
+    assert video.grad is not None and video.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in vae.decoder.parameters())
+    vae.zero_grad(set_to_none=True)
+
+
+def test_wan22_layout_is_refused() -> None:
+    wan22 = AutoencoderKLWan(base_dim=8, z_dim=16, is_residual=True, patch_size=2)
+    with pytest.raises(ValueError, match="Wan2.1 VAE layout"):
+        encode_video(wan22, torch.zeros(1, 3, 1, 16, 16))
