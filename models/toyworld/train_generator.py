@@ -6,10 +6,14 @@ Run ``python -m models.toyworld.train_generator --out DIR [--device cuda] [--sec
 Stages (fractions of the training budget; evaluation runs after it)::
 
     render pool   N toy clips of 45 frames (64x64, 16 fps) with per-chunk prompts
-    1. codec      40%  tiny AutoencoderKLWan on random 9-frame windows: MSE + L1 + small KL;
-                       then per-channel mean/std of the encoder means over the pool go into the
-                       VAE config (latents_mean / latents_std), so latents are ~N(0, 1)
-    2. generator  rest tiny CausalWanModel, flow matching + diffusion forcing (below)
+    1. codec      45%  small AutoencoderKLWan on whole pool clips: MSE + L1 + small KL, one
+                       pass per clip (models.vae_causal). The decoder streams: its history
+                       carries over ``vae_stream_steps`` steps (a new clip continues the
+                       stream from its second latent), so it learns the steady state of an
+                       endless stream, not only a stream's first frames. Then per-channel
+                       mean/std of the encoder means over the pool go into the VAE config
+                       (latents_mean / latents_std), so latents are ~N(0, 1)
+    2. generator  rest CausalWanModel ("toyworld" preset), flow matching + diffusion forcing
     3. save       vae/ (diffusers), dit.safetensors (original Wan keys), train.json
     4. evaluate   LongLive-style sampling, decode, adherence + codec PSNR into train.json
 
@@ -65,6 +69,7 @@ from models.toyworld.render import render
 from models.toyworld.scenarios import sample_clip, switch_clip
 from models.toyworld.text import prompt
 from models.vae import WanVAE, tiny_wan_vae, to_uint8
+from models.vae_causal import decode_frames, encode_video
 from models.wan import CausalWanModel, wan_config
 
 __all__ = ["TrainConfig", "evaluate", "main", "train"]
@@ -91,14 +96,27 @@ class TrainConfig:
         pool_clips: toy clips rendered once and shared by both stages.
         switch_fraction: share of the pool that are prompt-switch clips.
         max_objects, transient: ``sample_clip`` arguments of the pool.
-        vae_frames: video frames per codec window (1 + 4k for the causal temporal stride).
+        vae_stream_steps: steps a codec decoder stream continues before it restarts.
+        vae_dim: the codec's base width (``tiny_wan_vae(base_dim=...)``).
+        vae_bf16: run the codec under bf16 autocast on CUDA (else fp32 with TF32).
+        vae_noise: scale of the posterior sample in training (0: decode the means, a plain
+            autoencoder; the small KL then only keeps the latents near unit scale).
         vae_batch, vae_lr, kl_weight: codec optimisation (KL is per element, mean-reduced).
-        latent_frames: latent frames per generator clip (video frames ``1 + 4 (F - 1)``).
+        dit_preset: the Wan preset of the generator.
+        latent_frames: latent frames per pool clip (video frames ``1 + 4 (F - 1)``): 7 chunks,
+            so LongLive's window evicts and Rolling Forcing's window fills.
+        codec_frames: video frames of a codec training window (``1 + 4k``), cut at random from
+            a pool clip.
         chunk_frames, sink_frames, window_frames: LongLive's chunking and cache geometry.
         gen_batch, gen_lr, warmup_steps, ema_decay: generator optimisation.
         inference_level_prob: chance a chunk's noise level is one of the 4 sampling levels
-            (else a continuous shifted level).
-        shift: sigma shift of the schedule.
+            (else a continuous shifted level); for a Rolling Forcing window, chance its levels
+            are the published ones (else sorted continuous levels).
+        rolling_fraction: share of the steps in Rolling Forcing's layout.
+        rolling_window: Rolling Forcing's window, in chunks (one per denoising step).
+        shift: sigma shift of training and sampling. 64x64 video (8x8 latents) loses its
+            content at far lower noise than 480p, so the toy world samples unshifted; the
+            pipelines read it from ``train.json``.
         max_vae_steps, max_gen_steps: step caps (``None``: the budget decides).
         fixed_batch: reuse the first batch every step (smoke runs: loss must fall).
         log_every: steps between logged losses.
@@ -107,16 +125,21 @@ class TrainConfig:
     """
 
     seconds_budget: float = 150.0
-    vae_fraction: float = 0.4
+    vae_fraction: float = 0.45
     pool_clips: int = 3072
     switch_fraction: float = 0.25
     max_objects: int = 2
     transient: float = 0.1
-    vae_frames: int = 9
-    vae_batch: int = 32
-    vae_lr: float = 2e-3
+    vae_stream_steps: int = 6
+    vae_dim: int = 16
+    vae_bf16: bool = True
+    vae_noise: float = 0.0
+    vae_batch: int = 16
+    vae_lr: float = 1.5e-3
     kl_weight: float = 1e-4
-    latent_frames: int = 12
+    dit_preset: str = "toyworld"
+    latent_frames: int = 21
+    codec_frames: int = 45
     chunk_frames: int = 3
     sink_frames: int = 3
     window_frames: int = 9
@@ -125,7 +148,9 @@ class TrainConfig:
     warmup_steps: int = 100
     ema_decay: float = 0.999
     inference_level_prob: float = 0.5
-    shift: float = 5.0
+    rolling_fraction: float = 0.4
+    rolling_window: int = 5
+    shift: float = 1.0
     max_vae_steps: int | None = None
     max_gen_steps: int | None = None
     fixed_batch: bool = False
@@ -134,8 +159,13 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if (self.vae_frames - 1) % _TEMPORAL:
-            raise ValueError(f"vae_frames must be 1 + 4k, got {self.vae_frames}")
+        if (self.codec_frames - 1) % _TEMPORAL or self.codec_frames > self.video_frames:
+            raise ValueError(
+                f"codec_frames must be 1 + 4k and at most {self.video_frames}, "
+                f"got {self.codec_frames}"
+            )
+        if self.vae_stream_steps < 1:
+            raise ValueError(f"vae_stream_steps must be >= 1, got {self.vae_stream_steps}")
         if self.latent_frames % self.chunk_frames:
             raise ValueError(
                 f"latent_frames={self.latent_frames} must be a multiple of "
@@ -156,11 +186,15 @@ class TrainConfig:
 SMOKE = TrainConfig(
     seconds_budget=600.0,  # the step caps end the stages
     pool_clips=4,
-    vae_frames=5,
+    vae_stream_steps=2,
+    vae_dim=8,
     vae_batch=1,
     vae_lr=3e-3,
     max_vae_steps=5,
     latent_frames=6,
+    codec_frames=9,
+    rolling_window=2,
+    dit_preset="tiny",
     gen_batch=2,
     warmup_steps=1,
     max_gen_steps=4,
@@ -306,8 +340,10 @@ def _lr_factor(step: int, warmup: int, progress: float) -> float:
     return warm * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device: torch.device, enabled: bool = True):
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda"
+    )
 
 
 def _shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
@@ -343,31 +379,41 @@ def _psnr(mse: float) -> float:
 def train_codec(
     cfg: TrainConfig, pool: Pool, device: torch.device, deadline: float
 ) -> tuple[AutoencoderKLWan, dict]:
-    """Train the tiny Wan VAE on random ``cfg.vae_frames``-frame windows of the pool."""
-    vae = tiny_wan_vae(seed=cfg.seed).vae.to(device).train()
+    """Train a small Wan VAE on whole pool clips, the decoder as persistent streams."""
+    vae = tiny_wan_vae(seed=cfg.seed, base_dim=cfg.vae_dim).vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    n, t = pool.video.shape[:2]
+    n = len(pool.video)
     start, step, curve, losses = time.perf_counter(), 0, [], []
-    batch = None
+    batch, history = None, []
     bar = tqdm(desc="codec", unit="step", mininterval=2.0, file=sys.stderr)
     while time.perf_counter() < deadline and (
         cfg.max_vae_steps is None or step < cfg.max_vae_steps
     ):
         if batch is None or not cfg.fixed_batch:
             idx = torch.randint(n, (cfg.vae_batch,), generator=gen)
-            off = torch.randint(t - cfg.vae_frames + 1, (cfg.vae_batch,), generator=gen)
-            frames = off[:, None] + torch.arange(cfg.vae_frames)
+            off = torch.randint(
+                pool.video.shape[1] - cfg.codec_frames + 1, (cfg.vae_batch,), generator=gen
+            )
+            frames = off[:, None] + torch.arange(cfg.codec_frames)
             batch = to_signed(pool.video[idx[:, None], frames]).to(device)
+        restart = step % cfg.vae_stream_steps == 0
+        if restart:
+            history = []
         progress = (time.perf_counter() - start) / max(1e-6, deadline - start)
         for group in opt.param_groups:
             group["lr"] = cfg.vae_lr * _lr_factor(step, 20, progress)
-        with _autocast(device):
-            dist = vae.encode(batch).latent_dist
-            recon = vae.decode(dist.sample()).sample.float()
-        mse = F.mse_loss(recon, batch)
-        l1 = (recon - batch).abs().mean()
-        kl = 0.5 * (dist.mean.float() ** 2 + dist.var.float() - 1.0 - dist.logvar.float()).mean()
+        with _autocast(device, cfg.vae_bf16):
+            mean, logvar = encode_video(vae, batch).float().chunk(2, dim=1)
+            logvar = logvar.clamp(-30.0, 20.0)  # as diffusers' DiagonalGaussianDistribution
+            z = mean + cfg.vae_noise * torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            x = vae.post_quant_conv(z)
+            # a continuing stream decodes the new clip from its second latent (4 frames each)
+            recon = decode_frames(vae.decoder, x if restart else x[:, :, 1:], history).float()
+        target = batch if restart else batch[:, :, 1:]
+        mse = F.mse_loss(recon, target)
+        l1 = (recon - target).abs().mean()
+        kl = 0.5 * (mean**2 + logvar.exp() - 1.0 - logvar).mean()
         loss = mse + l1 + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -399,9 +445,8 @@ def encode_pool(
     """Encoder means ``[N, 16, F, h, w]`` (fp32, on ``device``) of every pool clip."""
     out = []
     for i in range(0, len(pool.video), batch):
-        with _autocast(device):
-            mean = vae.encode(to_signed(pool.video[i : i + batch]).to(device)).latent_dist.mean
-        out.append(mean.float())
+        moments = encode_video(vae, to_signed(pool.video[i : i + batch]).to(device))
+        out.append(moments[:, : vae.config.z_dim].float())
     return torch.cat(out)
 
 
@@ -419,6 +464,125 @@ def set_latent_stats(vae: AutoencoderKLWan, latents: torch.Tensor) -> tuple[list
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Batch:
+    """One training batch in the DiT's row layout (one row per 3-frame block)."""
+
+    rows: torch.Tensor  # [R, C, chunk, h, w] model input
+    t: torch.Tensor  # [R, chunk] timesteps
+    prompt_rows: torch.Tensor  # [R] prompt index of each row
+    attention: ClipBatchAttention
+    loss_rows: torch.Tensor  # [R] bool, rows whose velocity is trained
+    target: torch.Tensor  # [R_loss, C, chunk, h, w] velocity ``noise - x0`` of those rows
+
+
+def _longlive_batch(
+    cfg: TrainConfig,
+    x0: torch.Tensor,
+    prompts: torch.Tensor,
+    levels: torch.Tensor,
+    attention: ClipBatchAttention,
+    gen: torch.Generator,
+) -> _Batch:
+    """Clean copy + noisy copy of every clip, one noise level per chunk (module docstring)."""
+    b, nc, ch = x0.shape[0], cfg.num_chunks, cfg.chunk_frames
+    device = x0.device
+    noise = torch.randn(x0.shape, generator=gen, device=device)
+    sigma = _sample_levels(cfg, levels, (b, nc), gen)  # [B, nc]
+    s = sigma.repeat_interleave(ch, 1)[:, None, :, None, None]  # [B, 1, F, 1, 1]
+    xt = (1 - s) * x0 + s * noise
+    rows = torch.stack([_chunk_rows(x0, ch), _chunk_rows(xt, ch)])  # [2, B*nc, C, ch, h, w]
+    rows = rows.unflatten(1, (b, nc)).transpose(0, 1).flatten(0, 2)  # clip, copy, chunk
+    t = torch.stack([torch.zeros_like(sigma), sigma * 1000], 1)  # [B, 2, nc]
+    t = t.flatten().repeat_interleave(ch).view(-1, ch)  # [B*2*nc, ch]
+    noisy = torch.zeros((b, 2, nc), dtype=torch.bool, device=device)
+    noisy[:, 1] = True
+    return _Batch(
+        rows=rows,
+        t=t,
+        prompt_rows=prompts[:, None, :].expand(b, 2, nc).flatten(),
+        attention=attention,
+        loss_rows=noisy.flatten(),
+        target=_chunk_rows(noise - x0, ch),
+    )
+
+
+def _rolling_layout(cfg: TrainConfig, end: int) -> tuple[list[int], list[int]]:
+    """Rolling Forcing's attention for the window ending before block ``end``: clean context
+    blocks (the sink, then the block before the window) and the window's blocks."""
+    window = list(range(max(0, end - cfg.rolling_window), end))
+    context = sorted({0, window[0] - 1} - {-1}) if window[0] > 0 else []
+    return context, window
+
+
+def _rolling_attention(
+    cfg: TrainConfig, end: int, grid: tuple[int, int], rope: RopeSpec, clips: int, device
+) -> ClipBatchAttention:
+    """Contiguous positions (sink, history, window), as the pipeline lays them out; clean
+    blocks see the clean blocks up to themselves, window blocks see everything."""
+    context, window = _rolling_layout(cfg, end)
+    ch = cfg.chunk_frames
+    slots = len(context) + len(window)
+    block = np.repeat(np.arange(slots), ch)
+    clean = block < len(context)
+    mask = np.where(clean[:, None], clean[None, :] & (block[None, :] <= block[:, None]), True)
+    mask = token_mask(mask, grid[0] * grid[1])
+    pos = torch.from_numpy(frame_positions(np.arange(slots * ch), grid)).to(device)
+    return ClipBatchAttention(pos, torch.from_numpy(mask).to(device), rope, clips)
+
+
+def _rolling_batch(
+    cfg: TrainConfig,
+    x0: torch.Tensor,
+    prompts: torch.Tensor,
+    end: int,
+    attention: ClipBatchAttention,
+    gen: torch.Generator,
+) -> _Batch:
+    """A Rolling Forcing pass: noise rising from the window's oldest block to its newest, every
+    row under the prompt of the newest block (the stream's current prompt)."""
+    context, window = _rolling_layout(cfg, end)
+    b, ch, n = x0.shape[0], cfg.chunk_frames, len(window)
+    device = x0.device
+    blocks = x0.unflatten(2, (cfg.num_chunks, ch))  # [B, C, nc, ch, h, w]
+    clean = blocks[:, :, context].transpose(1, 2)  # [B, k, C, ch, h, w]
+    target_x0 = blocks[:, :, window].transpose(1, 2)  # [B, n, C, ch, h, w]
+    noise = torch.randn(target_x0.shape, generator=gen, device=device)
+    published = torch.tensor(
+        FlowSchedule((1000, 800, 600, 400, 200), shift=cfg.shift).sigmas[::-1][-n:],
+        device=device,
+    )
+    u = torch.rand((b, n), generator=gen, device=device)
+    random_levels = _shifted(u, cfg.shift).sort(dim=1).values
+    use_published = torch.rand((b, 1), generator=gen, device=device) < cfg.inference_level_prob
+    sigma = torch.where(use_published, published.expand(b, n), random_levels)  # [B, n]
+    s = sigma[:, :, None, None, None, None]
+    noisy = (1 - s) * target_x0 + s * noise
+    rows = torch.cat([clean, noisy], dim=1)  # [B, k + n, C, ch, h, w]
+    t = torch.cat([torch.zeros((b, len(context)), device=device), sigma * 1000], dim=1)
+    loss_rows = torch.zeros((b, len(context) + n), dtype=torch.bool, device=device)
+    loss_rows[:, len(context) :] = True
+    return _Batch(
+        rows=rows.flatten(0, 1),
+        t=t.flatten().repeat_interleave(ch).view(-1, ch),
+        prompt_rows=prompts[:, end - 1 : end].expand(b, len(context) + n).flatten(),
+        attention=attention,
+        loss_rows=loss_rows.flatten(),
+        target=(noise - target_x0).flatten(0, 1),
+    )
+
+
+def _sample_levels(
+    cfg: TrainConfig, levels: torch.Tensor, shape: tuple[int, ...], gen: torch.Generator
+) -> torch.Tensor:
+    """Sigmas: one of the sampling ``levels`` with ``inference_level_prob``, else continuous."""
+    device = levels.device
+    u = torch.rand(shape, generator=gen, device=device)
+    pick = torch.randint(len(levels), shape, generator=gen, device=device)
+    use_level = torch.rand(shape, generator=gen, device=device) < cfg.inference_level_prob
+    return torch.where(use_level, levels[pick], _shifted(u, cfg.shift))
+
+
 def train_dit(
     cfg: TrainConfig,
     latents: torch.Tensor,
@@ -427,7 +591,9 @@ def train_dit(
     device: torch.device,
     deadline: float,
 ) -> tuple[CausalWanModel, dict]:
-    """Flow matching with per-chunk noise levels over normalised ``latents [N, 16, F, h, w]``.
+    """Flow matching over normalised ``latents [N, 16, F, h, w]`` in both pipelines' layouts:
+    LongLive's (clean + noisy copies, per-chunk levels) and, a ``rolling_fraction`` of the
+    steps, Rolling Forcing's (a window at rising noise after a clean sink and history).
 
     Args:
         chunk_prompt: int64 ``[N, num_chunks]`` prompt index of every chunk.
@@ -436,7 +602,7 @@ def train_dit(
     Returns:
         The EMA weights in a fresh model, and the stage's statistics.
     """
-    config = wan_config("tiny")
+    config = wan_config(cfg.dit_preset)
     model = CausalWanModel(config).to(device)
     model.init_weights(torch.Generator(device).manual_seed(cfg.seed))
     model.train()
@@ -446,13 +612,18 @@ def train_dit(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.gen_lr, weight_decay=0.01, betas=(0.9, 0.99))
     grid = (latents.shape[3] // _PATCH, latents.shape[4] // _PATCH)
     rope = wan_rope(config.head_dim)
-    attention = _clip_attention(cfg, grid, rope, cfg.gen_batch, device)
+    b = cfg.gen_batch
+    longlive = _clip_attention(cfg, grid, rope, b, device)
+    rolling = {
+        end: _rolling_attention(cfg, end, grid, rope, b, device)
+        for end in range(1, cfg.num_chunks + 1)
+    }
     levels = torch.tensor(
         FlowSchedule((1000, 750, 500, 250), shift=cfg.shift).sigmas, device=device
     )
     gen = torch.Generator(device).manual_seed(cfg.seed + 2)
     chunk_prompt, text = chunk_prompt.to(device), text.to(device)
-    n, nc, ch = latents.shape[0], cfg.num_chunks, cfg.chunk_frames
+    n = latents.shape[0]
     start, step, curve, losses = time.perf_counter(), 0, [], []
     idx = None
     bar = tqdm(desc="generator", unit="step", mininterval=2.0, file=sys.stderr)
@@ -460,30 +631,20 @@ def train_dit(
         cfg.max_gen_steps is None or step < cfg.max_gen_steps
     ):
         if idx is None or not cfg.fixed_batch:
-            idx = torch.randint(n, (cfg.gen_batch,), generator=gen, device=device)
-        b = cfg.gen_batch
-        x0 = latents[idx]
-        noise = torch.randn(x0.shape, generator=gen, device=device)
-        u = torch.rand((b, nc), generator=gen, device=device)
-        pick = torch.randint(len(levels), (b, nc), generator=gen, device=device)
-        use_level = torch.rand((b, nc), generator=gen, device=device) < cfg.inference_level_prob
-        sigma = torch.where(use_level, levels[pick], _shifted(u, cfg.shift))  # [B, nc]
-        s = sigma.repeat_interleave(ch, 1)[:, None, :, None, None]  # [B, 1, F, 1, 1]
-        xt = (1 - s) * x0 + s * noise
-        rows = torch.stack([_chunk_rows(x0, ch), _chunk_rows(xt, ch)])  # [2, B*nc, C, ch, h, w]
-        rows = rows.unflatten(1, (b, nc)).transpose(0, 1).flatten(0, 2)  # clip, copy, chunk
-        t = torch.stack([torch.zeros_like(sigma), sigma * 1000], 1)  # [B, 2, nc]
-        t = t.flatten().repeat_interleave(ch).view(-1, ch)  # [B*2*nc, ch]
-        prompt_rows = chunk_prompt[idx][:, None, :].expand(b, 2, nc).flatten()
+            idx = torch.randint(n, (b,), generator=gen, device=device)
+        x0, prompts = latents[idx], chunk_prompt[idx]
+        if torch.rand((), generator=gen, device=device).item() < cfg.rolling_fraction:
+            end = int(torch.randint(1, cfg.num_chunks + 1, (), generator=gen, device=device))
+            batch = _rolling_batch(cfg, x0, prompts, end, rolling[end], gen)
+        else:
+            batch = _longlive_batch(cfg, x0, prompts, levels, longlive, gen)
         progress = (time.perf_counter() - start) / max(1e-6, deadline - start)
         for group in opt.param_groups:
             group["lr"] = cfg.gen_lr * _lr_factor(step, cfg.warmup_steps, progress)
         with _autocast(device):
-            cond = model.encode_text(text[prompt_rows])
-            pred = model(rows, t, cond, attention).float()
-        pred = pred.unflatten(0, (b, 2, nc))[:, 1]  # noisy copy [B, nc, C, ch, h, w]
-        target = _chunk_rows(noise - x0, ch).unflatten(0, (b, nc))
-        loss = F.mse_loss(pred, target)
+            cond = model.encode_text(text[batch.prompt_rows])
+            pred = model(batch.rows, batch.t, cond, batch.attention).float()
+        loss = F.mse_loss(pred[batch.loss_rows], batch.target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -571,8 +732,8 @@ def generate(
     return torch.cat(clean, dim=2)
 
 
-def _load_dit(path: Path, device: torch.device) -> CausalWanModel:
-    dit = CausalWanModel(wan_config("tiny"))
+def _load_dit(path: Path, device: torch.device, preset: str) -> CausalWanModel:
+    dit = CausalWanModel(wan_config(preset))
     dit.load_state_dict(load_file(path), strict=True)
     return dit.to(device).float().eval()
 
@@ -592,6 +753,8 @@ def evaluate(
     n_clips: int = 8,
     latent_frames: int = 12,
     seed: int = 0,
+    preset: str = "toyworld",
+    shift: float = 1.0,
 ) -> dict:
     """Generate ``n_clips`` held-out prompts with the trained weights and grade them.
 
@@ -602,7 +765,7 @@ def evaluate(
     """
     out_dir, device = Path(out_dir), torch.device(device)
     vae = WanVAE.from_pretrained(out_dir / "vae", device=device)
-    dit = _load_dit(out_dir / "dit.safetensors", device)
+    dit = _load_dit(out_dir / "dit.safetensors", device, preset)
     video_frames = 1 + _TEMPORAL * (latent_frames - 1)
     clips = _eval_clips(n_clips, video_frames)
     prompts = [prompt(c) for c in clips]
@@ -614,13 +777,13 @@ def evaluate(
         frames = render(clip)
         truth.append(adherence(frames, prompts[i]))
         x = to_signed(torch.from_numpy(frames)[None]).to(device)
-        z = vae.vae.encode(x).latent_dist.mean
+        z = encode_video(vae.vae, x)[:, : vae.z_dim]
         recon = vae.decode_chunk((z - vae.latents_mean) / vae.latents_std, vae.new_decode_state())
         mses.append(F.mse_loss(recon.float(), x).item())
         recon_adh.append(adherence(to_uint8(recon)[0].cpu().numpy(), prompts[i]))
         latents = generate(
             dit, context[i : i + 1], latent_frames, (_SIZE[0] // _SPATIAL, _SIZE[1] // _SPATIAL),
-            generator,
+            generator, schedule=FlowSchedule((1000, 750, 500, 250), shift=shift),
         )  # fmt: skip
         video = to_uint8(vae.decode_chunk(latents, vae.new_decode_state()))[0].cpu().numpy()
         result["adherence_per_clip"].append(adherence(video, prompts[i]))
@@ -630,7 +793,38 @@ def evaluate(
     result["truth_adherence"] = float(np.mean(truth))
     result["recon_adherence"] = float(np.mean(recon_adh))
     result["recon_psnr"] = _psnr(float(np.mean(mses)))
+    result["recon_psnr_stream"] = stream_psnr(vae, n_clips=min(4, n_clips))
     return result
+
+
+@torch.no_grad()
+def stream_psnr(vae: WanVAE, n_clips: int, seconds: float = 10.0, chunk: int = 3) -> dict:
+    """Codec PSNR over long clips decoded as a stream, ``chunk`` latents at a time: the
+    ``first`` and ``last`` 45 frames, and every second (a decoder that only learned a stream's
+    start decays here)."""
+    device = vae.latents_mean.device
+    latents = int(seconds * _FPS) // _TEMPORAL
+    rng = np.random.default_rng(_EVAL_SEED + 1)
+    clips = [
+        sample_clip(rng, seconds=(1 + _TEMPORAL * (latents - 1)) / _FPS, fps=_FPS, size=_SIZE)
+        for _ in range(n_clips)
+    ]
+    x = to_signed(torch.from_numpy(np.stack([render(c) for c in clips]))).to(device)
+    z = encode_video(vae.vae, x)[:, : vae.z_dim]
+    z = (z - vae.latents_mean) / vae.latents_std
+    state = vae.new_decode_state()
+    recon = torch.cat([vae.decode_chunk(part, state) for part in z.split(chunk, dim=2)], dim=2)
+    per_frame = (recon.float() - x).square().mean((0, 1, 3, 4)).tolist()
+    per_second = [
+        _psnr(float(np.mean(per_frame[i : i + int(_FPS)])))
+        for i in range(0, len(per_frame), int(_FPS))
+    ]
+    return {
+        "frames": len(per_frame),
+        "first": _psnr(float(np.mean(per_frame[:45]))),
+        "last": _psnr(float(np.mean(per_frame[-45:]))),
+        "per_second": per_second,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -678,7 +872,9 @@ def train(cfg: TrainConfig, out: Path, device: torch.device, command: str) -> di
     train_seconds = time.perf_counter() - t0
 
     t_eval = time.perf_counter()
-    evaluation = evaluate(out, device, cfg.eval_clips, cfg.latent_frames, cfg.seed)
+    evaluation = evaluate(
+        out, device, cfg.eval_clips, cfg.latent_frames, cfg.seed, cfg.dit_preset, cfg.shift
+    )
     report = {
         "command": command,
         "seed": cfg.seed,
@@ -740,14 +936,16 @@ def main(argv: list[str] | None = None) -> dict:
     command = " ".join(["python -m models.toyworld.train_generator", *map(str, argv)])
     report = train(cfg, args.out, torch.device(args.device), command)
     logger.info(
-        "codec %s steps loss %.4f, generator %s steps loss %.4f, adherence %.3f, psnr %.1f dB, "
-        "%.0fs",
+        "codec %s steps loss %.4f, generator %s steps loss %.4f, adherence %.3f, psnr %.1f dB "
+        "(stream: first %.1f, last %.1f), %.0fs",
         report["codec"]["steps"],
         report["codec"]["final_loss"],
         report["generator"]["steps"],
         report["generator"]["final_loss"],
         report["eval"]["adherence"],
         report["eval"]["recon_psnr"],
+        report["eval"]["recon_psnr_stream"]["first"],
+        report["eval"]["recon_psnr_stream"]["last"],
         report["wall_seconds"],
     )
     return report

@@ -75,3 +75,41 @@ def test_clip_batch_attention_matches_block_diagonal_dense():
     dense_mask = torch.block_diag(*[torch.from_numpy(mask)] * clips).bool()
     dense = DenseAttention(pos.repeat(clips, 1), (0, clips * t), rope, False, dense_mask)
     torch.testing.assert_close(batched.attend(0, q, k, v), dense.attend(0, q, k, v))
+
+
+@pytest.mark.parametrize(
+    ("end", "context", "window"),
+    [(1, [], [0]), (3, [], [0, 1, 2]), (5, [], [0, 1, 2, 3, 4]), (6, [0], [1, 2, 3, 4, 5]),
+     (7, [0, 1], [2, 3, 4, 5, 6])],
+)  # fmt: skip
+def test_rolling_layout_is_sink_history_and_window(end, context, window):
+    cfg = tg.TrainConfig()
+    assert tg._rolling_layout(cfg, end) == (context, window)
+
+
+def test_rolling_attention_context_is_causal_and_window_sees_all():
+    cfg, grid = tg.TrainConfig(), (2, 2)
+    attention = tg._rolling_attention(cfg, 7, grid, wan_rope(32), clips=1, device="cpu")
+    per_block = cfg.chunk_frames * grid[0] * grid[1]
+    blocks = attention._mask[::per_block, ::per_block].numpy()  # 2 context + 5 window blocks
+    expected = np.ones((7, 7), bool)
+    expected[0, 1:] = False  # the sink sees itself
+    expected[1, 2:] = False  # the history sees the sink and itself
+    np.testing.assert_array_equal(blocks, expected)
+    positions = attention._pos[:: per_block // cfg.chunk_frames, 0].tolist()
+    assert positions == list(range(7 * cfg.chunk_frames))  # contiguous, as the pipeline's
+
+
+def test_rolling_batch_trains_window_rows_under_the_newest_prompt():
+    cfg = tg.TrainConfig()
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 16, cfg.latent_frames, 4, 4, generator=gen)
+    prompts = torch.arange(2 * cfg.num_chunks).view(2, cfg.num_chunks)
+    attention = tg._rolling_attention(cfg, 7, (2, 2), wan_rope(32), clips=2, device="cpu")
+    batch = tg._rolling_batch(cfg, x0, prompts, 7, attention, gen)
+    assert batch.rows.shape == (2 * 7, 16, 3, 4, 4)
+    assert batch.loss_rows.view(2, 7).tolist() == [[False] * 2 + [True] * 5] * 2
+    assert batch.prompt_rows.view(2, 7).tolist() == [[6] * 7, [13] * 7]
+    t = batch.t.view(2, 7, 3)[:, :, 0]
+    assert (t[:, :2] == 0).all() and (t[:, 2:].diff(dim=1) >= 0).all()  # noise rises
+    torch.testing.assert_close(batch.rows.view(2, 7, 16, 3, 4, 4)[:, 1], x0[:, :, 3:6])
