@@ -1,15 +1,39 @@
-"""The tiny Qwen2.5-VL's parts, built in memory: a toy-world tokenizer and a toy-size config.
+"""The tiny Qwen2.5-VL's parts, built in memory: a toy-world tokenizer and toy-size configs.
 
 Used by :func:`models.qwen_vl.tiny_qwen_vl` (tests and the embedded default); no files are read.
+:func:`toy_qwen_vl` is the larger, trainable geometry that ``models.toyworld.train_vlm`` trains
+into the shipped toy-world commentator (64x64 frames seen at 112x112: 16 tokens a second).
 """
 
 from __future__ import annotations
 
-from transformers import PreTrainedTokenizerBase, Qwen2_5_VLConfig
+from pathlib import Path
 
-from models.qwen_vl import QwenSpecialTokens
+import torch
+from transformers import (
+    PreTrainedTokenizerBase,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "TOY_WORDS", "tiny_config", "tiny_tokenizer"]
+from models.qwen_vl import QwenSpecialTokens, QwenVL, load_qwen_vl
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "TOY_VIDEO_PIXELS",
+    "TOY_WORDS",
+    "load_toy_qwen_vl",
+    "tiny_config",
+    "tiny_tokenizer",
+    "toy_config",
+    "toy_qwen_vl",
+]
+
+# Per-frame pixels of the toy model, both bounds: a 64x64 frame is resized to 112x112 (8x8
+# patches of 14, 4x4 merged tokens), so a 13-20 px shape covers 2-3 patches a side.
+TOY_VIDEO_PIXELS = 112 * 112
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -128,3 +152,84 @@ def tiny_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig:
         vision_end_token_id=ids.vision_end,
         tie_word_embeddings=False,
     )
+
+
+def toy_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL at toy-world size (~1.7 M parameters, 6.5 MB in float32).
+
+    Text: 128 wide, 4 layers, 4 query + 2 key/value heads of 32, M-RoPE sections (4, 6, 6),
+    theta 1e4. Vision: 96 wide, 4 layers, 4 heads of 24, patch 14, 2x2 merge; its window
+    (112 px) covers a whole 112x112 frame, so every block attends over the frame.
+    """
+    ids = QwenSpecialTokens.from_tokenizer(tokenizer)
+    return Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 128,
+            "intermediate_size": 384,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 8192,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e4,
+                "mrope_section": [4, 6, 6],
+            },
+            "bos_token_id": ids.endoftext,
+            "eos_token_id": ids.im_end,
+            "pad_token_id": ids.endoftext,
+        },
+        vision_config={
+            "depth": 4,
+            "hidden_size": 96,
+            "intermediate_size": 256,
+            "num_heads": 4,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "tokens_per_second": 2,
+            "window_size": 112,  # 4x4 merged tokens: the whole frame
+            "out_hidden_size": 128,
+            "fullatt_block_indexes": [3],
+        },
+        image_token_id=ids.image_pad,
+        video_token_id=ids.video_pad,
+        vision_start_token_id=ids.vision_start,
+        vision_end_token_id=ids.vision_end,
+        tie_word_embeddings=False,
+    )
+
+
+def toy_qwen_vl(seed: int = 0, device: torch.device | str = "cpu") -> QwenVL:
+    """The untrained toy-world model (float32, transformers' seeded initialisation).
+
+    Its image processor and pixel bounds are :data:`TOY_VIDEO_PIXELS` on both sides; a saved
+    folder must be loaded with ``video_min_pixels = video_max_pixels = TOY_VIDEO_PIXELS``.
+    """
+    tokenizer = tiny_tokenizer()
+    config = toy_config(tokenizer)
+    torch.manual_seed(seed)
+    hf_model = Qwen2_5_VLForConditionalGeneration._from_config(
+        config, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=TOY_VIDEO_PIXELS,
+        max_pixels=TOY_VIDEO_PIXELS,
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    return QwenVL(
+        hf_model.to(device), tokenizer, image_processor, TOY_VIDEO_PIXELS, TOY_VIDEO_PIXELS
+    )
+
+
+def load_toy_qwen_vl(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> QwenVL:
+    """A trained toy-world folder (``models.toyworld.train_vlm``'s output) with the pixel bounds
+    it was trained at; :func:`models.qwen_vl.load_qwen_vl`'s defaults would resize 64x64
+    frames to 280x280 (100 tokens a second) instead of 112x112."""
+    return load_qwen_vl(path, dtype, device, TOY_VIDEO_PIXELS, TOY_VIDEO_PIXELS)
