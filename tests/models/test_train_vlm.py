@@ -1,5 +1,5 @@
 """The toy-world VLM training script: its token layout is the pipeline's, and a smoke run
-trains, saves a loadable folder and lowers the loss."""
+trains, saves a folder the project's loader reads, and records its metrics."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ import pytest
 import torch
 
 from models.qwen_vl import load_qwen_vl, tiny_qwen_vl
+from models.qwen_vl_tiny import TOY_VIDEO_PIXELS, load_toy_qwen_vl
 from models.toyworld import Feed, render
 from models.toyworld.train_vlm import (
     DEFAULT_INSTRUCTION,
     SecondCache,
     Segment,
-    _tokens,
     build_window,
     layout,
     main,
     prefix_text,
-    round_segments,
     score,
 )
+from models.toyworld.vlm_layout import TokenLayout
 from stream.kvcache import KVCacheManager
 from stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
 
@@ -61,10 +61,11 @@ def test_layout_matches_pipeline(model):
     finally:
         del model.embed
     before, after = prefix_text()
-    segs = [Segment.text(_tokens(model, before) + _tokens(model, after))]
+    tl = TokenLayout.from_model(model)
+    segs = [Segment.text(tl.tokens(before) + tl.tokens(after))]
     for second, reply in enumerate(replies):
         extra = DEFAULT_INSTRUCTION if second == 0 else ""
-        segs += round_segments(model, second, second == 0, extra, grid)
+        segs += tl.round(second, second == 0, extra, grid)
         segs.append(Segment.text(reply + [model.special.im_end]))
     ours = [i for s in segs for i in s.ids]
     # the pipeline has not embedded the last reply's <|im_end|> (it joins the next prefill),
@@ -94,6 +95,26 @@ def test_window_positions_contiguous(model):
     assert layout([]).shape == (0, 3)
 
 
+def test_memoised_window_equals_segment_layout(model):
+    """``TokenLayout.window`` (memoised parts) equals laying out its segments directly, and a
+    second call (from the memo) equals the first."""
+    tl = TokenLayout.from_model(model)
+    captions = ["the red circle moves right", "", "a blue square appears and " * 5]
+    for instruction, previous in ((DEFAULT_INSTRUCTION, ""), (None, "the red circle is still")):
+        segs = tl.prefix(previous)
+        for j, caption in enumerate(captions):
+            first = j == 0 and instruction is not None
+            segs += tl.round(5 + j, first, instruction if first else "", (1, 2, 2))
+            segs.append(tl.reply(caption))
+        for _ in range(2):
+            ids, pos, labels = tl.window(captions, 5, (1, 2, 2), instruction, previous)
+            assert ids.tolist() == [i for s in segs for i in s.ids]
+            assert (pos == layout(segs)).all() and pos.dtype == np.int32
+            assert labels.tolist() == [b for s in segs for b in s.labels]
+    # the long caption is cut at 20 tokens and its <|im_end|> is not labelled
+    assert labels[-1] == False  # noqa: E712 (numpy bool)
+
+
 def test_score():
     s = score(["a red circle appears", ""], ["a red circle appears", "the blue square is still"])
     assert s["pair_precision"] == 1.0 and s["pair_recall"] == 0.5
@@ -102,11 +123,33 @@ def test_score():
 
 @pytest.mark.slow
 def test_smoke_run(tmp_path):
-    info = main(["--smoke", "--out", str(tmp_path)])
+    info = main(["--smoke", "--out", str(tmp_path), "--seed", "3"])
     losses = info["losses"]
-    assert all(np.isfinite(losses))
+    assert len(losses) == 8 and all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < losses[0]
-    loaded = load_qwen_vl(tmp_path, dtype=torch.float32)
-    assert loaded.args.num_layers == 2
+    assert info["batched_vision_rel_err"] < 1e-5 and info["reload_max_logit_diff"] == 0.0
+    loaded = load_qwen_vl(
+        tmp_path,
+        torch.float32,
+        "cpu",
+        video_min_pixels=TOY_VIDEO_PIXELS,
+        video_max_pixels=TOY_VIDEO_PIXELS,
+    )
+    assert loaded.args.num_layers == 4
+    assert loaded.image_processor.size["shortest_edge"] == TOY_VIDEO_PIXELS
+    toy = load_toy_qwen_vl(tmp_path)
+    assert (toy.video_min_pixels, toy.video_max_pixels) == (TOY_VIDEO_PIXELS, TOY_VIDEO_PIXELS)
+    frames = list(render(Feed(10_000, (64, 64), 2.0).second(0)))
+    assert toy.video_inputs(frames).merged_grid == (1, 4, 4)  # 16 tokens a second
+    assert loaded.video_inputs(frames).merged_grid == (1, 4, 4)
     record = json.loads((tmp_path / "train.json").read_text())
-    assert record["steps"] == len(losses) and "pair_f1" in record["eval"]
+    assert record["steps"] == len(losses) == len(record["losses"])
+    assert record["command"].startswith("python -m models.toyworld.train_vlm --smoke")
+    assert record["seed"] == 3 and record["args"]["feeds"] == 4
+    assert record["load"] == {
+        "video_min_pixels": TOY_VIDEO_PIXELS,
+        "video_max_pixels": TOY_VIDEO_PIXELS,
+    }
+    for key in ("pair_f1", "color_f1", "shape_acc", "kind_acc", "event_f1"):
+        assert 0.0 <= record["eval"][key] <= 1.0 and key in record["eval_chance"]
+    assert len(record["eval_runs"][0]["predicted"]) == 4
