@@ -99,6 +99,12 @@ class TrainConfig:
         vae_stream_steps: steps a codec decoder stream continues before it restarts.
         vae_dim: the codec's base width (``tiny_wan_vae(base_dim=...)``).
         vae_bf16: run the codec under bf16 autocast on CUDA (else fp32 with TF32).
+        vae_image_fraction: share of the codec stage on single frames (the first-frame path;
+            colours and shapes learn in far cheaper steps) before clips.
+        vae_image_batch: frames per single-frame step.
+        vae_foreground_weight: extra loss weight of pixels off the background: sprites cover
+            a few percent of a frame, and an unweighted loss learns the background first and
+            leaves grey blobs for sprites (what the second H200 run showed).
         vae_noise: scale of the posterior sample in training (0: decode the means, a plain
             autoencoder; the small KL then only keeps the latents near unit scale).
         vae_batch, vae_lr, kl_weight: codec optimisation (KL is per element, mean-reduced).
@@ -134,12 +140,15 @@ class TrainConfig:
     vae_dim: int = 16
     vae_bf16: bool = True
     vae_noise: float = 0.0
-    vae_batch: int = 16
+    vae_image_fraction: float = 0.3
+    vae_image_batch: int = 128
+    vae_foreground_weight: float = 9.0
+    vae_batch: int = 32
     vae_lr: float = 1.5e-3
     kl_weight: float = 1e-4
     dit_preset: str = "toyworld"
     latent_frames: int = 21
-    codec_frames: int = 45
+    codec_frames: int = 17
     chunk_frames: int = 3
     sink_frames: int = 3
     window_frames: int = 9
@@ -189,6 +198,7 @@ SMOKE = TrainConfig(
     vae_stream_steps=2,
     vae_dim=8,
     vae_batch=1,
+    vae_image_batch=2,
     vae_lr=3e-3,
     max_vae_steps=5,
     latent_frames=6,
@@ -379,28 +389,34 @@ def _psnr(mse: float) -> float:
 def train_codec(
     cfg: TrainConfig, pool: Pool, device: torch.device, deadline: float
 ) -> tuple[AutoencoderKLWan, dict]:
-    """Train a small Wan VAE on whole pool clips, the decoder as persistent streams."""
+    """Train a small Wan VAE: single frames first (colours and shapes, cheaply), then clips
+    with the decoder as persistent streams (motion, and an endless stream's steady state)."""
     vae = tiny_wan_vae(seed=cfg.seed, base_dim=cfg.vae_dim).vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    n = len(pool.video)
+    n, t = pool.video.shape[:2]
     start, step, curve, losses = time.perf_counter(), 0, [], []
-    batch, history = None, []
+    batch, history, image_steps = None, [], 0
     bar = tqdm(desc="codec", unit="step", mininterval=2.0, file=sys.stderr)
     while time.perf_counter() < deadline and (
         cfg.max_vae_steps is None or step < cfg.max_vae_steps
     ):
-        if batch is None or not cfg.fixed_batch:
-            idx = torch.randint(n, (cfg.vae_batch,), generator=gen)
-            off = torch.randint(
-                pool.video.shape[1] - cfg.codec_frames + 1, (cfg.vae_batch,), generator=gen
-            )
-            frames = off[:, None] + torch.arange(cfg.codec_frames)
-            batch = to_signed(pool.video[idx[:, None], frames]).to(device)
-        restart = step % cfg.vae_stream_steps == 0
+        progress = (time.perf_counter() - start) / max(1e-6, deadline - start)
+        if cfg.max_vae_steps is None:
+            images = progress < cfg.vae_image_fraction
+        else:  # step-capped runs (smoke) split by steps, so both phases run
+            images = step < cfg.vae_image_fraction * cfg.max_vae_steps
+        if batch is None or not cfg.fixed_batch or (batch.shape[2] == 1) != images:
+            size = cfg.vae_image_batch if images else cfg.vae_batch
+            frames = 1 if images else cfg.codec_frames
+            idx = torch.randint(n, (size,), generator=gen)
+            off = torch.randint(t - frames + 1, (size,), generator=gen)
+            batch = to_signed(pool.video[idx[:, None], off[:, None] + torch.arange(frames)])
+            batch = batch.to(device)
+        image_steps += images
+        restart = images or (step - image_steps) % cfg.vae_stream_steps == 0
         if restart:
             history = []
-        progress = (time.perf_counter() - start) / max(1e-6, deadline - start)
         for group in opt.param_groups:
             group["lr"] = cfg.vae_lr * _lr_factor(step, 20, progress)
         with _autocast(device, cfg.vae_bf16):
@@ -411,8 +427,9 @@ def train_codec(
             # a continuing stream decodes the new clip from its second latent (4 frames each)
             recon = decode_frames(vae.decoder, x if restart else x[:, :, 1:], history).float()
         target = batch if restart else batch[:, :, 1:]
-        mse = F.mse_loss(recon, target)
-        l1 = (recon - target).abs().mean()
+        weight = 1.0 + cfg.vae_foreground_weight * _foreground(target)
+        mse = (weight * (recon - target).square()).mean() / weight.mean()
+        l1 = (weight * (recon - target).abs()).mean() / weight.mean()
         kl = 0.5 * (mean**2 + logvar.exp() - 1.0 - logvar).mean()
         loss = mse + l1 + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
@@ -436,6 +453,16 @@ def train_codec(
         "first_loss": losses[0].item() if losses else float("nan"),
         "curve": curve,
     }
+
+
+def _foreground(video: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """``[B, 1, T, H, W]`` 1.0 where a pixel differs from its frame's background (the median
+    of the border pixels, as :func:`~models.toyworld.measure` reads it), else 0.0."""
+    border = torch.cat(
+        [video[..., 0, :], video[..., -1, :], video[..., :, 0], video[..., :, -1]], dim=-1
+    )
+    background = border.median(dim=-1).values[..., None, None]  # [B, 3, T, 1, 1]
+    return ((video - background).abs().sum(1, keepdim=True) > threshold).float()
 
 
 @torch.no_grad()
