@@ -51,6 +51,7 @@ from models.toyworld.vlm_batch import (
     BatchedVision,
     SecondPool,
     WindowSampler,
+    aux_accuracy,
     batch_loss,
     check_batched_vision,
 )
@@ -114,10 +115,12 @@ def train(
     pool: SecondPool,
     device: torch.device,
     args: argparse.Namespace,
+    held_out: SecondPool | None = None,
 ) -> dict:
     """Train until ``args.seconds_budget`` or ``args.max_steps``; returns the record.
 
-    Mid-run evaluations (``args.eval_every`` seconds of training apart) pause the clock.
+    Mid-run evaluations (``args.eval_every`` seconds of training apart) pause the clock. With
+    ``held_out`` and the auxiliary head, the record has its accuracy there (the vision probe).
     """
     from tqdm import tqdm
 
@@ -197,7 +200,12 @@ def train(
     bar.close()
     model.hf.eval().requires_grad_(False)
     train_seconds = time.monotonic() - t0 - paused
+    probe = {}
+    if aux_head is not None and held_out is not None:
+        with autocast:
+            probe = aux_accuracy(vision, held_out, aux_head)
     return {
+        "vision_probe": probe,
         "steps": step,
         "losses": losses,
         "train_seconds": train_seconds,
@@ -220,6 +228,7 @@ def _drain(pending: list[torch.Tensor], losses: list[float], aux_losses: list[fl
 
 def _short(metrics: dict[str, float]) -> str:
     keys = ("pair_f1", "color_f1", "shape_acc", "kind_acc", "event_f1", "detail_acc")
+    keys += tuple(f"probe_{name}_acc" for name in ("color", "shape", "motion"))
     return json.dumps({k: round(metrics[k], 3) for k in keys if k in metrics})
 
 
@@ -297,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.monotonic()
     model = toy_qwen_vl(args.seed)  # on the CPU: the pool's workers fork before CUDA starts
     pool = SecondPool.render(model, args.feeds, args.horizon, min(12, cores))
+    held_out = SecondPool.render(model, 16, 16, min(12, cores), first_seed=EVAL_SEED)
     render_seconds = time.monotonic() - t0
     logger.info("rendered %d seconds in %.1f s", pool.frames.shape[0], render_seconds)
     model = QwenVL(
@@ -307,10 +317,11 @@ def main(argv: list[str] | None = None) -> dict:
         model.video_max_pixels,
     )
     pool.to(device)
+    held_out.to(device)
     vision_err = check_batched_vision(
         model, BatchedVision(model, pool.grid), pool.pixels(torch.arange(3, device=device))
     )
-    record = train(model, pool, device, args)
+    record = train(model, pool, device, args, held_out)
     save(model, args.out)
     reload_diff = check_reload(model, args.out)
     t_eval = time.monotonic()
@@ -350,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     (args.out / "train.json").write_text(json.dumps(info, indent=1))
     logger.info(
-        "%d steps in %.0f s (%.3f s/step), loss %.3f -> %.3f; eval %s; chance %s",
+        "%d steps in %.0f s (%.3f s/step), loss %.3f -> %.3f; eval %s; chance %s; probe %s",
         record["steps"],
         record["train_seconds"],
         record["seconds_per_step"],
@@ -358,6 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
         info["loss_last_10pct"] or float("nan"),
         _short(summary),
         _short(chance),
+        _short(record["vision_probe"]),
     )
     return info
 

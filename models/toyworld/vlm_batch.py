@@ -13,6 +13,11 @@ What one training step computes equals what inference computes, only batched::
 Padding sits after each window's last token, so causal attention never lets a real token see
 it, and padded rows carry no label. :func:`check_batched_vision` compares the batched tower with
 transformers' own forward on the device before training starts.
+
+The pool also keeps, per second and merged token, the (colour, shape, motion) of the sprite
+covering it, read from the renderer: a training-only head on the vision features learns them
+(:func:`batch_loss` with ``aux_head``), a dense signal that teaches the tower to see long
+before the captions alone would. Nothing of it is saved or used at inference.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "Pick",
     "SecondPool",
     "WindowSampler",
+    "aux_accuracy",
     "batch_loss",
     "check_batched_vision",
 ]
@@ -147,11 +153,14 @@ class SecondPool:
         self._std = torch.tensor(ip.image_std, dtype=torch.float32)
 
     @classmethod
-    def render(cls, model: QwenVL, feeds: int, horizon: int, workers: int = 1) -> SecondPool:
-        """Render the pool with ``workers`` forked processes (call before CUDA is touched)."""
+    def render(
+        cls, model: QwenVL, feeds: int, horizon: int, workers: int = 1, first_seed: int = 0
+    ) -> SecondPool:
+        """Render feeds ``first_seed ..`` with ``workers`` forked processes (call before CUDA
+        is touched)."""
         jobs = [
             (seed, horizon, model.image_processor, model.video_min_pixels, model.video_max_pixels)
-            for seed in range(feeds)
+            for seed in range(first_seed, first_seed + feeds)
         ]
         if workers > 1:
             with multiprocessing.get_context("fork").Pool(workers) as pool:
@@ -472,3 +481,20 @@ def batch_loss(
         F.cross_entropy(lg, targets[:, i].reshape(-1)) for i, lg in enumerate(aux_logits)
     ) / len(AUX_CLASSES)
     return loss, aux
+
+
+@torch.no_grad()
+def aux_accuracy(
+    vision: BatchedVision, pool: SecondPool, aux_head: torch.nn.Module
+) -> dict[str, float]:
+    """How well the vision features tell each sprite token's colour, shape and motion (the
+    auxiliary head's accuracy over every second of ``pool``, on tokens a sprite covers)."""
+    rows = torch.arange(pool.frames.shape[0], device=pool.frames.device)
+    logits = aux_head(vision(pool.pixels(rows)).float()).split(AUX_CLASSES, dim=-1)
+    labels = pool.labels.permute(1, 0, 2).reshape(len(AUX_CLASSES), -1).long()  # [3, S * M]
+    sprite = labels[0] > 0
+    out = {}
+    for name, lg, y in zip(("color", "shape", "motion"), logits, labels, strict=True):
+        out[f"probe_{name}_acc"] = float((lg.argmax(-1) == y)[sprite].float().mean())
+    out["probe_sprite_tokens"] = int(sprite.sum())
+    return out

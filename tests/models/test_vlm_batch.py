@@ -199,3 +199,27 @@ def test_aux_loss_reads_the_pool_labels(toy, pool):
     labels = pool.labels[batch.rows].long()  # [S, 3, 16]
     ref = sum(F.cross_entropy(lg, labels[:, i].reshape(-1)) for i, lg in enumerate(logits)) / 3
     torch.testing.assert_close(aux, ref)
+
+
+def test_aux_accuracy_counts_sprite_tokens(pool):
+    """A probe that reads the labels back is right on every sprite token; one that always
+    says "no sprite" is never right there."""
+    from models.toyworld.vlm_batch import AUX_CLASSES, aux_accuracy
+
+    def oracle(pixels: torch.Tensor) -> torch.Tensor:  # features = one-hot of the labels
+        seconds = pixels.shape[0] // 64
+        labels = pool.labels[:seconds].long()  # [S, 3, 16]
+        hot = [F.one_hot(labels[:, i], n) for i, n in enumerate(AUX_CLASSES)]
+        return torch.cat(hot, -1).reshape(-1, sum(AUX_CLASSES)).float()
+
+    perfect = aux_accuracy(oracle, pool, torch.nn.Identity())
+    assert perfect["probe_sprite_tokens"] == int((pool.labels[:, 0] > 0).sum()) > 0
+    for name in ("color", "shape", "motion"):
+        assert perfect[f"probe_{name}_acc"] == 1.0
+    none = torch.nn.Linear(1, sum(AUX_CLASSES))
+    with torch.no_grad():
+        none.weight.zero_()
+        none.bias.zero_()
+        none.bias[[0, AUX_CLASSES[0], AUX_CLASSES[0] + AUX_CLASSES[1]]] = 1.0  # class 0 each
+    blind = aux_accuracy(lambda px: torch.zeros(px.shape[0] // 4, 1), pool, none)
+    assert all(blind[f"probe_{name}_acc"] == 0.0 for name in ("color", "shape", "motion"))
