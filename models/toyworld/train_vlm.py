@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,22 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EVAL_SEED = 10_000  # held-out feeds are EVAL_SEED, EVAL_SEED + 1, ...
+MAX_CURVE_POINTS = 500  # train.json keeps the loss curves at most this long
+
+
+def _thin(values: list[float], every: int) -> list[float]:
+    """Means of consecutive runs of ``every`` values."""
+    return [float(np.mean(values[i : i + every])) for i in range(0, len(values), every)]
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def _lr(step: int, progress: float, peak: float, warmup: int) -> float:
@@ -331,12 +348,16 @@ def main(argv: list[str] | None = None) -> dict:
     )
     losses = record["losses"]
     tail = losses[-max(1, len(losses) // 10) :]
+    every = max(1, math.ceil(len(losses) / MAX_CURVE_POINTS))
     info = {
         "command": " ".join(
             ["python -m models.toyworld.train_vlm", *(sys.argv[1:] if argv is None else argv)]
         ),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "seed": args.seed,
+        "git_commit": _git_commit(),
+        "model": "models.qwen_vl_tiny.toy_config",
+        "model_config": model.config.to_dict(),
         "eval_feed_seeds": [EVAL_SEED + i for i in range(args.eval_seeds)],
         "device": str(device),
         "torch": torch.__version__,
@@ -346,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
         "render_seconds": render_seconds,
         "batched_vision_rel_err": vision_err,
         "reload_max_logit_diff": reload_diff,
-        **{k: v for k, v in record.items() if k != "losses"},
+        **{k: v for k, v in record.items() if k not in ("losses", "aux_losses")},
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30
         if device.type == "cuda"
         else None,
@@ -357,7 +378,9 @@ def main(argv: list[str] | None = None) -> dict:
         "eval": summary,
         "eval_chance": chance,
         "eval_runs": evals,
-        "losses": losses,
+        "curve_every": every,  # steps per point of the curves below (their means)
+        "losses": _thin(losses, every),
+        "aux_losses": _thin(record["aux_losses"], every),
     }
     (args.out / "train.json").write_text(json.dumps(info, indent=1))
     logger.info(

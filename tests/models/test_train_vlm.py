@@ -143,7 +143,8 @@ def test_smoke_run(tmp_path):
     assert toy.video_inputs(frames).merged_grid == (1, 4, 4)  # 16 tokens a second
     assert loaded.video_inputs(frames).merged_grid == (1, 4, 4)
     record = json.loads((tmp_path / "train.json").read_text())
-    assert record["steps"] == len(losses) == len(record["losses"])
+    assert record["steps"] == len(losses) == len(record["losses"]) * record["curve_every"]
+    assert record["model_config"]["text_config"]["num_hidden_layers"] == 4
     assert record["command"].startswith("python -m models.toyworld.train_vlm --smoke")
     assert record["seed"] == 3 and record["args"]["feeds"] == 4
     assert record["load"] == {
