@@ -1,8 +1,10 @@
 """Train the toy-world Qwen2.5-VL to commentate the toy world live, in StreamingVLM's format.
 
-Retrain the shipped model from scratch (one NVIDIA H200, ~8 min of training)::
+Retrain the shipped model from scratch (one NVIDIA H200: ~10 s of rendering, 8 min of training,
+~30 s of evaluation; ~15 GB of GPU memory)::
 
-    python -m models.toyworld.train_vlm --out DIR --device cuda --seconds-budget 480
+    python -m models.toyworld.train_vlm --device cuda --seconds-budget 480 \
+        --out models/toyworld/checkpoints/vlm
 
 A CPU check: ``python -m models.toyworld.train_vlm --out DIR --smoke`` (seconds), or
 ``--seconds-budget 300 --batch 8 --window 4 --feeds 64 --horizon 64`` (colours and events
