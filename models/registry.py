@@ -2,9 +2,11 @@
 
 A generation preset is a Wan DiT, a streaming Wan VAE and a text encoder behind a prompt cache:
 
-* ``tiny`` -- the embedded default: tiny configurations of the real architectures; with no paths
-  its weights are seeded and built in memory (no files, no downloads) and it runs the whole
-  service on a CPU.
+* ``toyworld`` -- the embedded default: small configurations of the real architectures trained
+  on the procedural toy world (:mod:`models.toyworld`), shipped in the repository
+  (:mod:`models.toyworld.embedded`); 64x64 video on a CPU, following the prompt.
+* ``tiny`` -- the same architectures smaller still, with seeded random weights built in memory
+  (tests and benchmarks of the machinery; it streams noise).
 * ``wan2.1-t2v-1.3b`` -- full size.
 
 A preset fixes the architecture; weights come from :class:`WanPaths` when given: a
@@ -15,7 +17,8 @@ optionally replaced by a LongLive / Self-Forcing / Rolling Forcing checkpoint (+
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -23,19 +26,25 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from kernels import RopeSpec, wan_rope
+from models.schedule import FlowSchedule
 from models.text import PromptCache, TextEncoder, UMT5TextEncoder, tiny_umt5_encoder
+from models.toyworld.embedded import DEFAULT_PRESET, GENERATOR_DIR, require
 from models.vae import WanVAE, tiny_wan_vae
 from models.wan import CausalWanModel, load_wan_weights, wan_config
 
-__all__ = ["GENERATION_PRESETS", "WanModels", "WanPaths", "load_wan_models"]
+__all__ = ["DEFAULT_PRESET", "GENERATION_PRESETS", "WanModels", "WanPaths", "load_wan_models"]
 
 # Pixels per DiT token side: the VAE's spatial stride 8 times the patch's 2.
 _PIXELS_PER_TOKEN = 16
 
 GENERATION_PRESETS = {
+    "toyworld": {"dit": "toyworld", "size": (64, 64), "embedded": GENERATOR_DIR},
     "tiny": {"dit": "tiny", "size": (128, 128)},
     "wan2.1-t2v-1.3b": {"dit": "wan2.1-t2v-1.3b", "size": (480, 832)},
 }
+# the small presets' text encoder: frozen, seeded, rebuilt in memory (the toy-world generator
+# was trained on its outputs, so the seed is part of the model)
+_SMALL_TEXT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,15 @@ class WanModels:
     device: torch.device
     dtype: torch.dtype
     default_size: tuple[int, int]  # (height, width) in pixels
+    sample_shift: float | None = None  # the sigma shift the DiT was trained for, when known
+
+    def schedule_for(self, schedule: FlowSchedule) -> FlowSchedule:
+        """A pipeline's step list at this DiT's shift: a model is sampled at the shift it was
+        trained for (the toy world's 64x64 video unshifted); published checkpoints declare
+        none, and the pipeline's published shift stays."""
+        if self.sample_shift is None:
+            return schedule
+        return replace(schedule, shift=self.sample_shift)
 
     @cached_property
     def rope(self) -> RopeSpec:
@@ -100,7 +118,7 @@ class WanModels:
 
 
 def load_wan_models(
-    preset: str = "tiny",
+    preset: str = DEFAULT_PRESET,
     paths: WanPaths | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -112,7 +130,8 @@ def load_wan_models(
 
     Args:
         preset: a key of :data:`GENERATION_PRESETS`.
-        paths: where full-size weights live (ignored by ``tiny`` and ``random_weights``).
+        paths: where weights live (``toyworld``: replaces the shipped ones; ignored by ``tiny``
+            and ``random_weights``).
         random_weights: full-size DiT and VAE with random weights (benchmarks only).
         text_encoder: use this encoder instead of the preset's (benchmarks, tests).
         prompt_cache_size: prompts whose embeddings stay cached.
@@ -122,18 +141,22 @@ def load_wan_models(
     spec = GENERATION_PRESETS[preset]
     device = torch.device(device)
     config = wan_config(spec["dit"])
+    small = preset in ("tiny", "toyworld")
+    sample_shift = None
+    if small:
+        text_encoder = text_encoder or tiny_umt5_encoder(_SMALL_TEXT_SEED, config.text_len)
     if random_weights or (preset == "tiny" and paths is None):
         generator = torch.Generator(device).manual_seed(0)
         with torch.device(device):
             dit = CausalWanModel(config)
         dit.init_weights(generator)
-        if preset == "tiny":
-            vae = tiny_wan_vae()
-            encoder = text_encoder or tiny_umt5_encoder(text_len=config.text_len)
-        else:
-            vae = WanVAE(AutoencoderKLWan().eval())
-            encoder = text_encoder
+        vae = tiny_wan_vae() if small else WanVAE(AutoencoderKLWan().eval())
+        encoder = text_encoder
     else:
+        if paths is None and "embedded" in spec:
+            folder = require(spec["embedded"], "dit.safetensors")
+            paths = WanPaths(dit=folder / "dit.safetensors", dit_layout="wan", vae=folder / "vae")
+            sample_shift = _trained_shift(folder)
         paths = paths or WanPaths()
         with torch.device("meta"):
             dit = CausalWanModel(config)
@@ -157,4 +180,13 @@ def load_wan_models(
         device=device,
         dtype=dtype,
         default_size=spec["size"],
+        sample_shift=sample_shift,
     )
+
+
+def _trained_shift(folder: Path) -> float | None:
+    """The sigma shift recorded in a training run's ``train.json``, if any."""
+    record = folder / "train.json"
+    if not record.is_file():
+        return None
+    return json.loads(record.read_text()).get("config", {}).get("shift")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import stream
+from models.toyworld.embedded import DEFAULT_PRESET
 
 __all__ = ["main"]
 
@@ -25,7 +26,9 @@ def _version(_: argparse.Namespace) -> int:
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models (local paths only; nothing is downloaded)")
     group.add_argument(
-        "--preset", default="tiny", help="tiny (embedded default) or wan2.1-t2v-1.3b"
+        "--preset",
+        default=DEFAULT_PRESET,
+        help="toyworld (embedded default, trained), tiny (random weights) or wan2.1-t2v-1.3b",
     )
     group.add_argument(
         "--model-dir",
@@ -255,7 +258,8 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "--vlm-dir",
         type=Path,
         default=_env("STREAM_VLM_DIR"),
-        help="STREAM_VLM_DIR; a local Qwen2.5-VL / StreamingVLM folder (default: the tiny one)",
+        help="STREAM_VLM_DIR; a local Qwen2.5-VL / StreamingVLM folder (default: the embedded "
+        "toy-world model)",
     )
     serve.add_argument(
         "--vlm-cache-gb",
@@ -266,7 +270,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     _add_model_arguments(serve)
     serve.set_defaults(
         run=_serve,
-        preset=_env("STREAM_PRESET", "tiny"),
+        preset=_env("STREAM_PRESET", DEFAULT_PRESET),
         device=_env("STREAM_DEVICE"),
         dtype=_env("STREAM_DTYPE"),
     )

@@ -2,7 +2,7 @@
 
 LongLive and Rolling Forcing share the Wan models and, having one geometry, one KV pool;
 StreamingVLM has its own model and pool. Everything comes from local paths or, by default,
-from the embedded tiny models.
+from the embedded toy-world models.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from models.registry import WanPaths, load_wan_models
+from models.registry import DEFAULT_PRESET, WanPaths, load_wan_models
 from stream.engine import Pipeline
 from stream.kvcache import KVCacheManager
 
@@ -25,9 +25,9 @@ PIPELINES = ("longlive", "rolling_forcing", "streaming_vlm")
 class ServiceModels:
     """Which models a device loads, and how much cache each geometry gets."""
 
-    preset: str = "tiny"  # Wan preset for the generation pipelines
+    preset: str = DEFAULT_PRESET  # Wan preset for the generation pipelines
     paths: WanPaths | None = None  # local Wan weights; None: the preset's embedded weights
-    vlm_dir: Path | None = None  # a local Qwen2.5-VL / StreamingVLM folder; None: the tiny one
+    vlm_dir: Path | None = None  # a local Qwen2.5-VL / StreamingVLM folder; None: the embedded
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     cache_bytes: int = 512 << 20  # the Wan pool (LongLive and Rolling Forcing share it)
@@ -59,10 +59,11 @@ def build_pipelines(
         if "rolling_forcing" in spec.pipelines:
             pipelines["rolling_forcing"] = RollingForcingPipeline(wan, manager, spec.cache_bytes)
     if "streaming_vlm" in spec.pipelines:
-        from models.qwen_vl import load_qwen_vl, tiny_qwen_vl
+        from models.qwen_vl import load_qwen_vl
+        from models.toyworld.embedded import load_vlm
 
         if spec.vlm_dir is None:
-            vlm = tiny_qwen_vl(device=spec.device)
+            vlm = load_vlm(spec.dtype, spec.device)
         else:
             vlm = load_qwen_vl(spec.vlm_dir, dtype=spec.dtype, device=spec.device)
         pipelines["streaming_vlm"] = StreamingVLMPipeline(vlm, manager, spec.vlm_cache_bytes)

@@ -11,7 +11,13 @@ generated ones included (:func:`measure`, :func:`adherence`). Modules, one job e
 - :mod:`.scenarios`: ``sample_clip``, ``switch_clip`` and the endless :class:`Feed`.
 """
 
-from models.toyworld.measure import Blob, Measurement, adherence, measure
+from models.toyworld.measure import (
+    Blob,
+    Measurement,
+    adherence,
+    background_adherence,
+    measure,
+)
 from models.toyworld.render import render
 from models.toyworld.scenarios import Feed, Switch, feed, sample_clip, switch_clip
 from models.toyworld.text import (
@@ -56,6 +62,7 @@ __all__ = [
     "Sprite",
     "Switch",
     "adherence",
+    "background_adherence",
     "captions",
     "feed",
     "frame_of",

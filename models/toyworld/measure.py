@@ -24,7 +24,7 @@ import numpy as np
 from models.toyworld.text import PromptObject, parse_prompt
 from models.toyworld.world import BACKGROUNDS, COLORS
 
-__all__ = ["Blob", "Measurement", "adherence", "measure"]
+__all__ = ["Blob", "Measurement", "adherence", "background_adherence", "measure"]
 
 _NAMES = tuple(COLORS)
 _PALETTE = np.array([COLORS[n] for n in _NAMES], np.float32)  # [K, 3]
@@ -182,3 +182,18 @@ def adherence(frames: np.ndarray | Sequence[np.ndarray], text: str) -> float:
         shown = all(_shows(m, o) for o in wanted)
         hits += shown and (m.color is None or m.color in colors)
     return hits / len(frames)
+
+
+def background_adherence(frames: np.ndarray | Sequence[np.ndarray], text: str) -> float:
+    """Fraction of frames whose measured background is the one the prompt ``text`` names
+    (chance: 1/4 over the four backgrounds).
+
+    Raises:
+        ValueError: no frames, or a prompt that names no background.
+    """
+    if len(frames) == 0:
+        raise ValueError("frames must hold at least one frame, got 0")
+    wanted = parse_prompt(text).background
+    if wanted is None:
+        raise ValueError(f"the prompt names no background: {text!r}")
+    return sum(measure(frame).background == wanted for frame in frames) / len(frames)

@@ -72,6 +72,7 @@ class LongLivePipeline(WanStreamPipeline):
     ) -> None:
         self.config = config or LongLiveConfig()
         super().__init__(models, manager, cache_bytes, block_size)
+        self.schedule = models.schedule_for(self.config.schedule)
 
     def _cache_config(self, grid: tuple[int, int]) -> FrameWindowConfig:
         return FrameWindowConfig(
@@ -95,7 +96,7 @@ class LongLivePipeline(WanStreamPipeline):
         ranges = state.cache.begin_chunk(cfg.chunk_frames)
         view = self._view(state, ranges)
         x = self._noise(state, cfg.chunk_frames)
-        sigmas, timesteps = cfg.schedule.sigmas, cfg.schedule.timesteps
+        sigmas, timesteps = self.schedule.sigmas, self.schedule.timesteps
         for i, (sigma, t) in enumerate(zip(sigmas, timesteps, strict=True)):
             velocity = dit(x, self._timestep(t, cfg.chunk_frames), state.text, view)
             x0 = FlowSchedule.to_x0(x, velocity, sigma)

@@ -72,8 +72,9 @@ class RollingForcingPipeline(WanStreamPipeline):
         self.config = config or RollingForcingConfig()
         super().__init__(models, manager, cache_bytes, block_size)
         # noise levels of the window, oldest block first (lowest noise)
-        self._sigmas = tuple(reversed(self.config.schedule.sigmas))
-        self._timesteps = tuple(reversed(self.config.schedule.timesteps))
+        schedule = models.schedule_for(self.config.schedule)
+        self._sigmas = tuple(reversed(schedule.sigmas))
+        self._timesteps = tuple(reversed(schedule.timesteps))
 
     def _cache_config(self, grid: tuple[int, int]) -> RollingWindowConfig:
         cfg = self.config

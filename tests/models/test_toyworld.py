@@ -218,3 +218,19 @@ def test_invalid_specs_are_rejected() -> None:
         Clip("black", (Sprite("circle", "red", 5.0, (2.0, 10.0)),), (32, 32))
     with pytest.raises(ValueError, match="switch_at"):
         switch_clip(np.random.default_rng(0), seconds=2.0, switch_at=3.0)
+
+
+def test_background_adherence_reads_the_background_from_pixels():
+    from models.toyworld import background_adherence
+
+    rng = np.random.default_rng(4)
+    clip = sample_clip(rng, seconds=0.5, fps=16, size=(64, 64), max_objects=2)
+    frames, text = render(clip), prompt(clip)
+    assert background_adherence(frames, text) == 1.0
+    other = next(b for b in BACKGROUNDS if f" {b} background" not in text)
+    assert (
+        background_adherence(frames, text.rsplit(" on a ", 1)[0] + f" on a {other} background")
+        == 0.0
+    )
+    with pytest.raises(ValueError, match="no frames|at least one"):
+        background_adherence(frames[:0], text)

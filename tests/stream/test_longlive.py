@@ -162,6 +162,8 @@ def test_stream_generate_from_a_model_folder(tmp_path) -> None:
         "1",
         "--out",
         str(out),
+        "--preset",
+        "tiny",  # the folder holds a model of the tiny geometry
         "--model-dir",
         str(tmp_path / "model"),
         "--height",

@@ -1,0 +1,53 @@
+"""Where the shipped toy-world models live, and how to rebuild them.
+
+The repository carries two small trained models (safetensors, a few MB each) next to this file,
+each folder with the ``train.json`` of the run that made it (command, config, seeds, metrics)::
+
+    checkpoints/generator/   dit.safetensors (Wan keys, "toyworld" preset), vae/ (diffusers),
+                             train.json
+    checkpoints/vlm/         a Hugging Face Qwen2.5-VL folder (config, weights, tokenizer,
+                             preprocessor), train.json
+
+They are the defaults of ``stream serve``, ``stream generate`` and ``stream caption``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["DEFAULT_PRESET", "GENERATOR_DIR", "RETRAIN", "VLM_DIR", "load_vlm", "require"]
+
+DEFAULT_PRESET = "toyworld"  # the generation preset of the shipped generator (models.registry)
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+GENERATOR_DIR = CHECKPOINTS / "generator"
+VLM_DIR = CHECKPOINTS / "vlm"
+
+# one command each, from the repository root, on an accelerator (a CPU works, slowly)
+RETRAIN = {
+    GENERATOR_DIR: "python -m models.toyworld.train_generator --device cuda --seconds-budget 480 "
+    "--out models/toyworld/checkpoints/generator",
+    VLM_DIR: "python -m models.toyworld.train_vlm --device cuda --seconds-budget 480 "
+    "--out models/toyworld/checkpoints/vlm",
+}
+
+
+def require(folder: Path, marker: str) -> Path:
+    """``folder`` if it holds ``marker``; else ``FileNotFoundError`` saying how to rebuild it."""
+    if not (folder / marker).is_file():
+        raise FileNotFoundError(
+            f"the embedded toy-world model is missing ({folder / marker}); rebuild it with: "
+            f"{RETRAIN.get(folder, 'the training scripts in models/toyworld/')}"
+        )
+    return folder
+
+
+def load_vlm(dtype=None, device="cpu"):
+    """The shipped toy-world Qwen2.5-VL (:func:`models.qwen_vl_tiny.load_toy_qwen_vl`), fp32 by
+    default."""
+    import torch
+
+    from models.qwen_vl_tiny import load_toy_qwen_vl
+
+    folder = require(VLM_DIR, "config.json")
+    return load_toy_qwen_vl(folder, dtype or torch.float32, device)
