@@ -6,6 +6,7 @@ One port serves both HTTP and the WebSocket endpoint::
     GET /healthz                  200 ok, 503 draining while shutting down
     GET /metrics                  Prometheus text
     GET /recordings/<id>.mp4      finished recordings
+    GET /toyworld/feed.mp4        a toy-world video to watch (?seed=&seconds=; stream.toyfeed)
     GET /, /<file>                the browser page (static_dir), when configured
 
 Each connection is a :class:`stream.connection.ConnectionHandler`. A refused message gets an
@@ -36,6 +37,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
 import stream
+from models.toyworld.embedded import DEFAULT_PRESET
 from stream import protocol
 from stream.connection import ConnectionHandler
 from stream.delivery import Recorder
@@ -43,6 +45,7 @@ from stream.engine import Engine
 from stream.metrics import CONTENT_TYPE, ServiceCounters, render_metrics
 from stream.protocol import ProtocolError
 from stream.session import Session
+from stream.toyfeed import parse_feed_request, toyworld_mp4
 from stream.web import response, static_file
 
 __all__ = ["Server", "ServerConfig", "build_server", "serve"]
@@ -60,7 +63,7 @@ class ServerConfig:
     port: int = 8000  # 0: any free port (see Server.port)
     token: str | None = None  # required in hello when set; mandatory off loopback
     allowed_origins: tuple[str, ...] | None = None  # None: same-origin, localhost, no Origin
-    preset: str = "tiny"  # the model preset the server runs (session.start may name it)
+    preset: str = DEFAULT_PRESET  # the model preset the server runs (session.start may name it)
     max_connections: int = 64
     max_sessions_per_connection: int = 4
     max_message_bytes: int = 1 << 20  # refused with message_too_large; websockets closes > 2x
@@ -77,6 +80,7 @@ class ServerConfig:
     session_open_timeout: float = 60.0  # waiting for the engine to admit a session
     static_dir: Path | None = None  # the browser page, served at /
     record_dir: Path | None = None  # None: a temporary folder
+    toyworld_feed_max_seconds: int = 600  # longest /toyworld/feed.mp4 (about 1 MB a minute)
 
     def __post_init__(self) -> None:
         if not _is_loopback(self.host) and not self.token:
@@ -97,6 +101,7 @@ class ServerConfig:
             "encode_workers",
             "max_pending_record_frames",
             "session_open_timeout",
+            "toyworld_feed_max_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -291,6 +296,15 @@ class Server:
             return response(http.HTTPStatus.OK, b"ok\n")
         if path == "/metrics":
             return response(http.HTTPStatus.OK, self.metrics().encode(), CONTENT_TYPE)
+        if path == "/toyworld/feed.mp4":
+            query = request.path.partition("?")[2]
+            try:
+                feed = parse_feed_request(query, self.config.toyworld_feed_max_seconds)
+            except ValueError as error:
+                return response(http.HTTPStatus.BAD_REQUEST, f"{error}\n".encode())
+            return response(
+                http.HTTPStatus.OK, await asyncio.to_thread(toyworld_mp4, feed), "video/mp4"
+            )
         if match := _RECORDING.fullmatch(path):
             if int(match.group(1)) in self._recordings:
                 file = self.record_dir / f"{int(match.group(1))}.mp4"

@@ -1,5 +1,5 @@
 // The browser page of the streaming video service: one WebSocket to /ws (docs/protocol.md),
-// two tabs. Generate: prompt -> frames on a canvas. Watch: camera or file -> captions.
+// two tabs. Generate: prompt -> frames on a canvas. Watch: camera, file or toy world -> captions.
 // Plain JS, no build step, no dependencies.
 "use strict";
 
@@ -295,13 +295,15 @@ function timelineEntry(prompt, where) {
 
 $("gen-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  const [height, width] = $("gen-size").value.split("x").map(Number);
   const prompt = $("gen-prompt").value.trim();
   if (!prompt) return;
   const params = {
     prompt, seed: Math.max(0, parseInt($("gen-seed").value, 10) || 0),
-    height, width, format: "jpeg", realtime: true, record: $("gen-record").checked,
+    format: "jpeg", realtime: true, record: $("gen-record").checked,
   };
+  if ($("gen-size").value) { // else the server's default size for the pipeline's model
+    [params.height, params.width] = $("gen-size").value.split("x").map(Number);
+  }
   if (!startSession("generate", $("gen-pipeline").value, params)) return;
   gen.starting = true;
   gen.prompt = prompt;
@@ -436,6 +438,7 @@ const watch = {
   starting: false,
   stream: null, // MediaStream of the camera
   objectUrl: null,
+  mediaClock: false, // timestamps from the video's currentTime (file, toy world) or the wall
   timer: null,
   index: 0,
   startedAt: 0,
@@ -459,9 +462,26 @@ $("watch-source").addEventListener("change", () => {
   $("watch-file-label").hidden = $("watch-source").value !== "file";
 });
 
+// A machine with no camera watches the toy world by default.
+if (navigator.mediaDevices && navigator.mediaDevices.enumerateDevices) {
+  navigator.mediaDevices.enumerateDevices().then((devices) => {
+    if (!devices.some((d) => d.kind === "videoinput")) $("watch-source").value = "toyworld";
+  }, () => {});
+} else {
+  $("watch-source").value = "toyworld";
+}
+
+const TOYWORLD_SECONDS = 300;
+
 async function openSource() {
   const video = $("watch-video");
-  if ($("watch-source").value === "camera") {
+  const source = $("watch-source").value;
+  watch.mediaClock = source !== "camera";
+  if (source === "toyworld") {
+    const seed = Math.floor(Math.random() * 2 ** 31);
+    video.srcObject = null;
+    video.src = `toyworld/feed.mp4?seed=${seed}&seconds=${TOYWORLD_SECONDS}`;
+  } else if (source === "camera") {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       throw new Error("this browser offers no camera here (a camera needs https or localhost)");
     }
@@ -485,11 +505,11 @@ function closeSource() {
   if (watch.stream) watch.stream.getTracks().forEach((t) => t.stop());
   watch.stream = null;
   video.srcObject = null;
-  if (watch.objectUrl) {
+  if (video.getAttribute("src")) {
     video.removeAttribute("src");
     video.load();
-    URL.revokeObjectURL(watch.objectUrl);
   }
+  if (watch.objectUrl) URL.revokeObjectURL(watch.objectUrl);
   watch.objectUrl = null;
 }
 
@@ -534,8 +554,8 @@ function watchStarted(msg) {
 function captureFrame() {
   const video = $("watch-video");
   if (watch.session === null || watch.encoding || video.readyState < 2 || !video.videoWidth) return;
-  if (watch.objectUrl && video.ended) return;
-  const raw = watch.objectUrl ? video.currentTime : (performance.now() - watch.startedAt) / 1000;
+  if (watch.mediaClock && video.ended) return;
+  const raw = watch.mediaClock ? video.currentTime : (performance.now() - watch.startedAt) / 1000;
   const timestamp = Math.max(watch.lastTs, raw); // never backwards
   const limit = Math.min(MAX_INPUT_PIXELS, conn.welcome.limits.max_frame_pixels || Infinity);
   let width = video.videoWidth;

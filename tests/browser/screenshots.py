@@ -59,7 +59,7 @@ def main() -> None:
 
             # Generate: a session, one prompt switch with a transition, frames on the canvas
             page.get_by_test_id("gen-pipeline").select_option("longlive")
-            page.get_by_test_id("gen-size").select_option("128x128")
+            page.get_by_test_id("gen-size").select_option("")  # the model's own: 64x64
             page.get_by_test_id("gen-seed").fill("7")
             page.get_by_test_id("gen-start").click()
             page.wait_for_function(

@@ -24,13 +24,14 @@ def frames(page) -> int:
     return int(page.get_by_test_id("gen-frames").inner_text())
 
 
-def start_generation(page, *, size: str = "64x64", record: bool = False) -> None:
+def start_generation(page, *, size: str = "", record: bool = False) -> None:
+    """Start LongLive; ``size`` "" is the model's own (64x64 for the toy-world default)."""
     from playwright.sync_api import expect
 
     page.get_by_test_id("gen-pipeline").select_option("longlive")
     page.get_by_test_id("gen-size").select_option(size)
     page.get_by_test_id("gen-seed").fill("3")
-    page.get_by_test_id("gen-prompt").fill("a red ball bouncing on a wooden floor")
+    page.get_by_test_id("gen-prompt").fill("a red circle moves right on a black background")
     if record:
         page.get_by_test_id("gen-record").check()
     expect(page.get_by_test_id("gen-start")).to_be_enabled()
@@ -226,3 +227,28 @@ def test_watch_a_local_video_file(page, tmp_path) -> None:
     page.get_by_test_id("watch-stop").click()
     expect(page.get_by_test_id("watch-state")).to_have_text("ended (stopped)", timeout=WAIT)
     expect(page.get_by_test_id("error-banner")).to_have_count(0)
+
+
+def test_watch_the_toy_world_when_there_is_no_camera(browser, live_server) -> None:
+    """No camera: the Watch tab picks the server's toy-world feed and commentary follows it."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context()
+    context.add_init_script(
+        "navigator.mediaDevices.enumerateDevices = async () => [];"  # a machine with no camera
+    )
+    try:
+        page = context.new_page()
+        page.goto(live_server.http_url, timeout=WAIT)
+        page.get_by_test_id("tab-watch").click()
+        expect(page.get_by_test_id("watch-source")).to_have_value("toyworld", timeout=WAIT)
+        page.get_by_test_id("watch-start").click()
+        expect(page.get_by_test_id("watch-state")).to_contain_text("running", timeout=WAIT)
+        expect(page.get_by_test_id("caption-entry").nth(1)).to_be_visible(timeout=WAIT)
+        src = page.get_by_test_id("watch-video").get_attribute("src")
+        assert src.startswith("toyworld/feed.mp4?seed="), src
+        page.get_by_test_id("watch-stop").click()
+        expect(page.get_by_test_id("watch-state")).to_have_text("ended (stopped)", timeout=WAIT)
+        expect(page.get_by_test_id("error-banner")).to_have_count(0)
+    finally:
+        context.close()

@@ -516,6 +516,31 @@ def test_recording_is_served_after_the_session(models):
     run(main())
 
 
+def test_toyworld_feed_is_a_playable_mp4_of_the_world(models):
+    """The Watch tab's camera-less source: the frames are the toy world's, rendered."""
+    from models.toyworld import Feed, render
+    from stream.toyfeed import FPS, SIZE
+
+    async def main():
+        async with running(models, toyworld_feed_max_seconds=5) as server:
+            status, body = await http_get(server, "/toyworld/feed.mp4?seed=7&seconds=2")
+            refused = [
+                await http_get(server, f"/toyworld/feed.mp4?{query}")
+                for query in ("seconds=6", "seconds=0", "seed=-3", "seed=x")
+            ]
+        return status, body, refused
+
+    status, body, refused = asyncio.run(asyncio.wait_for(main(), 60))
+    assert status == 200
+    with av.open(io.BytesIO(body)) as container:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    truth = render(Feed(7, SIZE, FPS).window(0, 2 * int(FPS)))
+    assert decoded.shape == truth.shape == (32, 64, 64, 3)
+    assert np.abs(decoded.astype(int) - truth).mean() < 6  # H.264 at crf 18
+    assert [code for code, _ in refused] == [400] * 4
+    assert b"seconds must be in 1..5" in refused[0][1]
+
+
 # -- lifecycle ----------------------------------------------------------------------------------
 
 
