@@ -76,10 +76,11 @@ def main() -> None:
 
             # Watch: the fake camera, captions over the video and in the history, a question
             page.get_by_test_id("tab-watch").click()
+            page.get_by_test_id("watch-source").select_option("toyworld")
             page.get_by_test_id("watch-start").click()
             captions = page.get_by_test_id("caption-entry")
             expect(captions.nth(1)).to_be_visible()
-            page.get_by_test_id("watch-question").fill("what colour is the square?")
+            page.get_by_test_id("watch-question").fill("what colour is the circle?")
             page.get_by_test_id("watch-ask").click()
             expect(captions.nth(4)).to_be_visible()
             page.screenshot(path=args.out / "screenshot-watch.png", full_page=True)
