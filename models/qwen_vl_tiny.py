@@ -111,46 +111,63 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
     return fast
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig:
-    """Qwen2.5-VL at toy size: vision depth 2 / width 32; text 64 wide, 2 layers, 4+2 heads."""
+def _config(
+    tokenizer: PreTrainedTokenizerBase, text: dict, vision: dict, mrope: list[int]
+) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config of the given text and vision sizes; the rest is shared."""
     ids = QwenSpecialTokens.from_tokenizer(tokenizer)
     return Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
             "rms_norm_eps": 1e-6,
-            "max_position_embeddings": 4096,
+            **{k: v for k, v in text.items() if k != "rope_theta"},
             "rope_parameters": {
                 "rope_type": "default",
-                "rope_theta": 1e6,
-                "mrope_section": [2, 3, 3],
+                "rope_theta": text["rope_theta"],
+                "mrope_section": mrope,
             },
             "bos_token_id": ids.endoftext,
             "eos_token_id": ids.im_end,
             "pad_token_id": ids.endoftext,
         },
         vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "tokens_per_second": 2,
-            "window_size": 56,  # 2x2 merged tokens per window
-            "out_hidden_size": 64,
-            "fullatt_block_indexes": [1],
+            "out_hidden_size": text["hidden_size"],
+            **vision,
         },
         image_token_id=ids.image_pad,
         video_token_id=ids.video_pad,
         vision_start_token_id=ids.vision_start,
         vision_end_token_id=ids.vision_end,
         tie_word_embeddings=False,
+    )
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL at toy size: vision depth 2 / width 32; text 64 wide, 2 layers, 4+2 heads."""
+    return _config(
+        tokenizer,
+        text={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "max_position_embeddings": 4096,
+            "rope_theta": 1e6,
+        },
+        vision={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "window_size": 56,  # 2x2 merged tokens per window
+            "fullatt_block_indexes": [1],
+        },
+        mrope=[2, 3, 3],
     )
 
 
@@ -161,44 +178,24 @@ def toy_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig:
     theta 1e4. Vision: 96 wide, 4 layers, 4 heads of 24, patch 14, 2x2 merge; its window
     (112 px) covers a whole 112x112 frame, so every block attends over the frame.
     """
-    ids = QwenSpecialTokens.from_tokenizer(tokenizer)
-    return Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
+    return _config(
+        tokenizer,
+        text={
             "hidden_size": 128,
             "intermediate_size": 384,
             "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "rms_norm_eps": 1e-6,
             "max_position_embeddings": 8192,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 1e4,
-                "mrope_section": [4, 6, 6],
-            },
-            "bos_token_id": ids.endoftext,
-            "eos_token_id": ids.im_end,
-            "pad_token_id": ids.endoftext,
+            "rope_theta": 1e4,
         },
-        vision_config={
+        vision={
             "depth": 4,
             "hidden_size": 96,
             "intermediate_size": 256,
             "num_heads": 4,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "tokens_per_second": 2,
             "window_size": 112,  # 4x4 merged tokens: the whole frame
-            "out_hidden_size": 128,
             "fullatt_block_indexes": [3],
         },
-        image_token_id=ids.image_pad,
-        video_token_id=ids.video_pad,
-        vision_start_token_id=ids.vision_start,
-        vision_end_token_id=ids.vision_end,
-        tie_word_embeddings=False,
+        mrope=[4, 6, 6],
     )
 
 
