@@ -65,8 +65,7 @@ class _Walk:
         slot = self._slot()
         past = self.history[slot]
         out = conv(x, past)  # None: diffusers zero-pads, as before a stream's first frame
-        seen = x if past is None else torch.cat([past, x], dim=2)
-        self.history[slot] = seen[:, :, -_CONTEXT:].detach().clone()
+        self.history[slot] = _last_frames(past, x)
         return out
 
     def upsample(self, resample: WanResample, x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +79,7 @@ class _Walk:
             if x.shape[2]:
                 b, c, t, h, w = x.shape
                 doubled = resample.time_conv(x, past)  # [B, 2C, t, h, w]
-                past = torch.cat([past, x], dim=2)[:, :, -_CONTEXT:].detach().clone()
+                past = _last_frames(past, x)
                 # channel halves are the two output frames of each input frame, interleaved
                 x = doubled.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5)
                 x = x.reshape(b, c, 2 * t, h, w)
@@ -101,6 +100,14 @@ class _Walk:
         for attention, resnet in zip(block.attentions, block.resnets[1:], strict=True):
             x = self.residual(resnet, attention(x))
         return x
+
+
+def _last_frames(past: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """The last ``_CONTEXT`` frames of ``past`` then ``x``, copied off the chunk's activations;
+    only a chunk shorter than the context needs ``past`` (a whole-chunk copy otherwise)."""
+    if past is not None and x.shape[2] < _CONTEXT:
+        x = torch.cat([past, x], dim=2)
+    return x[:, :, -_CONTEXT:].detach().clone()
 
 
 def _per_frame(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
