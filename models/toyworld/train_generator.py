@@ -47,6 +47,7 @@ import argparse
 import json
 import logging
 import math
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -564,10 +565,12 @@ def _rolling_batch(
     prompts: torch.Tensor,
     end: int,
     attention: ClipBatchAttention,
+    levels: torch.Tensor,
     gen: torch.Generator,
 ) -> _Batch:
     """A Rolling Forcing pass: noise rising from the window's oldest block to its newest, every
-    row under the prompt of the newest block (the stream's current prompt)."""
+    row under the prompt of the newest block (the stream's current prompt). ``levels`` are
+    :func:`_rolling_levels`."""
     context, window = _rolling_layout(cfg, end)
     b, ch, n = x0.shape[0], cfg.chunk_frames, len(window)
     device = x0.device
@@ -575,10 +578,7 @@ def _rolling_batch(
     clean = blocks[:, :, context].transpose(1, 2)  # [B, k, C, ch, h, w]
     target_x0 = blocks[:, :, window].transpose(1, 2)  # [B, n, C, ch, h, w]
     noise = torch.randn(target_x0.shape, generator=gen, device=device)
-    published = torch.tensor(
-        FlowSchedule((1000, 800, 600, 400, 200), shift=cfg.shift).sigmas[::-1][-n:],
-        device=device,
-    )
+    published = levels[-n:]  # a window still ramping up holds the noisiest levels
     u = torch.rand((b, n), generator=gen, device=device)
     random_levels = _shifted(u, cfg.shift).sort(dim=1).values
     use_published = torch.rand((b, 1), generator=gen, device=device) < cfg.inference_level_prob
@@ -597,6 +597,12 @@ def _rolling_batch(
         loss_rows=loss_rows.flatten(),
         target=(noise - target_x0).flatten(0, 1),
     )
+
+
+def _rolling_levels(cfg: TrainConfig, device: torch.device | str) -> torch.Tensor:
+    """Rolling Forcing's published window levels, oldest (least noisy) block first."""
+    schedule = FlowSchedule((1000, 800, 600, 400, 200), shift=cfg.shift)
+    return torch.tensor(schedule.sigmas[::-1], device=device)
 
 
 def _sample_levels(
@@ -648,7 +654,9 @@ def train_dit(
     levels = torch.tensor(
         FlowSchedule((1000, 750, 500, 250), shift=cfg.shift).sigmas, device=device
     )
+    rolling_levels = _rolling_levels(cfg, device)
     gen = torch.Generator(device).manual_seed(cfg.seed + 2)
+    layouts = random.Random(cfg.seed + 3)  # on the host: choosing a layout must not sync a step
     chunk_prompt, text = chunk_prompt.to(device), text.to(device)
     n = latents.shape[0]
     start, step, curve, losses = time.perf_counter(), 0, [], []
@@ -660,9 +668,9 @@ def train_dit(
         if idx is None or not cfg.fixed_batch:
             idx = torch.randint(n, (b,), generator=gen, device=device)
         x0, prompts = latents[idx], chunk_prompt[idx]
-        if torch.rand((), generator=gen, device=device).item() < cfg.rolling_fraction:
-            end = int(torch.randint(1, cfg.num_chunks + 1, (), generator=gen, device=device))
-            batch = _rolling_batch(cfg, x0, prompts, end, rolling[end], gen)
+        if layouts.random() < cfg.rolling_fraction:
+            end = layouts.randint(1, cfg.num_chunks)
+            batch = _rolling_batch(cfg, x0, prompts, end, rolling[end], rolling_levels, gen)
         else:
             batch = _longlive_batch(cfg, x0, prompts, levels, longlive, gen)
         progress = (time.perf_counter() - start) / max(1e-6, deadline - start)

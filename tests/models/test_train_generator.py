@@ -108,7 +108,7 @@ def test_rolling_batch_trains_window_rows_under_the_newest_prompt():
     x0 = torch.randn(2, 16, cfg.latent_frames, 4, 4, generator=gen)
     prompts = torch.arange(2 * cfg.num_chunks).view(2, cfg.num_chunks)
     attention = tg._rolling_attention(cfg, 7, (2, 2), wan_rope(32), clips=2, device="cpu")
-    batch = tg._rolling_batch(cfg, x0, prompts, 7, attention, gen)
+    batch = tg._rolling_batch(cfg, x0, prompts, 7, attention, tg._rolling_levels(cfg, "cpu"), gen)
     assert batch.rows.shape == (2 * 7, 16, 3, 4, 4)
     assert batch.loss_rows.view(2, 7).tolist() == [[False] * 2 + [True] * 5] * 2
     assert batch.prompt_rows.view(2, 7).tolist() == [[6] * 7, [13] * 7]
