@@ -33,7 +33,6 @@ import contextlib
 import fractions
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from clients.client import (
     StreamClient,
     UnderstandingSession,
 )
+from clients.interrupt import first_interrupt
 from clients.video import Mp4Writer
 
 __all__ = [
@@ -585,8 +585,6 @@ async def run_caption(args: argparse.Namespace, out: TextIO | None = None) -> in
     realtime = args.realtime
     if realtime is None or args.camera is not None:  # a camera is live whatever is asked
         realtime = args.camera is not None or _is_url(args.video)
-    loop = asyncio.get_running_loop()
-    stop: asyncio.Event | None = None
     try:
         async with StreamClient.connect(args.url, token=args.token) as client:
             session = await client.understand(
@@ -603,11 +601,9 @@ async def run_caption(args: argparse.Namespace, out: TextIO | None = None) -> in
             captioner = _Captioner(
                 args, session, source, realtime, max_pixels, out=out or sys.stdout
             )
-            stop = captioner.stop
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                # the first Ctrl-C ends the feed (its captions still come); a second one quits
-                loop.add_signal_handler(signal.SIGINT, _on_interrupt, loop, stop)
-            return await captioner.run()
+            # the first Ctrl-C ends the feed (its captions still come); a second one quits
+            with first_interrupt(lambda: _on_interrupt(captioner.stop)):
+                return await captioner.run()
     except ServerError as exc:
         print(f"stream caption: server error {exc.code}: {exc.message}", file=sys.stderr)
         return 1
@@ -615,16 +611,12 @@ async def run_caption(args: argparse.Namespace, out: TextIO | None = None) -> in
         print(f"stream caption: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
-        if stop is not None:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGINT)
         await asyncio.to_thread(source.close)
 
 
-def _on_interrupt(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+def _on_interrupt(stop: asyncio.Event) -> None:
     print("stream caption: stopping the feed (Ctrl-C again to quit)", file=sys.stderr)
     stop.set()
-    loop.remove_signal_handler(signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,6 @@ import json
 import math
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from tqdm import tqdm
 from websockets.exceptions import WebSocketException
 
 from clients.client import ClientError, Frame, GenerationSession, ServerError, StreamClient
+from clients.interrupt import first_interrupt
 from clients.schedule import (
     LONGLIVE_FPS,
     LONGLIVE_SEGMENT_LATENTS,
@@ -480,8 +480,6 @@ async def run_timeline(args: argparse.Namespace) -> int:
         print(f"stream timeline: {out.parent} is not a folder", file=sys.stderr)
         return 2
     height, width = args.size or (None, None)
-    loop = asyncio.get_running_loop()
-    recorder: _Recorder | None = None
     try:
         async with StreamClient.connect(
             args.url,
@@ -507,26 +505,20 @@ async def run_timeline(args: argparse.Namespace) -> int:
                     print(f"stream timeline: {exc}", file=sys.stderr)
                     return 2
                 recorder = _Recorder(args, session, timeline, starts, total, out)
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    # the first Ctrl-C ends the video early (still written); a second one quits
-                    loop.add_signal_handler(signal.SIGINT, _on_interrupt, loop, recorder)
-                return await recorder.run()
+                # the first Ctrl-C ends the video early (still written); a second one quits
+                with first_interrupt(lambda: _on_interrupt(recorder)):
+                    return await recorder.run()
     except ServerError as exc:
         print(f"stream timeline: server error {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     except (ClientError, OSError, TimeoutError, WebSocketException, ValueError) as exc:
         print(f"stream timeline: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if recorder is not None:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGINT)
 
 
-def _on_interrupt(loop: asyncio.AbstractEventLoop, recorder: _Recorder) -> None:
+def _on_interrupt(recorder: _Recorder) -> None:
     recorder.note("stopping early (Ctrl-C again to quit)")
     recorder.interrupted.set()
-    loop.remove_signal_handler(signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
