@@ -112,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_sessions_per_connection=args.max_sessions_per_connection,
             max_message_bytes=args.max_message_bytes,
             max_frame_pixels=args.max_frame_pixels,
+            toyworld_feed_max_seconds=args.toyworld_feed_max_seconds,
             static_dir=None if args.no_page else args.static_dir,
             record_dir=args.record_dir,
         )
@@ -235,6 +236,12 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=int(_env("STREAM_MAX_FRAME_PIXELS", str(1920 * 1080))),
         help="STREAM_MAX_FRAME_PIXELS",
+    )
+    serve.add_argument(
+        "--toyworld-feed-max-seconds",
+        type=int,
+        default=int(_env("STREAM_TOYWORLD_FEED_MAX_SECONDS", "600")),
+        help="STREAM_TOYWORLD_FEED_MAX_SECONDS; longest /toyworld/feed.mp4",
     )
     serve.add_argument(
         "--static-dir",
