@@ -2,12 +2,16 @@
 
 Run ``python -m models.toyworld.train_generator --out DIR [--device cuda] [--seconds-budget 150]
 [--smoke]``. Everything is seeded; the wall-clock budget decides how many steps each stage gets.
+The stages also run one at a time, each with a whole budget (the form for a machine lent in
+10-minute calls): ``--codec-only --out A``, then ``--codec A --out B``.
 
 Stages (fractions of the training budget; evaluation runs after it)::
 
-    render pool   N toy clips of 45 frames (64x64, 16 fps) with per-chunk prompts
-    1. codec      45%  small AutoencoderKLWan on whole pool clips: MSE + L1 + small KL, one
-                       pass per clip (models.vae_causal). The decoder streams: its history
+    render pool   N toy clips of 81 frames (64x64, 16 fps) with per-chunk prompts
+    1. codec      45%  small AutoencoderKLWan: single frames first, then 17-frame windows
+                       of pool clips (temporal resamplers start per-frame, per_frame_init);
+                       sprite-weighted MSE + L1 + small KL, one pass per window
+                       (models.vae_causal). The decoder streams: its history
                        carries over ``vae_stream_steps`` steps (a new clip continues the
                        stream from its second latent), so it learns the steady state of an
                        endless stream, not only a stream's first frames. Then per-channel
@@ -17,11 +21,11 @@ Stages (fractions of the training budget; evaluation runs after it)::
     3. save       vae/ (diffusers), dit.safetensors (original Wan keys), train.json
     4. evaluate   LongLive-style sampling, decode, adherence + codec PSNR into train.json
 
-Generator training ("teacher-forced" diffusion forcing). Each clip of 12 latent frames is split
-into 4 chunks of 3 frames and laid out twice, a clean copy at t=0 (what LongLive's cache holds
+Generator training ("teacher-forced" diffusion forcing). Each clip of 21 latent frames is split
+into 7 chunks of 3 frames and laid out twice, a clean copy at t=0 (what LongLive's cache holds
 after its t=0 refresh) and a noisy copy with one noise level per chunk::
 
-    tokens of one clip  [ clean c0 | clean c1 | clean c2 | clean c3 | noisy c0 | ... | noisy c3 ]
+    tokens of one clip  [ clean c0 | clean c1 | ... | clean c6 | noisy c0 | ... | noisy c6 ]
     clean chunk a sees  clean frames g <= its own last frame, within sink + window
     noisy chunk a sees  clean frames g <  its first frame, within sink + window, and itself
 
@@ -138,7 +142,7 @@ class TrainConfig:
     max_objects: int = 2
     transient: float = 0.1
     vae_stream_steps: int = 6
-    vae_dim: int = 16
+    vae_dim: int = 24
     vae_bf16: bool = True
     vae_noise: float = 0.0
     vae_image_fraction: float = 0.3
@@ -392,7 +396,9 @@ def train_codec(
 ) -> tuple[AutoencoderKLWan, dict]:
     """Train a small Wan VAE: single frames first (colours and shapes, cheaply), then clips
     with the decoder as persistent streams (motion, and an endless stream's steady state)."""
-    vae = tiny_wan_vae(seed=cfg.seed, base_dim=cfg.vae_dim).vae.to(device).train()
+    vae = tiny_wan_vae(seed=cfg.seed, base_dim=cfg.vae_dim).vae
+    per_frame_init(vae)
+    vae = vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     n, t = pool.video.shape[:2]
@@ -454,6 +460,28 @@ def train_codec(
         "first_loss": losses[0].item() if losses else float("nan"),
         "curve": curve,
     }
+
+
+@torch.no_grad()
+def per_frame_init(vae: AutoencoderKLWan) -> None:
+    """Start every temporal resampler as a per-frame one: the encoder's stride-2 time conv
+    keeps the newest frame, the decoder's doubling conv copies each frame twice.
+
+    The image phase trains only the first-frame path, which skips these convs; from random
+    weights they would scramble the first clip step's frames and undo the image phase (the
+    loss jumped 0.09 -> 0.76 at the switch on the H200). Identity on the newest tap makes a
+    clip start as a stack of images, so clips only have to learn what motion adds.
+    """
+    for module in vae.modules():
+        conv = getattr(module, "time_conv", None)
+        if conv is None:
+            continue
+        out_channels, in_channels, taps = conv.weight.shape[:3]
+        conv.weight.zero_()
+        conv.bias.zero_()
+        eye = torch.arange(in_channels)
+        for copy in range(out_channels // in_channels):
+            conv.weight[copy * in_channels + eye, eye, taps - 1] = 1.0
 
 
 def _foreground(video: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
@@ -782,6 +810,34 @@ def _eval_clips(n: int, video_frames: int, max_objects: int = 2) -> list:
 
 
 @torch.no_grad()
+def evaluate_codec(vae: WanVAE, n_clips: int = 8, latent_frames: int = 12) -> dict:
+    """How well the codec carries the held-out clips: the ceiling of any generator on it.
+
+    Returns:
+        ``truth_adherence`` / ``recon_adherence`` (:func:`~models.toyworld.adherence` of the
+        rendered and the codec-reconstructed clips), ``recon_psnr`` (dB), and
+        ``recon_psnr_stream`` (:func:`stream_psnr`).
+    """
+    device = vae.latents_mean.device
+    clips = _eval_clips(n_clips, 1 + _TEMPORAL * (latent_frames - 1))
+    truth, recon_adh, mses = [], [], []
+    for clip in clips:
+        frames, text = render(clip), prompt(clip)
+        truth.append(adherence(frames, text))
+        x = to_signed(torch.from_numpy(frames)[None]).to(device)
+        z = encode_video(vae.vae, x)[:, : vae.z_dim]
+        recon = vae.decode_chunk((z - vae.latents_mean) / vae.latents_std, vae.new_decode_state())
+        mses.append(F.mse_loss(recon.float(), x).item())
+        recon_adh.append(adherence(to_uint8(recon)[0].cpu().numpy(), text))
+    return {
+        "truth_adherence": float(np.mean(truth)),
+        "recon_adherence": float(np.mean(recon_adh)),
+        "recon_psnr": _psnr(float(np.mean(mses))),
+        "recon_psnr_stream": stream_psnr(vae, n_clips=min(4, n_clips)),
+    }
+
+
+@torch.no_grad()
 def evaluate(
     out_dir: str | Path,
     device: str | torch.device = "cpu",
@@ -795,41 +851,26 @@ def evaluate(
 
     Returns:
         ``adherence`` (mean over clips of :func:`~models.toyworld.adherence`), per-clip values
-        and prompts, ``truth_adherence`` / ``recon_adherence`` (rendered and codec-reconstructed
-        clips, the ceiling), and ``recon_psnr`` (dB, codec on the rendered clips).
+        and prompts, and :func:`evaluate_codec`'s figures.
     """
     out_dir, device = Path(out_dir), torch.device(device)
     vae = WanVAE.from_pretrained(out_dir / "vae", device=device)
     dit = _load_dit(out_dir / "dit.safetensors", device, preset)
-    video_frames = 1 + _TEMPORAL * (latent_frames - 1)
-    clips = _eval_clips(n_clips, video_frames)
-    prompts = [prompt(c) for c in clips]
+    prompts = [prompt(c) for c in _eval_clips(n_clips, 1 + _TEMPORAL * (latent_frames - 1))]
     context = _encode_prompts(prompts, device)
     generator = torch.Generator(device).manual_seed(seed)
     result: dict = {"prompts": prompts, "adherence_per_clip": [], "latent_frames": latent_frames}
-    truth, recon_adh, mses = [], [], []
-    for i, clip in enumerate(clips):
-        frames = render(clip)
-        truth.append(adherence(frames, prompts[i]))
-        x = to_signed(torch.from_numpy(frames)[None]).to(device)
-        z = encode_video(vae.vae, x)[:, : vae.z_dim]
-        recon = vae.decode_chunk((z - vae.latents_mean) / vae.latents_std, vae.new_decode_state())
-        mses.append(F.mse_loss(recon.float(), x).item())
-        recon_adh.append(adherence(to_uint8(recon)[0].cpu().numpy(), prompts[i]))
+    for i, text in enumerate(prompts):
         latents = generate(
             dit, context[i : i + 1], latent_frames, (_SIZE[0] // _SPATIAL, _SIZE[1] // _SPATIAL),
             generator, schedule=FlowSchedule((1000, 750, 500, 250), shift=shift),
         )  # fmt: skip
         video = to_uint8(vae.decode_chunk(latents, vae.new_decode_state()))[0].cpu().numpy()
-        result["adherence_per_clip"].append(adherence(video, prompts[i]))
+        result["adherence_per_clip"].append(adherence(video, text))
         if i == 0:
             result["sample_shape"] = list(video.shape)
     result["adherence"] = float(np.mean(result["adherence_per_clip"]))
-    result["truth_adherence"] = float(np.mean(truth))
-    result["recon_adherence"] = float(np.mean(recon_adh))
-    result["recon_psnr"] = _psnr(float(np.mean(mses)))
-    result["recon_psnr_stream"] = stream_psnr(vae, n_clips=min(4, n_clips))
-    return result
+    return result | evaluate_codec(vae, n_clips, latent_frames)
 
 
 @torch.no_grad()
@@ -867,8 +908,26 @@ def stream_psnr(vae: WanVAE, n_clips: int, seconds: float = 10.0, chunk: int = 3
 # --------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, out: Path, device: torch.device, command: str) -> dict:
-    """All stages; writes ``vae/``, ``dit.safetensors`` and ``train.json`` into ``out``."""
+def train(
+    cfg: TrainConfig,
+    out: Path,
+    device: torch.device,
+    command: str,
+    *,
+    codec_from: Path | None = None,
+    codec_only: bool = False,
+) -> dict:
+    """Render the pool, then the stages; writes ``vae/``, ``dit.safetensors`` and
+    ``train.json`` into ``out``.
+
+    Args:
+        codec_from: the folder of an earlier run whose codec (``vae/``) the generator trains
+            on; the whole budget then goes to the generator, and that run's ``train.json``
+            is kept in this one's under ``codec_run``.
+        codec_only: train (and grade) only the codec, with the whole budget.
+    """
+    if codec_from is not None and codec_only:
+        raise ValueError("codec_from and codec_only exclude each other")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -885,56 +944,64 @@ def train(cfg: TrainConfig, out: Path, device: torch.device, command: str) -> di
         time.perf_counter() - t0,
     )
     budget_end = t0 + cfg.seconds_budget
-    codec_end = t0 + cfg.vae_fraction * cfg.seconds_budget
-    vae, codec = train_codec(cfg, pool, device, codec_end)
-
-    t_encode = time.perf_counter()
-    raw = encode_pool(vae, pool, device)
-    mean, std = set_latent_stats(vae, raw)
-    m = torch.tensor(mean, device=device)[None, :, None, None, None]
-    sd = torch.tensor(std, device=device)[None, :, None, None, None]
-    latents = (raw - m) / sd
-    del raw
-    text = _encode_prompts(pool.prompts, device)
-    encode_seconds = time.perf_counter() - t_encode
-    logger.info("encoded the pool to %s in %.1fs", tuple(latents.shape), encode_seconds)
-
-    dit, gen = train_dit(cfg, latents, pool.chunk_prompt, text, device, budget_end)
-
-    vae.to("cpu").save_pretrained(out / "vae", safe_serialization=True)
-    state = {k: v.detach().float().contiguous() for k, v in dit.state_dict().items()}
-    save_file(state, out / "dit.safetensors", metadata={"format": "pt", "layout": "wan"})
-    train_seconds = time.perf_counter() - t0
-
-    t_eval = time.perf_counter()
-    evaluation = evaluate(
-        out, device, cfg.eval_clips, cfg.latent_frames, cfg.seed, cfg.dit_preset, cfg.shift
-    )
-    report = {
+    report: dict = {
         "command": command,
         "seed": cfg.seed,
         "config": asdict(cfg),
         "device": str(device),
         "torch": torch.__version__,
-        "text_encoder": {
-            "builder": "models.text.tiny_umt5_encoder",
-            "seed": _TEXT_SEED,
-            "text_len": _TEXT_LEN,
-            "note": "not saved: the frozen seeded encoder is rebuilt in memory",
-        },
         "size": list(_SIZE),
         "fps": _FPS,
         "pool": {"clips": len(pool.video), "prompts": len(pool.prompts)},
-        "codec": codec,
-        "latents_mean": mean,
-        "latents_std": std,
-        "encode_seconds": encode_seconds,
-        "generator": gen,
-        "train_seconds": train_seconds,
-        "eval": evaluation,
-        "eval_seconds": time.perf_counter() - t_eval,
-        "wall_seconds": time.perf_counter() - t0,
     }
+    if codec_from is None:
+        codec_end = budget_end if codec_only else t0 + cfg.vae_fraction * cfg.seconds_budget
+        vae, report["codec"] = train_codec(cfg, pool, device, codec_end)
+    else:
+        vae = WanVAE.from_pretrained(codec_from / "vae", device=device).vae
+        report["codec_run"] = json.loads((codec_from / "train.json").read_text())
+
+    t_encode = time.perf_counter()
+    raw = encode_pool(vae, pool, device)
+    mean, std = set_latent_stats(vae, raw)
+    report |= {"latents_mean": mean, "latents_std": std}
+    vae.to("cpu").save_pretrained(out / "vae", safe_serialization=True)
+    if codec_only:
+        report["train_seconds"] = time.perf_counter() - t0
+        t_eval = time.perf_counter()
+        codec = WanVAE.from_pretrained(out / "vae", device=device)
+        report["codec_eval"] = evaluate_codec(codec, cfg.eval_clips, cfg.latent_frames)
+        return _finish(report, out, t0, t_eval)
+
+    m = torch.tensor(mean, device=device)[None, :, None, None, None]
+    sd = torch.tensor(std, device=device)[None, :, None, None, None]
+    latents = (raw - m) / sd
+    del raw
+    text = _encode_prompts(pool.prompts, device)
+    report["encode_seconds"] = time.perf_counter() - t_encode
+    logger.info("encoded the pool to %s in %.1fs", tuple(latents.shape), report["encode_seconds"])
+
+    dit, report["generator"] = train_dit(cfg, latents, pool.chunk_prompt, text, device, budget_end)
+    state = {k: v.detach().float().contiguous() for k, v in dit.state_dict().items()}
+    save_file(state, out / "dit.safetensors", metadata={"format": "pt", "layout": "wan"})
+    report["text_encoder"] = {
+        "builder": "models.text.tiny_umt5_encoder",
+        "seed": _TEXT_SEED,
+        "text_len": _TEXT_LEN,
+        "note": "not saved: the frozen seeded encoder is rebuilt in memory",
+    }
+    report["train_seconds"] = time.perf_counter() - t0
+
+    t_eval = time.perf_counter()
+    report["eval"] = evaluate(
+        out, device, cfg.eval_clips, cfg.latent_frames, cfg.seed, cfg.dit_preset, cfg.shift
+    )
+    return _finish(report, out, t0, t_eval)
+
+
+def _finish(report: dict, out: Path, t0: float, t_eval: float) -> dict:
+    report["eval_seconds"] = time.perf_counter() - t_eval
+    report["wall_seconds"] = time.perf_counter() - t0
     (out / "train.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -952,6 +1019,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vae-batch", type=int, default=None)
     p.add_argument("--batch", type=int, default=None, help="generator clips per step")
     p.add_argument("--eval-clips", type=int, default=None)
+    p.add_argument("--vae-dim", type=int, default=None, help="the codec's base width")
+    stage = p.add_mutually_exclusive_group()
+    stage.add_argument(
+        "--codec-only", action="store_true", help="train only the codec, with the whole budget"
+    )
+    stage.add_argument(
+        "--codec",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="train the generator on the codec of an earlier run's output folder",
+    )
     return p.parse_args(argv)
 
 
@@ -965,24 +1044,35 @@ def main(argv: list[str] | None = None) -> dict:
         "vae_batch": args.vae_batch,
         "gen_batch": args.batch,
         "eval_clips": args.eval_clips,
+        "vae_dim": args.vae_dim,
     }
     cfg = replace(cfg, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
     argv = sys.argv[1:] if argv is None else argv
     command = " ".join(["python -m models.toyworld.train_generator", *map(str, argv)])
-    report = train(cfg, args.out, torch.device(args.device), command)
-    logger.info(
-        "codec %s steps loss %.4f, generator %s steps loss %.4f, adherence %.3f, psnr %.1f dB "
-        "(stream: first %.1f, last %.1f), %.0fs",
-        report["codec"]["steps"],
-        report["codec"]["final_loss"],
-        report["generator"]["steps"],
-        report["generator"]["final_loss"],
-        report["eval"]["adherence"],
-        report["eval"]["recon_psnr"],
-        report["eval"]["recon_psnr_stream"]["first"],
-        report["eval"]["recon_psnr_stream"]["last"],
-        report["wall_seconds"],
+    report = train(
+        cfg,
+        args.out,
+        torch.device(args.device),
+        command,
+        codec_from=args.codec,
+        codec_only=args.codec_only,
     )
+    codec_eval = report["codec_eval"] if args.codec_only else report["eval"]
+    logger.info(
+        "codec PSNR %.1f dB (stream: first %.1f, last %.1f), reconstructed adherence %.3f",
+        codec_eval["recon_psnr"],
+        codec_eval["recon_psnr_stream"]["first"],
+        codec_eval["recon_psnr_stream"]["last"],
+        codec_eval["recon_adherence"],
+    )
+    if not args.codec_only:
+        logger.info(
+            "generator %d steps, loss %.4f, adherence %.3f",
+            report["generator"]["steps"],
+            report["generator"]["final_loss"],
+            report["eval"]["adherence"],
+        )
+    logger.info("%.0fs in all", report["wall_seconds"])
     return report
 
 

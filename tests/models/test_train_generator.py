@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from kernels.rope import wan_rope
 from models.attention import DenseAttention
 from models.toyworld import train_generator as tg
-from models.vae import WanVAE
+from models.vae import WanVAE, tiny_wan_vae
 from models.wan import CausalWanModel, wan_config
 
 
@@ -128,3 +128,40 @@ def test_foreground_marks_sprites_not_the_background():
     differs = np.abs(frames.astype(int) - background).sum(-1) > 0.1 * 127.5
     assert mask.shape == differs.shape and 0 < mask.mean() < 0.5
     assert (mask.astype(bool) == differs).mean() > 0.99
+
+
+def test_per_frame_init_makes_temporal_resamplers_copy_frames():
+    vae = tiny_wan_vae(seed=3, base_dim=8).vae
+    tg.per_frame_init(vae)
+    resamplers = [m for m in vae.modules() if getattr(m, "time_conv", None) is not None]
+    assert {m.mode for m in resamplers} == {"downsample3d", "upsample3d"}
+    for m in resamplers:
+        c = m.dim
+        x = torch.randn(2, c, 5, 3, 3)
+        with torch.no_grad():
+            y = m.time_conv(x)
+        if m.mode == "upsample3d":  # two copies of every frame, stacked in channels
+            b, _, t, h, w = y.shape
+            copies = y.reshape(b, 2, c, t, h, w)
+            torch.testing.assert_close(copies[:, 0], x)
+            torch.testing.assert_close(copies[:, 1], x)
+        else:  # stride 2 over 3 taps, no padding: output i is input frame 2i + 2
+            torch.testing.assert_close(y, x[:, :, 2::2])
+
+
+@pytest.mark.slow
+def test_codec_only_then_generator_on_that_codec(tmp_path):
+    codec_run, generator_run = tmp_path / "codec", tmp_path / "generator"
+    codec_report = tg.main(["--smoke", "--codec-only", "--out", str(codec_run)])
+    assert codec_report["codec"]["steps"] == tg.SMOKE.max_vae_steps
+    assert "generator" not in codec_report and not (codec_run / "dit.safetensors").exists()
+    assert 0.0 <= codec_report["codec_eval"]["recon_adherence"] <= 1.0
+
+    report = tg.main(["--smoke", "--codec", str(codec_run), "--out", str(generator_run)])
+    assert "codec" not in report and report["codec_run"]["command"] == codec_report["command"]
+    assert report["generator"]["steps"] == tg.SMOKE.max_gen_steps
+    trained = WanVAE.from_pretrained(codec_run / "vae").vae.state_dict()
+    shipped = WanVAE.from_pretrained(generator_run / "vae").vae.state_dict()
+    for name, weight in trained.items():
+        torch.testing.assert_close(shipped[name], weight)
+    assert report["latents_mean"] == codec_report["latents_mean"]  # same pool, same codec
