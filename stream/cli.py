@@ -329,7 +329,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(commands)
     _add_caption_parser(commands)
     _add_timeline_parser(commands)
+    _add_eval_parser(commands)
     return parser
+
+
+def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    from evals.inf_streams.cli import add_inf_streams_arguments, add_toy_arguments
+
+    evaluate = commands.add_parser("eval", help="run an evaluation (Inf-Streams-Eval)")
+    evaluations = evaluate.add_subparsers(dest="evaluation", metavar="EVALUATION")
+    inf_streams = evaluations.add_parser(
+        "inf-streams",
+        help="Inf-Streams-Eval: stream each video, score the commentary, judge it pairwise",
+        description="Reads the published dataset layout; see docs/evals.md.",
+    )
+    add_inf_streams_arguments(inf_streams)
+    inf_streams.set_defaults(run=_eval_inf_streams)
+    toy = evaluations.add_parser(
+        "toy-inf-streams", help="write a tiny Inf-Streams-Eval dataset from the toy world"
+    )
+    add_toy_arguments(toy)
+    toy.set_defaults(run=_eval_toy_inf_streams)
+    evaluate.set_defaults(run=lambda _: evaluate.print_help() or 2)
+
+
+def _eval_inf_streams(args: argparse.Namespace) -> int:
+    from evals.inf_streams.cli import run_inf_streams
+
+    return run_inf_streams(args)
+
+
+def _eval_toy_inf_streams(args: argparse.Namespace) -> int:
+    from evals.inf_streams.cli import run_toy
+
+    return run_toy(args)
 
 
 def _add_timeline_parser(commands: argparse._SubParsersAction) -> None:
