@@ -45,6 +45,7 @@ from kernels import RopeSpec, mrope
 from models.attention import AttentionContext
 
 __all__ = [
+    "MAX_ASPECT_RATIO",
     "VIDEO_MAX_PIXELS",
     "VIDEO_MIN_PIXELS",
     "QwenDecoder",
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 VIDEO_MAX_PIXELS = 768 * 28 * 28  # per frame: <= 768 merged tokens per 1 s chunk (qwen-vl-utils)
 VIDEO_MIN_PIXELS = 100 * 28 * 28  # livecc_utils override used by StreamingVLM
+MAX_ASPECT_RATIO = 200  # Qwen's smart_resize refuses frames longer than this to one side
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,7 +403,10 @@ class QwenVL:
             "shortest_edge": self.video_min_pixels if min_pixels is None else min_pixels,
             "longest_edge": self.video_max_pixels if max_pixels is None else max_pixels,
         }
-        out = self.image_processor(images=frames, size=size, return_tensors="np")
+        # channels_last stated: a frame 1 or 3 pixels high would otherwise read as channels-first
+        out = self.image_processor(
+            images=frames, size=size, return_tensors="np", input_data_format="channels_last"
+        )
         grid = out["image_grid_thw"]  # [F, 3], rows (1, h, w)
         h, w = int(grid[0, 1]), int(grid[0, 2])
         p = self.patch_size

@@ -39,7 +39,7 @@ from stream.kvcache import CacheFullError
 from stream.pipelines.base import FrameChunk, GenerationRequest
 from stream.pipelines.feed import TimestampsBackwardsError
 from stream.pipelines.streaming_vlm import Caption, UnderstandingRequest
-from stream.protocol import ProtocolError
+from stream.protocol import ProtocolError, valid_unicode
 from stream.session import OutputFrame, OutputQueue, Session, SessionState
 
 __all__ = [
@@ -225,6 +225,9 @@ class Engine:
                     error = ProtocolError("cache_full", str(exc))
                 except ValueError as exc:
                     error = ProtocolError("invalid_message", str(exc))
+                except Exception as exc:  # the caller must hear back, never wait for nothing
+                    logger.exception("session %d: open failed", session.id)
+                    error = ProtocolError("internal", f"the session could not open: {exc!r:.200}")
                 else:
                     with self._stats_lock:
                         self._live[session.id] = _Live(session, target, state)
@@ -274,6 +277,9 @@ class Engine:
                 session.post(_error_event(session, "timestamps_backwards", str(exc)))
             except ValueError as exc:
                 session.post(_error_event(session, "bad_frame", str(exc)))
+            except Exception as exc:  # the frame is lost, the session goes on: say so
+                logger.exception("session %d: push_frame failed", session.id)
+                session.post(_error_event(session, "bad_frame", f"not taken: {exc!r:.200}"))
 
         self._submit(push)
 
@@ -519,15 +525,22 @@ class Engine:
 def _generation_request(params: dict[str, Any]) -> GenerationRequest:
     """Validate generation start parameters (the protocol's ``params``)."""
     prompt = params.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > 2000:
-        raise ProtocolError("invalid_message", "params.prompt must be a non-empty string <= 2000")
+    if (
+        not isinstance(prompt, str)
+        or not prompt.strip()
+        or len(prompt) > 2000
+        or not valid_unicode(prompt)
+    ):
+        raise ProtocolError(
+            "invalid_message", "params.prompt must be a non-empty Unicode string <= 2000"
+        )
     values = {}
     for name in ("seed", "height", "width"):
         value = params.get(name)
         if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 0
+            not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**64
         ):
-            raise ProtocolError("invalid_message", f"params.{name} must be a non-negative integer")
+            raise ProtocolError("invalid_message", f"params.{name} must be an integer 0..2**64-1")
         values[name] = value
     return GenerationRequest(prompt, values["seed"] or 0, values["height"], values["width"])
 
@@ -537,8 +550,10 @@ def _understanding_request(params: dict[str, Any]) -> UnderstandingRequest:
     values = {}
     for name, limit in (("instruction", 2000), ("previous_text", 20000)):
         value = params.get(name, "")
-        if not isinstance(value, str) or len(value) > limit:
-            raise ProtocolError("invalid_message", f"params.{name} must be a string <= {limit}")
+        if not isinstance(value, str) or len(value) > limit or not valid_unicode(value):
+            raise ProtocolError(
+                "invalid_message", f"params.{name} must be a Unicode string <= {limit}"
+            )
         values[name] = value
     return UnderstandingRequest(
         values["instruction"] or UnderstandingRequest().instruction, values["previous_text"]

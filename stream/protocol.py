@@ -52,11 +52,13 @@ __all__ = [
     "SessionStart",
     "Stop",
     "encode",
+    "valid_unicode",
 ]
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<2sBBIQdB3xHH")
 MAGIC = b"SV"
+MAX_TIMESTAMP = float(2**32)  # seconds (136 years): input frame timestamps stay below
 
 ERROR_CODES = {
     "bad_json": "a text message that is not a JSON object",
@@ -75,6 +77,7 @@ ERROR_CODES = {
     "frame_too_large": "a media frame over the server's max_frame_pixels",
     "wrong_direction": "a message the session's pipeline does not take (e.g. a prompt to a VLM)",
     "timestamps_backwards": "an input frame older than the previous one",
+    "recording_failed": "the session's recording cannot be written; the session goes on",
     "internal": "the session's step failed; the session has ended",
     "server_shutdown": "the server is stopping",
 }
@@ -214,9 +217,24 @@ def _field(obj: dict, name: str, kind: type | tuple[type, ...], default: Any = .
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise ProtocolError(
-            "invalid_message", f"{obj.get('type')}: field {name!r} must be {names}, got {value!r}"
+            "invalid_message",
+            f"{obj.get('type')}: field {name!r} must be {names}, got {value!r:.100}",
+        )
+    if isinstance(value, str) and not valid_unicode(value):
+        raise ProtocolError(
+            "invalid_message", f"{obj.get('type')}: field {name!r} is not valid Unicode"
         )
     return value
+
+
+def valid_unicode(text: str) -> bool:
+    """Whether ``text`` encodes to UTF-8: JSON's ``"\\ud800"`` escapes decode to lone
+    surrogates, which no tokenizer, file or later JSON encoder accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _session(obj: dict) -> int:
@@ -324,8 +342,9 @@ class Connection:
     def _parse_text(text: str) -> ClientMessage:
         try:
             obj = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise ProtocolError("bad_json", f"not JSON: {exc}") from None
+        # ValueError, not only JSONDecodeError: an integer of over 4300 digits raises it too
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError("bad_json", f"not JSON: {str(exc)[:200]}") from None
         if not isinstance(obj, dict):
             raise ProtocolError("bad_json", "a message must be a JSON object")
         kind = obj.get("type")
@@ -353,6 +372,12 @@ class Connection:
             )
         if not 0 < header.session < 2**32:
             raise ProtocolError("bad_frame", f"session id {header.session} out of range")
+        if not 0 <= header.timestamp < MAX_TIMESTAMP:  # NaN fails too
+            raise ProtocolError(
+                "bad_frame",
+                f"timestamp {header.timestamp} is not in 0..2**32 seconds",
+                header.session,
+            )
         return InputFrame(header, data[HEADER.size :])
 
 

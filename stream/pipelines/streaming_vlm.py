@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.qwen_vl import QwenVL
+from models.qwen_vl import MAX_ASPECT_RATIO, QwenVL
 from stream.kvcache import (
     CacheGeometry,
     CacheView,
@@ -105,6 +105,7 @@ class StreamingVLMState:
     reply: list[int] = field(default_factory=list)  # tokens generated this round
     next_token: int | None = None  # generated, not yet in the cache
     decoding: bool = False
+    frame_size: tuple[int, int] | None = None  # (width, height) of the stream's first frame
 
 
 class StreamingVLMPipeline:
@@ -182,7 +183,23 @@ class StreamingVLMPipeline:
         state.cache.cache.close()
 
     def push_frame(self, state: StreamingVLMState, timestamp: float, frame: np.ndarray) -> None:
-        """Feed one uint8 ``[H, W, 3]`` frame (raises on timestamps going backwards)."""
+        """Feed one uint8 ``[H, W, 3]`` frame.
+
+        Raises:
+            ValueError: a frame of another size than the stream's first (the vision tower takes
+                a second's frames together), or longer than ``MAX_ASPECT_RATIO`` to one side;
+                :class:`TimestampsBackwardsError` (a ValueError) when older than the last one.
+        """
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or 0 in frame.shape:
+            raise ValueError(f"frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
+        height, width = frame.shape[:2]
+        if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+            raise ValueError(f"a {width}x{height} frame is over {MAX_ASPECT_RATIO}:1")
+        if state.frame_size is None:
+            state.frame_size = (width, height)
+        elif state.frame_size != (width, height):
+            first = "x".join(map(str, state.frame_size))
+            raise ValueError(f"a {width}x{height} frame in a stream of {first} frames")
         state.feed.push(timestamp, frame)
 
     def ask(self, state: StreamingVLMState, question: str) -> None:
