@@ -21,6 +21,7 @@ import av
 import cv2
 import numpy as np
 
+from stream.image_size import ImageHeaderError, jpeg_size, png_size
 from stream.media import Mp4Writer
 from stream.protocol import FrameFormat, FrameHeader, ProtocolError
 from stream.session import OutputFrame
@@ -165,8 +166,10 @@ def decode_input_frame(header: FrameHeader, payload: bytes, max_pixels: int) -> 
     """An understanding session's input frame as uint8 RGB ``[H, W, 3]``.
 
     Raises:
-        ProtocolError: ``frame_too_large`` over ``max_pixels``; ``bad_frame`` when the payload
-            does not decode (or H.264, which input frames do not take).
+        ProtocolError: ``frame_too_large`` over ``max_pixels`` (by the frame header, then by
+            the size the JPEG or PNG header declares, both before decoding); ``bad_frame`` when
+            the payload's size differs from the frame header's, it does not decode, or it is
+            H.264, which input frames do not take.
     """
     if header.width * header.height > max_pixels:
         raise ProtocolError(
@@ -189,15 +192,26 @@ def decode_input_frame(header: FrameHeader, payload: bytes, max_pixels: int) -> 
         return np.frombuffer(payload, dtype=np.uint8).reshape(header.height, header.width, 3)
     if header.format not in (FrameFormat.JPEG, FrameFormat.PNG):
         raise ProtocolError("bad_frame", "input frames are JPEG, PNG or raw RGB", header.session)
-    image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ProtocolError(
-            "bad_frame", f"the {header.format.name} payload does not decode", header.session
-        )
-    if image.shape[0] * image.shape[1] > max_pixels:
+    name = header.format.name
+    try:
+        width, height = (png_size if header.format is FrameFormat.PNG else jpeg_size)(payload)
+    except ImageHeaderError as exc:
+        raise ProtocolError("bad_frame", f"the {name} payload: {exc}", header.session) from None
+    # checked before decoding: a decoder allocates what the file declares
+    if width * height > max_pixels:
         raise ProtocolError(
             "frame_too_large",
-            f"decoded {image.shape[1]}x{image.shape[0]} is over {max_pixels} pixels",
+            f"the {name} payload declares {width}x{height}, over {max_pixels} pixels",
             header.session,
         )
+    if (width, height) != (header.width, header.height):
+        raise ProtocolError(
+            "bad_frame",
+            f"the {name} payload is {width}x{height}, the frame header says "
+            f"{header.width}x{header.height}",
+            header.session,
+        )
+    image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.shape[:2] != (height, width):
+        raise ProtocolError("bad_frame", f"the {name} payload does not decode", header.session)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
