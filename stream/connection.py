@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from stream import protocol
 from stream.delivery import FrameEncoder, Recorder, decode_input_frame, parse_output_params
 from stream.protocol import FrameFormat, FrameHeader, FrameKind, ProtocolError, encode
+from stream.ratelimit import RateLimiter
 from stream.session import Session, SessionState
 
 if TYPE_CHECKING:
@@ -36,24 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["ConnectionHandler"]
 
 logger = logging.getLogger(__name__)
-
-
-class _RateLimiter:
-    """Token bucket: ``rate`` messages a second, bursts of one second's worth."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.last = time.monotonic()
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 @dataclass(eq=False)
@@ -76,7 +59,7 @@ class ConnectionHandler:
         self.config = server.config
         self.engine = server.engine
         self.protocol = protocol.Connection(self.config.max_message_bytes, self.config.token)
-        self.limiter = _RateLimiter(self.config.max_messages_per_second)
+        self.limiter = RateLimiter(self.config.max_messages_per_second)
         self.streams: dict[int, _Stream] = {}
 
     # -- receiving -------------------------------------------------------------------------
@@ -85,8 +68,8 @@ class ConnectionHandler:
         try:
             async for data in self.ws:
                 self.server.counters.messages_received += 1
-                if not self.limiter.allow():
-                    await self.send_error(ProtocolError("rate_limited", "too many messages"))
+                if refusal := self.rate_limited():
+                    await self.send_error(refusal)
                     continue
                 request_id = None
                 try:
@@ -103,6 +86,18 @@ class ConnectionHandler:
         finally:
             self.protocol.close()
             await self.close_all("disconnected")
+
+    def rate_limited(self) -> ProtocolError | None:
+        """The refusal of a message over this connection's or the server's rate, else None."""
+        if not self.limiter.allow():
+            rate = self.config.max_messages_per_second
+            return ProtocolError("rate_limited", f"over {rate:g} messages a second")
+        if not self.server.message_limiter.allow():
+            rate = self.config.max_messages_per_second_total
+            return ProtocolError(
+                "rate_limited", f"the server takes at most {rate:g} messages a second in all"
+            )
+        return None
 
     async def dispatch(self, message: protocol.ClientMessage) -> None:
         if isinstance(message, protocol.Hello):
@@ -188,6 +183,11 @@ class ConnectionHandler:
             raise ProtocolError(
                 "too_many_sessions",
                 f"a connection runs at most {config.max_sessions_per_connection} sessions",
+            )
+        if not self.server.session_start_limiter.allow():
+            rate = config.max_session_starts_per_second
+            raise ProtocolError(
+                "rate_limited", f"the server starts at most {rate:g} sessions a second"
             )
         params = message.params
         if engine.pipelines[message.pipeline].kind == "understanding":

@@ -44,6 +44,7 @@ from stream.delivery import Recorder
 from stream.engine import Engine
 from stream.metrics import CONTENT_TYPE, ServiceCounters, render_metrics
 from stream.protocol import ProtocolError
+from stream.ratelimit import RateLimiter
 from stream.session import Session
 from stream.toyfeed import parse_feed_request, toyworld_mp4
 from stream.web import response, static_file
@@ -69,6 +70,8 @@ class ServerConfig:
     max_message_bytes: int = 1 << 20  # refused with message_too_large; websockets closes > 2x
     max_frame_pixels: int = 1920 * 1080
     max_messages_per_second: float = 200.0  # token bucket per connection, 1 s of burst
+    max_messages_per_second_total: float = 2000.0  # the same, over all connections
+    max_session_starts_per_second: float = 20.0  # session.start over all connections
     open_timeout: float = 10.0  # WebSocket handshake
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
@@ -94,6 +97,8 @@ class ServerConfig:
             "max_message_bytes",
             "max_frame_pixels",
             "max_messages_per_second",
+            "max_messages_per_second_total",
+            "max_session_starts_per_second",
             "open_timeout",
             "close_timeout",
             "write_limit",
@@ -128,6 +133,8 @@ class Server:
         self.config = config
         self.engine = engine
         self.counters = ServiceCounters()
+        self.message_limiter = RateLimiter(config.max_messages_per_second_total)
+        self.session_start_limiter = RateLimiter(config.max_session_starts_per_second)
         self.draining = False
         self.encoders = ThreadPoolExecutor(config.encode_workers, thread_name_prefix="encode")
         self._tmp: tempfile.TemporaryDirectory | None = None
