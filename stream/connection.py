@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import av
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -204,13 +205,21 @@ class ConnectionHandler:
             raise ProtocolError(
                 "internal", "the engine did not admit the session in time"
             ) from None
-        stream_ = _Stream(session, FrameEncoder(fmt, session.fps, quality))
+        recorder = None
+        if record:
+            try:
+                recorder = self.server.open_recording(session)
+            except (OSError, av.FFmpegError) as exc:
+                logger.error("session %d: cannot open its recording: %r", session.id, exc)
+                self.engine.close(session, "disconnected")  # never announced: nobody to tell
+                raise ProtocolError(
+                    "recording_failed", "the server cannot write a recording now"
+                ) from None
+        stream_ = _Stream(session, FrameEncoder(fmt, session.fps, quality), recorder)
         self.streams[session.id] = stream_
         try:
-            if record:
-                path = self.server.record_dir / f"{session.id}.mp4"
-                stream_.recorder = Recorder(path, session.fps, config.max_pending_record_frames)
-                session.output.set_tap(stream_.recorder.add)
+            if recorder is not None:
+                session.output.set_tap(recorder.add)
             await self.send(
                 encode(
                     "session.started",
@@ -332,8 +341,9 @@ class ConnectionHandler:
         if session.end_message:
             fields["message"] = session.end_message
         if stream_.recorder is not None:
-            await self.server.finish_recording(session.id, stream_.recorder)
-            fields["recording"] = f"/recordings/{session.id}.mp4"
+            recording = await self.server.finish_recording(stream_.recorder)
+            if recording is not None:  # else recording_failed was posted when it failed
+                fields["recording"] = recording
         for task in stream_.tasks[1:]:  # events and metrics: flushed here, in order
             task.cancel()
         await asyncio.gather(*stream_.tasks[1:], return_exceptions=True)
@@ -394,7 +404,7 @@ class ConnectionHandler:
         for stream_ in streams:
             await asyncio.gather(*stream_.tasks, return_exceptions=True)
             if stream_.recorder is not None:
-                await self.server.finish_recording(stream_.session.id, stream_.recorder)
+                await self.server.finish_recording(stream_.recorder)
         self.streams.clear()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -106,23 +107,35 @@ class FrameEncoder:
 class Recorder:
     """An MP4 of every frame handed to :meth:`add`, written on one worker thread.
 
+    A failing disk (full, gone, unwritable) stops the recording, not the session: the first
+    failure is logged, reported through ``on_failure``, kept in :attr:`failure`, and later
+    frames are not written.
+
     Args:
-        path: the MP4 file to write.
+        path: the MP4 file to write (opened here: ``OSError`` if it cannot be).
         fps: frame rate of the stream.
         max_pending: frames waiting for the writer at most; more are dropped and counted.
+        on_failure: called once, on the writer's thread, with a reason safe to show a client.
     """
 
-    def __init__(self, path: Path, fps: float, max_pending: int = 64) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fps: float,
+        max_pending: int = 64,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         if max_pending <= 0:
             raise ValueError(f"max_pending must be positive, got {max_pending}")
         self.path = path
         self.max_pending = max_pending
         self.frames_dropped = 0
+        self.failure: str | None = None
+        self._on_failure = on_failure
         self._writer = Mp4Writer(path, fps)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="record")
         self._lock = threading.Lock()
         self._pending = 0
-        self._failed = False
         self._closed: concurrent.futures.Future | None = None
 
     @property
@@ -132,7 +145,7 @@ class Recorder:
     def add(self, frames: list[OutputFrame]) -> None:
         """Queue frames for writing (any thread; never blocks, drops when the disk lags)."""
         with self._lock:
-            if self._closed is not None or self._failed:
+            if self._closed is not None or self.failure is not None:
                 return
             for frame in frames:
                 if self._pending >= self.max_pending:
@@ -143,23 +156,37 @@ class Recorder:
 
     def close(self) -> concurrent.futures.Future:
         """Finish the file after the queued frames (idempotent); the future resolves when the
-        MP4 is complete and playable."""
+        MP4 is complete and playable, or the recording has failed (see :attr:`failure`)."""
         with self._lock:
             if self._closed is None:
-                self._closed = self._executor.submit(self._writer.close)
+                self._closed = self._executor.submit(self._finish)
                 self._executor.shutdown(wait=False)
             return self._closed
 
     def _write(self, pixels: np.ndarray) -> None:
         try:
-            if not self._failed:
+            if self.failure is None:
                 self._writer.write(pixels)
-        except Exception:
-            logger.exception("recording %s failed; later frames are not written", self.path)
-            self._failed = True
+        except Exception as exc:
+            self._fail(exc)
         finally:
             with self._lock:
                 self._pending -= 1
+
+    def _finish(self) -> None:
+        try:
+            self._writer.close()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.failure is not None:
+            return
+        logger.error("recording %s failed; later frames are not written: %r", self.path, exc)
+        # the client hears the system's reason, never the server's paths
+        self.failure = getattr(exc, "strerror", None) or type(exc).__name__
+        if self._on_failure is not None:
+            self._on_failure(self.failure)
 
 
 def decode_input_frame(header: FrameHeader, payload: bytes, max_pixels: int) -> np.ndarray:

@@ -19,7 +19,8 @@ class Mp4Writer:
     """Append uint8 RGB frames ``[H, W, 3]`` to an H.264 MP4 at a constant frame rate.
 
     Usable as a context manager; ``close`` flushes the encoder and is idempotent, so a recording
-    stopped at any point is a playable file.
+    stopped at any point is a playable file. Errors of the disk (``OSError``) reach the caller of
+    ``write`` or ``close``, and the file is closed either way.
 
     Args:
         path: output file; its folder must exist.
@@ -33,10 +34,17 @@ class Mp4Writer:
         self.path = Path(path)
         self.fps = fps
         self.frames_written = 0
-        self._container = av.open(str(self.path), mode="w")
-        self._stream = self._container.add_stream(
-            "libx264", rate=Fraction(fps).limit_denominator(1001), options={"crf": str(crf)}
-        )
+        # the file is ours, not FFmpeg's: when the trailer cannot be written (a full disk)
+        # PyAV raises without closing a file it opened, and its descriptor would leak
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        try:
+            self._container = av.open(self._file, mode="w", format="mp4")
+            self._stream = self._container.add_stream(
+                "libx264", rate=Fraction(fps).limit_denominator(1001), options={"crf": str(crf)}
+            )
+        except BaseException:
+            self._file.close()
+            raise
         self._stream.pix_fmt = "yuv420p"
         self._size: tuple[int, int] | None = None
         self._closed = False
@@ -75,7 +83,10 @@ class Mp4Writer:
                 for packet in self._stream.encode():
                     self._container.mux(packet)
         finally:
-            self._container.close()
+            try:
+                self._container.close()
+            finally:
+                self._file.close()
         logger.info("wrote %d frames to %s", self.frames_written, self.path)
 
     def __enter__(self) -> Mp4Writer:

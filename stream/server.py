@@ -21,11 +21,14 @@ Exceptions: :class:`ValueError` for a bad :class:`ServerConfig`; protocol refusa
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import http
 import ipaddress
 import logging
 import mimetypes
 import re
+import secrets
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,7 +56,8 @@ __all__ = ["Server", "ServerConfig", "build_server", "serve"]
 
 logger = logging.getLogger(__name__)
 
-_RECORDING = re.compile(r"/recordings/([0-9]{1,10})\.mp4")
+# <session>-<128 random bits>: a recording's URL is its capability; ids alone are guessable
+_RECORDING = re.compile(r"/recordings/([0-9]{1,10}-[0-9a-f]{32})\.mp4")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class ServerConfig:
     session_open_timeout: float = 60.0  # waiting for the engine to admit a session
     static_dir: Path | None = None  # the browser page, served at /
     record_dir: Path | None = None  # None: a temporary folder
+    max_recordings: int = 256  # finished recordings kept (and served); the oldest are deleted
     toyworld_feed_max_seconds: int = 600  # longest /toyworld/feed.mp4 (about 1 MB a minute)
 
     def __post_init__(self) -> None:
@@ -105,6 +110,7 @@ class ServerConfig:
             "max_queue",
             "encode_workers",
             "max_pending_record_frames",
+            "max_recordings",
             "session_open_timeout",
             "toyworld_feed_max_seconds",
         ):
@@ -144,7 +150,8 @@ class Server:
         else:
             self.record_dir = Path(config.record_dir)
             self.record_dir.mkdir(parents=True, exist_ok=True)
-        self._recordings: set[int] = set()  # finished, servable
+        # finished and servable: URL name -> file, oldest first
+        self._recordings: collections.OrderedDict[str, Path] = collections.OrderedDict()
         self._clients: set[ConnectionHandler] = set()
         self._ws: Any = None
         self._close_task: asyncio.Task | None = None
@@ -271,19 +278,46 @@ class Server:
             )
         return height, width
 
-    async def finish_recording(self, session_id: int, recorder: Recorder) -> None:
-        try:
-            await asyncio.shield(asyncio.wrap_future(recorder.close()))
-        except Exception:
-            logger.exception("session %d: recording could not be finished", session_id)
-            return
-        self._recordings.add(session_id)
+    def open_recording(self, session: Session) -> Recorder:
+        """A recorder for ``session`` under an unguessable name; ``OSError`` (or PyAV's errors)
+        when the recording folder cannot take it. Failures later are posted to the session."""
+
+        def failed(reason: str) -> None:
+            message = f"the recording stopped ({reason}); the session goes on without it"
+            session.post(
+                {
+                    "type": "error",
+                    "code": "recording_failed",
+                    "message": message,
+                    "session": session.id,
+                }
+            )
+
+        name = f"{session.id}-{secrets.token_hex(16)}"
+        path = self.record_dir / f"{name}.mp4"
+        return Recorder(path, session.fps, self.config.max_pending_record_frames, failed)
+
+    async def finish_recording(self, recorder: Recorder) -> str | None:
+        """Complete the MP4 and serve it; returns its URL path, or None if it failed (the
+        partial file is deleted). Beyond ``max_recordings`` the oldest are deleted."""
+        await asyncio.shield(asyncio.wrap_future(recorder.close()))
+        if recorder.failure is not None:
+            with contextlib.suppress(OSError):  # the folder itself may be what failed
+                recorder.path.unlink(missing_ok=True)
+            return None
         if recorder.frames_dropped:
             logger.warning(
-                "session %d: recording dropped %d frames (disk too slow)",
-                session_id,
+                "%s: recording dropped %d frames (disk too slow)",
+                recorder.path.name,
                 recorder.frames_dropped,
             )
+        name = recorder.path.stem
+        self._recordings[name] = recorder.path
+        while len(self._recordings) > self.config.max_recordings:
+            _, oldest = self._recordings.popitem(last=False)
+            with contextlib.suppress(OSError):
+                oldest.unlink(missing_ok=True)
+        return f"/recordings/{name}.mp4"
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -313,8 +347,8 @@ class Server:
                 http.HTTPStatus.OK, await asyncio.to_thread(toyworld_mp4, feed), "video/mp4"
             )
         if match := _RECORDING.fullmatch(path):
-            if int(match.group(1)) in self._recordings:
-                file = self.record_dir / f"{int(match.group(1))}.mp4"
+            file = self._recordings.get(match.group(1))
+            if file is not None:
                 return response(
                     http.HTTPStatus.OK, await asyncio.to_thread(file.read_bytes), "video/mp4"
                 )

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -504,7 +505,7 @@ def test_recording_is_served_after_the_session(models):
             await ws.send(json.dumps({"type": "stop", "session": session}))
             ended = await recv(ws, "session.ended")
             assert ended["reason"] == "stopped"
-            assert ended["recording"] == f"/recordings/{session}.mp4"
+            assert re.fullmatch(rf"/recordings/{session}-[0-9a-f]{{32}}\.mp4", ended["recording"])
             status, body = await http_get(server, ended["recording"])
             assert status == 200
             generated = server.engine.stats().frames_generated
@@ -566,7 +567,9 @@ def test_graceful_shutdown_mid_stream(models):
             for ws, session in zip(clients, ids, strict=True):
                 ended = await recv(ws, "session.ended")
                 assert ended["session"] == session and ended["reason"] == "server_shutdown"
-                assert ended["recording"] == f"/recordings/{session}.mp4"
+                assert re.fullmatch(
+                    rf"/recordings/{session}-[0-9a-f]{{32}}\.mp4", ended["recording"]
+                )
                 with pytest.raises(ConnectionClosed) as closed:
                     await recv(ws)
                 assert closed.value.rcvd.code == 1001
