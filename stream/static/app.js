@@ -75,6 +75,7 @@ const ERROR_TEXT = {
   frame_too_large: "the frame size is larger than the server allows; choose a smaller size",
   wrong_direction: "this session does not take that kind of message",
   timestamps_backwards: "a video frame was older than the previous one",
+  recording_failed: "the server could not write the recording; the video goes on without it",
   internal: "the session failed on the server and has ended",
   server_shutdown: "the server is shutting down; it will reconnect when it is back",
 };
@@ -652,7 +653,9 @@ $("connect-form").addEventListener("submit", (event) => {
   connect();
 });
 
-const urlToken = new URLSearchParams(location.search).get("token");
+// #token=... is read first: a fragment never reaches the server, a proxy or their logs
+const urlToken = new URLSearchParams(location.hash.slice(1)).get("token")
+  ?? new URLSearchParams(location.search).get("token");
 $("token").value = urlToken !== null ? urlToken : localStorage.getItem("stream.token") || "";
 setInterval(() => { genButtons(); watchButtons(); }, 500); // keeps buttons in step with the socket
 window.streamApp = { conn, gen, watch, packFrame, unpackFrame, connect }; // for tests and debugging

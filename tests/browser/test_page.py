@@ -162,6 +162,23 @@ def test_wrong_token_is_explained_and_not_retried(browser, pipelines) -> None:
             context.close()
 
 
+def test_token_from_the_url_fragment_connects(browser, pipelines) -> None:
+    """#token= fills the token in without the server (or a proxy) ever seeing it in a URL."""
+    from playwright.sync_api import expect
+
+    config = ServerConfig(port=0, static_dir=STATIC_DIR, token="s3cret")
+    with ServerThread(config, Engine(pipelines, EngineConfig())) as server:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(server.http_url + "#token=s3cret", timeout=WAIT)
+            status = page.get_by_test_id("conn-status")
+            expect(status).to_have_attribute("data-state", "connected", timeout=WAIT)
+            expect(page.get_by_test_id("token")).to_have_value("s3cret")
+        finally:
+            context.close()
+
+
 def test_record_then_download(page, live_server) -> None:
     from playwright.sync_api import expect
 
@@ -174,7 +191,7 @@ def test_record_then_download(page, live_server) -> None:
     link = page.get_by_test_id("gen-download")
     expect(link).to_be_visible(timeout=WAIT)
     href = link.get_attribute("href")
-    assert re.fullmatch(r"/recordings/\d+\.mp4", href), href
+    assert re.fullmatch(r"/recordings/\d+-[0-9a-f]{32}\.mp4", href), href
     with urllib.request.urlopen(live_server.http_url.rstrip("/") + href, timeout=30) as reply:
         assert reply.headers["Content-Type"] == "video/mp4"
         body = reply.read()
