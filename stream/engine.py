@@ -97,9 +97,11 @@ class EngineConfig:
     output_queue_frames: int = 96  # undelivered frames kept per session (oldest dropped)
     lookahead_seconds: float = 1.5  # how far ahead of playback a session is generated
     max_pending_commands: int = 1024  # commands from connections not yet applied
+    input_queue_frames: int = 16  # input frames waiting per session (oldest dropped)
 
     def __post_init__(self) -> None:
-        if self.max_sessions <= 0 or self.output_queue_frames <= 0 or self.lookahead_seconds <= 0:
+        limits = (self.max_sessions, self.output_queue_frames, self.input_queue_frames)
+        if min(limits) <= 0 or self.lookahead_seconds <= 0 or self.max_pending_commands <= 0:
             raise ValueError(f"engine limits must be positive: {self}")
 
 
@@ -111,6 +113,8 @@ class EngineStats:
     steps: int
     step_seconds: tuple[float, ...]  # recent step durations
     errors: dict[str, int]  # ended-with-error counts per code
+    pending_commands: int  # connection commands not yet applied
+    pending_input_frames: int  # input frames waiting in the sessions' inboxes
 
 
 @dataclass(eq=False)
@@ -150,6 +154,8 @@ class Engine:
         self._clock = clock
         self._live: dict[int, _Live] = {}
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
+        # session id -> (timestamp, frame) input frames not yet pushed (guarded by _wakeup)
+        self._inboxes: dict[int, collections.deque[tuple[float, Any]]] = {}
         self._wakeup = threading.Condition()
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -265,12 +271,33 @@ class Engine:
         self._submit(switch)
 
     def push_frame(self, session: Session, timestamp: float, frame: Any) -> None:
-        """Feed an understanding session one uint8 ``[H, W, 3]`` frame."""
+        """Feed an understanding session one uint8 ``[H, W, 3]`` frame.
 
-        def push() -> None:
-            live = self._live.get(session.id)
-            if live is None:
-                return
+        Frames wait for the engine thread in the session's inbox of ``input_queue_frames``;
+        when it is full the oldest is dropped (the newest win, as in the feed itself), so a
+        busy engine never holds more decoded frames than that per session.
+        """
+        with self._wakeup:
+            inbox = self._inboxes.setdefault(
+                session.id, collections.deque(maxlen=self.config.input_queue_frames)
+            )
+            inbox.append((timestamp, frame))
+            if len(inbox) > 1:
+                return  # its drain is queued already
+        try:
+            self._submit(lambda: self._drain_inbox(session))
+        except ProtocolError:
+            with self._wakeup:
+                self._inboxes.pop(session.id, None)
+            raise
+
+    def _drain_inbox(self, session: Session) -> None:
+        with self._wakeup:
+            inbox = self._inboxes.pop(session.id, ())
+        live = self._live.get(session.id)
+        if live is None:
+            return
+        for timestamp, frame in inbox:
             try:
                 live.pipeline.push_frame(live.state, timestamp, frame)
             except TimestampsBackwardsError as exc:
@@ -280,8 +307,6 @@ class Engine:
             except Exception as exc:  # the frame is lost, the session goes on: say so
                 logger.exception("session %d: push_frame failed", session.id)
                 session.post(_error_event(session, "bad_frame", f"not taken: {exc!r:.200}"))
-
-        self._submit(push)
 
     def ask(self, session: Session, question: str) -> None:
         """A question for an understanding session, answered in its next round."""
@@ -325,6 +350,9 @@ class Engine:
 
     def stats(self) -> EngineStats:
         """A consistent snapshot; safe from any thread."""
+        with self._wakeup:
+            commands = len(self._commands)
+            inputs = sum(len(inbox) for inbox in self._inboxes.values())
         with self._stats_lock:
             per_pipeline = collections.Counter(
                 live.session.pipeline for live in self._live.values()
@@ -336,6 +364,8 @@ class Engine:
                 steps=self._steps,
                 step_seconds=tuple(self._step_seconds),
                 errors=dict(self._errors),
+                pending_commands=commands,
+                pending_input_frames=inputs,
             )
 
     def _record_step(self, seconds: float, frames: int = 0, dropped: int = 0) -> None:
