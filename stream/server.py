@@ -31,7 +31,7 @@ import re
 import secrets
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,8 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000  # 0: any free port (see Server.port)
-    token: str | None = None  # required in hello when set; mandatory off loopback
+    # required in hello when set; mandatory off loopback; never in a repr (nor so in logs)
+    token: str | None = field(default=None, repr=False)
     allowed_origins: tuple[str, ...] | None = None  # None: same-origin, localhost, no Origin
     preset: str = DEFAULT_PRESET  # the model preset the server runs (session.start may name it)
     max_connections: int = 64
