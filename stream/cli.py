@@ -115,7 +115,9 @@ def _serve(args: argparse.Namespace) -> int:
             toyworld_feed_max_seconds=args.toyworld_feed_max_seconds,
             static_dir=None if args.no_page else args.static_dir,
             record_dir=args.record_dir,
+            **_given(args, _SERVER_LIMITS),
         )
+        engine_config = EngineConfig(max_sessions=args.max_sessions, **_given(args, _ENGINE_LIMITS))
     except ValueError as exc:
         print(f"stream serve: {exc}", file=sys.stderr)
         return 2
@@ -134,7 +136,12 @@ def _serve(args: argparse.Namespace) -> int:
         vlm_cache_bytes=int(float(vlm_gb) * (1 << 30)),
         pipelines=tuple(args.pipelines.split(",")),
     )
-    engine = Engine(build_pipelines(spec), EngineConfig(max_sessions=args.max_sessions))
+    try:
+        pipelines = build_pipelines(spec)
+    except Exception as exc:  # a missing, corrupt or mismatched checkpoint: say which, no trace
+        print(f"stream serve: cannot load the models: {exc}", file=sys.stderr)
+        return 2
+    engine = Engine(pipelines, engine_config)
 
     async def run() -> None:
         server = build_server(config, engine)
@@ -185,6 +192,31 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
+# limits given as --flag-name (or STREAM_FLAG_NAME); unset ones keep the config's default
+_SERVER_LIMITS = (
+    ("max_connections", int, "open WebSocket connections (more get HTTP 503)"),
+    ("max_messages_per_second", float, "messages a second per connection (rate_limited)"),
+    ("max_messages_per_second_total", float, "messages a second over all connections"),
+    ("max_session_starts_per_second", float, "session.start a second over all connections"),
+    ("max_recordings", int, "finished recordings kept; the oldest are deleted"),
+)
+_ENGINE_LIMITS = (
+    ("output_queue_frames", int, "frames kept per session for a slow client (oldest dropped)"),
+    ("input_queue_frames", int, "input frames waiting per session (oldest dropped)"),
+)
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    for name, kind, help_ in _SERVER_LIMITS + _ENGINE_LIMITS:
+        env = f"STREAM_{name.upper()}"
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=kind, default=_env(env), help=f"{env}; {help_}")
+
+
+def _given(args: argparse.Namespace, limits: tuple) -> dict:
+    return {name: getattr(args, name) for name, _, _ in limits if getattr(args, name) is not None}
+
+
 def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
         "serve",
@@ -231,6 +263,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         default=int(_env("STREAM_MAX_MESSAGE_BYTES", str(1 << 20))),
         help="STREAM_MAX_MESSAGE_BYTES",
     )
+    _add_limit_arguments(serve)
     serve.add_argument(
         "--max-frame-pixels",
         type=int,

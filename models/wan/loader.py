@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -375,7 +376,12 @@ def _shards_of(index: Path) -> tuple[list[Path], dict[str, str]]:
 def _read_safetensors(files: list[Path], weight_map: dict[str, str] | None) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for file in files:
-        part = load_file(str(file), device="cpu")  # mmap-backed
+        try:
+            part = load_file(str(file), device="cpu")  # mmap-backed
+        except SafetensorError as exc:  # truncated or not safetensors: name the file
+            raise CheckpointError(
+                f"{str(file)!r} is not a readable safetensors file: {exc}"
+            ) from None
         clash = sorted(set(part) & set(out))
         if clash:
             raise CheckpointError(f"shard {str(file)!r} repeats keys {_first(clash)}")
@@ -392,6 +398,11 @@ def _read_safetensors(files: list[Path], weight_map: dict[str, str] | None) -> d
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except (RuntimeError, EOFError, ValueError) as exc:  # truncated or not a torch checkpoint
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable torch checkpoint: {first}"
+        ) from None
     except pickle.UnpicklingError as exc:
         if not trust_pickle:
             raise CheckpointError(
