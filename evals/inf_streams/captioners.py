@@ -212,7 +212,9 @@ class _ServerStream:
                 if closed is not None:
                     self.closed_at[closed] = time.monotonic()
         finally:
-            frames.close()
+            # cancelled while a worker thread decodes: that thread still owns the generator
+            with contextlib.suppress(ValueError):
+                frames.close()
 
     async def wait_until(self, feed_seconds: float, what: str) -> None:
         """Wait until the captions reach ``feed_seconds``; fails after ``timeout`` without one."""
