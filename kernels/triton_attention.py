@@ -42,7 +42,7 @@ and takes ``q . k`` as ``q_a . k_a + q_b . k_b``, so the model's dim order is ne
 cos/sin come from :func:`~kernels.triton_kernels._sincos` (FMA range reduction and
 polynomials), not libdevice.
 
-Measured on one H200, bf16, Triton 3.6 (``python -m evals.bench_kernels``): Wan chunk
+Measured on one H200, bf16, Triton 3.6 (now ``stream bench --suite kernels``): Wan chunk
 4680 x 18720 x 12 x 128 in 3.8 ms (142 TFLOP/s, 3.7x dense cuDNN SDPA on pre-rotated keys);
 Qwen2.5-VL decode, 16 x 13k keys, 28/4 heads, 0.28 ms (2.4x SDPA). Every key is rotated once
 per query tile in the prefill kernel; that and the pointer gathers (no TMA) are the gap.

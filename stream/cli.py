@@ -363,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_caption_parser(commands)
     _add_timeline_parser(commands)
     _add_eval_parser(commands)
+    _add_bench_parser(commands)
     return parser
 
 
@@ -396,6 +397,24 @@ def _eval_toy_inf_streams(args: argparse.Namespace) -> int:
     from evals.inf_streams.cli import run_toy
 
     return run_toy(args)
+
+
+def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    from evals.bench.cli import add_bench_arguments
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure speed beside baselines: JSON + plots; `bench report` writes BENCHMARKS.md",
+        description="See docs/evals.md (stream bench) for the CPU and accelerator commands.",
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from evals.bench.cli import run
+
+    return run(args)
 
 
 def _add_timeline_parser(commands: argparse._SubParsersAction) -> None:

@@ -1,40 +1,40 @@
-"""Benchmark the Triton paged attention against dense SDPA and its torch twin.
+"""Kernels: the paged attention with RoPE in the kernel, beside SDPA, on the workloads' shapes.
 
-Cases (bf16, head_dim 128)::
+Cases (bf16 on CUDA, head dim 128 at full size; small shapes elsewhere)::
 
     wan_chunk      Wan2.1 chunk     4680 q x 18720 k, 12 heads, full attention
     wan_recache    KV recache      18720 q x 18720 k, 12 heads, full
     rolling_window Rolling Forcing 23400 q x 32760 k, 12 heads, full
     qwen_decode    Qwen2.5-VL-7B   16 sequences x 1 q x ~13k k, 28 q / 4 kv heads, causal
 
-Each case fills a slot pool in random order with un-rotated keys, checks Triton against
-:func:`kernels.attention.paged_attention_ref`, then times (median of ``triton.testing.do_bench``):
+Each case fills a slot pool in random order with un-rotated keys and checks Triton against the
+float32 torch twin (:func:`kernels.attention.paged_attention_ref`), then times, as variants:
 
-1. ``triton``: :func:`kernels.triton_attention.paged_attention_triton`, gather and rope included;
-2. ``sdpa``: ``F.scaled_dot_product_attention`` (default backend) on keys already gathered and
-   rotated, i.e. the dense lower bound without the paging and rotation work;
-3. ``twin``: the torch twin end to end (gather, rotate, float32 SDPA per sequence);
-4. ``sdpa_paged``: :func:`kernels.attention.paged_attention_sdpa`, the twin in bf16 so that
-   torch's fused SDPA runs: the end-to-end torch baseline with paging and rotation.
+* ``triton`` (ours): :func:`kernels.triton_attention.paged_attention_triton`, gather and RoPE
+  in the kernel;
+* ``sdpa_paged``: :func:`kernels.attention.paged_attention_sdpa`, torch's fused SDPA over keys
+  gathered and rotated from the pool (the service's path for chunks);
+* ``dense``: SDPA over keys already gathered and rotated, contiguous: the floor without paging
+  and rotation;
+* ``twin``: the torch twin end to end (float32).
 
-FLOPs are ``4 * q * k * H * D`` per sequence (full attention). Run on the GPU as
-``python -m evals.bench_kernels --out results.json``; ``--quick`` shrinks every case so that the
-script can be smoke-tested on a CPU with ``TRITON_INTERPRET=1``.
+Times are medians of ``triton.testing.do_bench`` on CUDA, of a few wall-clock runs elsewhere
+(there Triton runs in its interpreter: ``TRITON_INTERPRET=1`` is set before triton loads).
+FLOPs are ``4 * q * k * H * D`` per sequence.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 import triton
 
+from evals.bench.record import Variant, Workload
 from kernels.attention import (
     AttentionMetadata,
     paged_attention_ref,
@@ -44,6 +44,9 @@ from kernels.attention import (
 from kernels.rope import RopeSpec, apply_rope, mrope, wan_rope
 from kernels.triton_attention import paged_attention_triton
 
+__all__ = ["CASES", "run_kernels"]
+
+CASES = ("wan_chunk", "wan_recache", "rolling_window", "qwen_decode")
 WAN_GRID = (30, 52)  # latent h x w of one 480x832 Wan frame: 1560 tokens
 
 
@@ -186,71 +189,45 @@ def bench_ms(fn: Callable[[], object]) -> float:
     return statistics.median(times)
 
 
-def run_case(case: Case) -> dict:
+def run_kernels(
+    device: torch.device, full_size: bool, cases: Sequence[str] = ()
+) -> Iterator[tuple[str, Workload]]:
+    """Yield ``(case name, workload)`` per case (``cases``: a subset of :data:`CASES`)."""
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        raise ValueError(f"unknown kernel cases {sorted(unknown)}; known: {CASES}")
+    for case in build_cases(quick=not full_size, device=device):
+        if not cases or case.name in cases:
+            yield case.name, _run_case(case)
+
+
+def _run_case(case: Case) -> Workload:
     args = (case.q, case.k_cache, case.v_cache, case.meta, case.rope)
     out = paged_attention_triton(*args).float()
     ref = paged_attention_ref(*args).float()
     rel_err = (torch.linalg.norm(out - ref) / torch.linalg.norm(ref)).item()
     del out, ref
-    print(f"{case.name:15s} {case.shape}: rel error vs twin {rel_err:.2e}", flush=True)
-    result = {
-        "case": case.name,
-        "shape": case.shape,
-        "flops": case.flops,
-        "rel_err": rel_err,
-        "ok": rel_err < 1e-2,
-    }
-    for label, fn in [
-        ("triton", lambda: paged_attention_triton(*args)),
-        ("sdpa", dense_sdpa(case)),
-        ("twin", lambda: paged_attention_ref(*args)),
-        ("sdpa_paged", lambda: paged_attention_sdpa(*args)),
+    if rel_err >= 1e-2:
+        raise AssertionError(f"{case.name}: Triton disagrees with the torch twin ({rel_err:.2e})")
+    variants = {}
+    for name, description, fn in [
+        ("triton", "Triton, gather and RoPE in the kernel", lambda: paged_attention_triton(*args)),
+        (
+            "sdpa_paged",
+            "fused SDPA over keys gathered and rotated from the pool",
+            lambda: paged_attention_sdpa(*args),
+        ),
+        ("dense", "fused SDPA over contiguous, pre-rotated keys (the floor)", dense_sdpa(case)),
+        ("twin", "the float32 torch twin", lambda: paged_attention_ref(*args)),
     ]:
         ms = bench_ms(fn)
-        result[f"{label}_ms"] = ms
-        result[f"{label}_tflops"] = case.flops / ms / 1e9
-        print(f"  {label:10s} {ms:9.3f} ms  {case.flops / ms / 1e9:7.1f} TFLOP/s", flush=True)
-    result["triton_over_sdpa"] = result["triton_ms"] / result["sdpa_ms"]
-    return result
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="bench_kernels.json", help="JSON results path")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes (CPU smoke test)")
-    parser.add_argument("--cases", nargs="*", help="subset of case names to run")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cases = build_cases(args.quick, device, args.seed)
-    if args.cases:
-        cases = [c for c in cases if c.name in args.cases]
-    results = [run_case(case) for case in cases]
-
-    header = (
-        f"{'case':15s} {'shape':36s} {'rel_err':>8s} {'triton ms':>10s} {'TFLOP/s':>8s} "
-        f"{'sdpa ms':>9s} {'TFLOP/s':>8s} {'twin ms':>9s} {'paged ms':>9s} {'tri/sdpa':>8s}"
-    )
-    print("\n" + header + "\n" + "-" * len(header))
-    for r in results:
-        print(
-            f"{r['case']:15s} {r['shape']:36s} {r['rel_err']:8.1e} {r['triton_ms']:10.3f} "
-            f"{r['triton_tflops']:8.1f} {r['sdpa_ms']:9.3f} {r['sdpa_tflops']:8.1f} "
-            f"{r['twin_ms']:9.3f} {r['sdpa_paged_ms']:9.3f} {r['triton_over_sdpa']:8.2f}"
-        )
-    report = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "quick": args.quick,
-        "results": results,
+        variant = variants[name] = Variant(description)
+        variant.add_figure("ms", ms, "ms", "per call, median")
+        variant.add_figure("tflops", case.flops / ms / 1e9, "TFLOP/s", "achieved")
+    config = {
+        "shape": case.shape,
+        "flops": case.flops,
+        "dtype": str(case.q.dtype).removeprefix("torch."),
+        "rel_err_vs_twin": rel_err,
     }
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    if not all(r["ok"] for r in results):
-        raise SystemExit("Triton disagrees with the torch twin (rel error >= 1e-2)")
-
-
-if __name__ == "__main__":
-    main()
+    return Workload(f"{case.name}: {case.shape}", config, variants, "triton")

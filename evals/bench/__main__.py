@@ -1,0 +1,5 @@
+import sys
+
+from evals.bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,266 @@
+"""``stream bench`` (also ``python -m evals.bench``): run suites, write one JSON record and a PNG
+per suite; ``stream bench report`` regenerates BENCHMARKS.md; ``stream bench plot`` redraws.
+
+Counts default by device (a CPU run of the default suites takes a few minutes on two cores;
+``--quick`` is a smoke run) and every default is written out in the record's ``command``, so
+the command reproduces the run exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["add_bench_arguments", "main", "run"]
+
+SUITES = ("generation", "understanding", "service", "kernels", "vae")
+DEFAULT_SUITES = ("generation", "understanding", "service")
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """How long each suite runs, unless a flag says otherwise."""
+
+    chunks: int
+    warmup: int
+    switches: int
+    new_sessions: int
+    vlm_seconds: int
+    vlm_warmup: int
+    streams: str
+    rounds: int
+    clients: str
+    service_chunks: int
+
+
+_COUNTS = {
+    "cpu": _Counts(16, 4, 2, 2, 24, 17, "1,2,4", 4, "1,2", 3),
+    "cuda": _Counts(16, 4, 3, 2, 25, 17, "1,2,4,8,16", 5, "1,2,4", 3),
+    "quick": _Counts(6, 2, 1, 1, 6, 2, "1,2", 2, "1,2", 2),
+}
+# the order options appear in a record's reproducing command
+_RUN_OPTIONS = (
+    "suite preset model_dir vlm_dir device dtype baselines pipelines size chunks warmup "
+    "switches new_sessions vlm_seconds vlm_warmup streams rounds clients service_chunks formats "
+    "kernel_cases revision out"
+).split()
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a run, and the ``report`` and ``plot`` actions (imports nothing heavy:
+    the ``stream`` command builds this parser for every subcommand)."""
+    run = parser.add_argument_group("what to run")
+    run.add_argument("--suite", default=",".join(DEFAULT_SUITES), help=f"any of {SUITES}")
+    run.add_argument(
+        "--preset",
+        default="toyworld",
+        help="toyworld (embedded, default), tiny (random, for tests) or wan2.1-t2v-1.3b (full "
+        "size; random weights on the device unless --model-dir)",
+    )
+    run.add_argument("--model-dir", type=Path, help="a diffusers-layout Wan folder to load")
+    run.add_argument("--vlm-dir", type=Path, help="a Qwen2.5-VL / StreamingVLM folder to load")
+    run.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    run.add_argument("--dtype", choices=sorted(_DTYPES), help="default: bf16 on cuda, fp32 on cpu")
+    run.add_argument(
+        "--baselines",
+        default="sdpa,growing",
+        help="run beside ours: 'growing' (eviction off) and/or attention backend names "
+        "(sdpa, triton, torch); '' for none",
+    )
+    run.add_argument("--quick", action="store_true", help="a smoke run: few steps of each")
+    run.add_argument("--out", type=Path, help="the JSON record (default: ./bench_DEVICE_DATE.json)")
+    run.add_argument("--no-plots", action="store_true", help="write the JSON only")
+    run.add_argument("--revision", help="the commit measured, where the tree has no .git")
+
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--pipelines", default="longlive,rolling_forcing")
+    gen.add_argument("--size", help="HEIGHTxWIDTH in pixels (default: the preset's)")
+    gen.add_argument("--chunks", type=int, help="steps of the measured stream")
+    gen.add_argument("--warmup", type=int, help="first steps left out of the steady figures")
+    gen.add_argument("--switches", type=int, help="prompt switches timed")
+    gen.add_argument("--new-sessions", type=int, help="fresh sessions timed to a first frame")
+
+    vlm = parser.add_argument_group("understanding")
+    vlm.add_argument("--vlm-seconds", type=int, help="length of the single stream")
+    vlm.add_argument("--vlm-warmup", type=int, help="seconds a stream runs before it is measured")
+    vlm.add_argument("--streams", help="concurrent stream counts, e.g. 1,2,4,8,16")
+    vlm.add_argument("--rounds", type=int, help="measured seconds per stream count")
+
+    service = parser.add_argument_group("service")
+    service.add_argument("--clients", help="client counts, e.g. 1,2,4")
+    service.add_argument("--service-chunks", type=int, help="chunks timed per client")
+    service.add_argument("--formats", default="jpeg", help="of jpeg, png, raw, h264; first is ours")
+
+    kernels = parser.add_argument_group("kernels")
+    kernels.add_argument("--kernel-cases", default="", help="a subset of the cases ('' for all)")
+
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    report = actions.add_parser("report", help="regenerate BENCHMARKS.md from evals/results")
+    report.add_argument("--check", action="store_true", help="exit 1 if BENCHMARKS.md is stale")
+    plot = actions.add_parser("plot", help="redraw the PNGs of JSON records")
+    plot.add_argument("records", nargs="+", type=Path)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "report":
+        from evals.report import check_report, write_report
+
+        return check_report() if args.check else write_report()
+    if args.action == "plot":
+        return _replot(args.records)
+    return _run_suites(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evals.bench", description=__doc__)
+    add_bench_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def _run_suites(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    if "kernels" in args.suite and not torch.cuda.is_available():
+        # Triton reads this when the kernels are defined, before the first import below
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from tqdm import tqdm
+
+    from evals.bench.console import progress, workload_table
+    from evals.bench.environment import describe_run
+    from evals.bench.loaders import ModelShelf, Target
+    from evals.bench.record import BenchRecord
+
+    suites = _split(args.suite)
+    unknown = set(suites) - set(SUITES)
+    if unknown or not suites:
+        raise SystemExit(f"stream bench: --suite takes names of {SUITES}, got {args.suite!r}")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device)
+    args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    counts = _COUNTS["quick" if args.quick else device.type]
+    for name, value in vars(counts).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    target = Target(
+        args.preset, device, getattr(torch, _DTYPES[args.dtype]), args.model_dir, args.vlm_dir
+    )
+    shelf = ModelShelf(target)
+    if args.size is None:
+        from models.registry import GENERATION_PRESETS
+
+        height, width = GENERATION_PRESETS[args.preset]["size"]
+        args.size = f"{height}x{width}"
+    run_info = describe_run(device, args.revision)
+    if args.out is None:
+        tag = "cpu" if device.type == "cpu" else run_info.device.split()[-1].lower()
+        args.out = Path(f"bench_{tag}_{run_info.date[:10]}.json")
+    command = _command(args)
+    record = BenchRecord(command, run_info, {k: _plain(getattr(args, k)) for k in _RUN_OPTIONS})
+    print(f"{command}\n{run_info.machine}", flush=True)
+    for suite in progress(suites, "suites"):
+        for name, workload in _workloads(suite, shelf, args):
+            record.add(suite, name, workload)
+            record.write(args.out)
+            tqdm.write(workload_table(workload))
+        if not args.no_plots:
+            tqdm.write(_plot(record, suite, args.out))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _workloads(suite: str, shelf, args: argparse.Namespace):
+    """The suite's ``(name, workload)`` pairs, each as soon as it is measured."""
+    from evals.bench.variants import variant_specs
+
+    size = tuple(int(v) for v in args.size.split("x"))
+    specs = variant_specs(_split(args.baselines), shelf.target.device)
+    if suite == "generation":
+        from evals.bench.generation import GenerationSettings, run_generation
+
+        settings = GenerationSettings(
+            tuple(_split(args.pipelines)),
+            size,
+            args.chunks,
+            args.warmup,
+            args.switches,
+            args.new_sessions,
+        )
+        return run_generation(shelf, settings, specs)
+    if suite == "understanding":
+        from evals.bench.understanding import UnderstandingSettings, run_understanding
+
+        settings = UnderstandingSettings(
+            args.vlm_seconds,
+            args.vlm_warmup,
+            tuple(int(n) for n in _split(args.streams)),
+            args.rounds,
+        )
+        return run_understanding(shelf, settings, specs)
+    if suite == "service":
+        from evals.bench.service import ServiceSettings, run_service
+
+        settings = ServiceSettings(
+            tuple(int(n) for n in _split(args.clients)),
+            args.service_chunks,
+            tuple(_split(args.formats)),
+            size,
+        )
+        return run_service(shelf, settings)
+    if suite == "kernels":
+        from evals.bench.kernels import run_kernels
+
+        target = shelf.target
+        return run_kernels(target.device, target.full_size, _split(args.kernel_cases))
+    from evals.bench.vae import run_vae
+
+    return run_vae(shelf, size, args.chunks)
+
+
+def _plot(record, suite: str, out: Path) -> str:
+    from evals.bench.plot import plot_suite
+
+    try:
+        return f"plotted {plot_suite(record, suite, out)}"
+    except ImportError:  # matplotlib is a development dependency
+        return f"no plot: matplotlib is missing; draw it later with `stream bench plot {out}`"
+
+
+def _replot(paths: list[Path]) -> int:
+    from evals.bench.plot import plot_suite
+    from evals.bench.record import BenchRecord
+
+    for path in paths:
+        record = BenchRecord.read(path)
+        for suite in record.suites:
+            print(plot_suite(record, suite, path))
+    return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    """``stream bench`` with every option of the run spelled out."""
+    words = ["stream", "bench"]
+    for name in _RUN_OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    if args.no_plots:
+        words.append("--no-plots")
+    return shlex.join(words)
+
+
+def _plain(value: object) -> object:
+    return str(value) if isinstance(value, Path) else value
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

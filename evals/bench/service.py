@@ -1,0 +1,188 @@
+"""The service end to end: LongLive frames delivered over WebSocket to N clients, against the
+same pipeline stepped in process.
+
+For each N of ``clients``, a fresh engine and a real server on a loopback port; N connections
+of the project's own client each start one benchmark session (``realtime: false``: frames as
+fast as they are made) and decode what arrives. Once every client has its first chunk, each one
+times the arrivals of the first frames of its next ``chunks`` chunks, and keeps reading until
+all are done, so no client runs alone at either end. Delivered frames/s is the sum of the
+clients' rates. The baseline ``direct`` steps N sessions in turn in this process, no server.
+Per frame, the server's overhead is ``1000 / served fps - 1000 / direct fps`` at the same N.
+On a CPU the engine, the encoder threads and the clients share the cores: read the ratios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+from clients import StreamClient
+from evals.bench.console import progress
+from evals.bench.generation import PROMPTS
+from evals.bench.loaders import ModelShelf, release_memory
+from evals.bench.record import Series, Variant, Workload
+from evals.bench.timing import Clock
+from stream.engine import Engine, EngineConfig
+from stream.kvcache import CacheGeometry, KVCacheManager
+from stream.pipelines.base import GenerationRequest
+from stream.pipelines.longlive import LongLivePipeline
+from stream.server import ServerConfig, build_server
+
+__all__ = ["FORMATS", "ServiceSettings", "run_service"]
+
+FORMATS = ("jpeg", "png", "raw", "h264")
+DIRECT = "direct"
+_SESSION_FRAMES = 16  # latent frames a LongLive session can hold (3 sink + 9 window + slack)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    clients: tuple[int, ...]  # connections at once, one session each
+    chunks: int  # chunks timed per client
+    formats: tuple[str, ...]  # the first is ours; the others are compared with it
+    size: tuple[int, int]  # (height, width)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.formats) - set(FORMATS)
+        if unknown or not self.formats:
+            raise ValueError(f"formats must be among {FORMATS}, got {self.formats}")
+        if not self.clients or min(self.clients) < 1 or self.chunks < 1:
+            raise ValueError(f"need client counts >= 1 and chunks >= 1: {self}")
+
+
+def run_service(shelf: ModelShelf, settings: ServiceSettings) -> Iterator[tuple[str, Workload]]:
+    models = shelf.wan
+    height, width = settings.size
+    rows, cols = models.token_grid(height, width)
+    cfg = models.dit.config
+    geometry = CacheGeometry(cfg.num_layers, cfg.num_heads, cfg.head_dim, models.dtype)
+    frame_bytes = rows * cols * geometry.bytes_per_token
+    pool_bytes = (max(settings.clients) * _SESSION_FRAMES + 1) * frame_bytes
+    pipe = LongLivePipeline(models, KVCacheManager(), pool_bytes, block_size=rows * cols)
+    counts = sorted(set(settings.clients))
+    variants: dict[str, Variant] = {}
+    rates: dict[str, dict[int, float]] = {DIRECT: {}}
+    try:
+        clock = Clock(models.device)
+        for n in counts:
+            rates[DIRECT][n], chunking = _direct_fps(pipe, n, settings, clock)
+        for fmt in settings.formats:
+            rates[fmt] = {}
+            for n in progress(counts, f"service {fmt}: clients"):
+                rates[fmt][n] = asyncio.run(_served_fps(pipe, n, fmt, settings, chunking))
+    finally:
+        del pipe
+        release_memory(models.device)
+    for name in (*settings.formats, DIRECT):  # ours first, as in every workload
+        by_count = rates[name]
+        served = name != DIRECT
+        description = (
+            f"{name} frames over a loopback WebSocket to the project's client"
+            if served
+            else "the same LongLive sessions stepped in turn in process: no server, no encoding"
+        )
+        variant = variants[name] = Variant(description)
+        for n, fps in by_count.items():
+            variant.add_figure(f"fps_{n}", fps, "fps", f"frames/s delivered to {n} clients")
+            variant.add_figure(f"ms_per_frame_{n}", 1e3 / fps, "ms", f"per frame, {n} clients")
+            if served:
+                step = 1e3 / rates[DIRECT][n]
+                overhead = 1e3 / fps - step
+                variant.add_figure(
+                    f"overhead_ms_{n}", overhead, "ms", f"server overhead per frame, {n} clients"
+                )
+                variant.add_figure(
+                    f"overhead_fraction_{n}",
+                    overhead / step,
+                    "ratio",
+                    f"overhead over the direct step, {n} clients",
+                )
+        variant.series["fps_by_clients"] = Series(
+            "frames/s delivered", "fps", "clients", counts, [by_count[n] for n in counts]
+        )
+    config = {
+        "preset": shelf.target.preset,
+        "pipeline": "longlive",
+        "size": f"{width}x{height}",
+        **{k: v for k, v in asdict(settings).items() if k != "size"},
+    }
+    title = f"LongLive over WebSocket ({shelf.target.preset}, {width}x{height})"
+    yield "longlive_websocket", Workload(title, config, variants, settings.formats[0])
+
+
+@dataclass(frozen=True)
+class _Chunking:
+    """Where a stream's chunks start: frame indices ``first, first + every, ...``."""
+
+    first: int  # frames of the first chunk (the streamed VAE's first chunk is shorter)
+    every: int  # frames of a steady chunk
+
+    def starts_chunk(self, index: int) -> bool:
+        return index >= self.first and (index - self.first) % self.every == 0
+
+
+def _direct_fps(
+    pipe: LongLivePipeline, n: int, settings: ServiceSettings, clock: Clock
+) -> tuple[float, _Chunking]:
+    height, width = settings.size
+    states = [
+        pipe.open(GenerationRequest(PROMPTS[i % len(PROMPTS)], i, height, width)) for i in range(n)
+    ]
+    try:
+        first = [len(pipe.step(state)) for state in states][0]  # left out, as the clients do
+        start, sizes = clock.now(), []
+        for _ in range(settings.chunks):
+            for state in states:
+                sizes.append(len(pipe.step(state)))
+        elapsed = clock.now() - start
+        return 1e3 * sum(sizes) / elapsed, _Chunking(first, statistics.mode(sizes))
+    finally:
+        for state in states:
+            pipe.close(state)
+
+
+async def _served_fps(
+    pipe: LongLivePipeline, n: int, fmt: str, settings: ServiceSettings, chunking: _Chunking
+) -> float:
+    """Frames/s delivered to ``n`` clients at once (the sum of their rates)."""
+    height, width = settings.size
+    engine = Engine({"longlive": pipe}, EngineConfig(max_sessions=n))
+    all_started, all_done = asyncio.Event(), asyncio.Event()
+    started = done = 0
+
+    async def client(url: str, i: int) -> float:
+        nonlocal started, done
+        async with StreamClient.connect(url, max_queued_frames=1024) as connection:
+            session = await connection.generate(
+                PROMPTS[i % len(PROMPTS)],
+                seed=i,
+                height=height,
+                width=width,
+                format=fmt,
+                realtime=False,
+            )
+            marks: list[float] = []  # arrival of the first frame of each timed chunk
+            async for frame in session.frames():
+                if frame.index == 0:
+                    started += 1
+                    if started == n:
+                        all_started.set()
+                timing = all_started.is_set() and len(marks) <= settings.chunks
+                if timing and chunking.starts_chunk(frame.index):
+                    marks.append(time.perf_counter())
+                    if len(marks) == settings.chunks + 1:
+                        done += 1
+                        if done == n:
+                            all_done.set()
+                if all_done.is_set():
+                    break
+            await session.stop()
+        return chunking.every * settings.chunks / (marks[-1] - marks[0])
+
+    async with build_server(ServerConfig(port=0, max_sessions_per_connection=1), engine) as server:
+        rates = await asyncio.gather(*(client(server.url, i) for i in range(n)))
+    return math.fsum(rates)

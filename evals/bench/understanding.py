@@ -1,0 +1,270 @@
+"""Understanding: StreamingVLM per-second latency, one long stream and N concurrent streams.
+
+A second of feed is 2 frames (the preset's frame size; full size: 1008x560 = 720 vision tokens)
+answered with up to 20 reply tokens; its latency is the wall time of its prefill (vision tower
++ the round) and its decode steps. Two workloads:
+
+* ``streaming_vlm``: one stream of ``seconds`` seconds per variant; the per-second series shows
+  the cost and the cache settling once the 16-second window is full (a ``growing`` cache keeps
+  growing). Figures are over the seconds after ``warmup``.
+* ``streaming_vlm_concurrency``: N streams at once for each N of ``streams`` (ascending): the
+  newcomers first run ``warmup`` seconds among themselves (17 fills the published window), then
+  every stream's second is timed for ``rounds`` seconds under each variant in turn, decode
+  steps batched over the N streams as the engine batches them. Variants share the warm streams
+  (same cache, another attention backend), so a baseline costs no second warm-up. A second is
+  real time when p95 < 1000 ms; the sweep stops once no variant is within 1.5 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from evals.bench.console import progress
+from evals.bench.loaders import ModelShelf, release_memory
+from evals.bench.record import Series, Variant, Workload
+from evals.bench.timing import Clock, late_over_early, percentiles
+from evals.bench.variants import OURS, VariantSpec
+from models.qwen_vl import QwenVL
+from stream.kvcache import CacheGeometry, KVCacheManager, StreamingVLMConfig
+from stream.pipelines.streaming_vlm import (
+    StreamingVLMPipeline,
+    StreamingVLMState,
+    UnderstandingConfig,
+    UnderstandingRequest,
+)
+
+__all__ = ["UnderstandingSettings", "run_understanding"]
+
+REAL_TIME_MS = 1000.0  # a second of video per second
+_GIVE_UP_MS = 1500.0
+_BLOCK = 16  # tokens per pool block, the pipeline's default
+# 1024 tokens of previous text fill StreamingVLM's 512 + 512 previous-text budget
+_PREVIOUS_TEXT = " ".join(["the"] * 1024)
+
+
+@dataclass(frozen=True)
+class UnderstandingSettings:
+    seconds: int  # length of the single stream
+    warmup: int  # seconds a stream runs before it is measured
+    streams: tuple[int, ...]  # concurrent stream counts to try
+    rounds: int  # measured seconds per stream count and variant
+
+    def __post_init__(self) -> None:
+        if self.seconds < self.warmup + 3:
+            raise ValueError(f"seconds ({self.seconds}) must exceed warmup ({self.warmup}) by 3+")
+        if not self.streams or min(self.streams) < 1 or self.rounds < 1:
+            raise ValueError(f"need stream counts >= 1 and rounds >= 1: {self}")
+
+
+@dataclass(eq=False)
+class _Stream:
+    state: StreamingVLMState
+    second: int = 0  # the next second of its feed
+
+
+@dataclass
+class _Feed:
+    """Random frames, new every second and shared by every stream (content changes nothing)."""
+
+    frame: tuple[int, int]
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+    def second(self) -> list[np.ndarray]:
+        return [self.rng.integers(0, 255, (*self.frame, 3), dtype=np.uint8) for _ in range(2)]
+
+
+def run_understanding(
+    shelf: ModelShelf, settings: UnderstandingSettings, specs: Sequence[VariantSpec]
+) -> Iterator[tuple[str, Workload]]:
+    model = shelf.vlm
+    clock = Clock(model.device)
+    feed = _Feed(shelf.vlm_frame)
+    height, width = shelf.vlm_frame
+    config = {
+        "preset": shelf.target.preset,
+        "frame": f"{width}x{height}",
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "reply_tokens": UnderstandingConfig().max_new_tokens,
+        **{k: v for k, v in asdict(settings).items()},
+    }
+    variants = {}
+    for spec in specs:
+        pipe = _pipeline(model, spec, streams=1, seconds=settings.seconds, manager=None)
+        try:
+            variants[spec.name] = _long_stream(pipe, spec, settings, clock, feed)
+        finally:
+            del pipe
+            release_memory(model.device)
+    yield "streaming_vlm", Workload("StreamingVLM, one stream", config, variants, OURS)
+
+    rolling = [s for s in specs if not s.growing]
+    yield (
+        "streaming_vlm_concurrency",
+        Workload(
+            "StreamingVLM, concurrent streams",
+            config,
+            _concurrency(model, rolling, settings, clock, feed),
+            OURS,
+        ),
+    )
+
+
+def _long_stream(
+    pipe: StreamingVLMPipeline,
+    spec: VariantSpec,
+    settings: UnderstandingSettings,
+    clock: Clock,
+    feed: _Feed,
+) -> Variant:
+    stream = _Stream(pipe.open(UnderstandingRequest("Commentate.", _PREVIOUS_TEXT)))
+    times, cache_bytes, tokens = [], [], []
+    try:
+        for _ in progress(range(settings.seconds), f"VLM {spec.name}: seconds"):
+            times.append(_run_second(pipe, [stream], feed.second(), clock))
+            cache = stream.state.cache.cache
+            cache_bytes.append(cache.num_blocks() * pipe.pool.bytes_per_block)
+            tokens.append(len(cache))
+    finally:
+        pipe.close(stream.state)
+    steady = times[settings.warmup :]
+    variant = Variant(spec.description)
+    for p, value in percentiles(steady).items():
+        variant.add_figure(f"second_ms_p{p}", value, "ms", f"latency of a second of video, p{p}")
+    variant.add_figure("cache_bytes", max(cache_bytes), "bytes", "KV cache of the stream, largest")
+    variant.add_figure("cache_tokens", tokens[-1], "tokens", "tokens cached at the end")
+    variant.add_figure(
+        "late_over_early", late_over_early(steady), "ratio", "last third over first third"
+    )
+    seconds = list(range(len(times)))
+    variant.series = {
+        "second_ms": Series("latency of a second of video", "ms", "second", seconds, times),
+        "cache_bytes": Series("KV cache of the stream", "bytes", "second", seconds, cache_bytes),
+    }
+    return variant
+
+
+def _concurrency(
+    model: QwenVL,
+    specs: Sequence[VariantSpec],
+    settings: UnderstandingSettings,
+    clock: Clock,
+    feed: _Feed,
+) -> dict[str, Variant]:
+    most = max(settings.streams)
+    manager = KVCacheManager()
+    pipes = {s.name: _pipeline(model, s, streams=most, seconds=0, manager=manager) for s in specs}
+    warm = pipes[OURS]
+    variants = {s.name: Variant(s.description) for s in specs}
+    tried: dict[str, dict[int, dict[int, float]]] = {s.name: {} for s in specs}
+    live: list[_Stream] = []
+    try:
+        for n in sorted(set(settings.streams)):
+            newcomers = [
+                _Stream(warm.open(UnderstandingRequest("Commentate.", _PREVIOUS_TEXT)))
+                for _ in range(n - len(live))
+            ]
+            live += newcomers
+            for _ in progress(range(settings.warmup), f"{n} streams: warm-up"):
+                _run_second(warm, newcomers, feed.second(), clock)
+            for name, pipe in pipes.items():
+                times = [
+                    _run_second(pipe, live, feed.second(), clock)
+                    for _ in progress(range(settings.rounds), f"{n} streams: {name}")
+                ]
+                tried[name][n] = percentiles(times)
+                variants[name].series[f"second_ms_{n}_streams"] = Series(
+                    f"latency of a second, {n} streams",
+                    "ms",
+                    "round",
+                    list(range(len(times))),
+                    times,
+                )
+            if all(t[n][95] > _GIVE_UP_MS for t in tried.values()):
+                break
+        per_stream = live[0].state.cache.cache.num_blocks() * warm.pool.bytes_per_block
+    finally:
+        for stream in live:
+            warm.close(stream.state)
+        del pipes, warm
+        release_memory(model.device)
+    for name, variant in variants.items():
+        counts = sorted(tried[name])
+        for n in counts:
+            variant.add_figure(f"second_ms_p50_{n}", tried[name][n][50], "ms", f"{n} streams, p50")
+            variant.add_figure(f"second_ms_p95_{n}", tried[name][n][95], "ms", f"{n} streams, p95")
+        live_counts = [n for n in counts if tried[name][n][95] < REAL_TIME_MS]
+        variant.add_figure(
+            "real_time_streams",
+            max(live_counts, default=0),
+            "streams",
+            "most streams tried with p95 under 1 s per second of video",
+        )
+        variant.add_figure("cache_bytes_per_stream", per_stream, "bytes", "KV cache per stream")
+        for p in (50, 95):
+            variant.series[f"second_ms_p{p}_by_streams"] = Series(
+                f"latency of a second, p{p}",
+                "ms",
+                "streams",
+                counts,
+                [tried[name][n][p] for n in counts],
+            )
+    return variants
+
+
+def _run_second(
+    pipe: StreamingVLMPipeline, streams: list[_Stream], frames: list[np.ndarray], clock: Clock
+) -> float:
+    """Feed every stream its next second, then time the prefills and the batched decode."""
+    for stream in streams:
+        for j, frame in enumerate(frames):
+            pipe.push_frame(stream.state, stream.second + j / len(frames), frame)
+        pipe.push_frame(stream.state, stream.second + 1.0, frames[-1])  # completes the second
+        stream.second += 1
+    start = clock.now()
+    for stream in streams:
+        pipe.prefill(stream.state)
+    while decoding := [s.state for s in streams if pipe.is_decoding(s.state)]:
+        pipe.decode(decoding)
+    return clock.now() - start
+
+
+def _pipeline(
+    model: QwenVL,
+    spec: VariantSpec,
+    streams: int,
+    seconds: int,
+    manager: KVCacheManager | None,
+) -> StreamingVLMPipeline:
+    """A pipeline for ``spec``; a new manager's pool holds ``streams`` streams' worst case
+    (a growing cache: ``seconds`` rounds of it)."""
+    config = UnderstandingConfig(attention_backend=spec.backend)
+    if spec.growing:
+        config = replace(config, text_rounds=seconds + 1, vision_seconds=seconds + 1)
+    if manager is None:
+        manager = KVCacheManager()
+    pool_bytes = streams * _stream_bytes(model, config) + _BLOCK * _bytes_per_token(model)
+    return StreamingVLMPipeline(model, manager, pool_bytes, config, block_size=_BLOCK)
+
+
+def _stream_bytes(model: QwenVL, config: UnderstandingConfig) -> int:
+    """One stream's admission worst case, derived from the same budgets as the pipeline's."""
+    merge = model.merge_size * model.patch_size
+    max_pixels = config.max_pixels or model.video_max_pixels
+    policy = StreamingVLMConfig(
+        text_rounds=config.text_rounds,
+        vision_seconds=config.vision_seconds,
+        prev_sink_tokens=config.prev_sink_tokens,
+        prev_window_tokens=config.prev_window_tokens,
+        max_round_text_tokens=config.max_round_text_tokens,
+        max_vision_tokens=config.fps // model.temporal_patch_size * max_pixels // merge**2,
+    )
+    return policy.worst_case_blocks(_BLOCK) * _BLOCK * _bytes_per_token(model)
+
+
+def _bytes_per_token(model: QwenVL) -> int:
+    args = model.args
+    geometry = CacheGeometry(args.num_layers, args.num_kv_heads, args.head_dim, model.dtype)
+    return geometry.bytes_per_token

@@ -1,0 +1,58 @@
+"""Ours and the baselines run beside it in the same process, on the same models.
+
+``ours`` is the service as shipped: the rolling cache and the device's default attention
+backend (``$STREAM_ATTENTION_BACKEND``, else ``auto`` on CUDA and the torch twin elsewhere). A
+baseline name is either
+
+* ``growing``: eviction off, every frame or round stays in the cache and is attended densely,
+  as a loop with an ever-growing cache would (its cost grows with the stream), or
+* an attention backend name (``sdpa``: torch's fused SDPA over keys gathered and rotated from
+  our cache; ``triton``; ``torch``): the same cache, another kernel.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kernels import select_backend
+
+__all__ = ["GROWING", "OURS", "VariantSpec", "variant_specs"]
+
+OURS = "ours"
+GROWING = "growing"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    description: str
+    backend: str | None = None  # attention backend; None: the device's default
+    growing: bool = False  # eviction off
+
+
+def variant_specs(baselines: Sequence[str], device: torch.device) -> list[VariantSpec]:
+    """``ours`` then one spec per baseline name; raises ``ValueError`` for an unknown name."""
+    default = os.environ.get("STREAM_ATTENTION_BACKEND") or (
+        "auto" if device.type == "cuda" else "torch"
+    )
+    specs = [VariantSpec(OURS, f"the service as shipped: rolling cache, {default} attention")]
+    for name in baselines:
+        if name in (OURS, *(s.name for s in specs)):
+            raise ValueError(f"baseline {name!r} named twice (ours always runs)")
+        if name == GROWING:
+            specs.append(
+                VariantSpec(
+                    GROWING,
+                    f"eviction off: the whole stream stays cached and attended, {default} "
+                    "attention",
+                    growing=True,
+                )
+            )
+            continue
+        select_backend(device, name)  # raises ValueError naming the known backends
+        specs.append(VariantSpec(name, f"rolling cache, {name} attention", backend=name))
+    return specs

@@ -1,0 +1,175 @@
+"""``stream bench`` on the tiny preset on the CPU: one quick run of the default suites writes a
+valid record with every series and a PNG per suite, each variant beside ours with its ratios.
+Nothing here asserts a timing: only structure and sanity (positive times, a cache that stays
+flat while the growing baseline's grows)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from evals.bench.cli import main
+from evals.bench.plot import plot_path
+from evals.bench.record import SCHEMA, BenchRecord
+from evals.report_tables import (
+    generation_table,
+    provenance,
+    service_table,
+    vlm_concurrency_table,
+    vlm_stream_table,
+)
+from stream.cli import build_parser
+
+SUITES = ("generation", "understanding", "service")
+GENERATION_SERIES = {
+    "step_ms",
+    "dit_ms",
+    "decode_ms",
+    "cache_bytes",
+    "switch_to_frame_ms",
+    "first_frame_ms",
+}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny shapes gain nothing from a second intra-op thread, and on a shared two-core
+    machine its spinning costs more than it gives: the run's wall time halves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    argv = ["--preset", "tiny", "--size", "16x16", "--quick", "--out", str(out)]
+    assert main([*argv, "--suite", ",".join(SUITES), "--baselines", "sdpa,growing"]) == 0
+    return out, BenchRecord.read(out)
+
+
+def test_the_record_holds_the_run(run) -> None:
+    out, record = run
+    data = json.loads(out.read_text())
+    assert data["schema"] == SCHEMA
+    assert record.command.startswith("stream bench ") and "--chunks 6" in record.command
+    assert record.run.date and record.run.versions["torch"] and record.run.device == "cpu"
+    assert record.run.machine.split("-core")[0].isdigit()
+    assert set(record.suites) == set(SUITES)
+    assert set(record.suites["generation"]) == {"longlive", "rolling_forcing"}
+    assert set(record.suites["understanding"]) == {"streaming_vlm", "streaming_vlm_concurrency"}
+    assert set(record.suites["service"]) == {"longlive_websocket"}
+    for suite in SUITES:
+        png = plot_path(out, suite)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generation_series_and_figures(run) -> None:
+    _, record = run
+    for workload in record.suites["generation"].values():
+        assert list(workload.variants) == ["ours", "sdpa", "growing"]
+        for variant in workload.variants.values():
+            assert set(variant.series) == GENERATION_SERIES
+            assert len(variant.series["step_ms"].y) == 6
+            assert all(y > 0 for y in variant.series["step_ms"].y)
+            for name in ("dit_ms", "decode_ms", "fps", "fps_dit", "first_frame_ms", "step_ms_p95"):
+                assert variant.value(name) > 0, name
+            assert variant.value("frames_per_step") == 12
+            assert variant.value("step_ms_p50") <= variant.value("step_ms_p99")
+        assert workload.variants["ours"].value("first_frame_cold_ms") > 0
+
+
+def test_our_cache_stays_flat_and_the_growing_one_grows(run) -> None:
+    _, record = run
+    longlive = record.suites["generation"]["longlive"].variants
+    ours = longlive["ours"].series["cache_bytes"].y
+    growing = longlive["growing"].series["cache_bytes"].y
+    assert ours[-1] == ours[-2] == ours[-3] > 0  # sink + window full from the fourth chunk
+    assert growing[-1] > growing[-2] > growing[-3]
+    assert growing[-1] > ours[-1]
+
+
+def test_side_by_side_gives_every_figure_a_ratio(run) -> None:
+    _, record = run
+    for suite in ("generation", "understanding"):
+        for workload in record.suites[suite].values():
+            ratios = workload.ratios()
+            ours = workload.variants[workload.ours]
+            for baseline in workload.baselines:
+                theirs = workload.variants[baseline]
+                shared = [
+                    k
+                    for k, f in ours.figures.items()
+                    if _positive(f.value) and _positive(theirs.value(k))
+                ]
+                assert shared and set(shared) <= set(ratios[baseline])
+                for name in shared:
+                    assert math.isclose(
+                        ratios[baseline][name], ours.value(name) / theirs.value(name)
+                    )
+    written = json.loads(run[0].read_text())["suites"]["generation"]["longlive"]["ratios"]
+    assert set(written) == {"sdpa", "growing"} and written["sdpa"]["dit_ms"] > 0
+
+
+def test_understanding_and_service(run) -> None:
+    _, record = run
+    stream = record.suites["understanding"]["streaming_vlm"]
+    assert list(stream.variants) == ["ours", "sdpa", "growing"]
+    for variant in stream.variants.values():
+        assert len(variant.series["second_ms"].y) == 6
+        assert variant.value("second_ms_p50") > 0 and variant.value("cache_bytes") > 0
+    concurrency = record.suites["understanding"]["streaming_vlm_concurrency"]
+    assert list(concurrency.variants) == ["ours", "sdpa"]  # a growing cache is not served
+    for variant in concurrency.variants.values():
+        tried = variant.series["second_ms_p95_by_streams"].x  # 2 is skipped if 1 is too slow
+        assert tried in ([1], [1, 2]) and variant.value("second_ms_p95_1") > 0
+        assert variant.value("real_time_streams") in (0, *tried)
+    service = record.suites["service"]["longlive_websocket"]
+    assert list(service.variants) == ["jpeg", "direct"] and service.ours == "jpeg"
+    for n in (1, 2):
+        assert service.variants["jpeg"].value(f"fps_{n}") > 0
+        assert service.variants["direct"].value(f"fps_{n}") > 0
+        assert f"fps_{n}" in service.ratios()["direct"]
+
+
+def test_kernels_and_vae_suites(tmp_path, one_thread) -> None:
+    out = tmp_path / "kv.json"
+    argv = ["--preset", "tiny", "--size", "16x16", "--quick", "--suite", "kernels,vae"]
+    assert main([*argv, "--kernel-cases", "qwen_decode", "--out", str(out), "--no-plots"]) == 0
+    record = BenchRecord.read(out)
+    case = record.suites["kernels"]["qwen_decode"]
+    assert set(case.variants) == {"triton", "sdpa_paged", "dense", "twin"}
+    assert case.config["rel_err_vs_twin"] < 1e-2 and case.ratios()["dense"]["ms"] > 0
+    vae = record.suites["vae"]["vae_stream_decode"]
+    assert vae.config["first_chunk_max_abs_diff"] < 1e-3  # the walk decodes what the loop does
+    assert len(vae.variants["ours"].series["chunk_ms"].y) == 6
+    assert not plot_path(out, "vae").exists()
+
+
+def test_the_stream_command_has_bench() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["bench", "--preset", "tiny", "--quick"])
+    assert args.action is None and args.quick
+    assert parser.parse_args(["bench", "report", "--check"]).check
+    with pytest.raises(SystemExit):
+        main(["--suite", "nonsense"])
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def test_report_tables_render_a_fresh_record(run) -> None:
+    out, record = run
+    generation = generation_table(record, "longlive")
+    assert "`ours`" in generation and "`growing`" in generation and "×)" in generation
+    assert "first frame ms" in generation and "late ÷ early" in generation
+    assert "`sdpa` p50" in vlm_concurrency_table(record)
+    assert "late ÷ early" in vlm_stream_table(record)
+    assert "`direct`" in service_table(record)
+    line = provenance("quick", json.loads(out.read_text()))
+    assert line.startswith("`stream bench ") and record.run.date[:10] in line
