@@ -160,6 +160,7 @@ class Engine:
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._generation_ran_last = False  # the last turn ran a generation step (fairness)
         self._frames_generated = 0
         self._frames_dropped = 0
         self._steps = 0
@@ -405,17 +406,29 @@ class Engine:
             return
         # overdue generation first, then understanding (a waiting second is prefilled so it
         # joins the streams mid-reply, then one decode step for all of them), then generation
-        # ahead of its deadline
+        # ahead of its deadline. Overdue generation never runs twice in a row while
+        # understanding waits: an overloaded device slows every stream, it starves none.
         generation = self._schedule()
-        overdue = generation is not None and generation.deadline() <= self._clock()
-        if overdue and generation.session.realtime:
+        overdue = (
+            generation is not None
+            and generation.session.realtime
+            and generation.deadline() <= self._clock()
+        )
+        ready = self._ready_understanding()
+        decoding = self._decoding() if ready is None else {}
+        waiting = ready is not None or bool(decoding)
+        ran_generation = self._generation_ran_last
+        self._generation_ran_last = False
+        if overdue and not (waiting and ran_generation):
             self._execute(generation)
-        elif (ready := self._ready_understanding()) is not None:
+            self._generation_ran_last = True
+        elif ready is not None:
             self._prefill(ready)
-        elif decoding := self._decoding():
+        elif decoding:
             self._decode(decoding)
         elif generation is not None:
             self._execute(generation)
+            self._generation_ran_last = True
         else:
             with self._wakeup:
                 if not self._commands:
