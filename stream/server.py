@@ -55,6 +55,10 @@ from stream.web import response, static_file
 __all__ = ["Server", "ServerConfig", "build_server", "serve"]
 
 logger = logging.getLogger(__name__)
+# websockets' own log; at DEBUG it traces every frame and request line, tokens included
+# (hello, /?token=), so it stops at INFO even when the root logger is at DEBUG
+_WIRE_LOGGER = logging.getLogger("stream.server.wire")
+_WIRE_LOGGER.setLevel(logging.INFO)
 
 # <session>-<128 random bits>: a recording's URL is its capability; ids alone are guessable
 _RECORDING = re.compile(r"/recordings/([0-9]{1,10}-[0-9a-f]{32})\.mp4")
@@ -178,6 +182,7 @@ class Server:
             max_queue=config.max_queue,
             write_limit=config.write_limit,
             server_header=f"stream/{stream.__version__}",
+            logger=_WIRE_LOGGER,
         )
         self.port = self._ws.sockets[0].getsockname()[1]
         logger.info("listening on ws://%s:%d/ws", config.host, self.port)
