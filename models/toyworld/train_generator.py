@@ -86,7 +86,6 @@ _SIZE = (64, 64)
 _SPATIAL = 8  # VAE pixels per latent pixel
 _TEMPORAL = 4  # VAE frames per latent frame after the first
 _PATCH = 2  # DiT latent pixels per token side
-_TEXT_LEN = 64  # tiny preset's text_len; the encoder is tiny_umt5_encoder(seed=0, text_len=64)
 _TEXT_SEED = 0
 _EVAL_SEED = 1_000_003  # held-out clips: no training rng stream uses this entropy
 
@@ -120,6 +119,8 @@ class TrainConfig:
             a pool clip.
         chunk_frames, sink_frames, window_frames: LongLive's chunking and cache geometry.
         gen_batch, gen_lr, warmup_steps, ema_decay: generator optimisation.
+        gen_foreground_weight: extra loss weight of latent cells that hold a sprite pixel (a
+            sprite covers one to four of a frame's 64 cells; the background, all of them).
         inference_level_prob: chance a chunk's noise level is one of the 4 sampling levels
             (else a continuous shifted level); for a Rolling Forcing window, chance its levels
             are the published ones (else sorted continuous levels).
@@ -159,6 +160,7 @@ class TrainConfig:
     window_frames: int = 9
     gen_batch: int = 64
     gen_lr: float = 1e-3
+    gen_foreground_weight: float = 4.0
     warmup_steps: int = 100
     ema_decay: float = 0.999
     inference_level_prob: float = 0.5
@@ -371,13 +373,14 @@ def _chunk_rows(x: torch.Tensor, chunk: int) -> torch.Tensor:
     return x.reshape(b, c, f // chunk, chunk, h, w).transpose(1, 2).reshape(-1, c, chunk, h, w)
 
 
-def _build_text_encoder(device: torch.device):
-    return tiny_umt5_encoder(seed=_TEXT_SEED, text_len=_TEXT_LEN).to(device)
-
-
 @torch.no_grad()
-def _encode_prompts(prompts: list[str], device: torch.device, batch: int = 256) -> torch.Tensor:
-    encoder = _build_text_encoder(device)
+def _encode_prompts(
+    prompts: list[str], device: torch.device, preset: str, batch: int = 256
+) -> torch.Tensor:
+    """``[P, text_len, 32]``: the frozen seeded encoder the pipelines build for ``preset``
+    (:func:`models.registry.load_wan_models`)."""
+    text_len = wan_config(preset).text_len
+    encoder = tiny_umt5_encoder(seed=_TEXT_SEED, text_len=text_len).to(device)
     out = [encoder.encode(prompts[i : i + batch]) for i in range(0, len(prompts), batch)]
     return torch.cat(out).float()  # [P, L, 32]
 
@@ -495,6 +498,19 @@ def _foreground(video: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
 
 
 @torch.no_grad()
+def latent_foreground(pool: Pool, device: torch.device, batch: int = 64) -> torch.Tensor:
+    """bool ``[N, 1, F, h, w]``: latent cells whose pixels hold a sprite, over the frames the
+    cell encodes (the first latent frame one frame, every later one four)."""
+    out = []
+    for i in range(0, len(pool.video), batch):
+        fg = _foreground(to_signed(pool.video[i : i + batch]).to(device))  # [B, 1, T, H, W]
+        first = F.max_pool3d(fg[:, :, :1], (1, _SPATIAL, _SPATIAL))
+        rest = F.max_pool3d(fg[:, :, 1:], (_TEMPORAL, _SPATIAL, _SPATIAL))
+        out.append(torch.cat([first, rest], dim=2).bool())
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def encode_pool(
     vae: AutoencoderKLWan, pool: Pool, device: torch.device, batch: int = 64
 ) -> torch.Tensor:
@@ -530,17 +546,20 @@ class _Batch:
     attention: ClipBatchAttention
     loss_rows: torch.Tensor  # [R] bool, rows whose velocity is trained
     target: torch.Tensor  # [R_loss, C, chunk, h, w] velocity ``noise - x0`` of those rows
+    weight: torch.Tensor  # [R_loss, 1, chunk, h, w] loss weight of each latent cell
 
 
 def _longlive_batch(
     cfg: TrainConfig,
     x0: torch.Tensor,
+    weight: torch.Tensor,
     prompts: torch.Tensor,
     levels: torch.Tensor,
     attention: ClipBatchAttention,
     gen: torch.Generator,
 ) -> _Batch:
-    """Clean copy + noisy copy of every clip, one noise level per chunk (module docstring)."""
+    """Clean copy + noisy copy of every clip, one noise level per chunk (module docstring).
+    ``weight [B, 1, F, h, w]`` is every latent cell's loss weight."""
     b, nc, ch = x0.shape[0], cfg.num_chunks, cfg.chunk_frames
     device = x0.device
     noise = torch.randn(x0.shape, generator=gen, device=device)
@@ -560,6 +579,7 @@ def _longlive_batch(
         attention=attention,
         loss_rows=noisy.flatten(),
         target=_chunk_rows(noise - x0, ch),
+        weight=_chunk_rows(weight, ch),
     )
 
 
@@ -590,6 +610,7 @@ def _rolling_attention(
 def _rolling_batch(
     cfg: TrainConfig,
     x0: torch.Tensor,
+    weight: torch.Tensor,
     prompts: torch.Tensor,
     end: int,
     attention: ClipBatchAttention,
@@ -624,6 +645,9 @@ def _rolling_batch(
         attention=attention,
         loss_rows=loss_rows.flatten(),
         target=(noise - target_x0).flatten(0, 1),
+        weight=weight.unflatten(2, (cfg.num_chunks, ch))[:, :, window]
+        .transpose(1, 2)
+        .flatten(0, 1),
     )
 
 
@@ -647,6 +671,7 @@ def _sample_levels(
 def train_dit(
     cfg: TrainConfig,
     latents: torch.Tensor,
+    foreground: torch.Tensor,
     chunk_prompt: torch.Tensor,
     text: torch.Tensor,
     device: torch.device,
@@ -657,6 +682,8 @@ def train_dit(
     steps, Rolling Forcing's (a window at rising noise after a clean sink and history).
 
     Args:
+        foreground: bool ``[N, 1, F, h, w]``, latent cells that hold a sprite
+            (:func:`latent_foreground`).
         chunk_prompt: int64 ``[N, num_chunks]`` prompt index of every chunk.
         text: ``[P, L, 32]`` text-encoder output of every prompt.
 
@@ -696,18 +723,20 @@ def train_dit(
         if idx is None or not cfg.fixed_batch:
             idx = torch.randint(n, (b,), generator=gen, device=device)
         x0, prompts = latents[idx], chunk_prompt[idx]
+        weight = 1.0 + cfg.gen_foreground_weight * foreground[idx].float()
         if layouts.random() < cfg.rolling_fraction:
             end = layouts.randint(1, cfg.num_chunks)
-            batch = _rolling_batch(cfg, x0, prompts, end, rolling[end], rolling_levels, gen)
+            batch = _rolling_batch(cfg, x0, weight, prompts, end, rolling[end], rolling_levels, gen)
         else:
-            batch = _longlive_batch(cfg, x0, prompts, levels, longlive, gen)
+            batch = _longlive_batch(cfg, x0, weight, prompts, levels, longlive, gen)
         progress = (time.perf_counter() - start) / max(1e-6, deadline - start)
         for group in opt.param_groups:
             group["lr"] = cfg.gen_lr * _lr_factor(step, cfg.warmup_steps, progress)
         with _autocast(device):
             cond = model.encode_text(text[batch.prompt_rows])
             pred = model(batch.rows, batch.t, cond, batch.attention).float()
-        loss = F.mse_loss(pred[batch.loss_rows], batch.target)
+        error = (pred[batch.loss_rows] - batch.target).square()
+        loss = (batch.weight * error).mean() / batch.weight.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -857,7 +886,7 @@ def evaluate(
     vae = WanVAE.from_pretrained(out_dir / "vae", device=device)
     dit = _load_dit(out_dir / "dit.safetensors", device, preset)
     prompts = [prompt(c) for c in _eval_clips(n_clips, 1 + _TEMPORAL * (latent_frames - 1))]
-    context = _encode_prompts(prompts, device)
+    context = _encode_prompts(prompts, device, preset)
     generator = torch.Generator(device).manual_seed(seed)
     result: dict = {"prompts": prompts, "adherence_per_clip": [], "latent_frames": latent_frames}
     for i, text in enumerate(prompts):
@@ -977,17 +1006,20 @@ def train(
     sd = torch.tensor(std, device=device)[None, :, None, None, None]
     latents = (raw - m) / sd
     del raw
-    text = _encode_prompts(pool.prompts, device)
+    text = _encode_prompts(pool.prompts, device, cfg.dit_preset)
     report["encode_seconds"] = time.perf_counter() - t_encode
     logger.info("encoded the pool to %s in %.1fs", tuple(latents.shape), report["encode_seconds"])
 
-    dit, report["generator"] = train_dit(cfg, latents, pool.chunk_prompt, text, device, budget_end)
+    foreground = latent_foreground(pool, device)
+    dit, report["generator"] = train_dit(
+        cfg, latents, foreground, pool.chunk_prompt, text, device, budget_end
+    )
     state = {k: v.detach().float().contiguous() for k, v in dit.state_dict().items()}
     save_file(state, out / "dit.safetensors", metadata={"format": "pt", "layout": "wan"})
     report["text_encoder"] = {
         "builder": "models.text.tiny_umt5_encoder",
         "seed": _TEXT_SEED,
-        "text_len": _TEXT_LEN,
+        "text_len": wan_config(cfg.dit_preset).text_len,
         "note": "not saved: the frozen seeded encoder is rebuilt in memory",
     }
     report["train_seconds"] = time.perf_counter() - t0

@@ -56,10 +56,12 @@ WAN_PRESETS: dict[str, WanConfig] = {
     "tiny": WanConfig(
         dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=32, text_dim=32, text_len=64
     ),
-    # the shipped toy-world generator (models/toyworld/weights/generator): same text encoder
-    # geometry as ``tiny``, enough width and depth to tie colours and shapes to the prompt
+    # the shipped toy-world generator (models/toyworld/checkpoints/generator): the text encoder
+    # of ``tiny``, enough width and depth to tie colours and shapes to the prompt, and room for
+    # the longest toy-world prompt in bytes (130 with its eos): at 64, over half the training
+    # prompts lost their second sprite and their background to truncation
     "toyworld": WanConfig(
-        dim=128, ffn_dim=512, num_heads=4, num_layers=4, freq_dim=64, text_dim=32, text_len=64
+        dim=128, ffn_dim=512, num_heads=4, num_layers=4, freq_dim=64, text_dim=32, text_len=160
     ),
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -108,8 +109,13 @@ def test_rolling_batch_trains_window_rows_under_the_newest_prompt():
     x0 = torch.randn(2, 16, cfg.latent_frames, 4, 4, generator=gen)
     prompts = torch.arange(2 * cfg.num_chunks).view(2, cfg.num_chunks)
     attention = tg._rolling_attention(cfg, 7, (2, 2), wan_rope(32), clips=2, device="cpu")
-    batch = tg._rolling_batch(cfg, x0, prompts, 7, attention, tg._rolling_levels(cfg, "cpu"), gen)
+    weight = torch.rand(2, 1, cfg.latent_frames, 4, 4, generator=gen)
+    levels = tg._rolling_levels(cfg, "cpu")
+    batch = tg._rolling_batch(cfg, x0, weight, prompts, 7, attention, levels, gen)
     assert batch.rows.shape == (2 * 7, 16, 3, 4, 4)
+    # the window is blocks 2..6, each block's weights those of its own latent frames
+    torch.testing.assert_close(batch.weight.view(2, 5, 1, 3, 4, 4)[:, 0], weight[:, :, 6:9])
+    assert batch.weight.shape[0] == batch.target.shape[0]
     assert batch.loss_rows.view(2, 7).tolist() == [[False] * 2 + [True] * 5] * 2
     assert batch.prompt_rows.view(2, 7).tolist() == [[6] * 7, [13] * 7]
     t = batch.t.view(2, 7, 3)[:, :, 0]
@@ -165,3 +171,32 @@ def test_codec_only_then_generator_on_that_codec(tmp_path):
     for name, weight in trained.items():
         torch.testing.assert_close(shipped[name], weight)
     assert report["latents_mean"] == codec_report["latents_mean"]  # same pool, same codec
+
+
+def test_latent_foreground_marks_the_cells_a_sprite_crosses():
+    cfg = replace(tg.SMOKE, pool_clips=2)
+    pool = tg.render_pool(cfg, 2, np.random.default_rng(5))
+    cells = tg.latent_foreground(pool, torch.device("cpu"))
+    f, (h, w) = cfg.latent_frames, (64 // 8, 64 // 8)
+    assert cells.shape == (2, 1, f, h, w) and cells.dtype == torch.bool
+    pixels = tg._foreground(tg.to_signed(pool.video)).bool()  # [N, 1, T, H, W]
+    for latent in range(f):
+        frames = slice(0, 1) if latent == 0 else slice(4 * latent - 3, 4 * latent + 1)
+        crossed = pixels[:, :, frames].unflatten(3, (h, 8)).unflatten(5, (w, 8))
+        torch.testing.assert_close(cells[:, :, latent], crossed.any(2).any(3).any(4))
+    assert 0 < cells.float().mean() < 0.5  # sprites, not the whole frame
+
+
+def test_every_toyworld_prompt_fits_the_generator_text_length():
+    from models.toyworld import prompt, sample_clip, switch_clip
+    from models.wan import wan_config
+
+    rng = np.random.default_rng(0)
+    text_len = wan_config("toyworld").text_len
+    texts = [
+        prompt(sample_clip(rng, seconds=5.0, fps=16, size=(64, 64), max_objects=2, transient=0.5))
+        for _ in range(2000)
+    ]
+    texts += [t for _ in range(200) for t in (lambda s: (s.before, s.after))(switch_clip(rng))]
+    longest = max(len(t.encode()) for t in texts)
+    assert longest + 1 <= text_len, longest  # + eos: the byte tokenizer's tokens
