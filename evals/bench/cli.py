@@ -38,13 +38,13 @@ class _Counts:
 
 
 _COUNTS = {
-    "cpu": _Counts(16, 4, 2, 2, 24, 17, "1,2,4", 4, "1,2", 3),
+    "cpu": _Counts(12, 4, 2, 2, 30, 17, "1,2,4", 4, "1,2", 4),
     "cuda": _Counts(16, 4, 3, 2, 25, 17, "1,2,4,8,16", 5, "1,2,4", 3),
     "quick": _Counts(6, 2, 1, 1, 6, 2, "1,2", 2, "1,2", 2),
 }
 # the order options appear in a record's reproducing command
 _RUN_OPTIONS = (
-    "suite preset model_dir vlm_dir device dtype baselines pipelines size chunks warmup "
+    "suite preset model_dir vlm_dir device dtype threads baselines pipelines size chunks warmup "
     "switches new_sessions vlm_seconds vlm_warmup streams rounds clients service_chunks formats "
     "kernel_cases revision out"
 ).split()
@@ -65,6 +65,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--vlm-dir", type=Path, help="a Qwen2.5-VL / StreamingVLM folder to load")
     run.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     run.add_argument("--dtype", choices=sorted(_DTYPES), help="default: bf16 on cuda, fp32 on cpu")
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: torch's); 1 steadies a CPU that others share",
+    )
     run.add_argument(
         "--baselines",
         default="sdpa,growing",
@@ -96,7 +101,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     service.add_argument("--formats", default="jpeg", help="of jpeg, png, raw, h264; first is ours")
 
     kernels = parser.add_argument_group("kernels")
-    kernels.add_argument("--kernel-cases", default="", help="a subset of the cases ('' for all)")
+    kernels.add_argument("--kernel-cases", help="a subset of the cases (default: all)")
 
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     report = actions.add_parser("report", help="regenerate BENCHMARKS.md from evals/results")
@@ -140,6 +145,9 @@ def _run_suites(args: argparse.Namespace) -> int:
     unknown = set(suites) - set(SUITES)
     if unknown or not suites:
         raise SystemExit(f"stream bench: --suite takes names of {SUITES}, got {args.suite!r}")
+    if args.threads is None:
+        args.threads = torch.get_num_threads()  # written out, so the command says what ran
+    torch.set_num_threads(args.threads)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(args.device)
     args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
@@ -216,7 +224,7 @@ def _workloads(suite: str, shelf, args: argparse.Namespace):
         from evals.bench.kernels import run_kernels
 
         target = shelf.target
-        return run_kernels(target.device, target.full_size, _split(args.kernel_cases))
+        return run_kernels(target.device, target.full_size, _split(args.kernel_cases or ""))
     from evals.bench.vae import run_vae
 
     return run_vae(shelf, size, args.chunks)

@@ -4,8 +4,10 @@ Per variant and pipeline, one stream of ``chunks`` steps (a step emits 12 video 
 LongLive chunk of 3 latent frames; a Rolling Forcing window pass + its exiting block's cache
 pass, the first step including the window's ramp-up), each step timed as its DiT part
 (``denoise``) and its streamed VAE decode. Then ``switches`` prompt switches on the same
-stream, then ``new_sessions`` fresh sessions timed to their first frame. Medians and
-percentiles are over the steps after ``warmup``::
+stream, then ``new_sessions`` fresh sessions timed to their first frame. The variants' streams
+run interleaved, a step of each in turn, so a machine that slows down for a while (other jobs,
+clocks) slows every variant alike and the ratios hold. Medians and percentiles are over the
+steps after ``warmup``::
 
     fps_dit           frames per step / median DiT ms          (no decode)
     fps               frames per step / median (DiT + decode)  (decode in series, as served)
@@ -82,21 +84,37 @@ def run_generation(
     prompts = _Prompts()
     height, width = settings.size
     for kind in settings.pipelines:
-        variants = {}
-        for spec in specs:
-            pipe = _pipeline(kind, models, spec, settings)
-            try:
-                if spec.name == OURS:
-                    cold = _warm_up(pipe, settings, clock, prompts)
-                variants[spec.name] = _measure(pipe, spec, settings, clock, prompts)
-            finally:
-                del pipe
-                release_memory(models.device)
+        if models.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(models.device)
+        streams = [
+            _Stream(_pipeline(kind, models, spec, settings), spec, settings, clock, prompts)
+            for spec in specs
+        ]
+        try:
+            cold = _warm_up(streams[0].pipe, settings, clock, prompts)
+            label = GENERATION_PIPELINES[kind]
+            for stream in streams:
+                stream.open()
+            for _ in progress(range(settings.chunks), f"{label}: steps"):
+                for stream in streams:
+                    stream.step()
+            for _ in range(settings.switches):
+                for stream in streams:
+                    stream.switch()
+            for stream in streams:
+                stream.close()
+            for _ in range(settings.new_sessions):
+                for stream in streams:
+                    stream.new_session()
+            variants = {stream.spec.name: stream.summary() for stream in streams}
+        finally:
+            del streams
+            release_memory(models.device)
         variants[OURS].add_figure(
             "first_frame_cold_ms",
             cold,
             "ms",
-            "the process's first session to its first frame (plans, allocator), untimed otherwise",
+            "the pipeline's first session in the process to its first frame (plans, allocator)",
         )
         config = {
             "preset": shelf.target.preset,
@@ -104,6 +122,8 @@ def run_generation(
             "dtype": str(models.dtype).removeprefix("torch."),
             **{k: v for k, v in asdict(settings).items() if k not in ("pipelines", "size")},
         }
+        if models.device.type == "cuda":
+            config["peak_memory_gib"] = torch.cuda.max_memory_allocated(models.device) / 2**30
         title = f"{GENERATION_PIPELINES[kind]} ({shelf.target.preset}, {width}x{height})"
         yield kind, Workload(title, config, variants, OURS)
 
@@ -120,7 +140,9 @@ class _Prompts:
         return f"{PROMPTS[n % len(PROMPTS)]}, take {n}"
 
 
-def _warm_up(pipe: WanStreamPipeline, settings: GenerationSettings, clock: Clock, prompts) -> float:
+def _warm_up(
+    pipe: WanStreamPipeline, settings: GenerationSettings, clock: Clock, prompts: _Prompts
+) -> float:
     """A short untimed stream (steps and a switch) before any variant is measured, so that the
     first variant does not pay the process's one-time costs; returns its first frame's ms."""
     height, width = settings.size
@@ -162,107 +184,126 @@ def _pipeline(
     return RollingForcingPipeline(models, manager, pool_bytes, config, block_size=rows * cols)
 
 
-def _measure(
-    pipe: WanStreamPipeline,
-    spec: VariantSpec,
-    settings: GenerationSettings,
-    clock: Clock,
-    prompts: _Prompts,
-) -> Variant:
-    height, width = settings.size
-    device = pipe.models.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    label = f"{type(pipe).__name__.removesuffix('Pipeline')} {spec.name}"
-    state = pipe.open(GenerationRequest(prompts.next(), 0, height, width))
-    dit, decode, frames, cache_bytes = [], [], [], []
-    for _ in progress(range(settings.chunks), f"{label}: steps"):
+class _Stream:
+    """One variant's measured stream, advanced a step at a time, and what was timed."""
+
+    def __init__(
+        self,
+        pipe: WanStreamPipeline,
+        spec: VariantSpec,
+        settings: GenerationSettings,
+        clock: Clock,
+        prompts: _Prompts,
+    ) -> None:
+        self.pipe, self.spec, self.settings = pipe, spec, settings
+        self._clock, self._prompts = clock, prompts
+        self._state: WanStreamState | None = None
+        self.dit: list[float] = []
+        self.decode: list[float] = []
+        self.frames: list[int] = []
+        self.cache_bytes: list[int] = []
+        self.switch_dit: list[float] = []
+        self.switch_to_frame: list[float] = []
+        self.first_frame: list[float] = []
+
+    def open(self) -> None:
+        height, width = self.settings.size
+        request = GenerationRequest(self._prompts.next(), 0, height, width)
+        self._state = self.pipe.open(request)
+
+    def step(self) -> None:
+        clock, state = self._clock, self._state
         start = clock.now()
-        latents = pipe.denoise(state)
+        latents = self.pipe.denoise(state)
         middle = clock.now()
-        chunk = pipe.decode(state, latents)
-        end = clock.now()
-        dit.append(middle - start)
-        decode.append(end - middle)
-        frames.append(len(chunk))
-        cache_bytes.append(_session_bytes(pipe, state))
-    steady = slice(settings.warmup, None)
-    dit_median = statistics.median(dit[steady])
-    switch_dit, switch_to_frame = [], []
-    for _ in progress(range(settings.switches), f"{label}: switches"):
+        chunk = self.pipe.decode(state, latents)
+        self.decode.append(clock.now() - middle)
+        self.dit.append(middle - start)
+        self.frames.append(len(chunk))
+        self.cache_bytes.append(state.cache.cache.num_blocks() * self.pipe.pool.bytes_per_block)
+
+    def switch(self) -> None:
+        clock, state = self._clock, self._state
         start = clock.now()
-        pipe.switch_prompt(state, prompts.next())
-        latents = pipe.denoise(state)
-        middle = clock.now()
-        pipe.decode(state, latents)
-        switch_dit.append(middle - start)
-        switch_to_frame.append(clock.now() - start)
-    pipe.close(state)
-    first_frame = []
-    for i in range(settings.new_sessions):
-        start = clock.now()
-        fresh = pipe.open(GenerationRequest(prompts.next(), 1 + i, height, width))
-        pipe.step(fresh)
-        first_frame.append(clock.now() - start)
-        pipe.close(fresh)
+        self.pipe.switch_prompt(state, self._prompts.next())
+        latents = self.pipe.denoise(state)
+        self.switch_dit.append(clock.now() - start)
+        self.pipe.decode(state, latents)
+        self.switch_to_frame.append(clock.now() - start)
 
-    step = [a + b for a, b in zip(dit, decode, strict=True)]
-    per_step = statistics.median(frames[steady])
-    decode_median = statistics.median(decode[steady])
-    variant = Variant(spec.description)
-    add = variant.add_figure
-    add("dit_ms", dit_median, "ms", "DiT per step, median")
-    add("decode_ms", decode_median, "ms", "streamed VAE decode per step, median")
-    for p, value in percentiles(step[steady]).items():
-        add(f"step_ms_p{p}", value, "ms", f"DiT + decode per step, p{p}")
-    add("frames_per_step", per_step, "frames", "video frames per steady step")
-    add("fps_dit", 1e3 * per_step / dit_median, "fps", "frames/s of the DiT alone")
-    add("fps", 1e3 * per_step / (dit_median + decode_median), "fps", "frames/s, decode in series")
-    add("first_frame_ms", statistics.median(first_frame), "ms", "new session to its first frame")
-    add(
-        "switch_stall_ms",
-        statistics.median(switch_dit) - dit_median,
-        "ms",
-        "extra DiT time of the step after a prompt switch (recache), median",
-    )
-    add(
-        "switch_to_frame_ms",
-        statistics.median(switch_to_frame),
-        "ms",
-        "prompt switch to the first frame under the new prompt, median",
-    )
-    add("cache_bytes", max(cache_bytes), "bytes", "KV cache held by the session, largest")
-    add(
-        "late_over_early",
-        late_over_early(step[steady]),
-        "ratio",
-        "step time, last third of the steady steps over the first third",
-    )
-    if device.type == "cuda":
-        add("peak_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, "GiB", "peak")
-    steps = list(range(len(step)))
-    variant.series = {
-        "step_ms": Series("DiT + decode per step", "ms", "step", steps, step),
-        "dit_ms": Series("DiT per step", "ms", "step", steps, dit),
-        "decode_ms": Series("VAE decode per step", "ms", "step", steps, decode),
-        "cache_bytes": Series("KV cache of the session", "bytes", "step", steps, cache_bytes),
-        "switch_to_frame_ms": Series(
-            "prompt switch to its first frame",
+    def close(self) -> None:
+        self.pipe.close(self._state)
+        self._state = None
+
+    def new_session(self) -> None:
+        height, width = self.settings.size
+        start = self._clock.now()
+        seed = 1 + len(self.first_frame)
+        fresh = self.pipe.open(GenerationRequest(self._prompts.next(), seed, height, width))
+        self.pipe.step(fresh)
+        self.first_frame.append(self._clock.now() - start)
+        self.pipe.close(fresh)
+
+    def summary(self) -> Variant:
+        steady = slice(self.settings.warmup, None)
+        step = [a + b for a, b in zip(self.dit, self.decode, strict=True)]
+        dit, decode = statistics.median(self.dit[steady]), statistics.median(self.decode[steady])
+        per_step = statistics.median(self.frames[steady])
+        variant = Variant(self.spec.description)
+        add = variant.add_figure
+        add("dit_ms", dit, "ms", "DiT per step, median")
+        add("decode_ms", decode, "ms", "streamed VAE decode per step, median")
+        for p, value in percentiles(step[steady]).items():
+            add(f"step_ms_p{p}", value, "ms", f"DiT + decode per step, p{p}")
+        add("frames_per_step", per_step, "frames", "video frames per steady step")
+        add("fps_dit", 1e3 * per_step / dit, "fps", "frames/s of the DiT alone")
+        add("fps", 1e3 * per_step / (dit + decode), "fps", "frames/s, decode in series")
+        add(
+            "first_frame_ms",
+            statistics.median(self.first_frame),
             "ms",
-            "switch",
-            list(range(len(switch_to_frame))),
-            switch_to_frame,
-        ),
-        "first_frame_ms": Series(
-            "new session to its first frame",
+            "new session to its first frame, median",
+        )
+        add(
+            "switch_stall_ms",
+            statistics.median(self.switch_dit) - dit,
             "ms",
-            "session",
-            list(range(len(first_frame))),
-            first_frame,
-        ),
-    }
-    return variant
-
-
-def _session_bytes(pipe: WanStreamPipeline, state: WanStreamState) -> int:
-    return state.cache.cache.num_blocks() * pipe.pool.bytes_per_block
+            "extra DiT time of the step after a prompt switch (recache), median",
+        )
+        add(
+            "switch_to_frame_ms",
+            statistics.median(self.switch_to_frame),
+            "ms",
+            "prompt switch to the first frame under the new prompt, median",
+        )
+        add("cache_bytes", max(self.cache_bytes), "bytes", "KV cache held by the session, largest")
+        add(
+            "late_over_early",
+            late_over_early(step[steady]),
+            "ratio",
+            "step time, last third of the steady steps over the first third",
+        )
+        steps = list(range(len(step)))
+        variant.series = {
+            "step_ms": Series("DiT + decode per step", "ms", "step", steps, step),
+            "dit_ms": Series("DiT per step", "ms", "step", steps, self.dit),
+            "decode_ms": Series("VAE decode per step", "ms", "step", steps, self.decode),
+            "cache_bytes": Series(
+                "KV cache of the session", "bytes", "step", steps, self.cache_bytes
+            ),
+            "switch_to_frame_ms": Series(
+                "prompt switch to its first frame",
+                "ms",
+                "switch",
+                list(range(len(self.switch_to_frame))),
+                self.switch_to_frame,
+            ),
+            "first_frame_ms": Series(
+                "new session to its first frame",
+                "ms",
+                "session",
+                list(range(len(self.first_frame))),
+                self.first_frame,
+            ),
+        }
+        return variant

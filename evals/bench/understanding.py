@@ -4,15 +4,16 @@ A second of feed is 2 frames (the preset's frame size; full size: 1008x560 = 720
 answered with up to 20 reply tokens; its latency is the wall time of its prefill (vision tower
 + the round) and its decode steps. Two workloads:
 
-* ``streaming_vlm``: one stream of ``seconds`` seconds per variant; the per-second series shows
-  the cost and the cache settling once the 16-second window is full (a ``growing`` cache keeps
-  growing). Figures are over the seconds after ``warmup``.
+* ``streaming_vlm``: one stream of ``seconds`` seconds per variant, the variants' streams taking
+  turns second by second on the same frames; the per-second series shows the cost and the
+  cache settling once the 16-second window is full (a ``growing`` cache keeps growing).
+  Figures are over the seconds after ``warmup``.
 * ``streaming_vlm_concurrency``: N streams at once for each N of ``streams`` (ascending): the
   newcomers first run ``warmup`` seconds among themselves (17 fills the published window), then
-  every stream's second is timed for ``rounds`` seconds under each variant in turn, decode
-  steps batched over the N streams as the engine batches them. Variants share the warm streams
-  (same cache, another attention backend), so a baseline costs no second warm-up. A second is
-  real time when p95 < 1000 ms; the sweep stops once no variant is within 1.5 s.
+  ``rounds`` seconds of every stream are timed under each variant in turn, decode steps batched
+  over the N streams as the engine batches them. Variants share the warm streams (same cache,
+  another attention backend), so a baseline costs no second warm-up. A second is real time
+  when p95 < 1000 ms; the sweep stops once no variant is within 1.5 s.
 """
 
 from __future__ import annotations
@@ -90,14 +91,7 @@ def run_understanding(
         "reply_tokens": UnderstandingConfig().max_new_tokens,
         **{k: v for k, v in asdict(settings).items()},
     }
-    variants = {}
-    for spec in specs:
-        pipe = _pipeline(model, spec, streams=1, seconds=settings.seconds, manager=None)
-        try:
-            variants[spec.name] = _long_stream(pipe, spec, settings, clock, feed)
-        finally:
-            del pipe
-            release_memory(model.device)
+    variants = _long_streams(model, specs, settings, clock, feed)
     yield "streaming_vlm", Workload("StreamingVLM, one stream", config, variants, OURS)
 
     rolling = [s for s in specs if not s.growing]
@@ -112,38 +106,61 @@ def run_understanding(
     )
 
 
-def _long_stream(
-    pipe: StreamingVLMPipeline,
-    spec: VariantSpec,
+def _long_streams(
+    model: QwenVL,
+    specs: Sequence[VariantSpec],
     settings: UnderstandingSettings,
     clock: Clock,
     feed: _Feed,
-) -> Variant:
-    stream = _Stream(pipe.open(UnderstandingRequest("Commentate.", _PREVIOUS_TEXT)))
-    times, cache_bytes, tokens = [], [], []
-    try:
-        for _ in progress(range(settings.seconds), f"VLM {spec.name}: seconds"):
-            times.append(_run_second(pipe, [stream], feed.second(), clock))
-            cache = stream.state.cache.cache
-            cache_bytes.append(cache.num_blocks() * pipe.pool.bytes_per_block)
-            tokens.append(len(cache))
-    finally:
-        pipe.close(stream.state)
-    steady = times[settings.warmup :]
-    variant = Variant(spec.description)
-    for p, value in percentiles(steady).items():
-        variant.add_figure(f"second_ms_p{p}", value, "ms", f"latency of a second of video, p{p}")
-    variant.add_figure("cache_bytes", max(cache_bytes), "bytes", "KV cache of the stream, largest")
-    variant.add_figure("cache_tokens", tokens[-1], "tokens", "tokens cached at the end")
-    variant.add_figure(
-        "late_over_early", late_over_early(steady), "ratio", "last third over first third"
-    )
-    seconds = list(range(len(times)))
-    variant.series = {
-        "second_ms": Series("latency of a second of video", "ms", "second", seconds, times),
-        "cache_bytes": Series("KV cache of the stream", "bytes", "second", seconds, cache_bytes),
+) -> dict[str, Variant]:
+    pipes = {
+        s.name: _pipeline(model, s, streams=1, seconds=settings.seconds, manager=None)
+        for s in specs
     }
-    return variant
+    streams = {
+        name: _Stream(pipe.open(UnderstandingRequest("Commentate.", _PREVIOUS_TEXT)))
+        for name, pipe in pipes.items()
+    }
+    times = {name: [] for name in pipes}
+    cache_bytes = {name: [] for name in pipes}
+    tokens = {name: [] for name in pipes}
+    try:
+        for _ in progress(range(settings.seconds), "VLM stream: seconds"):
+            frames = feed.second()
+            for name, pipe in pipes.items():
+                times[name].append(_run_second(pipe, [streams[name]], frames, clock))
+                cache = streams[name].state.cache.cache
+                cache_bytes[name].append(cache.num_blocks() * pipe.pool.bytes_per_block)
+                tokens[name].append(len(cache))
+    finally:
+        for name, pipe in pipes.items():
+            pipe.close(streams[name].state)
+        del pipes, streams
+        release_memory(model.device)
+    variants = {}
+    for spec in specs:
+        name = spec.name
+        steady = times[name][settings.warmup :]
+        variant = variants[name] = Variant(spec.description)
+        for p, value in percentiles(steady).items():
+            variant.add_figure(f"second_ms_p{p}", value, "ms", f"latency of a second, p{p}")
+        variant.add_figure(
+            "cache_bytes", max(cache_bytes[name]), "bytes", "KV cache of the stream, largest"
+        )
+        variant.add_figure("cache_tokens", tokens[name][-1], "tokens", "tokens cached at the end")
+        variant.add_figure(
+            "late_over_early", late_over_early(steady), "ratio", "last third over first third"
+        )
+        seconds = list(range(len(times[name])))
+        variant.series = {
+            "second_ms": Series(
+                "latency of a second of video", "ms", "second", seconds, times[name]
+            ),
+            "cache_bytes": Series(
+                "KV cache of the stream", "bytes", "second", seconds, cache_bytes[name]
+            ),
+        }
+    return variants
 
 
 def _concurrency(
@@ -169,22 +186,24 @@ def _concurrency(
             live += newcomers
             for _ in progress(range(settings.warmup), f"{n} streams: warm-up"):
                 _run_second(warm, newcomers, feed.second(), clock)
-            for name, pipe in pipes.items():
-                times = [
-                    _run_second(pipe, live, feed.second(), clock)
-                    for _ in progress(range(settings.rounds), f"{n} streams: {name}")
-                ]
-                tried[name][n] = percentiles(times)
+            times = {name: [] for name in pipes}
+            for _ in progress(range(settings.rounds), f"{n} streams: rounds"):
+                frames = feed.second()
+                for name, pipe in pipes.items():  # the variants take turns, round by round
+                    times[name].append(_run_second(pipe, live, frames, clock))
+            for name, measured in times.items():
+                tried[name][n] = percentiles(measured)
                 variants[name].series[f"second_ms_{n}_streams"] = Series(
                     f"latency of a second, {n} streams",
                     "ms",
                     "round",
-                    list(range(len(times))),
-                    times,
+                    list(range(len(measured))),
+                    measured,
                 )
             if all(t[n][95] > _GIVE_UP_MS for t in tried.values()):
                 break
         per_stream = live[0].state.cache.cache.num_blocks() * warm.pool.bytes_per_block
+        tokens_per_stream = len(live[0].state.cache.cache)
     finally:
         for stream in live:
             warm.close(stream.state)
@@ -203,6 +222,9 @@ def _concurrency(
             "most streams tried with p95 under 1 s per second of video",
         )
         variant.add_figure("cache_bytes_per_stream", per_stream, "bytes", "KV cache per stream")
+        variant.add_figure(
+            "cache_tokens_per_stream", tokens_per_stream, "tokens", "tokens cached per stream"
+        )
         for p in (50, 95):
             variant.series[f"second_ms_p{p}_by_streams"] = Series(
                 f"latency of a second, p{p}",
