@@ -1,9 +1,9 @@
 """``stream bench`` (also ``python -m evals.bench``): run suites, write one JSON record and a PNG
 per suite; ``stream bench report`` regenerates BENCHMARKS.md; ``stream bench plot`` redraws.
 
-Counts default by device (a CPU run of the default suites takes a few minutes on two cores;
-``--quick`` is a smoke run) and every default is written out in the record's ``command``, so
-the command reproduces the run exactly.
+Counts default by device: a CPU run of the default suites takes a few minutes on two cores,
+a full-size run of every suite about six on one H200 (one device call), ``--quick`` is a smoke
+run. Every default is written out in the record's ``command``, so it reproduces the run.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class _Counts:
 
 _COUNTS = {
     "cpu": _Counts(12, 4, 2, 2, 30, 17, "1,2,4", 4, "1,2", 4),
-    "cuda": _Counts(16, 4, 3, 2, 25, 17, "1,2,4,8,16", 5, "1,2,4", 3),
+    "cuda": _Counts(12, 4, 2, 1, 24, 17, "1,2,4,8,16", 4, "1,2,4", 2),
     "quick": _Counts(6, 2, 1, 1, 6, 2, "1,2", 2, "1,2", 2),
 }
 # the order options appear in a record's reproducing command
