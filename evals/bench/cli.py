@@ -11,8 +11,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the heavy imports wait until a run needs them (see _run_suites)
+    from evals.bench.loaders import ModelShelf
+    from evals.bench.record import BenchRecord, Workload
 
 __all__ = ["add_bench_arguments", "main", "run"]
 
@@ -131,7 +137,13 @@ def _run_suites(args: argparse.Namespace) -> int:
 
     import torch
 
-    if "kernels" in args.suite and not torch.cuda.is_available():
+    suites = _split(args.suite)
+    unknown = set(suites) - set(SUITES)
+    if unknown or not suites:
+        raise SystemExit(f"stream bench: --suite takes names of {SUITES}, got {args.suite!r}")
+    if args.size is not None:
+        _size(args.size)
+    if "kernels" in suites and not torch.cuda.is_available():
         # Triton reads this when the kernels are defined, before the first import below
         os.environ.setdefault("TRITON_INTERPRET", "1")
     from tqdm import tqdm
@@ -141,10 +153,6 @@ def _run_suites(args: argparse.Namespace) -> int:
     from evals.bench.loaders import ModelShelf, Target
     from evals.bench.record import BenchRecord
 
-    suites = _split(args.suite)
-    unknown = set(suites) - set(SUITES)
-    if unknown or not suites:
-        raise SystemExit(f"stream bench: --suite takes names of {SUITES}, got {args.suite!r}")
     if args.threads is None:
         args.threads = torch.get_num_threads()  # written out, so the command says what ran
     torch.set_num_threads(args.threads)
@@ -182,11 +190,13 @@ def _run_suites(args: argparse.Namespace) -> int:
     return 0
 
 
-def _workloads(suite: str, shelf, args: argparse.Namespace):
+def _workloads(
+    suite: str, shelf: ModelShelf, args: argparse.Namespace
+) -> Iterator[tuple[str, Workload]]:
     """The suite's ``(name, workload)`` pairs, each as soon as it is measured."""
     from evals.bench.variants import variant_specs
 
-    size = tuple(int(v) for v in args.size.split("x"))
+    size = _size(args.size)
     specs = variant_specs(_split(args.baselines), shelf.target.device)
     if suite == "generation":
         from evals.bench.generation import GenerationSettings, run_generation
@@ -230,7 +240,7 @@ def _workloads(suite: str, shelf, args: argparse.Namespace):
     return run_vae(shelf, size, args.chunks)
 
 
-def _plot(record, suite: str, out: Path) -> str:
+def _plot(record: BenchRecord, suite: str, out: Path) -> str:
     from evals.bench.plot import plot_suite
 
     try:
@@ -264,6 +274,15 @@ def _command(args: argparse.Namespace) -> str:
 
 def _plain(value: object) -> object:
     return str(value) if isinstance(value, Path) else value
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``"HEIGHTxWIDTH"`` -> (height, width)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"stream bench: --size takes HEIGHTxWIDTH, got {text!r}") from None
+    return height, width
 
 
 def _split(text: str) -> list[str]:

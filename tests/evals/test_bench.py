@@ -66,6 +66,9 @@ def test_the_record_holds_the_run(run) -> None:
     for suite in SUITES:
         png = plot_path(out, suite)
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        png.unlink()
+    assert main(["plot", str(out)]) == 0  # the PNGs come back from the JSON alone
+    assert all(plot_path(out, suite).is_file() for suite in SUITES)
 
 
 def test_generation_series_and_figures(run) -> None:
