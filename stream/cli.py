@@ -199,10 +199,18 @@ _SERVER_LIMITS = (
     ("max_messages_per_second_total", float, "messages a second over all connections"),
     ("max_session_starts_per_second", float, "session.start a second over all connections"),
     ("max_recordings", int, "finished recordings kept; the oldest are deleted"),
+    ("max_pending_record_frames", int, "frames waiting for the disk per recording (dropped)"),
+    ("max_queue", int, "received messages buffered per connection"),
+    ("write_limit", int, "bytes buffered per connection before a send waits"),
+    ("encode_workers", int, "threads encoding frames, shared by all sessions"),
+    ("open_timeout", float, "seconds for the WebSocket handshake"),
+    ("close_timeout", float, "seconds for a closing handshake and for draining at shutdown"),
+    ("session_open_timeout", float, "seconds to wait for the engine to admit a session"),
 )
 _ENGINE_LIMITS = (
     ("output_queue_frames", int, "frames kept per session for a slow client (oldest dropped)"),
     ("input_queue_frames", int, "input frames waiting per session (oldest dropped)"),
+    ("max_pending_commands", int, "connection commands waiting for the engine (rate_limited)"),
 )
 
 
