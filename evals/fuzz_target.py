@@ -173,9 +173,15 @@ class FuzzTarget:
     Args:
         max_message_bytes: the server's limit, small so the fuzzer reaches past it.
         record_dir: where sessions started with ``record`` write (a temporary folder if None).
+        pipelines: pipelines to serve (default: every one of the embedded default, loaded here).
     """
 
-    def __init__(self, max_message_bytes: int = 16384, record_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        max_message_bytes: int = 16384,
+        record_dir: str | None = None,
+        pipelines: dict[str, Any] | None = None,
+    ) -> None:
         self.config = ServerConfig(
             port=0,
             token=TOKEN,
@@ -187,6 +193,7 @@ class FuzzTarget:
             max_session_starts_per_second=100_000,
             record_dir=record_dir,
         )
+        self.pipelines = pipelines
         self.report = FuzzReport()
         self.findings: list[str] = []
         self._log = ServerLog()
@@ -195,11 +202,10 @@ class FuzzTarget:
         self._started = 0.0
 
     def __enter__(self) -> FuzzTarget:
-        models = ServiceModels(cache_bytes=64 << 20, vlm_cache_bytes=64 << 20)
-        engine = Engine(
-            build_pipelines(models, KVCacheManager()),
-            EngineConfig(max_sessions=8, lookahead_seconds=0.5),
-        )
+        if self.pipelines is None:
+            models = ServiceModels(cache_bytes=64 << 20, vlm_cache_bytes=64 << 20)
+            self.pipelines = build_pipelines(models, KVCacheManager())
+        engine = Engine(self.pipelines, EngineConfig(max_sessions=8, lookahead_seconds=0.5))
         self._log.__enter__()
         self._served = ServerThread(self.config, engine).start()
         for pipeline in ("longlive", "streaming_vlm"):

@@ -1,0 +1,361 @@
+"""Soak: sessions of every pipeline on the embedded default, one after another for as long as
+asked, through the project's own client over a real loopback server; what the server holds
+must stay flat and nothing may leak.
+
+    python -m evals.soak --seconds 600 --sessions 2      # the long form (10 minutes)
+    python -m evals.soak --seconds 30                   # about what CI runs (tests/reliability)
+
+Each worker runs sessions of ``--session-seconds`` back to back, on a fresh connection each:
+generation workers read frames (every other session records an MP4), understanding workers send
+a toy-world feed at 4 frames a second and read captions; every third session the client
+vanishes (the connection closes without a ``stop``). A sampler reads, every
+``--sample-seconds``: resident memory, cache blocks in use, the sessions' output and event
+queues, the engine's pending commands and input frames, asyncio tasks, threads and open files.
+
+Verdict (``ok`` only when all hold):
+
+* memory flat: resident memory after the warm-up grows by less than ``--rss-growth-mb``;
+* bounded queues: no output queue over ``output_queue_frames``, no event queue over 256, no
+  inbox over ``input_queue_frames`` per session;
+* nothing leaks: once the workers are done and the server is idle again, every cache block is
+  free and the asyncio tasks, threads and open files are those of the idle server before the
+  soak (threads of the pools that grow on demand to a fixed size excepted: the encoders,
+  ``encode_workers``, and asyncio's default executor).
+
+Writes ``evals/results/soak_<machine>_<date>.json`` with the samples and the verdict. Resident
+memory is the whole process's (server and clients share it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clients import ServerError, StreamClient
+from models.toyworld import Feed, render
+from stream.engine import Engine, EngineConfig
+from stream.kvcache import KVCacheManager
+from stream.server import Server, ServerConfig, build_server
+from stream.service import PIPELINES, ServiceModels, build_pipelines
+
+__all__ = ["SoakConfig", "run_soak"]
+
+RESULTS = Path(__file__).parent / "results"
+FEED_FPS = 4.0
+EVENTS_CAPACITY = 256  # stream.session.Session.events
+STALL_SECONDS = 60.0  # a session that delivers nothing for this long is a failure
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    seconds: float = 30.0  # how long sessions keep being started
+    sessions: int = 1  # sessions of each pipeline at once
+    session_seconds: float = 8.0  # each session's length
+    sample_seconds: float = 1.0
+    warmup_seconds: float = 10.0  # memory is compared from the first sample after this
+    rss_growth_mb: float = 64.0
+    pipelines: tuple[str, ...] = PIPELINES
+
+
+@dataclass
+class _Tally:
+    sessions: collections.Counter = field(default_factory=collections.Counter)
+    frames: int = 0
+    captions: int = 0
+    recordings: int = 0
+    vanished: int = 0
+    refused: collections.Counter = field(default_factory=collections.Counter)
+    failures: list[str] = field(default_factory=list)
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# thread pools that grow on demand up to a fixed size: the server's encoders and asyncio's
+# default executor (asyncio.to_thread); a new thread of theirs is growth, not a leak
+_POOLS = ("encode", "asyncio_")
+
+
+def _threads() -> list[str]:
+    """Names of live threads, those of the bounded pools left out."""
+    return sorted(t.name for t in threading.enumerate() if not t.name.startswith(_POOLS))
+
+
+def _sample(server: Server, started: float) -> dict[str, Any]:
+    engine = server.engine.stats()
+    sessions = server.sessions()
+    managers = {id(p.manager): p.manager for p in server.engine.pipelines.values()}
+    pools = [s for m in managers.values() for s in m.stats().values()]
+    return {
+        "t": round(time.monotonic() - started, 2),
+        "rss_mb": round(_rss_mb(), 1),
+        "blocks_used": sum(p.used_blocks for p in pools),
+        "blocks_reserved": sum(p.reserved_blocks for p in pools),
+        "sessions": len(sessions),
+        "connections": server.counters.connections,
+        "output_queue_max": max((len(s.output) for s in sessions), default=0),
+        "events_queue_max": max((s.events.qsize() for s in sessions), default=0),
+        "pending_commands": engine.pending_commands,
+        "pending_input_frames": engine.pending_input_frames,
+        "tasks": len(asyncio.all_tasks()),
+        "threads": len(_threads()),
+        "open_files": _open_files(),
+    }
+
+
+async def _generation(
+    url: str, pipeline: str, worker: int, until: float, tally: _Tally, seconds: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    number = 0
+    while loop.time() < until:
+        number += 1
+        async with StreamClient.connect(url) as client:
+            try:
+                session = await client.generate(
+                    f"a red ball number {worker}",
+                    pipeline=pipeline,
+                    seed=number,
+                    record=number % 2 == 0,
+                )
+            except ServerError as exc:
+                tally.refused[exc.code] += 1
+                await asyncio.sleep(0.5)
+                continue
+            tally.sessions[pipeline] += 1
+            end = min(until, loop.time() + seconds)
+            frames = session.frames().__aiter__()
+            while loop.time() < end:
+                async with asyncio.timeout(STALL_SECONDS):
+                    await frames.__anext__()  # StopAsyncIteration: it ended early, a failure
+                tally.frames += 1
+            if number % 3 == 0:
+                tally.vanished += 1
+                await client.close()  # gone without a stop
+                continue
+            await session.stop()
+            tally.recordings += session.recording is not None
+
+
+async def _understanding(
+    url: str, worker: int, until: float, tally: _Tally, seconds: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    number = 0
+    while loop.time() < until:
+        number += 1
+        async with StreamClient.connect(url) as client:
+            try:
+                session = await client.understand(instruction="Say what moves.")
+            except ServerError as exc:
+                tally.refused[exc.code] += 1
+                await asyncio.sleep(0.5)
+                continue
+            tally.sessions["streaming_vlm"] += 1
+            feed = render(Feed(worker * 1000 + number, (64, 64), FEED_FPS).window(0, 64))
+
+            reader = asyncio.create_task(_count_captions(session, tally))
+            start, sent = loop.time(), 0
+            end = min(until, start + seconds)
+            while loop.time() < end:
+                await session.send_frame(feed[sent % len(feed)], sent / FEED_FPS)
+                sent += 1
+                await asyncio.sleep(max(0.0, start + sent / FEED_FPS - loop.time()))
+            if number % 3 == 0:
+                tally.vanished += 1
+                await client.close()
+            else:
+                await session.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reader, STALL_SECONDS)
+
+
+async def _count_captions(session: Any, tally: _Tally) -> None:
+    async for _ in session.captions():
+        tally.captions += 1
+
+
+async def _idle(server: Server, timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while server.sessions() or server.counters.connections or server.engine.stats().sessions:
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # recorders' and closed connections' threads and files wind down
+
+
+async def run_soak(config: SoakConfig, pipelines: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the soak and return its record (see the module docstring); ``pipelines`` default
+    to those of ``config.pipelines`` on the embedded default, loaded here."""
+    engine_config = EngineConfig(max_sessions=4 * config.sessions * len(config.pipelines))
+    if pipelines is None:
+        models = ServiceModels(
+            cache_bytes=128 << 20, vlm_cache_bytes=64 << 20, pipelines=config.pipelines
+        )
+        pipelines = build_pipelines(models, KVCacheManager())
+    engine = Engine(pipelines, engine_config)
+    tally = _Tally()
+    with tempfile.TemporaryDirectory(prefix="soak-recordings-") as folder:
+        server_config = ServerConfig(port=0, record_dir=Path(folder), max_recordings=4)
+        async with build_server(server_config, engine) as server:
+            warm = min(config.session_seconds, 3.0)
+            await _workers(server.url, config, tally, 1, warm)  # pools, threads, caches made
+            await _idle(server)
+            before = {"tasks": len(asyncio.all_tasks()), "threads": _threads()}
+            before["open_files"] = _open_files()
+            started = time.monotonic()
+            samples: list[dict[str, Any]] = []
+
+            async def sampler() -> None:
+                while True:
+                    samples.append(_sample(server, started))
+                    await asyncio.sleep(config.sample_seconds)
+
+            sampling = asyncio.create_task(sampler())
+            try:
+                await _workers(server.url, config, tally, config.sessions, config.seconds)
+                await _idle(server)
+            finally:
+                sampling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampling
+            after = {"tasks": len(asyncio.all_tasks()), "threads": _threads()}
+            after["open_files"] = _open_files()
+            end = _sample(server, started)
+    return _verdict(config, engine_config, tally, samples, before, after, end)
+
+
+async def _workers(url: str, config: SoakConfig, tally: _Tally, count: int, seconds: float) -> None:
+    until = asyncio.get_running_loop().time() + seconds
+    jobs = []
+    for worker in range(count):
+        for pipeline in config.pipelines:
+            if pipeline == "streaming_vlm":
+                jobs.append(_understanding(url, worker, until, tally, config.session_seconds))
+            else:
+                jobs.append(
+                    _generation(url, pipeline, worker, until, tally, config.session_seconds)
+                )
+    for outcome in await asyncio.gather(*jobs, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            tally.failures.append(f"{type(outcome).__name__}: {outcome}")
+
+
+def _verdict(
+    config: SoakConfig,
+    engine_config: EngineConfig,
+    tally: _Tally,
+    samples: list[dict[str, Any]],
+    before: dict[str, Any],
+    after: dict[str, Any],
+    end: dict[str, Any],
+) -> dict[str, Any]:
+    warm = [s for s in samples if s["t"] >= config.warmup_seconds] or samples
+    first, last = warm[0], samples[-1]
+    peak = {k: max(s[k] for s in samples) for k in samples[0] if k != "t"}
+    growth = last["rss_mb"] - first["rss_mb"]
+    times = np.array([s["t"] for s in warm])
+    rss = np.array([s["rss_mb"] for s in warm])
+    slope = float(np.polyfit(times, rss, 1)[0] * 60) if len(warm) > 2 else 0.0
+    sessions_at_once = config.sessions * len(config.pipelines)
+    leaks = {
+        "blocks": end["blocks_used"] + end["blocks_reserved"],
+        "tasks": after["tasks"] - before["tasks"],
+        "threads": sorted(set(after["threads"]) - set(before["threads"])),
+        "open_files": after["open_files"] - before["open_files"],
+    }
+    checks = {
+        "memory_flat": growth < config.rss_growth_mb,
+        "queues_bounded": peak["output_queue_max"] <= engine_config.output_queue_frames
+        and peak["events_queue_max"] <= EVENTS_CAPACITY
+        and peak["pending_input_frames"] <= engine_config.input_queue_frames * sessions_at_once,
+        "nothing_leaked": not any(leaks.values()),
+        "no_failures": not tally.failures,
+    }
+    return {
+        "config": asdict(config),
+        "seconds": samples[-1]["t"] if samples else 0.0,
+        "sessions_run": dict(tally.sessions),
+        "frames": tally.frames,
+        "captions": tally.captions,
+        "recordings": tally.recordings,
+        "vanished": tally.vanished,
+        "refused": dict(tally.refused),
+        "failures": tally.failures,
+        "rss_mb": {"after_warmup": first["rss_mb"], "end": last["rss_mb"], "peak": peak["rss_mb"]},
+        "rss_growth_mb": round(growth, 1),
+        "rss_slope_mb_per_min": round(slope, 2),
+        "start": first,
+        "end": last,
+        "peak": peak,
+        "idle_before": before,
+        "idle_after": after,
+        "leaks": leaks,
+        "checks": checks,
+        "ok": all(checks.values()),
+        "samples": samples[:: max(1, len(samples) // 300)],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m evals.soak", description=__doc__.split("\n")[0]
+    )
+    defaults = SoakConfig()
+    for name in ("seconds", "session_seconds", "sample_seconds", "warmup_seconds", "rss_growth_mb"):
+        parser.add_argument(
+            "--" + name.replace("_", "-"), type=float, default=getattr(defaults, name)
+        )
+    parser.add_argument("--sessions", type=int, default=defaults.sessions, help="per pipeline")
+    parser.add_argument("--pipelines", default=",".join(defaults.pipelines))
+    parser.add_argument(
+        "--out", type=Path, help="default: evals/results/soak_<machine>_<date>.json"
+    )
+    args = parser.parse_args(argv)
+    config = SoakConfig(
+        seconds=args.seconds,
+        sessions=args.sessions,
+        session_seconds=args.session_seconds,
+        sample_seconds=args.sample_seconds,
+        warmup_seconds=args.warmup_seconds,
+        rss_growth_mb=args.rss_growth_mb,
+        pipelines=tuple(args.pipelines.split(",")),
+    )
+    record = asyncio.run(run_soak(config))
+    now = datetime.now(timezone.utc)
+    record = {
+        "command": " ".join(["python -m evals.soak", *sys.argv[1:]]),
+        "date": now.isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}",
+        **record,
+    }
+    out = args.out or RESULTS / f"soak_cpu_{now:%Y-%m-%d}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: record[k] for k in ("seconds", "sessions_run", "rss_mb", "leaks", "ok")}))
+    print(f"-> {out}")
+    return 0 if record["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
