@@ -26,7 +26,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from kernels import RopeSpec, wan_rope
-from models.schedule import FlowSchedule
+from models.schedule import FlowSchedule, opening_schedule
 from models.text import PromptCache, TextEncoder, UMT5TextEncoder, tiny_umt5_encoder
 from models.toyworld.embedded import DEFAULT_PRESET, GENERATOR_DIR, require
 from models.vae import WanVAE, tiny_wan_vae
@@ -80,6 +80,7 @@ class WanModels:
     dtype: torch.dtype
     default_size: tuple[int, int]  # (height, width) in pixels
     sample_shift: float | None = None  # the sigma shift the DiT was trained for, when known
+    opening: FlowSchedule | None = None  # ODE steps of a stream's first, context-free chunk
 
     def schedule_for(self, schedule: FlowSchedule) -> FlowSchedule:
         """A pipeline's step list at this DiT's shift: a model is sampled at the shift it was
@@ -142,7 +143,7 @@ def load_wan_models(
     device = torch.device(device)
     config = wan_config(spec["dit"])
     small = preset in ("tiny", "toyworld")
-    sample_shift = None
+    sample_shift, opening = None, None
     if small:
         text_encoder = text_encoder or tiny_umt5_encoder(_SMALL_TEXT_SEED, config.text_len)
     if random_weights or (preset == "tiny" and paths is None):
@@ -156,7 +157,7 @@ def load_wan_models(
         if paths is None and "embedded" in spec:
             folder = require(spec["embedded"], "dit.safetensors")
             paths = WanPaths(dit=folder / "dit.safetensors", dit_layout="wan", vae=folder / "vae")
-            sample_shift = _trained_shift(folder)
+            sample_shift, opening = _sampling(folder)
         paths = paths or WanPaths()
         with torch.device("meta"):
             dit = CausalWanModel(config)
@@ -181,12 +182,17 @@ def load_wan_models(
         dtype=dtype,
         default_size=spec["size"],
         sample_shift=sample_shift,
+        opening=opening,
     )
 
 
-def _trained_shift(folder: Path) -> float | None:
-    """The sigma shift recorded in a training run's ``train.json``, if any."""
-    record = folder / "train.json"
+def _sampling(folder: Path) -> tuple[float | None, FlowSchedule | None]:
+    """How a trained DiT is sampled, from its folder's ``sampling.json``: the sigma ``shift``
+    it was trained at, and ``opening_steps``, the Euler ODE steps that take a stream's first
+    chunk from pure noise (:func:`~models.schedule.opening_schedule`)."""
+    record = folder / "sampling.json"
     if not record.is_file():
-        return None
-    return json.loads(record.read_text()).get("config", {}).get("shift")
+        return None, None
+    sampling = json.loads(record.read_text())
+    shift, steps = sampling.get("shift"), sampling.get("opening_steps")
+    return shift, None if steps is None else opening_schedule(steps, shift or 1.0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["FlowSchedule"]
+__all__ = ["FlowSchedule", "opening_schedule"]
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -64,8 +64,27 @@ class FlowSchedule:
         return x_t.float() - sigma * velocity.float()
 
     @staticmethod
+    def ode_step(
+        x_t: torch.Tensor, x0: torch.Tensor, sigma: float, sigma_next: float
+    ) -> torch.Tensor:
+        """One Euler step of the flow ODE from ``sigma`` to ``sigma_next``: the noise implied by
+        ``x_t`` and the estimate ``x0`` is kept, not redrawn, so a sample's layout, once the
+        noise suggests one, survives the step (a model not distilled for few steps needs this
+        to leave the mean)."""
+        noise = (x_t.float() - (1 - sigma) * x0) / sigma
+        return (1 - sigma_next) * x0 + sigma_next * noise
+
+    @staticmethod
     def add_noise(
         x0: torch.Tensor, noise: torch.Tensor, sigma: float | torch.Tensor
     ) -> torch.Tensor:
         """Re-noise a clean estimate to ``sigma`` (fresh noise: the stochastic DMD sampler)."""
         return (1 - sigma) * x0 + sigma * noise
+
+
+def opening_schedule(steps: int, shift: float = 1.0) -> FlowSchedule:
+    """``steps`` evenly spaced levels from pure noise (unwarped), at ``shift``."""
+    if steps < 1:
+        raise ValueError(f"opening steps must be >= 1, got {steps}")
+    levels = tuple(round(NUM_TRAIN_TIMESTEPS * (steps - i) / steps) for i in range(steps))
+    return FlowSchedule(levels, shift=shift, warp=False)

@@ -97,9 +97,13 @@ class LongLivePipeline(WanStreamPipeline):
         view = self._view(state, ranges)
         x = self._noise(state, cfg.chunk_frames)
         sigmas, timesteps = self.schedule.sigmas, self.schedule.timesteps
+        opening = state.history is None and self.models.opening is not None
         for i, (sigma, t) in enumerate(zip(sigmas, timesteps, strict=True)):
-            velocity = dit(x, self._timestep(t, cfg.chunk_frames), state.text, view)
-            x0 = FlowSchedule.to_x0(x, velocity, sigma)
+            if i == 0 and opening:
+                x0 = self._open(state, x, view)
+            else:
+                velocity = dit(x, self._timestep(t, cfg.chunk_frames), state.text, view)
+                x0 = FlowSchedule.to_x0(x, velocity, sigma)
             if i + 1 < len(sigmas):
                 noise = self._noise(state, cfg.chunk_frames).float()
                 x = FlowSchedule.add_noise(x0, noise, sigmas[i + 1]).to(self.models.dtype)

@@ -112,8 +112,12 @@ class RollingForcingPipeline(WanStreamPipeline):
         sigma = self._per_frame([self._sigmas[i] for i in levels])
         timestep = self._per_frame([self._timesteps[i] for i in levels])[None]
         write, context = state.cache.window_pass()
-        velocity = dit(state.window, timestep, state.text, self._view(state, write, None, context))
-        x0 = FlowSchedule.to_x0(state.window, velocity, sigma[None, None, :, None, None])
+        view = self._view(state, write, None, context)
+        if state.passes == 0 and self.models.opening is not None:  # one block, pure noise
+            x0 = self._open(state, state.window, view)
+        else:
+            velocity = dit(state.window, timestep, state.text, view)
+            x0 = FlowSchedule.to_x0(state.window, velocity, sigma[None, None, :, None, None])
         state.passes += 1
         exited = None
         if blocks == cfg.window_blocks:  # the oldest block is at the lowest level: it is done

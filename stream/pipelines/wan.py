@@ -15,6 +15,7 @@ import torch
 
 from models.attention import AttentionContext
 from models.registry import WanModels
+from models.schedule import FlowSchedule
 from models.vae import to_uint8
 from models.wan import TextConditioning
 from stream.kvcache import (
@@ -172,6 +173,24 @@ class WanStreamPipeline(ABC):
         return torch.randn(
             (1, c, frames, h, w), generator=state.generator, device=self.models.device
         ).to(self.models.dtype)
+
+    def _open(self, state: WanStreamState, x: torch.Tensor, view: AttentionContext) -> torch.Tensor:
+        """x0 of a stream's first chunk ``x`` (pure noise, nothing before it) by the model's
+        opening ODE (:attr:`~models.registry.WanModels.opening`).
+
+        A DiT distilled for few steps (the published ones) maps noise to a sharp sample in one
+        step; one trained by plain flow matching (the toy world's) predicts the mean there, in
+        which a sprite whose place is still open is missing, and later chunks continue what
+        the first shows. Later chunks need none of this: their context fixes the layout.
+        """
+        opening, frames = self.models.opening, x.shape[2]
+        sigmas, timesteps = opening.sigmas, opening.timesteps
+        for i, (sigma, t) in enumerate(zip(sigmas, timesteps, strict=True)):
+            velocity = self.models.dit(x, self._timestep(t, frames), state.text, view)
+            x0 = FlowSchedule.to_x0(x, velocity, sigma)
+            if i + 1 < len(sigmas):
+                x = FlowSchedule.ode_step(x, x0, sigma, sigmas[i + 1]).to(self.models.dtype)
+        return x0
 
     def _timestep(self, t: float | list[float], frames: int) -> torch.Tensor:
         """``[1, frames]`` model timesteps: one value, or one per frame."""

@@ -22,8 +22,10 @@ from models.wan import CausalWanModel, wan_config
 def test_smoke_run_writes_loadable_weights(tmp_path):
     report = tg.main(["--smoke", "--out", str(tmp_path)])
 
-    for name in ("vae/config.json", "dit.safetensors", "train.json"):
+    for name in ("vae/config.json", "dit.safetensors", "train.json", "sampling.json"):
         assert (tmp_path / name).is_file(), name
+    sampling = json.loads((tmp_path / "sampling.json").read_text())
+    assert sampling == {"shift": tg.SMOKE.shift, "opening_steps": tg.SMOKE.opening_steps}
     saved = json.loads((tmp_path / "train.json").read_text())
     assert saved["command"].endswith(f"--smoke --out {tmp_path}")
     assert saved["text_encoder"]["seed"] == 0 and saved["text_encoder"]["text_len"] == 64

@@ -3,6 +3,8 @@ unbounded positions, and ``stream generate`` writing a real MP4."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import av
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from evals.random_checkpoint import write_model_folder
 from models.registry import load_wan_models
+from models.schedule import FlowSchedule, opening_schedule
 from stream.cli import main
 from stream.generate import parse_switch
 from stream.kvcache import KVCacheManager
@@ -187,3 +190,47 @@ def test_missing_model_folder_is_a_clear_error(tmp_path) -> None:
     ]
     with pytest.raises(FileNotFoundError, match="nowhere"):
         main(argv)
+
+
+def timesteps_of_each_forward(models) -> tuple[list[float], object]:
+    """The first timestep of every DiT forward, recorded by a hook (remove it when done)."""
+    seen: list[float] = []
+    hook = models.dit.register_forward_pre_hook(lambda _, args: seen.append(float(args[1][0, 0])))
+    return seen, hook
+
+
+def test_opening_takes_the_first_chunk_by_ode_then_the_published_steps(tiny) -> None:
+    opened = replace(tiny, opening=opening_schedule(6, shift=1.0))
+    plain_pipe, opening_pipe = pipeline(tiny), pipeline(opened)
+    seen, hook = timesteps_of_each_forward(tiny)
+    try:
+        outputs = {}
+        for name, pipe in (("plain", plain_pipe), ("opening", opening_pipe)):
+            seen.clear()
+            state = pipe.open(GenerationRequest("a red ball", seed=5, **SIZE))
+            outputs[name] = [pipe.step(state).frames for _ in range(2)]
+            outputs[name + " calls"] = list(seen)
+            pipe.close(state)
+    finally:
+        hook.remove()
+    published = list(plain_pipe.schedule.timesteps)
+    # first chunk: 6 ODE steps in place of the first published one, the other 3, the refresh
+    assert outputs["opening calls"] == pytest.approx(
+        [*opened.opening.timesteps, *published[1:], 0.0, *published, 0.0]
+    )
+    assert outputs["plain calls"] == pytest.approx([*published, 0.0] * 2)
+    assert opened.opening.timesteps[0] == published[0] == 1000.0  # both start at pure noise
+    assert not np.array_equal(outputs["plain"][0], outputs["opening"][0])
+
+
+def test_ode_step_keeps_the_noise_of_the_path() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 3, generator=gen), torch.randn(2, 3, generator=gen)
+    x_t = FlowSchedule.add_noise(x0, noise, 0.8)
+    # with the true x0 an Euler step lands on the same straight path, nearer the data
+    torch.testing.assert_close(
+        FlowSchedule.ode_step(x_t, x0, 0.8, 0.3), FlowSchedule.add_noise(x0, noise, 0.3)
+    )
+    assert opening_schedule(4).sigmas == (1.0, 0.75, 0.5, 0.25)
+    with pytest.raises(ValueError, match="opening steps"):
+        opening_schedule(0)

@@ -3,6 +3,8 @@ recomputation, exact exit order and counts over 300 steps with flat memory, prom
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import av
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 from kernels import wan_rope
 from models.attention import DenseAttention
 from models.registry import load_wan_models
+from models.schedule import opening_schedule
 from stream.cli import main
 from stream.kvcache import KVCacheManager, frame_positions
 from stream.pipelines.base import GenerationRequest
@@ -165,3 +168,25 @@ def test_stream_generate_rolling_forcing_writes_the_mp4(tmp_path) -> None:
         stream = container.streams.video[0]
         assert sum(1 for _ in container.decode(stream)) == 48
         assert float(stream.average_rate) == 16.0
+
+
+def test_opening_takes_only_the_first_pass_by_ode(tiny) -> None:
+    opened = replace(tiny, opening=opening_schedule(5, shift=1.0))
+    pipe = pipeline(opened)
+    seen: list[list[float]] = []
+    hook = opened.dit.register_forward_pre_hook(lambda _, args: seen.append(args[1][0].tolist()))
+    try:
+        state = pipe.open(GenerationRequest("a red ball", seed=1, **SIZE))
+        first = pipe.window_step(state)
+        opening_calls = list(seen)
+        seen.clear()
+        pipe.window_step(state)
+    finally:
+        hook.remove()
+        pipe.close(state)
+    assert first is None  # the window is still filling
+    # the first pass: one block at pure noise, taken by the 5 ODE steps
+    assert [t[0] for t in opening_calls] == pytest.approx(list(opened.opening.timesteps))
+    # the second pass is one joint forward over two blocks at their published levels
+    levels = pipe._timesteps[-2:]
+    assert seen == [pytest.approx([levels[0]] * 3 + [levels[1]] * 3)]
