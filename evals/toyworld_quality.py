@@ -4,10 +4,12 @@
 
 - **Prompt adherence** of generated clips (LongLive and Rolling Forcing): the fraction of frames
   whose measured colour and shape match the prompt (:func:`models.toyworld.adherence`), over
-  held-out prompts. Chance is about 1/8 for the colour alone. Next to it, the fraction whose
+  held-out prompts; the fraction whose sprites have the prompt's colours, shapes aside
+  (:func:`models.toyworld.color_adherence`, chance about 1/8 a sprite); and the fraction whose
   background is the prompt's (:func:`models.toyworld.background_adherence`, chance 1/4).
 - **Prompt switch**: adherence to the old prompt before and to the new one after a switch, and
-  how many frames after the switch it takes until a one-second window follows the new prompt.
+  how many frames after the switch it takes until a one-second window shows the new prompt's
+  colours (the switch scenarios change a sprite's colour and shape, not the background).
 - **Drift**: adherence and frame statistics per minute over a long stream: they must not decay.
 - **Caption accuracy** of the understanding model on a held-out feed: per second, precision and
   recall of the (colour, shape) pairs its caption names against the ground truth caption, and
@@ -34,6 +36,7 @@ from models.toyworld import (
     Feed,
     adherence,
     background_adherence,
+    color_adherence,
     prompt,
     sample_clip,
     switch_clip,
@@ -65,15 +68,18 @@ def generate(pipe, text: str, seconds: float, seed: int, switches=()) -> np.ndar
 
 def prompt_adherence(pipe, n: int, seconds: float, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    scores, backgrounds = [], []
+    scores, colors, backgrounds = [], [], []
     for i in range(n):
         text = prompt(sample_clip(rng, seconds=seconds, fps=FPS, size=(SIZE, SIZE)))
         frames = generate(pipe, text, seconds, seed + i)
         scores.append(adherence(frames, text))
+        colors.append(color_adherence(frames, text))
         backgrounds.append(background_adherence(frames, text))
     return {
         "mean": float(np.mean(scores)),
         "per_prompt": scores,
+        "color_mean": float(np.mean(colors)),
+        "color_per_prompt": colors,
         "background_mean": float(np.mean(backgrounds)),
         "background_per_prompt": backgrounds,
     }
@@ -82,6 +88,7 @@ def prompt_adherence(pipe, n: int, seconds: float, seed: int) -> dict:
 def switch_behaviour(pipe, n: int, seed: int, switch_at: float = 2.0, seconds: float = 5.0) -> dict:
     rng = np.random.default_rng(seed)
     before, after, delays, bg_before, bg_after = [], [], [], [], []
+    color_before, color_after = [], []
     for i in range(n):
         scenario = switch_clip(
             rng, seconds=seconds, switch_at=switch_at, fps=FPS, size=(SIZE, SIZE)
@@ -90,9 +97,11 @@ def switch_behaviour(pipe, n: int, seed: int, switch_at: float = 2.0, seconds: f
         cut = round(switch_at * FPS)
         before.append(adherence(frames[:cut], scenario.before))
         after.append(adherence(frames[cut + FPS :], scenario.after))
+        color_before.append(color_adherence(frames[:cut], scenario.before))
+        color_after.append(color_adherence(frames[cut + FPS :], scenario.after))
         bg_before.append(background_adherence(frames[:cut], scenario.before))
         bg_after.append(background_adherence(frames[cut + FPS :], scenario.after))
-        per_frame = np.array([adherence(f[None], scenario.after) for f in frames[cut:]])
+        per_frame = np.array([color_adherence(f[None], scenario.after) for f in frames[cut:]])
         window = np.convolve(per_frame, np.ones(FPS) / FPS, mode="valid")
         hits = np.flatnonzero(window >= 0.5)
         delays.append(int(hits[0]) if len(hits) else None)
@@ -100,6 +109,8 @@ def switch_behaviour(pipe, n: int, seed: int, switch_at: float = 2.0, seconds: f
     return {
         "before_mean": float(np.mean(before)),
         "after_mean": float(np.mean(after)),
+        "color_before_mean": float(np.mean(color_before)),
+        "color_after_mean": float(np.mean(color_after)),
         "background_before_mean": float(np.mean(bg_before)),
         "background_after_mean": float(np.mean(bg_after)),
         "frames_until_followed_median": float(statistics.median(shown)) if shown else None,
@@ -112,7 +123,7 @@ def drift(pipe, minutes: float, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     text = prompt(sample_clip(rng, seconds=4, fps=FPS, size=(SIZE, SIZE)))
     state = pipe.open(GenerationRequest(text, seed, SIZE, SIZE))
-    per_minute, backgrounds, stats, buffer = [], [], [], []
+    per_minute, colors, backgrounds, stats, buffer = [], [], [], [], []
     total = round(minutes * 60 * FPS)
     try:
         with tqdm(total=total, desc="drift", unit="frame") as bar:
@@ -123,6 +134,7 @@ def drift(pipe, minutes: float, seed: int) -> dict:
                 if sum(len(b) for b in buffer) >= 60 * FPS:
                     frames = np.concatenate(buffer)
                     per_minute.append(adherence(frames, text))
+                    colors.append(color_adherence(frames, text))
                     backgrounds.append(background_adherence(frames, text))
                     stats.append((float(frames.mean()), float(frames.std())))
                     buffer = []
@@ -131,6 +143,7 @@ def drift(pipe, minutes: float, seed: int) -> dict:
     return {
         "prompt": text,
         "adherence_per_minute": per_minute,
+        "color_adherence_per_minute": colors,
         "background_adherence_per_minute": backgrounds,
         "mean_std_per_minute": stats,
     }
@@ -208,13 +221,16 @@ def main() -> None:
     for name in ("longlive", "rolling_forcing"):
         r = results[name]
         print(
-            f"{name}: adherence {r['adherence']['mean']:.2f} (background "
-            f"{r['adherence']['background_mean']:.2f}); switch: before "
-            f"{r['switch']['before_mean']:.2f}, after {r['switch']['after_mean']:.2f}, "
-            f"followed after {r['switch']['frames_until_followed_median']} frames"
+            f"{name}: adherence {r['adherence']['mean']:.2f} (colours "
+            f"{r['adherence']['color_mean']:.2f}, background "
+            f"{r['adherence']['background_mean']:.2f}); switch colours: before "
+            f"{r['switch']['color_before_mean']:.2f}, after {r['switch']['color_after_mean']:.2f}, "
+            f"followed in {r['switch']['followed']} of {r['switch']['switches']}, after "
+            f"{r['switch']['frames_until_followed_median']} frames"
         )
     stream = results["longlive"]["drift"]
     print(f"drift, adherence per minute: {stream['adherence_per_minute']}")
+    print(f"drift, colour adherence per minute: {stream['color_adherence_per_minute']}")
     print(f"drift, background adherence per minute: {stream['background_adherence_per_minute']}")
     c = results["streaming_vlm"]
     print(
@@ -233,6 +249,7 @@ def _plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3))
     for key, label in (
         ("adherence_per_minute", "sprites (colour and shape)"),
+        ("color_adherence_per_minute", "sprites' colours"),
         ("background_adherence_per_minute", "background"),
     ):
         values = stream[key]

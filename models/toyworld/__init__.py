@@ -16,6 +16,7 @@ from models.toyworld.measure import (
     Measurement,
     adherence,
     background_adherence,
+    color_adherence,
     measure,
 )
 from models.toyworld.render import render
@@ -63,6 +64,7 @@ __all__ = [
     "Switch",
     "adherence",
     "background_adherence",
+    "color_adherence",
     "captions",
     "feed",
     "frame_of",

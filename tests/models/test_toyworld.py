@@ -234,3 +234,15 @@ def test_background_adherence_reads_the_background_from_pixels():
     )
     with pytest.raises(ValueError, match="no frames|at least one"):
         background_adherence(frames[:0], text)
+
+
+def test_color_adherence_ignores_shapes_but_not_colours():
+    from models.toyworld import adherence, color_adherence
+
+    frames = render(Clip("gray", (Sprite("square", "red", 8.0, (32.0, 32.0)),), (64, 64), 16, 4))
+    assert adherence(frames, "a red square is still") == 1.0
+    assert adherence(frames, "a red circle is still") == 0.0  # the shape is read and wrong
+    assert color_adherence(frames, "a red circle is still") == 1.0  # the colour is right
+    assert color_adherence(frames, "a blue square is still") == 0.0
+    # every sprite the prompt names must be there
+    assert color_adherence(frames, "a red square is still and a blue circle is still") == 0.0
