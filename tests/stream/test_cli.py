@@ -19,7 +19,7 @@ COMMAND = [sys.executable, "-m", "stream.cli"]
 def test_help_and_version() -> None:
     out = subprocess.run([*COMMAND, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
-    for command in ("serve", "generate", "caption", "timeline", "version"):
+    for command in ("serve", "generate", "caption", "timeline", "eval", "bench", "version"):
         assert command in out.stdout
     version = subprocess.run([*COMMAND, "version"], capture_output=True, text=True, timeout=60)
     assert version.stdout.strip() == f"stream {stream.__version__}"
