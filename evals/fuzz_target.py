@@ -301,8 +301,9 @@ class _FuzzConnection:
         self.target = target
         self.targets = targets
         self.transcript = Transcript(ERROR_CODES)
-        self.ws: ClientConnection | None = ws_connect(
-            target.url, max_size=None, open_timeout=REPLY_TIMEOUT, close_timeout=5
+        self._stack = contextlib.ExitStack()  # websockets wants its connect() as a context
+        self.ws: ClientConnection | None = self._stack.enter_context(
+            ws_connect(target.url, max_size=None, open_timeout=REPLY_TIMEOUT, close_timeout=5)
         )
         self._probes = 0
         self._unauthorized = False
@@ -368,6 +369,5 @@ class _FuzzConnection:
             raise Violation(f"the server closed the connection with {code}: {exc}")
 
     def close(self) -> None:
-        if self.ws is not None:
-            self.ws.close()
-            self.ws = None
+        self.ws = None
+        self._stack.close()
