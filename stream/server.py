@@ -56,9 +56,9 @@ __all__ = ["Server", "ServerConfig", "build_server", "serve"]
 
 logger = logging.getLogger(__name__)
 # websockets' own log; at DEBUG it traces every frame and request line, tokens included
-# (hello, /?token=), so it stops at INFO even when the root logger is at DEBUG
+# (hello, /?token=), so its DEBUG records are dropped even when the root logger is at DEBUG
 _WIRE_LOGGER = logging.getLogger("stream.server.wire")
-_WIRE_LOGGER.setLevel(logging.INFO)
+_WIRE_LOGGER.addFilter(lambda record: record.levelno >= logging.INFO)
 
 # <session>-<128 random bits>: a recording's URL is its capability; ids alone are guessable
 _RECORDING = re.compile(r"/recordings/([0-9]{1,10}-[0-9a-f]{32})\.mp4")
