@@ -29,6 +29,7 @@ from stream.pipelines.base import GenerationRequest
 from stream.pipelines.longlive import LongLivePipeline
 from stream.protocol import HEADER, FrameFormat, FrameHeader, FrameKind
 from stream.server import Server, ServerConfig, build_server
+from tests.reliability.wire import expect_error, hello, recv
 
 SIZE = {"height": 32, "width": 32}
 TIMEOUT = 20.0
@@ -59,28 +60,6 @@ async def running(
         ServerConfig(port=0, **server), Engine({"longlive": pipeline}, config)
     ) as srv:
         yield srv
-
-
-async def recv(ws: ClientConnection, kind: str | None = None, timeout: float = TIMEOUT) -> dict:
-    """The next JSON message of type ``kind`` (any when None), skipping frames and others."""
-    async with asyncio.timeout(timeout):
-        while True:
-            data = await ws.recv()
-            if isinstance(data, str):
-                message = json.loads(data)
-                if kind is None or message["type"] == kind:
-                    return message
-
-
-async def expect_error(ws: ClientConnection, code: str) -> dict:
-    message = await recv(ws, "error")
-    assert message["code"] == code, message
-    return message
-
-
-async def hello(ws: ClientConnection, token: str | None = None) -> dict:
-    await ws.send(json.dumps({"type": "hello", "version": 1, "token": token}))
-    return await recv(ws, "welcome")
 
 
 async def start(ws: ClientConnection, request_id: str | None = None, **params) -> dict:
