@@ -39,6 +39,12 @@ __all__ = ["ConnectionHandler"]
 
 logger = logging.getLogger(__name__)
 
+# end reasons that are failures -> the error code sent before session.ended{reason: "error"}
+_FAILURES = {
+    "error": "internal",  # a step failed
+    "engine_lost": "engine_lost",  # the engine (a Ray actor) running the session stopped
+}
+
 
 @dataclass(eq=False)
 class _Stream:
@@ -350,9 +356,10 @@ class ConnectionHandler:
         await asyncio.sleep(0)  # let events posted at the end (call_soon) land
         while not session.events.empty():
             await self.send(_json(session.events.get_nowait()))
-        if session.end_reason == "error":
-            error = ProtocolError("internal", session.end_message or "step failed", session.id)
+        if (code := _FAILURES.get(session.end_reason)) is not None:
+            error = ProtocolError(code, session.end_message or "step failed", session.id)
             await self.send_error(error, count=False)  # the engine counted it
+            fields["reason"] = "error"
         if session.end_reason != "disconnected":
             await self.send(encode("session.ended", **fields))
         self.streams.pop(session.id, None)

@@ -79,6 +79,8 @@ ERROR_CODES = {
     "timestamps_backwards": "an input frame older than the previous one",
     "recording_failed": "the session's recording cannot be written; the session goes on",
     "internal": "the session's step failed; the session has ended",
+    "engine_lost": "the engine running the session stopped (the session has ended), or none is "
+    "up to start one; start a new session",
     "server_shutdown": "the server is stopping",
 }
 

@@ -42,9 +42,9 @@ from websockets.http11 import Request, Response
 import stream
 from models.toyworld.embedded import DEFAULT_PRESET
 from stream import protocol
+from stream.backend import SessionBackend, cache_pools, describe_pipeline
 from stream.connection import ConnectionHandler
 from stream.delivery import Recorder
-from stream.engine import Engine
 from stream.metrics import CONTENT_TYPE, ServiceCounters, render_metrics
 from stream.protocol import ProtocolError
 from stream.ratelimit import RateLimiter
@@ -138,9 +138,12 @@ def _is_loopback(host: str) -> bool:
 
 class Server:
     """The service on one port. Create with :func:`build_server`; ``async with`` or
-    :meth:`start` / :meth:`close`. The server owns the engine: it starts and shuts it down."""
+    :meth:`start` / :meth:`close`. The server owns the engine: it starts and shuts it down.
+    ``engine`` is any :class:`~stream.backend.SessionBackend`: the local
+    :class:`~stream.engine.Engine` of one device, or a :class:`~stream.cluster.ClusterEngine`
+    over engines on a Ray cluster."""
 
-    def __init__(self, config: ServerConfig, engine: Engine) -> None:
+    def __init__(self, config: ServerConfig, engine: SessionBackend) -> None:
         self.config = config
         self.engine = engine
         self.counters = ServiceCounters()
@@ -264,8 +267,7 @@ class Server:
 
     def resolve_size(self, pipeline: str, params: dict[str, Any]) -> tuple[int, int]:
         """The session's (height, width): from params, else the pipeline's default size."""
-        models = getattr(self.engine.pipelines[pipeline], "models", None)
-        default = getattr(models, "default_size", (0, 0))
+        default = describe_pipeline(self.engine.pipelines[pipeline]).default_size
         size = []
         for name, fallback in zip(("height", "width"), default, strict=True):
             value = params.get(name, fallback)
@@ -366,13 +368,7 @@ class Server:
         return response(http.HTTPStatus.NOT_FOUND, b"not found\n")
 
     def metrics(self) -> str:
-        pools, managers = [], {}
-        for pipeline in self.engine.pipelines.values():
-            manager = getattr(pipeline, "manager", None)
-            if manager is not None:
-                managers[id(manager)] = manager
-        for manager in managers.values():
-            pools.extend(manager.stats().values())
+        pools = cache_pools(self.engine)
         return render_metrics(self.counters, self.engine.stats(), pools, self.engine.pipelines)
 
     def _origin_allowed(self, origin: str | None) -> bool:
@@ -386,12 +382,14 @@ class Server:
         return origin in {f"{s}://{h}:{self.port}" for s in ("http", "https") for h in hosts}
 
 
-def build_server(config: ServerConfig, engine: Engine) -> Server:
+def build_server(config: ServerConfig, engine: SessionBackend) -> Server:
     """A server for ``engine`` (not yet listening; ``await server.start()`` or ``async with``)."""
     return Server(config, engine)
 
 
-async def serve(config: ServerConfig, engine: Engine, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    config: ServerConfig, engine: SessionBackend, stop: asyncio.Event | None = None
+) -> None:
     """Run the service until ``stop`` is set (forever when None), then shut down gracefully."""
     server = build_server(config, engine)
     await server.start()

@@ -1,0 +1,94 @@
+"""What the WebSocket front needs of whatever runs its sessions.
+
+::
+
+    server.py / connection.py ──SessionBackend──┬── engine.Engine           one device, this process
+                                                └── cluster.ClusterEngine   engines on Ray actors
+
+The front validates messages, paces, encodes and sends; a backend admits sessions and fills each
+one's :class:`~stream.session.Session` (frames into its ``output``, JSON events into its
+``events``, and ``finish`` at the end). Both backends hand out the same ``Session`` objects, so
+the front does not know where a session runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from stream.engine import EngineConfig, EngineStats
+from stream.kvcache import PoolStats
+from stream.session import Session
+
+__all__ = ["PipelineInfo", "SessionBackend", "cache_pools", "describe_pipeline"]
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineInfo:
+    """A pipeline as the front sees it, wherever it runs."""
+
+    kind: str  # "generation" or "understanding"
+    fps: float  # frames per second out (generation) or sampled from the feed (understanding)
+    default_size: tuple[int, int] = (0, 0)  # (height, width) of generation; (0, 0) otherwise
+
+
+def describe_pipeline(pipeline: Any) -> PipelineInfo:
+    """The :class:`PipelineInfo` of a local pipeline (a description is returned as it is)."""
+    if isinstance(pipeline, PipelineInfo):
+        return pipeline
+    models = getattr(pipeline, "models", None)  # generation pipelines: the Wan models
+    height, width = getattr(models, "default_size", (0, 0))
+    return PipelineInfo(pipeline.kind, float(pipeline.config.fps), (int(height), int(width)))
+
+
+class SessionBackend(Protocol):
+    """Runs sessions of named pipelines for the front. Commands never block: they are queued
+    and applied in order between steps; a full queue raises ``ProtocolError('rate_limited')``.
+    """
+
+    config: EngineConfig  # the limits each engine applies (the front reports some in welcome)
+
+    @property
+    def pipelines(self) -> Mapping[str, Any]:
+        """Pipeline name -> a local pipeline or its :class:`PipelineInfo` (``.kind`` on both)."""
+        ...
+
+    def start(self) -> None:
+        """Start serving (called on the front's event loop)."""
+        ...
+
+    async def shutdown(self, reason: str = "server_shutdown") -> None:
+        """End every session with ``reason`` and stop (idempotent)."""
+        ...
+
+    async def open_session(
+        self, pipeline: str, params: dict[str, Any], realtime: bool = True
+    ) -> Session:
+        """Admit and start a session; raises ``ProtocolError`` with the refusal's code."""
+        ...
+
+    def switch_prompt(self, session: Session, prompt: str, transition_chunks: int = 0) -> None: ...
+    def push_frame(self, session: Session, timestamp: float, frame: Any) -> None: ...
+    def ask(self, session: Session, question: str) -> None: ...
+    def pause(self, session: Session) -> None: ...
+    def resume(self, session: Session) -> None: ...
+    def close(self, session: Session, reason: str = "stopped") -> None: ...
+
+    def stats(self) -> EngineStats:
+        """A snapshot over everything the backend runs; safe from any thread."""
+        ...
+
+
+def cache_pools(backend: SessionBackend) -> list[PoolStats]:
+    """The KV-cache pools behind ``backend``: reported by its engines where it has remote ones
+    (a ``cache_pools()`` method), else read from its local pipelines' managers."""
+    remote = getattr(backend, "cache_pools", None)
+    if remote is not None:
+        return list(remote())
+    managers = {}
+    for pipeline in backend.pipelines.values():
+        manager = getattr(pipeline, "manager", None)
+        if manager is not None:
+            managers[id(manager)] = manager
+    return [pool for manager in managers.values() for pool in manager.stats().values()]
