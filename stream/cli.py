@@ -53,10 +53,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _device_and_dtype(args: argparse.Namespace):
+def _device_and_dtype(args: argparse.Namespace, gpus: bool | None = None):
+    """The models' device and dtype; ``gpus`` says whether they load on GPUs when the device
+    is not given (None: whether this machine has one)."""
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if gpus is None:
+        gpus = torch.cuda.is_available()
+    device = args.device or ("cuda" if gpus else "cpu")
     return device, getattr(torch, _DTYPES[args.dtype or ("bf16" if device == "cuda" else "fp32")])
 
 
@@ -99,7 +103,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from stream.engine import Engine, EngineConfig
-    from stream.server import ServerConfig, build_server
+    from stream.server import ServerConfig
     from stream.service import ServiceModels, build_pipelines
 
     try:
@@ -118,10 +122,12 @@ def _serve(args: argparse.Namespace) -> int:
             **_given(args, _SERVER_LIMITS),
         )
         engine_config = EngineConfig(max_sessions=args.max_sessions, **_given(args, _ENGINE_LIMITS))
+        cluster = _cluster_config(args)
     except ValueError as exc:
         print(f"stream serve: {exc}", file=sys.stderr)
         return 2
-    device, dtype = _device_and_dtype(args)
+    # on a cluster the models load on the engines' GPUs, whatever this front has
+    device, dtype = _device_and_dtype(args, cluster and cluster.gpus_per_engine > 0)
     cache_gb = args.cache_gb if args.cache_gb is not None else (8.0 if device == "cuda" else 0.5)
     vlm_gb = (
         args.vlm_cache_gb if args.vlm_cache_gb is not None else (4.0 if device == "cuda" else 0.25)
@@ -136,6 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
         vlm_cache_bytes=int(float(vlm_gb) * (1 << 30)),
         pipelines=tuple(args.pipelines.split(",")),
     )
+    if cluster is not None:
+        return _serve_cluster(args, config, spec, engine_config, cluster)
     try:
         pipelines = build_pipelines(spec)
     except Exception as exc:  # a missing, corrupt or mismatched checkpoint: say which, no trace
@@ -143,24 +151,62 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     engine = Engine(pipelines, engine_config)
 
-    async def run() -> None:
-        server = build_server(config, engine)
-        await server.start()
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        print(f"stream {stream.__version__}: {args.preset} on {device}", flush=True)
-        print(f"  WebSocket  {server.url}", flush=True)
-        print(f"  page       http://{host}:{server.port}/", flush=True)
-        print(f"  health     http://{host}:{server.port}/healthz", flush=True)
-        await stop.wait()
-        print("shutting down", flush=True)
-        await server.close()
+    async def local() -> Engine:
+        return engine
 
-    asyncio.run(run())
+    asyncio.run(_run_server(config, local, f"{args.preset} on {device}"))
     return 0
+
+
+def _serve_cluster(args, config, spec, engine_config, cluster) -> int:
+    """``stream serve --cluster``: this process is a front; the engines are Ray actors."""
+    import functools
+
+    try:
+        import ray
+
+        from stream.cluster import ClusterEngine, join_cluster, start_engines
+    except ImportError:
+        print(
+            "stream serve: --cluster needs Ray: pip install 'stream-video[cluster]'",
+            file=sys.stderr,
+        )
+        return 2
+    from stream.service import build_pipelines
+
+    joined = join_cluster(cluster)
+    try:
+        engines = start_engines(functools.partial(build_pipelines, spec), engine_config, cluster)
+        where = f"{args.preset} on {len(engines)} engines ({spec.device}), Ray at {cluster.address}"
+        asyncio.run(_run_server(config, lambda: ClusterEngine.connect(engines, cluster), where))
+    except (ValueError, TimeoutError, ray.exceptions.RayError) as exc:
+        print(f"stream serve: cannot start the engines: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if joined:
+            ray.shutdown()
+    return 0
+
+
+async def _run_server(config, open_backend, where: str) -> None:
+    """Serve the backend ``open_backend()`` gives until SIGINT or SIGTERM, then shut down
+    gracefully."""
+    from stream.server import build_server
+
+    server = build_server(config, await open_backend())
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"stream {stream.__version__}: {where}", flush=True)
+    print(f"  WebSocket  {server.url}", flush=True)
+    print(f"  page       http://{host}:{server.port}/", flush=True)
+    print(f"  health     http://{host}:{server.port}/healthz", flush=True)
+    await stop.wait()
+    print("shutting down", flush=True)
+    await server.close()
 
 
 def _caption(args: argparse.Namespace) -> int:
@@ -212,6 +258,49 @@ _ENGINE_LIMITS = (
     ("input_queue_frames", int, "input frames waiting per session (oldest dropped)"),
     ("max_pending_commands", int, "connection commands waiting for the engine (rate_limited)"),
 )
+
+
+# --cluster's settings (stream.cluster.ClusterConfig fields) as --flag-name (or STREAM_FLAG_NAME)
+_CLUSTER_SETTINGS = (
+    ("engines", "engines", int, "engines to start (0: one per --gpus-per-engine GPUs of it)"),
+    ("gpus_per_engine", "gpus-per-engine", float, "GPUs reserved per engine (0: on CPUs)"),
+    ("cpus_per_engine", "cpus-per-engine", float, "CPUs reserved per engine"),
+    ("max_restarts", "engine-restarts", int, "times Ray restarts a dead engine (-1: always)"),
+    ("namespace", "engine-namespace", str, "Ray namespace of the named engines"),
+    ("lease_seconds", "front-lease-seconds", float, "engines close a silent front's sessions"),
+    ("poll_seconds", "engine-poll-seconds", float, "longest an engine holds a poll for frames"),
+    ("retry_seconds", "engine-retry-seconds", float, "seconds between calls to a down engine"),
+    ("start_timeout", "engine-start-timeout", float, "seconds for the engines to load models"),
+)
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "cluster (several GPUs or hosts, on Ray; docs/scaling.md)",
+        "With --cluster this process is a front: sessions run on engine actors, one per GPU.",
+    )
+    group.add_argument(
+        "--cluster",
+        default=_env("STREAM_CLUSTER"),
+        metavar="ADDRESS",
+        help="STREAM_CLUSTER; local (a Ray cluster of this host), auto (the `ray start` of "
+        "this host), HOST:PORT or ray://HOST:PORT; default: no cluster, one engine here",
+    )
+    for name, flag, kind, help_ in _CLUSTER_SETTINGS:
+        env = f"STREAM_{flag.upper().replace('-', '_')}"
+        group.add_argument(
+            f"--{flag}", dest=name, type=kind, default=_env(env), help=f"{env}; {help_}"
+        )
+
+
+def _cluster_config(args: argparse.Namespace):
+    """The ``ClusterConfig`` of ``--cluster``, or None without it."""
+    if not args.cluster:
+        return None
+    from stream.cluster.config import ClusterConfig
+
+    given = {name: getattr(args, name) for name, *_ in _CLUSTER_SETTINGS}
+    return ClusterConfig(args.cluster, **{k: v for k, v in given.items() if v is not None})
 
 
 def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -316,6 +405,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         help="STREAM_VLM_CACHE_GB; the VLM's KV-cache pool (default: 4 on cuda, 0.25 on cpu)",
     )
     _add_model_arguments(serve)
+    _add_cluster_arguments(serve)
     serve.set_defaults(
         run=_serve,
         preset=_env("STREAM_PRESET", DEFAULT_PRESET),
