@@ -162,24 +162,18 @@ def _serve_cluster(args, config, spec, engine_config, cluster) -> int:
     """``stream serve --cluster``: this process is a front; the engines are Ray actors."""
     import functools
 
-    try:
-        import ray
+    import ray
 
-        from stream.cluster import ClusterEngine, join_cluster, start_engines
-    except ImportError:
-        print(
-            "stream serve: --cluster needs Ray: pip install 'stream-video[cluster]'",
-            file=sys.stderr,
-        )
-        return 2
+    from stream.cluster import ClusterEngine, join_cluster, start_engines
     from stream.service import build_pipelines
 
-    joined = join_cluster(cluster)
+    joined = False
     try:
+        joined = join_cluster(cluster)
         engines = start_engines(functools.partial(build_pipelines, spec), engine_config, cluster)
         where = f"{args.preset} on {len(engines)} engines ({spec.device}), Ray at {cluster.address}"
         asyncio.run(_run_server(config, lambda: ClusterEngine.connect(engines, cluster), where))
-    except (ValueError, TimeoutError, ray.exceptions.RayError) as exc:
+    except (ValueError, TimeoutError, ConnectionError, ray.exceptions.RayError) as exc:
         print(f"stream serve: cannot start the engines: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -297,7 +291,10 @@ def _cluster_config(args: argparse.Namespace):
     """The ``ClusterConfig`` of ``--cluster``, or None without it."""
     if not args.cluster:
         return None
-    from stream.cluster.config import ClusterConfig
+    try:
+        from stream.cluster.config import ClusterConfig
+    except ImportError:
+        raise ValueError("--cluster needs Ray: pip install 'stream-video[cluster]'") from None
 
     given = {name: getattr(args, name) for name, *_ in _CLUSTER_SETTINGS}
     return ClusterConfig(args.cluster, **{k: v for k, v in given.items() if v is not None})
