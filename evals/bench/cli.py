@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the heavy imports wait until a run needs them (see _run_sui
 
 __all__ = ["add_bench_arguments", "main", "run"]
 
-SUITES = ("generation", "understanding", "service", "kernels", "vae")
+SUITES = ("generation", "understanding", "service", "kernels", "vae", "cluster")
 DEFAULT_SUITES = ("generation", "understanding", "service")
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -52,7 +52,7 @@ _COUNTS = {
 _RUN_OPTIONS = (
     "suite preset model_dir vlm_dir device dtype threads baselines pipelines size chunks warmup "
     "switches new_sessions vlm_seconds vlm_warmup streams rounds clients service_chunks formats "
-    "kernel_cases revision out"
+    "engines kernel_cases revision out"
 ).split()
 
 
@@ -101,10 +101,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     vlm.add_argument("--streams", help="concurrent stream counts, e.g. 1,2,4,8,16")
     vlm.add_argument("--rounds", type=int, help="measured seconds per stream count")
 
-    service = parser.add_argument_group("service")
+    service = parser.add_argument_group("service (and cluster)")
     service.add_argument("--clients", help="client counts, e.g. 1,2,4")
     service.add_argument("--service-chunks", type=int, help="chunks timed per client")
     service.add_argument("--formats", default="jpeg", help="of jpeg, png, raw, h264; first is ours")
+
+    cluster = parser.add_argument_group("cluster (needs Ray: the cluster extra)")
+    cluster.add_argument(
+        "--engines",
+        type=int,
+        default=2,
+        help="engine actors of the largest run, one GPU each on cuda (1 engine is the baseline)",
+    )
 
     kernels = parser.add_argument_group("kernels")
     kernels.add_argument("--kernel-cases", help="a subset of the cases (default: all)")
@@ -230,6 +238,13 @@ def _workloads(
             size,
         )
         return run_service(shelf, settings)
+    if suite == "cluster":
+        from evals.bench.cluster import ClusterSettings, run_cluster
+
+        settings = ClusterSettings(
+            tuple(int(n) for n in _split(args.clients)), args.service_chunks, size, args.engines
+        )
+        return run_cluster(shelf, settings)
     if suite == "kernels":
         from evals.bench.kernels import run_kernels
 

@@ -27,13 +27,22 @@ from evals.bench.generation import PROMPTS
 from evals.bench.loaders import ModelShelf, release_memory
 from evals.bench.record import Series, Variant, Workload
 from evals.bench.timing import Clock
+from models.registry import WanModels
 from stream.engine import Engine, EngineConfig
 from stream.kvcache import CacheGeometry, KVCacheManager
 from stream.pipelines.base import GenerationRequest
 from stream.pipelines.longlive import LongLivePipeline
 from stream.server import ServerConfig, build_server
 
-__all__ = ["FORMATS", "ServiceSettings", "run_service"]
+__all__ = [
+    "FORMATS",
+    "Chunking",
+    "ServiceSettings",
+    "delivered_fps",
+    "direct_fps",
+    "longlive_for",
+    "run_service",
+]
 
 FORMATS = ("jpeg", "png", "raw", "h264")
 DIRECT = "direct"
@@ -55,28 +64,34 @@ class ServiceSettings:
             raise ValueError(f"need client counts >= 1 and chunks >= 1: {self}")
 
 
-def run_service(shelf: ModelShelf, settings: ServiceSettings) -> Iterator[tuple[str, Workload]]:
-    models = shelf.wan
-    height, width = settings.size
-    rows, cols = models.token_grid(height, width)
+def longlive_for(models: WanModels, sessions: int, size: tuple[int, int]) -> LongLivePipeline:
+    """A LongLive pipeline whose pool holds ``sessions`` sessions of ``size`` (height, width)."""
+    rows, cols = models.token_grid(*size)
     cfg = models.dit.config
     geometry = CacheGeometry(cfg.num_layers, cfg.num_heads, cfg.head_dim, models.dtype)
     frame_bytes = rows * cols * geometry.bytes_per_token
-    pool_bytes = (max(settings.clients) * _SESSION_FRAMES + 1) * frame_bytes
-    pipe = LongLivePipeline(models, KVCacheManager(), pool_bytes, block_size=rows * cols)
+    pool_bytes = (sessions * _SESSION_FRAMES + 1) * frame_bytes
+    return LongLivePipeline(models, KVCacheManager(), pool_bytes, block_size=rows * cols)
+
+
+def run_service(shelf: ModelShelf, settings: ServiceSettings) -> Iterator[tuple[str, Workload]]:
+    models = shelf.wan
+    height, width = settings.size
+    pipe = longlive_for(models, max(settings.clients), settings.size)
     counts = sorted(set(settings.clients))
     variants: dict[str, Variant] = {}
     rates: dict[str, dict[int, float]] = {DIRECT: {}}
     try:
         clock = Clock(models.device)
         for n in counts:
-            rates[DIRECT][n], chunking = _direct_fps(pipe, n, settings, clock)
+            rates[DIRECT][n], chunking = direct_fps(pipe, n, settings.size, settings.chunks, clock)
         for fmt in settings.formats:
             rates[fmt] = {}
             for n in progress(counts, f"service {fmt}: clients"):
                 rates[fmt][n] = asyncio.run(_served_fps(pipe, n, fmt, settings, chunking))
         for n in counts:  # again after: a slow spell of a shared machine must not flatter us
-            rates[DIRECT][n] = max(rates[DIRECT][n], _direct_fps(pipe, n, settings, clock)[0])
+            again = direct_fps(pipe, n, settings.size, settings.chunks, clock)[0]
+            rates[DIRECT][n] = max(rates[DIRECT][n], again)
     finally:
         del pipe
         release_memory(models.device)
@@ -118,7 +133,7 @@ def run_service(shelf: ModelShelf, settings: ServiceSettings) -> Iterator[tuple[
 
 
 @dataclass(frozen=True)
-class _Chunking:
+class Chunking:
     """Where a stream's chunks start: frame indices ``first, first + every, ...``."""
 
     first: int  # frames of the first chunk (the streamed VAE's first chunk is shorter)
@@ -128,36 +143,47 @@ class _Chunking:
         return index >= self.first and (index - self.first) % self.every == 0
 
 
-def _direct_fps(
-    pipe: LongLivePipeline, n: int, settings: ServiceSettings, clock: Clock
-) -> tuple[float, _Chunking]:
-    height, width = settings.size
+def direct_fps(
+    pipe: LongLivePipeline, n: int, size: tuple[int, int], chunks: int, clock: Clock
+) -> tuple[float, Chunking]:
+    """Frames/s of ``n`` sessions of ``size`` stepped in turn in this process, ``chunks`` steps
+    each after their first, and where their chunks start."""
+    height, width = size
     states = [
         pipe.open(GenerationRequest(PROMPTS[i % len(PROMPTS)], i, height, width)) for i in range(n)
     ]
     try:
         first = [len(pipe.step(state)) for state in states][0]  # left out, as the clients do
         start, sizes = clock.now(), []
-        for _ in range(settings.chunks):
+        for _ in range(chunks):
             for state in states:
                 sizes.append(len(pipe.step(state)))
         elapsed = clock.now() - start
-        return 1e3 * sum(sizes) / elapsed, _Chunking(first, statistics.mode(sizes))
+        return 1e3 * sum(sizes) / elapsed, Chunking(first, statistics.mode(sizes))
     finally:
         for state in states:
             pipe.close(state)
 
 
 async def _served_fps(
-    pipe: LongLivePipeline, n: int, fmt: str, settings: ServiceSettings, chunking: _Chunking
+    pipe: LongLivePipeline, n: int, fmt: str, settings: ServiceSettings, chunking: Chunking
 ) -> float:
     """Frames/s delivered to ``n`` clients at once (the sum of their rates)."""
-    height, width = settings.size
     engine = Engine({"longlive": pipe}, EngineConfig(max_sessions=n))
+    async with build_server(ServerConfig(port=0, max_sessions_per_connection=1), engine) as server:
+        return await delivered_fps(server.url, n, fmt, settings.size, settings.chunks, chunking)
+
+
+async def delivered_fps(
+    url: str, n: int, fmt: str, size: tuple[int, int], chunks: int, chunking: Chunking
+) -> float:
+    """Frames/s that ``n`` clients of the server at ``url``, one benchmark session each, get at
+    once (the sum of their rates), over ``chunks`` chunks each once all have a first frame."""
+    height, width = size
     all_started, all_done = asyncio.Event(), asyncio.Event()
     started = done = 0
 
-    async def client(url: str, i: int) -> float:
+    async def client(i: int) -> float:
         nonlocal started, done
         async with StreamClient.connect(url, max_queued_frames=1024) as connection:
             session = await connection.generate(
@@ -174,18 +200,16 @@ async def _served_fps(
                     started += 1
                     if started == n:
                         all_started.set()
-                timing = all_started.is_set() and len(marks) <= settings.chunks
+                timing = all_started.is_set() and len(marks) <= chunks
                 if timing and chunking.starts_chunk(frame.index):
                     marks.append(time.perf_counter())
-                    if len(marks) == settings.chunks + 1:
+                    if len(marks) == chunks + 1:
                         done += 1
                         if done == n:
                             all_done.set()
                 if all_done.is_set():
                     break
             await session.stop()
-        return chunking.every * settings.chunks / (marks[-1] - marks[0])
+        return chunking.every * chunks / (marks[-1] - marks[0])
 
-    async with build_server(ServerConfig(port=0, max_sessions_per_connection=1), engine) as server:
-        rates = await asyncio.gather(*(client(server.url, i) for i in range(n)))
-    return math.fsum(rates)
+    return math.fsum(await asyncio.gather(*(client(i) for i in range(n))))
