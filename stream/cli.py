@@ -229,7 +229,8 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
+    """The variable's value; an empty one counts as unset (compose passes `VAR=` through)."""
+    return os.environ.get(name) or default
 
 
 # limits given as --flag-name (or STREAM_FLAG_NAME); unset ones keep the config's default
@@ -408,6 +409,12 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         preset=_env("STREAM_PRESET", DEFAULT_PRESET),
         device=_env("STREAM_DEVICE"),
         dtype=_env("STREAM_DTYPE"),
+        # local paths (a container's checkpoint volume), converted by the flags' types
+        model_dir=_env("STREAM_MODEL_DIR"),
+        dit=_env("STREAM_DIT"),
+        lora=_env("STREAM_LORA"),
+        vae=_env("STREAM_VAE"),
+        text_encoder=_env("STREAM_TEXT_ENCODER"),
     )
 
 
