@@ -1,7 +1,8 @@
 """Attention kernels over the paged KV cache and rotary embeddings, each with a torch twin.
 
-Imports only torch and triton. The Triton backend registers itself when triton is importable;
-:func:`kernels.attention.paged_attention` picks it on CUDA and the torch twin elsewhere.
+Imports only torch and triton. The Triton backends (``triton``, ``sdpa_fused``) register
+themselves when triton is importable; :func:`kernels.attention.paged_attention` picks them on
+CUDA (``auto``) and the torch twin elsewhere.
 """
 
 import contextlib
@@ -18,7 +19,8 @@ from kernels.rope import RopeSpec, apply_rope, mrope, rope_1d, wan_rope
 
 # Triton is optional on machines without it; the torch twin always works.
 with contextlib.suppress(ImportError):
-    import kernels.triton_attention  # noqa: F401  (registers the "triton" backend)
+    # each registers its backend: "triton", "sdpa_fused"
+    from kernels import triton_attention, triton_gather  # noqa: F401
 
 __all__ = [
     "AttentionMetadata",

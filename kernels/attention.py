@@ -39,6 +39,7 @@ from kernels.rope import RopeSpec, apply_rope
 __all__ = [
     "AttentionMetadata",
     "DECODE_MAX_Q_LEN",
+    "attend_sequence",
     "paged_attention",
     "paged_attention_auto",
     "paged_attention_ref",
@@ -177,21 +178,33 @@ def _gather_rotate_attend(
     out = torch.empty(q.shape, dtype=compute_dtype, device=q.device)
     qi, ki = meta.q_indptr_host, meta.kv_indptr_host
     for s in range(meta.num_seqs):
-        q_len, kv_len = qi[s + 1] - qi[s], ki[s + 1] - ki[s]
-        if q_len == 0:
+        if qi[s + 1] == qi[s]:
             continue
-        qs = queries[qi[s] : qi[s + 1]].transpose(0, 1)[None]  # [1, H_q, q_len, D]
-        ks = keys[ki[s] : ki[s + 1]].transpose(0, 1)[None]
-        vs = values[ki[s] : ki[s + 1]].transpose(0, 1)[None]
-        mask = None
-        if meta.causal:
-            rows = torch.arange(q_len, device=q.device)[:, None] + (kv_len - q_len)
-            mask = torch.arange(kv_len, device=q.device)[None, :] <= rows
-        o = F.scaled_dot_product_attention(
-            qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=num_q_heads != num_kv_heads
+        o = attend_sequence(
+            queries[qi[s] : qi[s + 1]].transpose(0, 1),  # [H_q, q_len, D]
+            keys[ki[s] : ki[s + 1]].transpose(0, 1),
+            values[ki[s] : ki[s + 1]].transpose(0, 1),
+            meta.causal,
+            scale,
         )
-        out[qi[s] : qi[s + 1]] = o[0].transpose(0, 1)
+        out[qi[s] : qi[s + 1]] = o.transpose(0, 1)
     return out.to(q.dtype)
+
+
+def attend_sequence(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None
+) -> torch.Tensor:
+    """SDPA of one sequence: ``q [H_q, q_len, D]`` over ``k, v [H_kv, kv_len, D]``, already
+    rotated; causal is bottom-right aligned. Returns ``[H_q, q_len, D]``."""
+    q_len, kv_len = q.shape[1], k.shape[1]
+    mask = None
+    if causal:
+        rows = torch.arange(q_len, device=q.device)[:, None] + (kv_len - q_len)
+        mask = torch.arange(kv_len, device=q.device)[None, :] <= rows
+    o = F.scaled_dot_product_attention(
+        q[None], k[None], v[None], attn_mask=mask, scale=scale, enable_gqa=q.shape[0] != k.shape[0]
+    )
+    return o[0]
 
 
 AttentionFn = Callable[
@@ -210,9 +223,15 @@ def paged_attention_auto(
     rope: RopeSpec,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """The fastest measured backend per shape on CUDA: the Triton split-K kernel for decode,
-    the gathered SDPA for chunks (BENCHMARKS.md has the figures behind the choice)."""
-    name = "triton" if meta.max_q_len <= DECODE_MAX_Q_LEN and "triton" in _BACKENDS else "sdpa"
+    """The fastest measured backend per shape on CUDA: the Triton split-K kernel for decode;
+    for chunks, SDPA over keys gathered and rotated by one Triton pass (``sdpa_fused``), else
+    torch's gather (BENCHMARKS.md and docs/perf-notes.md have the figures behind the choice)."""
+    if meta.max_q_len <= DECODE_MAX_Q_LEN and "triton" in _BACKENDS:
+        name = "triton"
+    elif q.is_cuda and "sdpa_fused" in _BACKENDS:
+        name = "sdpa_fused"
+    else:
+        name = "sdpa"
     return _BACKENDS[name](q, k_cache, v_cache, meta, rope, scale)
 
 
