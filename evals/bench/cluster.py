@@ -70,19 +70,6 @@ def run_cluster(shelf: ModelShelf, settings: ClusterSettings) -> Iterator[tuple[
         )
     counts = sorted(set(settings.clients))
     rates: dict[str, dict[int, float]] = {}
-    pipe = longlive_for(shelf.wan, max(counts), settings.size)
-    clock = Clock(target.device)
-    try:
-        rates["direct"], chunking = {}, Chunking(1, 1)
-        for n in counts:
-            rates["direct"][n], chunking = direct_fps(
-                pipe, n, settings.size, settings.chunks, clock
-            )
-        local = functools.partial(_local_front, pipe, max(counts))
-        rates["local"] = _sweep(local, counts, settings, chunking, "local")
-    finally:
-        del pipe
-        release_memory(target.device)
     joined = not ray.is_initialized()
     if joined:  # a cluster of this machine; a test may have started one already
         ray.init(
@@ -91,8 +78,24 @@ def run_cluster(shelf: ModelShelf, settings: ClusterSettings) -> Iterator[tuple[
             namespace=_NAMESPACE,
             include_dashboard=False,
         )
+    # the actors load their models while this process loads its own; nothing is timed until
+    # every one is up, so no load shares a device with a measurement
     actors = _start_actors(target, settings, max(counts), gpus)
     try:
+        pipe = longlive_for(shelf.wan, max(counts), settings.size)
+        asyncio.run(_wait_for(actors))
+        clock = Clock(target.device)
+        try:
+            rates["direct"], chunking = {}, Chunking(1, 1)
+            for n in counts:
+                rates["direct"][n], chunking = direct_fps(
+                    pipe, n, settings.size, settings.chunks, clock
+                )
+            local = functools.partial(_local_front, pipe, max(counts))
+            rates["local"] = _sweep(local, counts, settings, chunking, "local")
+        finally:
+            del pipe
+            release_memory(target.device)
         for k in (1, settings.engines):
             front = functools.partial(_cluster_front, actors[:k])
             rates[f"ray_{k}"] = _sweep(front, counts, settings, chunking, f"{k} engines")
@@ -192,6 +195,10 @@ async def _cluster_front(actors: list[Any]) -> AsyncIterator[str]:
             while not all(engine.sessions == 0 for engine in backend.status()):
                 await asyncio.sleep(0.05)
         yield server.url
+
+
+async def _wait_for(actors: list[Any]) -> None:
+    await asyncio.gather(*(actor.describe.remote() for actor in actors))
 
 
 def _start_actors(
