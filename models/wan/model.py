@@ -20,12 +20,15 @@ Nothing per stream is stored on the module. One block::
     x ─ norm2 ─ ·(1+scale2)+shift2 ─ ffn ─ ·gate2 ──────────(+x)── out
 
 with ``shift1, scale1, gate1, shift2, scale2, gate2 = modulation + e0[frame]``. Norms and
-modulation are computed in float32 (as diffusers does); parameters may be bf16 or fp16.
+modulation are computed in float32 (as diffusers does); parameters may be bf16 or fp16. On CUDA
+the norms, modulation and gated residuals run as fused Triton kernels
+(:mod:`kernels.triton_norms`: same float32 math, one pass each); :func:`fused_kernels` decides.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +38,25 @@ from torch import nn
 from models.attention import AttentionContext
 from models.wan.config import WanConfig, wan_config
 
-__all__ = ["CausalWanModel", "TextConditioning", "sinusoidal_embedding"]
+__all__ = ["CausalWanModel", "TextConditioning", "fused_kernels", "sinusoidal_embedding"]
+
+
+def fused_kernels(device: torch.device) -> bool:
+    """Whether norms and modulation run as fused Triton kernels on ``device``: on CUDA, unless
+    ``STREAM_FUSED_KERNELS=0``; ``=1`` forces them anywhere (CPU tests, under Triton's
+    interpreter). The kernels have no backward, so a forward that records gradients (training)
+    always runs the torch code, as does every other device."""
+    if torch.is_grad_enabled():
+        return False
+    setting = os.environ.get("STREAM_FUSED_KERNELS")
+    return device.type == "cuda" if setting is None else setting != "0"
+
+
+def _triton_norms():
+    # Imported on first use: triton may be missing where the fused path never runs.
+    from kernels import triton_norms
+
+    return triton_norms
 
 
 @dataclass(slots=True)
@@ -82,6 +103,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_kernels(x.device):
+            return _triton_norms().rms_norm(x, self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return xf.type_as(x) * self.weight
@@ -110,8 +133,14 @@ class WanSelfAttention(nn.Module):
         """``x [B, L, dim]`` → ``[B, L, dim]``; q/k/v go to ``attention`` as ``[B*L, H, D]``."""
         b, n, dim = x.shape
         heads = (b * n, self.num_heads, dim // self.num_heads)
-        q = self.norm_q(self.q(x)).reshape(heads)
-        k = self.norm_k(self.k(x)).reshape(heads)
+        if fused_kernels(x.device):  # both norms in one launch
+            norm_q, norm_k = self.norm_q, self.norm_k
+            q, k = _triton_norms().rms_norm_pair(
+                self.q(x), self.k(x), norm_q.weight, norm_k.weight, norm_q.eps
+            )
+        else:
+            q, k = self.norm_q(self.q(x)), self.norm_k(self.k(x))
+        q, k = q.reshape(heads), k.reshape(heads)
         v = self.v(x).reshape(heads)
         out = attention.attend(layer, q, k, v)
         return self.o(out.reshape(b, n, dim).type_as(x))
@@ -181,23 +210,52 @@ class WanBlock(nn.Module):
         Returns:
             ``[B, L, dim]`` in ``x.dtype``.
         """
-        frames = e0.shape[1]
         # each [B, F, 1, dim]: broadcasts over the frame's tokens once x is viewed [B, F, T, dim]
         mod = self.modulation.float() + e0
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=2)
+        fused = fused_kernels(x.device)
 
-        def per_frame(t: torch.Tensor) -> torch.Tensor:
-            return t.float().unflatten(1, (frames, -1))
+        y = self.self_attn(_modulate(self.norm1, x, shift1, scale1, fused), layer, attention)
+        x = _gated_residual(x, y, gate1, fused)
 
-        y = per_frame(self.norm1(x)) * (1 + scale1) + shift1
-        y = self.self_attn(y.flatten(1, 2).type_as(x), layer, attention)
-        x = (per_frame(x) + per_frame(y) * gate1).flatten(1, 2).type_as(x)
+        if fused:
+            norm3 = self.norm3
+            y = _triton_norms().layer_norm(x, norm3.eps, norm3.weight, norm3.bias)
+        else:
+            y = self.norm3(x).type_as(x)
+        x = x + self.cross_attn(y, text_k, text_v)
 
-        x = x + self.cross_attn(self.norm3(x).type_as(x), text_k, text_v)
+        y = self.ffn(_modulate(self.norm2, x, shift2, scale2, fused))
+        return _gated_residual(x, y, gate2, fused)
 
-        y = per_frame(self.norm2(x)) * (1 + scale2) + shift2
-        y = self.ffn(y.flatten(1, 2).type_as(x))
-        return (per_frame(x) + per_frame(y) * gate2).flatten(1, 2).type_as(x)
+
+def _per_frame(t: torch.Tensor, frames: int) -> torch.Tensor:
+    """``[B, F*T, dim]`` → float32 ``[B, F, T, dim]``, to broadcast ``[B, F, 1, dim]`` over."""
+    return t.float().unflatten(1, (frames, -1))
+
+
+def _modulate(
+    norm: FP32LayerNorm,
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    fused: bool,
+) -> torch.Tensor:
+    """``norm(x) * (1 + scale) + shift`` per frame, in ``x.dtype`` (``norm`` has no affine)."""
+    if fused:
+        return _triton_norms().layer_norm(x, norm.eps, scale=scale, shift=shift)
+    y = _per_frame(norm(x), scale.shape[1]) * (1 + scale) + shift
+    return y.flatten(1, 2).type_as(x)
+
+
+def _gated_residual(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, fused: bool
+) -> torch.Tensor:
+    """``x + y * gate`` per frame, in float32, rounded to ``x.dtype``."""
+    if fused:
+        return _triton_norms().gated_residual(x, y, gate)
+    frames = gate.shape[1]
+    return (_per_frame(x, frames) + _per_frame(y, frames) * gate).flatten(1, 2).type_as(x)
 
 
 class WanHead(nn.Module):
@@ -213,8 +271,7 @@ class WanHead(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """``x [B, L, dim]``, time embedding ``e [B, F, dim]`` → ``[B, L, C_out * prod(patch)]``."""
         shift, scale = (self.modulation.float() + e.float()[:, :, None]).chunk(2, dim=2)
-        y = self.norm(x).unflatten(1, (e.shape[1], -1)) * (1 + scale) + shift
-        return self.head(y.flatten(1, 2).type_as(x))
+        return self.head(_modulate(self.norm, x, shift, scale, fused_kernels(x.device)))
 
 
 class CausalWanModel(nn.Module):

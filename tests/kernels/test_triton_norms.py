@@ -1,0 +1,104 @@
+"""The fused norm kernels (kernels/triton_norms.py) against plain-torch twins of the Wan block's
+elementwise code, float32 math rounded once, on odd sizes; interpreted on CPU (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.kernels.test_triton_attention import DEVICE
+
+# Both sides compute in float32 and round to the output dtype: a value near a rounding boundary
+# may round the other way, at each of RMSNorm's two roundings (bf16: up to 2**-7 relative each).
+TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2**-6, 2**-6)}
+SHAPES = [(2, 3, 5, 24), (1, 2, 7, 64)]  # (B, F, tokens per frame, dim): non-power-of-2 dims
+
+
+@pytest.fixture(scope="module")
+def tn():
+    return importlib.import_module("kernels.triton_norms")
+
+
+def _inputs(shape, dtype, seed):
+    b, f, t, dim = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(b, f * t, dim, generator=gen) * 3 + 1).to(DEVICE, dtype)
+    # per-frame float32 [B, F, 1, dim] views of one [B, F, 6, dim] tensor, as the block slices
+    mod = torch.randn(b, f, 6, dim, generator=gen).to(DEVICE)
+    return x, mod.chunk(6, dim=2), gen
+
+
+def _per_frame(t, frames):
+    return t.float().unflatten(1, (frames, -1))
+
+
+def _close(out, ref, dtype):
+    rtol, atol = TOLERANCE[dtype]
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    torch.testing.assert_close(out.float(), ref.float(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_layer_norm_modulated_and_affine(tn, shape, dtype):
+    x, (shift, scale, *_), gen = _inputs(shape, dtype, seed=1)
+    dim, frames, eps = shape[-1], shape[1], 1e-6
+    normed = F.layer_norm(x.float(), (dim,), eps=eps)
+    ref = (_per_frame(normed, frames) * (1 + scale) + shift).flatten(1, 2).to(dtype)
+    _close(tn.layer_norm(x, eps, scale=scale, shift=shift), ref, dtype)
+
+    weight = torch.randn(dim, generator=gen).to(DEVICE, dtype)
+    bias = torch.randn(dim, generator=gen).to(DEVICE, dtype)
+    ref = F.layer_norm(x.float(), (dim,), weight.float(), bias.float(), eps).to(dtype)
+    _close(tn.layer_norm(x, eps, weight, bias), ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gated_residual(tn, shape, dtype):
+    x, (*_, gate), gen = _inputs(shape, dtype, seed=2)
+    y = torch.randn(x.shape, generator=gen).to(DEVICE, dtype)
+    frames = shape[1]
+    ref = (_per_frame(x, frames) + _per_frame(y, frames) * gate).flatten(1, 2).to(dtype)
+    _close(tn.gated_residual(x, y, gate), ref, dtype)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "weight_dtype"),
+    [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.bfloat16, None)],
+)
+def test_rms_norm_and_pair(tn, dtype, weight_dtype):
+    """Rounded to x's dtype before the weight; the product in the promoted dtype (float32
+    weights with bf16 activations give float32, as in torch)."""
+    weight_dtype = weight_dtype or torch.float32
+    gen = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(2, 11, 24, generator=gen).to(DEVICE, dtype) for _ in range(2))
+    wq, wk = (torch.randn(24, generator=gen).to(DEVICE, weight_dtype) for _ in range(2))
+    eps = 1e-6
+
+    def twin(x, w):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * w
+
+    _close(tn.rms_norm(q, wq, eps), twin(q, wq), dtype)
+    q_out, k_out = tn.rms_norm_pair(q, k, wq, wk, eps)
+    _close(q_out, twin(q, wq), dtype)
+    _close(k_out, twin(k, wk), dtype)
+
+
+def test_strided_inputs_and_bad_shapes(tn):
+    """Row-strided views (a slice of a wider tensor) read correctly; misuse raises."""
+    x, (shift, scale, *_), _ = _inputs((1, 2, 3, 24), torch.float32, seed=4)
+    wide = torch.cat([x, x], dim=-1)[..., :24]  # rows 48 apart
+    ref = tn.layer_norm(x, 1e-6, scale=scale, shift=shift)
+    torch.testing.assert_close(tn.layer_norm(wide, 1e-6, scale=scale, shift=shift), ref)
+    with pytest.raises(ValueError, match="pairs"):
+        tn.layer_norm(x, 1e-6, scale=scale)
+    with pytest.raises(ValueError, match="frames"):
+        tn.gated_residual(x[:, :5], x[:, :5], scale)
+    with pytest.raises(ValueError, match="float32"):
+        tn.gated_residual(x, x, scale.to(torch.bfloat16))
