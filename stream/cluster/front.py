@@ -133,7 +133,9 @@ class ClusterEngine:
         self._stopping = False
 
     @classmethod
-    async def connect(cls, actors: Sequence[Any], config: ClusterConfig | None = None):
+    async def connect(
+        cls, actors: Sequence[Any], config: ClusterConfig | None = None
+    ) -> ClusterEngine:
         """A front over ``actors``, once every one has loaded its models."""
         config = config or ClusterConfig()
         try:
