@@ -12,8 +12,8 @@ every op reads its inputs once, computes in float32 and rounds once to the outpu
   normalises q and k in one launch.
 
 One program per token row (``dim`` fits one block: 1536 for Wan2.1-1.3B). A row's frame is
-``(row % L) // (L // F)``: tokens are frame-major, as the model lays them out. The torch code
-in :mod:`models.wan.model` is the twin the tests compare against.
+``(row % L) // (L // F)``: tokens are frame-major, as the model lays them out. The torch twins,
+same signatures, are in :mod:`kernels.norms`.
 """
 
 from __future__ import annotations

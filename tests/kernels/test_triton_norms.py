@@ -1,6 +1,5 @@
-"""The fused norm kernels (kernels/triton_norms.py) against plain-torch twins of the Wan block's
-elementwise code, float32 math rounded once, on odd sizes; interpreted on CPU (tests/conftest.py).
-"""
+"""The fused norm kernels (kernels/triton_norms.py) against their torch twins (kernels/norms.py,
+the Wan block's elementwise code), on odd sizes; interpreted on CPU (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +7,8 @@ import importlib
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from kernels.norms import gated_residual_ref, layer_norm_ref, rms_norm_pair_ref, rms_norm_ref
 from tests.kernels.test_triton_attention import DEVICE
 
 # Both sides compute in float32 and round to the output dtype: a value near a rounding boundary
@@ -32,10 +31,6 @@ def _inputs(shape, dtype, seed):
     return x, mod.chunk(6, dim=2), gen
 
 
-def _per_frame(t, frames):
-    return t.float().unflatten(1, (frames, -1))
-
-
 def _close(out, ref, dtype):
     rtol, atol = TOLERANCE[dtype]
     assert out.dtype == ref.dtype and out.shape == ref.shape
@@ -46,15 +41,13 @@ def _close(out, ref, dtype):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_layer_norm_modulated_and_affine(tn, shape, dtype):
     x, (shift, scale, *_), gen = _inputs(shape, dtype, seed=1)
-    dim, frames, eps = shape[-1], shape[1], 1e-6
-    normed = F.layer_norm(x.float(), (dim,), eps=eps)
-    ref = (_per_frame(normed, frames) * (1 + scale) + shift).flatten(1, 2).to(dtype)
+    dim, eps = shape[-1], 1e-6
+    ref = layer_norm_ref(x, eps, scale=scale, shift=shift)
     _close(tn.layer_norm(x, eps, scale=scale, shift=shift), ref, dtype)
 
     weight = torch.randn(dim, generator=gen).to(DEVICE, dtype)
     bias = torch.randn(dim, generator=gen).to(DEVICE, dtype)
-    ref = F.layer_norm(x.float(), (dim,), weight.float(), bias.float(), eps).to(dtype)
-    _close(tn.layer_norm(x, eps, weight, bias), ref, dtype)
+    _close(tn.layer_norm(x, eps, weight, bias), layer_norm_ref(x, eps, weight, bias), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -62,9 +55,7 @@ def test_layer_norm_modulated_and_affine(tn, shape, dtype):
 def test_gated_residual(tn, shape, dtype):
     x, (*_, gate), gen = _inputs(shape, dtype, seed=2)
     y = torch.randn(x.shape, generator=gen).to(DEVICE, dtype)
-    frames = shape[1]
-    ref = (_per_frame(x, frames) + _per_frame(y, frames) * gate).flatten(1, 2).to(dtype)
-    _close(tn.gated_residual(x, y, gate), ref, dtype)
+    _close(tn.gated_residual(x, y, gate), gated_residual_ref(x, y, gate), dtype)
 
 
 @pytest.mark.parametrize(
@@ -79,15 +70,10 @@ def test_rms_norm_and_pair(tn, dtype, weight_dtype):
     q, k = (torch.randn(2, 11, 24, generator=gen).to(DEVICE, dtype) for _ in range(2))
     wq, wk = (torch.randn(24, generator=gen).to(DEVICE, weight_dtype) for _ in range(2))
     eps = 1e-6
-
-    def twin(x, w):
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * w
-
-    _close(tn.rms_norm(q, wq, eps), twin(q, wq), dtype)
-    q_out, k_out = tn.rms_norm_pair(q, k, wq, wk, eps)
-    _close(q_out, twin(q, wq), dtype)
-    _close(k_out, twin(k, wk), dtype)
+    _close(tn.rms_norm(q, wq, eps), rms_norm_ref(q, wq, eps), dtype)
+    pair = tn.rms_norm_pair(q, k, wq, wk, eps)
+    for got, want in zip(pair, rms_norm_pair_ref(q, k, wq, wk, eps), strict=True):
+        _close(got, want, dtype)
 
 
 def test_strided_inputs_and_bad_shapes(tn):

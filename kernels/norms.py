@@ -1,0 +1,53 @@
+"""Plain-torch twins of the fused norm kernels in :mod:`kernels.triton_norms` (same signatures).
+
+They spell out, op for op, what :mod:`models.wan.model` computes on the torch path: float32
+math with the intermediate float32 tensors torch materialises, rounded to ``x.dtype`` at the
+end (RMSNorm: before the weight). Tests compare the kernels with them; the kernels bench times
+them as the unfused baseline.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["gated_residual_ref", "layer_norm_ref", "rms_norm_pair_ref", "rms_norm_ref"]
+
+
+def layer_norm_ref(
+    x: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """LayerNorm of ``x [B, L, dim]`` (affine if ``weight``/``bias``), then per frame
+    ``* (1 + scale) + shift`` if given (float32 ``[B, F, 1, dim]``); ``x.dtype``."""
+    weight = None if weight is None else weight.float()
+    bias = None if bias is None else bias.float()
+    y = F.layer_norm(x.float(), (x.shape[-1],), weight, bias, eps)
+    if scale is not None:
+        y = (y.unflatten(1, (scale.shape[1], -1)) * (1 + scale) + shift).flatten(1, 2)
+    return y.type_as(x)
+
+
+def gated_residual_ref(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x + y * gate`` in float32 per frame (``gate [B, F, 1, dim]``), in ``x.dtype``."""
+    frames = gate.shape[1]
+    out = x.float().unflatten(1, (frames, -1)) + y.float().unflatten(1, (frames, -1)) * gate
+    return out.flatten(1, 2).type_as(x)
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``(x / rms(x)).to(x.dtype) * weight``, the product in the promoted dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return xf.type_as(x) * weight
+
+
+def rms_norm_pair_ref(
+    q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rms_norm_ref` of ``q`` and of ``k``."""
+    return rms_norm_ref(q, q_weight, eps), rms_norm_ref(k, k_weight, eps)
