@@ -189,6 +189,8 @@ def kernels_table(record: BenchRecord) -> str:
     ]
     rows = []
     for w in record.suites["kernels"].values():
+        if "triton" not in w.variants:  # not an attention case (wan_norms)
+            continue
         rows.append(
             [
                 w.title,

@@ -6,17 +6,28 @@ Cases (bf16 on CUDA, head dim 128 at full size; small shapes elsewhere)::
     wan_recache    KV recache      18720 q x 18720 k, 12 heads, full
     rolling_window Rolling Forcing 23400 q x 32760 k, 12 heads, full
     qwen_decode    Qwen2.5-VL-7B   16 sequences x 1 q x ~13k k, 28 q / 4 kv heads, causal
+    wan_norms      one Wan2.1 block's norms, modulation and gated residuals over a chunk's
+                   4680 tokens x 1536 (not attention: see the end of this docstring)
 
-Each case fills a slot pool in random order with un-rotated keys and checks Triton against the
-float32 torch twin (:func:`kernels.attention.paged_attention_ref`), then times, as variants:
+Each attention case fills a slot pool in random order with un-rotated keys and checks Triton
+and ``sdpa_fused`` against the float32 torch twin (:func:`kernels.attention.paged_attention_ref`),
+then times, as variants:
 
 * ``triton`` (ours): :func:`kernels.triton_attention.paged_attention_triton`, gather and RoPE
   in the kernel;
 * ``sdpa_paged``: :func:`kernels.attention.paged_attention_sdpa`, torch's fused SDPA over keys
-  gathered and rotated from the pool (the service's path for chunks);
+  gathered and rotated from the pool by torch ops (the service's chunk path until
+  ``sdpa_fused``);
+* ``sdpa_fused``: :func:`kernels.triton_gather.paged_attention_sdpa_fused`, the same SDPA over
+  keys gathered and rotated by one Triton pass (the service's path for chunks on CUDA);
 * ``dense``: SDPA over keys already gathered and rotated, contiguous: the floor without paging
   and rotation;
 * ``twin``: the torch twin end to end (float32).
+
+``wan_norms`` times the elementwise work of one block (LayerNorm + modulation twice, RMSNorm
+of q and k, RMSNorm of the cross-attention q, the affine LayerNorm, two gated residuals) as the
+fused Triton kernels (``fused``, ours: :mod:`kernels.triton_norms`) against their torch twins
+(``torch``: :mod:`kernels.norms`, the model's code on CPU).
 
 Times are medians of ``triton.testing.do_bench`` on CUDA, of a few wall-clock runs elsewhere
 (there Triton runs in its interpreter: ``TRITON_INTERPRET=1`` is set before triton loads).
@@ -35,6 +46,7 @@ import torch.nn.functional as F
 import triton
 
 from evals.bench.record import Variant, Workload
+from kernels import norms, triton_norms
 from kernels.attention import (
     AttentionMetadata,
     paged_attention_ref,
@@ -43,10 +55,11 @@ from kernels.attention import (
 )
 from kernels.rope import RopeSpec, apply_rope, mrope, wan_rope
 from kernels.triton_attention import paged_attention_triton
+from kernels.triton_gather import paged_attention_sdpa_fused
 
 __all__ = ["CASES", "run_kernels"]
 
-CASES = ("wan_chunk", "wan_recache", "rolling_window", "qwen_decode")
+CASES = ("wan_chunk", "wan_recache", "rolling_window", "qwen_decode", "wan_norms")
 WAN_GRID = (30, 52)  # latent h x w of one 480x832 Wan frame: 1560 tokens
 
 
@@ -199,23 +212,36 @@ def run_kernels(
     for case in build_cases(quick=not full_size, device=device):
         if not cases or case.name in cases:
             yield case.name, _run_case(case)
+    if not cases or "wan_norms" in cases:
+        yield "wan_norms", _run_norms(device, full_size)
+
+
+def _rel_err(fn: Callable[..., torch.Tensor], args: tuple, ref: torch.Tensor, what: str) -> float:
+    out = fn(*args).float()
+    rel_err = (torch.linalg.norm(out - ref) / torch.linalg.norm(ref)).item()
+    if rel_err >= 1e-2:
+        raise AssertionError(f"{what} disagrees with the torch twin ({rel_err:.2e})")
+    return rel_err
 
 
 def _run_case(case: Case) -> Workload:
     args = (case.q, case.k_cache, case.v_cache, case.meta, case.rope)
-    out = paged_attention_triton(*args).float()
     ref = paged_attention_ref(*args).float()
-    rel_err = (torch.linalg.norm(out - ref) / torch.linalg.norm(ref)).item()
-    del out, ref
-    if rel_err >= 1e-2:
-        raise AssertionError(f"{case.name}: Triton disagrees with the torch twin ({rel_err:.2e})")
+    rel_err = _rel_err(paged_attention_triton, args, ref, f"{case.name}: Triton")
+    fused_err = _rel_err(paged_attention_sdpa_fused, args, ref, f"{case.name}: sdpa_fused")
+    del ref
     variants = {}
     for name, description, fn in [
         ("triton", "Triton, gather and RoPE in the kernel", lambda: paged_attention_triton(*args)),
         (
             "sdpa_paged",
-            "fused SDPA over keys gathered and rotated from the pool",
+            "fused SDPA over keys gathered and rotated from the pool by torch ops",
             lambda: paged_attention_sdpa(*args),
+        ),
+        (
+            "sdpa_fused",
+            "fused SDPA over keys gathered and rotated by one Triton pass",
+            lambda: paged_attention_sdpa_fused(*args),
         ),
         ("dense", "fused SDPA over contiguous, pre-rotated keys (the floor)", dense_sdpa(case)),
         ("twin", "the float32 torch twin", lambda: paged_attention_ref(*args)),
@@ -229,5 +255,60 @@ def _run_case(case: Case) -> Workload:
         "flops": case.flops,
         "dtype": str(case.q.dtype).removeprefix("torch."),
         "rel_err_vs_twin": rel_err,
+        "rel_err_sdpa_fused_vs_twin": fused_err,
     }
     return Workload(f"{case.name}: {case.shape}", config, variants, "triton")
+
+
+def _run_norms(device: torch.device, full_size: bool) -> Workload:
+    """One block's elementwise work over a LongLive chunk (3 frames x 1560 tokens, dim 1536)."""
+    frames, tokens, dim = (3, 1560, 1536) if full_size else (3, 12, 64)
+    dtype, eps = torch.bfloat16, 1e-6
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(device, dtype)
+
+    x, y = randn(1, frames * tokens, dim), randn(1, frames * tokens, dim)
+    shift, scale, gate = randn(1, frames, 6, dim, dtype=torch.float32).chunk(6, dim=2)[:3]
+    w_q, w_k, w_3, b_3 = (randn(dim) for _ in range(4))
+
+    def block(ops) -> Callable[[], object]:
+        layer_norm, gated_residual, rms_norm, rms_norm_pair = ops
+
+        def run() -> None:  # the calls of WanBlock.forward, in order
+            layer_norm(x, eps, scale=scale, shift=shift)
+            rms_norm_pair(y, y, w_q, w_k, eps)
+            gated_residual(x, y, gate)
+            layer_norm(x, eps, w_3, b_3)
+            rms_norm(y, w_q, eps)
+            layer_norm(x, eps, scale=scale, shift=shift)
+            gated_residual(x, y, gate)
+
+        return run
+
+    fused = (
+        triton_norms.layer_norm,
+        triton_norms.gated_residual,
+        triton_norms.rms_norm,
+        triton_norms.rms_norm_pair,
+    )
+    twins = (
+        norms.layer_norm_ref,
+        norms.gated_residual_ref,
+        norms.rms_norm_ref,
+        norms.rms_norm_pair_ref,
+    )
+    args = (x, eps, None, None, scale, shift)
+    ref = norms.layer_norm_ref(*args).float()
+    rel_err = _rel_err(triton_norms.layer_norm, args, ref, "wan_norms: fused LayerNorm")
+    variants = {}
+    for name, description, ops in [
+        ("fused", "fused Triton kernels, one pass each", fused),
+        ("torch", "the torch code (float32 intermediates)", twins),
+    ]:
+        variant = variants[name] = Variant(description)
+        variant.add_figure("ms", bench_ms(block(ops)), "ms", "per block, median")
+    shape = f"{frames * tokens} tokens x {dim}"
+    config = {"shape": shape, "dtype": "bfloat16", "rel_err_vs_twin": rel_err}
+    return Workload(f"wan_norms: {shape}", config, variants, "fused")

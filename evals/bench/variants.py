@@ -7,7 +7,9 @@ baseline name is either
 * ``growing``: eviction off, every frame or round stays in the cache and is attended densely,
   as a loop with an ever-growing cache would (its cost grows with the stream), or
 * an attention backend name (``sdpa``: torch's fused SDPA over keys gathered and rotated from
-  our cache; ``triton``; ``torch``): the same cache, another kernel.
+  our cache by torch ops; ``sdpa_fused``: the same SDPA over keys gathered and rotated by one
+  Triton pass, what ``auto`` runs for chunks on CUDA; ``triton``; ``torch``): the same cache,
+  another kernel. Any name registered in :mod:`kernels.attention` is accepted.
 """
 
 from __future__ import annotations

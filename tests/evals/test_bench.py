@@ -142,11 +142,15 @@ def test_understanding_and_service(run) -> None:
 def test_kernels_and_vae_suites(tmp_path, one_thread) -> None:
     out = tmp_path / "kv.json"
     argv = ["--preset", "tiny", "--size", "16x16", "--quick", "--suite", "kernels,vae"]
-    assert main([*argv, "--kernel-cases", "qwen_decode", "--out", str(out), "--no-plots"]) == 0
+    cases = ["--kernel-cases", "qwen_decode,wan_norms"]
+    assert main([*argv, *cases, "--out", str(out), "--no-plots"]) == 0
     record = BenchRecord.read(out)
     case = record.suites["kernels"]["qwen_decode"]
-    assert set(case.variants) == {"triton", "sdpa_paged", "dense", "twin"}
+    assert set(case.variants) == {"triton", "sdpa_paged", "sdpa_fused", "dense", "twin"}
     assert case.config["rel_err_vs_twin"] < 1e-2 and case.ratios()["dense"]["ms"] > 0
+    assert case.config["rel_err_sdpa_fused_vs_twin"] < 1e-2
+    norms = record.suites["kernels"]["wan_norms"]
+    assert set(norms.variants) == {"fused", "torch"} and norms.ratios()["torch"]["ms"] > 0
     vae = record.suites["vae"]["vae_stream_decode"]
     assert vae.config["first_chunk_max_abs_diff"] < 1e-3  # the walk decodes what the loop does
     assert len(vae.variants["ours"].series["chunk_ms"].y) == 6
