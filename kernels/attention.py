@@ -21,8 +21,9 @@ Grouped-query attention: query head h reads kv head ``h // (H_q // H_kv)``.
 
 :func:`paged_attention_ref` is the plain-torch twin (gather, rotate, SDPA in float32);
 :func:`paged_attention_sdpa` is the same in the input dtype, so torch's fused kernels run (the
-baseline on CUDA). The Triton kernels in :mod:`kernels.triton_attention` have the same signature;
-:func:`paged_attention` dispatches.
+baseline on CUDA). The Triton kernels in :mod:`kernels.triton_attention` have the same signature,
+as does :mod:`kernels.triton_gather`'s ``sdpa_fused`` (SDPA over keys gathered and rotated by one
+Triton pass); :func:`paged_attention` dispatches.
 """
 
 from __future__ import annotations
