@@ -3,7 +3,8 @@
 Run ``python -m models.toyworld.train_generator --out DIR [--device cuda] [--seconds-budget 150]
 [--smoke]``. Everything is seeded; the wall-clock budget decides how many steps each stage gets.
 The stages also run one at a time, each with a whole budget (the form for a machine lent in
-10-minute calls): ``--codec-only --out A``, then ``--codec A --out B``.
+10-minute calls): ``--codec-only --out A``, then ``--codec A --out B``, then ``--teacher B --out
+C`` (guidance distillation, below).
 
 Stages (fractions of the training budget; evaluation runs after it)::
 
@@ -38,6 +39,16 @@ prompt-switch clips (``switch_clip``, switching at a chunk boundary) condition t
 the switch on the old prompt and those after on the new one. The K/V of earlier chunks are
 computed under their own prompt (LongLive recaches them under the new one at a switch).
 
+Guidance distillation (``--teacher``, :func:`guidance_stage`). A small flow-matching DiT follows
+its prompt weakly: its conditional velocity barely differs from the unconditional one, so the
+sprites it draws rarely carry the prompt's colours. Classifier-free guidance amplifies that
+difference, but costs a second forward per step (and, in a causal stream, a second KV cache).
+So, as the published few-step checkpoints bake guidance in, the stage fine-tunes the teacher
+with ``text_dropout`` (a tenth of the clips under the empty prompt, so it learns the
+unconditional velocity), samples held-out prompts at each of ``guidance_scales``, and trains a
+student on the same batches to output the teacher's velocity guided at the best scale. The
+student is sampled like any other checkpoint, one forward a step.
+
 Sampling (:func:`evaluate`) is the LongLive loop without ``stream/`` (``models/`` must not import
 it): per chunk, noise, 4 warped steps ``[1000, 750, 500, 250]`` (shift 5) with re-noising, over a
 :class:`~models.attention.DenseAttention` of the clean frames generated so far plus the chunk, under
@@ -69,7 +80,7 @@ from models.attention import DenseAttention
 from models.positions import frame_positions
 from models.schedule import FlowSchedule, opening_schedule
 from models.text import tiny_umt5_encoder
-from models.toyworld.measure import adherence
+from models.toyworld.measure import adherence, color_adherence
 from models.toyworld.render import render
 from models.toyworld.scenarios import sample_clip, switch_clip
 from models.toyworld.text import prompt
@@ -77,7 +88,7 @@ from models.vae import WanVAE, tiny_wan_vae, to_uint8
 from models.vae_causal import decode_frames, encode_video
 from models.wan import CausalWanModel, wan_config
 
-__all__ = ["TrainConfig", "evaluate", "main", "train"]
+__all__ = ["TrainConfig", "evaluate", "grade_samples", "guidance_stage", "main", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +145,13 @@ class TrainConfig:
             ``sampling.json``). Four re-noised steps of this undistilled model leave the first
             chunk at the mean, without sprites (0.02 of frames with the prompt's colours on the
             H200 run's DiT), 16 ODE steps give 0.38, 48 no more.
+        text_dropout: chance a clip trains under the empty prompt, so the model also learns the
+            unconditional velocity that classifier-free guidance needs.
+        guidance_scales: the guidance scales tried on the teacher (the best by colour adherence
+            on held-out prompts is distilled); 1.0 is the unguided teacher.
+        distill_fraction: share of a guidance run's budget spent distilling (the rest
+            fine-tunes the teacher with ``text_dropout``).
+        finetune_lr: peak learning rate when a stage starts from trained weights.
         max_vae_steps, max_gen_steps: step caps (``None``: the budget decides).
         fixed_batch: reuse the first batch every step (smoke runs: loss must fall).
         log_every: steps between logged losses.
@@ -173,6 +191,10 @@ class TrainConfig:
     rolling_window: int = 5
     shift: float = 1.0
     opening_steps: int = 16
+    text_dropout: float = 0.1
+    guidance_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.5, 6.0)
+    distill_fraction: float = 0.5
+    finetune_lr: float = 3e-4
     max_vae_steps: int | None = None
     max_gen_steps: int | None = None
     fixed_batch: bool = False
@@ -674,6 +696,17 @@ def _sample_levels(
     return torch.where(use_level, levels[pick], _shifted(u, cfg.shift))
 
 
+@dataclass(frozen=True)
+class Guide:
+    """Classifier-free guidance of a trained teacher: its guided velocity
+    ``v(empty) + scale * (v(prompt) - v(empty))`` is the student's target (guidance
+    distillation), so the pipelines sample the student with one forward a step, as they sample
+    the published distilled checkpoints."""
+
+    teacher: CausalWanModel
+    scale: float
+
+
 def train_dit(
     cfg: TrainConfig,
     latents: torch.Tensor,
@@ -682,6 +715,10 @@ def train_dit(
     text: torch.Tensor,
     device: torch.device,
     deadline: float,
+    *,
+    null: int,
+    init: CausalWanModel | None = None,
+    guide: Guide | None = None,
 ) -> tuple[CausalWanModel, dict]:
     """Flow matching over normalised ``latents [N, 16, F, h, w]`` in both pipelines' layouts:
     LongLive's (clean + noisy copies, per-chunk levels) and, a ``rolling_fraction`` of the
@@ -692,18 +729,27 @@ def train_dit(
             (:func:`latent_foreground`).
         chunk_prompt: int64 ``[N, num_chunks]`` prompt index of every chunk.
         text: ``[P, L, 32]`` text-encoder output of every prompt.
+        null: the row of ``text`` that holds the empty prompt (``text_dropout`` trains on it).
+        init: start from these weights (at ``finetune_lr``) instead of a seeded init.
+        guide: distil this teacher's guided velocity instead of the data's (no dropout: the
+            student learns the guided, conditional velocity only).
 
     Returns:
         The EMA weights in a fresh model, and the stage's statistics.
     """
     config = wan_config(cfg.dit_preset)
     model = CausalWanModel(config).to(device)
-    model.init_weights(torch.Generator(device).manual_seed(cfg.seed))
+    if init is None:
+        model.init_weights(torch.Generator(device).manual_seed(cfg.seed))
+    else:
+        model.load_state_dict(init.state_dict())
     model.train()
+    peak_lr = cfg.gen_lr if init is None else cfg.finetune_lr
+    dropout = cfg.text_dropout if guide is None else 0.0
     names = [k for k, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
     ema = [p.detach().clone().float() for p in params]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.gen_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.99))
     grid = (latents.shape[3] // _PATCH, latents.shape[4] // _PATCH)
     rope = wan_rope(config.head_dim)
     b = cfg.gen_batch
@@ -729,6 +775,9 @@ def train_dit(
         if idx is None or not cfg.fixed_batch:
             idx = torch.randint(n, (b,), generator=gen, device=device)
         x0, prompts = latents[idx], chunk_prompt[idx]
+        if dropout:
+            dropped = torch.rand((b, 1), generator=gen, device=device) < dropout
+            prompts = prompts.masked_fill(dropped, null)
         weight = 1.0 + cfg.gen_foreground_weight * foreground[idx].float()
         if layouts.random() < cfg.rolling_fraction:
             end = layouts.randint(1, cfg.num_chunks)
@@ -737,11 +786,12 @@ def train_dit(
             batch = _longlive_batch(cfg, x0, weight, prompts, levels, longlive, gen)
         progress = (time.perf_counter() - start) / max(1e-6, deadline - start)
         for group in opt.param_groups:
-            group["lr"] = cfg.gen_lr * _lr_factor(step, cfg.warmup_steps, progress)
+            group["lr"] = peak_lr * _lr_factor(step, cfg.warmup_steps, progress)
         with _autocast(device):
             cond = model.encode_text(text[batch.prompt_rows])
             pred = model(batch.rows, batch.t, cond, batch.attention).float()
-        error = (pred[batch.loss_rows] - batch.target).square()
+        target = batch.target if guide is None else _guided_velocity(guide, batch, text, null)
+        error = (pred[batch.loss_rows] - target).square()
         loss = (batch.weight * error).mean() / batch.weight.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -770,6 +820,19 @@ def train_dit(
     }
 
 
+@torch.no_grad()
+def _guided_velocity(guide: Guide, batch: _Batch, text: torch.Tensor, null: int) -> torch.Tensor:
+    """The teacher's guided velocity on ``batch``'s loss rows (``[R_loss, C, chunk, h, w]``)."""
+    teacher, device = guide.teacher, batch.rows.device
+    velocities = []
+    for prompts in (batch.prompt_rows, torch.full_like(batch.prompt_rows, null)):
+        with _autocast(device):
+            cond = teacher.encode_text(text[prompts])
+            velocities.append(teacher(batch.rows, batch.t, cond, batch.attention).float())
+    cond, uncond = (v[batch.loss_rows] for v in velocities)
+    return uncond + guide.scale * (cond - uncond)
+
+
 # --------------------------------------------------------------------------------------------
 # Sampling and evaluation
 # --------------------------------------------------------------------------------------------
@@ -788,6 +851,8 @@ def generate(
     window: int = 9,
     schedule: FlowSchedule | None = None,
     opening: FlowSchedule | None = None,
+    guidance: float = 1.0,
+    null: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LongLive's loop over one stream, with dense attention instead of the cache.
 
@@ -797,6 +862,8 @@ def generate(
         latent_hw: ``(h, w)`` latent pixels per frame.
         opening: ODE steps in place of the first chunk's first step, as the pipelines take
             them (``stream.pipelines.wan.WanStreamPipeline._open``).
+        guidance: classifier-free guidance scale (1: one conditional forward a step).
+        null: ``[1, L, 32]`` text-encoder output of the empty prompt (needed when guided).
 
     Returns:
         ``[1, 16, latent_frames, h, w]`` normalised clean latents.
@@ -806,7 +873,9 @@ def generate(
     h, w = latent_hw
     grid = (h // _PATCH, w // _PATCH)
     rope = wan_rope(dit.config.head_dim)
-    cond = dit.encode_text(context)
+    if guidance != 1.0 and null is None:
+        raise ValueError("guided sampling needs the empty prompt's encoding (null)")
+    conds = [dit.encode_text(context)] + ([dit.encode_text(null)] if guidance != 1.0 else [])
     channels = dit.config.in_channels
     clean: list[torch.Tensor] = []  # [1, C, chunk, h, w] each
     for c in range(latent_frames // chunk):
@@ -818,13 +887,19 @@ def generate(
             pos, (0, pos.shape[0]), rope, causal=False, mask=torch.from_numpy(mask).to(device)
         )
         rows = c + 1
-        text = type(cond)(cond.k.expand(-1, rows, -1, -1, -1), cond.v.expand(-1, rows, -1, -1, -1))
+        texts = [
+            type(a)(a.k.expand(-1, rows, -1, -1, -1), a.v.expand(-1, rows, -1, -1, -1))
+            for a in conds
+        ]
         x = torch.randn((1, channels, chunk, h, w), generator=generator, device=device)
 
-        def predict(x: torch.Tensor, t: float, sigma: float, rows=rows, text=text, att=attention):
+        def predict(x: torch.Tensor, t: float, sigma: float, rows=rows, texts=texts, att=attention):
             timestep = torch.zeros((rows, chunk), device=device)
             timestep[-1] = t
-            velocity = dit(torch.cat([*clean, x]), timestep, text, att)[-1:]
+            inputs = torch.cat([*clean, x])
+            velocity, *uncond = (dit(inputs, timestep, text, att)[-1:] for text in texts)
+            if uncond:
+                velocity = uncond[0] + guidance * (velocity - uncond[0])
             return FlowSchedule.to_x0(x, velocity, sigma)
 
         for i, (sigma, t) in enumerate(zip(schedule.sigmas, schedule.timesteps, strict=True)):
@@ -886,6 +961,51 @@ def evaluate_codec(vae: WanVAE, n_clips: int = 8, latent_frames: int = 12) -> di
 
 
 @torch.no_grad()
+def grade_samples(
+    dit: CausalWanModel,
+    vae: WanVAE,
+    n_clips: int = 8,
+    latent_frames: int = 12,
+    seed: int = 0,
+    preset: str = "toyworld",
+    shift: float = 1.0,
+    opening_steps: int | None = None,
+    guidance: float = 1.0,
+) -> dict:
+    """Generate ``n_clips`` held-out prompts with ``dit`` and grade the decoded clips.
+
+    Returns:
+        ``adherence`` and ``color_adherence`` (means over clips of
+        :func:`~models.toyworld.adherence` / :func:`~models.toyworld.color_adherence`), their
+        per-clip values, and the prompts.
+    """
+    device = vae.latents_mean.device
+    prompts = [prompt(c) for c in _eval_clips(n_clips, 1 + _TEMPORAL * (latent_frames - 1))]
+    context = _encode_prompts([*prompts, ""], device, preset)
+    generator = torch.Generator(device).manual_seed(seed)
+    result: dict = {"prompts": prompts, "latent_frames": latent_frames, "guidance": guidance}
+    strict, colors = [], []
+    for i, text in enumerate(prompts):
+        latents = generate(
+            dit, context[i : i + 1], latent_frames, (_SIZE[0] // _SPATIAL, _SIZE[1] // _SPATIAL),
+            generator, schedule=FlowSchedule((1000, 750, 500, 250), shift=shift),
+            opening=None if opening_steps is None else opening_schedule(opening_steps, shift),
+            guidance=guidance, null=context[-1:],
+        )  # fmt: skip
+        video = to_uint8(vae.decode_chunk(latents, vae.new_decode_state()))[0].cpu().numpy()
+        strict.append(adherence(video, text))
+        colors.append(color_adherence(video, text))
+        if i == 0:
+            result["sample_shape"] = list(video.shape)
+    return result | {
+        "adherence_per_clip": strict,
+        "color_adherence_per_clip": colors,
+        "adherence": float(np.mean(strict)),
+        "color_adherence": float(np.mean(colors)),
+    }
+
+
+@torch.no_grad()
 def evaluate(
     out_dir: str | Path,
     device: str | torch.device = "cpu",
@@ -896,31 +1016,13 @@ def evaluate(
     shift: float = 1.0,
     opening_steps: int | None = None,
 ) -> dict:
-    """Generate ``n_clips`` held-out prompts with the trained weights and grade them.
-
-    Returns:
-        ``adherence`` (mean over clips of :func:`~models.toyworld.adherence`), per-clip values
-        and prompts, and :func:`evaluate_codec`'s figures.
-    """
+    """Grade the trained weights in ``out_dir``: :func:`grade_samples` (unguided, as the
+    pipelines sample) and :func:`evaluate_codec`."""
     out_dir, device = Path(out_dir), torch.device(device)
     vae = WanVAE.from_pretrained(out_dir / "vae", device=device)
     dit = _load_dit(out_dir / "dit.safetensors", device, preset)
-    prompts = [prompt(c) for c in _eval_clips(n_clips, 1 + _TEMPORAL * (latent_frames - 1))]
-    context = _encode_prompts(prompts, device, preset)
-    generator = torch.Generator(device).manual_seed(seed)
-    result: dict = {"prompts": prompts, "adherence_per_clip": [], "latent_frames": latent_frames}
-    for i, text in enumerate(prompts):
-        latents = generate(
-            dit, context[i : i + 1], latent_frames, (_SIZE[0] // _SPATIAL, _SIZE[1] // _SPATIAL),
-            generator, schedule=FlowSchedule((1000, 750, 500, 250), shift=shift),
-            opening=None if opening_steps is None else opening_schedule(opening_steps, shift),
-        )  # fmt: skip
-        video = to_uint8(vae.decode_chunk(latents, vae.new_decode_state()))[0].cpu().numpy()
-        result["adherence_per_clip"].append(adherence(video, text))
-        if i == 0:
-            result["sample_shape"] = list(video.shape)
-    result["adherence"] = float(np.mean(result["adherence_per_clip"]))
-    return result | evaluate_codec(vae, n_clips, latent_frames)
+    graded = grade_samples(dit, vae, n_clips, latent_frames, seed, preset, shift, opening_steps)
+    return graded | evaluate_codec(vae, n_clips, latent_frames)
 
 
 @torch.no_grad()
@@ -953,6 +1055,50 @@ def stream_psnr(vae: WanVAE, n_clips: int, seconds: float = 10.0, chunk: int = 3
     }
 
 
+def guidance_stage(
+    cfg: TrainConfig,
+    latents: torch.Tensor,
+    foreground: torch.Tensor,
+    chunk_prompt: torch.Tensor,
+    text: torch.Tensor,
+    null: int,
+    codec: WanVAE,
+    teacher: CausalWanModel,
+    deadline: float,
+) -> tuple[CausalWanModel, dict]:
+    """Guidance distillation of a trained DiT (its flow-matching run learned no unconditional
+    velocity): fine-tune it with ``text_dropout`` for ``1 - distill_fraction`` of the time left,
+    sample held-out prompts at each of ``guidance_scales``, and distil the teacher guided at the
+    scale whose clips carry the prompt's colours most often. If no scale beats unguided
+    sampling, the fine-tuned teacher is the result.
+
+    Returns:
+        The student (or teacher), and ``{"finetune", "guidance_sweep", "guidance", "distill"}``.
+    """
+    device = codec.latents_mean.device
+    start = time.perf_counter()
+    split = start + (1 - cfg.distill_fraction) * (deadline - start)
+    args = (cfg, latents, foreground, chunk_prompt, text, device)
+    teacher, finetune = train_dit(*args, split, null=null, init=teacher)
+    teacher = teacher.to(device)
+    sweep = {}
+    for scale in tqdm(cfg.guidance_scales, desc="guidance sweep", file=sys.stderr):
+        graded = grade_samples(
+            teacher, codec, cfg.eval_clips, cfg.latent_frames, cfg.seed, cfg.dit_preset,
+            cfg.shift, cfg.opening_steps, guidance=scale,
+        )  # fmt: skip
+        sweep[str(scale)] = {k: graded[k] for k in ("color_adherence", "adherence")}
+        logger.info("guidance %.1f: colours %.3f", scale, graded["color_adherence"])
+    best = max(cfg.guidance_scales, key=lambda s: sweep[str(s)]["color_adherence"])
+    report = {"finetune": finetune, "guidance_sweep": sweep, "guidance": best, "distill": None}
+    if best == 1.0:
+        return teacher.cpu(), report | finetune
+    student, report["distill"] = train_dit(
+        *args, deadline, null=null, init=teacher, guide=Guide(teacher.eval(), best)
+    )
+    return student, report | report["distill"]
+
+
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
@@ -966,6 +1112,7 @@ def train(
     *,
     codec_from: Path | None = None,
     codec_only: bool = False,
+    teacher_from: Path | None = None,
 ) -> dict:
     """Render the pool, then the stages; writes ``vae/``, ``dit.safetensors`` and
     ``train.json`` into ``out``.
@@ -975,9 +1122,12 @@ def train(
             on; the whole budget then goes to the generator, and that run's ``train.json``
             is kept in this one's under ``codec_run``.
         codec_only: train (and grade) only the codec, with the whole budget.
+        teacher_from: the folder of an earlier generator run: its codec is kept, its DiT
+            fine-tuned with ``text_dropout`` and then distilled at the best of
+            ``guidance_scales`` (:func:`guidance_stage`), with the whole budget.
     """
-    if codec_from is not None and codec_only:
-        raise ValueError("codec_from and codec_only exclude each other")
+    if sum((codec_from is not None, codec_only, teacher_from is not None)) > 1:
+        raise ValueError("codec_from, codec_only and teacher_from exclude each other")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -1004,12 +1154,14 @@ def train(
         "fps": _FPS,
         "pool": {"clips": len(pool.video), "prompts": len(pool.prompts)},
     }
-    if codec_from is None:
+    if codec_from is None and teacher_from is None:
         codec_end = budget_end if codec_only else t0 + cfg.vae_fraction * cfg.seconds_budget
         vae, report["codec"] = train_codec(cfg, pool, device, codec_end)
     else:
-        vae = WanVAE.from_pretrained(codec_from / "vae", device=device).vae
-        report["codec_run"] = json.loads((codec_from / "train.json").read_text())
+        earlier = codec_from or teacher_from
+        vae = WanVAE.from_pretrained(earlier / "vae", device=device).vae
+        run = json.loads((earlier / "train.json").read_text())
+        report["codec_run" if codec_from else "teacher_run"] = run
 
     t_encode = time.perf_counter()
     raw = encode_pool(vae, pool, device)
@@ -1027,14 +1179,22 @@ def train(
     sd = torch.tensor(std, device=device)[None, :, None, None, None]
     latents = (raw - m) / sd
     del raw
-    text = _encode_prompts(pool.prompts, device, cfg.dit_preset)
+    text = _encode_prompts([*pool.prompts, ""], device, cfg.dit_preset)
+    null = len(pool.prompts)  # the empty prompt's row
     report["encode_seconds"] = time.perf_counter() - t_encode
     logger.info("encoded the pool to %s in %.1fs", tuple(latents.shape), report["encode_seconds"])
 
     foreground = latent_foreground(pool, device)
-    dit, report["generator"] = train_dit(
-        cfg, latents, foreground, pool.chunk_prompt, text, device, budget_end
-    )
+    if teacher_from is None:
+        dit, report["generator"] = train_dit(
+            cfg, latents, foreground, pool.chunk_prompt, text, device, budget_end, null=null
+        )
+    else:
+        codec = WanVAE.from_pretrained(out / "vae", device=device)
+        teacher = _load_dit(teacher_from / "dit.safetensors", device, cfg.dit_preset)
+        dit, report["generator"] = guidance_stage(
+            cfg, latents, foreground, pool.chunk_prompt, text, null, codec, teacher, budget_end
+        )
     state = {k: v.detach().float().contiguous() for k, v in dit.state_dict().items()}
     save_file(state, out / "dit.safetensors", metadata={"format": "pt", "layout": "wan"})
     report["text_encoder"] = {
@@ -1093,6 +1253,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="RUN",
         help="train the generator on the codec of an earlier run's output folder",
     )
+    stage.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="distil an earlier generator run's DiT under classifier-free guidance",
+    )
     return p.parse_args(argv)
 
 
@@ -1118,6 +1285,7 @@ def main(argv: list[str] | None = None) -> dict:
         command,
         codec_from=args.codec,
         codec_only=args.codec_only,
+        teacher_from=args.teacher,
     )
     codec_eval = report["codec_eval"] if args.codec_only else report["eval"]
     logger.info(

@@ -158,7 +158,7 @@ def test_per_frame_init_makes_temporal_resamplers_copy_frames():
 
 
 @pytest.mark.slow
-def test_codec_only_then_generator_on_that_codec(tmp_path):
+def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
     codec_run, generator_run = tmp_path / "codec", tmp_path / "generator"
     codec_report = tg.main(["--smoke", "--codec-only", "--out", str(codec_run)])
     assert codec_report["codec"]["steps"] == tg.SMOKE.max_vae_steps
@@ -173,6 +173,78 @@ def test_codec_only_then_generator_on_that_codec(tmp_path):
     for name, weight in trained.items():
         torch.testing.assert_close(shipped[name], weight)
     assert report["latents_mean"] == codec_report["latents_mean"]  # same pool, same codec
+
+    # one scale, so distillation runs whatever the smoke teacher's sweep says
+    cfg = replace(tg.SMOKE, guidance_scales=(2.0,))
+    guided_run = tmp_path / "guided"
+    guided = tg.train(cfg, guided_run, torch.device("cpu"), "test", teacher_from=generator_run)
+    gen = guided["generator"]
+    assert guided["teacher_run"]["command"] == report["command"] and "codec" not in guided
+    assert gen["finetune"]["steps"] == gen["distill"]["steps"] == cfg.max_gen_steps
+    assert gen["guidance"] == 2.0 and set(gen["guidance_sweep"]) == {"2.0"}
+    assert all(math.isfinite(loss) for _, loss in gen["distill"]["curve"])
+    student = load_file(guided_run / "dit.safetensors")
+    teacher = load_file(generator_run / "dit.safetensors")
+    assert student.keys() == teacher.keys()
+    assert any(not torch.equal(student[k], teacher[k]) for k in student)
+    assert 0.0 <= guided["eval"]["color_adherence"] <= 1.0
+
+
+def _tiny_batch(prompt_rows: torch.Tensor) -> tuple[CausalWanModel, tg._Batch]:
+    """A seeded tiny DiT and a LongLive-layout batch of one clip (2 chunks)."""
+    cfg = replace(tg.SMOKE, latent_frames=6)
+    model = CausalWanModel(wan_config("tiny")).eval()
+    model.init_weights(torch.Generator().manual_seed(0))
+    with torch.no_grad():  # zero-init output heads would make every velocity 0
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    grid = (4, 4)
+    attention = tg._clip_attention(cfg, grid, wan_rope(model.config.head_dim), 1, "cpu")
+    x0 = torch.randn(
+        1, model.config.in_channels, 6, 8, 8, generator=torch.Generator().manual_seed(1)
+    )
+    weight = torch.ones(1, 1, 6, 8, 8)
+    levels = torch.tensor([1.0, 0.75, 0.5, 0.25])
+    gen = torch.Generator().manual_seed(2)
+    batch = tg._longlive_batch(cfg, x0, weight, prompt_rows, levels, attention, gen)
+    return model, batch
+
+
+def test_guided_velocity_interpolates_conditional_and_empty_prompt_velocities():
+    text = torch.randn(
+        3, wan_config("tiny").text_len, 32, generator=torch.Generator().manual_seed(3)
+    )
+    model, batch = _tiny_batch(torch.tensor([[0, 1]]))  # chunk 0 under prompt 0, chunk 1 under 1
+
+    def velocity(prompts: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = model(batch.rows, batch.t, model.encode_text(text[prompts]), batch.attention)
+        return out[batch.loss_rows]
+
+    conditional = velocity(batch.prompt_rows)
+    empty = velocity(torch.full_like(batch.prompt_rows, 2))
+    assert not torch.allclose(conditional, empty)  # the prompt reaches the velocity
+    for scale in (0.0, 1.0, 3.0):
+        guided = tg._guided_velocity(tg.Guide(model, scale), batch, text, null=2)
+        torch.testing.assert_close(guided, empty + scale * (conditional - empty))
+
+
+def test_guided_sampling_at_scale_one_is_unguided_and_at_zero_ignores_the_prompt():
+    model, _ = _tiny_batch(torch.tensor([[0, 0]]))
+    text = torch.randn(
+        2, wan_config("tiny").text_len, 32, generator=torch.Generator().manual_seed(4)
+    )
+    prompt, empty = text[:1], text[1:]
+
+    def sample(context: torch.Tensor, **guidance) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(5)
+        return tg.generate(model, context, 6, (8, 8), gen, **guidance)
+
+    torch.testing.assert_close(sample(prompt, guidance=1.0, null=empty), sample(prompt))
+    torch.testing.assert_close(sample(prompt, guidance=0.0, null=empty), sample(empty))
+    assert not torch.allclose(sample(prompt, guidance=3.0, null=empty), sample(prompt))
+    with pytest.raises(ValueError, match="empty prompt"):
+        sample(prompt, guidance=3.0)
 
 
 def test_latent_foreground_marks_the_cells_a_sprite_crosses():
