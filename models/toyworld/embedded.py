@@ -4,7 +4,8 @@ The repository carries two small trained models (safetensors, a few MB each) nex
 each folder with the ``train.json`` of the run that made it (command, config, seeds, metrics)::
 
     checkpoints/generator/   dit.safetensors (Wan keys, "toyworld" preset), vae/ (diffusers),
-                             train.json (its codec's run under "codec_run"), sampling.json
+                             train.json (its teacher's run under "teacher_run", and that
+                             run's codec under "codec_run"), sampling.json
                              (the shift and ODE opening steps the pipelines sample it with)
     checkpoints/vlm/         a Hugging Face Qwen2.5-VL folder (config, weights, tokenizer,
                              preprocessor), train.json
@@ -25,12 +26,14 @@ GENERATOR_DIR = CHECKPOINTS / "generator"
 VLM_DIR = CHECKPOINTS / "vlm"
 
 # one command each, from the repository root, on an accelerator (a CPU works, slowly); the
-# generator's two stages ran as two 10-minute calls, the first writing the codec to .runs/codec
+# generator's three stages ran as three 10-minute calls: the codec, the DiT on that codec, and
+# the DiT's guidance distillation (train_generator's docstring)
 RETRAIN = {
     GENERATOR_DIR: "python -m models.toyworld.train_generator --device cuda --codec-only "
     "--seconds-budget 505 --out .runs/codec && python -m models.toyworld.train_generator "
-    "--device cuda --codec .runs/codec --seconds-budget 460 "
-    "--out models/toyworld/checkpoints/generator",
+    "--device cuda --codec .runs/codec --seconds-budget 460 --out .runs/teacher && "
+    "python -m models.toyworld.train_generator --device cuda --teacher .runs/teacher "
+    "--seconds-budget 470 --eval-clips 16 --out models/toyworld/checkpoints/generator",
     VLM_DIR: "python -m models.toyworld.train_vlm --device cuda --seconds-budget 480 "
     "--out models/toyworld/checkpoints/vlm",
 }
