@@ -151,6 +151,9 @@ class TrainConfig:
             on held-out prompts is distilled); 1.0 is the unguided teacher.
         distill_fraction: share of a guidance run's budget spent distilling (the rest
             fine-tunes the teacher with ``text_dropout``).
+        distill_switch_fraction: share of a distillation batch drawn from the pool's
+            prompt-switch clips (a quarter of the pool): following a switch, against a context
+            that still shows the old prompt, is where a guided student was weakest.
         finetune_lr: peak learning rate when a stage starts from trained weights.
         max_vae_steps, max_gen_steps: step caps (``None``: the budget decides).
         fixed_batch: reuse the first batch every step (smoke runs: loss must fall).
@@ -192,8 +195,9 @@ class TrainConfig:
     shift: float = 1.0
     opening_steps: int = 16
     text_dropout: float = 0.1
-    guidance_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.5, 6.0)
+    guidance_scales: tuple[float, ...] = (1.0, 3.0, 4.5, 6.0, 8.0, 10.0)
     distill_fraction: float = 0.5
+    distill_switch_fraction: float = 0.5
     finetune_lr: float = 3e-4
     max_vae_steps: int | None = None
     max_gen_steps: int | None = None
@@ -766,6 +770,8 @@ def train_dit(
     layouts = random.Random(cfg.seed + 3)  # on the host: choosing a layout must not sync a step
     chunk_prompt, text = chunk_prompt.to(device), text.to(device)
     n = latents.shape[0]
+    switches = torch.nonzero((chunk_prompt != chunk_prompt[:, :1]).any(1)).flatten()
+    from_switches = round(b * cfg.distill_switch_fraction) if guide is not None else 0
     start, step, curve, losses = time.perf_counter(), 0, [], []
     idx = None
     bar = tqdm(desc="generator", unit="step", mininterval=2.0, file=sys.stderr)
@@ -773,7 +779,7 @@ def train_dit(
         cfg.max_gen_steps is None or step < cfg.max_gen_steps
     ):
         if idx is None or not cfg.fixed_batch:
-            idx = torch.randint(n, (b,), generator=gen, device=device)
+            idx = _draw_clips(n, b, switches, from_switches, gen)
         x0, prompts = latents[idx], chunk_prompt[idx]
         if dropout:
             dropped = torch.rand((b, 1), generator=gen, device=device) < dropout
@@ -818,6 +824,18 @@ def train_dit(
         "first_loss": losses[0].item() if losses else float("nan"),
         "curve": curve,
     }
+
+
+def _draw_clips(
+    n: int, b: int, switches: torch.Tensor, from_switches: int, gen: torch.Generator
+) -> torch.Tensor:
+    """``b`` pool indices: the first ``from_switches`` among ``switches`` (when there are
+    any), the rest uniform over all ``n`` clips."""
+    idx = torch.randint(n, (b,), generator=gen, device=switches.device)
+    if from_switches and len(switches):
+        pick = torch.randint(len(switches), (from_switches,), generator=gen, device=idx.device)
+        idx[:from_switches] = switches[pick]
+    return idx
 
 
 @torch.no_grad()

@@ -190,6 +190,13 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
     assert 0.0 <= guided["eval"]["color_adherence"] <= 1.0
 
 
+def test_distillation_batches_draw_their_share_from_switch_clips():
+    switches = torch.tensor([3, 7])
+    idx = tg._draw_clips(10, 8, switches, 4, torch.Generator().manual_seed(0))
+    assert idx.shape == (8,) and set(idx[:4].tolist()) <= {3, 7}
+    assert tg._draw_clips(10, 8, switches[:0], 4, torch.Generator()).shape == (8,)  # none
+
+
 def _tiny_batch(prompt_rows: torch.Tensor) -> tuple[CausalWanModel, tg._Batch]:
     """A seeded tiny DiT and a LongLive-layout batch of one clip (2 chunks)."""
     cfg = replace(tg.SMOKE, latent_frames=6)
