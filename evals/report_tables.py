@@ -177,25 +177,28 @@ def service_table(record: BenchRecord) -> str:
 
 
 def kernels_table(record: BenchRecord) -> str:
-    """A row per case: Triton (ours), gathered SDPA, the dense floor, the twin; Triton ÷ dense."""
+    """A row per attention case: Triton (ours), gathered SDPA, the fused gather + SDPA where the
+    record has it, the dense floor, the twin; Triton ÷ dense."""
+    cases = [w for w in record.suites["kernels"].values() if "triton" in w.variants]
+    fused = any("sdpa_fused" in w.variants for w in cases)
     header = [
         "case",
         "Triton (gather + RoPE in kernel)",
         "gathered SDPA",
+        *(["fused gather + SDPA"] if fused else []),
         "dense SDPA (floor)",
         "torch twin (fp32)",
         "Triton ÷ dense",
         "rel. error",
     ]
     rows = []
-    for w in record.suites["kernels"].values():
-        if "triton" not in w.variants:  # not an attention case (wan_norms)
-            continue
+    for w in cases:
         rows.append(
             [
                 w.title,
                 _kernel_time(w.variants["triton"], flops=True),
                 _kernel_time(w.variants["sdpa_paged"]),
+                *([_kernel_time(w.variants["sdpa_fused"], flops=True)] if fused else []),
                 _kernel_time(w.variants["dense"], flops=True),
                 _kernel_time(w.variants["twin"]),
                 f"{w.ratios()['dense']['ms']:.1f}×",
