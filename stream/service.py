@@ -16,7 +16,7 @@ from models.registry import DEFAULT_PRESET, WanPaths, load_wan_models
 from stream.engine import Pipeline
 from stream.kvcache import KVCacheManager
 
-__all__ = ["PIPELINES", "ServiceModels", "build_pipelines"]
+__all__ = ["PIPELINES", "ServiceModels", "build_pipelines", "warm_up"]
 
 PIPELINES = ("longlive", "rolling_forcing", "streaming_vlm")
 
@@ -45,7 +45,8 @@ class ServiceModels:
 def build_pipelines(
     spec: ServiceModels, manager: KVCacheManager | None = None
 ) -> dict[str, Pipeline]:
-    """Load the models of ``spec`` on its device and build its pipelines over one manager."""
+    """Load the models of ``spec`` on its device and build its pipelines over one manager; on
+    CUDA, :func:`warm_up` them."""
     from stream.pipelines.longlive import LongLivePipeline
     from stream.pipelines.rolling_forcing import RollingForcingPipeline
     from stream.pipelines.streaming_vlm import StreamingVLMPipeline
@@ -67,4 +68,25 @@ def build_pipelines(
         else:
             vlm = load_qwen_vl(spec.vlm_dir, dtype=spec.dtype, device=spec.device)
         pipelines["streaming_vlm"] = StreamingVLMPipeline(vlm, manager, spec.vlm_cache_bytes)
+    if torch.device(spec.device).type == "cuda":
+        warm_up(pipelines)
     return pipelines
+
+
+def warm_up(pipelines: dict[str, Pipeline]) -> None:
+    """Run one step of every generation pipeline at its default size, then close the stream.
+
+    On CUDA the first step of a process compiles the Triton kernels and plans cuDNN: a cold
+    first frame of 8.4 s against 0.48 s warm for LongLive at 832x480 (BENCHMARKS.md, the fused
+    kernels' run). A server pays it while it loads, not in a user's first session.
+    """
+    from stream.pipelines.base import GenerationRequest
+    from stream.pipelines.wan import WanStreamPipeline
+
+    for pipeline in pipelines.values():
+        if isinstance(pipeline, WanStreamPipeline):
+            state = pipeline.open(GenerationRequest("warm-up"))
+            try:
+                pipeline.step(state)
+            finally:
+                pipeline.close(state)

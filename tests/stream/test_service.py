@@ -121,3 +121,32 @@ def test_understanding_round_trip_over_raw_websockets(pipelines) -> None:
                         pass
 
     run(main())
+
+
+def test_warm_up_steps_each_generator_and_leaves_no_trace(pipelines, monkeypatch) -> None:
+    from stream.pipelines.base import GenerationRequest
+    from stream.service import warm_up
+
+    manager, built = pipelines
+    stepped = []
+    for name in ("longlive", "rolling_forcing"):
+        step = built[name].step
+        monkeypatch.setattr(
+            built[name], "step", lambda s, n=name, f=step: stepped.append(n) or f(s)
+        )
+    request = GenerationRequest("a red circle on a blue background", seed=3, **SIZE)
+
+    def first_frames(pipe) -> np.ndarray:
+        state = pipe.open(request)
+        try:
+            return pipe.step(state).frames
+        finally:
+            pipe.close(state)
+
+    before = {name: first_frames(built[name]) for name in ("longlive", "rolling_forcing")}
+    stepped.clear()
+    warm_up(built)
+    assert sorted(stepped) == ["longlive", "rolling_forcing"]
+    assert all(s.used_blocks == s.reserved_blocks == 0 for s in manager.stats().values())
+    for name, frames in before.items():  # no state carried into the next session
+        np.testing.assert_array_equal(first_frames(built[name]), frames)
