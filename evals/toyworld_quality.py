@@ -1,6 +1,6 @@
 """Quality of the embedded models on the toy world, measured on pixels and words, not by eye.
 
-    python -m evals.toyworld_quality --out quality.json [--drift-minutes 10]
+    python -m evals.toyworld_quality --out quality.json [--drift-minutes 10] [--parts switch]
 
 - **Prompt adherence** of generated clips (LongLive and Rolling Forcing): the fraction of frames
   whose measured colour and shape match the prompt (:func:`models.toyworld.adherence`), over
@@ -24,6 +24,7 @@ import argparse
 import json
 import re
 import statistics
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -184,59 +185,72 @@ def caption_accuracy(pipe: StreamingVLMPipeline, seconds: int, seed: int, size) 
     }
 
 
+PARTS = ("adherence", "switch", "drift", "captions")
+
+
 def main() -> None:
     from models.registry import load_wan_models
     from models.toyworld.embedded import load_vlm
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"a subset of {','.join(PARTS)} (default: all)"
+    )
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--switches", type=int, default=6)
     parser.add_argument("--drift-minutes", type=float, default=10.0)
     parser.add_argument("--caption-seconds", type=int, default=120)
     parser.add_argument("--seed", type=int, default=10_000, help="held out from training seeds")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts or parts - set(PARTS):
+        parser.error(f"--parts must be a subset of {','.join(PARTS)}, got {args.parts!r}")
     wan = load_wan_models()  # the shipped toy-world generator
     manager = KVCacheManager()
     results = {
         "benchmark": "toyworld_quality",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "size": f"{SIZE}x{SIZE}",
+        "command": " ".join(["python -m evals.toyworld_quality", *sys.argv[1:]]),
     }
     for name, cls in (("longlive", LongLivePipeline), ("rolling_forcing", RollingForcingPipeline)):
         pipe = cls(wan, manager, 256 << 20)
-        results[name] = {
-            "adherence": prompt_adherence(pipe, args.prompts, 4.0, args.seed),
-            "switch": switch_behaviour(pipe, args.switches, args.seed + 100),
-        }
-    results["longlive"]["drift"] = drift(
-        LongLivePipeline(wan, manager, 256 << 20), args.drift_minutes, args.seed + 200
-    )
-    vlm = StreamingVLMPipeline(load_vlm(), manager, 128 << 20)
-    results["streaming_vlm"] = caption_accuracy(
-        vlm, args.caption_seconds, args.seed + 300, (SIZE, SIZE)
-    )
-    args.out.write_text(json.dumps(results, indent=2))
-    _plot(results, args.out.with_suffix(".png"))
-    for name in ("longlive", "rolling_forcing"):
-        r = results[name]
-        print(
-            f"{name}: adherence {r['adherence']['mean']:.2f} (colours "
-            f"{r['adherence']['color_mean']:.2f}, background "
-            f"{r['adherence']['background_mean']:.2f}); switch colours: before "
-            f"{r['switch']['color_before_mean']:.2f}, after {r['switch']['color_after_mean']:.2f}, "
-            f"followed in {r['switch']['followed']} of {r['switch']['switches']}, after "
-            f"{r['switch']['frames_until_followed_median']} frames"
+        results[name] = {}
+        if "adherence" in parts:
+            results[name]["adherence"] = prompt_adherence(pipe, args.prompts, 4.0, args.seed)
+            a = results[name]["adherence"]
+            print(
+                f"{name}: adherence {a['mean']:.2f} (colours {a['color_mean']:.2f}, "
+                f"background {a['background_mean']:.2f})"
+            )
+        if "switch" in parts:
+            results[name]["switch"] = s = switch_behaviour(pipe, args.switches, args.seed + 100)
+            print(
+                f"{name}: switch colours: before {s['color_before_mean']:.2f}, after "
+                f"{s['color_after_mean']:.2f}, followed in {s['followed']} of {s['switches']}, "
+                f"after {s['frames_until_followed_median']} frames"
+            )
+    if "drift" in parts:
+        stream = drift(
+            LongLivePipeline(wan, manager, 256 << 20), args.drift_minutes, args.seed + 200
         )
-    stream = results["longlive"]["drift"]
-    print(f"drift, adherence per minute: {stream['adherence_per_minute']}")
-    print(f"drift, colour adherence per minute: {stream['color_adherence_per_minute']}")
-    print(f"drift, background adherence per minute: {stream['background_adherence_per_minute']}")
-    c = results["streaming_vlm"]
-    print(
-        f"captions: pair precision {c['pair_precision']:.2f}, recall {c['pair_recall']:.2f}, "
-        f"silence agreement {c['silence_agreement']:.2f} over {c['seconds']} s"
-    )
+        results["longlive"]["drift"] = stream
+        print(f"drift, adherence per minute: {stream['adherence_per_minute']}")
+        print(f"drift, colour adherence per minute: {stream['color_adherence_per_minute']}")
+        print(f"drift, background per minute: {stream['background_adherence_per_minute']}")
+    if "captions" in parts:
+        vlm = StreamingVLMPipeline(load_vlm(), manager, 128 << 20)
+        results["streaming_vlm"] = c = caption_accuracy(
+            vlm, args.caption_seconds, args.seed + 300, (SIZE, SIZE)
+        )
+        print(
+            f"captions: pair precision {c['pair_precision']:.2f}, recall {c['pair_recall']:.2f}, "
+            f"silence agreement {c['silence_agreement']:.2f} over {c['seconds']} s"
+        )
+    args.out.write_text(json.dumps(results, indent=2))
+    if "drift" in parts:
+        _plot(results, args.out.with_suffix(".png"))
 
 
 def _plot(results: dict, path: Path) -> None:
