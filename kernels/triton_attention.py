@@ -92,17 +92,29 @@ def _rope_tables(rope: RopeSpec, device: torch.device) -> tuple[torch.Tensor, to
     return per_device[device]
 
 
-def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rope: RopeSpec) -> int:
-    """Validate shapes; return the GQA group size."""
+def check_operands(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    rope: RopeSpec,
+    min_head_dim: int = 32,
+) -> int:
+    """Validate the shapes a Triton attention kernel takes; return the GQA group size.
+
+    The head dim must be a power of two (``tl.arange`` spans a pair half) of at least
+    ``min_head_dim``: the attention kernels make each pair half a matrix-product operand of
+    ``HEAD_DIM // 2 >= 16`` columns; the gather kernel only loads it, so any power of two does.
+    """
     head_dim = q.shape[-1]
     if k_cache.shape != v_cache.shape or k_cache.shape[-1] != head_dim:
         raise ValueError(
             f"k_cache {tuple(k_cache.shape)} / v_cache {tuple(v_cache.shape)} "
             f"do not match q {tuple(q.shape)}"
         )
-    # Each pair half is a matrix-product operand of HEAD_DIM // 2 >= 16 columns.
-    if head_dim != rope.head_dim or head_dim < 32 or head_dim & (head_dim - 1):
-        raise ValueError(f"head_dim {head_dim} must be a power of two >= 32 and match the rope")
+    if head_dim != rope.head_dim or head_dim < min_head_dim or head_dim & (head_dim - 1):
+        raise ValueError(
+            f"head_dim {head_dim} must be a power of two >= {min_head_dim} and match the rope"
+        )
     num_q_heads, num_kv_heads = q.shape[1], k_cache.shape[1]
     if num_q_heads % num_kv_heads:
         raise ValueError(f"{num_q_heads} query heads are not a multiple of {num_kv_heads} kv heads")
@@ -146,7 +158,7 @@ def prefill_attention(
     num_stages: int | None = None,
 ) -> torch.Tensor:
     """The chunk/prefill kernel for any query count; see :func:`paged_attention_triton`."""
-    group = _check(q, k_cache, v_cache, rope)
+    group = check_operands(q, k_cache, v_cache, rope)
     num_tokens, num_q_heads, head_dim = q.shape
     out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
     if num_tokens == 0:
@@ -216,7 +228,7 @@ def decode_attention(
     num_stages: int | None = None,
 ) -> torch.Tensor:
     """The split-key decode kernel plus combine; for ``meta.max_q_len <= DECODE_MAX_Q_LEN``."""
-    group = _check(q, k_cache, v_cache, rope)
+    group = check_operands(q, k_cache, v_cache, rope)
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
     out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from kernels.attention import AttentionMetadata, attend_sequence, register_backend
 from kernels.rope import RopeSpec
-from kernels.triton_attention import _rope_tables
+from kernels.triton_attention import _rope_tables, check_operands
 
 # Importing the device code also patches the CPU interpreter for NumPy 2 (TRITON_INTERPRET=1).
 from kernels.triton_kernels import _load_rotated
@@ -109,22 +109,6 @@ def _gather_rotate_kernel(
         tl.store(v_out_ptr + out_row + dims, v.to(v_out_ptr.dtype.element_ty), mask=mask[:, None])
 
 
-def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rope: RopeSpec) -> None:
-    head_dim = q.shape[-1]
-    if k_cache.shape != v_cache.shape or k_cache.shape[-1] != head_dim:
-        raise ValueError(
-            f"k_cache {tuple(k_cache.shape)} / v_cache {tuple(v_cache.shape)} "
-            f"do not match q {tuple(q.shape)}"
-        )
-    # tl.arange spans a pair half, so it must be a power of two.
-    if head_dim != rope.head_dim or head_dim < 2 or head_dim & (head_dim - 1):
-        raise ValueError(f"head_dim {head_dim} must be a power of two and match the rope")
-    if q.shape[1] % k_cache.shape[1]:
-        raise ValueError(
-            f"{q.shape[1]} query heads are not a multiple of {k_cache.shape[1]} kv heads"
-        )
-
-
 def _launch(
     x: torch.Tensor,
     x_out: torch.Tensor,
@@ -182,7 +166,7 @@ def gather_rotate(
         Flat ``q.dtype`` buffers of ``N_q * H_q * D`` and ``N_kv * H_kv * D`` elements; see
         :func:`sequence_view` for sequence ``s``'s ``[H, len_s, D]`` block.
     """
-    _check(q, k_cache, v_cache, rope)
+    check_operands(q, k_cache, v_cache, rope, min_head_dim=2)
     queries = torch.empty(q.numel(), dtype=q.dtype, device=q.device)
     kv_numel = meta.kv_slots.shape[0] * k_cache.shape[1] * k_cache.shape[2]
     keys = torch.empty(kv_numel, dtype=q.dtype, device=q.device)
