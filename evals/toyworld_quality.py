@@ -199,6 +199,12 @@ def main() -> None:
     )
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--switches", type=int, default=6)
+    parser.add_argument(
+        "--switch-seconds",
+        type=float,
+        default=5.0,
+        help="length of a switch clip; the switch comes at 2 s, the rest is watched",
+    )
     parser.add_argument("--drift-minutes", type=float, default=10.0)
     parser.add_argument("--caption-seconds", type=int, default=120)
     parser.add_argument("--seed", type=int, default=10_000, help="held out from training seeds")
@@ -225,7 +231,9 @@ def main() -> None:
                 f"background {a['background_mean']:.2f})"
             )
         if "switch" in parts:
-            results[name]["switch"] = s = switch_behaviour(pipe, args.switches, args.seed + 100)
+            results[name]["switch"] = s = switch_behaviour(
+                pipe, args.switches, args.seed + 100, seconds=args.switch_seconds
+            )
             print(
                 f"{name}: switch colours: before {s['color_before_mean']:.2f}, after "
                 f"{s['color_after_mean']:.2f}, followed in {s['followed']} of {s['switches']}, "

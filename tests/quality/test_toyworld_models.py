@@ -7,8 +7,8 @@ chance level, another feed's true captions, scores 0.06 pair-F1).
 
 The shipped generator follows the prompt's background, and its sprites carry the prompt's
 colours in 0.45-0.51 of frames over the eval's 8 prompts (a single random sprite would score
-about 0.12). A switch is followed in 14 of 24 cases in LongLive and 10 of 24 in Rolling
-Forcing (BENCHMARKS.md): not yet a floor worth claiming.
+about 0.12). Within 5 s a switch is followed in 17 of 24 cases in LongLive and 16 of 24 in
+Rolling Forcing (BENCHMARKS.md): not yet a floor worth claiming.
 """
 
 from __future__ import annotations
