@@ -244,7 +244,9 @@ def test_stopping_mid_stream_ends_sessions_and_leaves_playable_recordings(pipeli
                 ended = await recv(ws, "session.ended")
                 assert (ended["session"], ended["reason"]) == (session, "server_shutdown")
                 with pytest.raises(ConnectionClosed) as closed:
-                    await recv(ws)
+                    while True:  # feed frames still in flight are refused as for an ended session
+                        late = await recv(ws)
+                        assert (late["type"], late["code"]) == ("error", "unknown_session"), late
                 assert closed.value.rcvd.code == 1001
             await closing
             return received
