@@ -1,9 +1,9 @@
 """Plain-torch twins of the fused norm kernels in :mod:`kernels.triton_norms` (same signatures).
 
-They spell out, op for op, what :mod:`models.wan.model` computes on the torch path: float32
-math with the intermediate float32 tensors torch materialises, rounded to ``x.dtype`` at the
-end (RMSNorm: before the weight). Tests compare the kernels with them; the kernels bench times
-them as the unfused baseline.
+They are what :mod:`models.wan.model` runs where the fused kernels do not (a CPU, training):
+float32 math with the intermediate float32 tensors torch materialises, rounded to ``x.dtype``
+at the end (RMSNorm: before the weight). Tests compare the kernels with them; the kernels bench
+times them as the unfused baseline.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.norms import gated_residual_ref, layer_norm_ref, rms_norm_ref
 from models.attention import AttentionContext
 from models.wan.config import WanConfig, wan_config
 
@@ -105,9 +106,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_kernels(x.device):
             return _triton_norms().rms_norm(x, self.weight, self.eps)
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        return rms_norm_ref(x, self.weight, self.eps)
 
 
 class FP32LayerNorm(nn.LayerNorm):
@@ -218,20 +217,15 @@ class WanBlock(nn.Module):
         y = self.self_attn(_modulate(self.norm1, x, shift1, scale1, fused), layer, attention)
         x = _gated_residual(x, y, gate1, fused)
 
+        norm3 = self.norm3
         if fused:
-            norm3 = self.norm3
             y = _triton_norms().layer_norm(x, norm3.eps, norm3.weight, norm3.bias)
         else:
-            y = self.norm3(x).type_as(x)
+            y = layer_norm_ref(x, norm3.eps, norm3.weight, norm3.bias)
         x = x + self.cross_attn(y, text_k, text_v)
 
         y = self.ffn(_modulate(self.norm2, x, shift2, scale2, fused))
         return _gated_residual(x, y, gate2, fused)
-
-
-def _per_frame(t: torch.Tensor, frames: int) -> torch.Tensor:
-    """``[B, F*T, dim]`` → float32 ``[B, F, T, dim]``, to broadcast ``[B, F, 1, dim]`` over."""
-    return t.float().unflatten(1, (frames, -1))
 
 
 def _modulate(
@@ -244,8 +238,7 @@ def _modulate(
     """``norm(x) * (1 + scale) + shift`` per frame, in ``x.dtype`` (``norm`` has no affine)."""
     if fused:
         return _triton_norms().layer_norm(x, norm.eps, scale=scale, shift=shift)
-    y = _per_frame(norm(x), scale.shape[1]) * (1 + scale) + shift
-    return y.flatten(1, 2).type_as(x)
+    return layer_norm_ref(x, norm.eps, scale=scale, shift=shift)
 
 
 def _gated_residual(
@@ -254,8 +247,7 @@ def _gated_residual(
     """``x + y * gate`` per frame, in float32, rounded to ``x.dtype``."""
     if fused:
         return _triton_norms().gated_residual(x, y, gate)
-    frames = gate.shape[1]
-    return (_per_frame(x, frames) + _per_frame(y, frames) * gate).flatten(1, 2).type_as(x)
+    return gated_residual_ref(x, y, gate)
 
 
 class WanHead(nn.Module):
