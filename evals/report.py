@@ -11,7 +11,8 @@ regenerating, fails ``--check`` (and ``tests/evals/test_report.py``). In the tem
 * ``record(stem)``: a ``stream bench`` record (:class:`evals.bench.record.BenchRecord`), for
   the tables of :mod:`evals.report_tables`: ``generation_table(record(stem), "longlive",
   anchor)``, ``vlm_concurrency_table``, ``vlm_stream_table``, ``service_table``,
-  ``kernels_table``, ``vae_table``;
+  ``kernels_table``, ``vae_table``; ``targets_table(record(stem))`` (issue 10's targets, from
+  :mod:`evals.report_targets`);
 * ``result(stem)``: any results file as plain JSON (the toy-world training and quality
   records), for figures quoted in the prose: ``{{ "%.2f" | format(q.streaming_vlm.pair_recall) }}``;
 * ``provenance(stem)``: the command that produced a file, the file, its date, machine, versions
@@ -38,6 +39,7 @@ import jinja2
 
 from evals import report_tables
 from evals.bench.record import BenchRecord
+from evals.report_targets import targets_table
 
 __all__ = ["OUTPUT", "RESULTS", "TEMPLATE", "check_report", "render_report", "write_report"]
 
@@ -79,6 +81,7 @@ def render_report(template: Path = TEMPLATE, results: Path = RESULTS) -> str:
         provenance=lambda stem: report_tables.provenance(stem, result(stem)),
         link=link,
         **{n: getattr(report_tables, n) for n in report_tables.__all__ if n.endswith("_table")},
+        targets_table=targets_table,
     )
     return env.get_template(template.name).render()
 

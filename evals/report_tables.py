@@ -64,6 +64,7 @@ _GENERATION = (
     _Column("decode_ms", "decode ms / step", _ms),
     _Column("fps_dit", "FPS, DiT only", _rate),
     _Column("fps", "FPS, decode in series", _rate),
+    _Column("fps_overlap", "FPS, decode overlapped", _rate),
     _Column("step_ms_p95", "p95 ms / step", _ms),
     _Column("first_frame_ms", "first frame ms", _ms),
     _Column("switch_stall_ms", "switch stall ms", _signed_ms),
