@@ -29,7 +29,23 @@ from stream.kvcache import (
 )
 from stream.pipelines.base import FrameChunk, GenerationRequest
 
-__all__ = ["WanStreamPipeline", "WanStreamState"]
+__all__ = ["PendingChunk", "WanStreamPipeline", "WanStreamState"]
+
+
+@dataclass(frozen=True, eq=False)
+class PendingChunk:
+    """A chunk whose frames may still be in flight on the device."""
+
+    frames: np.ndarray  # uint8 [n, H, W, 3]; on CUDA a view of pinned memory being filled
+    first_index: int
+    fps: float
+    done: torch.cuda.Event | None = None  # recorded after the copy to host; None: ready
+
+    def result(self) -> FrameChunk:
+        """Wait for the frames (blocks on the device's decode stream only) and return them."""
+        if self.done is not None:
+            self.done.synchronize()
+        return FrameChunk(self.frames, self.first_index, self.fps)
 
 
 @dataclass(eq=False)
@@ -71,6 +87,7 @@ class WanStreamPipeline(ABC):
     ) -> None:
         self.models = models
         self.manager = manager
+        self._decode_stream: torch.cuda.Stream | None = None  # created at the first CUDA decode
         cfg = models.dit.config
         self.geometry = CacheGeometry(
             cfg.num_layers, cfg.num_heads, cfg.head_dim, models.dtype, str(models.device)
@@ -147,13 +164,39 @@ class WanStreamPipeline(ABC):
         """Generate and decode the next chunk of frames."""
         return self.decode(state, self.denoise(state))
 
-    @torch.inference_mode()
     def decode(self, state: WanStreamState, latents: torch.Tensor) -> FrameChunk:
         """Stream-decode clean latents into uint8 frames, continuing the stream's VAE cache."""
-        frames = to_uint8(self.models.vae.decode_chunk(latents, state.decode_state))[0]
-        chunk = FrameChunk(frames.cpu().numpy(), state.frames_emitted, self.config.fps)
-        state.frames_emitted += len(chunk)
-        return chunk
+        return self.decode_async(state, latents).result()
+
+    @torch.inference_mode()
+    def decode_async(self, state: WanStreamState, latents: torch.Tensor) -> PendingChunk:
+        """Start decoding ``latents``; the frames are ready when the result's ``result()`` returns.
+
+        On CUDA the decode and the copy to host run on the pipeline's own stream, so the caller
+        can launch the next chunk's DiT at once and the two overlap on the device (the decode
+        waits only for the work already queued, which produced ``latents``). Every decode of a
+        pipeline runs on that stream, so a stream's VAE history never changes stream and the
+        allocator never hands its memory to the DiT while a decode still reads it.
+        """
+        start, fps = state.frames_emitted, self.config.fps
+        device = self.models.device
+        if device.type != "cuda":
+            frames = to_uint8(self.models.vae.decode_chunk(latents, state.decode_state))[0]
+            state.frames_emitted += len(frames)
+            return PendingChunk(frames.numpy(), start, fps)
+        if self._decode_stream is None:
+            self._decode_stream = torch.cuda.Stream(device)
+        side = self._decode_stream
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            latents.record_stream(side)
+            frames = to_uint8(self.models.vae.decode_chunk(latents, state.decode_state))[0]
+            host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(frames, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(side)
+        state.frames_emitted += len(host)
+        return PendingChunk(host.numpy(), start, fps, done)
 
     # -- helpers ---------------------------------------------------------------------------
 
