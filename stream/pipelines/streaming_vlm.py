@@ -18,20 +18,31 @@ mid-stream joins the next round's user turn. The cache keeps StreamingVLM's poli
 sink, previous text 512 + 512, the last 16 rounds of text, a 16-second vision window) with
 contiguous M-RoPE positions, re-based on the host; nothing is ever re-rotated.
 
-A round runs as :meth:`StreamingVLMPipeline.prefill` (vision tower + one forward over the new
-round) followed by :meth:`StreamingVLMPipeline.decode` steps, which take any number of streams
-and run one packed forward for all of them.
+A round runs as :meth:`StreamingVLMPipeline.prefill` followed by
+:meth:`StreamingVLMPipeline.decode` steps. Both take any number of streams and pack them::
+
+    prefill([a, b, c]):  host, per stream: feed second -> pixels, round text -> ids, cache ranges
+                         device, per forward of <= max_prefill_tokens tokens:
+                           embed(ids_a ids_b ids_c, pixels_a|b|c, grids [3, 3])  one vision call
+                           decoder(embeds, one CacheView over 3 sequences)       one forward
+                           greedy over each sequence's last row                  3 next tokens
+    decode([a, b, c]):   one token each, one packed forward
+
+A stream's results are those of its prefill alone (same next token, same cache K/V); a stream
+whose host preparation fails is left out of the forward and reported, the others go on.
 """
 
 from __future__ import annotations
 
 import collections
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from models.qwen_vl import MAX_ASPECT_RATIO, QwenVL
+from models.qwen_vl import MAX_ASPECT_RATIO, QwenVL, VideoInputs
 from stream.kvcache import (
     CacheGeometry,
     CacheView,
@@ -68,6 +79,10 @@ class UnderstandingConfig:
     prev_window_tokens: int = 512
     max_round_text_tokens: int = 160  # template + question + reply, for admission
     max_buffered_seconds: int = 4  # feed seconds waiting; older ones are skipped
+    # tokens (text + vision, every stream's) one packed prefill forward holds at most: a longer
+    # list of streams is split into several forwards, and the engine takes at most this many
+    # per turn (by prefill_tokens()). 16384: 18 streams of 1008x560 (720 vision tokens each).
+    max_prefill_tokens: int = 16384
     attention_backend: str | None = None
 
     def __post_init__(self) -> None:
@@ -75,6 +90,8 @@ class UnderstandingConfig:
             raise ValueError(
                 f"fps must be 2 or 4 (whole temporal grids per second), got {self.fps}"
             )
+        if self.max_prefill_tokens <= 0:
+            raise ValueError(f"max_prefill_tokens must be positive, got {self.max_prefill_tokens}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +123,18 @@ class StreamingVLMState:
     next_token: int | None = None  # generated, not yet in the cache
     decoding: bool = False
     frame_size: tuple[int, int] | None = None  # (width, height) of the stream's first frame
+    vision_tokens: int = 0  # merged vision tokens of one second (0 until its first round)
+
+
+@dataclass(slots=True)
+class _Round:
+    """One stream's round, prepared on the host for a packed prefill forward."""
+
+    index: int  # the stream's place in the prefill call's list
+    second: int  # the feed second it answers
+    ids: list[int]  # token ids, its <|video_pad|> run included
+    ranges: list[TokenRange]  # cache ranges the ids are written to, in order
+    video: VideoInputs  # the second's pixels for the vision tower
 
 
 class StreamingVLMPipeline:
@@ -216,14 +245,76 @@ class StreamingVLMPipeline:
 
     # -- one round -------------------------------------------------------------------------
 
+    def prefill_tokens(self, state: StreamingVLMState) -> int:
+        """The most tokens the stream's next round puts into a prefill forward (host only).
+
+        Its last reply's end, the round-text budget (``max_round_text_tokens``) and one second's
+        vision tokens (the policy's worst case until its first round has measured them); the
+        engine packs streams by it under ``max_prefill_tokens``.
+        """
+        vision = state.vision_tokens or self._policy.max_vision_tokens
+        return len(state.pending) + self.config.max_round_text_tokens + vision
+
     @torch.inference_mode()
-    def prefill(self, state: StreamingVLMState) -> None:
-        """Start the round of the next buffered second: vision tower + one forward."""
+    def prefill(
+        self, states: StreamingVLMState | Sequence[StreamingVLMState]
+    ) -> list[Exception | None]:
+        """Start the round of each stream's next buffered second, all in packed forwards.
+
+        Each stream's round is prepared on the host (its second's pixels, the round's text, its
+        cache ranges); the rounds then run in order, as many per forward as
+        ``max_prefill_tokens`` holds (a round over it alone): one vision-tower call for their
+        videos and one decoder forward, as :meth:`decode` packs streams. Every stream ends up
+        as after a prefill of its own, mid-reply.
+
+        Args:
+            states: streams that are each :meth:`ready`, or one stream.
+
+        Returns:
+            Per stream, None when its round started, else the exception that stopped it (its
+            second is spent and its cache half-written: close it); the others are not affected
+            by it, except those in a forward that raised, which all get its exception. Called
+            with one stream (not a list), its exception is raised instead.
+
+        Raises:
+            ValueError: a stream that is not ready or is listed twice (then nothing has run).
+        """
+        single = isinstance(states, StreamingVLMState)
+        batch = [states] if single else list(states)
+        if len({id(s) for s in batch}) != len(batch):
+            raise ValueError("a stream is listed twice in one prefill")
+        if not all(self.ready(s) for s in batch):
+            raise ValueError("a stream has no complete second buffered; check ready() first")
+        errors: list[Exception | None] = [None] * len(batch)
+        rounds: list[_Round] = []
+        for i, state in enumerate(batch):
+            try:
+                rounds.append(self._prepare_round(i, state))
+            except Exception as exc:
+                errors[i] = exc
+        for forward in self._pack(rounds):
+            try:
+                tokens = self._prefill_forward([batch[r.index] for r in forward], forward)
+            except Exception as exc:
+                for r in forward:
+                    errors[r.index] = exc
+                continue
+            for r, token in zip(forward, tokens, strict=True):
+                state = batch[r.index]
+                state.next_token, state.reply, state.second = token, [], r.second
+                state.decoding, state.pending = True, []
+                state.vision_tokens = math.prod(r.video.merged_grid)
+                state.rounds += 1
+        if single and errors[0] is not None:
+            raise errors[0]
+        return errors
+
+    def _prepare_round(self, index: int, state: StreamingVLMState) -> _Round:
+        """Host work of one stream's round: its second's pixels, ids and cache ranges."""
         chunk: FeedChunk | None = state.feed.take()
         if chunk is None:
             raise ValueError("no complete second buffered; check ready() first")
-        model, sp = self.model, self.model.special
-        video = model.video_inputs(chunk.frames, max_pixels=self.config.max_pixels)
+        video = self.model.video_inputs(chunk.frames, max_pixels=self.config.max_pixels)
         t, h, w = video.merged_grid
         first = state.rounds == 0
         head = "<|im_start|>user\n" if first else "\n<|im_start|>user\n"
@@ -240,14 +331,32 @@ class StreamingVLMPipeline:
         ranges += state.cache.begin_round(
             len(head_ids), (t, h, w), len(tail_ids), t_step=self._t_step
         )
-        ids += head_ids + [sp.video_pad] * (t * h * w) + tail_ids
-        embeds = model.embed(
-            torch.tensor(ids, device=model.device), video.pixel_values_videos, video.video_grid_thw
+        ids += head_ids + [self.model.special.video_pad] * (t * h * w) + tail_ids
+        return _Round(index, chunk.second, ids, ranges, video)
+
+    def _pack(self, rounds: list[_Round]) -> list[list[_Round]]:
+        """Consecutive rounds grouped into forwards of at most ``max_prefill_tokens`` tokens."""
+        forwards: list[list[_Round]] = []
+        tokens = 0
+        for r in rounds:
+            if not forwards or tokens + len(r.ids) > self.config.max_prefill_tokens:
+                forwards.append([])
+                tokens = 0
+            forwards[-1].append(r)
+            tokens += len(r.ids)
+        return forwards
+
+    def _prefill_forward(self, states: list[StreamingVLMState], rounds: list[_Round]) -> list[int]:
+        """One vision-tower call and one decoder forward over ``rounds``; their next tokens."""
+        model = self.model
+        ids = torch.tensor([i for r in rounds for i in r.ids], device=model.device)
+        pixels = torch.cat([r.video.pixel_values_videos for r in rounds])
+        grids = torch.cat([r.video.video_grid_thw for r in rounds])
+        hidden = model.decoder(
+            model.embed(ids, pixels, grids), self._view(states, [r.ranges for r in rounds])
         )
-        hidden = model.decoder(embeds, self._view([state], [ranges]))
-        state.next_token = int(self._greedy(hidden[-1:])[0])
-        state.reply, state.second, state.decoding, state.pending = [], chunk.second, True, []
-        state.rounds += 1
+        last = np.cumsum([len(r.ids) for r in rounds]) - 1  # each sequence's last token
+        return self._greedy(hidden[torch.from_numpy(last).to(model.device)]).tolist()
 
     @torch.inference_mode()
     def decode(self, states: list[StreamingVLMState]) -> list[Caption | None]:

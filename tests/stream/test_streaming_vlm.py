@@ -1,10 +1,12 @@
 """StreamingVLM on the tiny model: the feed's sampling, a 600-second stream within the policy's
-bound, batched decode equal to streams decoded alone, questions joining the next round."""
+bound, batched decode and batched prefill equal to streams run alone, prefill forwards split by
+max_prefill_tokens, a failing round left out of its batch, questions joining the next round."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from models.qwen_vl import tiny_qwen_vl
 from stream.kvcache import KVCacheManager
@@ -27,9 +29,9 @@ def pipeline(model, **config) -> StreamingVLMPipeline:
     return StreamingVLMPipeline(model, KVCacheManager(), 64 << 20, UnderstandingConfig(**config))
 
 
-def feed_second(pipe, state, second: int, rng) -> None:
+def feed_second(pipe, state, second: int, rng, size: tuple[int, int] = FRAME) -> None:
     for j in range(2):
-        pipe.push_frame(state, second + j / 2, rng.integers(0, 255, FRAME + (3,), dtype=np.uint8))
+        pipe.push_frame(state, second + j / 2, rng.integers(0, 255, size + (3,), dtype=np.uint8))
 
 
 def finish_round(pipe, states) -> list:
@@ -123,6 +125,160 @@ def _ordered(pipe, states):
             if caption is not None:
                 done[id(state)] = caption
     return [done[id(s)] for s in states]
+
+
+# three frame sizes: 2x3, 2x2 and 3x4 merged vision tokens a second, so rounds differ in length
+SIZES = [FRAME, (56, 56), (84, 112)]
+
+
+def cached_kv(pipe, state) -> tuple[torch.Tensor, np.ndarray]:
+    """The stream's K/V ``[layers, 2, tokens, kv_heads, head_dim]`` and positions, in order."""
+    cache = state.cache.cache
+    names = cache.segment_names
+    slots = np.concatenate([cache.slots(n) for n in names])
+    positions = np.concatenate([cache.positions(n) for n in names])
+    return pipe.pool.kv[:, :, torch.from_numpy(slots.astype(np.int64))].clone(), positions
+
+
+def run_streams(model, batched: bool, seconds: int = 5, **config) -> list[list[tuple]]:
+    """Per stream, per second: (K/V, positions, caption) once the second's reply is done."""
+    pipe = pipeline(model, max_new_tokens=8, **config)
+    states = [pipe.open(UnderstandingRequest(f"Watch stream {i}.", "")) for i in range(3)]
+    rngs = [np.random.default_rng(i) for i in range(3)]
+    out: list[list[tuple]] = [[] for _ in states]
+    for second in range(seconds):
+        for state, rng, size in zip(states, rngs, SIZES, strict=True):
+            feed_second(pipe, state, second, rng, size)
+        if second == 2:
+            pipe.ask(states[1], "what colour is the ball?")  # one round longer than the others
+        if not second:
+            continue
+        if batched:
+            assert pipe.prefill(states) == [None] * 3
+            captions = _ordered(pipe, states)
+        else:
+            captions = []
+            for state in states:
+                pipe.prefill(state)
+                captions += _ordered(pipe, [state])
+        for i, state in enumerate(states):
+            # the reply decoded after the prefill is in the cache too: its K/V checks it
+            out[i].append((*cached_kv(pipe, state), captions[i].text))
+    return out
+
+
+def test_batched_prefill_equals_streams_alone(model) -> None:
+    alone, together = run_streams(model, batched=False), run_streams(model, batched=True)
+    for stream_alone, stream_together in zip(alone, together, strict=True):
+        for (kv_a, pos_a, text_a), (kv_b, pos_b, text_b) in zip(
+            stream_alone, stream_together, strict=True
+        ):
+            assert text_a == text_b
+            np.testing.assert_array_equal(pos_a, pos_b)
+            torch.testing.assert_close(kv_a, kv_b, rtol=1e-4, atol=1e-4)
+
+
+def test_the_next_token_of_a_batched_prefill_is_its_own(model) -> None:
+    tokens = {}
+    for batched in (False, True):
+        pipe = pipeline(model)
+        states = [pipe.open(UnderstandingRequest(f"Watch stream {i}.", "")) for i in range(3)]
+        for i, (state, size) in enumerate(zip(states, SIZES, strict=True)):
+            for second in range(2):
+                feed_second(pipe, state, second, np.random.default_rng(i), size)
+        if batched:
+            pipe.prefill(states)
+        else:
+            for state in states:
+                pipe.prefill(state)
+        tokens[batched] = [(s.next_token, s.second, s.rounds, s.vision_tokens) for s in states]
+    assert tokens[True] == tokens[False]
+    assert [t[3] for t in tokens[True]] == [6, 4, 12]
+
+
+def test_max_prefill_tokens_splits_a_burst_into_forwards(model, monkeypatch) -> None:
+    forwards = []
+    original = StreamingVLMPipeline._prefill_forward
+
+    def counted(self, states, rounds):
+        forwards.append(sum(len(r.ids) for r in rounds))
+        return original(self, states, rounds)
+
+    monkeypatch.setattr(StreamingVLMPipeline, "_prefill_forward", counted)
+    unbounded = run_streams(model, batched=True, seconds=3)
+    assert len(forwards) == 2  # one forward a second
+    forwards.clear()
+    bounded = run_streams(model, batched=True, seconds=3, max_prefill_tokens=60)
+    assert len(forwards) > 2 and max(forwards) <= 60
+    for stream_a, stream_b in zip(unbounded, bounded, strict=True):
+        for (kv_a, _, text_a), (kv_b, _, text_b) in zip(stream_a, stream_b, strict=True):
+            assert text_a == text_b
+            torch.testing.assert_close(kv_a, kv_b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="max_prefill_tokens"):
+        UnderstandingConfig(max_prefill_tokens=0)
+
+
+def test_prefill_tokens_bounds_the_round(model, monkeypatch) -> None:
+    lengths = []
+    original = StreamingVLMPipeline._prefill_forward
+
+    def measured(self, states, rounds):
+        lengths.append(len(rounds[0].ids))
+        return original(self, states, rounds)
+
+    monkeypatch.setattr(StreamingVLMPipeline, "_prefill_forward", measured)
+    pipe = pipeline(model)
+    state = pipe.open(UnderstandingRequest("Say what moves.", ""))
+    bounds = []
+    for second in range(4):
+        feed_second(pipe, state, second, np.random.default_rng(0))
+        if second:
+            bounds.append(pipe.prefill_tokens(state))
+            pipe.prefill(state)
+            finish_round(pipe, [state])
+    # before the first round: the policy's worst case of vision; then the measured 6 tokens
+    assert bounds[0] == 160 + pipe._policy.max_vision_tokens
+    # then the last reply's end (1 or 2 tokens) + the text budget + the measured 6 tokens
+    assert state.vision_tokens == 6 and all(b - 160 - 6 in (1, 2) for b in bounds[1:])
+    assert all(n <= bound for n, bound in zip(lengths, bounds, strict=True))
+
+
+def test_a_failing_round_is_left_out_and_the_others_go_on(model, monkeypatch) -> None:
+    """A stream whose preparation raises gets its exception back; the batch runs without it."""
+    original = model.video_inputs
+
+    def video_inputs(frames, **kwargs):
+        if frames[0].shape[:2] == SIZES[1]:
+            raise RuntimeError("the vision preprocessing fell over")
+        return original(frames, **kwargs)
+
+    pipe = pipeline(model)
+    states = [pipe.open(UnderstandingRequest(f"Watch stream {i}.", "")) for i in range(3)]
+    for second in range(2):
+        for i, (state, size) in enumerate(zip(states, SIZES, strict=True)):
+            feed_second(pipe, state, second, np.random.default_rng(i), size)
+    monkeypatch.setattr(model, "video_inputs", video_inputs)
+    errors = pipe.prefill(states)
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], RuntimeError) and "fell over" in str(errors[1])
+    assert [s.decoding for s in states] == [True, False, True]
+    assert [c.start for c in _ordered(pipe, [states[0], states[2]])] == [0.0, 0.0]
+    pipe.close(states[1])
+    feed_second(pipe, states[0], 2, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="twice"):  # misuse raises before anything runs
+        pipe.prefill([states[0], states[0]])
+    with pytest.raises(ValueError, match="ready"):  # stream 2's next second is incomplete
+        pipe.prefill([states[0], states[2]])
+    assert states[0].feed.ready() and not states[0].decoding
+    # one stream (not a list): its exception is raised, as before batching
+    lone = pipe.open(UnderstandingRequest())
+    for second in range(2):
+        feed_second(pipe, lone, second, np.random.default_rng(5), SIZES[1])
+    with pytest.raises(RuntimeError, match="fell over"):
+        pipe.prefill(lone)
+    for state in (states[0], states[2], lone):
+        pipe.close(state)
+    assert pipe.pool.stats().used_blocks == 0
 
 
 def test_a_question_joins_the_next_round(model) -> None:
