@@ -6,19 +6,23 @@ Each turn of the loop is ``schedule() -> execute() -> update()``::
     commands (open, switch, frames, questions, pause, resume, close) drained between steps
     schedule():  1. a realtime generation session past its deadline (its client's playback
                     would otherwise run out of frames)
-                 2. an understanding stream with a second of feed waiting: its prefill, after
-                    which it joins the streams mid-reply
+                 2. every understanding stream with a second of feed waiting (of one pipeline,
+                    up to its max_prefill_tokens by prefill_tokens()): one batched prefill,
+                    after which they join the streams mid-reply
                  3. one decode step for every understanding stream mid-reply, batched
                     (continuous batching over the paged cache)
                  4. the generation session with the earliest deadline, while less than
                     `lookahead_seconds` ahead (benchmark sessions: whenever their output
                     queue has room)
-    execute():   pipeline.step(state) (one chunk: 12 frames for LongLive), or a VLM prefill
-                 (vision tower + the second's round), or the batched decode step
+    execute():   pipeline.step(state) (one chunk: 12 frames for LongLive), or the batched VLM
+                 prefill (vision tower + the second's round, packed over the streams), or the
+                 batched decode step
     update():    frames -> the session's OutputQueue (bounded, oldest dropped); captions ->
                  the session's events; stats
 
-A step that raises ends only its own session(s) (error ``internal``); the others go on.
+A step that raises ends only its own session(s) (error ``internal``); the others go on. A
+batched step that raises ends every session in it; a batched prefill also reports a stream whose
+own round failed, which ends that session alone.
 Admission is the cache manager's (``CacheFullError`` -> ``cache_full``) and the session limit's.
 """
 
@@ -73,15 +77,17 @@ class UnderstandingPipeline(Protocol):
 
     kind: str  # "understanding"
 
+    # has .fps (sampled frames per second of feed), .max_prefill_tokens (one batched prefill)
     @property
-    def config(self) -> Any: ...  # has .fps: sampled frames per second of feed
+    def config(self) -> Any: ...
 
     def open(self, request: UnderstandingRequest) -> Any: ...
     def push_frame(self, state: Any, timestamp: float, frame: Any) -> None: ...
     def ask(self, state: Any, question: str) -> None: ...
     def ready(self, state: Any) -> bool: ...
     def is_decoding(self, state: Any) -> bool: ...
-    def prefill(self, state: Any) -> None: ...
+    def prefill_tokens(self, state: Any) -> int: ...  # at most, for its next round
+    def prefill(self, states: list[Any]) -> list[Exception | None]: ...  # per stream: its error
     def decode(self, states: list[Any]) -> list[Caption | None]: ...
     def close(self, state: Any) -> None: ...
 
@@ -404,10 +410,10 @@ class Engine:
                 logger.exception("engine command")
         if self._stopping:
             return
-        # overdue generation first, then understanding (a waiting second is prefilled so it
-        # joins the streams mid-reply, then one decode step for all of them), then generation
-        # ahead of its deadline. Overdue generation never runs twice in a row while
-        # understanding waits: an overloaded device slows every stream, it starves none.
+        # overdue generation first, then understanding (the waiting seconds are prefilled
+        # together so they join the streams mid-reply, then one decode step for all of them),
+        # then generation ahead of its deadline. Overdue generation never runs twice in a row
+        # while understanding waits: an overloaded device slows every stream, it starves none.
         generation = self._schedule()
         overdue = (
             generation is not None
@@ -415,14 +421,14 @@ class Engine:
             and generation.deadline() <= self._clock()
         )
         ready = self._ready_understanding()
-        decoding = self._decoding() if ready is None else {}
-        waiting = ready is not None or bool(decoding)
+        decoding = self._decoding() if not ready else {}
+        waiting = bool(ready) or bool(decoding)
         ran_generation = self._generation_ran_last
         self._generation_ran_last = False
         if overdue and not (waiting and ran_generation):
             self._execute(generation)
             self._generation_ran_last = True
-        elif ready is not None:
+        elif ready:
             self._prefill(ready)
         elif decoding:
             self._decode(decoding)
@@ -442,16 +448,30 @@ class Engine:
                 groups.setdefault(id(live.pipeline), []).append(live)
         return groups
 
-    def _ready_understanding(self) -> _Live | None:
-        """An understanding stream with a second of feed waiting and no reply in progress."""
+    def _ready_understanding(self) -> list[_Live]:
+        """Understanding streams with a second of feed waiting and no reply in progress: those
+        of the first pipeline that has one, in admission order, as many as fit its
+        ``max_prefill_tokens`` by their ``prefill_tokens`` (at least one); the rest wait for the
+        next turn, when these are mid-reply and no longer ready."""
+        batch: list[_Live] = []
+        budget = 0
         for live in self._live.values():
+            pipeline = live.pipeline
             if (
-                live.pipeline.kind == "understanding"
-                and live.session.state is SessionState.RUNNING
-                and live.pipeline.ready(live.state)
+                pipeline.kind != "understanding"
+                or live.session.state is not SessionState.RUNNING
+                or (batch and pipeline is not batch[0].pipeline)
+                or not pipeline.ready(live.state)
             ):
-                return live
-        return None
+                continue
+            tokens = pipeline.prefill_tokens(live.state)
+            if not batch:
+                budget = pipeline.config.max_prefill_tokens
+            elif tokens > budget:
+                continue
+            batch.append(live)
+            budget -= tokens
+        return batch
 
     def _schedule(self) -> _Live | None:
         """The generation session with the earliest deadline among those due for a step."""
@@ -483,16 +503,23 @@ class Engine:
         ]
         return min([0.05, *(w for w in waits if w > 0)])
 
-    def _prefill(self, live: _Live) -> None:
+    def _prefill(self, lives: list[_Live]) -> None:
+        """One batched prefill; a raise ends every session in it, a stream's error its own."""
         start = time.perf_counter()
         try:
-            live.pipeline.prefill(live.state)
+            errors = lives[0].pipeline.prefill([live.state for live in lives])
+            if len(errors) != len(lives):
+                raise RuntimeError(f"prefill answered {len(errors)} streams of {len(lives)}")
         except Exception as exc:
-            self._fail([live], exc)
+            self._fail(lives, exc)
             return
         elapsed = time.perf_counter() - start
-        live.session.stats.step_seconds.append(elapsed)
         self._record_step(elapsed)
+        for live, error in zip(lives, errors, strict=True):
+            if error is None:
+                live.session.stats.step_seconds.append(elapsed)
+            else:
+                self._fail([live], error)
 
     def _decode(self, groups: dict[int, list[_Live]]) -> None:
         """One batched decode step per understanding pipeline; finished replies -> captions."""

@@ -1,5 +1,6 @@
 """The engine with stand-in pipelines (test doubles): admission refusals, deadline pacing,
-pause/resume, a failing step that ends only its own session, batched understanding decode."""
+pause/resume, a failing step that ends only its own session, batched understanding prefill
+(within max_prefill_tokens, a failing stream or batch ending only its own sessions) and decode."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from stream.protocol import ProtocolError
 @dataclass
 class _Config:
     fps: float = 16.0
+    max_prefill_tokens: int = 1 << 20
 
 
 class FakeGeneration:
@@ -57,6 +59,7 @@ class FakeGeneration:
 
 @dataclass
 class _VLMState:
+    instruction: str = ""
     seconds: list[int] = field(default_factory=list)
     decoding: bool = False
     tokens: int = 0
@@ -64,17 +67,20 @@ class _VLMState:
 
 
 class FakeUnderstanding:
-    """A second is ready per pushed frame; a reply is three decode steps long."""
+    """A second is ready per pushed frame; a round is 100 prefill tokens and a reply three decode
+    steps long. An instruction of "boom" fails its stream's rounds, "crash" its whole batch's."""
 
     kind = "understanding"
 
-    def __init__(self) -> None:
-        self.config = _Config(fps=2)
-        self.batches: list[int] = []
+    def __init__(self, max_prefill_tokens: int = 1 << 20) -> None:
+        self.config = _Config(fps=2, max_prefill_tokens=max_prefill_tokens)
+        self.batches: list[int] = []  # streams per decode step
+        self.prefills: list[int] = []  # streams per prefill
+        self.closed = 0
         self.lock = threading.Lock()
 
     def open(self, request):
-        return _VLMState()
+        return _VLMState(request.instruction)
 
     def push_frame(self, state, timestamp, frame) -> None:
         state.seconds.append(int(timestamp))
@@ -88,8 +94,22 @@ class FakeUnderstanding:
     def is_decoding(self, state) -> bool:
         return state.decoding
 
-    def prefill(self, state) -> None:
-        state.second, state.decoding, state.tokens = state.seconds.pop(0), True, 0
+    def prefill_tokens(self, state) -> int:
+        return 100
+
+    def prefill(self, states) -> list:
+        self.prefills.append(len(states))
+        if any(state.instruction == "crash" for state in states):
+            raise RuntimeError("the batch fell over")
+        errors = []
+        for state in states:
+            second = state.seconds.pop(0)
+            if state.instruction == "boom":
+                errors.append(ValueError("the round fell over"))
+                continue
+            state.second, state.decoding, state.tokens = second, True, 0
+            errors.append(None)
+        return errors
 
     def decode(self, states):
         self.batches.append(len(states))
@@ -104,7 +124,7 @@ class FakeUnderstanding:
         return out
 
     def close(self, state) -> None:
-        pass
+        self.closed += 1
 
 
 def run(coro):
@@ -237,8 +257,102 @@ def test_understanding_decode_steps_are_batched() -> None:
                 event = await asyncio.wait_for(session.events.get(), 10)
                 captions.append((event["type"], event["start"], event["text"]))
             assert captions == [("caption", 0, "s0")] * 3
-            # prefills run one stream at a time, then the replying streams decode together
+            # the replying streams decode together (the prefills may catch one, two or three)
             assert max(pipeline.batches) >= 2 and sum(pipeline.batches) == 9
+            assert sum(pipeline.prefills) == 3
+        finally:
+            await engine.shutdown()
+
+    run(main())
+
+
+class HeldUnderstanding(FakeUnderstanding):
+    """No stream is ready until ``release`` is set: the frames of every stream are in first."""
+
+    def __init__(self, max_prefill_tokens: int = 1 << 20) -> None:
+        super().__init__(max_prefill_tokens)
+        self.release = threading.Event()
+
+    def ready(self, state) -> bool:
+        return self.release.is_set() and super().ready(state)
+
+
+async def _open_fed(engine: Engine, pipeline: str, instructions: list[str]) -> list:
+    """Sessions of ``pipeline``, each fed one second, its frame taken by the engine thread."""
+    sessions = [await engine.open_session(pipeline, {"instruction": i}) for i in instructions]
+    for session in sessions:
+        engine.push_frame(session, 0.0, np.zeros((2, 2, 3), np.uint8))
+    while (stats := engine.stats()).pending_input_frames or stats.pending_commands:
+        await asyncio.sleep(0.01)
+    return sessions
+
+
+async def _caption(session) -> dict:
+    event = await asyncio.wait_for(session.events.get(), 10)
+    assert event["type"] == "caption", event
+    return event
+
+
+def test_understanding_prefills_are_batched_within_max_prefill_tokens() -> None:
+    async def main():
+        pipeline = HeldUnderstanding(max_prefill_tokens=250)  # two 100-token rounds a prefill
+        engine = Engine({"vlm": pipeline})
+        engine.start()
+        try:
+            sessions = await _open_fed(engine, "vlm", [f"watch {i}" for i in range(5)])
+            pipeline.release.set()
+            for session in sessions:
+                assert (await _caption(session))["start"] == 0
+            # every waiting stream in one turn, split by the bound: 2 + 2 + 1, then decode
+            assert pipeline.prefills == [2, 2, 1]
+            assert pipeline.batches[0] == 5 and sum(pipeline.batches) == 15
+        finally:
+            await engine.shutdown()
+
+    run(main())
+
+
+def test_a_failing_stream_in_a_batched_prefill_ends_only_its_session() -> None:
+    async def main():
+        pipeline = HeldUnderstanding()
+        engine = Engine({"vlm": pipeline})
+        engine.start()
+        try:
+            good, bad, other = await _open_fed(engine, "vlm", ["a", "boom", "b"])
+            pipeline.release.set()
+            await asyncio.wait_for(bad.ended.wait(), 10)
+            assert bad.end_reason == "error" and "round fell over" in bad.end_message
+            assert [(await _caption(s))["text"] for s in (good, other)] == ["s0", "s0"]
+            assert pipeline.prefills == [3] and pipeline.batches[0] == 2
+            assert engine.stats().errors == {"internal": 1}
+            assert pipeline.closed == 1  # the failed stream gave its cache back
+            engine.push_frame(good, 1.0, np.zeros((2, 2, 3), np.uint8))  # and the rest go on
+            assert (await _caption(good))["start"] == 1
+        finally:
+            await engine.shutdown()
+
+    run(main())
+
+
+def test_a_batched_prefill_that_raises_ends_the_sessions_in_it_only() -> None:
+    async def main():
+        pipeline, neighbour = HeldUnderstanding(), FakeUnderstanding()
+        generation = FakeGeneration()
+        engine = Engine({"vlm": pipeline, "vlm2": neighbour, "gen": generation})
+        engine.start()
+        try:
+            video = await engine.open_session("gen", {"prompt": "a", "seed": 3}, realtime=False)
+            (apart,) = await _open_fed(engine, "vlm2", ["c"])
+            batch = await _open_fed(engine, "vlm", ["a", "crash", "b"])
+            pipeline.release.set()
+            for session in batch:
+                await asyncio.wait_for(session.ended.wait(), 10)
+                assert session.end_reason == "error" and "batch fell over" in session.end_message
+            assert pipeline.prefills == [3] and pipeline.closed == 3
+            assert engine.stats().errors == {"internal": 3}
+            assert (await _caption(apart))["text"] == "s0"  # another pipeline's stream goes on
+            frames = await frames_of(video, 24)  # and so does generation
+            assert all(int(f.pixels[0, 0, 0]) == 3 for f in frames)
         finally:
             await engine.shutdown()
 
