@@ -2,7 +2,9 @@
 
 A second of feed is 2 frames (the preset's frame size; full size: 1008x560 = 720 vision tokens)
 answered with up to 20 reply tokens; its latency is the wall time of its prefill (vision tower
-+ the round) and its decode steps. Two workloads:
++ the round) and its decode steps. N streams' seconds are prefilled together as the engine does
+it: one batched prefill (one vision-tower call and one decoder forward per ``max_prefill_tokens``
+of rounds), then decode steps batched over the streams mid-reply. Two workloads:
 
 * ``streaming_vlm``: one stream of ``seconds`` seconds per variant, the variants' streams taking
   turns second by second on the same frames; the per-second series shows the cost and the
@@ -11,8 +13,8 @@ answered with up to 20 reply tokens; its latency is the wall time of its prefill
 * ``streaming_vlm_concurrency``: N streams at once for each N of ``streams`` (ascending): the
   newcomers first run ``warmup`` seconds among themselves (17 fills the published window), all
   N run one untimed second under each variant (the batch's first use), then ``rounds`` seconds
-  of every stream are timed under each variant in turn, decode steps batched over the N
-  streams as the engine batches them. Variants share the warm streams (same cache, another
+  of every stream are timed under each variant in turn, prefill and decode steps batched over
+  the N streams as the engine batches them. Variants share the warm streams (same cache, another
   attention backend), so a baseline costs no second warm-up. A second is real time when
   p95 < 1000 ms; the sweep stops once no variant is within 1.5 s.
 """
@@ -90,6 +92,7 @@ def run_understanding(
         "frame": f"{width}x{height}",
         "dtype": str(model.dtype).removeprefix("torch."),
         "reply_tokens": UnderstandingConfig().max_new_tokens,
+        "max_prefill_tokens": UnderstandingConfig().max_prefill_tokens,
         **{k: v for k, v in asdict(settings).items()},
     }
     variants = _long_streams(model, specs, settings, clock, feed)
@@ -245,15 +248,16 @@ def _concurrency(
 def _run_second(
     pipe: StreamingVLMPipeline, streams: list[_Stream], frames: list[np.ndarray], clock: Clock
 ) -> float:
-    """Feed every stream its next second, then time the prefills and the batched decode."""
+    """Feed every stream its next second, then time their batched prefill and decode steps."""
     for stream in streams:
         for j, frame in enumerate(frames):
             pipe.push_frame(stream.state, stream.second + j / len(frames), frame)
         pipe.push_frame(stream.state, stream.second + 1.0, frames[-1])  # completes the second
         stream.second += 1
     start = clock.now()
-    for stream in streams:
-        pipe.prefill(stream.state)
+    for error in pipe.prefill([stream.state for stream in streams]):
+        if error is not None:
+            raise error
     while decoding := [s.state for s in streams if pipe.is_decoding(s.state)]:
         pipe.decode(decoding)
     return clock.now() - start

@@ -14,6 +14,8 @@ import torch
 from evals.bench.cli import main
 from evals.bench.plot import plot_path
 from evals.bench.record import SCHEMA, BenchRecord
+from evals.bench.timing import Clock
+from evals.bench.understanding import _Feed, _run_second, _Stream
 from evals.report_tables import (
     generation_table,
     provenance,
@@ -21,7 +23,10 @@ from evals.report_tables import (
     vlm_concurrency_table,
     vlm_stream_table,
 )
+from models.qwen_vl import tiny_qwen_vl
 from stream.cli import build_parser
+from stream.kvcache import KVCacheManager
+from stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
 
 SUITES = ("generation", "understanding", "service")
 GENERATION_SERIES = {
@@ -180,3 +185,23 @@ def test_report_tables_render_a_fresh_record(run) -> None:
     assert "`direct`" in service_table(record)
     line = provenance("quick", json.loads(out.read_text()))
     assert line.startswith("`stream bench ") and record.run.date[:10] in line
+
+
+def test_a_second_of_n_streams_is_one_batched_prefill(monkeypatch, one_thread) -> None:
+    """The concurrency workload prefills its streams as the engine does: all in one call."""
+    calls = []
+    original = StreamingVLMPipeline.prefill
+
+    def prefill(self, states):
+        calls.append(len(states))
+        return original(self, states)
+
+    monkeypatch.setattr(StreamingVLMPipeline, "prefill", prefill)
+    model = tiny_qwen_vl()
+    pipe = StreamingVLMPipeline(model, KVCacheManager(), 16 << 20)
+    streams = [_Stream(pipe.open(UnderstandingRequest())) for _ in range(3)]
+    feed = _Feed((56, 84))
+    for _ in range(2):
+        assert _run_second(pipe, streams, feed.second(), Clock(model.device)) > 0
+    assert calls == [3, 3]
+    assert all(s.state.rounds == 2 and not s.state.decoding for s in streams)
