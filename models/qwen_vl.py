@@ -16,9 +16,11 @@ StreamingVLM release) with ``local_files_only=True``; :func:`tiny_qwen_vl` build
 model with a toy-world tokenizer in memory (parts in :mod:`models.qwen_vl_tiny`), for tests and
 the embedded default.
 
-Video frames are prepared with transformers' PIL Qwen2-VL image processor (resize with Qwen's
-``smart_resize`` rule, rescale, normalise, patchify), then interleaved in time exactly as
-``Qwen2VLVideoProcessor.patchify`` lays them out; the video processor itself needs torchvision.
+Video frames are prepared as transformers' PIL Qwen2-VL image processor prepares them (resize
+with Qwen's ``smart_resize`` rule, rescale, normalise, patchify) and interleaved in time as
+``Qwen2VLVideoProcessor`` lays them out, but with torch ops on the model's device; the vision
+tower runs transformers' modules with one attention call per block. Both live in
+:mod:`models.qwen_vision`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from kernels import RopeSpec, mrope
 from models.attention import AttentionContext
+from models.qwen_vision import VideoPreprocessor, VisionTower
 
 __all__ = [
     "MAX_ASPECT_RATIO",
@@ -290,7 +293,7 @@ class QwenSpecialTokens:
 class VideoInputs(NamedTuple):
     """One chunk of video ready for the vision tower."""
 
-    pixel_values_videos: torch.Tensor  # float [t*h*w, C*temporal_patch*patch*patch]
+    pixel_values_videos: torch.Tensor  # [t*h*w, C*temporal_patch*patch*patch], model's device
     video_grid_thw: torch.Tensor  # int64 [1, 3]: (t, h, w) in patches
     merged_grid: tuple[int, int, int]  # (t, h/merge, w/merge): one LLM token per cell
 
@@ -301,7 +304,8 @@ class QwenVL:
     Args:
         hf_model: the transformers model; its parameters are shared with :attr:`decoder`.
         tokenizer: the model's tokenizer (chat template included when the folder has one).
-        image_processor: transformers' Qwen2-VL image processor (PIL backend).
+        image_processor: transformers' Qwen2-VL image processor (PIL backend); its settings
+            (resample filter, rescale factor, mean, std) drive :meth:`video_inputs`.
         video_min_pixels, video_max_pixels: per-frame pixel bounds of :meth:`video_inputs`.
     """
 
@@ -326,6 +330,8 @@ class QwenVL:
         self.temporal_patch_size = vision.temporal_patch_size
         self.patch_size = vision.patch_size
         self._check_consistent()
+        self.video_preprocessor = VideoPreprocessor(image_processor)
+        self.vision = VisionTower(hf_model.model.visual)  # transformers' tower, batched attention
 
     @property
     def device(self) -> torch.device:
@@ -350,21 +356,21 @@ class QwenVL:
         Args:
             input_ids: int ``[N]`` packed token ids (several sequences may follow each other).
             pixel_values_videos: the videos' patches in order of their pad runs, or None.
-            video_grid_thw: int ``[num_videos, 3]`` patch grids of those videos.
+            video_grid_thw: int ``[num_videos, 3]`` patch grids of those videos; read on the
+                host, so keep it on the CPU (as :meth:`video_inputs` returns it).
 
         Returns:
             ``[N, hidden]``, merged as transformers merges them (``masked_scatter`` in order).
+            The features are transformers' ``get_video_features``, computed by
+            :class:`~models.qwen_vision.VisionTower` with one attention call per block.
         """
         embeds = self.hf.get_input_embeddings()(input_ids.to(self.device))
         if pixel_values_videos is None:
             return embeds
         if video_grid_thw is None:
             raise ValueError("pixel_values_videos given without video_grid_thw")
-        grid = video_grid_thw.to(self.device)
-        features = self.hf.model.get_video_features(
-            pixel_values_videos.to(self.device), grid, return_dict=True
-        ).pooler_output
-        features = torch.cat(list(features), dim=0).to(embeds.dtype)
+        features = self.vision(pixel_values_videos.to(self.device), video_grid_thw)
+        features = features.to(embeds.dtype)
         mask = (input_ids.to(self.device) == self.special.video_pad)[:, None]
         if features.shape[0] != int(mask.sum()):
             raise ValueError(
@@ -380,44 +386,42 @@ class QwenVL:
     ) -> VideoInputs:
         """Prepare a chunk of frames (2 frames = one second at 2 fps) for the vision tower.
 
-        Each frame is resized with Qwen's ``smart_resize`` (multiples of patch*merge, pixels
-        within ``[min_pixels, max_pixels]``), rescaled and normalised by the image processor;
-        pairs of frames then form temporal patches in ``Qwen2VLVideoProcessor``'s layout. An
-        odd frame count repeats the last frame, as that processor does.
+        The frames are uploaded once to the model's device; each is resized (only when Qwen's
+        ``smart_resize`` changes its size: multiples of patch*merge, pixels within
+        ``[min_pixels, max_pixels]``), rescaled and normalised with the image processor's
+        settings; pairs of frames then form temporal patches in ``Qwen2VLVideoProcessor``'s
+        layout. An odd frame count repeats the last frame, as that processor does. All of it
+        runs as torch ops (:class:`~models.qwen_vision.VideoPreprocessor`): without a resize the
+        values equal the PIL image processor's bit for bit; resized frames may differ from
+        PIL's resampling by up to 2 uint8 levels on a few values (at most 0.03 after
+        normalising).
 
         Args:
             frames: uint8 ``[H, W, 3]`` arrays of one size.
             max_pixels, min_pixels: per-frame bounds; the bundle's defaults when None.
 
         Returns:
-            ``VideoInputs(pixel_values_videos, video_grid_thw, merged_grid)``.
+            ``VideoInputs(pixel_values_videos, video_grid_thw, merged_grid)``: the pixel values
+            on the model's device in its dtype, the grid on the CPU.
         """
         if not frames:
             raise ValueError("frames is empty")
         shapes = {tuple(f.shape) for f in frames}
         if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[2] != 3:
             raise ValueError(f"frames must be uint8 [H, W, 3] of one size, got shapes {shapes}")
-        tps = self.temporal_patch_size
-        frames = list(frames) + [frames[-1]] * (-len(frames) % tps)
-        size = {
-            "shortest_edge": self.video_min_pixels if min_pixels is None else min_pixels,
-            "longest_edge": self.video_max_pixels if max_pixels is None else max_pixels,
-        }
-        # channels_last stated: a frame 1 or 3 pixels high would otherwise read as channels-first
-        out = self.image_processor(
-            images=frames, size=size, return_tensors="np", input_data_format="channels_last"
+        dtypes = {f.dtype for f in frames}
+        if dtypes != {np.dtype(np.uint8)}:
+            raise ValueError(f"frames must be uint8 [H, W, 3] of one size, got dtypes {dtypes}")
+        pixel_values, (t, h, w) = self.video_preprocessor.prepare(
+            frames,
+            self.video_min_pixels if min_pixels is None else min_pixels,
+            self.video_max_pixels if max_pixels is None else max_pixels,
+            self.device,
+            self.dtype,
         )
-        grid = out["image_grid_thw"]  # [F, 3], rows (1, h, w)
-        h, w = int(grid[0, 1]), int(grid[0, 2])
-        p = self.patch_size
-        # [F, h*w, C, tps, p, p] -> take one temporal copy -> [T, tps, h*w, C, p, p] -> interleave
-        patches = out["pixel_values"].reshape(len(frames), h * w, -1, tps, p, p)[:, :, :, 0]
-        t = len(frames) // tps
-        patches = patches.reshape(t, tps, h * w, -1, p, p).transpose(0, 2, 3, 1, 4, 5)
-        pixel_values = torch.from_numpy(np.ascontiguousarray(patches.reshape(t * h * w, -1)))
         video_grid_thw = torch.tensor([[t, h, w]], dtype=torch.int64)
         merged = (t, h // self.merge_size, w // self.merge_size)
-        return VideoInputs(pixel_values.to(self.dtype), video_grid_thw, merged)
+        return VideoInputs(pixel_values, video_grid_thw, merged)
 
     def _check_consistent(self) -> None:
         cfg, sp = self.config, self.special

@@ -92,8 +92,10 @@ def test_shares_weights_and_reads_special_ids(tiny: QwenVL) -> None:
 
 
 def test_video_inputs_match_image_processor_layout(tiny: QwenVL) -> None:
-    """Two identical frames form the same temporal patches as the image processor's still."""
-    frame = _frames(3, (70, 100), 1)[0]
+    """Two identical frames form the same temporal patches as the image processor's still
+    (a frame needing no resize, so the values agree bit for bit; resized frames are held to a
+    tolerance in test_qwen_vision.py)."""
+    frame = _frames(3, (56, 84), 1)[0]
     video = tiny.video_inputs([frame, frame])
     still = tiny.image_processor(
         images=[frame],

