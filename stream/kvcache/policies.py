@@ -130,32 +130,44 @@ class FrameSinkWindow:
         self._rebase()
         return ranges
 
-    def recache(self, num_frames: int, refresh_sink: bool) -> tuple[list[TokenRange], np.ndarray]:
-        """Ranges and discarded query positions for a KV-recache over the last ``num_frames``.
+    def recache(self, num_frames: int, refresh_sink: bool) -> list[TokenRange]:
+        """Ranges a KV-recache rewrites when the caller holds the last ``num_frames`` frames.
 
-        ``refresh_sink=False`` (LongLive's ``global_sink``): the sink keeps its K/V; recent frames
-        not retained, and sink frames inside the span, are queries whose K/V is thrown away.
-        ``refresh_sink=True``: the oldest frames of the span become the new sink.
+        ``refresh_sink=False`` (LongLive's ``global_sink``): the sink keeps its K/V and the
+        window is rewritten. ``refresh_sink=True``: the frames just before the window become the
+        new sink, and sink and window are rewritten. Either way the written frames are the most
+        recent ones, in order, so the recache forward runs over exactly those (the last
+        ``written tokens / tokens_per_frame`` of the caller's frames): a frame whose K/V would
+        not be kept influences nothing, so it is not computed at all::
+
+            frames held    [ 18 19 20 | 21 22 23 24 25 26 27 28 29 ]     num_frames = 12
+            global sink     sink 0 1 2 (kept)  + window 21..29 rewritten       9 frames computed
+            refresh sink    sink 18 19 20      + window 21..29 rewritten      12 frames computed
 
         Returns:
-            (ranges to write, positions ``[m, 3]`` of discarded queries placed before them);
-            the queries are the span's frames in order when the span covers whole segments.
+            the non-empty ranges to write, in frame order (none before the window fills, with
+            ``refresh_sink=False``: nothing to recompute).
         """
         cfg = self.config
-        span = np.arange(max(0, self.frames_seen - num_frames), self.frames_seen)
         if refresh_sink:
-            if len(span) < cfg.sink_frames + len(self.window_frames()):
-                raise ValueError(f"refresh_sink needs at least {cfg.sink_frames} + window frames")
-            new_sink = span[-(cfg.sink_frames + len(self.window_frames())) :][: cfg.sink_frames]
+            sink = len(self.sink_frames())  # the new sink is as long as the old one
+            needed = sink + len(self.window_frames())
+            if num_frames < needed:
+                raise ValueError(
+                    f"refresh_sink needs the last {needed} frames, got num_frames={num_frames}"
+                )
+            new_sink = np.arange(self.frames_seen - needed, self.frames_seen)[:sink]
             self.cache.set_rel_positions("sink", frame_positions(new_sink, cfg.grid))
             self._rebase()
-            dropped = span[: len(span) - cfg.sink_frames - len(self.window_frames())]
             ranges = [self._whole("sink"), self._whole("window")]
         else:
-            window = self.window_frames()
-            dropped = span[span < (window[0] if len(window) else self.frames_seen)]
+            if num_frames < len(self.window_frames()):
+                raise ValueError(
+                    f"the recache rewrites the {len(self.window_frames())} window frames, "
+                    f"got num_frames={num_frames}"
+                )
             ranges = [self._whole("window")]
-        return ranges, self._frame_query_positions(dropped)
+        return [r for r in ranges if len(r)]
 
     def _frames(self, name: str) -> np.ndarray:
         rel = self.cache.rel_positions(name)
@@ -174,17 +186,6 @@ class FrameSinkWindow:
         sink_shift = min(shift, int(sink.min())) if len(sink) else 0
         self.cache.set_offset("sink", (-sink_shift, 0, 0))
         self.cache.set_offset("window", (-shift, 0, 0))
-
-    def _frame_query_positions(self, frames: np.ndarray) -> np.ndarray:
-        """Positions of frames outside the cache: below the window, on the window's axis.
-
-        Sink frames inside the span are read back at the sink's own positions.
-        """
-        positions = frame_positions(frames, self.config.grid)
-        in_sink = np.isin(positions[:, 0], self.sink_frames())
-        positions[in_sink] += self.cache.offset("sink")
-        positions[~in_sink] += self.cache.offset("window")
-        return positions
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import torch
 
 from kernels import AttentionMetadata, RopeSpec, select_backend, write_kv
 from stream.kvcache.errors import CacheFullError, CacheMisuseError
-from stream.kvcache.pool import NULL_BLOCK, BlockPool
+from stream.kvcache.pool import BlockPool
 
 __all__ = [
     "CacheStep",
@@ -85,9 +85,7 @@ class _Segment:
 class SequencePlan:
     """One session's share of a step, on the host."""
 
-    write_slots: (
-        np.ndarray
-    )  # int32 [n_q]: where each query token's K/V goes (null block: discarded)
+    write_slots: np.ndarray  # int32 [n_q]: where each query token's K/V goes
     q_pos: np.ndarray  # int32 [n_q, 3]
     kv_slots: np.ndarray  # int32 [n_kv]: context first, this step's written tokens last
     kv_pos: np.ndarray  # int32 [n_kv, 3]
@@ -267,21 +265,19 @@ class SessionCache:
     def plan(
         self,
         write: Sequence[TokenRange],
-        discarded_q_pos: np.ndarray | None = None,
         context: Sequence[str] | None = None,
     ) -> SequencePlan:
         """Plan one forward of this session.
 
         Args:
             write: the tokens this forward computes and stores (appended ones, or existing ones
-                overwritten in place by a recompute pass); they are its queries, in order.
-            discarded_q_pos: positions ``[m, 3]`` of extra queries placed *before* the written
-                ones whose K/V is thrown away (their writes land in the null block) and which
-                no query sees; e.g. the frames LongLive recomputes but no longer retains.
+                overwritten in place by a recompute pass); they are its queries, in order, and
+                every query's K/V is kept (a token whose K/V would be thrown away influences
+                no other token, so a pass never computes one).
             context: the segments whose other tokens are attended to, in order; all by default.
 
         Returns:
-            Queries: discarded then written. Keys: context tokens, then the written tokens.
+            Queries: the written tokens. Keys: context tokens, then the written tokens.
         """
         self._check_open()
         names = self.segment_names if context is None else list(context)
@@ -302,11 +298,9 @@ class SessionCache:
             ctx_pos.append(seg.rel_pos[keep] + seg.offset)
         w_slots = [self._range_slots(r) for r in write]
         w_pos = [self._range_positions(r) for r in write]
-        discarded = _EMPTY_POS if discarded_q_pos is None else _as_positions(discarded_q_pos)
-        null_slots = np.full(len(discarded), NULL_BLOCK * self.pool.block_size, dtype=np.int32)
         return SequencePlan(
-            write_slots=np.concatenate([null_slots, *w_slots]),
-            q_pos=np.concatenate([discarded, *w_pos]),
+            write_slots=np.concatenate([_EMPTY_SLOTS, *w_slots]),
+            q_pos=np.concatenate([_EMPTY_POS, *w_pos]),
             kv_slots=np.concatenate([*ctx_slots, *w_slots]),
             kv_pos=np.concatenate([*ctx_pos, *w_pos]),
         )

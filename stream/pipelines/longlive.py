@@ -12,8 +12,16 @@ One step produces one chunk of latent frames::
     frames = vae.decode_chunk(x0)           streamed: 9 frames for the first chunk, then 12
 
 A prompt switch re-encodes the text (through the prompt cache), replaces the cross-attention
-K/V, and recaches: one t=0 forward over the last 12 clean latent frames under the new prompt,
-rewriting the window's K/V in place (the sink kept with ``global_sink``, else re-anchored).
+K/V, and recaches: one t=0 forward under the new prompt over the clean latent frames whose K/V
+the cache keeps, rewriting it in place::
+
+    clean history   [ 18 19 20 | 21 22 23 24 25 26 27 28 29 ]     the last 12 frames
+    global_sink       sink 0 1 2 kept   window 21..29 rewritten:  9 frames computed
+    otherwise         sink 18 19 20   + window 21..29 rewritten: 12 frames computed (re-anchored)
+
+Frames the cache no longer keeps are not computed: a token reaches other tokens only through
+its K/V (Wan's patch embedding, norms, modulation, FFN and cross-attention are per token), so
+theirs would change nothing. Full size, global sink: 14,040 query tokens, not 18,720.
 Positions are logical and re-based, so a stream never reaches the 1024-entry RoPE limit.
 """
 
@@ -39,7 +47,7 @@ class LongLiveConfig:
     chunk_frames: int = 3  # latent frames per step (12 video frames)
     sink_frames: int = 3
     window_frames: int = 9  # recent frames kept, the chunk being generated included
-    recache_frames: int = 12  # clean frames recomputed under a new prompt
+    recache_frames: int = 12  # clean frames kept for a recache (those the cache keeps are redone)
     global_sink: bool = True  # keep the first prompt's sink at a switch
     positions: str = "absolute"
     max_position: int = 1024
@@ -114,10 +122,15 @@ class LongLivePipeline(WanStreamPipeline):
         return clean
 
     def _recache(self, state: LongLiveState) -> None:
-        """One t=0 forward over the recent clean frames under the new prompt."""
+        """One t=0 forward under the new prompt over the recent clean frames the cache keeps."""
         if state.history is None:
             return  # nothing generated yet: the new prompt simply applies from the start
-        span = min(self.config.recache_frames, state.cache.frames_seen)
-        ranges, discarded = state.cache.recache(span, refresh_sink=not self.config.global_sink)
-        view = self._view(state, ranges, discarded)
-        self.models.dit(state.history[:, :, -span:], self._timestep(0.0, span), state.text, view)
+        held = state.history.shape[2]
+        ranges = state.cache.recache(held, refresh_sink=not self.config.global_sink)
+        frames = sum(len(r) for r in ranges) // state.cache.config.tokens_per_frame
+        if frames == 0:
+            return  # the window is still empty: the sink keeps its K/V
+        view = self._view(state, ranges)
+        self.models.dit(
+            state.history[:, :, -frames:], self._timestep(0.0, frames), state.text, view
+        )

@@ -112,7 +112,7 @@ class RollingForcingPipeline(WanStreamPipeline):
         sigma = self._per_frame([self._sigmas[i] for i in levels])
         timestep = self._per_frame([self._timesteps[i] for i in levels])[None]
         write, context = state.cache.window_pass()
-        view = self._view(state, write, None, context)
+        view = self._view(state, write, context)
         if state.passes == 0 and self.models.opening is not None:  # one block, pure noise
             x0 = self._open(state, state.window, view)
         else:
@@ -123,7 +123,7 @@ class RollingForcingPipeline(WanStreamPipeline):
         if blocks == cfg.window_blocks:  # the oldest block is at the lowest level: it is done
             exited = x0[:, :, :frames].to(self.models.dtype)
             write, context = state.cache.exit_block()
-            view = self._view(state, write, None, context)
+            view = self._view(state, write, context)
             dit(exited, self._timestep(0.0, frames), state.text, view)  # its clean K/V
             self._keep_clean(state, exited)
             x0, levels = x0[:, :, frames:], levels[1:]
@@ -157,7 +157,7 @@ class RollingForcingPipeline(WanStreamPipeline):
             if cache.length(name)
         ]
         frames = state.clean.shape[2]
-        view = self._view(state, ranges, None, [])
+        view = self._view(state, ranges, [])
         self.models.dit(state.clean, self._timestep(0.0, frames), state.text, view)
 
     def _per_frame(self, values: list[float]) -> torch.Tensor:

@@ -204,10 +204,9 @@ class WanStreamPipeline(ABC):
         self,
         state: WanStreamState,
         ranges: list[TokenRange],
-        discarded: np.ndarray | None = None,
         context: list[str] | None = None,
     ) -> AttentionContext:
-        plan = state.cache.cache.plan(ranges, discarded, context)
+        plan = state.cache.cache.plan(ranges, context)
         step = build_step([plan], causal=False, device=self.models.device)
         return CacheView(self.pool, step, self.models.rope, self.config.attention_backend)
 

@@ -67,29 +67,31 @@ class Harness:
         self.gen = torch.Generator().manual_seed(seed)
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def forward(self, write, ids, discarded=None, context=None, causal=False) -> list[torch.Tensor]:
+    def forward(self, write, ids, context=None, causal=False) -> list[torch.Tensor]:
         cache = self.session.cache
-        plan = cache.plan(write, discarded, context)
+        plan = cache.plan(write, context)
         view = CacheView(cache.pool, build_step([plan], causal, "cpu"), self.rope)
         n, d = len(plan.q_pos), self.rope.head_dim
         q = torch.randn(n, self.hq, d, generator=self.gen)
         ks = torch.randn(LAYERS, n, self.hkv, d, generator=self.gen)
         vs = torch.randn(LAYERS, n, self.hkv, d, generator=self.gen)
         outs = [view.attend(layer, q, ks[layer], vs[layer]) for layer in range(LAYERS)]
-        n_discarded = 0 if discarded is None else len(discarded)
         for i, token in enumerate(ids):
-            self.kv[int(token)] = (ks[:, n_discarded + i], vs[:, n_discarded + i])
-        self.last = (q, plan.q_pos, ks, vs, n_discarded)
+            self.kv[int(token)] = (ks[:, i], vs[:, i])
+        self.last = (q, plan.q_pos)
         return outs
 
-    def check(self, outs, kv_ids, kv_pos, causal=False) -> None:
+    def check(self, outs, kv_ids, kv_pos, causal=False, extra_q=None) -> None:
         """Compare with dense attention over ``kv_ids`` (retained, then the step's own) at
-        ``kv_pos``; discarded queries see the retained tokens and every new token's fresh K/V."""
-        q, q_pos, ks, vs, n_discarded = self.last
+        ``kv_pos``. ``extra_q`` ``(q, q_pos)``: queries the cache did not compute, placed
+        before the step's own in the reference; its rows for the step's queries must not move."""
+        q, q_pos = self.last
+        if extra_q is not None:
+            q, q_pos = torch.cat([extra_q[0], q]), np.concatenate([extra_q[1], q_pos])
         for layer in range(LAYERS):
             k = torch.stack([self.kv[int(t)][0][layer] for t in kv_ids])
             v = torch.stack([self.kv[int(t)][1][layer] for t in kv_ids])
-            want = dense_attention(q, q_pos, k, v, kv_pos, self.rope, causal)
+            want = dense_attention(q, q_pos, k, v, kv_pos, self.rope, causal)[-len(outs[layer]) :]
             torch.testing.assert_close(outs[layer].double(), want, rtol=1e-4, atol=1e-4)
 
 
@@ -123,13 +125,26 @@ def test_longlive_chunks_and_recache_match_dense(heads, d, grid) -> None:
         retained = (sink if chunk else []) + old + new
         t_of = {f: i for i, f in enumerate(sink + [f for f in window])}.__getitem__
         h.check(outs, ids_of(retained), frame_pos(retained, grid, t_of))
-    # a prompt switch: recache the last 12 frames, sink kept, 3 evicted frames discarded
-    ranges, discarded = h.session.recache(12, refresh_sink=False)
+    # a prompt switch with the last 12 frames held, sink kept: only the 9 window frames are
+    # queries; the reference also computes the 3 evicted frames' queries, as a 12-frame recache
+    # would, and the window's rows (the only K/V it keeps) are the same
+    ranges = h.session.recache(12, refresh_sink=False)
     window = list(range(81, 90))
-    outs = h.forward(ranges, ids_of(window), discarded)
+    outs = h.forward(ranges, ids_of(window))
     t_of = {**{f: f - 81 + 3 for f in range(78, 90)}, 0: 0, 1: 1, 2: 2}.__getitem__
-    np.testing.assert_array_equal(h.last[1], frame_pos(range(78, 90), grid, t_of))
-    h.check(outs, ids_of([0, 1, 2, *window]), frame_pos([0, 1, 2, *window], grid, t_of))
+    np.testing.assert_array_equal(h.last[1], frame_pos(window, grid, t_of))
+    evicted = (
+        torch.randn(3 * tpf, heads[0], d, generator=h.gen),
+        frame_pos(range(78, 81), grid, t_of),
+    )
+    kv_frames = [0, 1, 2, *window]
+    h.check(outs, ids_of(kv_frames), frame_pos(kv_frames, grid, t_of), extra_q=evicted)
+    slots = torch.from_numpy(h.session.cache.slots("window")).long()
+    for layer in range(LAYERS):  # the window's slots hold exactly its new K/V
+        k_cache, v_cache = h.session.cache.pool.layer_kv(layer)
+        written = [h.kv[t] for t in ids_of(window)]
+        torch.testing.assert_close(k_cache[slots], torch.stack([k[layer] for k, _ in written]))
+        torch.testing.assert_close(v_cache[slots], torch.stack([v[layer] for _, v in written]))
 
 
 def test_rolling_forcing_window_and_cache_pass_match_dense() -> None:

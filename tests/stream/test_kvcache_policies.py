@@ -85,14 +85,15 @@ def test_frame_recache_keeps_sink_and_rewrites_window() -> None:
     for _ in range(10):
         s.begin_chunk(3)
     window_slots = s.cache.slots("window").copy()
-    ranges, discarded = s.recache(12, refresh_sink=False)
-    plan = s.cache.plan(ranges, discarded)
-    # 12 query frames: 3 evicted ones (discarded) then the 9 window frames, rewritten in place
-    np.testing.assert_array_equal(plan.q_pos[::2, 0], np.arange(18, 30))
-    np.testing.assert_array_equal(plan.write_slots[6:], window_slots)
-    assert (plan.write_slots[:6] < 2).all()  # discarded writes go to the null block
-    # keys: the sink (old prompt's K/V) then the rewritten window; never the discarded frames
+    ranges = s.recache(12, refresh_sink=False)
+    plan = s.cache.plan(ranges)
+    # 9 query frames: the window, rewritten in place; evicted frames 18-20 are not computed
+    np.testing.assert_array_equal(plan.q_pos[::2, 0], np.arange(21, 30))
+    np.testing.assert_array_equal(plan.write_slots, window_slots)
+    # keys: the sink (old prompt's K/V) then the rewritten window
     np.testing.assert_array_equal(plan.kv_pos[::2, 0], [0, 1, 2, *range(21, 30)])
+    with pytest.raises(ValueError, match="window frames"):
+        s.recache(8, refresh_sink=False)
 
 
 def test_frame_recache_refreshes_sink() -> None:
@@ -100,22 +101,29 @@ def test_frame_recache_refreshes_sink() -> None:
     s = manager(block_size=2).open(GEOMETRY, config)
     for _ in range(10):
         s.begin_chunk(3)
-    ranges, discarded = s.recache(12, refresh_sink=True)
-    plan = s.cache.plan(ranges, discarded)
-    assert len(discarded) == 0
+    with pytest.raises(ValueError, match="refresh_sink needs the last 12 frames"):
+        s.recache(11, refresh_sink=True)
+    ranges = s.recache(12, refresh_sink=True)
+    plan = s.cache.plan(ranges)
     np.testing.assert_array_equal(s.sink_frames(), [18, 19, 20])
     np.testing.assert_array_equal(plan.q_pos[::2, 0], np.arange(18, 30))
     np.testing.assert_array_equal(plan.kv_pos[::2, 0], np.arange(18, 30))
+    np.testing.assert_array_equal(
+        plan.write_slots, np.concatenate([s.cache.slots("sink"), s.cache.slots("window")])
+    )
 
 
-def test_early_recache_reads_sink_frames_as_discarded_queries() -> None:
+def test_early_recache_computes_only_the_window() -> None:
     config = FrameWindowConfig(grid=(1, 1), sink_frames=3, window_frames=9)
     s = manager(block_size=1).open(GEOMETRY, config)
     s.begin_chunk(3)
+    assert s.recache(12, refresh_sink=False) == []  # only the sink: nothing to recompute
     s.begin_chunk(3)
-    ranges, discarded = s.recache(12, refresh_sink=False)
-    np.testing.assert_array_equal(discarded[:, 0], [0, 1, 2])
-    np.testing.assert_array_equal(s.cache.plan(ranges, discarded).q_pos[:, 0], np.arange(6))
+    ranges = s.recache(12, refresh_sink=False)  # the sink frames in the span are not queries
+    np.testing.assert_array_equal(s.cache.plan(ranges).q_pos[:, 0], [3, 4, 5])
+    ranges = s.recache(6, refresh_sink=True)  # sink and window already hold every frame
+    np.testing.assert_array_equal(s.sink_frames(), [0, 1, 2])
+    np.testing.assert_array_equal(s.cache.plan(ranges).q_pos[:, 0], np.arange(6))
 
 
 def test_rolling_window_over_3000_steps() -> None:

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from evals.random_checkpoint import write_model_folder
+from kernels.rope import apply_rope
+from models.positions import frame_positions
 from models.registry import load_wan_models
 from models.schedule import FlowSchedule, opening_schedule
 from stream.cli import main
@@ -100,6 +102,73 @@ def test_prompt_switch_rewrites_exactly_the_recent_window(tiny, global_sink: boo
     else:
         assert not torch.allclose(sink_c, sink_s)
         np.testing.assert_array_equal(switched.cache.sink_frames(), [3, 4, 5])
+
+
+class UntrimmedRecache:
+    """The recache as a plain dense t=0 forward over every held frame: each frame is a query,
+    the keys are ``context`` (the kept sink's cached K/V, or none) then the last ``kept`` frames'
+    fresh K/V; records those K/V, which is what the cache keeps of the forward."""
+
+    def __init__(self, rope, q_pos: np.ndarray, kept: int, context_kv, context_pos) -> None:
+        self.rope, self.kept, self.context_kv = rope, kept, context_kv
+        self.q_pos = torch.from_numpy(q_pos)
+        self.kv_pos = torch.cat([torch.from_numpy(context_pos), self.q_pos[-kept:]])
+        self.written: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        k, v = k[-self.kept :], v[-self.kept :]
+        self.written.append((k, v))
+        keys = torch.cat([self.context_kv[layer, 0], k])
+        values = torch.cat([self.context_kv[layer, 1], v])
+        qr = apply_rope(q, self.q_pos, self.rope).transpose(0, 1)
+        kr = apply_rope(keys, self.kv_pos, self.rope).transpose(0, 1)
+        out = torch.nn.functional.scaled_dot_product_attention(qr, kr, values.transpose(0, 1))
+        return out.transpose(0, 1).to(q.dtype)
+
+
+@pytest.mark.parametrize("global_sink", [True, False])
+def test_recache_writes_what_a_recache_over_all_held_frames_writes(tiny, global_sink) -> None:
+    """The recache computes only the frames whose K/V the cache keeps (the window; with a
+    refreshed sink, sink and window); a dense forward over all 12 held frames, the 3 evicted
+    ones included, leaves the same K/V in the cache."""
+    pipe = pipeline(tiny, global_sink=global_sink)
+    state = pipe.open(GenerationRequest("a red ball", seed=7, **SIZE))
+    for _ in range(5):
+        pipe.step(state)
+    cache, grid = state.cache.cache, state.cache.config.grid
+    held = state.history.clone()  # clean frames 3..14; sink 0..2, window 6..14
+    assert held.shape[2] == 12 and state.cache.frames_seen == 15
+    sink_kv, sink_pos = kv_of(pipe, cache.slots("sink")), cache.positions("sink")
+    pipe.switch_prompt(state, "a blue cube")
+    after_recache: list[torch.Tensor] = []  # pool K/V of what the recache wrote
+
+    def snapshot(*_) -> None:
+        if not after_recache:  # the step's first forward is the recache
+            names = ["window"] if global_sink else ["sink", "window"]
+            after_recache.append(kv_of(pipe, np.concatenate([cache.slots(n) for n in names])))
+
+    hook = tiny.dit.register_forward_hook(snapshot)
+    try:
+        pipe.step(state)
+    finally:
+        hook.remove()
+    computed = 9 if global_sink else 12
+    assert after_recache[0].shape[2] == computed * 4  # 2 x 2 tokens per frame
+
+    if global_sink:
+        reference = UntrimmedRecache(
+            tiny.rope, frame_positions(np.arange(3, 15), grid), 9 * 4, sink_kv, sink_pos
+        )
+    else:
+        empty = sink_kv[:, :, :0]
+        reference = UntrimmedRecache(
+            tiny.rope, frame_positions(np.arange(3, 15), grid), 12 * 4, empty, sink_pos[:0]
+        )
+    with torch.inference_mode():
+        text = tiny.dit.encode_text(tiny.encode_prompt("a blue cube"))
+        tiny.dit(held, torch.zeros(1, 12), text, reference)
+    want = torch.stack([torch.stack([k, v]) for k, v in reference.written])
+    torch.testing.assert_close(after_recache[0], want, rtol=1e-5, atol=1e-5)
 
 
 def test_transition_blends_text_over_chunks(tiny) -> None:
