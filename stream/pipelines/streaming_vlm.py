@@ -23,7 +23,8 @@ A round runs as :meth:`StreamingVLMPipeline.prefill` followed by
 
     prefill([a, b, c]):  host, per stream: feed second -> pixels, round text -> ids, cache ranges
                          device, per forward of <= max_prefill_tokens tokens:
-                           embed(ids_a ids_b ids_c, pixels_a|b|c, grids [3, 3])  one vision call
+                           embed(ids_a ids_b ids_c, pixels_a|b|c, grids [3, 3])  a vision call
+                                                              (one per frame size among them)
                            decoder(embeds, one CacheView over 3 sequences)       one forward
                            greedy over each sequence's last row                  3 next tokens
     decode([a, b, c]):   one token each, one packed forward
@@ -347,16 +348,31 @@ class StreamingVLMPipeline:
         return forwards
 
     def _prefill_forward(self, states: list[StreamingVLMState], rounds: list[_Round]) -> list[int]:
-        """One vision-tower call and one decoder forward over ``rounds``; their next tokens."""
+        """The vision tower and one decoder forward over ``rounds``; their next tokens."""
         model = self.model
-        ids = torch.tensor([i for r in rounds for i in r.ids], device=model.device)
-        pixels = torch.cat([r.video.pixel_values_videos for r in rounds])
-        grids = torch.cat([r.video.video_grid_thw for r in rounds])
-        hidden = model.decoder(
-            model.embed(ids, pixels, grids), self._view(states, [r.ranges for r in rounds])
-        )
+        hidden = model.decoder(self._embed(rounds), self._view(states, [r.ranges for r in rounds]))
         last = np.cumsum([len(r.ids) for r in rounds]) - 1  # each sequence's last token
         return self._greedy(hidden[torch.from_numpy(last).to(model.device)]).tolist()
+
+    def _embed(self, rounds: list[_Round]) -> torch.Tensor:
+        """``[sum of ids, hidden]`` embeddings of the rounds, in order: one ``embed`` call (one
+        vision-tower call) per video grid among them, as the tower pads a call's videos to its
+        largest frame."""
+        model = self.model
+        by_grid: dict[tuple[int, int, int], list[int]] = {}
+        for i, r in enumerate(rounds):
+            by_grid.setdefault(r.video.merged_grid, []).append(i)
+        parts: list[torch.Tensor | None] = [None] * len(rounds)
+        for members in by_grid.values():
+            group = [rounds[i] for i in members]
+            embeds = model.embed(
+                torch.tensor([t for r in group for t in r.ids], device=model.device),
+                torch.cat([r.video.pixel_values_videos for r in group]),
+                torch.cat([r.video.video_grid_thw for r in group]),
+            )
+            for i, part in zip(members, embeds.split([len(r.ids) for r in group]), strict=True):
+                parts[i] = part
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @torch.inference_mode()
     def decode(self, states: list[StreamingVLMState]) -> list[Caption | None]:

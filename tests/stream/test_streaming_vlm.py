@@ -196,6 +196,27 @@ def test_the_next_token_of_a_batched_prefill_is_its_own(model) -> None:
     assert [t[3] for t in tokens[True]] == [6, 4, 12]
 
 
+def test_one_vision_call_per_frame_size(model, monkeypatch) -> None:
+    """Streams of one frame size share a vision-tower call; another size gets its own (the
+    tower pads a call's videos to its largest frame)."""
+    videos = []
+    original = model.embed
+
+    def embed(ids, pixels=None, grids=None):
+        videos.append(0 if grids is None else len(grids))
+        return original(ids, pixels, grids)
+
+    pipe = pipeline(model)
+    sizes = [FRAME, (56, 56), FRAME, FRAME]
+    states = [pipe.open(UnderstandingRequest(f"Watch stream {i}.", "")) for i in range(4)]
+    for i, (state, size) in enumerate(zip(states, sizes, strict=True)):
+        for second in range(2):
+            feed_second(pipe, state, second, np.random.default_rng(i), size)
+    monkeypatch.setattr(model, "embed", embed)
+    assert pipe.prefill(states) == [None] * 4
+    assert sorted(videos) == [1, 3]
+
+
 def test_max_prefill_tokens_splits_a_burst_into_forwards(model, monkeypatch) -> None:
     forwards = []
     original = StreamingVLMPipeline._prefill_forward
