@@ -75,14 +75,11 @@ class _Walk:
             head = None
             if past is None:  # the stream's first frame passes without the temporal conv
                 head, x = x[:, :, :1], x[:, :, 1:]
-                past = head.new_zeros((*head.shape[:2], _CONTEXT, *head.shape[3:]))
+                past = torch.cat([torch.zeros_like(head)] * _CONTEXT, dim=2)  # head's layout
             if x.shape[2]:
-                b, c, t, h, w = x.shape
                 doubled = resample.time_conv(x, past)  # [B, 2C, t, h, w]
                 past = _last_frames(past, x)
-                # channel halves are the two output frames of each input frame, interleaved
-                x = doubled.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5)
-                x = x.reshape(b, c, 2 * t, h, w)
+                x = _interleave(doubled)
                 x = x if head is None else torch.cat([head, x], dim=2)
             else:
                 x = head
@@ -110,8 +107,24 @@ def _last_frames(past: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     return x[:, :, -_CONTEXT:].detach().clone()
 
 
+def _interleave(doubled: torch.Tensor) -> torch.Tensor:
+    """``[B, 2C, t, h, w]`` -> ``[B, C, 2t, h, w]``: the channel halves are the two output frames
+    of each input frame. One copy, into ``doubled``'s layout (channels-last stays so)."""
+    b, c2, t, h, w = doubled.shape
+    pairs = doubled.view(b, 2, c2 // 2, t, h, w).permute(0, 2, 3, 1, 4, 5)  # [B, C, t, 2, h, w]
+    if doubled.is_contiguous() or not doubled.is_contiguous(memory_format=torch.channels_last_3d):
+        return pairs.reshape(b, c2 // 2, 2 * t, h, w)
+    channels_last = pairs.permute(0, 2, 3, 4, 5, 1).reshape(b, 2 * t, h, w, c2 // 2)
+    return channels_last.permute(0, 4, 1, 2, 3)
+
+
 def _per_frame(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply a 2D module to every frame of ``[B, C, T, H, W]``."""
+    """Apply a 2D module to every frame of ``[B, C, T, H, W]``.
+
+    Channels-last ``x`` flattens to ``[B*T, C, H, W]`` channels-last as a view, and the result
+    comes back the same way: no copy. (In the default layout the flattened frames are strided,
+    and a convolution copies them.)
+    """
     b, _, t = x.shape[:3]
     y = module(x.transpose(1, 2).flatten(0, 1))
     return y.unflatten(0, (b, t)).transpose(1, 2)

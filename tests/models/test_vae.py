@@ -152,3 +152,38 @@ def test_original_pth_layout_maps_every_key(tmp_path) -> None:
     loaded = WanVAE.from_pretrained(path, device="meta")
     shapes = {k: v.shape for k, v in loaded.vae.state_dict().items()}
     assert shapes == {k: v.shape for k, v in reference.state_dict().items()}
+
+
+def _channels_last(vae: WanVAE) -> WanVAE:
+    """``vae``'s weights in a fresh module whose layout is channels-last on the CPU too."""
+    forced = tiny_wan_vae()
+    forced.load_state_dict(vae.state_dict())
+    forced.channels_last_devices = ("cpu",)
+    return forced.to("cpu")  # the layout is set on every move
+
+
+def test_channels_last_layout_streams_the_same_frames(vae: WanVAE) -> None:
+    """CUDA decodes channels-last; forced here on the CPU, the streamed frames of two
+    interleaved streams match the default layout's over several chunks."""
+    forced = _channels_last(vae)
+    assert forced.memory_format == torch.channels_last_3d
+    assert forced.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    attention = forced.vae.decoder.mid_block.attentions[0].to_qkv.weight
+    assert attention.is_contiguous(memory_format=torch.channels_last)
+    assert vae.memory_format == torch.contiguous_format
+    assert all(p.is_contiguous() for p in vae.parameters())
+    for batch, chunks in ((1, (3, 3, 3, 3)), (2, (1, 2, 3, 1))):
+        z = _latents(6, batch=batch, frames=sum(chunks))
+        default, channels_last = _stream(vae, z, chunks), _stream(forced, z, chunks)
+        for a, b in zip(default, channels_last, strict=True):
+            torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+
+
+def test_layout_follows_the_device_on_every_move(vae: WanVAE) -> None:
+    forced = _channels_last(vae)
+    forced.channels_last_devices = ()
+    forced.to("cpu")
+    assert forced.memory_format == torch.contiguous_format
+    assert all(p.is_contiguous() for p in forced.parameters())
+    for a, b in zip(vae.parameters(), forced.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

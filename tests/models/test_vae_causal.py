@@ -7,7 +7,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from models.vae import tiny_wan_vae
-from models.vae_causal import decode_frames, encode_video
+from models.vae_causal import _interleave, _per_frame, decode_frames, encode_video
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,19 @@ def test_wan22_layout_is_refused() -> None:
     wan22 = AutoencoderKLWan(base_dim=8, z_dim=16, is_residual=True, patch_size=2)
     with pytest.raises(ValueError, match="Wan2.1 VAE layout"):
         encode_video(wan22, torch.zeros(1, 3, 1, 16, 16))
+
+
+def test_channels_last_stays_channels_last_without_copies() -> None:
+    """The per-frame 2D path flattens channels-last frames as a view, and the temporal
+    up-sampling's interleave writes its one copy channels-last, with the same values."""
+    cl = torch.channels_last_3d
+    x = torch.randn(2, 6, 3, 4, 5).contiguous(memory_format=cl)
+    seen = []
+    y = _per_frame(lambda f: seen.append(f) or f * 2, x)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert seen[0].data_ptr() == x.data_ptr() and y.is_contiguous(memory_format=cl)
+    torch.testing.assert_close(y, x * 2, atol=0, rtol=0)
+    out = _interleave(x)
+    assert out.shape == (2, 3, 6, 4, 5) and out.is_contiguous(memory_format=cl)
+    torch.testing.assert_close(out, _interleave(x.contiguous()), atol=0, rtol=0)
+    torch.testing.assert_close(out[:, :, 1::2], x[:, 3:], atol=0, rtol=0)
