@@ -14,11 +14,16 @@ Each turn of the loop is ``schedule() -> execute() -> update()``::
                  4. the generation session with the earliest deadline, while less than
                     `lookahead_seconds` ahead (benchmark sessions: whenever their output
                     queue has room)
-    execute():   pipeline.step(state) (one chunk: 12 frames for LongLive), or the batched VLM
-                 prefill (vision tower + the second's round, packed over the streams), or the
-                 batched decode step
+    execute():   pipeline.step_async(state) (one chunk: 12 frames for LongLive), or the
+                 batched VLM prefill (vision tower + the second's round, packed over the
+                 streams), or the batched decode step
     update():    frames -> the session's OutputQueue (bounded, oldest dropped); captions ->
                  the session's events; stats
+
+A generation step's frames are awaited one turn late: ``step_async`` queues the chunk's DiT and
+then its VAE decode on a stream of its own, and the engine collects the previous chunk's frames
+only after it has queued the next unit of work, so on CUDA one chunk's decode runs beside the
+next chunk's DiT. At most one chunk is in flight; it is collected before the engine sleeps.
 
 A step that raises ends only its own session(s) (error ``internal``); the others go on. A
 batched step that raises ends every session in it; a batched prefill also reports a stream whose
@@ -40,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stream.kvcache import CacheFullError
-from stream.pipelines.base import FrameChunk, GenerationRequest
+from stream.pipelines.base import FrameChunk, GenerationRequest, PendingChunk
 from stream.pipelines.feed import TimestampsBackwardsError
 from stream.pipelines.streaming_vlm import Caption, UnderstandingRequest
 from stream.protocol import ProtocolError, valid_unicode
@@ -67,7 +72,7 @@ class GenerationPipeline(Protocol):
     def config(self) -> Any: ...  # has .fps
 
     def open(self, request: GenerationRequest) -> Any: ...
-    def step(self, state: Any) -> FrameChunk: ...
+    def step_async(self, state: Any) -> PendingChunk: ...
     def switch_prompt(self, state: Any, prompt: str, transition_chunks: int = 0) -> None: ...
     def close(self, state: Any) -> None: ...
 
@@ -133,11 +138,22 @@ class _Live:
     t0: float = math.nan  # wall time of frame 0 on the client's clock (set at the first step)
     paused_at: float | None = None
     chunk_frames: int = 1  # frames of the last step, to keep a benchmark session's queue whole
+    in_flight_frames: int = 0  # frames of its chunk still being decoded
 
     def deadline(self) -> float:
         if math.isnan(self.t0):
             return -math.inf
-        return self.t0 + self.session.stats.frames_generated / self.session.fps
+        frames = self.session.stats.frames_generated + self.in_flight_frames
+        return self.t0 + frames / self.session.fps
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A generation chunk queued on the device whose frames are not yet collected."""
+
+    live: _Live
+    pending: PendingChunk
+    started: float  # perf_counter at its launch
 
 
 class Engine:
@@ -167,6 +183,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._generation_ran_last = False  # the last turn ran a generation step (fairness)
+        self._in_flight: _InFlight | None = None
         self._frames_generated = 0
         self._frames_dropped = 0
         self._steps = 0
@@ -428,14 +445,17 @@ class Engine:
         if overdue and not (waiting and ran_generation):
             self._execute(generation)
             self._generation_ran_last = True
-        elif ready:
+            return
+        if ready:
             self._prefill(ready)
         elif decoding:
             self._decode(decoding)
         elif generation is not None:
             self._execute(generation)
             self._generation_ran_last = True
-        else:
+            return
+        self._collect()  # after understanding work, which the decode ran beside; before a sleep
+        if not (ready or decoding):
             with self._wakeup:
                 if not self._commands:
                     self._wakeup.wait(timeout=self._idle_timeout())
@@ -485,7 +505,10 @@ class Engine:
                 deadline = live.deadline()
                 if deadline - now > self.config.lookahead_seconds:
                     continue
-            elif len(session.output) + live.chunk_frames > self.config.output_queue_frames:
+            elif (
+                len(session.output) + live.in_flight_frames + live.chunk_frames
+                > self.config.output_queue_frames
+            ):
                 continue  # a benchmark session waits for its consumer instead of dropping
             else:
                 deadline = live.deadline()
@@ -554,14 +577,37 @@ class Engine:
             self._end(live, "error", f"step failed: {type(exc).__name__}: {exc}")
 
     def _execute(self, live: _Live) -> None:
+        """Queue the session's next chunk, then collect the chunk queued before it."""
         start = time.perf_counter()
         try:
-            chunk = live.pipeline.step(live.state)
+            pending = live.pipeline.step_async(live.state)
         except Exception as exc:  # one session's failure must not stop the others
             self._fail([live], exc)
+            pending = None
+        self._collect()
+        if pending is not None and live.session.id in self._live:
+            live.in_flight_frames = len(pending)
+            self._in_flight = _InFlight(live, pending, start)
+
+    def _collect(self) -> None:
+        """Wait for the chunk in flight, if any, and hand its frames to its session."""
+        if self._in_flight is None:
             return
-        elapsed = time.perf_counter() - start
-        self._update(live, chunk, elapsed)
+        live, pending, start = (
+            self._in_flight.live,
+            self._in_flight.pending,
+            self._in_flight.started,
+        )
+        self._in_flight = None
+        live.in_flight_frames = 0
+        try:
+            chunk = pending.result()
+        except Exception as exc:
+            if live.session.id in self._live:
+                self._fail([live], exc)
+            return
+        if live.session.id in self._live:  # not closed while its frames were decoded
+            self._update(live, chunk, time.perf_counter() - start)
 
     def _update(self, live: _Live, chunk: FrameChunk, elapsed: float) -> None:
         session = live.session

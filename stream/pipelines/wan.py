@@ -10,7 +10,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from models.attention import AttentionContext
@@ -27,25 +26,9 @@ from stream.kvcache import (
     TokenRange,
     build_step,
 )
-from stream.pipelines.base import FrameChunk, GenerationRequest
+from stream.pipelines.base import FrameChunk, GenerationRequest, PendingChunk
 
-__all__ = ["PendingChunk", "WanStreamPipeline", "WanStreamState"]
-
-
-@dataclass(frozen=True, eq=False)
-class PendingChunk:
-    """A chunk whose frames may still be in flight on the device."""
-
-    frames: np.ndarray  # uint8 [n, H, W, 3]; on CUDA a view of pinned memory being filled
-    first_index: int
-    fps: float
-    done: torch.cuda.Event | None = None  # recorded after the copy to host; None: ready
-
-    def result(self) -> FrameChunk:
-        """Wait for the frames (blocks on the device's decode stream only) and return them."""
-        if self.done is not None:
-            self.done.synchronize()
-        return FrameChunk(self.frames, self.first_index, self.fps)
+__all__ = ["WanStreamPipeline", "WanStreamState"]
 
 
 @dataclass(eq=False)
@@ -162,7 +145,11 @@ class WanStreamPipeline(ABC):
 
     def step(self, state: WanStreamState) -> FrameChunk:
         """Generate and decode the next chunk of frames."""
-        return self.decode(state, self.denoise(state))
+        return self.step_async(state).result()
+
+    def step_async(self, state: WanStreamState) -> PendingChunk:
+        """Generate the next chunk and start its decode (see :meth:`decode_async`)."""
+        return self.decode_async(state, self.denoise(state))
 
     def decode(self, state: WanStreamState, latents: torch.Tensor) -> FrameChunk:
         """Stream-decode clean latents into uint8 frames, continuing the stream's VAE cache."""

@@ -56,10 +56,10 @@ from .wire import (
 class FailingLongLive(LongLivePipeline):
     """LongLive whose steps fail for the prompt "boom": a model or device error mid-stream."""
 
-    def step(self, state):
+    def denoise(self, state):
         if state.prompt == "boom":
             raise RuntimeError("the device fell over")
-        return super().step(state)
+        return super().denoise(state)
 
 
 def test_a_step_raising_ends_that_session_only(pipelines):

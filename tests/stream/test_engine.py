@@ -13,7 +13,7 @@ import pytest
 
 from stream.engine import Engine, EngineConfig
 from stream.kvcache import CacheFullError
-from stream.pipelines.base import FrameChunk
+from stream.pipelines.base import FrameChunk, PendingChunk
 from stream.pipelines.streaming_vlm import Caption
 from stream.protocol import ProtocolError
 
@@ -49,6 +49,9 @@ class FakeGeneration:
         chunk = FrameChunk(frames, state["frames"], self.config.fps)
         state["frames"] += 12
         return chunk
+
+    def step_async(self, state) -> PendingChunk:
+        return PendingChunk.ready(self.step(state))
 
     def switch_prompt(self, state, prompt, transition_chunks=0) -> None:
         state["switches"].append(prompt)
@@ -189,6 +192,58 @@ def test_realtime_sessions_stay_within_the_lookahead() -> None:
             await asyncio.sleep(0.5)
             # frame 0 at t0; chunks while the next deadline is <= 1.5 s ahead: 36 frames
             assert session.stats.frames_generated == 36
+        finally:
+            await engine.shutdown()
+
+    run(main())
+
+
+class _Waits:
+    """Stands in for a chunk's CUDA event: logs when the engine waits for the chunk."""
+
+    def __init__(self, log: list, chunk: int) -> None:
+        self.log, self.chunk = log, chunk
+
+    def synchronize(self) -> None:
+        self.log.append(("wait", self.chunk))
+
+
+class LoggedGeneration(FakeGeneration):
+    """Logs each chunk's launch and the engine's wait for its frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[str, int]] = []
+
+    def step_async(self, state) -> PendingChunk:
+        chunk = self.step(state)
+        n = chunk.first_index // len(chunk)
+        self.log.append(("launch", n))
+        return PendingChunk(chunk.frames, chunk.first_index, chunk.fps, _Waits(self.log, n))
+
+
+def test_a_chunk_is_awaited_after_the_next_is_launched_and_before_a_sleep() -> None:
+    """The decode of chunk n runs beside the DiT of chunk n + 1; the frames in flight count
+    towards the lookahead, and the last chunk is collected before the engine sleeps."""
+
+    async def main():
+        pipeline = LoggedGeneration()
+        engine = Engine({"gen": pipeline}, EngineConfig(lookahead_seconds=1.5), clock=lambda: 100.0)
+        engine.start()
+        try:
+            session = await engine.open_session("gen", {"prompt": "a"})
+            frames = await frames_of(session, 36)
+            assert [f.index for f in frames] == list(range(36))
+            await asyncio.sleep(0.3)
+            assert session.stats.frames_generated == 36  # the lookahead, as without overlap
+            assert pipeline.log == [
+                ("launch", 0),
+                ("launch", 1),
+                ("wait", 0),
+                ("launch", 2),
+                ("wait", 1),
+                ("wait", 2),
+            ]
         finally:
             await engine.shutdown()
 
