@@ -17,8 +17,11 @@ Latents come in the generator's normalised space and are de-normalised here
 
 On CUDA every convolution runs channels-last (weights ``channels_last_3d`` / ``channels_last``,
 latents ``channels_last_3d``, so every activation, history frame and per-frame 2D view stays
-NDHWC): cuDNN's NHWC kernels need no layout transposes around each convolution (H200, bf16,
-832x480, a 3-latent chunk: 250 -> 210 ms). Other devices keep the default layout.
+NDHWC, cuDNN's layout). Without it the decoder went channels-last anyway from the mid block's
+attention on (its reshape back to frames is NHWC, and cuDNN and the elementwise ops keep a
+layout), so the gain is small: the temporal up-sampling's interleave no longer falls back to
+NCHW (H200, bf16, 832x480, a 3-latent chunk: ~230 -> 227 ms). Other devices keep the default
+layout, bit for bit.
 
 Weights load from a local diffusers-layout folder (``vae/config.json`` plus weights, or that
 folder itself) or from the original ``Wan2.1_VAE.pth``, whose keys are renamed with diffusers'
