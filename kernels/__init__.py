@@ -9,6 +9,7 @@ import contextlib
 
 from kernels.attention import (
     AttentionMetadata,
+    fused_kernels,
     paged_attention,
     paged_attention_ref,
     register_backend,
@@ -26,6 +27,7 @@ __all__ = [
     "AttentionMetadata",
     "RopeSpec",
     "apply_rope",
+    "fused_kernels",
     "mrope",
     "paged_attention",
     "paged_attention_ref",

@@ -41,6 +41,7 @@ __all__ = [
     "AttentionMetadata",
     "DECODE_MAX_Q_LEN",
     "attend_sequence",
+    "fused_kernels",
     "paged_attention",
     "paged_attention_auto",
     "paged_attention_ref",
@@ -107,6 +108,17 @@ def _longest(indptr: tuple[int, ...]) -> int:
     return max((b - a for a, b in zip(indptr, indptr[1:], strict=False)), default=0)
 
 
+def fused_kernels(device: torch.device) -> bool:
+    """Whether the fused Triton kernels (norms, activations, cache writes) run on ``device``:
+    on CUDA, unless ``STREAM_FUSED_KERNELS=0``; ``=1`` forces them anywhere (CPU tests, under
+    Triton's interpreter). The kernels have no backward, so a forward that records gradients
+    (training) always runs the torch code, as does every other device."""
+    if torch.is_grad_enabled():
+        return False
+    setting = os.environ.get("STREAM_FUSED_KERNELS")
+    return device.type == "cuda" if setting is None else setting != "0"
+
+
 def write_kv(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -117,8 +129,14 @@ def write_kv(
     """Store un-rotated ``k``/``v`` ``[N, H_kv, D]`` into ``slots`` ``[N]`` of one layer's cache.
 
     Graph-safe (a scatter; no host sync). Overwriting already-cached slots is how recompute
-    passes (the t=0 refresh, KV-recache) replace K/V in place.
+    passes (the t=0 refresh, KV-recache) replace K/V in place. Where :func:`fused_kernels`
+    says so, one Triton launch (:mod:`kernels.triton_cache`) instead of three torch ones.
     """
+    if fused_kernels(k.device):
+        from kernels.triton_cache import write_kv_triton  # triton may be missing elsewhere
+
+        write_kv_triton(k_cache, v_cache, slots, k, v)
+        return
     index = slots.long()
     k_cache.index_copy_(0, index, k.to(k_cache.dtype))
     v_cache.index_copy_(0, index, v.to(v_cache.dtype))

@@ -1,9 +1,10 @@
 """Plain-torch twins of the fused norm kernels in :mod:`kernels.triton_norms` (same signatures).
 
-They are what :mod:`models.wan.model` runs where the fused kernels do not (a CPU, training):
-float32 math with the intermediate float32 tensors torch materialises, rounded to ``x.dtype``
-at the end (RMSNorm: before the weight). Tests compare the kernels with them; the kernels bench
-times them as the unfused baseline.
+They are what :mod:`models.wan.model` and :mod:`models.qwen_vl` run where the fused kernels do
+not (a CPU, training): float32 math with the intermediate float32 tensors torch materialises,
+rounded to ``x.dtype`` at the end (RMSNorm: before the weight). The Qwen decoder's twins
+(:func:`add_rms_norm_ref`, :func:`silu_mul_ref`) round where transformers' Qwen2 modules do.
+Tests compare the kernels with them; the kernels bench times them as the unfused baseline.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["gated_residual_ref", "layer_norm_ref", "rms_norm_pair_ref", "rms_norm_ref"]
+__all__ = [
+    "add_rms_norm_ref",
+    "gated_residual_ref",
+    "layer_norm_ref",
+    "rms_norm_pair_ref",
+    "rms_norm_ref",
+    "silu_mul_ref",
+]
 
 
 def layer_norm_ref(
@@ -51,3 +59,19 @@ def rms_norm_pair_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rms_norm_ref` of ``q`` and of ``k``."""
     return rms_norm_ref(q, q_weight, eps), rms_norm_ref(k, k_weight, eps)
+
+
+def add_rms_norm_ref(
+    x: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A residual add then :func:`rms_norm_ref`: ``(s, rms_norm_ref(s))`` with ``s = x + y``
+    rounded to ``x.dtype`` (``s = x`` when ``y`` is None), as a pre-norm decoder adds."""
+    s = x if y is None else x + y
+    return s, rms_norm_ref(s, weight, eps)
+
+
+def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of ``gate_up [..., 2 * I]`` (gate first), each op rounded to the
+    input dtype as torch's ``F.silu(gate) * up`` rounds; ``[..., I]``."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up

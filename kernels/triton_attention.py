@@ -63,6 +63,7 @@ from kernels.rope import RopeSpec
 # before any kernel is launched.
 from kernels.triton_kernels import _combine_kernel, _decode_kernel, _prefill_kernel
 from kernels.triton_kernels import _patch_interpreter_for_numpy2 as _patch_interpreter_for_numpy2
+from kernels.triton_launch import Launcher, cdiv, next_power_of_2
 
 __all__ = [
     "DECODE_MAX_Q_LEN",
@@ -133,11 +134,15 @@ def _dot_config(q: torch.Tensor, k_cache: torch.Tensor) -> tuple[tl.dtype, str]:
     return tl.float32, "ieee"
 
 
+def _contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.is_contiguous() else x.contiguous()  # no op call when it already is
+
+
 def _common_args(meta: AttentionMetadata, rope: RopeSpec, device: torch.device) -> list:
     return [
-        meta.q_pos.contiguous(),
-        meta.kv_pos.contiguous(),
-        meta.kv_slots.contiguous(),
+        _contiguous(meta.q_pos),
+        _contiguous(meta.kv_pos),
+        _contiguous(meta.kv_slots),
         meta.q_indptr,
         meta.kv_indptr,
         *_rope_tables(rope, device),
@@ -200,18 +205,21 @@ def prefill_attention(
 
 
 _SM_COUNT: dict[int, int] = {}
+# A decode step is host-bound: its kernels launch through Launcher (kernels.triton_launch).
+_decode = Launcher(_decode_kernel)
+_combine = Launcher(_combine_kernel)
 
 
 def _num_splits(device: torch.device, programs: int, max_kv_len: int, block_n: int) -> int:
     """Enough key splits for about four programs per SM (best on an H200 for Qwen decode),
     never more than there are key blocks."""
     if device.type != "cuda":
-        return max(1, min(4, triton.cdiv(max_kv_len, block_n)))
+        return max(1, min(4, cdiv(max_kv_len, block_n)))
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _SM_COUNT:
         _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    wanted = triton.cdiv(4 * _SM_COUNT[index], programs)
-    return max(1, min(wanted, triton.cdiv(max_kv_len, block_n), 64))
+    wanted = cdiv(4 * _SM_COUNT[index], programs)
+    return max(1, min(wanted, cdiv(max_kv_len, block_n), 64))
 
 
 def decode_attention(
@@ -242,7 +250,7 @@ def decode_attention(
     # Tuned on an H200 (Qwen2.5-VL decode, bf16); float32 keys take one stage less.
     block_n = block_n or (64 if on_gpu else 16)
     num_stages = num_stages or (2 if k_cache.element_size() > 2 else 3)
-    block_m = max(16, triton.next_power_of_2(group * meta.max_q_len))  # tl.dot needs >= 16 rows
+    block_m = max(16, next_power_of_2(group * meta.max_q_len))  # tl.dot needs >= 16 rows
     splits = num_splits or _num_splits(
         q.device, meta.num_seqs * num_kv_heads, meta.max_kv_len, block_n
     )
@@ -253,7 +261,8 @@ def decode_attention(
         (num_tokens, num_q_heads, splits, head_dim), dtype=torch.float32, device=q.device
     )
     ml = torch.empty((num_tokens, num_q_heads, splits, 2), dtype=torch.float32, device=q.device)
-    _decode_kernel[(meta.num_seqs, num_kv_heads, splits)](
+    _decode(
+        (meta.num_seqs, num_kv_heads, splits),
         q,
         k_cache,
         v_cache,
@@ -277,7 +286,8 @@ def decode_attention(
         num_warps=num_warps or 4,
         num_stages=num_stages,
     )
-    _combine_kernel[(num_tokens, num_q_heads)](
+    _combine(
+        (num_tokens, num_q_heads),
         acc,
         ml,
         out,
@@ -285,7 +295,7 @@ def decode_attention(
         num_q_heads,
         HEAD_DIM=head_dim,
         SPLITS=splits,
-        SPLITS_P2=triton.next_power_of_2(splits),
+        SPLITS_P2=next_power_of_2(splits),
         num_warps=4 if on_gpu else 1,
     )
     return out

@@ -1,19 +1,26 @@
-"""Fused Triton kernels for the elementwise work of a Wan DiT block, one launch per op.
+"""Fused Triton kernels for the elementwise work of a Wan DiT block and a Qwen decoder layer,
+one launch per op.
 
 In torch each of these is a chain of float32 passes over ``[B, L, dim]`` (upcast, normalise,
 scale, shift, downcast: five or six launches, each reading and writing a float32 copy). Here
-every op reads its inputs once, computes in float32 and rounds once to the output dtype:
+every op reads its inputs once, computes in float32 and rounds once to the output dtype (or
+where the torch code it replaces rounds):
 
 * :func:`layer_norm`: LayerNorm over ``dim``, optionally affine, optionally modulated per
   latent frame, ``norm(x) * (1 + scale) + shift`` with ``scale, shift [B, F, 1, dim]``;
 * :func:`gated_residual`: ``x + y * gate`` with ``gate [B, F, 1, dim]``;
 * :func:`rms_norm` / :func:`rms_norm_pair`: the model's RMSNorm (normalised value rounded to
   ``x.dtype``, then times the weight, as :class:`models.wan.model.RMSNorm` does); the pair
-  normalises q and k in one launch.
+  normalises q and k in one launch;
+* :func:`add_rms_norm`: a pre-norm decoder's residual add and the next RMSNorm, ``s = x + y``
+  (rounded to ``x.dtype``, as torch adds) and ``rms_norm(s)``, both written;
+* :func:`silu_mul`: ``silu(gate) * up`` of the concatenated gate/up projection (SiLU rounded
+  to the input dtype before the product, as ``F.silu(gate) * up`` rounds).
 
-One program per token row (``dim`` fits one block: 1536 for Wan2.1-1.3B). A row's frame is
-``(row % L) // (L // F)``: tokens are frame-major, as the model lays them out. The torch twins,
-same signatures, are in :mod:`kernels.norms`.
+One program per token row (``dim`` fits one block: 1536 for Wan2.1-1.3B, 3584 for
+Qwen2.5-VL-7B); :func:`silu_mul` splits a row into blocks (18944 wide for Qwen2.5-VL-7B). A
+row's frame is ``(row % L) // (L // F)``: tokens are frame-major, as the model lays them out.
+The torch twins, same signatures, are in :mod:`kernels.norms`.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ import triton.language as tl
 
 # Importing the device code also patches the CPU interpreter for NumPy 2 (TRITON_INTERPRET=1).
 import kernels.triton_kernels  # noqa: F401
+from kernels.triton_launch import Launcher, cdiv, next_power_of_2
 
-__all__ = ["gated_residual", "layer_norm", "rms_norm", "rms_norm_pair"]
+__all__ = ["add_rms_norm", "gated_residual", "layer_norm", "rms_norm", "rms_norm_pair", "silu_mul"]
 
 
 @triton.jit
@@ -102,16 +110,23 @@ def _gated_residual_kernel(
 
 
 @triton.jit
-def _rms_row(x_ptr, w_ptr, o_ptr, row, stride_x, stride_o, dim, eps, BLOCK_D: tl.constexpr):
-    cols = tl.arange(0, BLOCK_D)
-    mask = cols < dim
-    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+def _rms_scaled(x, w_ptr, cols, mask, dim, eps):
+    """RMSNorm of a loaded row ``x`` (zero where masked), rounded to its dtype, times the
+    weight: float32."""
     xf = x.to(tl.float32)
     normed = xf * tl.rsqrt(tl.sum(xf * xf, 0) / dim + eps)
     # Rounded to x's dtype before the weight, as the torch module does.
     normed = normed.to(x.dtype).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(o_ptr + row * stride_o + cols, (normed * w).to(o_ptr.dtype.element_ty), mask=mask)
+    return normed * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _rms_row(x_ptr, w_ptr, o_ptr, row, stride_x, stride_o, dim, eps, BLOCK_D: tl.constexpr):
+    cols = tl.arange(0, BLOCK_D)
+    mask = cols < dim
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    y = _rms_scaled(x, w_ptr, cols, mask, dim, eps)
+    tl.store(o_ptr + row * stride_o + cols, y.to(o_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -136,6 +151,49 @@ def _rms_norm_kernel(
         _rms_row(x2_ptr, w2_ptr, o2_ptr, row, stride_x, stride_o, dim, eps, BLOCK_D)
 
 
+@triton.jit
+def _add_rms_norm_kernel(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    s_ptr,
+    o_ptr,
+    stride_x,
+    stride_y,
+    stride_s,
+    stride_o,
+    dim,
+    eps,
+    ADD: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    mask = cols < dim
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if ADD:
+        y = tl.load(y_ptr + row * stride_y + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + y.to(tl.float32)).to(x.dtype)  # rounded, as torch's add
+        tl.store(s_ptr + row * stride_s + cols, x, mask=mask)
+    out = _rms_scaled(x, w_ptr, cols, mask, dim, eps)
+    tl.store(o_ptr + row * stride_o + cols, out.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, o_ptr, stride_g, stride_o, inter, BLOCK: tl.constexpr):
+    """Column block ``program_id(1)`` of row ``program_id(0)``: gate at ``cols``, up at
+    ``inter + cols``."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < inter
+    gate = tl.load(gu_ptr + row * stride_g + cols, mask=mask, other=0.0)
+    up = tl.load(gu_ptr + row * stride_g + inter + cols, mask=mask, other=0.0)
+    g = gate.to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(gate.dtype).to(tl.float32)  # F.silu rounds here
+    out = act * up.to(tl.float32)
+    tl.store(o_ptr + row * stride_o + cols, out.to(o_ptr.dtype.element_ty), mask=mask)
+
+
 # --------------------------------------------------------------------------------------------
 # Host code
 # --------------------------------------------------------------------------------------------
@@ -143,12 +201,17 @@ def _rms_norm_kernel(
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """``[..., dim]`` as ``[rows, dim]`` with unit stride along ``dim`` (a view when possible)."""
-    x = x.reshape(-1, x.shape[-1])
+    x = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])  # no op call for 2-D (decode) inputs
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _product_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    # promote_types is an op call; the model's weights mostly share the activations' dtype
+    return x.dtype if weight.dtype == x.dtype else torch.promote_types(x.dtype, weight.dtype)
+
+
 def _launch_options(x: torch.Tensor, dim: int) -> dict[str, int]:
-    block = triton.next_power_of_2(dim)
+    block = next_power_of_2(dim)
     # Tutorial sizing: about eight elements per thread, at most eight warps; one on the CPU.
     warps = min(max(block // 256, 1), 8) if x.device.type == "cuda" else 1
     return {"BLOCK_D": block, "num_warps": warps}
@@ -291,3 +354,71 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
             **_launch_options(x, dim),
         )
     return out.view(x.shape)
+
+
+def add_rms_norm(
+    x: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, rms_norm(s))`` with ``s = x + y`` rounded to ``x.dtype`` (``s = x`` when ``y`` is
+    None, nothing written then): a residual add and the next RMSNorm in one launch. ``s`` has
+    ``x.dtype``, the norm the promoted dtype of ``x`` and ``weight``."""
+    dim = x.shape[-1]
+    if weight.shape != (dim,):
+        raise ValueError(f"weight {tuple(weight.shape)} != ({dim},)")
+    if y is not None and (y.shape != x.shape or y.dtype != x.dtype):
+        raise ValueError(
+            f"y {tuple(y.shape)} {y.dtype} does not match x {tuple(x.shape)} {x.dtype}"
+        )
+    rows = _rows(x)
+    y_rows = rows if y is None else _rows(y)
+    s = rows if y is None else torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty(rows.shape, dtype=_product_dtype(x, weight), device=x.device)
+    if rows.shape[0]:
+        _add_rms_norm(
+            (rows.shape[0],),
+            rows,
+            y_rows,
+            weight,
+            s,
+            out,
+            rows.stride(0),
+            y_rows.stride(0),
+            s.stride(0),
+            out.stride(0),
+            dim,
+            eps,
+            ADD=y is not None,
+            **_launch_options(x, dim),
+        )
+    if x.ndim == 2:
+        return (x if y is None else s), out
+    return (x if y is None else s.view(x.shape)), out.view(x.shape)
+
+
+_SILU_BLOCK = 1024  # columns per program: 19 programs a row at Qwen2.5-VL-7B's 18944
+# The decode path's kernels launch through Launcher (a few us of host time, not ~40).
+_add_rms_norm = Launcher(_add_rms_norm_kernel)
+_silu_mul = Launcher(_silu_mul_kernel)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of ``gate_up [..., 2 * I]`` (gate first, as one projection makes
+    it), in its dtype: ``[..., I]``."""
+    if gate_up.shape[-1] % 2:
+        raise ValueError(f"gate_up's last dim {gate_up.shape[-1]} is not gate and up halves")
+    inter = gate_up.shape[-1] // 2
+    rows = _rows(gate_up)
+    out = torch.empty((rows.shape[0], inter), dtype=gate_up.dtype, device=gate_up.device)
+    if rows.shape[0]:
+        block = min(_SILU_BLOCK, next_power_of_2(inter))
+        _silu_mul(
+            (rows.shape[0], cdiv(inter, block)),
+            rows,
+            out,
+            rows.stride(0),
+            out.stride(0),
+            inter,
+            BLOCK=block,
+            num_warps=4 if gate_up.device.type == "cuda" else 1,
+        )
+    return out if gate_up.ndim == 2 else out.view(*gate_up.shape[:-1], inter)

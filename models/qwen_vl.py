@@ -43,7 +43,8 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from kernels import RopeSpec, mrope
+from kernels import RopeSpec, fused_kernels, mrope
+from kernels.norms import add_rms_norm_ref, silu_mul_ref
 from models.attention import AttentionContext
 from models.qwen_vision import VideoPreprocessor, VisionTower
 
@@ -126,8 +127,19 @@ class QwenDecoderArgs:
         return mrope(self.head_dim, self.rope_theta, self.mrope_section)
 
 
+def _triton_norms():
+    # Imported on first use: triton may be missing where the fused path never runs.
+    from kernels import triton_norms
+
+    return triton_norms
+
+
 class RMSNorm(nn.Module):
-    """Qwen2 RMSNorm: normalise in float32, round back, then scale (transformers' order)."""
+    """Qwen2 RMSNorm: normalise in float32, round back, then scale (transformers' order).
+
+    With ``fused`` one Triton launch (:mod:`kernels.triton_norms`), else the torch twin
+    (:mod:`kernels.norms`, transformers' ops).
+    """
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -135,13 +147,36 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return self.add_norm(x, None, fused_kernels(x.device))[1]
+
+    def add_norm(
+        self, x: torch.Tensor, y: torch.Tensor | None, fused: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A residual add, then the norm: ``(s, norm(s))`` with ``s = x + y`` in ``x.dtype``
+        (``s = x`` when ``y`` is None); fused, both are one launch."""
+        if fused:
+            return _triton_norms().add_rms_norm(x, y, self.weight, self.eps)
+        return add_rms_norm_ref(x, y, self.weight, self.eps)
+
+
+@torch.no_grad()
+def _concatenate(params: list[nn.Parameter]) -> torch.Tensor:
+    """One new tensor holding ``params`` back to back along dim 0; each parameter's ``.data``
+    becomes a view of it and its own storage is freed (the parameter objects stay the same)."""
+    fused = torch.cat([p.detach() for p in params])
+    start = 0
+    for p in params:
+        p.data = fused[start : start + p.shape[0]]
+        start += p.shape[0]
+    return fused
 
 
 class Attention(nn.Module):
-    """GQA self-attention with q/k/v biases; rotation and caching belong to the context."""
+    """GQA self-attention with q/k/v biases; rotation and caching belong to the context.
+
+    After :meth:`fuse`, inference (no gradients recorded) runs q/k/v as one matmul over the
+    concatenated weight and bias, of which the three projections' parameters are views.
+    """
 
     def __init__(self, args: QwenDecoderArgs, layer: int) -> None:
         super().__init__()
@@ -156,31 +191,69 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(args.hidden_size, kv_dim, bias=True)
         self.v_proj = nn.Linear(args.hidden_size, kv_dim, bias=True)
         self.o_proj = nn.Linear(args.num_heads * args.head_dim, args.hidden_size, bias=False)
+        self.sizes = (args.num_heads * args.head_dim, kv_dim, kv_dim)
+        self.qkv: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight, bias), by fuse()
+
+    def fuse(self) -> None:
+        """Concatenate q/k/v (weights, biases); see :meth:`QwenDecoder.fuse`."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        self.qkv = (
+            _concatenate([p.weight for p in projections]),
+            _concatenate([p.bias for p in projections]),
+        )
 
     def forward(self, x: torch.Tensor, attention: AttentionContext) -> torch.Tensor:
         """``x [N, hidden]`` -> ``[N, hidden]``."""
         n = x.shape[0]
-        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        out = attention.attend(self.layer, q, k, v)  # [N, H_q, D]
-        return self.o_proj(out.to(x.dtype).reshape(n, -1))
+        if self.qkv is not None and not torch.is_grad_enabled():
+            q, k, v = F.linear(x, *self.qkv).split(self.sizes, dim=-1)  # views of one output
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        out = attention.attend(  # [N, H_q, D] in q's dtype
+            self.layer,
+            q.view(n, self.num_heads, self.head_dim),
+            k.view(n, self.num_kv_heads, self.head_dim),
+            v.view(n, self.num_kv_heads, self.head_dim),
+        )
+        return self.o_proj(out.reshape(n, -1))
 
 
 class FeedForward(nn.Module):
-    """SiLU-gated MLP: ``down(silu(gate(x)) * up(x))``."""
+    """SiLU-gated MLP: ``down(silu(gate(x)) * up(x))``.
+
+    After :meth:`fuse`, inference runs gate and up as one matmul over the concatenated weight
+    and ``silu(gate) * up`` as one op (a Triton launch when fused).
+    """
 
     def __init__(self, args: QwenDecoderArgs) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
         self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
         self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+        self.gate_up: torch.Tensor | None = None  # [2 * intermediate, hidden], by fuse()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def fuse(self) -> None:
+        """Concatenate gate/up; see :meth:`QwenDecoder.fuse`."""
+        self.gate_up = _concatenate([self.gate_proj.weight, self.up_proj.weight])
+
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        if self.gate_up is None or torch.is_grad_enabled():
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate_up = F.linear(x, self.gate_up)
+        return self.down_proj(_triton_norms().silu_mul(gate_up) if fused else silu_mul_ref(gate_up))
 
 
 class DecoderLayer(nn.Module):
+    """A pre-norm layer over the residual stream, carried between layers as ``x + delta``::
+
+        x, delta --add, input_layernorm--> self_attn --add, post_attention_layernorm--> mlp
+          -> (x + delta + attn, mlp out)
+
+    Each add is taken by the norm after it (one launch for both when fused), so a layer's
+    last add is the next layer's, or the final norm's. Rounding as transformers' layer: each
+    sum in the model dtype, then normed.
+    """
+
     def __init__(self, args: QwenDecoderArgs, layer: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
@@ -188,9 +261,18 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = FeedForward(args)
 
-    def forward(self, x: torch.Tensor, attention: AttentionContext) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), attention)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self,
+        x: torch.Tensor,
+        delta: torch.Tensor | None,
+        attention: AttentionContext,
+        fused: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x, delta [N, hidden]`` (``delta`` None: zero) -> the next ``(x, delta)``;
+        ``fused`` runs the Triton kernels (:func:`kernels.fused_kernels`)."""
+        x, h = self.input_layernorm.add_norm(x, delta, fused)
+        x, h = self.post_attention_layernorm.add_norm(x, self.self_attn(h, attention), fused)
+        return x, self.mlp(h, fused)
 
 
 class QwenDecoder(nn.Module):
@@ -199,6 +281,12 @@ class QwenDecoder(nn.Module):
     Parameter names mirror transformers' ``model.language_model.layers.*`` plus ``norm`` and
     ``lm_head``; :meth:`from_hf` shares the tensors of a loaded transformers model.
     The token embedding is not here: inputs are embeddings (see :meth:`QwenVL.embed`).
+
+    A decode step on CUDA makes ten launches a layer: the add + RMSNorm (Triton), q/k/v (one
+    matmul), the K/V write and the attention's two (Triton, in the context), ``o_proj``, the
+    add + RMSNorm, gate/up (one matmul), ``silu(gate) * up`` (Triton), ``down_proj``; cuBLAS
+    adds a split-K reduction to two of the matmuls (12.1 kernels a layer on an H200, 36.4
+    before the fusions).
     """
 
     def __init__(self, args: QwenDecoderArgs) -> None:
@@ -212,7 +300,8 @@ class QwenDecoder(nn.Module):
 
     @classmethod
     def from_hf(cls, hf_model: Qwen2_5_VLForConditionalGeneration) -> QwenDecoder:
-        """Build on ``meta`` and adopt ``hf_model``'s parameters (same tensors, no copies)."""
+        """Build on ``meta``, adopt ``hf_model``'s parameters (same tensors, no copies) and
+        :meth:`fuse` its projections (which re-points transformers' parameters too)."""
         args = QwenDecoderArgs.from_config(hf_model.config)
         with torch.device("meta"):
             decoder = cls(args)
@@ -226,9 +315,37 @@ class QwenDecoder(nn.Module):
             module_name, _, attr = name.rpartition(".")
             module = decoder.get_submodule(module_name)
             setattr(module, attr, source[name])
+        decoder.fuse()
         # The RoPE tables live on the device of the weights (built now, not inside a step).
         decoder.rope.per_dim(decoder.lm_head.weight.device)
         return decoder
+
+    def fuse(self) -> None:
+        """Concatenate every layer's q/k/v projections (weights and biases) and its gate/up
+        weights, so inference runs one matmul for each group instead of three and two.
+
+        Memory: none extra once done. Each group's parameters become views of the concatenated
+        tensor and their own storage is freed; the parameter objects stay the same, so tensors
+        shared with transformers stay shared (its modules compute with the views) and training
+        through either model updates the weights both see. While a group is being fused it is
+        held twice (Qwen2.5-VL-7B, bf16: 0.27 GB at most, one layer's gate/up). A move of the
+        whole model afterwards (``hf_model.to(...)``: new storage for every parameter) is seen
+        by the next :meth:`forward`, which fuses again; replacing single parameters
+        (``load_state_dict(assign=True)``) needs ``fuse()`` called (``load_state_dict``,
+        copying in place, does not). Training (gradients recorded) uses the separate
+        parameters.
+        """
+        with torch.inference_mode(False):  # plain tensors, even when called inside a step
+            for layer in self.layers:
+                layer.self_attn.fuse()
+                layer.mlp.fuse()
+
+    def _fused_stale(self) -> bool:
+        """Whether the parameters were given new storage (moved) since :meth:`fuse`."""
+        attn = self.layers[0].self_attn if len(self.layers) else None
+        if attn is None or attn.qkv is None:
+            return False
+        return attn.q_proj.weight.data_ptr() != attn.qkv[0].data_ptr()
 
     def forward(self, inputs_embeds: torch.Tensor, attention: AttentionContext) -> torch.Tensor:
         """Run the decoder over the packed new tokens of one or more sequences.
@@ -240,10 +357,14 @@ class QwenDecoder(nn.Module):
         Returns:
             ``[N, hidden]`` final-normed hidden states (feed them to :meth:`logits`).
         """
-        x = inputs_embeds
+        if self._fused_stale():
+            logger.info("decoder parameters moved since they were fused: fusing them again")
+            self.fuse()
+        fused = fused_kernels(inputs_embeds.device)  # once a step: it reads the environment
+        x, delta = inputs_embeds, None
         for layer in self.layers:
-            x = layer(x, attention)
-        return self.norm(x)
+            x, delta = layer(x, delta, attention, fused)
+        return self.norm.add_norm(x, delta, fused)[1]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[N, hidden]`` -> ``[N, vocab]``."""

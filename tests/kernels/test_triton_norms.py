@@ -1,5 +1,6 @@
 """The fused norm kernels (kernels/triton_norms.py) against their torch twins (kernels/norms.py,
-the Wan block's elementwise code), on odd sizes; interpreted on CPU (tests/conftest.py)."""
+the Wan block's and the Qwen decoder's elementwise code), on odd sizes; interpreted on CPU
+(tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import importlib
 import pytest
 import torch
 
-from kernels.norms import gated_residual_ref, layer_norm_ref, rms_norm_pair_ref, rms_norm_ref
+from kernels.norms import (
+    add_rms_norm_ref,
+    gated_residual_ref,
+    layer_norm_ref,
+    rms_norm_pair_ref,
+    rms_norm_ref,
+    silu_mul_ref,
+)
 from tests.kernels.test_triton_attention import DEVICE
 
 # Both sides compute in float32 and round to the output dtype: a value near a rounding boundary
@@ -88,3 +96,39 @@ def test_strided_inputs_and_bad_shapes(tn):
         tn.gated_residual(x[:, :5], x[:, :5], scale)
     with pytest.raises(ValueError, match="float32"):
         tn.gated_residual(x, x, scale.to(torch.bfloat16))
+
+
+def _store_ulp(dtype: torch.dtype) -> float:
+    """Relative error of a float32 value stored as ``dtype``: none on a GPU, which rounds to
+    nearest as torch does; the CPU interpreter truncates to bfloat16 (one ulp, 2**-7)."""
+    return 2**-7 if dtype == torch.bfloat16 and DEVICE.type != "cuda" else 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("rows", "dim"), [(1, 24), (7, 100)])
+def test_add_rms_norm(tn, rows, dim, dtype):
+    """The sum is rounded to x's dtype as torch's add rounds it (bit-equal on a GPU), then
+    normed; a strided y (a slice of a wider output), and no y (the first layer)."""
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(rows, dim, generator=gen) * 3).to(DEVICE, dtype)
+    y = torch.randn(rows, 2 * dim, generator=gen).to(DEVICE, dtype)[:, :dim]
+    weight = (1 + 0.1 * torch.randn(dim, generator=gen)).to(DEVICE, dtype)
+    s, normed = tn.add_rms_norm(x, y, weight, 1e-6)
+    s_ref, normed_ref = add_rms_norm_ref(x, y, weight, 1e-6)
+    torch.testing.assert_close(s, s_ref, rtol=_store_ulp(dtype), atol=0)
+    _close(normed, normed_ref, dtype)
+    same, normed = tn.add_rms_norm(x, None, weight, 1e-6)
+    assert same is x
+    _close(normed, rms_norm_ref(x, weight, 1e-6), dtype)
+    with pytest.raises(ValueError, match="does not match"):
+        tn.add_rms_norm(x, y[:, :-1], weight, 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("rows", "inter"), [(1, 40), (3, 1500)])  # 1500: two column blocks
+def test_silu_mul(tn, rows, inter, dtype):
+    gen = torch.Generator().manual_seed(6)
+    gate_up = (torch.randn(rows, 2 * inter, generator=gen) * 4).to(DEVICE, dtype)
+    _close(tn.silu_mul(gate_up), silu_mul_ref(gate_up), dtype)
+    with pytest.raises(ValueError, match="halves"):
+        tn.silu_mul(gate_up[:, 1:])
