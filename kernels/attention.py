@@ -130,7 +130,7 @@ def write_kv(
 
     Graph-safe (a scatter; no host sync). Overwriting already-cached slots is how recompute
     passes (the t=0 refresh, KV-recache) replace K/V in place. Where :func:`fused_kernels`
-    says so, one Triton launch (:mod:`kernels.triton_cache`) instead of three torch ones.
+    says so, one Triton launch (:mod:`kernels.triton_cache`) instead of two ``index_copy_``.
     """
     if fused_kernels(k.device):
         from kernels.triton_cache import write_kv_triton  # triton may be missing elsewhere
