@@ -16,6 +16,7 @@ from typing import Any
 from evals.bench.record import SCHEMA, BenchRecord, Variant, Workload
 
 __all__ = [
+    "cluster_table",
     "generation_table",
     "kernels_table",
     "link",
@@ -175,6 +176,18 @@ def service_table(record: BenchRecord) -> str:
                 ]
             )
     return _markdown(header, rows)
+
+
+def cluster_table(record: BenchRecord, workload: str) -> str:
+    """A row per variant of a ``cluster`` workload: frames/s delivered to each client count,
+    and the Ray hop per frame where measured."""
+    w = record.suites["cluster"][workload]
+    clients = w.config["clients"]
+    columns = [_Column(f"fps_{n}", f"frames/s, {n} clients", _rate) for n in clients]
+    columns += [
+        _Column(f"hop_ms_{n}", f"Ray hop, ms a frame, {n} clients", _signed_ms) for n in clients
+    ]
+    return _variant_table(w, columns, None)
 
 
 def kernels_table(record: BenchRecord) -> str:

@@ -7,7 +7,7 @@ template, next to the table, because they are analysis rather than figures.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from evals.bench.record import BenchRecord
@@ -160,17 +160,23 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def targets_table(record: BenchRecord) -> str:
-    """The :data:`TARGETS` against ``record``; a target the record lacks reads "not measured"."""
+def targets_table(records: Sequence[tuple[str, BenchRecord]]) -> str:
+    """The :data:`TARGETS` against ``records`` (``(stem, record)``, newest first): each target
+    reads the newest record that has its figure, and names an older one it came from."""
     lines = ["| target | goal | measured | published | met |", "|---|---|---|---|---|"]
     for t in TARGETS:
-        value = t.read(record)
         unit = t.unit if t.unit == "×" else f" {t.unit}"
         goal = f"{'≤' if t.at_most else '≥'} {t.goal:.3g}{unit}"
-        if value is None:
+        found = next(((stem, v) for stem, r in records if (v := t.read(r)) is not None), None)
+        if found is None:
             measured, met = "not measured", "—"
         else:
+            stem, value = found
+            if value == 1 and unit.endswith("s"):  # "1 stream", not "1 streams"
+                unit = unit[:-1]
             measured = (f"{value:.2f}" if t.unit == "×" else _number(value)) + unit
+            if stem != records[0][0]:
+                measured += f" (`{stem}`)"
             met = "**yes**" if (value <= t.goal if t.at_most else value >= t.goal) else "no"
         lines.append(f"| {t.label} | {goal} | {measured} | {t.published or '—'} | {met} |")
     return "\n".join(lines)
