@@ -22,35 +22,25 @@ Nothing per stream is stored on the module. One block::
 with ``shift1, scale1, gate1, shift2, scale2, gate2 = modulation + e0[frame]``. Norms and
 modulation are computed in float32 (as diffusers does); parameters may be bf16 or fp16. On CUDA
 the norms, modulation and gated residuals run as fused Triton kernels
-(:mod:`kernels.triton_norms`: same float32 math, one pass each); :func:`fused_kernels` decides.
+(:mod:`kernels.triton_norms`: same float32 math, one pass each); :func:`kernels.fused_kernels`
+decides.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import fused_kernels
 from kernels.norms import gated_residual_ref, layer_norm_ref, rms_norm_ref
 from models.attention import AttentionContext
 from models.wan.config import WanConfig, wan_config
 
-__all__ = ["CausalWanModel", "TextConditioning", "fused_kernels", "sinusoidal_embedding"]
-
-
-def fused_kernels(device: torch.device) -> bool:
-    """Whether norms and modulation run as fused Triton kernels on ``device``: on CUDA, unless
-    ``STREAM_FUSED_KERNELS=0``; ``=1`` forces them anywhere (CPU tests, under Triton's
-    interpreter). The kernels have no backward, so a forward that records gradients (training)
-    always runs the torch code, as does every other device."""
-    if torch.is_grad_enabled():
-        return False
-    setting = os.environ.get("STREAM_FUSED_KERNELS")
-    return device.type == "cuda" if setting is None else setting != "0"
+__all__ = ["CausalWanModel", "TextConditioning", "sinusoidal_embedding"]
 
 
 def _triton_norms():

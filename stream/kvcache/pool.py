@@ -6,7 +6,7 @@ Memory layout (one tensor, all layers; a block id names the same rows in every l
 
     block:   0 (null)  1         2         3        ...  num_blocks - 1
     slots:   [0, bs)   [bs, 2bs) [2bs,3bs) ...
-             writes of discarded tokens land in the null block; it is never read
+             never handed out and never read
 
 Sessions are admitted by *reservation*: a session reserves its worst-case block count when it
 opens, and later allocations come out of that reservation, so a running session can never be

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import triton_norms, wan_rope
+from kernels import fused_kernels, triton_norms, wan_rope
 from models.attention import DenseAttention
 from models.wan import CausalWanModel, wan_config
-from models.wan.model import WanBlock, fused_kernels
+from models.wan.model import WanBlock
 from stream.kvcache import frame_positions
 
 CFG = wan_config("tiny")
