@@ -194,20 +194,34 @@ def _gather_rotate_attend(
     keys = apply_rope(k_cache.index_select(0, index), meta.kv_pos, rope).to(compute_dtype)
     values = v_cache.index_select(0, index).to(compute_dtype)
     queries = apply_rope(q, meta.q_pos, rope).to(compute_dtype)
-    out = torch.empty(q.shape, dtype=compute_dtype, device=q.device)
     qi, ki = meta.q_indptr_host, meta.kv_indptr_host
-    for s in range(meta.num_seqs):
-        if qi[s + 1] == qi[s]:
-            continue
-        o = attend_sequence(
+
+    def sequence(s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (
             queries[qi[s] : qi[s + 1]].transpose(0, 1),  # [H_q, q_len, D]
             keys[ki[s] : ki[s + 1]].transpose(0, 1),
             values[ki[s] : ki[s + 1]].transpose(0, 1),
-            meta.causal,
-            scale,
         )
+
+    out = torch.empty(q.shape, dtype=compute_dtype, device=q.device)
+    return attend_sequences(out, meta, sequence, scale).to(q.dtype)
+
+
+def attend_sequences(
+    out: torch.Tensor,
+    meta: AttentionMetadata,
+    sequence: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    scale: float | None,
+) -> torch.Tensor:
+    """:func:`attend_sequence` for every sequence of ``meta`` with queries, written into
+    ``out [N_q, H_q, D]``; ``sequence(s)`` gives its rotated ``q, k, v`` as ``[H, len, D]``."""
+    qi = meta.q_indptr_host
+    for s in range(meta.num_seqs):
+        if qi[s + 1] == qi[s]:
+            continue
+        o = attend_sequence(*sequence(s), meta.causal, scale)
         out[qi[s] : qi[s + 1]] = o.transpose(0, 1)
-    return out.to(q.dtype)
+    return out
 
 
 def attend_sequence(

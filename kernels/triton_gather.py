@@ -15,7 +15,7 @@ writes both in the layout SDPA reads fastest; a second launch rotates the querie
                   ^ element 0            ^ element kv_indptr[1] * H * D
 
 so sequence ``s`` is the contiguous ``[H, len_s, D]`` view at ``indptr[s] * H * D``. SDPA then
-runs per sequence (:func:`kernels.attention.attend_sequence`), as in the torch path.
+runs per sequence (:func:`kernels.attention.attend_sequences`), as in the torch path.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention import AttentionMetadata, attend_sequence, register_backend
+from kernels.attention import AttentionMetadata, attend_sequences, register_backend
 from kernels.rope import RopeSpec
 from kernels.triton_attention import _rope_tables, check_operands
 
@@ -199,20 +199,17 @@ def paged_attention_sdpa_fused(
     and round once to ``q.dtype``)."""
     queries, keys, values = gather_rotate(q, k_cache, v_cache, meta, rope)
     num_q_heads, num_kv_heads, head_dim = q.shape[1], k_cache.shape[1], q.shape[2]
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     qi, ki = meta.q_indptr_host, meta.kv_indptr_host
-    for s in range(meta.num_seqs):
-        if qi[s + 1] == qi[s]:
-            continue
-        o = attend_sequence(
+
+    def sequence(s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (
             sequence_view(queries, qi, s, num_q_heads, head_dim),
             sequence_view(keys, ki, s, num_kv_heads, head_dim),
             sequence_view(values, ki, s, num_kv_heads, head_dim),
-            meta.causal,
-            scale,
         )
-        out[qi[s] : qi[s + 1]] = o.transpose(0, 1)
-    return out
+
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    return attend_sequences(out, meta, sequence, scale)
 
 
 register_backend("sdpa_fused", paged_attention_sdpa_fused)
