@@ -41,6 +41,7 @@ __all__ = [
     "AttentionMetadata",
     "DECODE_MAX_Q_LEN",
     "attend_sequence",
+    "attend_sequences",
     "fused_kernels",
     "paged_attention",
     "paged_attention_auto",
