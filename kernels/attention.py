@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from kernels.rope import RopeSpec, apply_rope
 
@@ -229,12 +230,15 @@ def attend_sequence(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None
 ) -> torch.Tensor:
     """SDPA of one sequence: ``q [H_q, q_len, D]`` over ``k, v [H_kv, kv_len, D]``, already
-    rotated; causal is bottom-right aligned. Returns ``[H_q, q_len, D]``."""
-    q_len, kv_len = q.shape[1], k.shape[1]
-    mask = None
-    if causal:
-        rows = torch.arange(q_len, device=q.device)[:, None] + (kv_len - q_len)
-        mask = torch.arange(kv_len, device=q.device)[None, :] <= rows
+    rotated; causal is bottom-right aligned. Returns ``[H_q, q_len, D]``.
+
+    The bottom-right mask is torch's :func:`causal_lower_right` bias rather than a boolean
+    matrix: with it SDPA keeps the flash kernel (GQA included). An explicit mask needs a masked
+    kernel and the mask's own ``q_len x kv_len`` bytes every layer: a StreamingVLM round's
+    prefill (743 queries over 13k keys, 28/4 heads, 28 layers) took 113 ms on an H200 with the
+    mask and 65 ms with the bias.
+    """
+    mask = causal_lower_right(q.shape[1], k.shape[1]) if causal else None
     o = F.scaled_dot_product_attention(
         q[None], k[None], v[None], attn_mask=mask, scale=scale, enable_gqa=q.shape[0] != k.shape[0]
     )
