@@ -5,6 +5,7 @@ not (a CPU, training): float32 math with the intermediate float32 tensors torch 
 rounded to ``x.dtype`` at the end (RMSNorm: before the weight). The Qwen decoder's twins
 (:func:`add_rms_norm_ref`, :func:`silu_mul_ref`) round where transformers' Qwen2 modules do.
 Tests compare the kernels with them; the kernels bench times them as the unfused baseline.
+:func:`rms_norm_silu_into_ref` is the twin of :mod:`kernels.triton_vae`'s VAE kernel.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "layer_norm_ref",
     "rms_norm_pair_ref",
     "rms_norm_ref",
+    "rms_norm_silu_into_ref",
     "silu_mul_ref",
 ]
 
@@ -75,3 +77,13 @@ def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
     input dtype as torch's ``F.silu(gate) * up`` rounds; ``[..., I]``."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def rms_norm_silu_into_ref(x: torch.Tensor, gamma: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = silu(F.normalize(x, dim=1) * sqrt(C) * gamma)`` for ``x [B, C, T, H, W]``: the Wan
+    VAE's ``WanRMS_norm`` (bias 0.0) then SiLU, in float32 (float64 for float64 ``x``, where it
+    equals diffusers' modules exactly), rounded once to ``out.dtype``. Any layouts; differentiable
+    (``out`` is written in place)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    scaled = F.normalize(x.to(dtype), dim=1) * x.shape[1] ** 0.5
+    out.copy_(F.silu(scaled * gamma.to(dtype).reshape(1, -1, 1, 1, 1)))

@@ -20,13 +20,22 @@ Temporal resampling follows diffusers exactly:
 
 The encoder runs on whole clips of ``1 + 4k`` frames only (training and offline encoding), so it
 needs no history. Everything else (norms, activations, the per-frame attention block, spatial
-resampling) acts frame by frame and is called as diffusers' own modules. Only the Wan2.1 layout
-(``is_residual=False``, no patchify) is supported.
+resampling) acts frame by frame and is called as diffusers' own modules, except where a causal
+convolution reads ``silu(norm(x))``: there one buffer holds the history frames and then
+``silu(norm(x))``, written in one pass (:func:`kernels.triton_vae.rms_norm_silu_into` where
+:func:`kernels.fused_kernels` says so, else its torch twin), and the convolution pads H and W
+itself, so no ``torch.cat`` / ``F.pad`` copies are made::
+
+    buf [B, C, 2 + T, H, W]:   | past (zeros before the stream) | silu(norm(x)) |
+    conv3d(buf, padding=(0, 1, 1)) -> [B, C', T, H, W];  history <- buf[:, :, -2:]
+
+Only the Wan2.1 layout (``is_residual=False``, no patchify) is supported.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import (
     WanAttentionBlock,
@@ -35,11 +44,18 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import (
     WanMidBlock,
     WanResample,
     WanResidualBlock,
+    WanRMS_norm,
 )
+from torch import nn
+
+from kernels import fused_kernels
+from kernels.norms import rms_norm_silu_into_ref
 
 __all__ = ["History", "check_wan21_layout", "decode_frames", "encode_video"]
 
 _CONTEXT = 2  # input frames of history a temporal-kernel-3 causal convolution needs
+# The fused kernel computes in float32; float64 (the exactness tests) stays on the torch twin.
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 History = list[torch.Tensor | None]
 """One stream's decoder history: per temporal convolution, in call order, ``None`` before the
@@ -47,10 +63,14 @@ stream's first frame, then its last ``<= 2`` input frames ``[B, C, t, h, w]``.""
 
 
 class _Walk:
-    """Hands out history slots in call order; the call order is fixed by the module tree."""
+    """Hands out history slots in call order; the call order is fixed by the module tree.
 
-    def __init__(self, history: History) -> None:
+    ``fused``: run the Triton norm kernel (:func:`kernels.fused_kernels` of the input's device).
+    """
+
+    def __init__(self, history: History, fused: bool) -> None:
         self.history = history
+        self.fused = fused
         self._next = 0
 
     def _slot(self) -> int:
@@ -63,10 +83,38 @@ class _Walk:
         if conv._padding[4] == 0:  # no temporal context (1x1x1 shortcuts)
             return conv(x)
         slot = self._slot()
-        past = self.history[slot]
-        out = conv(x, past)  # None: diffusers zero-pads, as before a stream's first frame
-        self.history[slot] = _last_frames(past, x)
-        return out
+        buf = _causal_input(self.history[slot], x, x.dtype)
+        buf[:, :, _CONTEXT:].copy_(x)
+        return self._convolve(slot, conv, buf)
+
+    def norm_silu_conv(
+        self, norm: nn.Module, nonlinearity: nn.Module, conv: WanCausalConv3d, x: torch.Tensor
+    ) -> torch.Tensor:
+        """``self.causal(conv, nonlinearity(norm(x)))``, the norm and SiLU written in one pass
+        into the convolution's input buffer where they are ``WanRMS_norm`` and SiLU."""
+        if not (_is_rms_norm(norm) and type(nonlinearity) is nn.SiLU and conv._padding[4]):
+            return self.causal(conv, nonlinearity(norm(x)))
+        slot = self._slot()
+        dtype = torch.promote_types(x.dtype, norm.gamma.dtype)  # as the module's product
+        buf = _causal_input(self.history[slot], x, dtype)
+        out = buf[:, :, _CONTEXT:]
+        kernel_dtypes = x.dtype in _FUSED_DTYPES and dtype in _FUSED_DTYPES
+        if self.fused and kernel_dtypes and _channels_last(x):
+            from kernels.triton_vae import rms_norm_silu_into  # triton may be missing elsewhere
+
+            rms_norm_silu_into(x, norm.gamma, out)
+        else:
+            rms_norm_silu_into_ref(x, norm.gamma, out)
+        return self._convolve(slot, conv, buf)
+
+    def _convolve(self, slot: int, conv: WanCausalConv3d, buf: torch.Tensor) -> torch.Tensor:
+        """``conv`` over ``buf`` from :func:`_causal_input`, H and W zero-padded by the
+        convolution itself; ``buf``'s last frames become the slot's history."""
+        assert conv._padding[4] == _CONTEXT, "a causal conv with temporal kernel 3"
+        self.history[slot] = buf[:, :, -_CONTEXT:].detach().clone()
+        padding = (0, conv._padding[2], conv._padding[0])  # (T, H, W); time's is in buf
+        weight, bias = conv.weight, conv.bias
+        return F.conv3d(buf, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
 
     def upsample(self, resample: WanResample, x: torch.Tensor) -> torch.Tensor:
         if resample.mode == "upsample3d":
@@ -88,8 +136,11 @@ class _Walk:
 
     def residual(self, block: WanResidualBlock, x: torch.Tensor) -> torch.Tensor:
         skip = block.conv_shortcut(x)
-        x = self.causal(block.conv1, block.nonlinearity(block.norm1(x)))
-        x = self.causal(block.conv2, block.dropout(block.nonlinearity(block.norm2(x))))
+        x = self.norm_silu_conv(block.norm1, block.nonlinearity, block.conv1, x)
+        if block.dropout.p and block.dropout.training:
+            x = self.causal(block.conv2, block.dropout(block.nonlinearity(block.norm2(x))))
+        else:  # dropout is the identity
+            x = self.norm_silu_conv(block.norm2, block.nonlinearity, block.conv2, x)
         return x + skip
 
     def mid(self, block: WanMidBlock, x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +148,39 @@ class _Walk:
         for attention, resnet in zip(block.attentions, block.resnets[1:], strict=True):
             x = self.residual(resnet, attention(x))
         return x
+
+
+def _is_rms_norm(norm: nn.Module) -> bool:
+    """Whether ``norm`` is exactly what the fused path computes: ``WanRMS_norm`` over channels,
+    scale ``sqrt(C)``, no bias."""
+    return (
+        type(norm) is WanRMS_norm
+        and norm.channel_first
+        and isinstance(norm.bias, float)
+        and norm.bias == 0.0
+        and norm.scale == norm.gamma.shape[0] ** 0.5
+    )
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether each batch entry of ``x [B, C, T, H, W]`` is dense NDHWC: a channels-last tensor
+    or a time slice of one (a chunk split off a longer latent)."""
+    return x[:1].is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def _causal_input(past: torch.Tensor | None, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A ``[B, C, 2 + T, H, W]`` buffer in ``x``'s layout whose first two frames are ``past``
+    (``<= 2`` frames), zero-padded in front as diffusers pads (all zeros for None, before a
+    stream's first frame); the ``T`` frames after them are left for the caller to write."""
+    b, c, t, h, w = x.shape
+    layout = torch.channels_last_3d if _channels_last(x) else torch.contiguous_format
+    shape = (b, c, _CONTEXT + t, h, w)
+    buf = torch.empty(shape, dtype=dtype, device=x.device, memory_format=layout)
+    held = 0 if past is None else past.shape[2]
+    buf[:, :, : _CONTEXT - held].zero_()
+    if held:
+        buf[:, :, _CONTEXT - held : _CONTEXT].copy_(past)
+    return buf
 
 
 def _last_frames(past: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +198,8 @@ def _interleave(doubled: torch.Tensor) -> torch.Tensor:
     pairs = doubled.view(b, 2, c2 // 2, t, h, w).permute(0, 2, 3, 1, 4, 5)  # [B, C, t, 2, h, w]
     if doubled.is_contiguous() or not doubled.is_contiguous(memory_format=torch.channels_last_3d):
         return pairs.reshape(b, c2 // 2, 2 * t, h, w)
-    channels_last = pairs.permute(0, 2, 3, 4, 5, 1).reshape(b, 2 * t, h, w, c2 // 2)
+    # contiguous(): for t == 1 a reshape would be a view with the frames inside each row
+    channels_last = pairs.permute(0, 2, 3, 4, 5, 1).contiguous().view(b, 2 * t, h, w, c2 // 2)
     return channels_last.permute(0, 4, 1, 2, 3)
 
 
@@ -161,7 +246,7 @@ def encode_video(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
     frames = video.shape[2]
     if video.ndim != 5 or (frames - 1) % vae.config.scale_factor_temporal:
         raise ValueError(f"video must be [B, 3, 1 + 4k, H, W], got {tuple(video.shape)}")
-    encoder, walk = vae.encoder, _Walk([])
+    encoder, walk = vae.encoder, _Walk([], fused_kernels(video.device))
     x = walk.causal(encoder.conv_in, video)
     for layer in encoder.down_blocks:
         if isinstance(layer, WanResidualBlock):
@@ -171,7 +256,7 @@ def encode_video(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
         else:
             x = _downsample(layer, x)
     x = walk.mid(encoder.mid_block, x)
-    x = walk.causal(encoder.conv_out, encoder.nonlinearity(encoder.norm_out(x)))
+    x = walk.norm_silu_conv(encoder.norm_out, encoder.nonlinearity, encoder.conv_out, x)
     return vae.quant_conv(x)
 
 
@@ -187,7 +272,7 @@ def decode_frames(decoder: WanDecoder3d, x: torch.Tensor, history: History) -> t
         ``[B, 3, T_out, 8h, 8w]`` unclamped, ``T_out = 1 + 4 (T - 1)`` for a stream's first
         call and ``4 T`` afterwards.
     """
-    walk = _Walk(history)
+    walk = _Walk(history, fused_kernels(x.device))
     x = walk.causal(decoder.conv_in, x)
     x = walk.mid(decoder.mid_block, x)
     for block in decoder.up_blocks:
@@ -195,5 +280,4 @@ def decode_frames(decoder: WanDecoder3d, x: torch.Tensor, history: History) -> t
             x = walk.residual(resnet, x)
         if block.upsamplers is not None:
             x = walk.upsample(block.upsamplers[0], x)
-    x = decoder.nonlinearity(decoder.norm_out(x))
-    return walk.causal(decoder.conv_out, x)
+    return walk.norm_silu_conv(decoder.norm_out, decoder.nonlinearity, decoder.conv_out, x)

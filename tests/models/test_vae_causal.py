@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanResidualBlock
 
+from kernels import triton_vae
 from models.vae import tiny_wan_vae
 from models.vae_causal import _interleave, _per_frame, decode_frames, encode_video
+
+CL = torch.channels_last_3d
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +50,41 @@ def test_decode_frames_in_any_chunks_equals_diffusers_decode(
     torch.testing.assert_close(torch.cat(parts, 2).clamp(-1, 1), expected, atol=1e-12, rtol=0)
 
 
+def _rms(error: torch.Tensor) -> torch.Tensor:
+    return error.square().mean().sqrt()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_decode_frames_equals_diffusers_decode(monkeypatch, dtype: torch.dtype) -> None:
+    """The fused norm kernel forced on (Triton's interpreter on CPU), channels-last activations,
+    chunks of one frame included: every norm + SiLU + causal conv of every chunk runs the
+    kernel, the activations stay channels-last, and the frames match diffusers' float32 decode
+    (in bfloat16: no further off than diffusers' own bfloat16 decode)."""
+    calls = []
+    kernel = triton_vae.rms_norm_silu_into
+    monkeypatch.setattr(triton_vae, "rms_norm_silu_into", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setenv("STREAM_FUSED_KERNELS", "1")
+    vae = tiny_wan_vae(seed=4).vae
+    sites = 1 + 2 * sum(isinstance(m, WanResidualBlock) for m in vae.decoder.modules())
+    chunks = [1, 2, 1, 1]
+    z = torch.randn(2, 16, sum(chunks), 4, 6, generator=torch.Generator().manual_seed(5))
+    history: list = []
+    with torch.no_grad():
+        expected = vae.decode(z).sample
+        own = vae.to(dtype).decode(z.to(dtype)).sample.float()
+        x = vae.post_quant_conv(z.to(dtype)).contiguous(memory_format=CL)
+        parts = [decode_frames(vae.decoder, part, history) for part in x.split(chunks, 2)]
+    assert len(calls) == sites * len(chunks)
+    assert all(p.is_contiguous(memory_format=CL) for p in parts)
+    assert all(h.is_contiguous(memory_format=CL) for h in history)
+    got = torch.cat(parts, 2).clamp(-1, 1).float()
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    else:
+        # root mean square: the maximum of a few thousand rounding errors is too noisy to bound
+        assert _rms(got - expected) <= 1.25 * _rms(own - expected)
+
+
 def test_gradients_flow_through_a_whole_clip(vae: AutoencoderKLWan) -> None:
     video = torch.rand(1, 3, 5, 16, 16, dtype=torch.float64, requires_grad=True)
     moments = encode_video(vae, video)
@@ -76,3 +115,7 @@ def test_channels_last_stays_channels_last_without_copies() -> None:
     assert out.shape == (2, 3, 6, 4, 5) and out.is_contiguous(memory_format=cl)
     torch.testing.assert_close(out, _interleave(x.contiguous()), atol=0, rtol=0)
     torch.testing.assert_close(out[:, :, 1::2], x[:, 3:], atol=0, rtol=0)
+    one = x[:, :, :1].contiguous(memory_format=cl)  # a single frame, as a 1-frame chunk has
+    out = _interleave(one)
+    assert out.is_contiguous(memory_format=cl)
+    torch.testing.assert_close(out, _interleave(one.contiguous()), atol=0, rtol=0)
