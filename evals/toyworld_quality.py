@@ -1,6 +1,7 @@
 """Quality of the embedded models on the toy world, measured on pixels and words, not by eye.
 
     python -m evals.toyworld_quality --out quality.json [--drift-minutes 10] [--parts switch]
+        [--dtype bf16] [--kv-cache-dtype fp8_e4m3]
 
 - **Prompt adherence** of generated clips (LongLive and Rolling Forcing): the fraction of frames
   whose measured colour and shape match the prompt (:func:`models.toyworld.adherence`), over
@@ -16,6 +17,9 @@
   whether both agree on silence.
 
 Everything runs through the real pipelines on the shipped toy-world models, on the CPU.
+``--kv-cache-dtype fp8_e4m3`` runs every pipeline on the FP8 KV cache; against a run without it
+(same seeds, same prompts) that is the cache's quality delta. ``--dtype bf16`` runs the models
+(and an ``auto`` cache) in bfloat16, as the service does on a GPU.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from models.toyworld import (
@@ -44,9 +49,13 @@ from models.toyworld import (
 )
 from stream.kvcache import KVCacheManager
 from stream.pipelines.base import GenerationRequest
-from stream.pipelines.longlive import LongLivePipeline
-from stream.pipelines.rolling_forcing import RollingForcingPipeline
-from stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
+from stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+from stream.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
+from stream.pipelines.streaming_vlm import (
+    StreamingVLMPipeline,
+    UnderstandingConfig,
+    UnderstandingRequest,
+)
 
 SIZE = 64
 FPS = 16
@@ -186,6 +195,7 @@ def caption_accuracy(pipe: StreamingVLMPipeline, seconds: int, seed: int, size) 
 
 
 PARTS = ("adherence", "switch", "drift", "captions")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def main() -> None:
@@ -208,20 +218,43 @@ def main() -> None:
     parser.add_argument("--drift-minutes", type=float, default=10.0)
     parser.add_argument("--caption-seconds", type=int, default=120)
     parser.add_argument("--seed", type=int, default=10_000, help="held out from training seeds")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(_DTYPES),
+        default="fp32",
+        help="the models' weights and activations (default fp32, the CPU service's)",
+    )
+    parser.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        help="every pipeline's KV cache: auto (the models' dtype) or fp8_e4m3",
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     if not parts or parts - set(PARTS):
         parser.error(f"--parts must be a subset of {','.join(PARTS)}, got {args.parts!r}")
-    wan = load_wan_models()  # the shipped toy-world generator
+    kv = args.kv_cache_dtype
+    try:
+        configs = {
+            "longlive": LongLiveConfig(kv_cache_dtype=kv),
+            "rolling_forcing": RollingForcingConfig(kv_cache_dtype=kv),
+            "streaming_vlm": UnderstandingConfig(kv_cache_dtype=kv),
+        }
+    except ValueError as exc:
+        parser.error(str(exc))
+    dtype = _DTYPES[args.dtype]
+    wan = load_wan_models(dtype=dtype)  # the shipped toy-world generator
     manager = KVCacheManager()
     results = {
         "benchmark": "toyworld_quality",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "size": f"{SIZE}x{SIZE}",
+        "dtype": args.dtype,
+        "kv_cache_dtype": kv,
         "command": " ".join(["python -m evals.toyworld_quality", *sys.argv[1:]]),
     }
     for name, cls in (("longlive", LongLivePipeline), ("rolling_forcing", RollingForcingPipeline)):
-        pipe = cls(wan, manager, 256 << 20)
+        pipe = cls(wan, manager, 256 << 20, configs[name])
         results[name] = {}
         if "adherence" in parts:
             results[name]["adherence"] = prompt_adherence(pipe, args.prompts, 4.0, args.seed)
@@ -240,15 +273,14 @@ def main() -> None:
                 f"after {s['frames_until_followed_median']} frames"
             )
     if "drift" in parts:
-        stream = drift(
-            LongLivePipeline(wan, manager, 256 << 20), args.drift_minutes, args.seed + 200
-        )
+        longlive = LongLivePipeline(wan, manager, 256 << 20, configs["longlive"])
+        stream = drift(longlive, args.drift_minutes, args.seed + 200)
         results["longlive"]["drift"] = stream
         print(f"drift, adherence per minute: {stream['adherence_per_minute']}")
         print(f"drift, colour adherence per minute: {stream['color_adherence_per_minute']}")
         print(f"drift, background per minute: {stream['background_adherence_per_minute']}")
     if "captions" in parts:
-        vlm = StreamingVLMPipeline(load_vlm(), manager, 128 << 20)
+        vlm = StreamingVLMPipeline(load_vlm(dtype), manager, 128 << 20, configs["streaming_vlm"])
         results["streaming_vlm"] = c = caption_accuracy(
             vlm, args.caption_seconds, args.seed + 300, (SIZE, SIZE)
         )

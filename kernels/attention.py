@@ -19,6 +19,17 @@ The new tokens' own keys are written to their slots first (:func:`write_kv`) and
 
 Grouped-query attention: query head h reads kv head ``h // (H_q // H_kv)``.
 
+The cache may hold the model's dtype or **unscaled FP8** (``torch.float8_e4m3fn``, half of
+bf16's bytes), as vLLM's default fp8 KV cache with scale 1.0: :func:`write_kv` clamps to
+``+-448`` (past it, what a cast gives depends on the backend: torch's CPU cast saturates, a
+non-saturating one gives NaN) and rounds to e4m3 (:func:`to_cache_dtype`); every backend reads
+the rows back into float32 or the compute dtype. There are no per-block
+scales because e4m3 is a floating-point format: a scale only moves the range against overflow
+(past 448) and underflow (below 2^-9), and Wan's keys are RMS-normed (q/k norm) and its values
+small, so they sit well inside it; the toy-world quality delta (docs/evals.md) is the check.
+The known limit: a model whose keys or values have outliers past 448 would be clipped, and
+needs per-block (or per-head) scales before it can use this cache.
+
 :func:`paged_attention_ref` is the plain-torch twin (gather, rotate, SDPA in float32);
 :func:`paged_attention_sdpa` is the same in the input dtype, so torch's fused kernels run (the
 baseline on CUDA). The Triton kernels in :mod:`kernels.triton_attention` have the same signature,
@@ -41,6 +52,7 @@ from kernels.rope import RopeSpec, apply_rope
 __all__ = [
     "AttentionMetadata",
     "DECODE_MAX_Q_LEN",
+    "FP8_E4M3_MAX",
     "attend_sequence",
     "attend_sequences",
     "fused_kernels",
@@ -50,8 +62,12 @@ __all__ = [
     "paged_attention_sdpa",
     "register_backend",
     "select_backend",
+    "to_cache_dtype",
     "write_kv",
 ]
+
+# The largest finite e4m3fn value; the FP8 cache clamps to it, so nothing past it is cast.
+FP8_E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
 
 
 @dataclass(slots=True)
@@ -131,8 +147,10 @@ def write_kv(
     """Store un-rotated ``k``/``v`` ``[N, H_kv, D]`` into ``slots`` ``[N]`` of one layer's cache.
 
     Graph-safe (a scatter; no host sync). Overwriting already-cached slots is how recompute
-    passes (the t=0 refresh, KV-recache) replace K/V in place. Where :func:`fused_kernels`
-    says so, one Triton launch (:mod:`kernels.triton_cache`) instead of two ``index_copy_``.
+    passes (the t=0 refresh, KV-recache) replace K/V in place. Rows are converted by
+    :func:`to_cache_dtype` (an FP8 cache: clamped, rounded to e4m3). Where
+    :func:`fused_kernels` says so, one Triton launch (:mod:`kernels.triton_cache`) instead of
+    two ``index_copy_``.
     """
     if fused_kernels(k.device):
         from kernels.triton_cache import write_kv_triton  # triton may be missing elsewhere
@@ -140,8 +158,20 @@ def write_kv(
         write_kv_triton(k_cache, v_cache, slots, k, v)
         return
     index = slots.long()
-    k_cache.index_copy_(0, index, k.to(k_cache.dtype))
-    v_cache.index_copy_(0, index, v.to(v_cache.dtype))
+    for cache, x in ((k_cache, k), (v_cache, v)):
+        rows = to_cache_dtype(x, cache.dtype)
+        if cache.dtype == torch.float8_e4m3fn:  # index_copy_ has no float8 kernel (CPU): bytes
+            cache, rows = cache.view(torch.uint8), rows.view(torch.uint8)
+        cache.index_copy_(0, index, rows)
+
+
+def to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as cache rows of ``dtype``: a plain cast, except that ``float8_e4m3fn`` is first
+    clamped to ``+-FP8_E4M3_MAX`` (unscaled FP8; see the module docstring) and then rounded to
+    nearest even, as the Triton store does."""
+    if dtype == torch.float8_e4m3fn:
+        x = x.float().clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX)
+    return x.to(dtype)
 
 
 def paged_attention_ref(
@@ -193,8 +223,8 @@ def _gather_rotate_attend(
     if num_q_heads % num_kv_heads:
         raise ValueError(f"{num_q_heads} query heads are not a multiple of {num_kv_heads} kv heads")
     index = meta.kv_slots.long()
-    keys = apply_rope(k_cache.index_select(0, index), meta.kv_pos, rope).to(compute_dtype)
-    values = v_cache.index_select(0, index).to(compute_dtype)
+    keys = apply_rope(_gather(k_cache, index), meta.kv_pos, rope).to(compute_dtype)
+    values = _gather(v_cache, index).to(compute_dtype)
     queries = apply_rope(q, meta.q_pos, rope).to(compute_dtype)
     qi, ki = meta.q_indptr_host, meta.kv_indptr_host
 
@@ -207,6 +237,14 @@ def _gather_rotate_attend(
 
     out = torch.empty(q.shape, dtype=compute_dtype, device=q.device)
     return attend_sequences(out, meta, sequence, scale).to(q.dtype)
+
+
+def _gather(cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of ``cache``; an FP8 cache is gathered as bytes, which every device's
+    ``index_select`` takes."""
+    if cache.dtype != torch.float8_e4m3fn:
+        return cache.index_select(0, index)
+    return cache.view(torch.uint8).index_select(0, index).view(cache.dtype)
 
 
 def attend_sequences(

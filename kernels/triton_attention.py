@@ -42,6 +42,10 @@ and takes ``q . k`` as ``q_a . k_a + q_b . k_b``, so the model's dim order is ne
 cos/sin come from :func:`~kernels.triton_kernels._sincos` (FMA range reduction and
 polynomials), not libdevice.
 
+An FP8 cache (``float8_e4m3fn``, see :mod:`kernels.attention`) needs nothing of its own: keys are
+converted to float32 as they are loaded and rotated, values to the dot dtype, which stays the
+queries' 16-bit dtype because every e4m3 value is exact in it (:func:`_dot_config`).
+
 Measured on one H200, bf16, Triton 3.6 (now ``stream bench --suite kernels``): Wan chunk
 4680 x 18720 x 12 x 128 in 3.8 ms (142 TFLOP/s, 3.7x dense cuDNN SDPA on pre-rotated keys);
 Qwen2.5-VL decode, 16 x 13k keys, 28/4 heads, 0.28 ms (2.4x SDPA). Every key is rotated once
@@ -123,13 +127,16 @@ def check_operands(
 
 
 def _dot_config(q: torch.Tensor, k_cache: torch.Tensor) -> tuple[tl.dtype, str]:
-    """Tensor-core input type: the shared input dtype, float32 (exact) when they differ.
+    """Tensor-core input type: the queries' 16-bit dtype when the cache's rows convert to it
+    exactly (the same dtype, or FP8: every e4m3 value is a bfloat16 and a float16), else
+    float32 (exact).
 
     The CPU interpreter multiplies bfloat16 blocks wrongly (NumPy has no bfloat16), so there
     bfloat16 inputs are multiplied in float32 after the loads.
     """
     half = (torch.float16,) if triton.knobs.runtime.interpret else (torch.float16, torch.bfloat16)
-    if q.dtype == k_cache.dtype and q.dtype in half:
+    exact = k_cache.dtype in (q.dtype, torch.float8_e4m3fn)
+    if exact and q.dtype in half:
         return _TORCH_TO_TL[q.dtype], "tf32"  # precision only matters for float32 inputs
     return tl.float32, "ieee"
 

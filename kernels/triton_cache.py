@@ -9,6 +9,9 @@ int32 slots as they are and copies both::
           v
     k_cache[slots[i]], v_cache[slots[i]]     cast to the cache dtype on the store
 
+An FP8 cache (``float8_e4m3fn``) gets what :func:`kernels.attention.to_cache_dtype` gives:
+clamped to +-448 and rounded to nearest even, bit for bit (:func:`_round_e4m3`).
+
 Graph-safe (no host sync). :func:`kernels.attention.write_kv` dispatches here on CUDA; its
 ``index_copy_`` path is the torch twin.
 """
@@ -24,6 +27,37 @@ import kernels.triton_kernels  # noqa: F401
 from kernels.triton_launch import Launcher, next_power_of_2
 
 __all__ = ["write_kv_triton"]
+
+
+@triton.jit
+def _round_e4m3(x):
+    """``x`` clamped to +-448 and rounded to the nearest even e4m3 value, in float32.
+
+    The store's own cast then has nothing left to round, so the interpreter (whose fp8 cast
+    drops the carry of a round-up into the next binade: 1.96 -> 1.0) and the GPU (``cvt.rn``)
+    store the same bits as torch. Rounding works on the float32 bits: e4m3 keeps 3 of the 23
+    mantissa bits down to its smallest normal 2^-6 (exponent field 121), one fewer per binade
+    below (subnormals, quantum 2^-9); under 2^-9 the result is 0 or 2^-9.
+    """
+    x = tl.minimum(tl.maximum(x.to(tl.float32), -448.0), 448.0)
+    bits = x.to(tl.int32, bitcast=True)
+    mag = bits & 0x7FFFFFFF
+    exp = mag >> 23
+    drop = 20 + tl.minimum(tl.maximum(121 - exp, 0), 3)  # low mantissa bits to round away
+    odd = ((mag | 0x800000) >> drop) & 1  # the implicit bit is the kept lsb when drop is 23
+    rounded = (mag + (1 << (drop - 1)) - 1 + odd) >> drop << drop  # a carry bumps the exponent
+    # below 2^-9 (exponent field 118): 2^-9 past the tie at 2^-10 (0x3A800000), else 0
+    tiny = tl.where(mag > 0x3A800000, 0x3B000000, 0)
+    mag = tl.where(exp < 118, tiny, rounded)
+    return ((bits & -0x80000000) | mag).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _cache_rows(x, dtype: tl.constexpr, FP8: tl.constexpr):
+    """``x`` as the cache stores it: rounded by :func:`_round_e4m3` first into an FP8 cache."""
+    if FP8:
+        x = _round_e4m3(x)
+    return x.to(dtype)
 
 
 @triton.jit
@@ -45,6 +79,7 @@ def _write_kv_kernel(
     head_dim,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     slot = tl.load(slots_ptr + row).to(tl.int64)
@@ -54,11 +89,11 @@ def _write_kv_kernel(
     if tl.program_id(1) == 0:
         x = tl.load(k_ptr + row * stride_kn + heads * stride_kh + dims, mask=mask)
         dst = k_cache_ptr + slot * stride_kcn + heads * stride_kch + dims
-        tl.store(dst, x.to(k_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(dst, _cache_rows(x, k_cache_ptr.dtype.element_ty, FP8), mask=mask)
     else:
         x = tl.load(v_ptr + row * stride_vn + heads * stride_vh + dims, mask=mask)
         dst = v_cache_ptr + slot * stride_vcn + heads * stride_vch + dims
-        tl.store(dst, x.to(v_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(dst, _cache_rows(x, v_cache_ptr.dtype.element_ty, FP8), mask=mask)
 
 
 _write_kv = Launcher(_write_kv_kernel)  # a few us of host time a launch (kernels.triton_launch)
@@ -89,6 +124,8 @@ def write_kv_triton(
         )
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("k_cache and v_cache need unit stride along the head dim")
+    if k_cache.dtype != v_cache.dtype:  # one FP8 switch for both
+        raise ValueError(f"k_cache is {k_cache.dtype} but v_cache is {v_cache.dtype}")
     num_tokens, num_heads, head_dim = k.shape
     if num_tokens == 0:
         return
@@ -108,5 +145,6 @@ def write_kv_triton(
         head_dim,
         BLOCK_H=next_power_of_2(num_heads),
         BLOCK_D=next_power_of_2(head_dim),
+        FP8=k_cache.dtype == torch.float8_e4m3fn,
         num_warps=4 if k.device.type == "cuda" else 1,
     )

@@ -15,7 +15,8 @@ writes both in the layout SDPA reads fastest; a second launch rotates the querie
                   ^ element 0            ^ element kv_indptr[1] * H * D
 
 so sequence ``s`` is the contiguous ``[H, len_s, D]`` view at ``indptr[s] * H * D``. SDPA then
-runs per sequence (:func:`kernels.attention.attend_sequences`), as in the torch path.
+runs per sequence (:func:`kernels.attention.attend_sequences`), as in the torch path. An FP8
+cache is read the same way: its rows are converted when loaded, so SDPA sees ``q.dtype``.
 """
 
 from __future__ import annotations

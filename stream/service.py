@@ -14,7 +14,7 @@ import torch
 
 from models.registry import DEFAULT_PRESET, WanPaths, load_wan_models
 from stream.engine import Pipeline
-from stream.kvcache import KVCacheManager
+from stream.kvcache import KVCacheDtype, KVCacheManager, check_kv_cache_dtype
 
 __all__ = ["PIPELINES", "ServiceModels", "build_pipelines", "warm_up"]
 
@@ -33,8 +33,12 @@ class ServiceModels:
     cache_bytes: int = 512 << 20  # the Wan pool (LongLive and Rolling Forcing share it)
     vlm_cache_bytes: int = 256 << 20
     pipelines: tuple[str, ...] = PIPELINES
+    # the generation pipelines' pool rows: "auto" (the models' dtype) or "fp8_e4m3" (half of
+    # bf16's bytes, so twice the sessions per cache_bytes; stream.kvcache.pool)
+    kv_cache_dtype: KVCacheDtype = "auto"
 
     def __post_init__(self) -> None:
+        check_kv_cache_dtype(self.kv_cache_dtype)
         unknown = set(self.pipelines) - set(PIPELINES)
         if unknown or not self.pipelines:
             raise ValueError(
@@ -47,18 +51,23 @@ def build_pipelines(
 ) -> dict[str, Pipeline]:
     """Load the models of ``spec`` on its device and build its pipelines over one manager; on
     CUDA, :func:`warm_up` them."""
-    from stream.pipelines.longlive import LongLivePipeline
-    from stream.pipelines.rolling_forcing import RollingForcingPipeline
+    from stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+    from stream.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
     from stream.pipelines.streaming_vlm import StreamingVLMPipeline
 
     manager = manager or KVCacheManager()
     pipelines: dict[str, Pipeline] = {}
     if {"longlive", "rolling_forcing"} & set(spec.pipelines):
         wan = load_wan_models(spec.preset, spec.paths, device=spec.device, dtype=spec.dtype)
+        kv = spec.kv_cache_dtype
         if "longlive" in spec.pipelines:
-            pipelines["longlive"] = LongLivePipeline(wan, manager, spec.cache_bytes)
+            ll_config = LongLiveConfig(kv_cache_dtype=kv)
+            pipelines["longlive"] = LongLivePipeline(wan, manager, spec.cache_bytes, ll_config)
         if "rolling_forcing" in spec.pipelines:
-            pipelines["rolling_forcing"] = RollingForcingPipeline(wan, manager, spec.cache_bytes)
+            rf_config = RollingForcingConfig(kv_cache_dtype=kv)
+            pipelines["rolling_forcing"] = RollingForcingPipeline(
+                wan, manager, spec.cache_bytes, rf_config
+            )
     if "streaming_vlm" in spec.pipelines:
         from models.qwen_vl import load_qwen_vl
         from models.toyworld.embedded import load_vlm

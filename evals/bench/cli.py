@@ -79,8 +79,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--baselines",
         default="sdpa,growing",
-        help="run beside ours: 'growing' (eviction off) and/or attention backend names "
-        "(sdpa, triton, torch); '' for none",
+        help="run beside ours: 'growing' (eviction off), 'fp8kv' (the FP8 KV cache) and/or "
+        "attention backend names (sdpa, triton, torch); '' for none",
     )
     run.add_argument("--quick", action="store_true", help="a smoke run: few steps of each")
     run.add_argument("--out", type=Path, help="the JSON record (default: ./bench_DEVICE_DATE.json)")

@@ -39,7 +39,7 @@ from evals.bench.record import Series, Variant, Workload
 from evals.bench.timing import Clock, late_over_early, percentiles
 from evals.bench.variants import OURS, VariantSpec
 from models.registry import WanModels
-from stream.kvcache import CacheGeometry, KVCacheManager
+from stream.kvcache import CacheGeometry, KVCacheManager, cache_dtype
 from stream.pipelines.base import GenerationRequest
 from stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
 from stream.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
@@ -169,14 +169,15 @@ def _pipeline(
     """A pipeline for ``spec`` over a pool of its own, one latent frame per block."""
     rows, cols = models.token_grid(*settings.size)
     cfg = models.dit.config
-    geometry = CacheGeometry(cfg.num_layers, cfg.num_heads, cfg.head_dim, models.dtype)
+    dtype = cache_dtype(spec.kv_cache_dtype, models.dtype)
+    geometry = CacheGeometry(cfg.num_layers, cfg.num_heads, cfg.head_dim, dtype)
     # every latent frame the stream makes, for a cache that never evicts
     stream_frames = 3 * (settings.chunks + settings.switches + 5)
     frames = _FRAMES_HELD + (stream_frames if spec.growing else 0)
     pool_bytes = (frames + 1) * rows * cols * geometry.bytes_per_token
     manager = KVCacheManager()
     if kind == "longlive":
-        config = LongLiveConfig(attention_backend=spec.backend)
+        config = LongLiveConfig(attention_backend=spec.backend, kv_cache_dtype=spec.kv_cache_dtype)
         if spec.growing:
             config = replace(
                 config,
@@ -184,7 +185,9 @@ def _pipeline(
                 recache_frames=config.sink_frames + stream_frames,
             )
         return LongLivePipeline(models, manager, pool_bytes, config, block_size=rows * cols)
-    config = RollingForcingConfig(attention_backend=spec.backend)
+    config = RollingForcingConfig(
+        attention_backend=spec.backend, kv_cache_dtype=spec.kv_cache_dtype
+    )
     if spec.growing:
         config = replace(config, history_frames=stream_frames)
     return RollingForcingPipeline(models, manager, pool_bytes, config, block_size=rows * cols)

@@ -22,7 +22,11 @@ then times, as variants:
   keys gathered and rotated by one Triton pass (the service's path for chunks on CUDA);
 * ``dense``: SDPA over keys already gathered and rotated, contiguous: the floor without paging
   and rotation;
-* ``twin``: the torch twin end to end (float32).
+* ``twin``: the torch twin end to end (float32);
+* ``triton_fp8kv`` and ``sdpa_fused_fp8kv``: ``triton`` and ``sdpa_fused`` over the same pool
+  stored as FP8 (unscaled e4m3, as ``kv_cache_dtype="fp8_e4m3"`` stores it: half the bytes to
+  read), checked against the twin over that FP8 pool; ``fp8kv_rel_diff`` in the config is how
+  far the FP8 pool moves the twin's output from the bf16 pool's (rounding, random data).
 
 ``wan_norms`` times the elementwise work of one block (LayerNorm + modulation twice, RMSNorm
 of q and k, RMSNorm of the cross-attention q, the affine LayerNorm, two gated residuals) as the
@@ -51,6 +55,7 @@ from kernels.attention import (
     AttentionMetadata,
     paged_attention_ref,
     paged_attention_sdpa,
+    to_cache_dtype,
     write_kv,
 )
 from kernels.rope import RopeSpec, apply_rope, mrope, wan_rope
@@ -229,7 +234,13 @@ def _run_case(case: Case) -> Workload:
     ref = paged_attention_ref(*args).float()
     rel_err = _rel_err(paged_attention_triton, args, ref, f"{case.name}: Triton")
     fused_err = _rel_err(paged_attention_sdpa_fused, args, ref, f"{case.name}: sdpa_fused")
-    del ref
+    fp8 = tuple(to_cache_dtype(c, torch.float8_e4m3fn) for c in (case.k_cache, case.v_cache))
+    args8 = (case.q, *fp8, case.meta, case.rope)
+    ref8 = paged_attention_ref(*args8).float()
+    fp8_diff = (torch.linalg.norm(ref8 - ref) / torch.linalg.norm(ref)).item()
+    fp8_err = _rel_err(paged_attention_triton, args8, ref8, f"{case.name}: Triton, FP8 cache")
+    _rel_err(paged_attention_sdpa_fused, args8, ref8, f"{case.name}: sdpa_fused, FP8 cache")
+    del ref, ref8
     variants = {}
     for name, description, fn in [
         ("triton", "Triton, gather and RoPE in the kernel", lambda: paged_attention_triton(*args)),
@@ -245,6 +256,16 @@ def _run_case(case: Case) -> Workload:
         ),
         ("dense", "fused SDPA over contiguous, pre-rotated keys (the floor)", dense_sdpa(case)),
         ("twin", "the float32 torch twin", lambda: paged_attention_ref(*args)),
+        (
+            "triton_fp8kv",
+            "Triton over the pool stored as FP8 (e4m3)",
+            lambda: paged_attention_triton(*args8),
+        ),
+        (
+            "sdpa_fused_fp8kv",
+            "sdpa_fused over the pool stored as FP8 (e4m3)",
+            lambda: paged_attention_sdpa_fused(*args8),
+        ),
     ]:
         ms = bench_ms(fn)
         variant = variants[name] = Variant(description)
@@ -256,6 +277,8 @@ def _run_case(case: Case) -> Workload:
         "dtype": str(case.q.dtype).removeprefix("torch."),
         "rel_err_vs_twin": rel_err,
         "rel_err_sdpa_fused_vs_twin": fused_err,
+        "rel_err_fp8kv_vs_twin": fp8_err,  # Triton against the twin, both over the FP8 pool
+        "fp8kv_rel_diff": fp8_diff,
     }
     return Workload(f"{case.name}: {case.shape}", config, variants, "triton")
 

@@ -5,7 +5,10 @@ backend (``$STREAM_ATTENTION_BACKEND``, else ``auto`` on CUDA and the torch twin
 baseline name is either
 
 * ``growing``: eviction off, every frame or round stays in the cache and is attended densely,
-  as a loop with an ever-growing cache would (its cost grows with the stream), or
+  as a loop with an ever-growing cache would (its cost grows with the stream),
+* ``fp8kv``: the service as shipped but with the FP8 KV cache (``kv_cache_dtype="fp8_e4m3"``:
+  unscaled e4m3 rows, half of bf16's bytes), so its speed and ``cache_bytes`` sit beside
+  ours', or
 * an attention backend name (``sdpa``: torch's fused SDPA over keys gathered and rotated from
   our cache by torch ops; ``sdpa_fused``: the same SDPA over keys gathered and rotated by one
   Triton pass, what ``auto`` runs for chunks on CUDA; ``triton``; ``torch``): the same cache,
@@ -21,11 +24,13 @@ from dataclasses import dataclass
 import torch
 
 from kernels import select_backend
+from stream.kvcache import KVCacheDtype
 
-__all__ = ["GROWING", "OURS", "VariantSpec", "variant_specs"]
+__all__ = ["FP8KV", "GROWING", "OURS", "VariantSpec", "variant_specs"]
 
 OURS = "ours"
 GROWING = "growing"
+FP8KV = "fp8kv"
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,13 @@ class VariantSpec:
     description: str
     backend: str | None = None  # attention backend; None: the device's default
     growing: bool = False  # eviction off
+    kv_cache_dtype: KVCacheDtype = "auto"  # the pipelines' pool rows
+
+    @property
+    def shares_cache(self) -> bool:
+        """Whether it runs on a cache like ours (layout and rows), only its kernel differing,
+        so it can take over streams that ours opened."""
+        return not self.growing and self.kv_cache_dtype == "auto"
 
 
 def variant_specs(baselines: Sequence[str], device: torch.device) -> list[VariantSpec]:
@@ -52,6 +64,15 @@ def variant_specs(baselines: Sequence[str], device: torch.device) -> list[Varian
                     f"eviction off: the whole stream stays cached and attended, {default} "
                     "attention",
                     growing=True,
+                )
+            )
+            continue
+        if name == FP8KV:
+            specs.append(
+                VariantSpec(
+                    FP8KV,
+                    f"the service as shipped with an FP8 (e4m3) KV cache, {default} attention",
+                    kv_cache_dtype="fp8_e4m3",
                 )
             )
             continue

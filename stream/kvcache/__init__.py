@@ -22,7 +22,17 @@ from stream.kvcache.policies import (
     text_positions,
     vision_positions,
 )
-from stream.kvcache.pool import NULL_BLOCK, BlockPool, CacheGeometry, PoolStats, Reservation
+from stream.kvcache.pool import (
+    KV_CACHE_DTYPES,
+    NULL_BLOCK,
+    BlockPool,
+    CacheGeometry,
+    KVCacheDtype,
+    PoolStats,
+    Reservation,
+    cache_dtype,
+    check_kv_cache_dtype,
+)
 from stream.kvcache.session import (
     CacheStep,
     CacheView,
@@ -34,6 +44,7 @@ from stream.kvcache.session import (
 )
 
 __all__ = [
+    "KV_CACHE_DTYPES",
     "NULL_BLOCK",
     "BlockPool",
     "CacheError",
@@ -44,6 +55,7 @@ __all__ = [
     "CacheView",
     "FrameSinkWindow",
     "FrameWindowConfig",
+    "KVCacheDtype",
     "KVCacheManager",
     "Policy",
     "PolicyConfig",
@@ -60,6 +72,8 @@ __all__ = [
     "TokenSinkWindow",
     "TokenWindowConfig",
     "build_step",
+    "cache_dtype",
+    "check_kv_cache_dtype",
     "frame_positions",
     "text_positions",
     "vision_positions",

@@ -13,6 +13,10 @@ opens, and later allocations come out of that reservation, so a running session 
 starved by a newcomer. ``reserve`` returns ``None`` when the blocks don't fit (a result, not an
 exception); refusing the session is the caller's policy.
 
+The rows hold the model's dtype, or FP8 (``kv_cache_dtype="fp8_e4m3"``: unscaled
+``float8_e4m3fn``, half of bf16's bytes per block; :mod:`kernels.attention` says how it is
+written and read, and why it has no scales).
+
 All bookkeeping is host-side Python; nothing here reads device memory.
 """
 
@@ -20,14 +24,45 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from stream.kvcache.errors import CacheMisuseError
 
-__all__ = ["NULL_BLOCK", "BlockPool", "CacheGeometry", "PoolStats", "Reservation"]
+__all__ = [
+    "KV_CACHE_DTYPES",
+    "NULL_BLOCK",
+    "BlockPool",
+    "CacheGeometry",
+    "KVCacheDtype",
+    "PoolStats",
+    "Reservation",
+    "cache_dtype",
+    "check_kv_cache_dtype",
+]
 
 NULL_BLOCK = 0
+
+# What a pipeline config's ``kv_cache_dtype`` may say: ``auto`` keeps the model's dtype.
+KVCacheDtype = Literal["auto", "fp8_e4m3"]
+KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8_e4m3")
+# Row dtypes the kernels read and write.
+_ROW_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn)
+
+
+def check_kv_cache_dtype(kv_cache_dtype: str) -> None:
+    """Raise ``ValueError`` unless ``kv_cache_dtype`` is one of :data:`KV_CACHE_DTYPES`."""
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(
+            f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}"
+        )
+
+
+def cache_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The pool's row dtype for a config's ``kv_cache_dtype`` and the model's dtype."""
+    check_kv_cache_dtype(kv_cache_dtype)
+    return model_dtype if kv_cache_dtype == "auto" else torch.float8_e4m3fn
 
 
 @dataclass(frozen=True)
@@ -44,6 +79,8 @@ class CacheGeometry:
         for name in ("num_layers", "num_kv_heads", "head_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dtype not in _ROW_DTYPES:
+            raise ValueError(f"dtype must be one of {_ROW_DTYPES}, got {self.dtype}")
 
     @property
     def bytes_per_token(self) -> int:
@@ -183,7 +220,9 @@ class BlockPool:
 
     def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Copy K/V rows ``src`` -> ``dst`` (int64 slot tensors) in every layer, on device."""
-        self.kv.index_copy_(2, dst, self.kv.index_select(2, src))
+        # as bytes: the same copy, and index_copy_ has no float8 kernel on the CPU
+        raw = self.kv.view(torch.uint8) if self.kv.element_size() == 1 else self.kv
+        raw.index_copy_(2, dst, raw.index_select(2, src))
 
     def stats(self) -> PoolStats:
         with self._lock:

@@ -33,7 +33,7 @@ import torch
 
 from models.registry import WanModels
 from models.schedule import FlowSchedule
-from stream.kvcache import FrameWindowConfig, KVCacheManager
+from stream.kvcache import FrameWindowConfig, KVCacheDtype, KVCacheManager, check_kv_cache_dtype
 from stream.pipelines.wan import WanStreamPipeline, WanStreamState
 
 __all__ = ["LongLiveConfig", "LongLivePipeline", "LongLiveState"]
@@ -53,8 +53,11 @@ class LongLiveConfig:
     max_position: int = 1024
     fps: float = 16.0
     attention_backend: str | None = None  # None: the device's default (see kernels.attention)
+    # pool rows: "auto" (the model's dtype) or "fp8_e4m3" (half of bf16's bytes, unscaled)
+    kv_cache_dtype: KVCacheDtype = "auto"
 
     def __post_init__(self) -> None:
+        check_kv_cache_dtype(self.kv_cache_dtype)
         if self.recache_frames < self.sink_frames + self.window_frames - self.chunk_frames:
             raise ValueError(
                 f"recache_frames={self.recache_frames} must cover the retained clean frames "

@@ -28,7 +28,13 @@ import torch
 
 from models.registry import WanModels
 from models.schedule import FlowSchedule
-from stream.kvcache import KVCacheManager, RollingWindowConfig, TokenRange
+from stream.kvcache import (
+    KVCacheDtype,
+    KVCacheManager,
+    RollingWindowConfig,
+    TokenRange,
+    check_kv_cache_dtype,
+)
 from stream.pipelines.wan import WanStreamPipeline, WanStreamState
 
 __all__ = ["RollingForcingConfig", "RollingForcingPipeline", "RollingForcingState"]
@@ -45,6 +51,11 @@ class RollingForcingConfig:
     recache_on_switch: bool = True
     fps: float = 16.0
     attention_backend: str | None = None
+    # pool rows: "auto" (the model's dtype) or "fp8_e4m3" (half of bf16's bytes, unscaled)
+    kv_cache_dtype: KVCacheDtype = "auto"
+
+    def __post_init__(self) -> None:
+        check_kv_cache_dtype(self.kv_cache_dtype)
 
     @property
     def window_blocks(self) -> int:

@@ -47,11 +47,14 @@ from models.qwen_vl import MAX_ASPECT_RATIO, QwenVL, VideoInputs
 from stream.kvcache import (
     CacheGeometry,
     CacheView,
+    KVCacheDtype,
     KVCacheManager,
     StreamingVLMConfig,
     StreamingVLMWindow,
     TokenRange,
     build_step,
+    cache_dtype,
+    check_kv_cache_dtype,
 )
 from stream.pipelines.feed import FeedChunk, FrameFeed
 
@@ -85,8 +88,12 @@ class UnderstandingConfig:
     # per turn (by prefill_tokens()). 16384: 18 streams of 1008x560 (720 vision tokens each).
     max_prefill_tokens: int = 16384
     attention_backend: str | None = None
+    # pool rows: "auto" (the model's dtype) or "fp8_e4m3" (half of bf16's bytes, unscaled;
+    # its quality is measured on the generation pipelines only: stream.kvcache.pool)
+    kv_cache_dtype: KVCacheDtype = "auto"
 
     def __post_init__(self) -> None:
+        check_kv_cache_dtype(self.kv_cache_dtype)
         if self.fps not in (2, 4):
             raise ValueError(
                 f"fps must be 2 or 4 (whole temporal grids per second), got {self.fps}"
@@ -163,8 +170,9 @@ class StreamingVLMPipeline:
         self.config = config or UnderstandingConfig()
         self.manager = manager
         args = model.args
+        dtype = cache_dtype(self.config.kv_cache_dtype, model.dtype)
         self.geometry = CacheGeometry(
-            args.num_layers, args.num_kv_heads, args.head_dim, model.dtype, str(model.device)
+            args.num_layers, args.num_kv_heads, args.head_dim, dtype, str(model.device)
         )
         try:
             self.pool = manager.pool(self.geometry)

@@ -25,6 +25,7 @@ from stream.kvcache import (
     PolicyConfig,
     TokenRange,
     build_step,
+    cache_dtype,
 )
 from stream.pipelines.base import FrameChunk, GenerationRequest, PendingChunk
 
@@ -58,7 +59,7 @@ class WanStreamPipeline(ABC):
             None (a frame per block keeps eviction exact and waste at zero).
     """
 
-    config: object  # the subclass's frozen config; has fps and attention_backend
+    config: object  # the subclass's frozen config; has fps, attention_backend, kv_cache_dtype
     kind = "generation"
 
     def __init__(
@@ -72,8 +73,9 @@ class WanStreamPipeline(ABC):
         self.manager = manager
         self._decode_stream: torch.cuda.Stream | None = None  # created at the first CUDA decode
         cfg = models.dit.config
+        dtype = cache_dtype(self.config.kv_cache_dtype, models.dtype)
         self.geometry = CacheGeometry(
-            cfg.num_layers, cfg.num_heads, cfg.head_dim, models.dtype, str(models.device)
+            cfg.num_layers, cfg.num_heads, cfg.head_dim, dtype, str(models.device)
         )
         try:
             self.pool = manager.pool(self.geometry)

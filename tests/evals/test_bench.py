@@ -53,7 +53,7 @@ def one_thread():
 def run(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("bench") / "quick.json"
     argv = ["--preset", "tiny", "--size", "16x16", "--quick", "--out", str(out)]
-    assert main([*argv, "--suite", ",".join(SUITES), "--baselines", "sdpa,growing"]) == 0
+    assert main([*argv, "--suite", ",".join(SUITES), "--baselines", "sdpa,growing,fp8kv"]) == 0
     return out, BenchRecord.read(out)
 
 
@@ -79,7 +79,7 @@ def test_the_record_holds_the_run(run) -> None:
 def test_generation_series_and_figures(run) -> None:
     _, record = run
     for workload in record.suites["generation"].values():
-        assert list(workload.variants) == ["ours", "sdpa", "growing"]
+        assert list(workload.variants) == ["ours", "sdpa", "growing", "fp8kv"]
         for variant in workload.variants.values():
             assert set(variant.series) == GENERATION_SERIES
             assert len(variant.series["step_ms"].y) == 6
@@ -101,6 +101,17 @@ def test_our_cache_stays_flat_and_the_growing_one_grows(run) -> None:
     assert growing[-1] > ours[-1]
 
 
+def test_the_fp8_cache_holds_one_byte_a_value(run) -> None:
+    """fp8kv: the same blocks as ours, each value in one byte instead of the model dtype's."""
+    _, record = run
+    for workload in record.suites["generation"].values():
+        itemsize = getattr(torch, workload.config["dtype"]).itemsize
+        ours = workload.variants["ours"].series["cache_bytes"].y
+        fp8 = workload.variants["fp8kv"].series["cache_bytes"].y
+        assert [b * itemsize for b in fp8] == ours
+        assert workload.ratios()["fp8kv"]["cache_bytes"] == itemsize
+
+
 def test_side_by_side_gives_every_figure_a_ratio(run) -> None:
     _, record = run
     for suite in ("generation", "understanding"):
@@ -120,18 +131,19 @@ def test_side_by_side_gives_every_figure_a_ratio(run) -> None:
                         ratios[baseline][name], ours.value(name) / theirs.value(name)
                     )
     written = json.loads(run[0].read_text())["suites"]["generation"]["longlive"]["ratios"]
-    assert set(written) == {"sdpa", "growing"} and written["sdpa"]["dit_ms"] > 0
+    assert set(written) == {"sdpa", "growing", "fp8kv"} and written["sdpa"]["dit_ms"] > 0
 
 
 def test_understanding_and_service(run) -> None:
     _, record = run
     stream = record.suites["understanding"]["streaming_vlm"]
-    assert list(stream.variants) == ["ours", "sdpa", "growing"]
+    assert list(stream.variants) == ["ours", "sdpa", "growing", "fp8kv"]
     for variant in stream.variants.values():
         assert len(variant.series["second_ms"].y) == 6
         assert variant.value("second_ms_p50") > 0 and variant.value("cache_bytes") > 0
     concurrency = record.suites["understanding"]["streaming_vlm_concurrency"]
-    assert list(concurrency.variants) == ["ours", "sdpa"]  # a growing cache is not served
+    # a growing or FP8 cache is another cache: it cannot take over ours' streams
+    assert list(concurrency.variants) == ["ours", "sdpa"]
     for variant in concurrency.variants.values():
         tried = variant.series["second_ms_p95_by_streams"].x  # 2 is skipped if 1 is too slow
         assert tried in ([1], [1, 2]) and variant.value("second_ms_p95_1") > 0
@@ -151,9 +163,19 @@ def test_kernels_and_vae_suites(tmp_path, one_thread) -> None:
     assert main([*argv, *cases, "--out", str(out), "--no-plots"]) == 0
     record = BenchRecord.read(out)
     case = record.suites["kernels"]["qwen_decode"]
-    assert set(case.variants) == {"triton", "sdpa_paged", "sdpa_fused", "dense", "twin"}
+    assert set(case.variants) == {
+        "triton",
+        "sdpa_paged",
+        "sdpa_fused",
+        "dense",
+        "twin",
+        "triton_fp8kv",
+        "sdpa_fused_fp8kv",
+    }
     assert case.config["rel_err_vs_twin"] < 1e-2 and case.ratios()["dense"]["ms"] > 0
     assert case.config["rel_err_sdpa_fused_vs_twin"] < 1e-2
+    assert case.config["rel_err_fp8kv_vs_twin"] < 1e-2
+    assert 0 < case.config["fp8kv_rel_diff"] < 0.1  # e4m3 rounding of random keys and values
     norms = record.suites["kernels"]["wan_norms"]
     assert set(norms.variants) == {"fused", "torch"} and norms.ratios()["torch"]["ms"] > 0
     vae = record.suites["vae"]["vae_stream_decode"]

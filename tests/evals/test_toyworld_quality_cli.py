@@ -16,6 +16,25 @@ def test_a_switch_only_run_writes_the_switch_figures(tmp_path) -> None:
     for name in ("longlive", "rolling_forcing"):
         assert set(result[name]) == {"switch"} and result[name]["switch"]["switches"] == 1
     assert "streaming_vlm" not in result and not out.with_suffix(".png").exists()
+    assert (result["dtype"], result["kv_cache_dtype"]) == ("fp32", "auto")
 
     refused = subprocess.run([*command, "--parts", "speed"], capture_output=True, text=True)
     assert refused.returncode == 2 and "--parts must be a subset" in refused.stderr
+
+
+def test_the_fp8_cache_run_records_its_cache_and_refuses_unknown_ones(tmp_path) -> None:
+    out = tmp_path / "fp8.json"
+    command = [sys.executable, "-m", "evals.toyworld_quality", "--out", str(out)]
+    fp8 = ["--dtype", "bf16", "--kv-cache-dtype", "fp8_e4m3"]
+    run = [*command, "--parts", "adherence", "--prompts", "1", *fp8]
+    subprocess.run(run, check=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert (result["dtype"], result["kv_cache_dtype"]) == ("bf16", "fp8_e4m3")
+    for name in ("longlive", "rolling_forcing"):
+        assert len(result[name]["adherence"]["per_prompt"]) == 1
+
+    refused = subprocess.run(
+        [*command, "--kv-cache-dtype", "fp16"], capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2
+    assert "kv_cache_dtype must be one of auto, fp8_e4m3, got 'fp16'" in refused.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,8 @@ from stream.kvcache import (
     KVCacheManager,
     SessionCache,
     SessionState,
+    cache_dtype,
+    check_kv_cache_dtype,
     text_positions,
 )
 
@@ -34,6 +38,37 @@ def test_geometry_bytes_per_token() -> None:
     wan = CacheGeometry(30, 12, 128, torch.bfloat16)
     # LongLive: 12 frames x 1560 tokens x 30 layers x K+V x 12 x 128 x bf16 = 3.45 GB
     assert wan.bytes_per_token * 12 * 1560 == 3_450_470_400
+
+
+def test_fp8_rows_halve_bf16_bytes_and_copy_on_the_cpu() -> None:
+    """The FP8 cache: the LongLive session of 3.45 GB in bf16 takes 1.73 GB; a pool of the same
+    bytes holds twice the blocks; copy_slots (StreamingVLM's text fold) moves FP8 rows."""
+    assert cache_dtype("auto", torch.bfloat16) == torch.bfloat16
+    assert cache_dtype("fp8_e4m3", torch.float32) == torch.float8_e4m3fn
+    wan = CacheGeometry(30, 12, 128, cache_dtype("fp8_e4m3", torch.bfloat16))
+    assert wan.bytes_per_token * 12 * 1560 == 3_450_470_400 // 2
+    bf16 = replace(GEOMETRY, dtype=torch.bfloat16)
+    capacity = 11 * 4 * bf16.bytes_per_token  # 10 blocks and the null block in bf16
+    pool = BlockPool(replace(GEOMETRY, dtype=torch.float8_e4m3fn), 4, capacity)
+    assert pool.kv.dtype == torch.float8_e4m3fn and pool.num_blocks == 2 * 11 - 1
+    assert pool.bytes_per_block * 2 == BlockPool(bf16, 4, capacity).bytes_per_block
+    pool.kv[:, :, 4:8] = torch.arange(1, 5.0)[:, None, None].to(torch.float8_e4m3fn)
+    pool.copy_slots(torch.arange(4, 8), torch.arange(12, 16))
+    assert torch.equal(pool.kv[:, :, 12:16].float(), pool.kv[:, :, 4:8].float())
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["fp8", "bf16", "float8_e4m3fn", ""])
+def test_unknown_kv_cache_dtype_is_named(kv_cache_dtype: str) -> None:
+    with pytest.raises(ValueError, match=f"auto, fp8_e4m3, got '{kv_cache_dtype}'"):
+        check_kv_cache_dtype(kv_cache_dtype)
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
+        cache_dtype(kv_cache_dtype, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float8_e5m2, torch.int8])
+def test_geometry_refuses_rows_the_kernels_do_not_read(dtype: torch.dtype) -> None:
+    with pytest.raises(ValueError, match=f"got {dtype}"):
+        CacheGeometry(1, 1, 8, dtype)
 
 
 def test_capacity_is_carved_into_blocks() -> None:

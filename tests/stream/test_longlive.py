@@ -200,6 +200,39 @@ def read_mp4(path) -> tuple[int, float, int, int]:
         return frames, float(stream.average_rate), stream.width, stream.height
 
 
+def test_fp8_kv_cache_halves_the_session_bytes() -> None:
+    """kv_cache_dtype="fp8_e4m3" on bf16 models: the same blocks at half the bytes, through
+    chunks, the t=0 refresh and a recache; the frames stay near the bf16 cache's."""
+    tiny16 = load_wan_models("tiny", dtype=torch.bfloat16)
+    runs = {}
+    for kv_cache_dtype in ("auto", "fp8_e4m3"):
+        pipe = pipeline(tiny16, kv_cache_dtype=kv_cache_dtype)
+        state = pipe.open(GenerationRequest("a red ball", seed=0, **SIZE))
+        frames = [pipe.step(state).frames for _ in range(5)]
+        pipe.switch_prompt(state, "a blue cube")
+        frames.append(pipe.step(state).frames)
+        held = state.cache.cache.num_blocks() * pipe.pool.bytes_per_block
+        runs[kv_cache_dtype] = (np.concatenate(frames).astype(np.float32), held, pipe.pool)
+        pipe.close(state)
+    (bf16, bf16_bytes, bf16_pool), (fp8, fp8_bytes, fp8_pool) = runs["auto"], runs["fp8_e4m3"]
+    assert bf16_pool.kv.dtype == torch.bfloat16 and fp8_pool.kv.dtype == torch.float8_e4m3fn
+    assert fp8_pool.bytes_per_block * 2 == bf16_pool.bytes_per_block
+    assert fp8_bytes * 2 == bf16_bytes > 0
+    assert not fp8_pool.kv.float().isnan().any()
+    assert bf16.shape == fp8.shape and np.abs(bf16 - fp8).mean() < 4  # of 255
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["fp8", "float8_e4m3fn", "bf16"])
+def test_unknown_kv_cache_dtype_is_refused(tmp_path, capsys, kv_cache_dtype: str) -> None:
+    with pytest.raises(ValueError, match=f"kv_cache_dtype must be one of .*'{kv_cache_dtype}'"):
+        LongLiveConfig(kv_cache_dtype=kv_cache_dtype)
+    argv = ["generate", "--prompt", "x", "--out", str(tmp_path / "v.mp4")]
+    assert main([*argv, "--kv-cache-dtype", kv_cache_dtype]) == 2
+    assert (
+        "stream generate: kv_cache_dtype must be one of auto, fp8_e4m3" in capsys.readouterr().err
+    )
+
+
 def test_stream_generate_writes_16_frames_per_second(tmp_path) -> None:
     out = tmp_path / "video.mp4"
     argv = [

@@ -144,6 +144,29 @@ def test_prompt_switch_mid_window(tiny, recache: bool) -> None:
     )
 
 
+def test_fp8_kv_cache_halves_the_session_bytes() -> None:
+    """kv_cache_dtype="fp8_e4m3" on bf16 models: sink, history and window passes over FP8 rows,
+    the same blocks at half the bytes, frames near the bf16 cache's."""
+    tiny16 = load_wan_models("tiny", dtype=torch.bfloat16)
+    runs = {}
+    for kv_cache_dtype in ("auto", "fp8_e4m3"):
+        pipe = pipeline(tiny16, kv_cache_dtype=kv_cache_dtype)
+        state = pipe.open(GenerationRequest("a red ball", seed=0, **SIZE))
+        frames = [pipe.step(state).frames for _ in range(4)]
+        pipe.switch_prompt(state, "a blue cube")  # recaches sink and history
+        frames.append(pipe.step(state).frames)
+        held = state.cache.cache.num_blocks() * pipe.pool.bytes_per_block
+        runs[kv_cache_dtype] = (np.concatenate(frames).astype(np.float32), held, pipe.pool)
+        pipe.close(state)
+    (bf16, bf16_bytes, bf16_pool), (fp8, fp8_bytes, fp8_pool) = runs["auto"], runs["fp8_e4m3"]
+    assert fp8_pool.kv.dtype == torch.float8_e4m3fn
+    assert fp8_pool.bytes_per_block * 2 == bf16_pool.bytes_per_block
+    assert fp8_bytes * 2 == bf16_bytes > 0
+    assert bf16.shape == fp8.shape and np.abs(bf16 - fp8).mean() < 4  # of 255
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of auto, fp8_e4m3"):
+        RollingForcingConfig(kv_cache_dtype="e4m3")
+
+
 def test_stream_generate_rolling_forcing_writes_the_mp4(tmp_path) -> None:
     out = tmp_path / "rolling.mp4"
     argv = [

@@ -9,9 +9,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from websockets.asyncio.client import connect as ws_connect
 
 from clients import StreamClient
+from stream.cli import main
 from stream.engine import Engine, EngineConfig
 from stream.kvcache import KVCacheManager
 from stream.protocol import FrameFormat, FrameHeader, FrameKind
@@ -150,3 +152,25 @@ def test_warm_up_steps_each_generator_and_leaves_no_trace(pipelines, monkeypatch
     assert all(s.used_blocks == s.reserved_blocks == 0 for s in manager.stats().values())
     for name, frames in before.items():  # no state carried into the next session
         np.testing.assert_array_equal(first_frames(built[name]), frames)
+
+
+def test_the_fp8_cache_is_one_pool_for_both_generators() -> None:
+    """ServiceModels(kv_cache_dtype="fp8_e4m3"): LongLive and Rolling Forcing share one FP8
+    pool; a bad value is refused by the config and by ``stream serve``."""
+    manager = KVCacheManager()
+    spec = ServiceModels(
+        preset="tiny",
+        cache_bytes=4 << 20,
+        pipelines=("longlive", "rolling_forcing"),
+        kv_cache_dtype="fp8_e4m3",
+    )
+    built = build_pipelines(spec, manager)
+    assert built["longlive"].pool is built["rolling_forcing"].pool
+    assert built["longlive"].pool.kv.dtype == torch.float8_e4m3fn
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of auto, fp8_e4m3"):
+        ServiceModels(kv_cache_dtype="fp16")
+
+
+def test_stream_serve_refuses_an_unknown_kv_cache_dtype(capsys) -> None:
+    assert main(["serve", "--port", "0", "--kv-cache-dtype", "fp16"]) == 2
+    assert "stream serve: kv_cache_dtype must be one of auto, fp8_e4m3" in capsys.readouterr().err
