@@ -41,6 +41,7 @@ from stream.kvcache.session import (
     SessionState,
     TokenRange,
     build_step,
+    pack_plans,
 )
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "TokenSinkWindow",
     "TokenWindowConfig",
     "build_step",
+    "pack_plans",
     "cache_dtype",
     "check_kv_cache_dtype",
     "frame_positions",

@@ -42,6 +42,7 @@ __all__ = [
     "SessionState",
     "TokenRange",
     "build_step",
+    "pack_plans",
 ]
 
 _EMPTY_POS = np.zeros((0, 3), dtype=np.int32)
@@ -341,22 +342,27 @@ class CacheStep:
     write_slots: torch.Tensor  # int64 [N_q]
 
 
+def pack_plans(plans: Sequence[SequencePlan]) -> dict[str, np.ndarray]:
+    """The step's metadata on the host, sessions back to back: ``q_pos``, ``kv_slots``,
+    ``kv_pos``, ``q_indptr``, ``kv_indptr`` (int32) and ``write_slots`` (int64)."""
+    q_lens = [len(p.q_pos) for p in plans]
+    kv_lens = [len(p.kv_slots) for p in plans]
+    return {
+        "q_pos": np.concatenate([p.q_pos for p in plans]),
+        "kv_slots": np.concatenate([p.kv_slots for p in plans]),
+        "kv_pos": np.concatenate([p.kv_pos for p in plans]),
+        "q_indptr": np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32),
+        "kv_indptr": np.concatenate([[0], np.cumsum(kv_lens)]).astype(np.int32),
+        "write_slots": np.concatenate([p.write_slots for p in plans]).astype(np.int64),
+    }
+
+
 def build_step(
     plans: Sequence[SequencePlan], causal: bool, device: torch.device | str
 ) -> CacheStep:
     """Pack sessions' plans into one step: one host-to-device copy, shared by every layer."""
-    q_lens = [len(p.q_pos) for p in plans]
-    kv_lens = [len(p.kv_slots) for p in plans]
-    q_indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
-    kv_indptr = np.concatenate([[0], np.cumsum(kv_lens)]).astype(np.int32)
-    host = {
-        "q_pos": np.concatenate([p.q_pos for p in plans]),
-        "kv_slots": np.concatenate([p.kv_slots for p in plans]),
-        "kv_pos": np.concatenate([p.kv_pos for p in plans]),
-        "q_indptr": q_indptr,
-        "kv_indptr": kv_indptr,
-        "write_slots": np.concatenate([p.write_slots for p in plans]).astype(np.int64),
-    }
+    host = pack_plans(plans)
+    q_indptr, kv_indptr = host["q_indptr"], host["kv_indptr"]
     device = torch.device(device)
     pin = device.type == "cuda"
     moved = {}

@@ -46,6 +46,7 @@ import torch
 from models.qwen_vl import MAX_ASPECT_RATIO, QwenVL, VideoInputs
 from stream.kvcache import (
     CacheGeometry,
+    CacheStep,
     CacheView,
     KVCacheDtype,
     KVCacheManager,
@@ -56,6 +57,7 @@ from stream.kvcache import (
     cache_dtype,
     check_kv_cache_dtype,
 )
+from stream.pipelines.decode_graph import DecodeGraphs, graph_safe_backend
 from stream.pipelines.feed import FeedChunk, FrameFeed
 
 __all__ = [
@@ -91,6 +93,10 @@ class UnderstandingConfig:
     # pool rows: "auto" (the model's dtype) or "fp8_e4m3" (half of bf16's bytes, unscaled;
     # its quality is measured on the generation pipelines only: stream.kvcache.pool)
     kv_cache_dtype: KVCacheDtype = "auto"
+    # decode steps through static buffers captured as CUDA graphs (stream.pipelines.decode_graph),
+    # where the attention backend allows it; batches over max_graph_batch streams run eagerly
+    decode_graphs: bool = True
+    max_graph_batch: int = 32
 
     def __post_init__(self) -> None:
         check_kv_cache_dtype(self.kv_cache_dtype)
@@ -100,6 +106,8 @@ class UnderstandingConfig:
             )
         if self.max_prefill_tokens <= 0:
             raise ValueError(f"max_prefill_tokens must be positive, got {self.max_prefill_tokens}")
+        if self.max_graph_batch <= 0:
+            raise ValueError(f"max_graph_batch must be positive, got {self.max_graph_batch}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +207,22 @@ class StreamingVLMPipeline:
         # taken for a vision slot when the reply is prefilled again)
         banned = [sp.video_pad, sp.image_pad, sp.vision_start, sp.vision_end, sp.im_start]
         self._banned = torch.tensor(banned + [sp.endoftext], device=model.device)
+        self._graphs = self._decode_graphs()
+
+    def _decode_graphs(self) -> DecodeGraphs | None:
+        """The decode step's graphs, where the config and the attention backend allow them."""
+        cfg = self.config
+        if not (cfg.decode_graphs and graph_safe_backend(cfg.attention_backend, self.model.device)):
+            return None
+        block = self.pool.block_size
+        return DecodeGraphs(
+            self._decode_step,
+            self.pool,
+            self._cache_view,
+            kv_per_sequence=self._policy.worst_case_blocks(block) * block,
+            max_batch=cfg.max_graph_batch,
+            capture=self.model.device.type == "cuda",
+        )
 
     # -- session lifecycle -----------------------------------------------------------------
 
@@ -397,12 +421,14 @@ class StreamingVLMPipeline:
             else:
                 active.append(i)
         if active:
-            ranges = [[states[i].cache.append_reply(1)] for i in active]
-            ids = torch.tensor([states[i].next_token for i in active], device=model.device)
-            hidden = model.decoder(
-                model.embed(ids), self._view([states[i] for i in active], ranges)
-            )
-            tokens = self._greedy(hidden).tolist()
+            plans = [states[i].cache.cache.plan([states[i].cache.append_reply(1)]) for i in active]
+            ids = [states[i].next_token for i in active]
+            if self._graphs is not None and self._graphs.fits(plans):
+                tokens = self._graphs.step(ids, plans)
+            else:
+                step = build_step(plans, causal=True, device=model.device)
+                ids_device = torch.tensor(ids, device=model.device)
+                tokens = self._decode_step(ids_device, self._cache_view(step)).tolist()
             for i, token in zip(active, tokens, strict=True):
                 states[i].reply.append(states[i].next_token)
                 states[i].next_token = token
@@ -445,6 +471,11 @@ class StreamingVLMPipeline:
         ids = torch.tensor(system + prev + end, device=self.model.device)
         self.model.decoder(self.model.embed(ids), self._view([state], [ranges]))
 
+    def _decode_step(self, ids: torch.Tensor, view: CacheView) -> torch.Tensor:
+        """One token of each sequence: ids ``[B]`` -> the next ids ``[B]``, on the device (the
+        step :class:`DecodeGraphs` captures)."""
+        return self._greedy(self.model.decoder(self.model.embed(ids), view))
+
     def _greedy(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.model.decoder.logits(hidden)
         logits[:, self._banned] = -torch.inf
@@ -455,5 +486,7 @@ class StreamingVLMPipeline:
 
     def _view(self, states: list[StreamingVLMState], ranges: list[list[TokenRange]]) -> CacheView:
         plans = [s.cache.cache.plan(r) for s, r in zip(states, ranges, strict=True)]
-        step = build_step(plans, causal=True, device=self.model.device)
+        return self._cache_view(build_step(plans, causal=True, device=self.model.device))
+
+    def _cache_view(self, step: CacheStep) -> CacheView:
         return CacheView(self.pool, step, self.model.rope, self.config.attention_backend)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models.qwen_vl import tiny_qwen_vl
+from models.qwen_vl_tiny import toy_qwen_vl
 from stream.kvcache import KVCacheManager
 from stream.pipelines.feed import FrameFeed, TimestampsBackwardsError
 from stream.pipelines.streaming_vlm import (
@@ -320,3 +321,48 @@ def test_a_question_joins_the_next_round(model) -> None:
         pipe.close(state)
     asked = len(model.tokenizer.encode(" what colour is the ball?", add_special_tokens=False))
     assert lengths[1] - lengths[0] in (asked, asked - 1)  # the question's tokens, in the round
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    return toy_qwen_vl()  # heads of 32: the Triton decode kernel's smallest
+
+
+def test_decode_graphs_static_step_equals_the_plain_decode(toy_model) -> None:
+    """The graphs' static, padded step (run eagerly off CUDA) gives the plain decode's replies
+    and cache: three streams, so the bucket of four carries a padding sequence."""
+    _compare_decode_graphs(toy_model, max_new_tokens=4)
+
+
+@pytest.mark.gpu
+def test_captured_decode_graphs_equal_the_plain_decode() -> None:
+    """On CUDA the steps are captured and replayed (the bucket of four with a padding
+    sequence, reused for every token)."""
+    _compare_decode_graphs(toy_qwen_vl(device="cuda"), max_new_tokens=8)
+
+
+def _compare_decode_graphs(model, max_new_tokens: int) -> None:
+    def run(**config) -> list[tuple]:
+        pipe = pipeline(model, max_new_tokens=max_new_tokens, attention_backend="auto", **config)
+        states = [pipe.open(UnderstandingRequest(f"Watch stream {i}.", "")) for i in range(3)]
+        for i, state in enumerate(states):
+            feed_second(pipe, state, 0, np.random.default_rng(i), SIZES[i])
+            feed_second(pipe, state, 1, np.random.default_rng(i), SIZES[i])
+        assert pipe.prefill(states) == [None] * 3
+        captions = _ordered(pipe, states)
+        return [(*cached_kv(pipe, s), c.text) for s, c in zip(states, captions, strict=True)]
+
+    for (kv_a, pos_a, text_a), (kv_b, pos_b, text_b) in zip(
+        run(), run(decode_graphs=False), strict=True
+    ):
+        assert text_a == text_b
+        np.testing.assert_array_equal(pos_a, pos_b)
+        torch.testing.assert_close(kv_a, kv_b, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_graphs_only_with_a_graph_safe_backend(toy_model) -> None:
+    assert pipeline(toy_model, attention_backend="triton")._graphs is not None
+    assert pipeline(toy_model, attention_backend="torch")._graphs is None
+    assert pipeline(toy_model, attention_backend="triton", decode_graphs=False)._graphs is None
+    with pytest.raises(ValueError, match="max_graph_batch"):
+        UnderstandingConfig(max_graph_batch=0)
