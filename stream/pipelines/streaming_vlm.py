@@ -478,7 +478,7 @@ class StreamingVLMPipeline:
 
     def _greedy(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.model.decoder.logits(hidden)
-        logits[:, self._banned] = -torch.inf
+        logits.index_fill_(1, self._banned, -torch.inf)  # no host scalar: capturable
         return logits.argmax(-1)
 
     def _tokens(self, text: str) -> list[int]:
