@@ -83,17 +83,21 @@ def build_pipelines(
 
 
 def warm_up(pipelines: dict[str, Pipeline]) -> None:
-    """Run one step of every generation pipeline at its default size, then close the stream.
+    """Run one step of every generation pipeline at its default size, then close the stream;
+    capture the understanding pipeline's decode graphs.
 
     On CUDA the first step of a process compiles the Triton kernels and plans cuDNN: a cold
     first frame of 8.4 s against 0.48 s warm for LongLive at 832x480 (BENCHMARKS.md, the fused
     kernels' run). A server pays it while it loads, not in a user's first session.
     """
     from stream.pipelines.base import GenerationRequest
+    from stream.pipelines.streaming_vlm import StreamingVLMPipeline
     from stream.pipelines.wan import WanStreamPipeline
 
     for pipeline in pipelines.values():
-        if isinstance(pipeline, WanStreamPipeline):
+        if isinstance(pipeline, StreamingVLMPipeline):
+            pipeline.warm_up()  # the decode step's CUDA graphs
+        elif isinstance(pipeline, WanStreamPipeline):
             state = pipeline.open(GenerationRequest("warm-up"))
             try:
                 pipeline.step(state)

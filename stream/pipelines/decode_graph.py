@@ -125,6 +125,17 @@ class DecodeGraphs:
         bucket.graph.replay()
         return bucket.tokens[: len(ids)].tolist()
 
+    def capture_all(self) -> None:
+        """Capture every bucket's graph now (on padding alone), so that no stream pays a
+        capture, or the Triton compilation behind it, at its first reply; nothing off CUDA."""
+        if not self.capture:
+            return
+        sizes = {min(1 << i, self.max_batch) for i in range(self.max_batch.bit_length() + 1)}
+        for size in sorted(sizes):
+            bucket = self._bucket(size)
+            if bucket.graph is None:
+                self._capture(bucket)
+
     def _bucket(self, n: int) -> _Bucket:
         size = min(1 << (n - 1).bit_length(), self.max_batch)
         if size not in self._buckets:

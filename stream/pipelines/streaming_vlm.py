@@ -224,6 +224,11 @@ class StreamingVLMPipeline:
             capture=self.model.device.type == "cuda",
         )
 
+    def warm_up(self) -> None:
+        """Capture the decode step's graphs for every batch size (CUDA), at load time."""
+        if self._graphs is not None:
+            self._graphs.capture_all()
+
     # -- session lifecycle -----------------------------------------------------------------
 
     def open(self, request: UnderstandingRequest) -> StreamingVLMState:

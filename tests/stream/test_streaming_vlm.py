@@ -341,9 +341,17 @@ def test_captured_decode_graphs_equal_the_plain_decode() -> None:
     _compare_decode_graphs(toy_qwen_vl(device="cuda"), max_new_tokens=8)
 
 
-def _compare_decode_graphs(model, max_new_tokens: int) -> None:
+@pytest.mark.gpu
+def test_decode_graphs_captured_at_warm_up_equal_the_plain_decode() -> None:
+    """Every bucket captured on padding alone before any stream exists, then replayed."""
+    _compare_decode_graphs(toy_qwen_vl(device="cuda"), max_new_tokens=8, warm_up=True)
+
+
+def _compare_decode_graphs(model, max_new_tokens: int, warm_up: bool = False) -> None:
     def run(**config) -> list[tuple]:
         pipe = pipeline(model, max_new_tokens=max_new_tokens, attention_backend="auto", **config)
+        if warm_up:
+            pipe.warm_up()
         states = [pipe.open(UnderstandingRequest(f"Watch stream {i}.", "")) for i in range(3)]
         for i, state in enumerate(states):
             feed_second(pipe, state, 0, np.random.default_rng(i), SIZES[i])
