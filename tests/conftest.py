@@ -1,5 +1,6 @@
 """Skip accelerator-only tests cleanly where there is no accelerator, and run Triton kernels in
-its CPU interpreter there (set before any test module imports triton)."""
+its CPU interpreter there (set before any test module imports triton); restore torch's thread
+count after every test."""
 
 from __future__ import annotations
 
@@ -19,3 +20,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Give every test the thread count it started with: the bench CLI, called in-process by
+    some tests, sets torch's intra-op threads for the whole process (``--threads``)."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
