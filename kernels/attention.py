@@ -159,10 +159,13 @@ def write_kv(
         return
     index = slots.long()
     for cache, x in ((k_cache, k), (v_cache, v)):
-        rows = to_cache_dtype(x, cache.dtype)
-        if cache.dtype == torch.float8_e4m3fn:  # index_copy_ has no float8 kernel (CPU): bytes
-            cache, rows = cache.view(torch.uint8), rows.view(torch.uint8)
-        cache.index_copy_(0, index, rows)
+        _indexable(cache).index_copy_(0, index, _indexable(to_cache_dtype(x, cache.dtype)))
+
+
+def _indexable(rows: torch.Tensor) -> torch.Tensor:
+    """``rows``, or their bytes where they are FP8: ``index_copy_`` and ``index_select`` have no
+    float8 kernel on the CPU, and moving whole rows as bytes is the same copy."""
+    return rows.view(torch.uint8) if rows.dtype == torch.float8_e4m3fn else rows
 
 
 def to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -240,11 +243,8 @@ def _gather_rotate_attend(
 
 
 def _gather(cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index`` of ``cache``; an FP8 cache is gathered as bytes, which every device's
-    ``index_select`` takes."""
-    if cache.dtype != torch.float8_e4m3fn:
-        return cache.index_select(0, index)
-    return cache.view(torch.uint8).index_select(0, index).view(cache.dtype)
+    """Rows ``index`` of ``cache``, in its dtype (:func:`_indexable`)."""
+    return _indexable(cache).index_select(0, index).view(cache.dtype)
 
 
 def attend_sequences(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -46,7 +46,7 @@ NULL_BLOCK = 0
 
 # What a pipeline config's ``kv_cache_dtype`` may say: ``auto`` keeps the model's dtype.
 KVCacheDtype = Literal["auto", "fp8_e4m3"]
-KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8_e4m3")
+KV_CACHE_DTYPES: tuple[str, ...] = get_args(KVCacheDtype)
 # Row dtypes the kernels read and write.
 _ROW_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn)
 

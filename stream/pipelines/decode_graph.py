@@ -177,9 +177,7 @@ class DecodeGraphs:
         for name, array in pack_plans(padded).items():
             host = torch.from_numpy(np.ascontiguousarray(array))
             bucket.buffers[name][: len(host)].copy_(host)
-        host_ids = torch.zeros(bucket.size, dtype=torch.int64)
-        host_ids[: len(ids)] = torch.tensor(ids, dtype=torch.int64)
-        bucket.ids.copy_(host_ids)
+        bucket.ids.copy_(torch.tensor([*ids, *[0] * (bucket.size - len(ids))]))
 
     def _capture(self, bucket: _Bucket) -> None:
         # warm-up on a side stream, as torch.cuda.graphs asks: kernels compile, cuBLAS sets up
