@@ -243,8 +243,10 @@ def _gather_rotate_attend(
 
 
 def _gather(cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index`` of ``cache``, in its dtype (:func:`_indexable`)."""
-    return _indexable(cache).index_select(0, index).view(cache.dtype)
+    """Rows ``index`` of ``cache``, in its dtype (:func:`_indexable`); a cache that is not FP8
+    stays differentiable (training through the dense context gathers its keys here)."""
+    rows = _indexable(cache).index_select(0, index)
+    return rows if rows.dtype == cache.dtype else rows.view(cache.dtype)
 
 
 def attend_sequences(
