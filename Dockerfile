@@ -3,7 +3,8 @@
 # a cluster front. Docker does not run on this project's machines: tests/deploy/ checks what
 # this file names (files, extras, commands, flags, port, health path); docs/scaling.md says how
 # to build and run it.
-FROM python:3.12-slim-bookworm
+# the Python that constraints.txt was resolved and tested on
+FROM python:3.11-slim-bookworm
 
 # the CUDA build of torch (its wheels bring the CUDA libraries; the NVIDIA container toolkit
 # brings the driver); TORCH_INDEX=https://download.pytorch.org/whl/cpu builds a CPU image
@@ -20,13 +21,13 @@ ENV PYTHONUNBUFFERED=1 \
 RUN python -m pip install "$TORCH" --index-url "$TORCH_INDEX"
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY stream ./stream
 COPY models ./models
 COPY kernels ./kernels
 COPY clients ./clients
 COPY evals ./evals
-RUN python -m pip install ".[cluster]" \
+RUN python -m pip install -c constraints.txt ".[cluster]" \
     && useradd --create-home --uid 1000 stream \
     && mkdir -p /checkpoints /recordings \
     && chown stream /recordings

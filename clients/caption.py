@@ -21,7 +21,7 @@ captions of 0-1, 1-2, 2-3 and 3-4 (a 4.3 s one also 4-5, on its last frame). The
 for the caption of that last second (at most ``--timeout`` seconds), stops the session and exits
 with 0; a server or source error exits with 1.
 
-Use it as ``stream caption ...`` or ``python -m clients.caption ...``.
+Use it as ``stream caption ...`` or ``python -m framestream.clients.caption ...``.
 """
 
 from __future__ import annotations
@@ -44,15 +44,15 @@ import cv2
 import numpy as np
 from websockets.exceptions import WebSocketException
 
-from clients.client import (
+from framestream.clients.client import (
     Caption,
     ClientError,
     ServerError,
     StreamClient,
     UnderstandingSession,
 )
-from clients.interrupt import first_interrupt
-from clients.video import Mp4Writer
+from framestream.clients.interrupt import first_interrupt
+from framestream.clients.video import Mp4Writer
 
 __all__ = [
     "Question",
@@ -621,7 +621,7 @@ def _on_interrupt(stop: asyncio.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m clients.caption",
+        prog="python -m framestream.clients.caption",
         description="Live captions of a video file, network stream or camera, from a "
         "streaming understanding server.",
     )

@@ -55,14 +55,14 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from clients.sessions import (
+from framestream.clients.sessions import (
     Caption,
     Frame,
     GenerationSession,
     Session,
     UnderstandingSession,
 )
-from clients.wire import (
+from framestream.clients.wire import (
     HEADER,
     PROTOCOL_VERSION,
     ClientError,
@@ -73,8 +73,8 @@ from clients.wire import (
     SessionEnded,
     encode_image,
 )
-from clients.wire import MAGIC as MAGIC
-from clients.wire import decode_image as decode_image
+from framestream.clients.wire import MAGIC as MAGIC
+from framestream.clients.wire import decode_image as decode_image
 
 __all__ = [
     "HEADER",

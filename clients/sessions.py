@@ -35,7 +35,7 @@ import av
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
-from clients.wire import (
+from framestream.clients.wire import (
     ClientError,
     FrameFormat,
     FrameHeader,
@@ -47,7 +47,7 @@ from clients.wire import (
 )
 
 if TYPE_CHECKING:
-    from clients.client import StreamClient
+    from framestream.clients.client import StreamClient
 
 __all__ = [
     "Caption",

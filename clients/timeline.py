@@ -28,7 +28,7 @@ are filled with the previous frame so that the MP4 keeps its timing; they are co
 message`` on stderr), 2 an invalid schedule or argument, 130 interrupted (Ctrl-C; the MP4 and
 sidecar of what came so far are still written, a second Ctrl-C quits at once).
 
-Use it as ``stream timeline ...`` or ``python -m clients.timeline ...``.
+Use it as ``stream timeline ...`` or ``python -m framestream.clients.timeline ...``.
 """
 
 from __future__ import annotations
@@ -49,9 +49,15 @@ import numpy as np
 from tqdm import tqdm
 from websockets.exceptions import WebSocketException
 
-from clients.client import ClientError, Frame, GenerationSession, ServerError, StreamClient
-from clients.interrupt import first_interrupt
-from clients.schedule import (
+from framestream.clients.client import (
+    ClientError,
+    Frame,
+    GenerationSession,
+    ServerError,
+    StreamClient,
+)
+from framestream.clients.interrupt import first_interrupt
+from framestream.clients.schedule import (
     LONGLIVE_FPS,
     LONGLIVE_SEGMENT_LATENTS,
     PromptEntry,
@@ -63,9 +69,9 @@ from clients.schedule import (
     parse_frame_indices,
     parse_timeline,
 )
-from clients.schedule import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
-from clients.schedule import MAX_TRANSITION_CHUNKS as MAX_TRANSITION_CHUNKS
-from clients.video import Mp4Writer
+from framestream.clients.schedule import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
+from framestream.clients.schedule import MAX_TRANSITION_CHUNKS as MAX_TRANSITION_CHUNKS
+from framestream.clients.video import Mp4Writer
 
 __all__ = [
     "LONGLIVE_FPS",
@@ -523,7 +529,7 @@ def _on_interrupt(recorder: _Recorder) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m clients.timeline",
+        prog="python -m framestream.clients.timeline",
         description="Generate a video from a timeline of prompts through a streaming server, "
         "and write it as an MP4 with a JSON sidecar of when each prompt took effect.",
     )

@@ -1,7 +1,7 @@
 """Fuzz the wire protocol of a real server on loopback (see :mod:`evals.fuzz_target`).
 
-    python -m evals.fuzz hypothesis --examples 5000 --seed 1
-    python -m evals.fuzz atheris --runs 20000        # pip install atheris (coverage-guided)
+    python -m framestream.evals.fuzz hypothesis --examples 5000 --seed 1
+    python -m framestream.evals.fuzz atheris --runs 20000   # pip install atheris (coverage-guided)
 
 Both drive the same grammar (:mod:`evals.fuzz_grammar`): hypothesis draws its choices at
 random and shrinks a failure to a small example; atheris reads them from libFuzzer's inputs
@@ -32,7 +32,7 @@ def _write(engine: str, args: argparse.Namespace, report: Any, findings: list[st
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "engine": engine,
-        "command": " ".join(["python -m evals.fuzz", *sys.argv[1:]]),
+        "command": " ".join(["python -m framestream.evals.fuzz", *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.system()}, python {platform.python_version()}",
         **report.to_json(),
@@ -48,8 +48,8 @@ def _hypothesis(args: argparse.Namespace) -> int:
     from hypothesis import HealthCheck, Phase, given, seed, settings
     from hypothesis import strategies as st
 
-    from evals.fuzz_grammar import HypothesisChooser
-    from evals.fuzz_target import FuzzTarget
+    from framestream.evals.fuzz_grammar import HypothesisChooser
+    from framestream.evals.fuzz_target import FuzzTarget
 
     with FuzzTarget() as target:
 
@@ -84,8 +84,8 @@ def _atheris(args: argparse.Namespace) -> int:
         return 2
     # instrument before anything of the server is imported, so coverage guides the search
     with atheris.instrument_imports(include=["stream", "clients"]):
-        from evals.fuzz_grammar import AtherisChooser
-        from evals.fuzz_target import FuzzTarget
+        from framestream.evals.fuzz_grammar import AtherisChooser
+        from framestream.evals.fuzz_target import FuzzTarget
 
     target = FuzzTarget().__enter__()
     started = time.monotonic()
@@ -119,7 +119,7 @@ def _atheris(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m evals.fuzz", description=__doc__.split("\n")[0]
+        prog="python -m framestream.evals.fuzz", description=__doc__.split("\n")[0]
     )
     engines = parser.add_subparsers(dest="engine", required=True)
     hyp = engines.add_parser("hypothesis", help="random, shrinking")

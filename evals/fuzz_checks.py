@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from clients.wire import ClientError, FrameFormat, FrameHeader, FrameKind, decode_image
+from framestream.clients.wire import ClientError, FrameFormat, FrameHeader, FrameKind, decode_image
 
 __all__ = ["ServerLog", "Transcript", "Violation"]
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from hypothesis import strategies as st
 
-from clients.wire import HEADER, MAGIC
+from framestream.clients.wire import HEADER, MAGIC
 
 __all__ = [
     "HOSTILE",

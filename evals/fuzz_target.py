@@ -33,15 +33,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from clients.wire import FrameFormat, FrameHeader, FrameKind
-from evals.fuzz_checks import ServerLog, Transcript, Violation
-from evals.fuzz_grammar import Chooser, Targets, client_message, opening
-from evals.loopback import ServerThread
-from stream.engine import Engine, EngineConfig
-from stream.kvcache import KVCacheManager
-from stream.protocol import ERROR_CODES
-from stream.server import ServerConfig
-from stream.service import ServiceModels, build_pipelines
+from framestream.clients.wire import FrameFormat, FrameHeader, FrameKind
+from framestream.evals.fuzz_checks import ServerLog, Transcript, Violation
+from framestream.evals.fuzz_grammar import Chooser, Targets, client_message, opening
+from framestream.evals.loopback import ServerThread
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.protocol import ERROR_CODES
+from framestream.stream.server import ServerConfig
+from framestream.stream.service import ServiceModels, build_pipelines
 
 __all__ = ["ControlStream", "FuzzReport", "FuzzTarget"]
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
-from stream.engine import Engine
-from stream.server import Server, ServerConfig, build_server
+from framestream.stream.engine import Engine
+from framestream.stream.server import Server, ServerConfig, build_server
 
 __all__ = ["ServerThread"]
 

@@ -5,7 +5,7 @@ It exercises the full-size loading path (``stream generate --preset wan2.1-t2v-1
 --model-dir DIR``) where no real checkpoint can be downloaded, and lets a deployment smoke-test
 its setup. Speed does not depend on weight values; quality obviously does.
 
-    python -m evals.random_checkpoint --preset wan2.1-t2v-1.3b --out /tmp/wan-random
+    python -m framestream.evals.random_checkpoint --preset wan2.1-t2v-1.3b --out /tmp/wan-random
 
 The text encoder keeps umT5-XXL's width (4096, what the DiT reads) but ``--text-layers`` layers
 and a small word-level vocabulary, so the folder fits a CPU machine; pass ``--text-layers 24``
@@ -22,8 +22,8 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-from models.vae import tiny_wan_vae
-from models.wan import wan_config
+from framestream.models.vae import tiny_wan_vae
+from framestream.models.wan import wan_config
 
 WORDS = "a an the red blue green cube ball star moves bounces surfing corgi wave sunset".split()
 

@@ -1,6 +1,6 @@
 """BENCHMARKS.md, generated from ``evals/report_template.md`` and ``evals/results/*.json``.
 
-    stream bench report            # or: python -m evals.report
+    stream bench report            # or: python -m framestream.evals.report
     stream bench report --check    # exit 1 if BENCHMARKS.md is not what they give
 
 The template is Markdown with Jinja2 expressions: the prose (explanations, published
@@ -37,9 +37,9 @@ from typing import Any
 
 import jinja2
 
-from evals import report_tables
-from evals.bench.record import BenchRecord
-from evals.report_targets import targets_table
+from framestream.evals import report_tables
+from framestream.evals.bench.record import BenchRecord
+from framestream.evals.report_targets import targets_table
 
 __all__ = ["OUTPUT", "RESULTS", "TEMPLATE", "check_report", "render_report", "write_report"]
 
@@ -110,7 +110,7 @@ def check_report(output: Path = OUTPUT) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evals.report", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m framestream.evals.report", description=__doc__)
     parser.add_argument("--check", action="store_true", help="exit 1 if BENCHMARKS.md is stale")
     args = parser.parse_args(argv)
     return check_report() if args.check else write_report()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from evals.bench.record import SCHEMA, BenchRecord, Variant, Workload
+from framestream.evals.bench.record import SCHEMA, BenchRecord, Variant, Workload
 
 __all__ = [
     "cluster_table",

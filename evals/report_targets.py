@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from evals.bench.record import BenchRecord
+from framestream.evals.bench.record import BenchRecord
 
 __all__ = ["TARGETS", "targets_table"]
 

@@ -2,8 +2,8 @@
 asked, through the project's own client over a real loopback server; what the server holds
 must stay flat and nothing may leak.
 
-    python -m evals.soak --seconds 600 --sessions 2      # the long form (10 minutes)
-    python -m evals.soak --seconds 30                   # about what CI runs (tests/reliability)
+    python -m framestream.evals.soak --seconds 600 --sessions 2   # the long form (10 minutes)
+    python -m framestream.evals.soak --seconds 30                # about what CI runs
 
 Each worker runs sessions of ``--session-seconds`` back to back, on a fresh connection each:
 generation workers read frames (every other session records an MP4), understanding workers send
@@ -50,12 +50,12 @@ from typing import Any
 
 import numpy as np
 
-from clients import ServerError, StreamClient
-from models.toyworld import Feed, render
-from stream.engine import Engine, EngineConfig
-from stream.kvcache import KVCacheManager
-from stream.server import Server, ServerConfig, build_server
-from stream.service import PIPELINES, ServiceModels, build_pipelines
+from framestream.clients.client import ServerError, StreamClient
+from framestream.models.toyworld import Feed, render
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.server import Server, ServerConfig, build_server
+from framestream.stream.service import PIPELINES, ServiceModels, build_pipelines
 
 __all__ = ["SoakConfig", "run_soak"]
 
@@ -361,7 +361,7 @@ def _verdict(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m evals.soak", description=__doc__.split("\n")[0]
+        prog="python -m framestream.evals.soak", description=__doc__.split("\n")[0]
     )
     defaults = SoakConfig()
     for name in ("seconds", "session_seconds", "sample_seconds", "warmup_seconds", "rss_growth_mb"):
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     record = asyncio.run(run_soak(config))
     now = datetime.now(timezone.utc)
     record = {
-        "command": " ".join(["python -m evals.soak", *sys.argv[1:]]),
+        "command": " ".join(["python -m framestream.evals.soak", *sys.argv[1:]]),
         "date": now.isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"python {platform.python_version()}",

@@ -1,7 +1,7 @@
 """Quality of the embedded models on the toy world, measured on pixels and words, not by eye.
 
-    python -m evals.toyworld_quality --out quality.json [--drift-minutes 10] [--parts switch]
-        [--dtype bf16] [--kv-cache-dtype fp8_e4m3]
+    python -m framestream.evals.toyworld_quality --out quality.json [--drift-minutes 10]
+        [--parts switch] [--dtype bf16] [--kv-cache-dtype fp8_e4m3]
 
 - **Prompt adherence** of generated clips (LongLive and Rolling Forcing): the fraction of frames
   whose measured colour and shape match the prompt (:func:`models.toyworld.adherence`), over
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.toyworld import (
+from framestream.models.toyworld import (
     COLORS,
     SHAPES,
     Feed,
@@ -47,11 +47,14 @@ from models.toyworld import (
     sample_clip,
     switch_clip,
 )
-from stream.kvcache import KVCacheManager
-from stream.pipelines.base import GenerationRequest
-from stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
-from stream.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
-from stream.pipelines.streaming_vlm import (
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.pipelines.base import GenerationRequest
+from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+from framestream.stream.pipelines.rolling_forcing import (
+    RollingForcingConfig,
+    RollingForcingPipeline,
+)
+from framestream.stream.pipelines.streaming_vlm import (
     StreamingVLMPipeline,
     UnderstandingConfig,
     UnderstandingRequest,
@@ -199,8 +202,8 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def main() -> None:
-    from models.registry import load_wan_models
-    from models.toyworld.embedded import load_vlm
+    from framestream.models.registry import load_wan_models
+    from framestream.models.toyworld.embedded import load_vlm
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -251,7 +254,7 @@ def main() -> None:
         "size": f"{SIZE}x{SIZE}",
         "dtype": args.dtype,
         "kv_cache_dtype": kv,
-        "command": " ".join(["python -m evals.toyworld_quality", *sys.argv[1:]]),
+        "command": " ".join(["python -m framestream.evals.toyworld_quality", *sys.argv[1:]]),
     }
     for name, cls in (("longlive", LongLivePipeline), ("rolling_forcing", RollingForcingPipeline)):
         pipe = cls(wan, manager, 256 << 20, configs[name])

@@ -39,6 +39,8 @@ Triton pass); :func:`paged_attention` dispatches.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-from kernels.rope import RopeSpec, apply_rope
+from framestream.kernels.rope import RopeSpec, apply_rope
 
 __all__ = [
     "AttentionMetadata",
@@ -153,7 +155,9 @@ def write_kv(
     two ``index_copy_``.
     """
     if fused_kernels(k.device):
-        from kernels.triton_cache import write_kv_triton  # triton may be missing elsewhere
+        from framestream.kernels.triton_cache import (
+            write_kv_triton,  # triton may be missing elsewhere
+        )
 
         write_kv_triton(k_cache, v_cache, slots, k, v)
         return
@@ -325,9 +329,18 @@ def register_backend(name: str, fn: AttentionFn) -> None:
     _BACKENDS[name] = fn
 
 
+@functools.cache
+def _register_triton_backends() -> None:
+    # Triton is optional where it is missing; the torch twin always works. Imported on first
+    # selection, not with this module: each Triton module imports this one to register itself.
+    with contextlib.suppress(ImportError):
+        from framestream.kernels import triton_attention, triton_gather  # noqa: F401
+
+
 def select_backend(device: torch.device, name: str | None = None) -> AttentionFn:
     """The backend for ``device``: ``name``, else ``$STREAM_ATTENTION_BACKEND``, else ``auto``
     on CUDA (Triton for decode, SDPA for chunks) and the torch twin elsewhere."""
+    _register_triton_backends()
     name = name or os.environ.get("STREAM_ATTENTION_BACKEND")
     if name is None:
         name = "auto" if device.type == "cuda" else "torch"

@@ -60,14 +60,16 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention import DECODE_MAX_Q_LEN, AttentionMetadata, register_backend
-from kernels.rope import RopeSpec
+from framestream.kernels.attention import DECODE_MAX_Q_LEN, AttentionMetadata, register_backend
+from framestream.kernels.rope import RopeSpec
 
 # Importing the device code also patches the CPU interpreter for NumPy 2 (TRITON_INTERPRET=1),
 # before any kernel is launched.
-from kernels.triton_kernels import _combine_kernel, _decode_kernel, _prefill_kernel
-from kernels.triton_kernels import _patch_interpreter_for_numpy2 as _patch_interpreter_for_numpy2
-from kernels.triton_launch import Launcher, cdiv, next_power_of_2
+from framestream.kernels.triton_kernels import _combine_kernel, _decode_kernel, _prefill_kernel
+from framestream.kernels.triton_kernels import (
+    _patch_interpreter_for_numpy2 as _patch_interpreter_for_numpy2,
+)
+from framestream.kernels.triton_launch import Launcher, cdiv, next_power_of_2
 
 __all__ = [
     "DECODE_MAX_Q_LEN",

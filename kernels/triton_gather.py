@@ -25,12 +25,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention import AttentionMetadata, attend_sequences, register_backend
-from kernels.rope import RopeSpec
-from kernels.triton_attention import _rope_tables, check_operands
+from framestream.kernels.attention import AttentionMetadata, attend_sequences, register_backend
+from framestream.kernels.rope import RopeSpec
+from framestream.kernels.triton_attention import _rope_tables, check_operands
 
 # Importing the device code also patches the CPU interpreter for NumPy 2 (TRITON_INTERPRET=1).
-from kernels.triton_kernels import _load_rotated
+from framestream.kernels.triton_kernels import _load_rotated
 
 __all__ = ["gather_rotate", "paged_attention_sdpa_fused", "sequence_view"]
 

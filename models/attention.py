@@ -17,7 +17,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from kernels import AttentionMetadata, RopeSpec, paged_attention_ref
+from framestream.kernels.attention import AttentionMetadata, paged_attention_ref
+from framestream.kernels.rope import RopeSpec
 
 __all__ = ["AttentionContext", "DenseAttention"]
 
@@ -75,7 +76,9 @@ class DenseAttention:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self._mask is None:
             return paged_attention_ref(q, k, v, self._meta, self._rope)
-        from kernels.rope import apply_rope  # local: the masked path is for tests and training
+        from framestream.kernels.rope import (
+            apply_rope,  # local: the masked path is for tests and training
+        )
 
         qr = apply_rope(q, self._meta.q_pos, self._rope).transpose(0, 1)
         kr = apply_rope(k, self._meta.kv_pos, self._rope).transpose(0, 1)

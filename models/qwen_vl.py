@@ -43,10 +43,11 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from kernels import RopeSpec, fused_kernels, mrope
-from kernels.norms import add_rms_norm_ref, silu_mul_ref
-from models.attention import AttentionContext
-from models.qwen_vision import VideoPreprocessor, VisionTower
+from framestream.kernels.attention import fused_kernels
+from framestream.kernels.norms import add_rms_norm_ref, silu_mul_ref
+from framestream.kernels.rope import RopeSpec, mrope
+from framestream.models.attention import AttentionContext
+from framestream.models.qwen_vision import VideoPreprocessor, VisionTower
 
 __all__ = [
     "MAX_ASPECT_RATIO",
@@ -129,7 +130,7 @@ class QwenDecoderArgs:
 
 def _triton_norms():
     # Imported on first use: triton may be missing where the fused path never runs.
-    from kernels import triton_norms
+    from framestream.kernels import triton_norms
 
     return triton_norms
 
@@ -640,7 +641,10 @@ def tiny_qwen_vl(seed: int = 0, device: torch.device | str = "cpu") -> QwenVL:
     Weights are drawn so that activations and logits are O(1) (not transformers' 0.02 init),
     which makes greedy decoding and numerical comparisons meaningful.
     """
-    from models.qwen_vl_tiny import tiny_config, tiny_tokenizer  # qwen_vl_tiny imports this module
+    from framestream.models.qwen_vl_tiny import (  # qwen_vl_tiny imports this module
+        tiny_config,
+        tiny_tokenizer,
+    )
 
     tokenizer = tiny_tokenizer()
     config = tiny_config(tokenizer)

@@ -17,7 +17,7 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from models.qwen_vl import QwenSpecialTokens, QwenVL, load_qwen_vl
+from framestream.models.qwen_vl import QwenSpecialTokens, QwenVL, load_qwen_vl
 
 __all__ = [
     "CHAT_TEMPLATE",

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 
-from kernels import RopeSpec, wan_rope
-from models.schedule import FlowSchedule, opening_schedule
-from models.text import PromptCache, TextEncoder, UMT5TextEncoder, tiny_umt5_encoder
-from models.toyworld.embedded import DEFAULT_PRESET, GENERATOR_DIR, require
-from models.vae import WanVAE, tiny_wan_vae
-from models.wan import CausalWanModel, load_wan_weights, wan_config
+from framestream.kernels.rope import RopeSpec, wan_rope
+from framestream.models.schedule import FlowSchedule, opening_schedule
+from framestream.models.text import PromptCache, TextEncoder, UMT5TextEncoder, tiny_umt5_encoder
+from framestream.models.toyworld.embedded import DEFAULT_PRESET, GENERATOR_DIR, require
+from framestream.models.vae import WanVAE, tiny_wan_vae
+from framestream.models.wan import CausalWanModel, load_wan_weights, wan_config
 
 __all__ = ["DEFAULT_PRESET", "GENERATION_PRESETS", "WanModels", "WanPaths", "load_wan_models"]
 

@@ -39,7 +39,7 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from safetensors.torch import load_file
 from torch import nn
 
-from models.vae_causal import History, check_wan21_layout, decode_frames
+from framestream.models.vae_causal import History, check_wan21_layout, decode_frames
 
 __all__ = ["DecodeState", "WanVAE", "tiny_wan_vae", "to_uint8"]
 

@@ -48,8 +48,8 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import (
 )
 from torch import nn
 
-from kernels import fused_kernels
-from kernels.norms import rms_norm_silu_into_ref
+from framestream.kernels.attention import fused_kernels
+from framestream.kernels.norms import rms_norm_silu_into_ref
 
 __all__ = ["History", "check_wan21_layout", "decode_frames", "encode_video"]
 
@@ -100,7 +100,9 @@ class _Walk:
         out = buf[:, :, _CONTEXT:]
         kernel_dtypes = x.dtype in _FUSED_DTYPES and dtype in _FUSED_DTYPES
         if self.fused and kernel_dtypes and _channels_last(x):
-            from kernels.triton_vae import rms_norm_silu_into  # triton may be missing elsewhere
+            from framestream.kernels.triton_vae import (
+                rms_norm_silu_into,  # triton may be missing elsewhere
+            )
 
             rms_norm_silu_into(x, norm.gamma, out)
         else:

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from stream.engine import EngineConfig, EngineStats
-from stream.kvcache import PoolStats
-from stream.session import Session
+from framestream.stream.engine import EngineConfig, EngineStats
+from framestream.stream.kvcache import PoolStats
+from framestream.stream.session import Session
 
 __all__ = ["PipelineInfo", "SessionBackend", "cache_pools", "describe_pipeline"]
 

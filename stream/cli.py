@@ -10,8 +10,9 @@ import signal
 import sys
 from pathlib import Path
 
-import stream
-from models.toyworld.embedded import DEFAULT_PRESET
+from framestream.models.toyworld.embedded import DEFAULT_PRESET
+from framestream.stream.version import __version__
+from framestream.stream.web import STATIC_DIR
 
 __all__ = ["main"]
 
@@ -23,7 +24,7 @@ _KV_CACHE_DTYPE_HELP = (
 
 
 def _version(_: argparse.Namespace) -> int:
-    print(f"stream {stream.__version__}")
+    print(f"stream {__version__}")
     return 0
 
 
@@ -69,7 +70,7 @@ def _device_and_dtype(args: argparse.Namespace, gpus: bool | None = None):
 
 
 def _wan_paths(args: argparse.Namespace):
-    from models.registry import WanPaths
+    from framestream.models.registry import WanPaths
 
     if not any((args.model_dir, args.dit, args.vae, args.text_encoder)):
         return None
@@ -79,12 +80,15 @@ def _wan_paths(args: argparse.Namespace):
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from models.registry import load_wan_models
-    from stream.generate import generate_video, parse_switch
-    from stream.kvcache import KVCacheManager
-    from stream.pipelines.base import GenerationRequest
-    from stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
-    from stream.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
+    from framestream.models.registry import load_wan_models
+    from framestream.stream.generate import generate_video, parse_switch
+    from framestream.stream.kvcache import KVCacheManager
+    from framestream.stream.pipelines.base import GenerationRequest
+    from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+    from framestream.stream.pipelines.rolling_forcing import (
+        RollingForcingConfig,
+        RollingForcingPipeline,
+    )
 
     device, dtype = _device_and_dtype(args)
     switches = [parse_switch(s) for s in args.switch]
@@ -116,9 +120,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from stream.engine import Engine, EngineConfig
-    from stream.server import ServerConfig
-    from stream.service import ServiceModels, build_pipelines
+    from framestream.stream.engine import Engine, EngineConfig
+    from framestream.stream.server import ServerConfig
+    from framestream.stream.service import ServiceModels, build_pipelines
 
     try:
         config = ServerConfig(
@@ -183,8 +187,8 @@ def _serve_cluster(args, config, spec, engine_config, cluster) -> int:
 
     import ray
 
-    from stream.cluster import ClusterEngine, join_cluster, start_engines
-    from stream.service import build_pipelines
+    from framestream.stream.cluster import ClusterEngine, join_cluster, start_engines
+    from framestream.stream.service import build_pipelines
 
     joined = False
     try:
@@ -204,7 +208,7 @@ def _serve_cluster(args, config, spec, engine_config, cluster) -> int:
 async def _run_server(config, open_backend, where: str) -> None:
     """Serve the backend ``open_backend()`` gives until SIGINT or SIGTERM, then shut down
     gracefully."""
-    from stream.server import build_server
+    from framestream.stream.server import build_server
 
     server = build_server(config, await open_backend())
     await server.start()
@@ -213,7 +217,7 @@ async def _run_server(config, open_backend, where: str) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     host = f"[{config.host}]" if ":" in config.host else config.host
-    print(f"stream {stream.__version__}: {where}", flush=True)
+    print(f"stream {__version__}: {where}", flush=True)
     print(f"  WebSocket  {server.url}", flush=True)
     print(f"  page       http://{host}:{server.port}/", flush=True)
     print(f"  health     http://{host}:{server.port}/healthz", flush=True)
@@ -225,13 +229,13 @@ async def _run_server(config, open_backend, where: str) -> None:
 def _caption(args: argparse.Namespace) -> int:
     """The commentary tool of clients/, through the server at --url, or else through one started
     here on a free loopback port (the tiny default, or --vlm-dir)."""
-    from clients.caption import run_caption  # the CLI is the one place both sides meet
+    from framestream.clients.caption import run_caption  # the CLI is the one place both sides meet
 
     if args.url is not None:
         return asyncio.run(run_caption(args))
-    from stream.engine import Engine
-    from stream.server import ServerConfig, build_server
-    from stream.service import ServiceModels, build_pipelines
+    from framestream.stream.engine import Engine
+    from framestream.stream.server import ServerConfig, build_server
+    from framestream.stream.service import ServiceModels, build_pipelines
 
     device, dtype = _device_and_dtype(args)
     spec = ServiceModels(
@@ -312,9 +316,9 @@ def _cluster_config(args: argparse.Namespace):
     if not args.cluster:
         return None
     try:
-        from stream.cluster.config import ClusterConfig
+        from framestream.stream.cluster.config import ClusterConfig
     except ImportError:
-        raise ValueError("--cluster needs Ray: pip install 'stream-video[cluster]'") from None
+        raise ValueError("--cluster needs Ray: pip install -e '.[cluster]'") from None
 
     given = {name: getattr(args, name) for name, *_ in _CLUSTER_SETTINGS}
     return ClusterConfig(args.cluster, **{k: v for k, v in given.items() if v is not None})
@@ -398,7 +402,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--static-dir",
         type=Path,
-        default=_env("STREAM_STATIC_DIR", str(Path(stream.__file__).parent / "static")),
+        default=_env("STREAM_STATIC_DIR", str(STATIC_DIR)),
         help="STREAM_STATIC_DIR; the browser page's files (default: the page shipped here)",
     )
     serve.add_argument("--no-page", action="store_true", help="serve no browser page at /")
@@ -495,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
-    from evals.inf_streams.cli import add_inf_streams_arguments, add_toy_arguments
+    from framestream.evals.inf_streams.cli import add_inf_streams_arguments, add_toy_arguments
 
     evaluate = commands.add_parser("eval", help="run an evaluation (Inf-Streams-Eval)")
     evaluations = evaluate.add_subparsers(dest="evaluation", metavar="EVALUATION")
@@ -515,19 +519,19 @@ def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _eval_inf_streams(args: argparse.Namespace) -> int:
-    from evals.inf_streams.cli import run_inf_streams
+    from framestream.evals.inf_streams.cli import run_inf_streams
 
     return run_inf_streams(args)
 
 
 def _eval_toy_inf_streams(args: argparse.Namespace) -> int:
-    from evals.inf_streams.cli import run_toy
+    from framestream.evals.inf_streams.cli import run_toy
 
     return run_toy(args)
 
 
 def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
-    from evals.bench.cli import add_bench_arguments
+    from framestream.evals.bench.cli import add_bench_arguments
 
     bench = commands.add_parser(
         "bench",
@@ -539,13 +543,13 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from evals.bench.cli import run
+    from framestream.evals.bench.cli import run
 
     return run(args)
 
 
 def _add_timeline_parser(commands: argparse._SubParsersAction) -> None:
-    from clients.timeline import add_timeline_arguments
+    from framestream.clients.timeline import add_timeline_arguments
 
     timeline = commands.add_parser(
         "timeline",
@@ -556,13 +560,13 @@ def _add_timeline_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _timeline(args: argparse.Namespace) -> int:
-    from clients.timeline import run_timeline
+    from framestream.clients.timeline import run_timeline
 
     return asyncio.run(run_timeline(args))
 
 
 def _add_caption_parser(commands: argparse._SubParsersAction) -> None:
-    from clients.caption import add_caption_arguments
+    from framestream.clients.caption import add_caption_arguments
 
     caption = commands.add_parser(
         "caption",

@@ -26,14 +26,19 @@ import av
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from stream import protocol
-from stream.delivery import FrameEncoder, Recorder, decode_input_frame, parse_output_params
-from stream.protocol import FrameFormat, FrameHeader, FrameKind, ProtocolError, encode
-from stream.ratelimit import RateLimiter
-from stream.session import Session, SessionState
+from framestream.stream import protocol
+from framestream.stream.delivery import (
+    FrameEncoder,
+    Recorder,
+    decode_input_frame,
+    parse_output_params,
+)
+from framestream.stream.protocol import FrameFormat, FrameHeader, FrameKind, ProtocolError, encode
+from framestream.stream.ratelimit import RateLimiter
+from framestream.stream.session import Session, SessionState
 
 if TYPE_CHECKING:
-    from stream.server import Server
+    from framestream.stream.server import Server
 
 __all__ = ["ConnectionHandler"]
 

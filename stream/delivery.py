@@ -22,10 +22,10 @@ import av
 import cv2
 import numpy as np
 
-from stream.image_size import ImageHeaderError, jpeg_size, png_size
-from stream.media import Mp4Writer
-from stream.protocol import FrameFormat, FrameHeader, ProtocolError
-from stream.session import OutputFrame
+from framestream.stream.image_size import ImageHeaderError, jpeg_size, png_size
+from framestream.stream.media import Mp4Writer
+from framestream.stream.protocol import FrameFormat, FrameHeader, ProtocolError
+from framestream.stream.session import OutputFrame
 
 __all__ = ["FrameEncoder", "Recorder", "decode_input_frame", "parse_output_params"]
 

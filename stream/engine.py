@@ -44,12 +44,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from stream.kvcache import CacheFullError
-from stream.pipelines.base import FrameChunk, GenerationRequest, PendingChunk
-from stream.pipelines.feed import TimestampsBackwardsError
-from stream.pipelines.streaming_vlm import Caption, UnderstandingRequest
-from stream.protocol import ProtocolError, valid_unicode
-from stream.session import OutputFrame, OutputQueue, Session, SessionState
+from framestream.stream.kvcache import CacheFullError
+from framestream.stream.pipelines.base import FrameChunk, GenerationRequest, PendingChunk
+from framestream.stream.pipelines.feed import TimestampsBackwardsError
+from framestream.stream.pipelines.streaming_vlm import Caption, UnderstandingRequest
+from framestream.stream.protocol import ProtocolError, valid_unicode
+from framestream.stream.session import OutputFrame, OutputQueue, Session, SessionState
 
 __all__ = [
     "Engine",

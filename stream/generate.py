@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stream.media import Mp4Writer
-from stream.pipelines.base import GenerationRequest
+from framestream.stream.media import Mp4Writer
+from framestream.stream.pipelines.base import GenerationRequest
 
 __all__ = ["PromptSwitch", "generate_video", "parse_switch"]
 

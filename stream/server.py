@@ -39,25 +39,25 @@ from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
-import stream
-from models.toyworld.embedded import DEFAULT_PRESET
-from stream import protocol
-from stream.backend import SessionBackend, cache_pools, describe_pipeline
-from stream.connection import ConnectionHandler
-from stream.delivery import Recorder
-from stream.metrics import CONTENT_TYPE, ServiceCounters, render_metrics
-from stream.protocol import ProtocolError
-from stream.ratelimit import RateLimiter
-from stream.session import Session
-from stream.toyfeed import parse_feed_request, toyworld_mp4
-from stream.web import response, static_file
+from framestream.models.toyworld.embedded import DEFAULT_PRESET
+from framestream.stream import protocol
+from framestream.stream.backend import SessionBackend, cache_pools, describe_pipeline
+from framestream.stream.connection import ConnectionHandler
+from framestream.stream.delivery import Recorder
+from framestream.stream.metrics import CONTENT_TYPE, ServiceCounters, render_metrics
+from framestream.stream.protocol import ProtocolError
+from framestream.stream.ratelimit import RateLimiter
+from framestream.stream.session import Session
+from framestream.stream.toyfeed import parse_feed_request, toyworld_mp4
+from framestream.stream.version import __version__
+from framestream.stream.web import response, static_file
 
 __all__ = ["Server", "ServerConfig", "build_server", "serve"]
 
 logger = logging.getLogger(__name__)
 # websockets' own log; at DEBUG it traces every frame and request line, tokens included
 # (hello, /?token=), so its DEBUG records are dropped even when the root logger is at DEBUG
-_WIRE_LOGGER = logging.getLogger("stream.server.wire")
+_WIRE_LOGGER = logging.getLogger("framestream.stream.server.wire")
 _WIRE_LOGGER.addFilter(lambda record: record.levelno >= logging.INFO)
 
 # <session>-<128 random bits>: a recording's URL is its capability; ids alone are guessable
@@ -184,7 +184,7 @@ class Server:
             max_size=2 * config.max_message_bytes,
             max_queue=config.max_queue,
             write_limit=config.write_limit,
-            server_header=f"stream/{stream.__version__}",
+            server_header=f"stream/{__version__}",
             logger=_WIRE_LOGGER,
         )
         self.port = self._ws.sockets[0].getsockname()[1]
@@ -255,7 +255,7 @@ class Server:
         config = self.config
         return {
             "version": protocol.PROTOCOL_VERSION,
-            "server": f"stream/{stream.__version__}",
+            "server": f"stream/{__version__}",
             "pipelines": sorted(self.engine.pipelines),
             "limits": {
                 "max_message_bytes": config.max_message_bytes,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from models.registry import DEFAULT_PRESET, WanPaths, load_wan_models
-from stream.engine import Pipeline
-from stream.kvcache import KVCacheDtype, KVCacheManager, check_kv_cache_dtype
+from framestream.models.registry import DEFAULT_PRESET, WanPaths, load_wan_models
+from framestream.stream.engine import Pipeline
+from framestream.stream.kvcache import KVCacheDtype, KVCacheManager, check_kv_cache_dtype
 
 __all__ = ["PIPELINES", "ServiceModels", "build_pipelines", "warm_up"]
 
@@ -51,9 +51,12 @@ def build_pipelines(
 ) -> dict[str, Pipeline]:
     """Load the models of ``spec`` on its device and build its pipelines over one manager; on
     CUDA, :func:`warm_up` them."""
-    from stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
-    from stream.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
-    from stream.pipelines.streaming_vlm import StreamingVLMPipeline
+    from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+    from framestream.stream.pipelines.rolling_forcing import (
+        RollingForcingConfig,
+        RollingForcingPipeline,
+    )
+    from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
 
     manager = manager or KVCacheManager()
     pipelines: dict[str, Pipeline] = {}
@@ -69,8 +72,8 @@ def build_pipelines(
                 wan, manager, spec.cache_bytes, rf_config
             )
     if "streaming_vlm" in spec.pipelines:
-        from models.qwen_vl import load_qwen_vl
-        from models.toyworld.embedded import load_vlm
+        from framestream.models.qwen_vl import load_qwen_vl
+        from framestream.models.toyworld.embedded import load_vlm
 
         if spec.vlm_dir is None:
             vlm = load_vlm(spec.dtype, spec.device)
@@ -90,9 +93,9 @@ def warm_up(pipelines: dict[str, Pipeline]) -> None:
     first frame of 8.4 s against 0.48 s warm for LongLive at 832x480 (BENCHMARKS.md, the fused
     kernels' run). A server pays it while it loads, not in a user's first session.
     """
-    from stream.pipelines.base import GenerationRequest
-    from stream.pipelines.streaming_vlm import StreamingVLMPipeline
-    from stream.pipelines.wan import WanStreamPipeline
+    from framestream.stream.pipelines.base import GenerationRequest
+    from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
+    from framestream.stream.pipelines.wan import WanStreamPipeline
 
     for pipeline in pipelines.values():
         if isinstance(pipeline, StreamingVLMPipeline):

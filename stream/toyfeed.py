@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from models.toyworld import Feed, render
-from stream.media import Mp4Writer
+from framestream.models.toyworld import Feed, render
+from framestream.stream.media import Mp4Writer
 
 __all__ = ["FeedRequest", "parse_feed_request", "toyworld_mp4"]
 

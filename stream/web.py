@@ -8,7 +8,10 @@ from pathlib import Path
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-__all__ = ["response", "static_file"]
+__all__ = ["STATIC_DIR", "response", "static_file"]
+
+# the browser page shipped with the package
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def response(

@@ -1,5 +1,5 @@
 import sys
 
-from evals.bench.cli import main
+from framestream.evals.bench.cli import main
 
 sys.exit(main())

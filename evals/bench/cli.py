@@ -1,5 +1,6 @@
-"""``stream bench`` (also ``python -m evals.bench``): run suites, write one JSON record and a PNG
-per suite; ``stream bench report`` regenerates BENCHMARKS.md; ``stream bench plot`` redraws.
+"""``stream bench`` (also ``python -m framestream.evals.bench``): run suites, write one JSON
+record and a PNG per suite; ``stream bench report`` regenerates BENCHMARKS.md; ``stream bench
+plot`` redraws.
 
 Counts default by device: a CPU run of the default suites takes a few minutes on two cores,
 a full-size run of every suite about six on one H200 (one device call), ``--quick`` is a smoke
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the heavy imports wait until a run needs them (see _run_suites)
-    from evals.bench.loaders import ModelShelf
-    from evals.bench.record import BenchRecord, Workload
+    from framestream.evals.bench.loaders import ModelShelf
+    from framestream.evals.bench.record import BenchRecord, Workload
 
 __all__ = ["add_bench_arguments", "main", "run"]
 
@@ -126,7 +127,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "report":
-        from evals.report import check_report, write_report
+        from framestream.evals.report import check_report, write_report
 
         return check_report() if args.check else write_report()
     if args.action == "plot":
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evals.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m framestream.evals.bench", description=__doc__)
     add_bench_arguments(parser)
     return run(parser.parse_args(argv))
 
@@ -156,10 +157,10 @@ def _run_suites(args: argparse.Namespace) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     from tqdm import tqdm
 
-    from evals.bench.console import progress, workload_table
-    from evals.bench.environment import describe_run
-    from evals.bench.loaders import ModelShelf, Target
-    from evals.bench.record import BenchRecord
+    from framestream.evals.bench.console import progress, workload_table
+    from framestream.evals.bench.environment import describe_run
+    from framestream.evals.bench.loaders import ModelShelf, Target
+    from framestream.evals.bench.record import BenchRecord
 
     if args.threads is None:
         args.threads = torch.get_num_threads()  # written out, so the command says what ran
@@ -176,7 +177,7 @@ def _run_suites(args: argparse.Namespace) -> int:
     )
     shelf = ModelShelf(target)
     if args.size is None:
-        from models.registry import GENERATION_PRESETS
+        from framestream.models.registry import GENERATION_PRESETS
 
         height, width = GENERATION_PRESETS[args.preset]["size"]
         args.size = f"{height}x{width}"
@@ -202,12 +203,12 @@ def _workloads(
     suite: str, shelf: ModelShelf, args: argparse.Namespace
 ) -> Iterator[tuple[str, Workload]]:
     """The suite's ``(name, workload)`` pairs, each as soon as it is measured."""
-    from evals.bench.variants import variant_specs
+    from framestream.evals.bench.variants import variant_specs
 
     size = _size(args.size)
     specs = variant_specs(_split(args.baselines), shelf.target.device)
     if suite == "generation":
-        from evals.bench.generation import GenerationSettings, run_generation
+        from framestream.evals.bench.generation import GenerationSettings, run_generation
 
         settings = GenerationSettings(
             tuple(_split(args.pipelines)),
@@ -219,7 +220,7 @@ def _workloads(
         )
         return run_generation(shelf, settings, specs)
     if suite == "understanding":
-        from evals.bench.understanding import UnderstandingSettings, run_understanding
+        from framestream.evals.bench.understanding import UnderstandingSettings, run_understanding
 
         settings = UnderstandingSettings(
             args.vlm_seconds,
@@ -229,7 +230,7 @@ def _workloads(
         )
         return run_understanding(shelf, settings, specs)
     if suite == "service":
-        from evals.bench.service import ServiceSettings, run_service
+        from framestream.evals.bench.service import ServiceSettings, run_service
 
         settings = ServiceSettings(
             tuple(int(n) for n in _split(args.clients)),
@@ -239,24 +240,24 @@ def _workloads(
         )
         return run_service(shelf, settings)
     if suite == "cluster":
-        from evals.bench.cluster import ClusterSettings, run_cluster
+        from framestream.evals.bench.cluster import ClusterSettings, run_cluster
 
         settings = ClusterSettings(
             tuple(int(n) for n in _split(args.clients)), args.service_chunks, size, args.engines
         )
         return run_cluster(shelf, settings)
     if suite == "kernels":
-        from evals.bench.kernels import run_kernels
+        from framestream.evals.bench.kernels import run_kernels
 
         target = shelf.target
         return run_kernels(target.device, target.full_size, _split(args.kernel_cases or ""))
-    from evals.bench.vae import run_vae
+    from framestream.evals.bench.vae import run_vae
 
     return run_vae(shelf, size, args.chunks)
 
 
 def _plot(record: BenchRecord, suite: str, out: Path) -> str:
-    from evals.bench.plot import plot_suite
+    from framestream.evals.bench.plot import plot_suite
 
     try:
         return f"plotted {plot_suite(record, suite, out)}"
@@ -265,8 +266,8 @@ def _plot(record: BenchRecord, suite: str, out: Path) -> str:
 
 
 def _replot(paths: list[Path]) -> int:
-    from evals.bench.plot import plot_suite
-    from evals.bench.record import BenchRecord
+    from framestream.evals.bench.plot import plot_suite
+    from framestream.evals.bench.record import BenchRecord
 
     for path in paths:
         record = BenchRecord.read(path)

@@ -29,13 +29,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from evals.bench.console import progress
-from evals.bench.loaders import ModelShelf, Target, release_memory
-from evals.bench.record import Series, Variant, Workload
-from evals.bench.service import Chunking, delivered_fps, direct_fps, longlive_for
-from evals.bench.timing import Clock
-from stream.engine import Engine, EngineConfig, Pipeline
-from stream.server import ServerConfig, build_server
+from framestream.evals.bench.console import progress
+from framestream.evals.bench.loaders import ModelShelf, Target, release_memory
+from framestream.evals.bench.record import Series, Variant, Workload
+from framestream.evals.bench.service import Chunking, delivered_fps, direct_fps, longlive_for
+from framestream.evals.bench.timing import Clock
+from framestream.stream.engine import Engine, EngineConfig, Pipeline
+from framestream.stream.server import ServerConfig, build_server
 
 __all__ = ["ClusterSettings", "run_cluster"]
 
@@ -187,7 +187,7 @@ async def _local_front(pipe: Pipeline, sessions: int) -> AsyncIterator[str]:
 async def _cluster_front(actors: list[Any]) -> AsyncIterator[str]:
     """A front over ``actors`` once they hold no session (the last front's are closing), so
     the sessions spread over all of them."""
-    from stream.cluster import ClusterConfig, ClusterEngine
+    from framestream.stream.cluster import ClusterConfig, ClusterEngine
 
     backend = await ClusterEngine.connect(actors, ClusterConfig(namespace=_NAMESPACE))
     async with build_server(ServerConfig(port=0, max_sessions_per_connection=1), backend) as server:
@@ -204,7 +204,7 @@ async def _wait_for(actors: list[Any]) -> None:
 def _start_actors(
     target: Target, settings: ClusterSettings, sessions: int, gpus: float
 ) -> list[Any]:
-    from stream.cluster import ClusterConfig, start_engines
+    from framestream.stream.cluster import ClusterConfig, start_engines
 
     config = ClusterConfig(engines=settings.engines, gpus_per_engine=gpus, namespace=_NAMESPACE)
     build = functools.partial(_engine_pipelines, target, sessions, settings.size)

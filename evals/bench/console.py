@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from evals.bench.record import Workload
+from framestream.evals.bench.record import Workload
 
 __all__ = ["format_value", "progress", "workload_table"]
 

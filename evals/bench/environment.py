@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from evals.bench.record import RunInfo
+from framestream.evals.bench.record import RunInfo
 
 __all__ = ["describe_run"]
 

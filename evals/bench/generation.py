@@ -33,17 +33,20 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from evals.bench.console import progress
-from evals.bench.loaders import ModelShelf, release_memory
-from evals.bench.record import Series, Variant, Workload
-from evals.bench.timing import Clock, late_over_early, percentiles
-from evals.bench.variants import OURS, VariantSpec
-from models.registry import WanModels
-from stream.kvcache import CacheGeometry, KVCacheManager, cache_dtype
-from stream.pipelines.base import GenerationRequest
-from stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
-from stream.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
-from stream.pipelines.wan import WanStreamPipeline, WanStreamState
+from framestream.evals.bench.console import progress
+from framestream.evals.bench.loaders import ModelShelf, release_memory
+from framestream.evals.bench.record import Series, Variant, Workload
+from framestream.evals.bench.timing import Clock, late_over_early, percentiles
+from framestream.evals.bench.variants import OURS, VariantSpec
+from framestream.models.registry import WanModels
+from framestream.stream.kvcache import CacheGeometry, KVCacheManager, cache_dtype
+from framestream.stream.pipelines.base import GenerationRequest
+from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+from framestream.stream.pipelines.rolling_forcing import (
+    RollingForcingConfig,
+    RollingForcingPipeline,
+)
+from framestream.stream.pipelines.wan import WanStreamPipeline, WanStreamState
 
 __all__ = ["GENERATION_PIPELINES", "PROMPTS", "GenerationSettings", "run_generation"]
 

@@ -49,18 +49,18 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from evals.bench.record import Variant, Workload
-from kernels import norms, triton_norms
-from kernels.attention import (
+from framestream.evals.bench.record import Variant, Workload
+from framestream.kernels import norms, triton_norms
+from framestream.kernels.attention import (
     AttentionMetadata,
     paged_attention_ref,
     paged_attention_sdpa,
     to_cache_dtype,
     write_kv,
 )
-from kernels.rope import RopeSpec, apply_rope, mrope, wan_rope
-from kernels.triton_attention import paged_attention_triton
-from kernels.triton_gather import paged_attention_sdpa_fused
+from framestream.kernels.rope import RopeSpec, apply_rope, mrope, wan_rope
+from framestream.kernels.triton_attention import paged_attention_triton
+from framestream.kernels.triton_gather import paged_attention_sdpa_fused
 
 __all__ = ["CASES", "run_kernels"]
 

@@ -4,8 +4,8 @@ A generation preset (:data:`models.registry.GENERATION_PRESETS`) names the under
 too: ``toyworld`` runs the shipped toy-world Qwen2.5-VL, ``tiny`` the seeded tiny one, and the
 full-size preset Qwen2.5-VL-7B's geometry. Full size is built with random weights on the
 device (speed does not depend on weight values) unless ``--model-dir`` / ``--vlm-dir`` name
-local folders: real checkpoints, or a random one written by ``python -m evals.random_checkpoint``
-(which also exercises the loading path).
+local folders: real checkpoints, or a random one written by
+``python -m framestream.evals.random_checkpoint`` (which also exercises the loading path).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from models.qwen_vl import QwenSpecialTokens, QwenVL, load_qwen_vl, tiny_qwen_vl
-from models.qwen_vl_tiny import tiny_tokenizer
-from models.registry import WanModels, WanPaths, load_wan_models
-from models.text import ByteTokenizer, UMT5TextEncoder
+from framestream.models.qwen_vl import QwenSpecialTokens, QwenVL, load_qwen_vl, tiny_qwen_vl
+from framestream.models.qwen_vl_tiny import tiny_tokenizer
+from framestream.models.registry import WanModels, WanPaths, load_wan_models
+from framestream.models.text import ByteTokenizer, UMT5TextEncoder
 
 __all__ = ["FULL_SIZE", "ModelShelf", "Target", "release_memory"]
 
@@ -83,7 +83,7 @@ class ModelShelf:
         if t.vlm_dir is not None:
             return load_qwen_vl(t.vlm_dir, dtype=t.dtype, device=t.device)
         if t.preset == "toyworld":
-            from models.toyworld.embedded import load_vlm
+            from framestream.models.toyworld.embedded import load_vlm
 
             return load_vlm(t.dtype, t.device)
         if t.preset == "tiny":

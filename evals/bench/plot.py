@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from evals.bench.record import BenchRecord, Workload
+from framestream.evals.bench.record import BenchRecord, Workload
 
 __all__ = ["plot_path", "plot_suite"]
 

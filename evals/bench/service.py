@@ -21,18 +21,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
-from clients import StreamClient
-from evals.bench.console import progress
-from evals.bench.generation import PROMPTS
-from evals.bench.loaders import ModelShelf, release_memory
-from evals.bench.record import Series, Variant, Workload
-from evals.bench.timing import Clock
-from models.registry import WanModels
-from stream.engine import Engine, EngineConfig
-from stream.kvcache import CacheGeometry, KVCacheManager
-from stream.pipelines.base import GenerationRequest
-from stream.pipelines.longlive import LongLivePipeline
-from stream.server import ServerConfig, build_server
+from framestream.clients.client import StreamClient
+from framestream.evals.bench.console import progress
+from framestream.evals.bench.generation import PROMPTS
+from framestream.evals.bench.loaders import ModelShelf, release_memory
+from framestream.evals.bench.record import Series, Variant, Workload
+from framestream.evals.bench.timing import Clock
+from framestream.models.registry import WanModels
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.kvcache import CacheGeometry, KVCacheManager
+from framestream.stream.pipelines.base import GenerationRequest
+from framestream.stream.pipelines.longlive import LongLivePipeline
+from framestream.stream.server import ServerConfig, build_server
 
 __all__ = [
     "FORMATS",

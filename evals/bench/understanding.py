@@ -27,14 +27,19 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from evals.bench.console import progress
-from evals.bench.loaders import ModelShelf, release_memory
-from evals.bench.record import Series, Variant, Workload
-from evals.bench.timing import Clock, late_over_early, percentiles
-from evals.bench.variants import OURS, VariantSpec
-from models.qwen_vl import QwenVL
-from stream.kvcache import CacheGeometry, KVCacheManager, StreamingVLMConfig, cache_dtype
-from stream.pipelines.streaming_vlm import (
+from framestream.evals.bench.console import progress
+from framestream.evals.bench.loaders import ModelShelf, release_memory
+from framestream.evals.bench.record import Series, Variant, Workload
+from framestream.evals.bench.timing import Clock, late_over_early, percentiles
+from framestream.evals.bench.variants import OURS, VariantSpec
+from framestream.models.qwen_vl import QwenVL
+from framestream.stream.kvcache import (
+    CacheGeometry,
+    KVCacheManager,
+    StreamingVLMConfig,
+    cache_dtype,
+)
+from framestream.stream.pipelines.streaming_vlm import (
     StreamingVLMPipeline,
     StreamingVLMState,
     UnderstandingConfig,

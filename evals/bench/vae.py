@@ -17,12 +17,12 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
-from evals.bench.console import progress
-from evals.bench.loaders import ModelShelf
-from evals.bench.record import Series, Variant, Workload
-from evals.bench.timing import Clock, percentiles
-from evals.bench.variants import OURS
-from models.vae_causal import decode_frames
+from framestream.evals.bench.console import progress
+from framestream.evals.bench.loaders import ModelShelf
+from framestream.evals.bench.record import Series, Variant, Workload
+from framestream.evals.bench.timing import Clock, percentiles
+from framestream.evals.bench.variants import OURS
+from framestream.models.vae_causal import decode_frames
 
 __all__ = ["run_vae"]
 

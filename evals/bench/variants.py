@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import select_backend
-from stream.kvcache import KVCacheDtype
+from framestream.kernels.attention import select_backend
+from framestream.stream.kvcache import KVCacheDtype
 
 __all__ = ["FP8KV", "GROWING", "OURS", "VariantSpec", "variant_specs"]
 

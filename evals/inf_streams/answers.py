@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evals.inf_streams.dataset import DatasetError, read_jsonl
-from evals.inf_streams.store import atomic_write_text
+from framestream.evals.inf_streams.dataset import DatasetError, read_jsonl
+from framestream.evals.inf_streams.store import atomic_write_text
 
 __all__ = ["AnswerItem", "VideoAnswers", "read_answers", "write_answers"]
 

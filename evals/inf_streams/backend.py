@@ -8,8 +8,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from evals.inf_streams.captioners import InProcessCaptioner, ServerCaptioner, StreamOptions
-from evals.inf_streams.runner import Captioner
+from framestream.evals.inf_streams.captioners import (
+    InProcessCaptioner,
+    ServerCaptioner,
+    StreamOptions,
+)
+from framestream.evals.inf_streams.runner import Captioner
 
 __all__ = ["BackendSpec", "open_captioner"]
 
@@ -47,10 +51,10 @@ class BackendSpec:
 def _pipeline(spec: BackendSpec, fps: int):
     import torch
 
-    from models.qwen_vl import load_qwen_vl
-    from models.toyworld.embedded import load_vlm
-    from stream.kvcache import KVCacheManager
-    from stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingConfig
+    from framestream.models.qwen_vl import load_qwen_vl
+    from framestream.models.toyworld.embedded import load_vlm
+    from framestream.stream.kvcache import KVCacheManager
+    from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingConfig
 
     device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, _DTYPES[spec.dtype or ("bf16" if device == "cuda" else "fp32")])
@@ -73,8 +77,8 @@ async def open_captioner(spec: BackendSpec, options: StreamOptions) -> AsyncIter
     if spec.in_process:
         yield InProcessCaptioner(pipeline, options)
         return
-    from stream.engine import Engine
-    from stream.server import ServerConfig, build_server
+    from framestream.stream.engine import Engine
+    from framestream.stream.server import ServerConfig, build_server
 
     engine = Engine({"streaming_vlm": pipeline})
     async with build_server(ServerConfig(port=0), engine) as server:

@@ -31,10 +31,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from clients.caption import fit_size
-from clients.client import ClientError, StreamClient, UnderstandingSession
-from evals.inf_streams.store import ChunkKey
-from evals.inf_streams.video import sample_frames
+from framestream.clients.caption import fit_size
+from framestream.clients.client import ClientError, StreamClient, UnderstandingSession
+from framestream.evals.inf_streams.store import ChunkKey
+from framestream.evals.inf_streams.video import sample_frames
 
 __all__ = [
     "ChunkCaptions",
@@ -264,7 +264,10 @@ class InProcessCaptioner:
             stop.set()
 
     def _run(self, job: ChunkJob, progress: Progress, stop: threading.Event) -> ChunkCaptions:
-        from stream.pipelines.streaming_vlm import DEFAULT_INSTRUCTION, UnderstandingRequest
+        from framestream.stream.pipelines.streaming_vlm import (
+            DEFAULT_INSTRUCTION,
+            UnderstandingRequest,
+        )
 
         pipeline, fps = self.pipeline, self.options.fps
         request = UnderstandingRequest(job.instruction or DEFAULT_INSTRUCTION, job.previous_text)

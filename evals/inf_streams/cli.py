@@ -22,10 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from evals.inf_streams.answers import VideoAnswers, read_answers
-from evals.inf_streams.backend import BackendSpec, open_captioner
-from evals.inf_streams.captioners import RunFailedError, StreamOptions
-from evals.inf_streams.dataset import (
+from framestream.evals.inf_streams.answers import VideoAnswers, read_answers
+from framestream.evals.inf_streams.backend import BackendSpec, open_captioner
+from framestream.evals.inf_streams.captioners import RunFailedError, StreamOptions
+from framestream.evals.inf_streams.dataset import (
     METADATA_FILE,
     DatasetError,
     ScoreWindow,
@@ -36,25 +36,36 @@ from evals.inf_streams.dataset import (
     read_metadata,
     read_score_windows,
 )
-from evals.inf_streams.judge import (
+from framestream.evals.inf_streams.judge import (
     REFERENCE,
     judge_windows,
     score_segment,
     win_rate,
     win_rates_per_video,
 )
-from evals.inf_streams.judge_client import ChatClient, JudgeEndpoint, JudgeError, RetryPolicy
-from evals.inf_streams.report import MetricsReport, compute_metrics
-from evals.inf_streams.runner import PlanOptions, RunReport, merge_chunks, plan_chunks, run_chunks
-from evals.inf_streams.store import (
+from framestream.evals.inf_streams.judge_client import (
+    ChatClient,
+    JudgeEndpoint,
+    JudgeError,
+    RetryPolicy,
+)
+from framestream.evals.inf_streams.report import MetricsReport, compute_metrics
+from framestream.evals.inf_streams.runner import (
+    PlanOptions,
+    RunReport,
+    merge_chunks,
+    plan_chunks,
+    run_chunks,
+)
+from framestream.evals.inf_streams.store import (
     ChunkStats,
     ChunkStore,
     SettingsMismatchError,
     atomic_write_json,
     atomic_write_text,
 )
-from evals.inf_streams.toy_dataset import ToyDatasetSpec, write_toy_dataset
-from evals.inf_streams.video import VideoReadError
+from framestream.evals.inf_streams.toy_dataset import ToyDatasetSpec, write_toy_dataset
+from framestream.evals.inf_streams.video import VideoReadError
 
 __all__ = [
     "add_inf_streams_arguments",

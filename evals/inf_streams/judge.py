@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from evals.inf_streams.answers import VideoAnswers
-from evals.inf_streams.dataset import ScoreWindow
-from evals.inf_streams.judge_client import ChatClient
+from framestream.evals.inf_streams.answers import VideoAnswers
+from framestream.evals.inf_streams.dataset import ScoreWindow
+from framestream.evals.inf_streams.judge_client import ChatClient
 
 __all__ = [
     "JUDGE_SYSTEM_PROMPT",

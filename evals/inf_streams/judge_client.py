@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evals.inf_streams.store import atomic_write_json
+from framestream.evals.inf_streams.store import atomic_write_json
 
 __all__ = ["ChatClient", "JudgeEndpoint", "JudgeError", "RetryPolicy", "request_key"]
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from evals.inf_streams.answers import VideoAnswers
-from evals.inf_streams.dataset import ScoreWindow, VideoRecord, reference_seconds
-from evals.inf_streams.metrics import (
+from framestream.evals.inf_streams.answers import VideoAnswers
+from framestream.evals.inf_streams.dataset import ScoreWindow, VideoRecord, reference_seconds
+from framestream.evals.inf_streams.metrics import (
     Distribution,
     Offset,
     Overlap,
@@ -27,7 +27,7 @@ from evals.inf_streams.metrics import (
     speech_timing,
     word_f1,
 )
-from evals.inf_streams.store import ChunkStats
+from framestream.evals.inf_streams.store import ChunkStats
 
 __all__ = ["MetricsReport", "SecondsMetrics", "TextMetrics", "compute_metrics"]
 

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from evals.inf_streams.answers import AnswerItem, VideoAnswers, write_answers
-from evals.inf_streams.captioners import ChunkCaptions, ChunkJob
-from evals.inf_streams.dataset import VideoRecord, previous_text
-from evals.inf_streams.store import ChunkKey, ChunkStats, ChunkStore
-from evals.inf_streams.video import probe_duration
+from framestream.evals.inf_streams.answers import AnswerItem, VideoAnswers, write_answers
+from framestream.evals.inf_streams.captioners import ChunkCaptions, ChunkJob
+from framestream.evals.inf_streams.dataset import VideoRecord, previous_text
+from framestream.evals.inf_streams.store import ChunkKey, ChunkStats, ChunkStore
+from framestream.evals.inf_streams.video import probe_duration
 
 __all__ = [
     "Captioner",

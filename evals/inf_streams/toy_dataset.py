@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.toyworld import Feed, render
-from stream.media import Mp4Writer
+from framestream.models.toyworld import Feed, render
+from framestream.stream.media import Mp4Writer
 
 __all__ = ["ToyDatasetSpec", "write_toy_dataset"]
 

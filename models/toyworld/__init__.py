@@ -11,7 +11,7 @@ generated ones included (:func:`measure`, :func:`adherence`). Modules, one job e
 - :mod:`.scenarios`: ``sample_clip``, ``switch_clip`` and the endless :class:`Feed`.
 """
 
-from models.toyworld.measure import (
+from framestream.models.toyworld.measure import (
     Blob,
     Measurement,
     adherence,
@@ -19,9 +19,9 @@ from models.toyworld.measure import (
     color_adherence,
     measure,
 )
-from models.toyworld.render import render
-from models.toyworld.scenarios import Feed, Switch, feed, sample_clip, switch_clip
-from models.toyworld.text import (
+from framestream.models.toyworld.render import render
+from framestream.models.toyworld.scenarios import Feed, Switch, feed, sample_clip, switch_clip
+from framestream.models.toyworld.text import (
     VOCABULARY,
     Caption,
     ParsedPrompt,
@@ -30,7 +30,7 @@ from models.toyworld.text import (
     parse_prompt,
     prompt,
 )
-from models.toyworld.world import (
+from framestream.models.toyworld.world import (
     BACKGROUNDS,
     COLORS,
     DIRECTIONS,

@@ -29,12 +29,13 @@ VLM_DIR = CHECKPOINTS / "vlm"
 # generator's three stages ran as three 10-minute calls: the codec, the DiT on that codec, and
 # the DiT's guidance distillation (train_generator's docstring)
 RETRAIN = {
-    GENERATOR_DIR: "python -m models.toyworld.train_generator --device cuda --codec-only "
-    "--seconds-budget 505 --out .runs/codec && python -m models.toyworld.train_generator "
+    GENERATOR_DIR: "python -m framestream.models.toyworld.train_generator --device cuda "
+    "--codec-only --seconds-budget 505 --out .runs/codec && "
+    "python -m framestream.models.toyworld.train_generator "
     "--device cuda --codec .runs/codec --seconds-budget 460 --out .runs/teacher && "
-    "python -m models.toyworld.train_generator --device cuda --teacher .runs/teacher "
+    "python -m framestream.models.toyworld.train_generator --device cuda --teacher .runs/teacher "
     "--seconds-budget 470 --eval-clips 16 --out models/toyworld/checkpoints/generator",
-    VLM_DIR: "python -m models.toyworld.train_vlm --device cuda --seconds-budget 480 "
+    VLM_DIR: "python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 480 "
     "--out models/toyworld/checkpoints/vlm",
 }
 
@@ -54,7 +55,7 @@ def load_vlm(dtype=None, device="cpu"):
     default."""
     import torch
 
-    from models.qwen_vl_tiny import load_toy_qwen_vl
+    from framestream.models.qwen_vl_tiny import load_toy_qwen_vl
 
     folder = require(VLM_DIR, "config.json")
     return load_toy_qwen_vl(folder, dtype or torch.float32, device)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from models.toyworld.text import PromptObject, parse_prompt
-from models.toyworld.world import BACKGROUNDS, COLORS
+from framestream.models.toyworld.text import PromptObject, parse_prompt
+from framestream.models.toyworld.world import BACKGROUNDS, COLORS
 
 __all__ = ["Blob", "Measurement", "adherence", "background_adherence", "color_adherence", "measure"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.toyworld.world import BACKGROUNDS, COLORS, Clip
+from framestream.models.toyworld.world import BACKGROUNDS, COLORS, Clip
 
 __all__ = ["render"]
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from models.toyworld.render import render
-from models.toyworld.text import Caption, captions, prompt
-from models.toyworld.world import (
+from framestream.models.toyworld.render import render
+from framestream.models.toyworld.text import Caption, captions, prompt
+from framestream.models.toyworld.world import (
     BACKGROUNDS,
     COLORS,
     DIRECTIONS,

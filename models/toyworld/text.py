@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.toyworld.world import (
+from framestream.models.toyworld.world import (
     BACKGROUNDS,
     COLORS,
     DIRECTIONS,

@@ -1,7 +1,8 @@
 """Train the tiny toy-world video generator: the codec (tiny Wan VAE), then the causal Wan DiT.
 
-Run ``python -m models.toyworld.train_generator --out DIR [--device cuda] [--seconds-budget 150]
-[--smoke]``. Everything is seeded; the wall-clock budget decides how many steps each stage gets.
+Run ``python -m framestream.models.toyworld.train_generator --out DIR [--device cuda]
+[--seconds-budget 150] [--smoke]``. Everything is seeded; the wall-clock budget decides how many
+steps each stage gets.
 The stages also run one at a time, each with a whole budget (the form for a machine lent in
 10-minute calls): ``--codec-only --out A``, then ``--codec A --out B``, then ``--teacher B --out
 C`` (guidance distillation, below).
@@ -75,18 +76,18 @@ from diffusers import AutoencoderKLWan
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from kernels.rope import RopeSpec, apply_rope, wan_rope
-from models.attention import DenseAttention
-from models.positions import frame_positions
-from models.schedule import FlowSchedule, opening_schedule
-from models.text import tiny_umt5_encoder
-from models.toyworld.measure import adherence, color_adherence
-from models.toyworld.render import render
-from models.toyworld.scenarios import sample_clip, switch_clip
-from models.toyworld.text import prompt
-from models.vae import WanVAE, tiny_wan_vae, to_uint8
-from models.vae_causal import decode_frames, encode_video
-from models.wan import CausalWanModel, wan_config
+from framestream.kernels.rope import RopeSpec, apply_rope, wan_rope
+from framestream.models.attention import DenseAttention
+from framestream.models.positions import frame_positions
+from framestream.models.schedule import FlowSchedule, opening_schedule
+from framestream.models.text import tiny_umt5_encoder
+from framestream.models.toyworld.measure import adherence, color_adherence
+from framestream.models.toyworld.render import render
+from framestream.models.toyworld.scenarios import sample_clip, switch_clip
+from framestream.models.toyworld.text import prompt
+from framestream.models.vae import WanVAE, tiny_wan_vae, to_uint8
+from framestream.models.vae_causal import decode_frames, encode_video
+from framestream.models.wan import CausalWanModel, wan_config
 
 __all__ = ["TrainConfig", "evaluate", "grade_samples", "guidance_stage", "main", "train"]
 
@@ -1216,7 +1217,7 @@ def train(
     state = {k: v.detach().float().contiguous() for k, v in dit.state_dict().items()}
     save_file(state, out / "dit.safetensors", metadata={"format": "pt", "layout": "wan"})
     report["text_encoder"] = {
-        "builder": "models.text.tiny_umt5_encoder",
+        "builder": "framestream.models.text.tiny_umt5_encoder",
         "seed": _TEXT_SEED,
         "text_len": wan_config(cfg.dit_preset).text_len,
         "note": "not saved: the frozen seeded encoder is rebuilt in memory",
@@ -1248,7 +1249,7 @@ def _finish(report: dict, out: Path, t0: float, t_eval: float) -> dict:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m models.toyworld.train_generator", description=__doc__
+        prog="python -m framestream.models.toyworld.train_generator", description=__doc__
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -1295,7 +1296,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     cfg = replace(cfg, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
     argv = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python -m models.toyworld.train_generator", *map(str, argv)])
+    command = " ".join(["python -m framestream.models.toyworld.train_generator", *map(str, argv)])
     report = train(
         cfg,
         args.out,

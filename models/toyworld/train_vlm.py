@@ -3,10 +3,10 @@
 Retrain the shipped model from scratch (one NVIDIA H200: ~10 s of rendering, 8 min of training,
 ~30 s of evaluation; ~15 GB of GPU memory)::
 
-    python -m models.toyworld.train_vlm --device cuda --seconds-budget 480 \
+    python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 480 \
         --out models/toyworld/checkpoints/vlm
 
-A CPU check: ``python -m models.toyworld.train_vlm --out DIR --smoke`` (seconds), or
+A CPU check: ``python -m framestream.models.toyworld.train_vlm --out DIR --smoke`` (seconds), or
 ``--seconds-budget 300 --batch 8 --window 4 --feeds 64 --horizon 64`` (colours and events
 well above chance in minutes).
 
@@ -46,10 +46,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.attention import DenseAttention
-from models.qwen_vl import QwenVL
-from models.qwen_vl_tiny import TOY_VIDEO_PIXELS, load_toy_qwen_vl, toy_qwen_vl
-from models.toyworld.vlm_batch import (
+from framestream.models.attention import DenseAttention
+from framestream.models.qwen_vl import QwenVL
+from framestream.models.qwen_vl_tiny import TOY_VIDEO_PIXELS, load_toy_qwen_vl, toy_qwen_vl
+from framestream.models.toyworld.vlm_batch import (
     AUX_CLASSES,
     BatchedVision,
     SecondPool,
@@ -58,8 +58,8 @@ from models.toyworld.vlm_batch import (
     batch_loss,
     check_batched_vision,
 )
-from models.toyworld.vlm_eval import blind_score, evaluate, score
-from models.toyworld.vlm_layout import (
+from framestream.models.toyworld.vlm_eval import blind_score, evaluate, score
+from framestream.models.toyworld.vlm_layout import (
     DEFAULT_INSTRUCTION,
     SYSTEM_PROMPT,
     SecondCache,
@@ -282,7 +282,7 @@ def check_reload(model: QwenVL, out: Path) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m models.toyworld.train_vlm",
+        prog="python -m framestream.models.toyworld.train_vlm",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -353,12 +353,15 @@ def main(argv: list[str] | None = None) -> dict:
     every = max(1, math.ceil(len(losses) / MAX_CURVE_POINTS))
     info = {
         "command": " ".join(
-            ["python -m models.toyworld.train_vlm", *(sys.argv[1:] if argv is None else argv)]
+            [
+                "python -m framestream.models.toyworld.train_vlm",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
         ),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "seed": args.seed,
         "git_commit": _git_commit(),
-        "model": "models.qwen_vl_tiny.toy_config",
+        "model": "framestream.models.qwen_vl_tiny.toy_config",
         "model_config": model.config.to_dict(),
         "eval_feed_seeds": [EVAL_SEED + i for i in range(args.eval_seeds)],
         "device": str(device),

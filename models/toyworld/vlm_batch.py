@@ -32,10 +32,10 @@ import torch
 from torch.nn import functional as F
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from kernels import RopeSpec
-from models.qwen_vl import QwenVL
-from models.toyworld import COLORS, DIRECTIONS, SHAPES, Clip, Feed, render
-from models.toyworld.vlm_layout import DEFAULT_INSTRUCTION, FPS, FRAME_SIZE, TokenLayout
+from framestream.kernels.rope import RopeSpec
+from framestream.models.qwen_vl import QwenVL
+from framestream.models.toyworld import COLORS, DIRECTIONS, SHAPES, Clip, Feed, render
+from framestream.models.toyworld.vlm_layout import DEFAULT_INSTRUCTION, FPS, FRAME_SIZE, TokenLayout
 
 __all__ = [
     "AUX_CLASSES",

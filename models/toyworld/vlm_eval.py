@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kernels import AttentionMetadata, paged_attention_ref
-from models.qwen_vl import QwenVL
-from models.toyworld import COLORS, SHAPES, Feed
-from models.toyworld.vlm_layout import (
+from framestream.kernels.attention import AttentionMetadata, paged_attention_ref
+from framestream.models.qwen_vl import QwenVL
+from framestream.models.toyworld import COLORS, SHAPES, Feed
+from framestream.models.toyworld.vlm_layout import (
     DEFAULT_INSTRUCTION,
     FPS,
     FRAME_SIZE,

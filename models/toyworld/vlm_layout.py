@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from models.qwen_vl import QwenVL
-from models.toyworld import Feed, render
+from framestream.models.qwen_vl import QwenVL
+from framestream.models.toyworld import Feed, render
 
 __all__ = [
     "DEFAULT_INSTRUCTION",

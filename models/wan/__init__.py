@@ -1,7 +1,7 @@
 """The causal Wan2.1 text-to-video DiT (LongLive / Self-Forcing weights, original key names)."""
 
-from models.wan.config import WAN_PRESETS, WanConfig, wan_config
-from models.wan.loader import (
+from framestream.models.wan.config import WAN_PRESETS, WanConfig, wan_config
+from framestream.models.wan.loader import (
     CheckpointError,
     check_state_dict,
     detect_wan_layout,
@@ -10,7 +10,7 @@ from models.wan.loader import (
     merge_lora,
     read_wan_state_dict,
 )
-from models.wan.model import CausalWanModel, TextConditioning
+from framestream.models.wan.model import CausalWanModel, TextConditioning
 
 __all__ = [
     "WAN_PRESETS",

@@ -35,17 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import fused_kernels
-from kernels.norms import gated_residual_ref, layer_norm_ref, rms_norm_ref
-from models.attention import AttentionContext
-from models.wan.config import WanConfig, wan_config
+from framestream.kernels.attention import fused_kernels
+from framestream.kernels.norms import gated_residual_ref, layer_norm_ref, rms_norm_ref
+from framestream.models.attention import AttentionContext
+from framestream.models.wan.config import WanConfig, wan_config
 
 __all__ = ["CausalWanModel", "TextConditioning", "sinusoidal_embedding"]
 
 
 def _triton_norms():
     # Imported on first use: triton may be missing where the fused path never runs.
-    from kernels import triton_norms
+    from framestream.kernels import triton_norms
 
     return triton_norms
 

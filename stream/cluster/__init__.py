@@ -1,4 +1,4 @@
-"""Sessions spread over GPUs and hosts, on Ray (``pip install 'stream-video[cluster]'``).
+"""Sessions spread over GPUs and hosts, on Ray (``pip install -e '.[cluster]'``).
 
 * :mod:`~stream.cluster.actor` -- :class:`EngineActor`: one engine on one device, as an actor.
 * :mod:`~stream.cluster.front` -- :class:`ClusterEngine`: the front's backend over the engines.
@@ -10,10 +10,10 @@
 See docs/scaling.md.
 """
 
-from stream.cluster.actor import EngineActor
-from stream.cluster.config import ClusterConfig
-from stream.cluster.front import ClusterEngine, EngineStatus
-from stream.cluster.launch import engine_count, join_cluster, start_engines
+from framestream.stream.cluster.actor import EngineActor
+from framestream.stream.cluster.config import ClusterConfig
+from framestream.stream.cluster.front import ClusterEngine, EngineStatus
+from framestream.stream.cluster.launch import engine_count, join_cluster, start_engines
 
 __all__ = [
     "ClusterConfig",

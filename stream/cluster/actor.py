@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.backend import cache_pools, describe_pipeline
-from stream.cluster.messages import (
+from framestream.stream.backend import cache_pools, describe_pipeline
+from framestream.stream.cluster.messages import (
     Action,
     Command,
     EngineInfo,
@@ -39,9 +39,9 @@ from stream.cluster.messages import (
     Opened,
     SessionUpdate,
 )
-from stream.engine import Engine, EngineConfig, Pipeline
-from stream.protocol import ProtocolError
-from stream.session import Session
+from framestream.stream.engine import Engine, EngineConfig, Pipeline
+from framestream.stream.protocol import ProtocolError
+from framestream.stream.session import Session
 
 __all__ = ["EngineActor"]
 

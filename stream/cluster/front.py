@@ -32,14 +32,14 @@ from typing import Any
 
 from ray.exceptions import RayActorError, RayError
 
-from stream.backend import PipelineInfo
-from stream.cluster.config import ClusterConfig
-from stream.cluster.messages import Action, Command, EngineInfo, EngineReport, Opened
-from stream.cluster.router import EngineLoad, placement, refusal
-from stream.engine import EngineStats
-from stream.kvcache import PoolStats
-from stream.protocol import ProtocolError
-from stream.session import OutputQueue, Session, SessionState
+from framestream.stream.backend import PipelineInfo
+from framestream.stream.cluster.config import ClusterConfig
+from framestream.stream.cluster.messages import Action, Command, EngineInfo, EngineReport, Opened
+from framestream.stream.cluster.router import EngineLoad, placement, refusal
+from framestream.stream.engine import EngineStats
+from framestream.stream.kvcache import PoolStats
+from framestream.stream.protocol import ProtocolError
+from framestream.stream.session import OutputQueue, Session, SessionState
 
 __all__ = ["ClusterEngine", "EngineStatus"]
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import ray
 
-from stream.cluster.actor import EngineActor
-from stream.cluster.config import ClusterConfig
-from stream.engine import EngineConfig, Pipeline
+from framestream.stream.cluster.actor import EngineActor
+from framestream.stream.cluster.config import ClusterConfig
+from framestream.stream.engine import EngineConfig, Pipeline
 
 __all__ = ["engine_count", "join_cluster", "start_engines"]
 

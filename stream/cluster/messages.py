@@ -17,10 +17,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.backend import PipelineInfo
-from stream.engine import EngineConfig, EngineStats
-from stream.kvcache import PoolStats
-from stream.session import OutputFrame
+from framestream.stream.backend import PipelineInfo
+from framestream.stream.engine import EngineConfig, EngineStats
+from framestream.stream.kvcache import PoolStats
+from framestream.stream.session import OutputFrame
 
 __all__ = ["Action", "Command", "EngineInfo", "EngineReport", "Opened", "SessionUpdate"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stream.protocol import ProtocolError
+from framestream.stream.protocol import ProtocolError
 
 __all__ = ["EngineLoad", "placement", "refusal"]
 

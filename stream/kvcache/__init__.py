@@ -7,9 +7,9 @@
 * :mod:`~stream.kvcache.manager` -- pools per geometry and policy-driven session opening.
 """
 
-from stream.kvcache.errors import CacheError, CacheFullError, CacheMisuseError
-from stream.kvcache.manager import KVCacheManager, Policy, PolicyConfig
-from stream.kvcache.policies import (
+from framestream.stream.kvcache.errors import CacheError, CacheFullError, CacheMisuseError
+from framestream.stream.kvcache.manager import KVCacheManager, Policy, PolicyConfig
+from framestream.stream.kvcache.policies import (
     FrameSinkWindow,
     FrameWindowConfig,
     RollingWindow,
@@ -22,7 +22,7 @@ from stream.kvcache.policies import (
     text_positions,
     vision_positions,
 )
-from stream.kvcache.pool import (
+from framestream.stream.kvcache.pool import (
     KV_CACHE_DTYPES,
     NULL_BLOCK,
     BlockPool,
@@ -33,7 +33,7 @@ from stream.kvcache.pool import (
     cache_dtype,
     check_kv_cache_dtype,
 )
-from stream.kvcache.session import (
+from framestream.stream.kvcache.session import (
     CacheStep,
     CacheView,
     SequencePlan,

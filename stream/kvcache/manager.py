@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from stream.kvcache.policies import (
+from framestream.stream.kvcache.policies import (
     FrameSinkWindow,
     FrameWindowConfig,
     RollingWindow,
@@ -14,8 +14,8 @@ from stream.kvcache.policies import (
     TokenSinkWindow,
     TokenWindowConfig,
 )
-from stream.kvcache.pool import BlockPool, CacheGeometry, PoolStats
-from stream.kvcache.session import SessionCache
+from framestream.stream.kvcache.pool import BlockPool, CacheGeometry, PoolStats
+from framestream.stream.kvcache.session import SessionCache
 
 __all__ = ["KVCacheManager", "Policy", "PolicyConfig"]
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.positions import frame_positions, text_positions, vision_positions
-from stream.kvcache.session import SessionCache, TokenRange
+from framestream.models.positions import frame_positions, text_positions, vision_positions
+from framestream.stream.kvcache.session import SessionCache, TokenRange
 
 __all__ = [
     "FrameSinkWindow",

@@ -28,7 +28,7 @@ from typing import Literal, get_args
 
 import torch
 
-from stream.kvcache.errors import CacheMisuseError
+from framestream.stream.kvcache.errors import CacheMisuseError
 
 __all__ = [
     "KV_CACHE_DTYPES",

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kernels import AttentionMetadata, RopeSpec, select_backend, write_kv
-from stream.kvcache.errors import CacheFullError, CacheMisuseError
-from stream.kvcache.pool import BlockPool
+from framestream.kernels.attention import AttentionMetadata, select_backend, write_kv
+from framestream.kernels.rope import RopeSpec
+from framestream.stream.kvcache.errors import CacheFullError, CacheMisuseError
+from framestream.stream.kvcache.pool import BlockPool
 
 __all__ = [
     "CacheStep",

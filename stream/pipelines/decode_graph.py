@@ -30,8 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kernels import AttentionMetadata
-from stream.kvcache import NULL_BLOCK, BlockPool, CacheStep, CacheView, SequencePlan, pack_plans
+from framestream.kernels.attention import AttentionMetadata
+from framestream.stream.kvcache import (
+    NULL_BLOCK,
+    BlockPool,
+    CacheStep,
+    CacheView,
+    SequencePlan,
+    pack_plans,
+)
 
 __all__ = ["DecodeGraphs", "graph_safe_backend"]
 

@@ -31,10 +31,15 @@ from dataclasses import dataclass
 
 import torch
 
-from models.registry import WanModels
-from models.schedule import FlowSchedule
-from stream.kvcache import FrameWindowConfig, KVCacheDtype, KVCacheManager, check_kv_cache_dtype
-from stream.pipelines.wan import WanStreamPipeline, WanStreamState
+from framestream.models.registry import WanModels
+from framestream.models.schedule import FlowSchedule
+from framestream.stream.kvcache import (
+    FrameWindowConfig,
+    KVCacheDtype,
+    KVCacheManager,
+    check_kv_cache_dtype,
+)
+from framestream.stream.pipelines.wan import WanStreamPipeline, WanStreamState
 
 __all__ = ["LongLiveConfig", "LongLivePipeline", "LongLiveState"]
 

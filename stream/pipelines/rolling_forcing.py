@@ -26,16 +26,16 @@ from dataclasses import dataclass
 
 import torch
 
-from models.registry import WanModels
-from models.schedule import FlowSchedule
-from stream.kvcache import (
+from framestream.models.registry import WanModels
+from framestream.models.schedule import FlowSchedule
+from framestream.stream.kvcache import (
     KVCacheDtype,
     KVCacheManager,
     RollingWindowConfig,
     TokenRange,
     check_kv_cache_dtype,
 )
-from stream.pipelines.wan import WanStreamPipeline, WanStreamState
+from framestream.stream.pipelines.wan import WanStreamPipeline, WanStreamState
 
 __all__ = ["RollingForcingConfig", "RollingForcingPipeline", "RollingForcingState"]
 

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.qwen_vl import MAX_ASPECT_RATIO, QwenVL, VideoInputs
-from stream.kvcache import (
+from framestream.models.qwen_vl import MAX_ASPECT_RATIO, QwenVL, VideoInputs
+from framestream.stream.kvcache import (
     CacheGeometry,
     CacheStep,
     CacheView,
@@ -57,8 +57,8 @@ from stream.kvcache import (
     cache_dtype,
     check_kv_cache_dtype,
 )
-from stream.pipelines.decode_graph import DecodeGraphs, graph_safe_backend
-from stream.pipelines.feed import FeedChunk, FrameFeed
+from framestream.stream.pipelines.decode_graph import DecodeGraphs, graph_safe_backend
+from framestream.stream.pipelines.feed import FeedChunk, FrameFeed
 
 __all__ = [
     "Caption",

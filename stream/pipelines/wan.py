@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models.attention import AttentionContext
-from models.registry import WanModels
-from models.schedule import FlowSchedule
-from models.vae import to_uint8
-from models.wan import TextConditioning
-from stream.kvcache import (
+from framestream.models.attention import AttentionContext
+from framestream.models.registry import WanModels
+from framestream.models.schedule import FlowSchedule
+from framestream.models.vae import to_uint8
+from framestream.models.wan import TextConditioning
+from framestream.stream.kvcache import (
     CacheGeometry,
     CacheView,
     KVCacheManager,
@@ -27,7 +27,7 @@ from stream.kvcache import (
     build_step,
     cache_dtype,
 )
-from stream.pipelines.base import FrameChunk, GenerationRequest, PendingChunk
+from framestream.stream.pipelines.base import FrameChunk, GenerationRequest, PendingChunk
 
 __all__ = ["WanStreamPipeline", "WanStreamState"]
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.engine import Engine, EngineConfig
-from stream.kvcache import KVCacheManager
-from stream.server import Server, ServerConfig, build_server
-from stream.service import ServiceModels, build_pipelines
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.server import Server, ServerConfig, build_server
+from framestream.stream.service import ServiceModels, build_pipelines
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "stream" / "static"
 CHROMIUM = Path("/usr/bin/chromium")

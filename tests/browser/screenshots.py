@@ -17,10 +17,10 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from stream.engine import Engine, EngineConfig
-from stream.kvcache import KVCacheManager
-from stream.server import ServerConfig
-from stream.service import ServiceModels, build_pipelines
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.server import ServerConfig
+from framestream.stream.service import ServiceModels, build_pipelines
 from tests.browser.conftest import (
     CHROMIUM,
     CHROMIUM_ARGS,

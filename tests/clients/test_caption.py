@@ -18,8 +18,7 @@ import av
 import numpy as np
 import pytest
 
-from clients import Caption
-from clients.caption import (
+from framestream.clients.caption import (
     Question,
     _Sampler,
     add_caption_arguments,
@@ -32,11 +31,12 @@ from clients.caption import (
     write_srt,
     write_vtt,
 )
-from models.qwen_vl import tiny_qwen_vl
-from stream.engine import Engine, EngineConfig
-from stream.kvcache import KVCacheManager
-from stream.pipelines.streaming_vlm import StreamingVLMPipeline
-from stream.server import Server, ServerConfig, build_server
+from framestream.clients.client import Caption
+from framestream.models.qwen_vl import tiny_qwen_vl
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
+from framestream.stream.server import Server, ServerConfig, build_server
 
 TIMEOUT = 60.0
 LINE = re.compile(r"^\[\s*(\d+\.\d) -\s*(\d+\.\d)\]( .*)?$")

@@ -23,7 +23,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.sync.server import ServerConnection as SyncServerConnection
 from websockets.sync.server import serve as sync_serve
 
-from clients import (
+from framestream.clients.client import (
     Caption,
     ClientError,
     Frame,

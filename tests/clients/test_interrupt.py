@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 
-from clients.interrupt import first_interrupt
+from framestream.clients.interrupt import first_interrupt
 
 
 def test_first_ctrl_c_calls_back_once_then_steps_aside() -> None:

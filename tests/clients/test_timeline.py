@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import pytest
 
-from clients.timeline import (
+from framestream.clients.timeline import (
     LONGLIVE_FPS,
     PromptEntry,
     ScheduleError,
@@ -28,9 +28,9 @@ from clients.timeline import (
     run_timeline,
     sidecar_path,
 )
-from stream.engine import Engine, EngineConfig
-from stream.server import Server, ServerConfig, build_server
-from stream.service import ServiceModels, build_pipelines
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.server import Server, ServerConfig, build_server
+from framestream.stream.service import ServiceModels, build_pipelines
 
 TIMEOUT = 60.0
 

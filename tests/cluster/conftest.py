@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from stream.engine import EngineConfig
-from stream.server import Server, ServerConfig, build_server
-from stream.service import ServiceModels, build_pipelines
+from framestream.stream.engine import EngineConfig
+from framestream.stream.server import Server, ServerConfig, build_server
+from framestream.stream.service import ServiceModels, build_pipelines
 from tests.reliability.wire import until
 
 NAMESPACE = "stream-tests"
@@ -39,7 +39,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="package")
 def cluster_config(ray_cluster):
-    from stream.cluster import ClusterConfig
+    from framestream.stream.cluster import ClusterConfig
 
     return ClusterConfig("local", engines=2, gpus_per_engine=0, namespace=NAMESPACE)
 
@@ -47,7 +47,7 @@ def cluster_config(ray_cluster):
 @pytest.fixture(scope="package")
 def engines(cluster_config) -> list[Any]:
     """The two engine actors (named engine-0 and engine-1)."""
-    from stream.cluster import start_engines
+    from framestream.stream.cluster import start_engines
 
     models = ServiceModels(
         pipelines=("longlive", "streaming_vlm"), cache_bytes=64 << 20, vlm_cache_bytes=64 << 20
@@ -59,7 +59,7 @@ def engines(cluster_config) -> list[Any]:
 async def front(engines: list[Any], config: Any, **server: Any) -> AsyncIterator[Server]:
     """A front over ``engines`` behind a server on a free loopback port; it starts once every
     engine is up and holds no session (of an earlier test's front)."""
-    from stream.cluster import ClusterEngine
+    from framestream.stream.cluster import ClusterEngine
 
     backend = await ClusterEngine.connect(engines, config)
     async with build_server(ServerConfig(port=0, **server), backend) as served:

@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("ray")  # stream.cluster needs it
 
-from stream.cluster.actor import EngineActor
-from stream.cluster.messages import Action, Command, SessionUpdate
-from stream.engine import EngineConfig
+from framestream.stream.cluster.actor import EngineActor
+from framestream.stream.cluster.messages import Action, Command, SessionUpdate
+from framestream.stream.engine import EngineConfig
 from tests.stream.test_engine import FakeGeneration
 
 PARAMS = {"prompt": "a red ball", "seed": 3}

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("ray")
 
-from evals.bench.cli import main
-from evals.bench.record import BenchRecord
+from framestream.evals.bench.cli import main
+from framestream.evals.bench.record import BenchRecord
 
 
 def test_the_cluster_suite_records_both_workloads(tmp_path, ray_cluster) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from stream.protocol import FrameHeader
+from framestream.stream.protocol import FrameHeader
 from tests.cluster.conftest import front
 from tests.reliability.wire import (
     SIZE,

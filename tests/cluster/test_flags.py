@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("ray")
 
-from stream.cli import _cluster_config, build_parser
-from stream.cluster import ClusterConfig
+from framestream.stream.cli import _cluster_config, build_parser
+from framestream.stream.cluster import ClusterConfig
 
 
 def help_text() -> str:

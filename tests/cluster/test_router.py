@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("ray")  # stream.cluster needs it
 
-from stream.cluster.router import EngineLoad, placement, refusal
+from framestream.stream.cluster.router import EngineLoad, placement, refusal
 
 
 def loads(*sessions: int, capacity: int = 2, down: tuple[int, ...] = ()) -> list[EngineLoad]:

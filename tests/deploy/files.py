@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from stream.cli import build_parser
+from framestream.stream.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 _VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from stream.server import ServerConfig
+from framestream.stream.server import ServerConfig
 from tests.deploy.files import (
     compose,
     exec_form,

@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from stream.engine import Engine
-from stream.server import ServerConfig, build_server
+from framestream.stream.engine import Engine
+from framestream.stream.server import ServerConfig, build_server
 from tests.deploy.files import (
     REPO,
     exec_form,
@@ -33,10 +33,10 @@ def copied() -> list[str]:
 def test_it_copies_what_the_package_is_built_from() -> None:
     for source in copied():
         assert (REPO / source).exists(), source
-    packages = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
-    for package in packages:  # "stream*" and the like: each top-level package is copied
-        assert package.rstrip("*") in copied(), package
+    for folder in PYPROJECT["tool"]["setuptools"]["package-dir"].values():
+        assert folder in copied(), folder
     assert PYPROJECT["project"]["readme"] in copied()
+    assert "constraints.txt" in copied()  # the image installs the tested versions
 
 
 def test_what_it_installs_exists() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.bench.ray_wheel import trim
+from framestream.evals.bench.ray_wheel import trim
 
 DIST = "ray-0.0.1.dist-info"
 EXECUTABLE = 0o100755 << 16

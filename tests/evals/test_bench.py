@@ -11,22 +11,22 @@ import math
 import pytest
 import torch
 
-from evals.bench.cli import main
-from evals.bench.plot import plot_path
-from evals.bench.record import SCHEMA, BenchRecord
-from evals.bench.timing import Clock
-from evals.bench.understanding import _Feed, _run_second, _Stream
-from evals.report_tables import (
+from framestream.evals.bench.cli import main
+from framestream.evals.bench.plot import plot_path
+from framestream.evals.bench.record import SCHEMA, BenchRecord
+from framestream.evals.bench.timing import Clock
+from framestream.evals.bench.understanding import _Feed, _run_second, _Stream
+from framestream.evals.report_tables import (
     generation_table,
     provenance,
     service_table,
     vlm_concurrency_table,
     vlm_stream_table,
 )
-from models.qwen_vl import tiny_qwen_vl
-from stream.cli import build_parser
-from stream.kvcache import KVCacheManager
-from stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
+from framestream.models.qwen_vl import tiny_qwen_vl
+from framestream.stream.cli import build_parser
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
 
 SUITES = ("generation", "understanding", "service")
 GENERATION_SERIES = {

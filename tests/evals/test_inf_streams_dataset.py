@@ -10,9 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evals.inf_streams.answers import AnswerItem, VideoAnswers, read_answers, write_answers
-from evals.inf_streams.cli import add_inf_streams_arguments, run_inf_streams
-from evals.inf_streams.dataset import (
+from framestream.evals.inf_streams.answers import (
+    AnswerItem,
+    VideoAnswers,
+    read_answers,
+    write_answers,
+)
+from framestream.evals.inf_streams.cli import add_inf_streams_arguments, run_inf_streams
+from framestream.evals.inf_streams.dataset import (
     DatasetError,
     VideoRecord,
     Word,
@@ -24,10 +29,15 @@ from evals.inf_streams.dataset import (
     read_score_windows,
     reference_seconds,
 )
-from evals.inf_streams.runner import PRIMING_KEEP_WORDS, PlanOptions, plan_chunks, priming_text
-from evals.inf_streams.store import ChunkKey, ChunkStore, SettingsMismatchError
-from evals.inf_streams.video import VideoReadError, sample_frames
-from stream.media import Mp4Writer
+from framestream.evals.inf_streams.runner import (
+    PRIMING_KEEP_WORDS,
+    PlanOptions,
+    plan_chunks,
+    priming_text,
+)
+from framestream.evals.inf_streams.store import ChunkKey, ChunkStore, SettingsMismatchError
+from framestream.evals.inf_streams.video import VideoReadError, sample_frames
+from framestream.stream.media import Mp4Writer
 
 
 def write_lines(path: Path, *lines: object) -> Path:

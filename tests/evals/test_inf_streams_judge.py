@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from evals.inf_streams.answers import AnswerItem, VideoAnswers
-from evals.inf_streams.dataset import ScoreWindow
-from evals.inf_streams.judge import (
+from framestream.evals.inf_streams.answers import AnswerItem, VideoAnswers
+from framestream.evals.inf_streams.dataset import ScoreWindow
+from framestream.evals.inf_streams.judge import (
     JUDGE_SYSTEM_PROMPT,
     REFERENCE,
     REFERENCE_LIMIT,
@@ -24,7 +24,7 @@ from evals.inf_streams.judge import (
     win_rate,
     win_rates_per_video,
 )
-from evals.inf_streams.judge_client import (
+from framestream.evals.inf_streams.judge_client import (
     ChatClient,
     JudgeEndpoint,
     JudgeError,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from evals.inf_streams.answers import AnswerItem, VideoAnswers
-from evals.inf_streams.dataset import ScoreWindow, VideoRecord, Word
-from evals.inf_streams.metrics import (
+from framestream.evals.inf_streams.answers import AnswerItem, VideoAnswers
+from framestream.evals.inf_streams.dataset import ScoreWindow, VideoRecord, Word
+from framestream.evals.inf_streams.metrics import (
     Overlap,
     best_offset,
     distribution,
@@ -16,8 +16,8 @@ from evals.inf_streams.metrics import (
     tokens,
     word_f1,
 )
-from evals.inf_streams.report import compute_metrics
-from evals.inf_streams.store import ChunkStats
+from framestream.evals.inf_streams.report import compute_metrics
+from framestream.evals.inf_streams.store import ChunkStats
 
 
 def close(overlap: Overlap, precision: float, recall: float, f1: float) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from evals.report import OUTPUT, RESULTS, check_report, render_report
+from framestream.evals.report import OUTPUT, RESULTS, check_report, render_report
 
 
 def test_benchmarks_md_is_regenerated_from_the_results() -> None:

@@ -1,4 +1,5 @@
-"""``python -m evals.toyworld_quality --parts``: a partial run writes only what it measured."""
+"""``python -m framestream.evals.toyworld_quality --parts``: a partial run writes only what it
+measured."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 def test_a_switch_only_run_writes_the_switch_figures(tmp_path) -> None:
     out = tmp_path / "switch.json"
-    command = [sys.executable, "-m", "evals.toyworld_quality", "--out", str(out)]
+    command = [sys.executable, "-m", "framestream.evals.toyworld_quality", "--out", str(out)]
     subprocess.run([*command, "--parts", "switch", "--switches", "1"], check=True, timeout=600)
     result = json.loads(out.read_text())
     assert result["command"].endswith(f"--out {out} --parts switch --switches 1")
@@ -24,7 +25,7 @@ def test_a_switch_only_run_writes_the_switch_figures(tmp_path) -> None:
 
 def test_the_fp8_cache_run_records_its_cache_and_refuses_unknown_ones(tmp_path) -> None:
     out = tmp_path / "fp8.json"
-    command = [sys.executable, "-m", "evals.toyworld_quality", "--out", str(out)]
+    command = [sys.executable, "-m", "framestream.evals.toyworld_quality", "--out", str(out)]
     fp8 = ["--dtype", "bf16", "--kv-cache-dtype", "fp8_e4m3"]
     run = [*command, "--parts", "adherence", "--prompts", "1", *fp8]
     subprocess.run(run, check=True, timeout=600)

@@ -9,8 +9,8 @@ import zlib
 import pytest
 import torch
 
-import kernels.attention as attention_mod
-from kernels.attention import (
+import framestream.kernels.attention as attention_mod
+from framestream.kernels.attention import (
     AttentionMetadata,
     paged_attention,
     paged_attention_ref,
@@ -19,7 +19,7 @@ from kernels.attention import (
     select_backend,
     write_kv,
 )
-from kernels.rope import RopeSpec, mrope, rope_1d, wan_rope
+from framestream.kernels.rope import RopeSpec, mrope, rope_1d, wan_rope
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -14,7 +14,7 @@ import importlib
 import pytest
 import torch
 
-from kernels.attention import (
+from framestream.kernels.attention import (
     FP8_E4M3_MAX,
     paged_attention_ref,
     paged_attention_sdpa,
@@ -75,7 +75,7 @@ def test_to_cache_dtype_clamps_and_rounds_to_nearest_even() -> None:
 def test_write_kv_into_fp8_rows_torch_and_triton_agree(monkeypatch, src_dtype) -> None:
     """Every value class (ties, subnormals, past 448, inf) from every model dtype: the Triton
     store writes torch's bits; only the given slots change; nothing becomes NaN."""
-    triton_cache = importlib.import_module("kernels.triton_cache")
+    triton_cache = importlib.import_module("framestream.kernels.triton_cache")
     values = _e4m3_values()
     heads, dim = 2, 24  # not powers of two
     n = -(-values.numel() // (heads * dim))
@@ -100,7 +100,7 @@ def test_write_kv_into_fp8_rows_torch_and_triton_agree(monkeypatch, src_dtype) -
 
 
 def test_write_kv_triton_refuses_mixed_cache_dtypes() -> None:
-    triton_cache = importlib.import_module("kernels.triton_cache")
+    triton_cache = importlib.import_module("framestream.kernels.triton_cache")
     k = torch.zeros(1, 1, 8, device=DEVICE)
     slots = torch.zeros(1, dtype=torch.int64, device=DEVICE)
     k_cache = torch.zeros(2, 1, 8, dtype=FP8, device=DEVICE)
@@ -109,8 +109,8 @@ def test_write_kv_triton_refuses_mixed_cache_dtypes() -> None:
 
 
 def _backends():
-    triton_attention = importlib.import_module("kernels.triton_attention")
-    triton_gather = importlib.import_module("kernels.triton_gather")
+    triton_attention = importlib.import_module("framestream.kernels.triton_attention")
+    triton_gather = importlib.import_module("framestream.kernels.triton_gather")
     return {
         "torch": paged_attention_ref,
         "sdpa": paged_attention_sdpa,

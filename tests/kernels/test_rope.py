@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.rope import RopeSpec, apply_rope, mrope, rope_1d, wan_rope
+from framestream.kernels.rope import RopeSpec, apply_rope, mrope, rope_1d, wan_rope
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -12,13 +12,13 @@ import importlib
 import pytest
 import torch
 
-from kernels.attention import (
+from framestream.kernels.attention import (
     AttentionMetadata,
     paged_attention_ref,
     select_backend,
     write_kv,
 )
-from kernels.rope import RopeSpec, mrope, rope_1d, wan_rope
+from framestream.kernels.rope import RopeSpec, mrope, rope_1d, wan_rope
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCE = {  # (rtol, atol) against the float32 twin, after rounding to the output dtype
@@ -31,7 +31,7 @@ TOLERANCE = {  # (rtol, atol) against the float32 twin, after rounding to the ou
 @pytest.fixture(scope="module")
 def ta():
     """The kernel module, interpreted when there is no GPU (it registers its backend)."""
-    return importlib.import_module("kernels.triton_attention")
+    return importlib.import_module("framestream.kernels.triton_attention")
 
 
 @pytest.fixture(autouse=True)

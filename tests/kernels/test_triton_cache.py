@@ -8,13 +8,13 @@ import importlib
 import pytest
 import torch
 
-from kernels.attention import write_kv
+from framestream.kernels.attention import write_kv
 from tests.kernels.test_triton_attention import DEVICE
 
 
 @pytest.fixture(scope="module")
 def tc():
-    return importlib.import_module("kernels.triton_cache")
+    return importlib.import_module("framestream.kernels.triton_cache")
 
 
 def _pool(slots: int, heads: int, dim: int, dtype: torch.dtype) -> torch.Tensor:

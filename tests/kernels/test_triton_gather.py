@@ -12,9 +12,9 @@ import importlib
 import pytest
 import torch
 
-import kernels.attention as attention_mod
-from kernels.attention import select_backend
-from kernels.rope import apply_rope
+import framestream.kernels.attention as attention_mod
+from framestream.kernels.attention import select_backend
+from framestream.kernels.rope import apply_rope
 from tests.kernels.test_triton_attention import (  # noqa: F401  (poisoned_empty: a fixture)
     DEVICE,
     assert_matches,
@@ -29,7 +29,7 @@ KV_LENS = [1, 7, 33, 54, 97]
 @pytest.fixture(scope="module")
 def tg():
     """The gather module, interpreted when there is no GPU (it registers ``sdpa_fused``)."""
-    return importlib.import_module("kernels.triton_gather")
+    return importlib.import_module("framestream.kernels.triton_gather")
 
 
 @pytest.mark.parametrize(

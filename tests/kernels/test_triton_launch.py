@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_launch import Launcher, cdiv, next_power_of_2
+from framestream.kernels.triton_launch import Launcher, cdiv, next_power_of_2
 from tests.kernels.test_triton_attention import DEVICE
 
 

@@ -9,7 +9,7 @@ import importlib
 import pytest
 import torch
 
-from kernels.norms import (
+from framestream.kernels.norms import (
     add_rms_norm_ref,
     gated_residual_ref,
     layer_norm_ref,
@@ -27,7 +27,7 @@ SHAPES = [(2, 3, 5, 24), (1, 2, 7, 64)]  # (B, F, tokens per frame, dim): non-po
 
 @pytest.fixture(scope="module")
 def tn():
-    return importlib.import_module("kernels.triton_norms")
+    return importlib.import_module("framestream.kernels.triton_norms")
 
 
 def _inputs(shape, dtype, seed):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
 
-from kernels.norms import rms_norm_silu_into_ref
+from framestream.kernels.norms import rms_norm_silu_into_ref
 from tests.kernels.test_triton_attention import DEVICE
 
 CL = torch.channels_last_3d
@@ -23,7 +23,7 @@ SHAPES = [(1, 4, 3, 5, 7), (2, 33, 2, 3, 5), (2, 96, 1, 4, 6), (1, 384, 2, 3, 3)
 
 @pytest.fixture(scope="module")
 def tv():
-    return importlib.import_module("kernels.triton_vae")
+    return importlib.import_module("framestream.kernels.triton_vae")
 
 
 def _norm(channels: int, dtype: torch.dtype, gen: torch.Generator) -> WanRMS_norm:

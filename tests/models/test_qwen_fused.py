@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from kernels import triton_cache, triton_norms
-from models.attention import DenseAttention
-from models.qwen_vl import QwenVL, tiny_qwen_vl
-from stream.kvcache import CacheView, build_step
+from framestream.kernels import triton_cache, triton_norms
+from framestream.models.attention import DenseAttention
+from framestream.models.qwen_vl import QwenVL, tiny_qwen_vl
+from framestream.stream.kvcache import CacheView, build_step
 from tests.models.test_qwen_vl import ATOL, _hf_logits, _pool, _Session
 
 

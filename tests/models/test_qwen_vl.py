@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.attention import DenseAttention
-from models.qwen_vl import QwenVL, load_qwen_vl, tiny_qwen_vl
-from stream.kvcache import (
+from framestream.models.attention import DenseAttention
+from framestream.models.qwen_vl import QwenVL, load_qwen_vl, tiny_qwen_vl
+from framestream.stream.kvcache import (
     BlockPool,
     CacheGeometry,
     CacheView,

@@ -7,7 +7,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from models.text import (
+from framestream.models.text import (
     ByteTokenizer,
     PromptCache,
     TextEncoder,

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from models.toyworld import (
+from framestream.models.toyworld import (
     BACKGROUNDS,
     VOCABULARY,
     Clip,
@@ -221,7 +221,7 @@ def test_invalid_specs_are_rejected() -> None:
 
 
 def test_background_adherence_reads_the_background_from_pixels():
-    from models.toyworld import background_adherence
+    from framestream.models.toyworld import background_adherence
 
     rng = np.random.default_rng(4)
     clip = sample_clip(rng, seconds=0.5, fps=16, size=(64, 64), max_objects=2)
@@ -237,7 +237,7 @@ def test_background_adherence_reads_the_background_from_pixels():
 
 
 def test_color_adherence_ignores_shapes_but_not_colours():
-    from models.toyworld import adherence, color_adherence
+    from framestream.models.toyworld import adherence, color_adherence
 
     frames = render(Clip("gray", (Sprite("square", "red", 8.0, (32.0, 32.0)),), (64, 64), 16, 4))
     assert adherence(frames, "a red square is still") == 1.0

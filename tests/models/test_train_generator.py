@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kernels.rope import wan_rope
-from models.attention import DenseAttention
-from models.toyworld import train_generator as tg
-from models.vae import WanVAE, tiny_wan_vae
-from models.wan import CausalWanModel, wan_config
+from framestream.kernels.rope import wan_rope
+from framestream.models.attention import DenseAttention
+from framestream.models.toyworld import train_generator as tg
+from framestream.models.vae import WanVAE, tiny_wan_vae
+from framestream.models.wan import CausalWanModel, wan_config
 
 
 @pytest.mark.slow
@@ -126,7 +126,7 @@ def test_rolling_batch_trains_window_rows_under_the_newest_prompt():
 
 
 def test_foreground_marks_sprites_not_the_background():
-    from models.toyworld import render, sample_clip
+    from framestream.models.toyworld import render, sample_clip
 
     rng = np.random.default_rng(3)
     frames = render(sample_clip(rng, seconds=0.5, fps=16, size=(64, 64), max_objects=2))
@@ -269,8 +269,8 @@ def test_latent_foreground_marks_the_cells_a_sprite_crosses():
 
 
 def test_every_toyworld_prompt_fits_the_generator_text_length():
-    from models.toyworld import prompt, sample_clip, switch_clip
-    from models.wan import wan_config
+    from framestream.models.toyworld import prompt, sample_clip, switch_clip
+    from framestream.models.wan import wan_config
 
     rng = np.random.default_rng(0)
     text_len = wan_config("toyworld").text_len

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.qwen_vl import load_qwen_vl, tiny_qwen_vl
-from models.qwen_vl_tiny import TOY_VIDEO_PIXELS, load_toy_qwen_vl
-from models.toyworld import Feed, render
-from models.toyworld.train_vlm import (
+from framestream.models.qwen_vl import load_qwen_vl, tiny_qwen_vl
+from framestream.models.qwen_vl_tiny import TOY_VIDEO_PIXELS, load_toy_qwen_vl
+from framestream.models.toyworld import Feed, render
+from framestream.models.toyworld.train_vlm import (
     DEFAULT_INSTRUCTION,
     SecondCache,
     Segment,
@@ -22,9 +22,9 @@ from models.toyworld.train_vlm import (
     prefix_text,
     score,
 )
-from models.toyworld.vlm_layout import TokenLayout
-from stream.kvcache import KVCacheManager
-from stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
+from framestream.models.toyworld.vlm_layout import TokenLayout
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_smoke_run(tmp_path):
     record = json.loads((tmp_path / "train.json").read_text())
     assert record["steps"] == len(losses) == len(record["losses"]) * record["curve_every"]
     assert record["model_config"]["text_config"]["num_hidden_layers"] == 4
-    assert record["command"].startswith("python -m models.toyworld.train_vlm --smoke")
+    assert record["command"].startswith("python -m framestream.models.toyworld.train_vlm --smoke")
     assert record["seed"] == 3 and record["args"]["feeds"] == 4
     assert record["load"] == {
         "video_min_pixels": TOY_VIDEO_PIXELS,

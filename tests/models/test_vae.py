@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan
 
-from models.vae import DecodeState, WanVAE, tiny_wan_vae, to_uint8
+from framestream.models.vae import DecodeState, WanVAE, tiny_wan_vae, to_uint8
 
 ATOL = 1e-5  # fp32; the streamed and whole decodes run the same convs on the same inputs
 

@@ -7,9 +7,9 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanResidualBlock
 
-from kernels import triton_vae
-from models.vae import tiny_wan_vae
-from models.vae_causal import _interleave, _per_frame, decode_frames, encode_video
+from framestream.kernels import triton_vae
+from framestream.models.vae import tiny_wan_vae
+from framestream.models.vae_causal import _interleave, _per_frame, decode_frames, encode_video
 
 CL = torch.channels_last_3d
 

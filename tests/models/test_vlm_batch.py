@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from models.attention import DenseAttention
-from models.qwen_vl import tiny_qwen_vl
-from models.qwen_vl_tiny import TOY_VIDEO_PIXELS, toy_qwen_vl
-from models.toyworld import COLORS, Feed
-from models.toyworld.vlm_batch import (
+from framestream.models.attention import DenseAttention
+from framestream.models.qwen_vl import tiny_qwen_vl
+from framestream.models.qwen_vl_tiny import TOY_VIDEO_PIXELS, toy_qwen_vl
+from framestream.models.toyworld import COLORS, Feed
+from framestream.models.toyworld.vlm_batch import (
     BatchedVision,
     PaddedCausalAttention,
     SecondPool,
@@ -23,7 +23,13 @@ from models.toyworld.vlm_batch import (
     batch_loss,
     check_batched_vision,
 )
-from models.toyworld.vlm_layout import FPS, FRAME_SIZE, SecondCache, TokenLayout, build_window
+from framestream.models.toyworld.vlm_layout import (
+    FPS,
+    FRAME_SIZE,
+    SecondCache,
+    TokenLayout,
+    build_window,
+)
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +178,8 @@ def test_batch_loss_matches_packed_reference(toy, pool):
 def test_cell_labels_mark_the_sprite():
     """A still red square in the top-left cell and a blue circle moving left in the third cell
     of the bottom row: each labelled where it covers enough pixels, nothing elsewhere."""
-    from models.toyworld import Clip, Sprite, render
-    from models.toyworld.vlm_batch import _cell_labels
+    from framestream.models.toyworld import Clip, Sprite, render
+    from framestream.models.toyworld.vlm_batch import _cell_labels
 
     square = Sprite("square", "red", 6.0, (7.5, 7.5))
     circle = Sprite("circle", "blue", 7.0, (55.5, 40.0), velocity=(0.0, -4.0))
@@ -190,7 +196,7 @@ def test_cell_labels_mark_the_sprite():
 def test_aux_loss_reads_the_pool_labels(toy, pool):
     """The auxiliary loss is the cross-entropy of the head's per-token logits against the
     pool's labels, averaged over (colour, shape, motion)."""
-    from models.toyworld.vlm_batch import AUX_CLASSES
+    from framestream.models.toyworld.vlm_batch import AUX_CLASSES
 
     layout = TokenLayout.from_model(toy)
     sampler = WindowSampler(layout, pool.captions, pool.merged, 2, 2, 3, toy.special.endoftext)
@@ -209,7 +215,7 @@ def test_aux_loss_reads_the_pool_labels(toy, pool):
 def test_aux_accuracy_counts_sprite_tokens(pool):
     """A probe that reads the labels back is right on every sprite token; one that always
     says "no sprite" is never right there."""
-    from models.toyworld.vlm_batch import AUX_CLASSES, aux_accuracy
+    from framestream.models.toyworld.vlm_batch import AUX_CLASSES, aux_accuracy
 
     def oracle(pixels: torch.Tensor) -> torch.Tensor:  # features = one-hot of the labels
         seconds = pixels.shape[0] // 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.toyworld.vlm_eval import blind_score, clauses, score, truth_captions
+from framestream.models.toyworld.vlm_eval import blind_score, clauses, score, truth_captions
 
 
 def test_clauses_cover_the_caption_grammar():

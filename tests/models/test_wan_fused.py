@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import fused_kernels, triton_norms, wan_rope
-from models.attention import DenseAttention
-from models.wan import CausalWanModel, wan_config
-from models.wan.model import WanBlock
-from stream.kvcache import frame_positions
+from framestream.kernels import triton_norms
+from framestream.kernels.attention import fused_kernels
+from framestream.kernels.rope import wan_rope
+from framestream.models.attention import DenseAttention
+from framestream.models.wan import CausalWanModel, wan_config
+from framestream.models.wan.model import WanBlock
+from framestream.stream.kvcache import frame_positions
 
 CFG = wan_config("tiny")
 

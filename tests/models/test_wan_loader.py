@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from models.wan.loader import (
+from framestream.models.wan.loader import (
     LAYOUTS,
     CheckpointError,
     check_state_dict,
@@ -133,8 +133,8 @@ def test_expected_shapes_table():
 
 
 def test_expected_shapes_match_the_model_when_it_exists():
-    model_mod = pytest.importorskip("models.wan.model")
-    config_mod = pytest.importorskip("models.wan.config")
+    model_mod = pytest.importorskip("framestream.models.wan.model")
+    config_mod = pytest.importorskip("framestream.models.wan.config")
     cfg = config_mod.WanConfig(**vars(CFG))
     with torch.device("meta"):
         model = model_mod.CausalWanModel(cfg)
@@ -143,8 +143,8 @@ def test_expected_shapes_match_the_model_when_it_exists():
 
 
 def test_load_into_real_model_when_it_exists(tmp_path, sd):
-    model_mod = pytest.importorskip("models.wan.model")
-    config_mod = pytest.importorskip("models.wan.config")
+    model_mod = pytest.importorskip("framestream.models.wan.model")
+    config_mod = pytest.importorskip("framestream.models.wan.config")
     with torch.device("meta"):
         model = model_mod.CausalWanModel(config_mod.WanConfig(**vars(CFG)))
     save_file(sd, tmp_path / "w.safetensors")
@@ -490,7 +490,7 @@ def test_load_into_meta_model(tmp_path, sd, dtype):
 
 def test_load_adopts_the_read_tensor_without_a_copy(tmp_path, sd, monkeypatch):
     save_file(sd, tmp_path / "w.safetensors")
-    import models.wan.loader as loader
+    import framestream.models.wan.loader as loader
 
     seen = {}
     real = loader.read_wan_state_dict

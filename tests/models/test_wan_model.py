@@ -16,10 +16,16 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
-from kernels import wan_rope
-from models.attention import DenseAttention
-from models.wan import WAN_PRESETS, CausalWanModel, TextConditioning, WanConfig, wan_config
-from stream.kvcache import (
+from framestream.kernels.rope import wan_rope
+from framestream.models.attention import DenseAttention
+from framestream.models.wan import (
+    WAN_PRESETS,
+    CausalWanModel,
+    TextConditioning,
+    WanConfig,
+    wan_config,
+)
+from framestream.stream.kvcache import (
     CacheGeometry,
     CacheView,
     FrameWindowConfig,

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import pytest
 
-from evals.toyworld_quality import caption_accuracy, prompt_adherence, switch_behaviour
-from stream.kvcache import KVCacheManager
-from stream.pipelines.longlive import LongLivePipeline
-from stream.pipelines.rolling_forcing import RollingForcingPipeline
-from stream.pipelines.streaming_vlm import StreamingVLMPipeline
+from framestream.evals.toyworld_quality import caption_accuracy, prompt_adherence, switch_behaviour
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.pipelines.longlive import LongLivePipeline
+from framestream.stream.pipelines.rolling_forcing import RollingForcingPipeline
+from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
 
 SEED = 20_000  # held out: training uses seeds < 10_000 and its evaluations 10_000 + k
 
@@ -32,7 +32,7 @@ CAPTION_FLOOR = 0.6  # measured pair precision 0.83, recall 0.77 on this feed
 
 @pytest.fixture(scope="module")
 def wan():
-    from models.registry import load_wan_models
+    from framestream.models.registry import load_wan_models
 
     return load_wan_models()  # the default: the shipped toy-world generator
 
@@ -54,7 +54,7 @@ def test_generated_clips_follow_a_prompt_switch(wan, pipeline) -> None:
 
 
 def test_commentary_names_what_the_feed_shows() -> None:
-    from models.toyworld.embedded import load_vlm
+    from framestream.models.toyworld.embedded import load_vlm
 
     pipe = StreamingVLMPipeline(load_vlm(), KVCacheManager(), 32 << 20)
     result = caption_accuracy(pipe, seconds=30, seed=SEED + 2, size=(64, 64))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from stream.kvcache import KVCacheManager
-from stream.service import ServiceModels, build_pipelines
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.service import ServiceModels, build_pipelines
 
 
 @pytest.fixture(scope="package")

@@ -22,15 +22,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from websockets.exceptions import ConnectionClosed
 
-from evals.fuzz_checks import ServerLog
-from models.toyworld.embedded import GENERATOR_DIR
-from stream import cli
-from stream.engine import Engine, EngineConfig
-from stream.kvcache import KVCacheManager
-from stream.pipelines.longlive import LongLivePipeline
-from stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
-from stream.protocol import FrameFormat
-from stream.server import ServerConfig, build_server
+from framestream.evals.fuzz_checks import ServerLog
+from framestream.models.toyworld.embedded import GENERATOR_DIR
+from framestream.stream import cli
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.pipelines.longlive import LongLivePipeline
+from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
+from framestream.stream.protocol import FrameFormat
+from framestream.stream.server import ServerConfig, build_server
 
 from .wire import (
     SIZE,
@@ -182,7 +182,7 @@ def test_a_full_disk_stops_the_recording_not_the_session(pipelines, tmp_path, mo
     """/dev/full answers every write with ENOSPC: a real full disk, for one file."""
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full (Linux)")
-    monkeypatch.setattr("stream.server.secrets.token_hex", lambda n: "0" * 2 * n)
+    monkeypatch.setattr("framestream.stream.server.secrets.token_hex", lambda n: "0" * 2 * n)
     (tmp_path / f"1-{'0' * 32}.mp4").symlink_to("/dev/full")  # the first session's recording
 
     def full_disk_files() -> int:

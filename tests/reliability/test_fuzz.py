@@ -4,8 +4,8 @@ a LongLive and a StreamingVLM control session streaming correctly throughout.
 
 CI runs a fixed (derandomized) 400 connections, and the atheris harness for 100 inputs where
 atheris is installed (``pip install -e '.[fuzz]'``); the long forms are the commands
-``python -m evals.fuzz hypothesis --examples 5000`` and ``python -m evals.fuzz atheris``
-(docs/reliability.md has their last results)."""
+``python -m framestream.evals.fuzz hypothesis --examples 5000`` and
+``python -m framestream.evals.fuzz atheris`` (docs/reliability.md has their last results)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from evals.fuzz_grammar import HypothesisChooser
-from evals.fuzz_target import FuzzTarget
+from framestream.evals.fuzz_grammar import HypothesisChooser
+from framestream.evals.fuzz_target import FuzzTarget
 
 from .wire import (
     connect,
@@ -70,7 +70,16 @@ def test_fuzzed_messages_get_valid_replies_and_disturb_no_one(pipelines):
 def test_the_coverage_guided_harness_runs(tmp_path):
     pytest.importorskip("atheris", reason="pip install -e '.[fuzz]' (coverage-guided fuzzing)")
     out = tmp_path / "atheris.json"
-    command = [sys.executable, "-m", "evals.fuzz", "atheris", "--runs", "100", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "framestream.evals.fuzz",
+        "atheris",
+        "--runs",
+        "100",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     record = json.loads(out.read_text())

@@ -15,13 +15,13 @@ import cv2
 import numpy as np
 import pytest
 
-from stream.cli import build_parser
-from stream.engine import Engine, EngineConfig
-from stream.image_size import ImageHeaderError, jpeg_size, png_size
-from stream.protocol import ProtocolError
-from stream.ratelimit import RateLimiter
-from stream.server import ServerConfig
-from stream.session import OutputQueue, Session
+from framestream.stream.cli import build_parser
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.image_size import ImageHeaderError, jpeg_size, png_size
+from framestream.stream.protocol import ProtocolError
+from framestream.stream.ratelimit import RateLimiter
+from framestream.stream.server import ServerConfig
+from framestream.stream.session import OutputQueue, Session
 from tests.stream.test_engine import FakeGeneration, FakeUnderstanding
 
 from .wire import connect, frames, hello, recv, run, served, start

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from stream import cli
-from stream.protocol import ERROR_CODES, FrameFormat, FrameHeader, FrameKind
-from stream.server import Server
+from framestream.stream import cli
+from framestream.stream.protocol import ERROR_CODES, FrameFormat, FrameHeader, FrameKind
+from framestream.stream.server import Server
 
 from .wire import (
     SIZE,
@@ -96,7 +96,7 @@ def test_tokens_are_compared_in_constant_time(pipelines, monkeypatch):
         compared.append((a, b))
         return original(a, b)
 
-    monkeypatch.setattr("stream.protocol.hmac.compare_digest", compare_digest)
+    monkeypatch.setattr("framestream.stream.protocol.hmac.compare_digest", compare_digest)
 
     async def main():
         async with served(pipelines, token=TOKEN) as server, connect(server.url) as ws:

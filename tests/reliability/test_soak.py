@@ -2,14 +2,15 @@
 every other generation session recording; memory flat, queues bounded, nothing leaked.
 
 CI runs about 15 seconds; the long form is the command
-``python -m evals.soak --seconds 600 --sessions 2`` (docs/reliability.md has its last result)."""
+``python -m framestream.evals.soak --seconds 600 --sessions 2`` (docs/reliability.md has its
+last result)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-from evals.soak import SoakConfig, run_soak
+from framestream.evals.soak import SoakConfig, run_soak
 
 
 def _soak(pipelines, config: SoakConfig) -> dict:

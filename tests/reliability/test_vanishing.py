@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from evals.fuzz_checks import ServerLog
-from evals.fuzz_target import ControlStream
-from evals.loopback import ServerThread
-from stream.engine import Engine, EngineConfig
-from stream.server import ServerConfig
+from framestream.evals.fuzz_checks import ServerLog
+from framestream.evals.fuzz_target import ControlStream
+from framestream.evals.loopback import ServerThread
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.server import ServerConfig
 
 from .wire import SIZE, connect, feed_seconds, frames, held_blocks, hello, run, start, until
 

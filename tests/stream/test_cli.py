@@ -4,16 +4,15 @@ own process on the embedded default, answering health checks, stopped with SIGIN
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
-import stream
+from framestream.stream.version import __version__
+from tests.processes import health_url
 
-COMMAND = [sys.executable, "-m", "stream.cli"]
+COMMAND = [sys.executable, "-m", "framestream.stream.cli"]
 
 
 def test_help_and_version() -> None:
@@ -22,7 +21,7 @@ def test_help_and_version() -> None:
     for command in ("serve", "generate", "caption", "timeline", "eval", "bench", "version"):
         assert command in out.stdout
     version = subprocess.run([*COMMAND, "version"], capture_output=True, text=True, timeout=60)
-    assert version.stdout.strip() == f"stream {stream.__version__}"
+    assert version.stdout.strip() == f"stream {__version__}"
 
 
 def test_serve_starts_on_the_default_and_stops_on_sigint() -> None:
@@ -33,14 +32,7 @@ def test_serve_starts_on_the_default_and_stops_on_sigint() -> None:
         text=True,
     )
     try:
-        url = None
-        deadline = time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            match = re.search(r"health\s+(http://\S+/healthz)", line)
-            if match:
-                url = match[1]
-        assert url is not None, "stream serve printed no health URL"
+        url = health_url(process)
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200 and response.read().strip() == b"ok"
         page = url.removesuffix("healthz")

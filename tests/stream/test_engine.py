@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from stream.engine import Engine, EngineConfig
-from stream.kvcache import CacheFullError
-from stream.pipelines.base import FrameChunk, PendingChunk
-from stream.pipelines.streaming_vlm import Caption
-from stream.protocol import ProtocolError
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.kvcache import CacheFullError
+from framestream.stream.pipelines.base import FrameChunk, PendingChunk
+from framestream.stream.pipelines.streaming_vlm import Caption
+from framestream.stream.protocol import ProtocolError
 
 
 @dataclass

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import RopeSpec, mrope, rope_1d, wan_rope
-from stream.kvcache import (
+from framestream.kernels.rope import RopeSpec, mrope, rope_1d, wan_rope
+from framestream.stream.kvcache import (
     CacheGeometry,
     CacheView,
     FrameWindowConfig,

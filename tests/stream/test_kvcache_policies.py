@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from stream.kvcache import (
+from framestream.stream.kvcache import (
     CacheGeometry,
     FrameWindowConfig,
     KVCacheManager,

@@ -11,7 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from stream.kvcache import (
+from framestream.stream.kvcache import (
     BlockPool,
     CacheFullError,
     CacheGeometry,

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from evals.random_checkpoint import write_model_folder
-from kernels.rope import apply_rope
-from models.positions import frame_positions
-from models.registry import load_wan_models
-from models.schedule import FlowSchedule, opening_schedule
-from stream.cli import main
-from stream.generate import parse_switch
-from stream.kvcache import KVCacheManager
-from stream.pipelines.base import GenerationRequest
-from stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+from framestream.evals.random_checkpoint import write_model_folder
+from framestream.kernels.rope import apply_rope
+from framestream.models.positions import frame_positions
+from framestream.models.registry import load_wan_models
+from framestream.models.schedule import FlowSchedule, opening_schedule
+from framestream.stream.cli import main
+from framestream.stream.generate import parse_switch
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.pipelines.base import GenerationRequest
+from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
 
 SIZE = {"height": 32, "width": 32}
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.protocol import (
+from framestream.stream.protocol import (
     ERROR_CODES,
     HEADER,
     PROTOCOL_VERSION,

@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import wan_rope
-from models.attention import DenseAttention
-from models.registry import load_wan_models
-from models.schedule import opening_schedule
-from stream.cli import main
-from stream.kvcache import KVCacheManager, frame_positions
-from stream.pipelines.base import GenerationRequest
-from stream.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
+from framestream.kernels.rope import wan_rope
+from framestream.models.attention import DenseAttention
+from framestream.models.registry import load_wan_models
+from framestream.models.schedule import opening_schedule
+from framestream.stream.cli import main
+from framestream.stream.kvcache import KVCacheManager, frame_positions
+from framestream.stream.pipelines.base import GenerationRequest
+from framestream.stream.pipelines.rolling_forcing import (
+    RollingForcingConfig,
+    RollingForcingPipeline,
+)
 
 SIZE = {"height": 32, "width": 32}  # 2 x 2 tokens per latent frame
 TPF = 4

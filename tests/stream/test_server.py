@@ -22,13 +22,13 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from models.registry import load_wan_models
-from stream.engine import Engine, EngineConfig
-from stream.kvcache import KVCacheManager
-from stream.pipelines.base import GenerationRequest
-from stream.pipelines.longlive import LongLivePipeline
-from stream.protocol import HEADER, FrameFormat, FrameHeader, FrameKind
-from stream.server import Server, ServerConfig, build_server
+from framestream.models.registry import load_wan_models
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.pipelines.base import GenerationRequest
+from framestream.stream.pipelines.longlive import LongLivePipeline
+from framestream.stream.protocol import HEADER, FrameFormat, FrameHeader, FrameKind
+from framestream.stream.server import Server, ServerConfig, build_server
 from tests.reliability.wire import expect_error, hello, recv
 
 SIZE = {"height": 32, "width": 32}
@@ -498,8 +498,8 @@ def test_recording_is_served_after_the_session(models):
 
 def test_toyworld_feed_is_a_playable_mp4_of_the_world(models):
     """The Watch tab's camera-less source: the frames are the toy world's, rendered."""
-    from models.toyworld import Feed, render
-    from stream.toyfeed import FPS, SIZE
+    from framestream.models.toyworld import Feed, render
+    from framestream.stream.toyfeed import FPS, SIZE
 
     async def main():
         async with running(models, toyworld_feed_max_seconds=5) as server:

@@ -12,13 +12,13 @@ import pytest
 import torch
 from websockets.asyncio.client import connect as ws_connect
 
-from clients import StreamClient
-from stream.cli import main
-from stream.engine import Engine, EngineConfig
-from stream.kvcache import KVCacheManager
-from stream.protocol import FrameFormat, FrameHeader, FrameKind
-from stream.server import ServerConfig, build_server
-from stream.service import PIPELINES, ServiceModels, build_pipelines
+from framestream.clients.client import StreamClient
+from framestream.stream.cli import main
+from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.protocol import FrameFormat, FrameHeader, FrameKind
+from framestream.stream.server import ServerConfig, build_server
+from framestream.stream.service import PIPELINES, ServiceModels, build_pipelines
 
 SIZE = {"height": 32, "width": 32}
 
@@ -126,8 +126,8 @@ def test_understanding_round_trip_over_raw_websockets(pipelines) -> None:
 
 
 def test_warm_up_steps_each_generator_and_leaves_no_trace(pipelines, monkeypatch) -> None:
-    from stream.pipelines.base import GenerationRequest
-    from stream.service import warm_up
+    from framestream.stream.pipelines.base import GenerationRequest
+    from framestream.stream.service import warm_up
 
     manager, built = pipelines
     stepped = []

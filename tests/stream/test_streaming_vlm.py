@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.qwen_vl import tiny_qwen_vl
-from models.qwen_vl_tiny import toy_qwen_vl
-from stream.kvcache import KVCacheManager
-from stream.pipelines.feed import FrameFeed, TimestampsBackwardsError
-from stream.pipelines.streaming_vlm import (
+from framestream.models.qwen_vl import tiny_qwen_vl
+from framestream.models.qwen_vl_tiny import toy_qwen_vl
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.pipelines.feed import FrameFeed, TimestampsBackwardsError
+from framestream.stream.pipelines.streaming_vlm import (
     StreamingVLMPipeline,
     UnderstandingConfig,
     UnderstandingRequest,

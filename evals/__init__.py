@@ -1,1 +1,0 @@
-"""Evaluations and benchmarks; they use stream/ and clients/, and write JSON."""

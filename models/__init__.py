@@ -1,1 +1,0 @@
-"""Pure nn.Modules and loaders. Never imports :mod:`stream`."""
