@@ -9,10 +9,16 @@ so ``x0 = x_t - sigma * v``. Timesteps live on a 1000-step grid whose sigmas are
 
 A published step list such as ``[1000, 750, 500, 250]`` is *warped* through that grid
 (``t = t_{1000 - step}``), which with shift 5 gives ``[1000, 937.5, 833.3, 625.0]``.
+
+The published loops read warped levels from their scheduler's float32 table (``linspace``, then
+the shift, then ``* 1000``, each rounded to float32), not from the formula in exact arithmetic;
+a level computed once in float64 and rounded differs from it by an ulp at some steps, so warped
+levels here are read from the same table. Their clean estimate is computed in float64.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -46,22 +52,27 @@ class FlowSchedule:
     def sigmas(self) -> tuple[float, ...]:
         """Noise level of each step, in (0, 1]."""
         if self.warp:
-            raw = [1.0 - (NUM_TRAIN_TIMESTEPS - s) / NUM_TRAIN_TIMESTEPS for s in self.steps]
-        else:
-            raw = [s / NUM_TRAIN_TIMESTEPS for s in self.steps]
+            sigmas, _ = _shifted_grid(self.shift)
+            return tuple(float(sigmas[NUM_TRAIN_TIMESTEPS - s]) for s in self.steps)
+        raw = [s / NUM_TRAIN_TIMESTEPS for s in self.steps]
         return tuple(self.shift * s / (1 + (self.shift - 1) * s) for s in raw)
 
     @property
     def timesteps(self) -> tuple[float, ...]:
         """Model timesteps of each step on the 0..1000 scale."""
+        if self.warp:
+            _, timesteps = _shifted_grid(self.shift)
+            return tuple(float(timesteps[NUM_TRAIN_TIMESTEPS - s]) for s in self.steps)
         return tuple(NUM_TRAIN_TIMESTEPS * s for s in self.sigmas)
 
     @staticmethod
     def to_x0(
         x_t: torch.Tensor, velocity: torch.Tensor, sigma: float | torch.Tensor
     ) -> torch.Tensor:
-        """Clean estimate from a velocity prediction, in float32."""
-        return x_t.float() - sigma * velocity.float()
+        """Clean estimate from a velocity prediction: computed in float64 as the published
+        loops do, returned in float32."""
+        sigma = sigma.double() if isinstance(sigma, torch.Tensor) else sigma
+        return (x_t.double() - sigma * velocity.double()).float()
 
     @staticmethod
     def ode_step(
@@ -80,6 +91,15 @@ class FlowSchedule:
     ) -> torch.Tensor:
         """Re-noise a clean estimate to ``sigma`` (fresh noise: the stochastic DMD sampler)."""
         return (1 - sigma) * x0 + sigma * noise
+
+
+@functools.cache
+def _shifted_grid(shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The published scheduler's float32 table of the 1000-step grid: ``(sigmas, timesteps)``,
+    each ``[1000]``, computed by the same float32 operations on the CPU."""
+    sigmas = torch.linspace(1.0, 0.0, NUM_TRAIN_TIMESTEPS + 1, dtype=torch.float32)[:-1]
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return sigmas, sigmas * NUM_TRAIN_TIMESTEPS
 
 
 def opening_schedule(steps: int, shift: float = 1.0) -> FlowSchedule:

@@ -59,8 +59,9 @@ PROMPTS = (
     "a purple diamond is still on a silver background",
 )
 # Latent frames a stream of the published policies can hold at once, with room to spare:
-# LongLive 3 sink + 9 window; Rolling Forcing 3 sink + 3 history + 15 window + 3 arriving.
-_FRAMES_HELD = 32
+# LongLive 3 sink + 9 window; Rolling Forcing 3 sink + 21 history + 15 window, and a block a
+# segment for a partial head (RollingWindowConfig.worst_case_blocks).
+_FRAMES_HELD = 44
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def _pipeline(
         attention_backend=spec.backend, kv_cache_dtype=spec.kv_cache_dtype
     )
     if spec.growing:
-        config = replace(config, history_frames=stream_frames)
+        config = replace(config, attention_frames=config.attention_frames + stream_frames)
     return RollingForcingPipeline(models, manager, pool_bytes, config, block_size=rows * cols)
 
 

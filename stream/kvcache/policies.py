@@ -8,7 +8,7 @@ and re-based on the host after every change, so no policy ever copies or re-rota
 
     FrameSinkWindow (LongLive)       [sink: 3 frames][window: last 9 frames, current chunk included]
     RollingWindow (Rolling Forcing)  [sink: 1st block][history: clean][window: noisy, rewritten]
-                                      positions contiguous: the sink sits just before the history
+                                      each pass reads the published span, placed back to back
     StreamingVLMWindow               [system][prev head 512][prev tail 512][prev end]
                                       [round i: text | vision | reply] x last N rounds
     TokenSinkWindow (StreamingLLM)   [sink: n tokens][window: last W tokens]
@@ -202,40 +202,74 @@ class RollingWindowConfig:
         block_frames: latent frames per block (3).
         window_blocks: blocks in the rolling window (5, one per noise level).
         sink_blocks: leading blocks kept forever as the attention sink (1).
-        history_frames: clean frames kept just before the window (the published 21-frame
-            attention span minus the 15-frame window and the 3-frame sink: 3).
+        attention_frames: the published attention span in frames (21,
+            ``max_attention_size``): a window pass reads the sink, then the newest
+            ``attention_frames - sink - window`` clean frames (3); a block's clean cache pass
+            reads the newest ``attention_frames`` clean frames, itself included, the sink only
+            while it is among them.
     """
 
     grid: tuple[int, int]
     block_frames: int = 3
     window_blocks: int = 5
     sink_blocks: int = 1
-    history_frames: int = 3
+    attention_frames: int = 21
 
     def __post_init__(self) -> None:
-        if self.history_frames < self.block_frames:
+        if self.recent_frames < 0:
             raise ValueError(
-                f"history_frames ({self.history_frames}) must hold at least one block "
-                f"({self.block_frames} frames): the exiting block's clean K/V is kept there"
+                f"attention_frames ({self.attention_frames}) must span the sink "
+                f"({self.sink_frames} frames) and the window ({self.window_frames} frames)"
+            )
+        if self.attention_frames < self.block_frames:
+            raise ValueError(
+                f"attention_frames ({self.attention_frames}) must hold a block "
+                f"({self.block_frames} frames)"
             )
 
     @property
     def tokens_per_frame(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    @property
+    def sink_frames(self) -> int:
+        return self.sink_blocks * self.block_frames
+
+    @property
+    def window_frames(self) -> int:
+        return self.window_blocks * self.block_frames
+
+    @property
+    def recent_frames(self) -> int:
+        """Clean frames a pass over the full window reads besides the sink."""
+        return self.attention_frames - self.sink_frames - self.window_frames
+
+    @property
+    def history_frames(self) -> int:
+        """Clean frames after the sink kept between steps: what the next block's cache pass
+        reads besides itself (the window pass reads only their newest ``recent_frames``)."""
+        return self.attention_frames - self.block_frames
+
     def worst_case_blocks(self, block_size: int) -> int:
         tpf = self.tokens_per_frame
         sizes = (
-            self.sink_blocks * self.block_frames,
-            self.history_frames + self.block_frames,  # a new block lands before the oldest leaves
-            self.window_blocks * self.block_frames,
+            self.sink_frames,
+            self.history_frames + self.block_frames,  # a block lands before the oldest leaves
+            self.window_frames,
         )
         return sum(_blocks_for(frames * tpf, block_size) for frames in sizes)
 
 
 class RollingWindow:
-    """Rolling Forcing's cache; positions are contiguous (sink, history, window), so the sink
-    always sits just before the recent history ("dynamic RoPE") and nothing ever grows."""
+    """Rolling Forcing's cache, with the published attention context of each pass::
+
+        segments     [sink: block 0][history: <= 18 clean frames][window: 5 noisy blocks]
+        window pass  sink + newest 3 history frames + window, placed back to back
+        cache pass   newest 21 clean frames, the exiting block last (the sink while among them)
+
+    Positions are re-based on the host before each pass, so the sink always sits just before
+    the clean frames a window pass reads (the published "dynamic RoPE") and nothing ever grows.
+    """
 
     def __init__(self, cache: SessionCache, config: RollingWindowConfig) -> None:
         self.cache, self.config = cache, config
@@ -260,41 +294,69 @@ class RollingWindow:
         frames = np.arange(self.frames_entered, self.frames_entered + cfg.block_frames)
         self.frames_entered += cfg.block_frames
         self.cache.append("window", frame_positions(frames, cfg.grid))
-        self._rebase()
 
-    def window_pass(self) -> tuple[list[TokenRange], list[str]]:
+    def window_pass(self) -> tuple[list[TokenRange], list[str | TokenRange]]:
         """Write ranges and context of the joint denoising pass over the whole window."""
-        return [TokenRange("window", 0, self.cache.length("window"))], ["sink", "history"]
+        cfg = self.config
+        window = self.cache.length("window")
+        recent = (cfg.attention_frames - cfg.sink_frames) * cfg.tokens_per_frame - window
+        context = ["sink", self._tail("history", max(recent, 0))]
+        self.cache.layout_contiguous([*context, "window"], axes=(0,))
+        return [TokenRange("window", 0, window)], context
 
-    def exit_block(self) -> tuple[list[TokenRange], list[str]]:
+    def exit_block(self) -> tuple[list[TokenRange], list[str | TokenRange]]:
         """The oldest window block is clean: move it into the sink or the history.
 
         Returns the range its t=0 cache pass writes and the context that pass attends to.
         """
         cfg = self.config
-        block_tokens = cfg.block_frames * cfg.tokens_per_frame
+        tpf = cfg.tokens_per_frame
         if self.window_blocks == 0:
             raise ValueError("no block in the window to exit")
         frames = self.frames("window")[: cfg.block_frames]
-        self.cache.evict_front("window", block_tokens)
-        target = (
-            "sink" if len(self.frames("sink")) < cfg.sink_blocks * cfg.block_frames else "history"
-        )
-        written = self.cache.append(target, frame_positions(frames, cfg.grid))
-        if target == "history":
-            overflow = len(self.frames("history")) - cfg.history_frames
-            if overflow > 0:
-                self.cache.evict_front("history", overflow * cfg.tokens_per_frame)
-                written = TokenRange(
-                    "history",
-                    written.start - overflow * cfg.tokens_per_frame,
-                    written.stop - overflow * cfg.tokens_per_frame,
-                )
-        self._rebase()
-        return [written], ["sink", "history"]
+        self.cache.evict_front("window", cfg.block_frames * tpf)
+        if self.cache.length("sink") < cfg.sink_frames * tpf:
+            written = self.cache.append("sink", frame_positions(frames, cfg.grid))
+            context: list[str | TokenRange] = [TokenRange("sink", 0, written.start)]
+            self.cache.layout_contiguous(["sink"], axes=(0,))
+            return [written], context
+        # history beyond what this pass reads leaves before the block lands
+        overflow = self.cache.length("history") - cfg.history_frames * tpf
+        if overflow > 0:
+            self.cache.evict_front("history", overflow)
+        written = self.cache.append("history", frame_positions(frames, cfg.grid))
+        span = cfg.attention_frames * tpf - len(written)
+        history = self._tail("history", span, stop=written.start)
+        sink = self._tail("sink", span - len(history))
+        context = [part for part in (sink, history) if len(part)]
+        self.cache.layout_contiguous(["sink", "history"], axes=(0,))
+        return [written], context
 
-    def _rebase(self) -> None:
-        self.cache.layout_contiguous(["sink", "history", "window"], axes=(0,))
+    def clean_passes(self) -> list[tuple[list[TokenRange], list[str | TokenRange]]]:
+        """The cache passes of every retained clean block, oldest first, each reading the
+        retained clean frames before it within the attention span: a recache rewrites them
+        all in one forward (each pass's context is written by an earlier pass of the same
+        forward, layer by layer)."""
+        cfg = self.config
+        block = cfg.block_frames * cfg.tokens_per_frame
+        self.cache.layout_contiguous(["sink", "history"], axes=(0,))
+        passes = []
+        for name in ("sink", "history"):
+            for start in range(0, self.cache.length(name), block):
+                written = TokenRange(name, start, start + block)
+                span = cfg.attention_frames * cfg.tokens_per_frame - block
+                if name == "sink":
+                    context = [TokenRange("sink", max(start - span, 0), start)]
+                else:
+                    history = self._tail("history", span, stop=start)
+                    context = [self._tail("sink", span - len(history)), history]
+                passes.append(([written], [part for part in context if len(part)]))
+        return passes
+
+    def _tail(self, name: str, tokens: int, stop: int | None = None) -> TokenRange:
+        """The newest ``tokens`` (at most) of a segment, before token ``stop``."""
+        stop = self.cache.length(name) if stop is None else stop
+        return TokenRange(name, max(stop - max(tokens, 0), 0), stop)
 
 
 # --------------------------------------------------------------------------------------------

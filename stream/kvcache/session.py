@@ -242,19 +242,24 @@ class SessionCache:
         )
         return out
 
-    def layout_contiguous(self, names: Sequence[str], axes: Sequence[int], start: int = 0) -> int:
-        """Re-base ``names`` so they follow each other with no position gaps, from ``start``.
+    def layout_contiguous(
+        self, parts: Sequence[str | TokenRange], axes: Sequence[int], start: int = 0
+    ) -> int:
+        """Re-base ``parts`` so they follow each other with no position gaps, from ``start``.
 
-        Only ``axes`` move (Wan: time only, ``(0,)``; Qwen M-RoPE: all three). Each segment
-        spans ``max - min + 1`` positions over those axes. Returns the next free position.
+        A part is a segment, or a range of one: the range is what must follow the part before
+        it, and its segment's offset moves with it (a pass that reads only a segment's tail
+        places that tail). Only ``axes`` move (Wan: time only, ``(0,)``; Qwen M-RoPE: all
+        three). Each part spans ``max - min + 1`` positions over those axes. Returns the next
+        free position.
         """
         cursor = start
         axes = list(axes)
-        for name in names:
-            seg = self._get(name)
-            if len(seg) == 0:
+        for part in map(self._as_range, parts):
+            seg = self._get(part.segment)
+            if len(part) == 0:
                 continue
-            used = seg.rel_pos[:, axes]
+            used = seg.rel_pos[part.start : part.stop, axes]
             low, high = int(used.min()), int(used.max())
             offset = np.zeros(3, dtype=np.int32)
             offset[axes] = cursor - low
@@ -267,7 +272,7 @@ class SessionCache:
     def plan(
         self,
         write: Sequence[TokenRange],
-        context: Sequence[str] | None = None,
+        context: Sequence[str | TokenRange] | None = None,
     ) -> SequencePlan:
         """Plan one forward of this session.
 
@@ -276,13 +281,15 @@ class SessionCache:
                 overwritten in place by a recompute pass); they are its queries, in order, and
                 every query's K/V is kept (a token whose K/V would be thrown away influences
                 no other token, so a pass never computes one).
-            context: the segments whose other tokens are attended to, in order; all by default.
+            context: what the queries attend to besides themselves, in order: segments, or
+                ranges of one (a pass that reads only a segment's tail); all segments by
+                default. Written tokens are never also context.
 
         Returns:
             Queries: the written tokens. Keys: context tokens, then the written tokens.
         """
         self._check_open()
-        names = self.segment_names if context is None else list(context)
+        parts = self.segment_names if context is None else list(context)
         writing: dict[str, np.ndarray] = {}
         for r in write:
             seg = self._get(r.segment)
@@ -293,9 +300,11 @@ class SessionCache:
                 raise ValueError(f"range {r} overlaps another written range")
             mask[r.start : r.stop] = True
         ctx_slots, ctx_pos = [], []
-        for name in names:
-            seg = self._get(name)
-            keep = ~writing[name] if name in writing else slice(None)
+        for part in map(self._as_range, parts):
+            seg = self._get(part.segment)
+            keep = np.arange(part.start, part.stop)
+            if part.segment in writing:
+                keep = keep[~writing[part.segment][part.start : part.stop]]
             ctx_slots.append(seg.slots[keep])
             ctx_pos.append(seg.rel_pos[keep] + seg.offset)
         w_slots = [self._range_slots(r) for r in write]
@@ -319,6 +328,14 @@ class SessionCache:
     def _check_open(self) -> None:
         if self.state is SessionState.CLOSED:
             raise CacheMisuseError(f"session {self.session_id} used after close")
+
+    def _as_range(self, part: str | TokenRange) -> TokenRange:
+        """A whole segment as a range, or a range checked against its segment."""
+        if isinstance(part, str):
+            return TokenRange(part, 0, len(self._get(part)))
+        if not 0 <= part.start <= part.stop <= len(self._get(part.segment)):
+            raise ValueError(f"range {part} is outside segment {part.segment!r}")
+        return part
 
     def _range_slots(self, r: TokenRange) -> np.ndarray:
         return self._get(r.segment).slots[r.start : r.stop]

@@ -5,19 +5,21 @@ step, with the first block as an attention sink, on the shared cache.
 
     window (oldest -> newest), 5 blocks x 3 latent frames, levels [555.6, 769.2, 882.4, 952.4, 1000]
       pass:   one forward over the 15 frames, full attention inside the window,
-              keys = sink + clean history + the window (never cached while noisy)
-      exit:   the oldest block's x0 is final -> t=0 cache pass writes its clean K/V
-              (into the sink first, then the history) -> streamed VAE decode -> 12 frames
+              keys = sink + the newest 3 clean frames + the window (never cached while noisy)
+      exit:   the oldest block's x0 is final -> t=0 cache pass writes its clean K/V (into the
+              sink first, then the history), reading the newest 21 clean frames, itself
+              included -> streamed VAE decode -> 12 frames
       roll:   every other block is re-noised one level down; a fresh noise block enters
 
-Positions are contiguous (sink, history, window), so the sink always sits just before the
-recent history (the published "dynamic RoPE") and a stream never nears a RoPE table's end.
-At the start the window ramps up as published: with n < 5 blocks it takes the tail of the
-levels, so the first block exits after 5 passes. A step returns the next exiting block.
+Each pass reads what the published loop's does (``max_attention_size`` = 21 frames), with
+positions re-based on the host so the sink sits just before the clean frames a window pass
+reads (the published "dynamic RoPE") and a stream never nears a RoPE table's end. At the start
+the window ramps up as published: with n < 5 blocks it takes the tail of the levels, so the
+first block exits after 5 passes. A step returns the next exiting block.
 
 A prompt switch (the published code has none) re-encodes the text, replaces the
-cross-attention K/V, and optionally recaches the clean sink + history under the new prompt;
-the blocks already in the window continue under it.
+cross-attention K/V, and optionally recaches the retained clean blocks under the new prompt,
+each reading what its own cache pass read; the blocks already in the window continue under it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from framestream.stream.kvcache import (
     KVCacheDtype,
     KVCacheManager,
     RollingWindowConfig,
-    TokenRange,
     check_kv_cache_dtype,
 )
 from framestream.stream.pipelines.wan import WanStreamPipeline, WanStreamState
@@ -47,7 +48,7 @@ class RollingForcingConfig:
     schedule: FlowSchedule = FlowSchedule((1000, 800, 600, 400, 200), shift=5.0)
     block_frames: int = 3
     sink_blocks: int = 1
-    history_frames: int = 3  # clean frames kept before the window (21 - 15 window - 3 sink)
+    attention_frames: int = 21  # the published max_attention_size, in latent frames
     recache_on_switch: bool = True
     fps: float = 16.0
     attention_backend: str | None = None
@@ -65,7 +66,7 @@ class RollingForcingConfig:
 @dataclass(eq=False)
 class RollingForcingState(WanStreamState):
     window: torch.Tensor | None = None  # [1, C, n * block_frames, h, w] noisy latents
-    clean: torch.Tensor | None = None  # [1, C, <= sink + history frames, h, w] retained x0
+    clean: torch.Tensor | None = None  # [1, C, frames, h, w] x0 of the retained clean blocks
     passes: int = 0
 
 
@@ -94,7 +95,7 @@ class RollingForcingPipeline(WanStreamPipeline):
             block_frames=cfg.block_frames,
             window_blocks=cfg.window_blocks,
             sink_blocks=cfg.sink_blocks,
-            history_frames=cfg.history_frames,
+            attention_frames=cfg.attention_frames,
         )
 
     def _new_state(self, **fields) -> RollingForcingState:
@@ -148,27 +149,27 @@ class RollingForcingPipeline(WanStreamPipeline):
         return exited
 
     def _keep_clean(self, state: RollingForcingState, block: torch.Tensor) -> None:
-        kept = self.config.sink_blocks * self.config.block_frames + self.config.history_frames
+        """Keep the x0 of the clean blocks the cache retains (a recache recomputes them)."""
+        cache = state.cache
+        kept = (cache.cache.length("sink") + cache.cache.length("history")) // (
+            cache.config.tokens_per_frame
+        )
         clean = block if state.clean is None else torch.cat([state.clean, block], dim=2)
-        sink = self.config.sink_blocks * self.config.block_frames
-        if clean.shape[2] > kept:  # drop the oldest history frames, never the sink
+        sink = cache.config.sink_frames
+        if clean.shape[2] > kept:  # the oldest history frames left the cache, never the sink
             clean = torch.cat(
                 [clean[:, :, :sink], clean[:, :, clean.shape[2] - (kept - sink) :]], 2
             )
         state.clean = clean
 
     def _recache(self, state: RollingForcingState) -> None:
-        """One t=0 forward over the clean sink + history under the new prompt."""
+        """One t=0 forward over the retained clean blocks under the new prompt, each block a
+        sequence reading what its cache pass read (written earlier in the same forward)."""
         if state.clean is None:
             return
-        cache = state.cache.cache
-        ranges = [
-            TokenRange(name, 0, cache.length(name))
-            for name in ("sink", "history")
-            if cache.length(name)
-        ]
+        passes = state.cache.clean_passes()
+        view = self._view_of([state.cache.cache.plan(write, context) for write, context in passes])
         frames = state.clean.shape[2]
-        view = self._view(state, ranges, [])
         self.models.dit(state.clean, self._timestep(0.0, frames), state.text, view)
 
     def _per_frame(self, values: list[float]) -> torch.Tensor:

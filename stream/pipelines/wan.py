@@ -23,6 +23,7 @@ from framestream.stream.kvcache import (
     KVCacheManager,
     Policy,
     PolicyConfig,
+    SequencePlan,
     TokenRange,
     build_step,
     cache_dtype,
@@ -193,10 +194,13 @@ class WanStreamPipeline(ABC):
         self,
         state: WanStreamState,
         ranges: list[TokenRange],
-        context: list[str] | None = None,
+        context: list[str | TokenRange] | None = None,
     ) -> AttentionContext:
-        plan = state.cache.cache.plan(ranges, context)
-        step = build_step([plan], causal=False, device=self.models.device)
+        return self._view_of([state.cache.cache.plan(ranges, context)])
+
+    def _view_of(self, plans: list[SequencePlan]) -> AttentionContext:
+        """One forward over ``plans``, each a sequence of its own (full attention inside)."""
+        step = build_step(plans, causal=False, device=self.models.device)
         return CacheView(self.pool, step, self.models.rope, self.config.attention_backend)
 
     def _noise(self, state: WanStreamState, frames: int) -> torch.Tensor:

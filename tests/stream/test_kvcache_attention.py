@@ -160,8 +160,8 @@ def test_rolling_forcing_window_and_cache_pass_match_dense() -> None:
         window = h.session.frames("window").tolist()
         write, context = h.session.window_pass()
         outs = h.forward(write, ids_of(window), context=context)
-        sink, history = clean[:3], clean[3:][-3:]
-        frames = sink + history + window
+        sink, recent = clean[:3], clean[3:][len(clean[3:]) - (21 - 3 - len(window)) :]
+        frames = sink + recent + window
         h.check(
             outs, ids_of(frames), frame_pos(frames, grid, {f: i for i, f in enumerate(frames)}.get)
         )
@@ -170,10 +170,10 @@ def test_rolling_forcing_window_and_cache_pass_match_dense() -> None:
             block = window[:3]
             clean += block
             outs = h.forward(write, ids_of(block), context=context)
-            retained = clean[:3] + clean[3:][-3:]
-            frames = [f for f in retained if f not in block] + block
-            t_of = {f: i for i, f in enumerate(frames)}.get
-            h.check(outs, ids_of(frames), frame_pos(frames, grid, t_of))
+            frames = clean[-21:]  # the newest 21 clean frames, the block last, true distances
+            last = int(h.last[1][-1, 0])  # where the plan placed the block's last frame
+            placed = {f: last - (frames[-1] - f) for f in frames}
+            h.check(outs, ids_of(frames), frame_pos(frames, grid, placed.get))
     assert clean == list(range(len(clean))) and len(clean) == 36
 
 

@@ -127,13 +127,16 @@ def test_early_recache_computes_only_the_window() -> None:
 
 
 def test_rolling_window_over_3000_steps() -> None:
+    """A window pass reads the sink, the newest 3 clean frames and the window, back to back; a
+    block's clean pass reads the newest 21 clean frames, itself last (the sink while among
+    them), at their true distances."""
     grid = (1, 2)
     tpf = 2
     config = RollingWindowConfig(grid=grid)
     m = manager(block_size=2)
     s = m.open(GEOMETRY, config)
     pool = m.pool(GEOMETRY)
-    exited = []
+    exited: list[int] = []
     for step in range(3000):
         if s.window_blocks < config.window_blocks:
             s.enter_block()
@@ -141,26 +144,48 @@ def test_rolling_window_over_3000_steps() -> None:
         window = s.frames("window")
         tag(s, write, np.repeat(window, tpf))
         ids = attended_ids(s, write, context)
-        # keys: sink, clean history, the whole noisy window
-        expected = np.concatenate([s.frames("sink"), s.frames("history"), window])
+        recent = exited[3:][-3:] if len(window) == 15 else exited[3:][-(21 - 3 - len(window)) :]
+        expected = np.concatenate([exited[:3], recent, window]).astype(np.int64)
         np.testing.assert_array_equal(ids[::tpf], expected)
         plan = s.cache.plan(write, context=context)
-        # contiguous: sink right before history, history right before the window
+        # contiguous: the sink right before the recent frames, they right before the window
         np.testing.assert_array_equal(plan.kv_pos[::tpf, 0], np.arange(len(expected)))
         if s.window_blocks == config.window_blocks or step > 3000 - 6:
             write, context = s.exit_block()
             block = s.cache.rel_positions(write[0].segment)[write[0].start : write[0].stop : tpf, 0]
             exited.extend(block.tolist())
             tag(s, write, np.repeat(block, tpf))
+            ids = attended_ids(s, write, context)
+            np.testing.assert_array_equal(ids[::tpf], exited[-21:])
+            plan = s.cache.plan(write, context=context)
+            np.testing.assert_array_equal(np.diff(plan.kv_pos[::tpf, 0]), np.diff(exited[-21:]))
         assert pool.stats().used_blocks <= config.worst_case_blocks(2)
         if step >= 8:
             np.testing.assert_array_equal(s.frames("sink"), [0, 1, 2])
-            assert len(s.frames("history")) == config.history_frames
-            np.testing.assert_array_equal(
-                s.frames("history"), np.arange(exited[-3], exited[-1] + 1)
-            )
+            np.testing.assert_array_equal(s.frames("history"), exited[3:][-21:])
     assert exited == list(range(len(exited)))  # every block exits once, in order
     assert len(exited) == 3 * (3000 - 4)
+
+
+def test_rolling_window_clean_passes_replay_each_block_s_span() -> None:
+    config = RollingWindowConfig(grid=(1, 1))
+    s = manager(block_size=1).open(GEOMETRY, config)
+    for _ in range(13):  # 9 blocks out: sink + blocks 1..8; the history keeps 2..8 (21 frames)
+        if s.window_blocks < config.window_blocks:
+            s.enter_block()
+        s.window_pass()
+        if s.window_blocks == config.window_blocks:
+            s.exit_block()
+    passes = s.clean_passes()
+    clean = [*s.frames("sink"), *s.frames("history")]
+    assert clean == list(range(27)[:3]) + list(range(6, 27))
+    for i, (write, context) in enumerate(passes):
+        block = clean[3 * i : 3 * i + 3]
+        plan = s.cache.plan(write, context)
+        read = [s.frames(part.segment)[part.start : part.stop].tolist() for part in context]
+        # the retained frames before it, newest 18 at most
+        assert sum(read, []) == clean[: 3 * i][-18:]
+        assert plan.q_pos[:, 0].tolist() == [clean.index(f) for f in block]
 
 
 def test_streaming_vlm_over_600_seconds() -> None:

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from framestream.kernels.rope import wan_rope
-from framestream.models.attention import DenseAttention
+from framestream.kernels.rope import apply_rope
 from framestream.models.registry import load_wan_models
-from framestream.models.schedule import opening_schedule
+from framestream.models.schedule import FlowSchedule, opening_schedule
 from framestream.stream.cli import main
 from framestream.stream.kvcache import KVCacheManager, frame_positions
 from framestream.stream.pipelines.base import GenerationRequest
@@ -37,51 +36,118 @@ def pipeline(tiny, **config) -> RollingForcingPipeline:
     )
 
 
-def test_window_pass_equals_dense_recomputation(tiny) -> None:
-    """With the window full: frames [sink 3 | history 3 | window 15] in one dense forward,
-    sink and history clean at t=0 and the window at its levels; each clean block sees what it saw
-    when its K/V was cached (sink: itself; a history block: the sink and itself), the window
-    sees everything. The exiting block's x0 must match."""
+class PublishedCache:
+    """The published loop's attention, written plainly: every clean frame's K/V kept per
+    layer, each pass reading what ``wan/modules/causal_model.py`` reads (``max_attention_size``
+    = 21 frames): a window pass the sink, the newest clean frames up to the span and the
+    window, placed back to back; a block's clean pass the newest 21 clean frames, itself
+    included, at their true distances."""
+
+    def __init__(self, rope, tpf: int) -> None:
+        self.rope, self.tpf = rope, tpf
+        self.kv: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}  # frame -> layer
+
+    def window(self, clean: list[int], window_frames: int) -> PublishedPass:
+        sink, history = clean[:3], clean[3:]
+        recent = history[len(history) - max(21 - 3 - window_frames, 0) :]
+        context = sink + recent
+        return PublishedPass(self, context, list(range(len(context) + window_frames)), None)
+
+    def clean_pass(self, clean: list[int], block: list[int]) -> PublishedPass:
+        context = [f for f in clean[-21:] if f not in block]
+        return PublishedPass(self, context, context + block, block)
+
+
+class PublishedPass:
+    def __init__(self, cache: PublishedCache, context, positions, writes) -> None:
+        self.cache, self.context, self.writes = cache, context, writes
+        self.pos = torch.from_numpy(frame_positions(np.asarray(positions), (2, 2)))
+
+    def attend(self, layer, q, k, v):
+        tpf, kv = self.cache.tpf, self.cache.kv
+        if self.writes is not None:  # the block's clean K/V, kept per frame
+            for i, frame in enumerate(self.writes):
+                part = slice(i * tpf, (i + 1) * tpf)
+                kv.setdefault(frame, {})[layer] = (k[part], v[part])
+        keys = torch.cat([*(kv[f][layer][0] for f in self.context), k])
+        values = torch.cat([*(kv[f][layer][1] for f in self.context), v])
+        n_q = q.shape[0]
+        qr = apply_rope(q, self.pos[-n_q:], self.cache.rope).transpose(0, 1)
+        kr = apply_rope(keys, self.pos, self.cache.rope).transpose(0, 1)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            qr, kr, values.float().transpose(0, 1)
+        )
+        return out.transpose(0, 1).to(q.dtype)
+
+
+def published_blocks(pipe, state, blocks: int) -> list[torch.Tensor]:
+    """The published rolling loop's exiting blocks, on ``pipe``'s model, text and noise (the
+    same generator, drawn in the same order as the pipeline draws it)."""
+    dit, levels_all = pipe.models.dit, list(range(5))
+    cache, window, clean, exited = PublishedCache(pipe.models.rope, TPF), None, [], []
+    entered = 0
+    while len(exited) < blocks:
+        if window is None or window.shape[2] < 15:
+            fresh = pipe._noise(state, 3)
+            window = fresh if window is None else torch.cat([window, fresh], 2)
+            entered += 3
+        n = window.shape[2] // 3
+        levels = levels_all[5 - n :]
+        sigma = torch.tensor([pipe._sigmas[i] for i in levels]).repeat_interleave(3)
+        timestep = torch.tensor([pipe._timesteps[i] for i in levels]).repeat_interleave(3)
+        velocity = dit(window, timestep[None], state.text, cache.window(clean, window.shape[2]))
+        x0 = FlowSchedule.to_x0(window, velocity, sigma[None, None, :, None, None])
+        if n == 5:
+            block = x0[:, :, :3]
+            frames = list(range(entered - 15, entered - 12))
+            clean += frames
+            dit(block, torch.zeros(1, 3), state.text, cache.clean_pass(clean, frames))
+            exited.append(block)
+            x0, levels = x0[:, :, 3:], levels[1:]
+        lower = torch.tensor([pipe._sigmas[i - 1] for i in levels]).repeat_interleave(3)
+        noise = torch.randn(x0.shape, generator=state.generator)
+        window = FlowSchedule.add_noise(x0, noise, lower[None, None, :, None, None])
+    return exited
+
+
+def test_every_block_equals_the_published_loop(tiny) -> None:
+    """Twelve blocks out, past the seventh, after which a block's clean pass no longer reads
+    the sink: each exiting block equals the published loop's, written plainly above."""
     pipe = pipeline(tiny)
-    state = pipe.open(GenerationRequest("a red ball", seed=2, **SIZE))
-    for _ in range(3):
-        pipe.step(state)
-    while state.cache.window_blocks < 4:  # land just before a pass over a full window
-        pipe.window_step(state)
-    window_in = torch.cat([state.window, _peek_noise(state, pipe)], dim=2)
-    clean = state.clean.clone()
-    exited = pipe.window_step(state)  # enters the fresh block drawn above, then exits one
-
-    latents = torch.cat([clean, window_in], dim=2)  # 21 frames
-    n_ctx = clean.shape[2]
-    sigmas = torch.tensor(pipe._sigmas).repeat_interleave(3)
-    timestep = torch.cat([torch.zeros(n_ctx), torch.tensor(pipe._timesteps).repeat_interleave(3)])
-    frame_of = np.repeat(np.arange(latents.shape[2]), TPF)
-    sees = np.zeros((len(frame_of), len(frame_of)), dtype=bool)
-    for q, fq in enumerate(frame_of):
-        if fq < 3:
-            sees[q] = frame_of < 3
-        elif fq < n_ctx:
-            sees[q] = (frame_of < 3) | ((frame_of >= 3) & (frame_of < n_ctx))
-        else:
-            sees[q] = True
-    pos = torch.from_numpy(frame_positions(np.arange(latents.shape[2]), (2, 2)))
-    n = len(frame_of)
-    dense = DenseAttention(
-        pos, (0, n), wan_rope(tiny.dit.config.head_dim), False, torch.from_numpy(sees)
-    )
+    ours = pipe.open(GenerationRequest("a red ball", seed=2, **SIZE))
+    theirs = pipe.open(GenerationRequest("a red ball", seed=2, **SIZE))
     with torch.inference_mode():
-        velocity = tiny.dit(latents, timestep[None], state.text, dense)
-    x0 = latents[:, :, n_ctx:].float() - sigmas[None, None, :, None, None] * velocity[:, :, n_ctx:]
-    torch.testing.assert_close(exited.float(), x0[:, :, :3], rtol=1e-4, atol=1e-4)
+        expected = published_blocks(pipe, theirs, 12)
+        for block in expected:
+            torch.testing.assert_close(pipe.denoise(ours), block, rtol=1e-5, atol=1e-5)
+    # between steps the cache holds the sink, the 21 frames the last clean pass read (the next
+    # reads the newest 18 of them) and the window's 4 remaining blocks
+    assert len(ours.cache.frames("history")) == 21 and len(ours.cache.frames("window")) == 12
 
 
-def _peek_noise(state, pipe) -> torch.Tensor:
-    """The fresh block the next pass will draw, without consuming the stream's generator."""
-    saved = state.generator.get_state()
-    block = pipe._noise(state, 3)
-    state.generator.set_state(saved)
-    return block
+def test_recache_equals_each_clean_pass_replayed_in_order(tiny) -> None:
+    """The recache's one forward, each retained block a sequence reading blocks written by the
+    same forward, leaves the K/V that replaying the blocks' clean passes one by one would."""
+    pipes = [pipeline(tiny) for _ in range(2)]
+    states = [p.open(GenerationRequest("a red ball", seed=4, **SIZE)) for p in pipes]
+    with torch.inference_mode():
+        for p, s in zip(pipes, states, strict=True):
+            for _ in range(9):  # 9 blocks out: the history no longer holds block 1
+                p.denoise(s)
+            s.text = tiny.dit.encode_text(tiny.encode_prompt("a blue cube"))
+        pipes[0]._recache(states[0])
+        state, frames = states[1], 0
+        for write, context in state.cache.clean_passes():
+            block = state.clean[:, :, frames : frames + 3]
+            frames += 3
+            view = pipes[1]._view(state, write, context)
+            tiny.dit(block, torch.zeros(1, 3), state.text, view)
+    for name in ("sink", "history"):
+        kv = [
+            p.pool.kv[:, :, torch.from_numpy(s.cache.cache.slots(name)).long()]
+            for p, s in zip(pipes, states, strict=True)
+        ]
+        torch.testing.assert_close(kv[0], kv[1], rtol=1e-5, atol=1e-5)
 
 
 def test_300_steps_exact_exit_order_and_flat_memory(tiny) -> None:
@@ -97,8 +163,8 @@ def test_300_steps_exact_exit_order_and_flat_memory(tiny) -> None:
         if step:
             used.add(pipe.pool.stats().used_blocks)
             exited = 3 * step  # the block that left at this step starts at frame 3 * step
-            np.testing.assert_array_equal(
-                state.cache.frames("history"), np.arange(exited, exited + 3)
+            np.testing.assert_array_equal(  # the newest 21 clean frames after the sink
+                state.cache.frames("history"), np.arange(max(exited - 18, 3), exited + 3)
             )
         np.testing.assert_array_equal(
             state.cache.frames("window"), np.arange(3 * step + 3, 3 * step + 15)
@@ -106,9 +172,12 @@ def test_300_steps_exact_exit_order_and_flat_memory(tiny) -> None:
     assert total == 9 + 12 * 299 == state.frames_emitted
     assert firsts == [0, *range(9, total, 12)]
     assert state.passes == 300 + 4  # 4 ramp-up passes before the first block exits
-    assert used == {3 + 3 + 12}  # sink, history, 4 window blocks between steps: one frame a block
-    positions = state.cache.cache.positions("window")[:, 0]
-    assert positions.max() == 3 + 3 + 12 - 1  # contiguous: never grows with the stream
+    # sink, history, 4 window blocks between steps, one frame a block: the most is reached once
+    # the history holds 21 frames, and stays
+    assert max(used) == 3 + 21 + 12 and len(used) == 7
+    write, context = state.cache.window_pass()
+    positions = state.cache.cache.plan(write, context).kv_pos[:, 0]
+    assert positions.max() == 3 + 3 + 15 - 1  # contiguous: never grows with the stream
     pipe.close(state)
     assert pipe.pool.stats().used_blocks == 0
 
