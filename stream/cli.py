@@ -499,9 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    from framestream.evals.fidelity.cli import add_fidelity_arguments
     from framestream.evals.inf_streams.cli import add_inf_streams_arguments, add_toy_arguments
 
-    evaluate = commands.add_parser("eval", help="run an evaluation (Inf-Streams-Eval)")
+    evaluate = commands.add_parser(
+        "eval", help="run an evaluation (Inf-Streams-Eval, fidelity to the published loops)"
+    )
     evaluations = evaluate.add_subparsers(dest="evaluation", metavar="EVALUATION")
     inf_streams = evaluations.add_parser(
         "inf-streams",
@@ -515,6 +518,13 @@ def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_toy_arguments(toy)
     toy.set_defaults(run=_eval_toy_inf_streams)
+    fidelity = evaluations.add_parser(
+        "fidelity",
+        help="run our loops beside the published ones (checkouts you name), report differences",
+        description="See docs/evals.md (fidelity to the published loops).",
+    )
+    add_fidelity_arguments(fidelity)
+    fidelity.set_defaults(run=_eval_fidelity)
     evaluate.set_defaults(run=lambda _: evaluate.print_help() or 2)
 
 
@@ -522,6 +532,12 @@ def _eval_inf_streams(args: argparse.Namespace) -> int:
     from framestream.evals.inf_streams.cli import run_inf_streams
 
     return run_inf_streams(args)
+
+
+def _eval_fidelity(args: argparse.Namespace) -> int:
+    from framestream.evals.fidelity.cli import run
+
+    return run(args)
 
 
 def _eval_toy_inf_streams(args: argparse.Namespace) -> int:

@@ -144,7 +144,7 @@ class RollingForcingPipeline(WanStreamPipeline):
             return exited
         # every remaining block goes one level down, with fresh noise
         lower = self._per_frame([self._sigmas[i - 1] for i in levels])[None, None, :, None, None]
-        noise = torch.randn(x0.shape, generator=state.generator, device=x0.device)
+        noise = self._noise(state, x0.shape[2]).float()
         state.window = FlowSchedule.add_noise(x0, noise, lower).to(self.models.dtype)
         return exited
 

@@ -1,0 +1,138 @@
+"""Running a published repository's code beside ours, from a checkout the user names.
+
+The published repositories are research code: top-level packages named ``wan``, ``utils``,
+``pipeline`` and ``model`` (LongLive and Rolling Forcing both have them), a module that asks for
+the current CUDA device at import, and attention through flash-attn. :func:`checkout` imports
+such a tree for the length of a ``with`` block and takes every module it imported out of
+``sys.modules`` afterwards, so two checkouts can be run one after the other in one process.
+Nothing of a checkout is copied into this repository.
+
+What a CPU lacks is shimmed, nothing else: ``torch.cuda.current_device`` answers 0 while the
+checkout imports (``utils/memory.py`` builds a ``cuda:N`` device object at import and never
+uses it on this path), and :func:`float32_attention` stands in for the flash-attn kernel (which
+computes in bf16 on a GPU; its SDPA fallback casts to bf16 too), so a float32 comparison is
+float32 on both sides. The packages a checkout imports only for paths not run here (``wan``'s
+image-to-video imports torchvision, which PyPI's build cannot import beside every torch build)
+are stubbed where missing: any attribute of a stub is another stub, and calling one fails.
+The published code's own pure-Python requirements (easydict, einops, ftfy, omegaconf) are the
+``fidelity`` extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import io
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["checkout", "commit_of", "float32_attention", "float32_attention_everywhere", "quiet"]
+
+
+def commit_of(path: Path) -> str | None:
+    """The commit a checkout is at, or None outside git."""
+    out = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    return out.stdout.strip() or None
+
+
+@contextlib.contextmanager
+def checkout(
+    path: Path, modules: Sequence[str], stubs: Sequence[str] = ("torchvision",)
+) -> Iterator[list[ModuleType]]:
+    """Import ``modules`` from the checkout at ``path``, with ``stubs`` standing in for the
+    packages of those names that do not import here; every module the checkout brought in, and
+    every stub, leaves ``sys.modules`` with the block."""
+    path = Path(path).resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkout at {path}")
+    finder = _StubFinder([name for name in stubs if not _importable(name)])
+    before = set(sys.modules)
+    sys.path.insert(0, str(path))
+    sys.meta_path.insert(0, finder)
+    try:
+        with mock.patch.object(torch.cuda, "current_device", lambda: 0), quiet():
+            imported = [importlib.import_module(name) for name in modules]
+        yield imported
+    finally:
+        sys.meta_path.remove(finder)
+        sys.path.remove(str(path))
+        for name in set(sys.modules) - before:
+            module = sys.modules[name]
+            where = [getattr(module, "__file__", None), *getattr(module, "__path__", [])]
+            if isinstance(module, _Stub) or any(str(path) in str(w) for w in where if w):
+                del sys.modules[name]
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except Exception:
+        return False
+    return True
+
+
+class _Stub(ModuleType):
+    """A package that is never used on the path run: its attributes are stubs too."""
+
+    def __getattr__(self, name: str) -> _Stub:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Stub(f"{self.__name__}.{name}")
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f"{self.__name__} is a stub: the fidelity eval does not run this path")
+
+
+class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def __init__(self, packages: list[str]) -> None:
+        self.packages = packages
+
+    def find_spec(self, name, path=None, target=None):
+        if any(name == p or name.startswith(p + ".") for p in self.packages):
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec) -> _Stub:
+        return _Stub(spec.name)
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__path__ = []
+
+
+def float32_attention(q, k, v, q_lens=None, k_lens=None, **kwargs) -> torch.Tensor:
+    """The published ``attention`` / ``flash_attention(q, k, v)`` (``[B, L, H, D]`` in and
+    out), full, in the inputs' dtype. Text-to-video passes no padding lengths."""
+    if q_lens is not None or k_lens is not None or kwargs.get("causal"):
+        raise ValueError("the float32 attention shim takes no lengths and no causal mask")
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2).contiguous().to(v.dtype)
+
+
+@contextlib.contextmanager
+def float32_attention_everywhere(*modules: ModuleType) -> Iterator[None]:
+    """Every ``attention`` and ``flash_attention`` bound in ``modules`` is
+    :func:`float32_attention` for the block."""
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            for name in ("attention", "flash_attention"):
+                if hasattr(module, name):
+                    stack.enter_context(mock.patch.object(module, name, float32_attention))
+        yield
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The published loops print every window; keep the eval's own output readable."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield

@@ -1,0 +1,166 @@
+"""What the LongLive and Rolling Forcing comparisons share: one tiny random Wan DiT in both
+codebases, the same text embeddings, the same noise, and the differences reported.
+
+The published loops hard-code the 1.3B model's attention geometry (12 heads of 128 in their
+cache buffers, 512 text tokens) and, in Rolling Forcing, 1560 tokens a frame. The tiny model
+keeps that width (12 heads of 128) and the 512 text tokens, with 2 layers, a narrow
+feed-forward and text embeddings of 32; its frames are 4 x 4 latents (2 x 2 tokens), which the
+pipelines' frame-length attributes are set to.
+
+Noise: the published loops draw it with ``torch.randn_like`` inside the loop; :class:`NoiseTape`
+records those draws, and our pipeline, through :func:`replaying`, takes the same values in the
+same order instead of its own generator's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from unittest import mock
+
+import torch
+
+from framestream.models.registry import WanModels, load_wan_models
+from framestream.models.wan.config import WanConfig
+from framestream.models.wan.model import CausalWanModel
+from framestream.stream.pipelines.wan import WanStreamPipeline
+
+__all__ = [
+    "CONFIG",
+    "FRAME_TOKENS",
+    "LATENT",
+    "SIZE",
+    "FixedPrompts",
+    "NoiseTape",
+    "difference",
+    "our_models",
+    "published_tiny",
+    "replaying",
+]
+
+CONFIG = WanConfig(
+    dim=1536, ffn_dim=256, num_heads=12, num_layers=2, freq_dim=256, text_dim=32, text_len=512
+)
+LATENT = (16, 4, 4)  # channels, rows, columns of a latent frame
+FRAME_TOKENS = 4  # (4 / 2) x (4 / 2) patches
+SIZE = (32, 32)  # pixels (the VAE's stride 8)
+# equal means equal up to float32 reordering: a relative difference below this
+TOLERANCE = 1e-5
+
+
+def published_tiny(model_class: type, seed: int, **kwargs) -> torch.nn.Module:
+    """The published ``CausalWanModel`` at :data:`CONFIG`, every weight drawn from a seeded
+    normal (scaled by fan-in, so activations stay O(1) through the layers)."""
+    model = model_class(
+        model_type="t2v",
+        patch_size=(1, 2, 2),
+        text_len=CONFIG.text_len,
+        in_dim=CONFIG.in_channels,
+        dim=CONFIG.dim,
+        ffn_dim=CONFIG.ffn_dim,
+        freq_dim=CONFIG.freq_dim,
+        text_dim=CONFIG.text_dim,
+        out_dim=CONFIG.out_channels,
+        num_heads=CONFIG.num_heads,
+        num_layers=CONFIG.num_layers,
+        eps=CONFIG.eps,
+        **kwargs,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            fan_in = param.shape[-1] if param.ndim > 1 else 1
+            scale = 1.0 / math.sqrt(fan_in) if param.ndim > 1 else 0.1
+            param.copy_(torch.randn(param.shape, generator=generator) * scale)
+            if name.endswith("modulation"):  # the per-block shift/scale/gate table
+                param.mul_(0.1)
+    return model.eval().float()
+
+
+class FixedPrompts:
+    """Stands in for the text encoder: the same embedding for a prompt on both sides."""
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed
+        self._embeddings: dict[str, torch.Tensor] = {}
+
+    def embedding(self, prompt: str) -> torch.Tensor:
+        """``[1, 512, 32]``: a prompt's tokens, then zero padding, as umT5's output is."""
+        if prompt not in self._embeddings:
+            index = len(self._embeddings)
+            generator = torch.Generator().manual_seed(self._seed * 1000 + index)
+            out = torch.zeros(1, CONFIG.text_len, CONFIG.text_dim)
+            out[:, : 7 + index] = torch.randn(1, 7 + index, CONFIG.text_dim, generator=generator)
+            self._embeddings[prompt] = out
+        return self._embeddings[prompt]
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Our :class:`~models.text.PromptCache` interface."""
+        return torch.cat([self.embedding(p) for p in prompts])
+
+    def published(self) -> torch.nn.Module:
+        """The published ``WanTextEncoder`` interface: ``text_prompts=`` -> ``prompt_embeds``."""
+        fixed = self
+
+        class Encoder(torch.nn.Module):
+            def forward(self, text_prompts: list[str]) -> dict[str, torch.Tensor]:
+                return {"prompt_embeds": fixed.encode(list(text_prompts))}
+
+        return Encoder()
+
+
+def our_models(published: torch.nn.Module, prompts: FixedPrompts) -> WanModels:
+    """Our DiT with the published model's weights (the original Wan names, read by our
+    loader's checks), the fixed prompts, and the tiny VAE (never decoded here)."""
+    dit = CausalWanModel(CONFIG)
+    state = published.state_dict()
+    dit.load_state_dict(state, strict=True)
+    base = load_wan_models("tiny")
+    return replace(base, dit=dit.eval(), text=prompts, dtype=torch.float32, opening=None)
+
+
+class NoiseTape:
+    """The ``torch.randn_like`` draws of a published loop, in order (``[B * F, C, H, W]``)."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self.draws: list[torch.Tensor] = []
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        def randn_like(x: torch.Tensor, **_) -> torch.Tensor:
+            out = torch.randn(x.shape, generator=self.generator, dtype=x.dtype)
+            self.draws.append(out.clone())
+            return out
+
+        with mock.patch.object(torch, "randn_like", randn_like):
+            yield
+
+
+@contextlib.contextmanager
+def replaying(pipe: WanStreamPipeline, source: Callable[[int], torch.Tensor]) -> Iterator[None]:
+    """Our pipeline draws ``source(frames)`` (``[1, C, frames, h, w]``) instead of noise."""
+    with mock.patch.object(pipe, "_noise", lambda state, frames: source(frames)):
+        yield
+
+
+@dataclass(frozen=True)
+class Difference:
+    max_abs: float
+    max_rel: float  # max |ours - theirs| / max |theirs|
+
+    @property
+    def equal(self) -> bool:
+        return self.max_rel <= TOLERANCE
+
+
+def difference(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float | bool]:
+    """How far ``ours`` is from ``theirs`` (same shape), as a JSON-able dict."""
+    if ours.shape != theirs.shape:
+        raise ValueError(f"shapes differ: ours {tuple(ours.shape)}, theirs {tuple(theirs.shape)}")
+    delta = (ours.double() - theirs.double()).abs().max().item()
+    scale = theirs.double().abs().max().item() or 1.0
+    diff = Difference(delta, delta / scale)
+    return {"max_abs": diff.max_abs, "max_rel": diff.max_rel, "equal": diff.equal}
