@@ -41,8 +41,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# StreamingVLM keeps the first and the last 512 tokens of the previous text; a word is at least
-# one token, so these many words at each end keep exactly what it keeps, and a 2-hour game's
+# StreamingVLM keeps the first 512 and the last 511 tokens of the previous text; a word is at
+# least one token, so these many words at each end keep all it keeps, and a 2-hour game's
 # commentary still fits the protocol's 20000-character previous_text
 PRIMING_KEEP_WORDS = 512
 _PRIMING_MAX_CHARS = 20000

@@ -9,8 +9,9 @@ and re-based on the host after every change, so no policy ever copies or re-rota
     FrameSinkWindow (LongLive)       [sink: 3 frames][window: last 9 frames, current chunk included]
     RollingWindow (Rolling Forcing)  [sink: 1st block][history: clean][window: noisy, rewritten]
                                       each pass reads the published span, placed back to back
-    StreamingVLMWindow               [system][prev head 512][prev tail 512][prev end]
-                                      [round i: text | vision | reply] x last N rounds
+    StreamingVLMWindow               [system][prev head 512][prev tail 511][prev end]
+                                      [round: \n|user|time|vision|query|reply] x last N
+                                      (vlm_window.py: the published bookkeeping, piece by piece)
     TokenSinkWindow (StreamingLLM)   [sink: n tokens][window: last W tokens]
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from framestream.models.positions import frame_positions, text_positions, vision_positions
 from framestream.stream.kvcache.session import SessionCache, TokenRange
+from framestream.stream.kvcache.vlm_window import StreamingVLMConfig, StreamingVLMWindow
 
 __all__ = [
     "FrameSinkWindow",
@@ -357,166 +359,6 @@ class RollingWindow:
         """The newest ``tokens`` (at most) of a segment, before token ``stop``."""
         stop = self.cache.length(name) if stop is None else stop
         return TokenRange(name, max(stop - max(tokens, 0), 0), stop)
-
-
-# --------------------------------------------------------------------------------------------
-# (c) StreamingVLM: system sink, previous text 512 + 512, last N text rounds, vision window
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StreamingVLMConfig:
-    """StreamingVLM's budgets (defaults as published).
-
-    Attributes:
-        text_rounds: recent rounds whose text stays in place (16).
-        vision_seconds: recent rounds whose vision tokens stay (16).
-        prev_sink_tokens: first tokens of the "previous text" block kept forever (512).
-        prev_window_tokens: last tokens of the "previous text" block kept (512).
-        max_prefix_tokens: system prompt + previous-text header/footer, for the worst case.
-        max_round_text_tokens: a round's template and reply text (query included), worst case.
-        max_vision_tokens: merged vision tokens of one second, worst case (768 for 16:9).
-    """
-
-    text_rounds: int = 16
-    vision_seconds: int = 16
-    prev_sink_tokens: int = 512
-    prev_window_tokens: int = 512
-    max_prefix_tokens: int = 256
-    max_round_text_tokens: int = 160
-    max_vision_tokens: int = 768
-
-    def worst_case_blocks(self, block_size: int) -> int:
-        rounds = max(self.text_rounds, self.vision_seconds) + 1  # the new round before eviction
-        text = rounds * 2 * _blocks_for(self.max_round_text_tokens, block_size)
-        vision = (self.vision_seconds + 1) * _blocks_for(self.max_vision_tokens, block_size)
-        prefix = 2 * _blocks_for(self.max_prefix_tokens, block_size)
-        prev = _blocks_for(self.prev_sink_tokens, block_size) + _blocks_for(
-            self.prev_window_tokens + self.max_round_text_tokens, block_size
-        )
-        return text + vision + prefix + prev
-
-
-class StreamingVLMWindow:
-    """StreamingVLM's cache with contiguous M-RoPE positions over whatever is retained.
-
-    Segment order::
-
-        system | prev_head | prev_tail | prev_end | r<i>.text r<i>.vision r<i>.reply | ...
-
-    Folding a round's reply text into ``prev_tail`` copies its un-rotated K/V (no recompute),
-    as StreamingVLM's "reuse KV" does; positions then follow from the layout.
-    """
-
-    PREFIX = ("system", "prev_head", "prev_tail", "prev_end")
-
-    def __init__(self, cache: SessionCache, config: StreamingVLMConfig) -> None:
-        self.cache, self.config = cache, config
-        for name in self.PREFIX:
-            cache.add_segment(name)
-        self.rounds: list[int] = []  # live round ids, oldest first
-        self._reply_text: dict[int, tuple[int, int]] = {}  # round -> foldable span of its reply
-        self._next_round = 0
-
-    def start(
-        self, system_tokens: int, prev_text_tokens: int, prev_end_tokens: int
-    ) -> list[TokenRange]:
-        """Lay out the prefix; ``prev_text_tokens`` beyond 512 + 512 must be cut by the caller."""
-        cfg = self.config
-        if prev_text_tokens > cfg.prev_sink_tokens + cfg.prev_window_tokens:
-            raise ValueError(
-                f"previous text of {prev_text_tokens} tokens exceeds "
-                f"{cfg.prev_sink_tokens} + {cfg.prev_window_tokens}; keep its first and last parts"
-            )
-        head = min(prev_text_tokens, cfg.prev_sink_tokens)
-        sizes = (system_tokens, head, prev_text_tokens - head, prev_end_tokens)
-        ranges = [
-            self.cache.append(name, text_positions(n))
-            for name, n in zip(self.PREFIX, sizes, strict=True)
-        ]
-        self._rebase()
-        return [r for r in ranges if len(r)]
-
-    def begin_round(
-        self,
-        text_tokens: int,
-        vision_grid: tuple[int, int, int] | None,
-        reply_prefix_tokens: int,
-        t_step: int = 1,
-    ) -> list[TokenRange]:
-        """Evict per the policy, then append a new one-second round; returns what to prefill.
-
-        Args:
-            text_tokens: template text before the vision block ("\\n<|im_start|>user\\nTime=...").
-            vision_grid: merged (t, h, w) grid of the second's video, or None.
-            reply_prefix_tokens: text after the vision block up to the assistant's first token.
-            t_step: temporal position step between the video's grids (Qwen2.5-VL:
-                tokens_per_second x seconds per grid).
-        """
-        self._evict()
-        rid, self._next_round = self._next_round, self._next_round + 1
-        self.rounds.append(rid)
-        names = (f"r{rid}.text", f"r{rid}.vision", f"r{rid}.reply")
-        for name in names:
-            self.cache.add_segment(name)
-        ranges = [self.cache.append(names[0], text_positions(text_tokens))]
-        if vision_grid is not None:
-            ranges.append(self.cache.append(names[1], vision_positions(vision_grid, t_step)))
-        ranges.append(self.cache.append(names[2], text_positions(reply_prefix_tokens)))
-        self._reply_text[rid] = (reply_prefix_tokens, reply_prefix_tokens)
-        self._rebase()
-        return [r for r in ranges if len(r)]
-
-    def append_reply(self, count: int = 1, foldable: bool = True) -> TokenRange:
-        """Append decoded tokens to the current round's reply (``foldable``: part of its text)."""
-        rid = self.rounds[-1]
-        name = f"r{rid}.reply"
-        start = self.cache.length(name)
-        written = self.cache.append(name, text_positions(count, start))
-        if foldable:
-            first, _ = self._reply_text[rid]
-            self._reply_text[rid] = (first, start + count)
-        return written
-
-    def _evict(self) -> None:
-        """Make room for one more round: fold and drop old text, drop old vision, trim."""
-        cfg, names = self.config, self.cache.segment_names
-        with_text = [r for r in self.rounds if f"r{r}.reply" in names]
-        for rid in with_text[: max(0, len(with_text) - cfg.text_rounds + 1)]:
-            self._fold(rid)
-            self.cache.drop(f"r{rid}.text")
-            self.cache.drop(f"r{rid}.reply")
-        with_vision = [r for r in self.rounds if f"r{r}.vision" in names]
-        for rid in with_vision[: max(0, len(with_vision) - cfg.vision_seconds + 1)]:
-            self.cache.drop(f"r{rid}.vision")
-        names = self.cache.segment_names
-        self.rounds = [r for r in self.rounds if any(n.startswith(f"r{r}.") for n in names)]
-        overflow = self.cache.length("prev_tail") - cfg.prev_window_tokens
-        if overflow > 0:
-            self.cache.evict_front("prev_tail", overflow)
-
-    def _fold(self, rid: int) -> None:
-        """Copy round ``rid``'s reply text to the end of the previous text, K/V reused.
-
-        The previous text keeps its first ``prev_sink_tokens`` and its last
-        ``prev_window_tokens``: folded text fills the head until it is full, then the tail.
-        """
-        first, stop = self._reply_text.pop(rid)
-        room = self.config.prev_sink_tokens - self.cache.length("prev_head")
-        into_head = min(max(room, 0), stop - first)
-        for target, start, end in (
-            ("prev_head", first, first + into_head),
-            ("prev_tail", first + into_head, stop),
-        ):
-            if end > start:
-                rel = self.cache.rel_positions(target)
-                at = int(rel[-1, 0]) + 1 if len(rel) else 0
-                self.cache.copy_tokens(
-                    TokenRange(f"r{rid}.reply", start, end), target, text_positions(end - start, at)
-                )
-
-    def _rebase(self) -> None:
-        self.cache.layout_contiguous(self.cache.segment_names, axes=(0, 1, 2))
 
 
 # --------------------------------------------------------------------------------------------

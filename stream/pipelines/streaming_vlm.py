@@ -14,9 +14,10 @@ formats it::
 
 then up to 20 tokens of reply, ending at ``<|im_end|>``; the reply's text minus the trailing
 " ..." is the caption of ``[k, k + 1)`` (empty for a silent second). A question asked
-mid-stream joins the next round's user turn. The cache keeps StreamingVLM's policy (system
-sink, previous text 512 + 512, the last 16 rounds of text, a 16-second vision window) with
-contiguous M-RoPE positions, re-based on the host; nothing is ever re-rotated.
+mid-stream joins the next round's user turn. The cache keeps what the published bookkeeping
+keeps (:mod:`stream.kvcache.vlm_window`: system sink, previous text 512 + 511, the last 16
+rounds of text, a 16-second vision window) with contiguous M-RoPE positions, re-based on the
+host; nothing is ever re-rotated.
 
 A round runs as :meth:`StreamingVLMPipeline.prefill` followed by
 :meth:`StreamingVLMPipeline.decode` steps. Both take any number of streams and pack them::
@@ -50,12 +51,15 @@ from framestream.stream.kvcache import (
     CacheView,
     KVCacheDtype,
     KVCacheManager,
-    StreamingVLMConfig,
-    StreamingVLMWindow,
     TokenRange,
     build_step,
     cache_dtype,
     check_kv_cache_dtype,
+)
+from framestream.stream.kvcache.vlm_window import (
+    RoundTokens,
+    StreamingVLMConfig,
+    StreamingVLMWindow,
 )
 from framestream.stream.pipelines.decode_graph import DecodeGraphs, graph_safe_backend
 from framestream.stream.pipelines.feed import FeedChunk, FrameFeed
@@ -148,7 +152,7 @@ class _Round:
 
     index: int  # the stream's place in the prefill call's list
     second: int  # the feed second it answers
-    ids: list[int]  # token ids, its <|video_pad|> run included
+    ids: list[int]  # token ids, its <|video_pad|> run included (the last reply's end first)
     ranges: list[TokenRange]  # cache ranges the ids are written to, in order
     video: VideoInputs  # the second's pixels for the vision tower
 
@@ -189,11 +193,14 @@ class StreamingVLMPipeline:
         merge = model.merge_size * model.patch_size
         max_pixels = self.config.max_pixels or model.video_max_pixels
         grids_per_second = self.config.fps // model.temporal_patch_size
+        # the published fold leaves out the reply's last len(" ...<|im_end|>") - 1 tokens
+        fold_drop = len(self._tokens(" ...<|im_end|>")) - 1
         self._policy = StreamingVLMConfig(
             text_rounds=self.config.text_rounds,
             vision_seconds=self.config.vision_seconds,
             prev_sink_tokens=self.config.prev_sink_tokens,
             prev_window_tokens=self.config.prev_window_tokens,
+            fold_drop_tokens=fold_drop,
             max_prefix_tokens=64,
             max_round_text_tokens=self.config.max_round_text_tokens,
             max_vision_tokens=grids_per_second * max_pixels // (merge * merge),
@@ -354,23 +361,22 @@ class StreamingVLMPipeline:
             raise ValueError("no complete second buffered; check ready() first")
         video = self.model.video_inputs(chunk.frames, max_pixels=self.config.max_pixels)
         t, h, w = video.merged_grid
-        first = state.rounds == 0
-        head = "<|im_start|>user\n" if first else "\n<|im_start|>user\n"
-        head += f"Time={chunk.second:.1f}-{chunk.second + 1:.1f}s<|vision_start|>"
-        extra = state.instruction if first else " ".join(state.questions)
+        sp = self.model.special
+        extra = state.instruction if state.rounds == 0 else " ".join(state.questions)
         state.questions.clear()
-        tail = f"<|vision_end|>{extra}<|im_end|>\n<|im_start|>assistant\n"
-        head_ids, tail_ids = self._tokens(head), self._tokens(tail)
-        ranges: list[TokenRange] = []
-        ids: list[int] = []
-        if state.pending:  # the last reply's end joins this prefill, as StreamingVLM does
-            ranges.append(state.cache.append_reply(len(state.pending), foldable=False))
-            ids += state.pending
-        ranges += state.cache.begin_round(
-            len(head_ids), (t, h, w), len(tail_ids), t_step=self._t_step
+        tokens = RoundTokens(
+            newline=self._tokens("\n"),
+            user=self._tokens("<|im_start|>user\n"),
+            time=self._tokens(f"Time={chunk.second:.1f}-{chunk.second + 1:.1f}s"),
+            vision=[sp.vision_start, *[sp.video_pad] * (t * h * w), sp.vision_end],
+            query=self._tokens(f"{extra}<|im_end|>\n"),
+            prompt=self._tokens("<|im_start|>assistant\n"),
+            grid=(t, h, w),
         )
-        ids += head_ids + [self.model.special.video_pad] * (t * h * w) + tail_ids
-        return _Round(index, chunk.second, ids, ranges, video)
+        # the last reply's end joins this prefill, as StreamingVLM does; the policy evicts,
+        # then lays the round out, and says which tokens it writes
+        ranges = state.cache.begin_round(tokens, close=state.pending, t_step=self._t_step)
+        return _Round(index, chunk.second, state.cache.token_ids(ranges), ranges, video)
 
     def _pack(self, rounds: list[_Round]) -> list[list[_Round]]:
         """Consecutive rounds grouped into forwards of at most ``max_prefill_tokens`` tokens."""
@@ -426,8 +432,11 @@ class StreamingVLMPipeline:
             else:
                 active.append(i)
         if active:
-            plans = [states[i].cache.cache.plan([states[i].cache.append_reply(1)]) for i in active]
             ids = [states[i].next_token for i in active]
+            plans = [
+                states[i].cache.cache.plan([states[i].cache.append_reply([token])])
+                for i, token in zip(active, ids, strict=True)
+            ]
             if self._graphs is not None and self._graphs.fits(plans):
                 tokens = self._graphs.step(ids, plans)
             else:
@@ -468,11 +477,11 @@ class StreamingVLMPipeline:
         system = self._tokens(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n")
         system += self._tokens("<|im_start|>previous text\n")
         prev = self._tokens(previous_text) if previous_text.strip() else []
-        budget = self.config.prev_sink_tokens + self.config.prev_window_tokens
-        if len(prev) > budget:  # StreamingVLM keeps the first 512 and the last 512 tokens
-            prev = prev[: self.config.prev_sink_tokens] + prev[-self.config.prev_window_tokens :]
+        # the first 512 and the last 511 tokens, as the published cut leaves them after the
+        # first round (it cuts after that round; here the cache is bounded from the start)
+        prev = self._policy.cut_previous(prev)
         end = self._tokens("<|im_end|>\n")
-        ranges = state.cache.start(len(system), len(prev), len(end))
+        ranges = state.cache.start(system, prev, end)
         ids = torch.tensor(system + prev + end, device=self.model.device)
         self.model.decoder(self.model.embed(ids), self._view([state], [ranges]))
 

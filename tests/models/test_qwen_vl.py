@@ -21,6 +21,7 @@ from framestream.stream.kvcache import (
     text_positions,
     vision_positions,
 )
+from framestream.stream.kvcache.vlm_window import RoundTokens
 
 ATOL = 2e-5  # float32, logits are O(1)
 
@@ -169,13 +170,23 @@ class _Session:
 
     def prefill_plan(self):
         system, prev, prev_end, user, pads, reply = self.pieces
-        ranges = self.policy.start(len(system), len(prev), len(prev_end))
-        ranges += self.policy.begin_round(len(user), self.video.merged_grid, len(reply))
+        tokens = RoundTokens(  # "<|im_start|>user\n" "Time=0.0-1.0s" ... "<|im_start|>assistant\n"
+            newline=[],
+            user=user[:3],
+            time=user[3:-1],
+            vision=[user[-1], *pads, reply[0]],
+            query=reply[1:-3],
+            prompt=reply[-3:],
+            grid=self.video.merged_grid,
+        )
+        ranges = self.policy.start(system, prev, prev_end)
+        ranges += self.policy.begin_round(tokens)
+        assert self.policy.token_ids(ranges) == self.ids
         return self.policy.cache.plan(ranges)
 
     def decode_plan(self, token: int):
         self.ids.append(token)
-        return self.policy.cache.plan([self.policy.append_reply(1)])
+        return self.policy.cache.plan([self.policy.append_reply([token])])
 
 
 def _forward(tiny: QwenVL, pool: BlockPool, plans, embeds: torch.Tensor) -> torch.Tensor:

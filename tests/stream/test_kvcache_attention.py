@@ -26,6 +26,7 @@ from framestream.stream.kvcache import (
     TokenWindowConfig,
     build_step,
 )
+from framestream.stream.kvcache.vlm_window import RoundTokens
 
 LAYERS = 2
 
@@ -199,73 +200,63 @@ def test_streaming_llm_decode_matches_dense(heads) -> None:
 
 
 def test_streaming_vlm_after_evictions_matches_recomputation() -> None:
+    """Rounds of text, vision and replies through 12 evictions (folds included): every step
+    attends to the K/V of exactly the tokens the policy says it keeps, at Qwen2.5-VL's rope
+    index over them."""
     d = 16
     m, geometry = make(block_size=4, hkv=2, d=d)
     config = StreamingVLMConfig(
         text_rounds=3,
         vision_seconds=3,
         prev_sink_tokens=4,
-        prev_window_tokens=4,
+        prev_window_tokens=5,
         max_prefix_tokens=8,
-        max_round_text_tokens=10,
+        max_round_text_tokens=16,
         max_vision_tokens=6,
     )
     h = Harness(m.open(geometry, config), mrope(d, sections=(2, 3, 3)), (4, 2), seed=3)
-    # tokens as Qwen2.5-VL lays them out: ("text", id) or ("vision", id, (t, h, w))
     next_id = 0
+    vision_at: dict[int, tuple[int, int, int]] = {}  # a pad's (t, h, w) in its block
 
-    def text(n):
+    def text(n: int) -> list[int]:
         nonlocal next_id
-        toks = [("text", next_id + i) for i in range(n)]
         next_id += n
-        return toks
+        return list(range(next_id - n, next_id))
 
-    def vision(grid_hw):
-        nonlocal next_id
+    def vision(grid_hw) -> list[int]:
         hh, ww = grid_hw
-        toks = [("vision", next_id + r * ww + c, (0, r, c)) for r in range(hh) for c in range(ww)]
-        next_id += hh * ww
-        return toks
+        pads = text(hh * ww)
+        vision_at.update({pads[r * ww + c]: (0, r, c) for r in range(hh) for c in range(ww)})
+        return [*text(1), *pads, *text(1)]
 
-    def positions(seq):
+    def positions(seq) -> np.ndarray:
         """Qwen2.5-VL rope index over the retained sequence: text steps by one, a vision block
         starts at the cursor on every axis and text resumes after its largest index."""
         pos, cursor, i = [], 0, 0
         while i < len(seq):
-            if seq[i][0] == "text":
+            if seq[i] not in vision_at:
                 pos.append((cursor,) * 3)
-                cursor += 1
-                i += 1
+                cursor, i = cursor + 1, i + 1
                 continue
             j = i
-            while j < len(seq) and seq[j][0] == "vision" and (j == i or seq[j][2] != (0, 0, 0)):
-                pos.append(tuple(cursor + x for x in seq[j][2]))
+            while (
+                j < len(seq) and seq[j] in vision_at and (j == i or vision_at[seq[j]] != (0, 0, 0))
+            ):
+                pos.append(tuple(cursor + x for x in vision_at[seq[j]]))
                 j += 1
             cursor = max(max(p) for p in pos[i:j]) + 1
             i = j
         return np.array(pos)
 
-    system, head, tail, end = text(3), text(4), text(4), text(2)
-    ranges = h.session.start(3, 8, 2)
-    outs = h.forward(ranges, [t[1] for t in system + head + tail + end], causal=True)
-    prev_tail = list(tail)
-    rounds = []
+    ranges = h.session.start(text(3), text(8), text(2))
+    outs = h.forward(ranges, h.session.token_ids(ranges), causal=True)
+    close: list[int] = []
     for second in range(12):
-        rnd = {"text": text(2), "vision": vision((2, 3)), "prefix": text(2), "reply": []}
-        if len(rounds) == 3:  # evict the oldest round, its reply text folded into prev_tail
-            old = rounds.pop(0)
-            prev_tail = (prev_tail + old["reply"])[-4:]
-        rounds.append(rnd)
-        ranges = h.session.begin_round(2, (1, 2, 3), 2)
-        new = rnd["text"] + rnd["vision"] + rnd["prefix"]
-        outs = h.forward(ranges, [t[1] for t in new], causal=True)
-        for _ in range(second % 3):
-            r = h.session.append_reply()
-            tok = text(1)
-            rnd["reply"] += tok
-            outs = h.forward([r], [tok[0][1]], causal=True)
-        seq = system + head + prev_tail + end
-        for r in rounds:
-            seq += r["text"] + r["vision"] + r["prefix"] + r["reply"]
-        ids = [t[1] for t in seq]
-        h.check(outs, ids, positions(seq), causal=True)
+        tokens = RoundTokens(text(1), text(2), text(1), vision((2, 3)), text(1), text(2), (1, 2, 3))
+        ranges = h.session.begin_round(tokens, close)
+        outs = h.forward(ranges, h.session.token_ids(ranges), causal=True)
+        for token in text(second % 3):
+            outs = h.forward([h.session.append_reply([token])], [token], causal=True)
+        close = text(1)  # the reply's <|im_end|>, fed with the next round
+        seq = h.session.retained()[0].tolist()
+        h.check(outs, seq, positions(seq), causal=True)

@@ -1,5 +1,5 @@
 """Each eviction policy over thousands of steps keeps exactly the tokens it should, at the
-positions it should, and its size stays bounded.
+positions it should, and its size stays bounded (StreamingVLM's: test_kvcache_vlm_window.py).
 
 Every token's K row carries its identity (``k[..., 0] = frame or token id``) so the tests read
 back from device memory which tokens a plan really attends to.
@@ -16,7 +16,6 @@ from framestream.stream.kvcache import (
     FrameWindowConfig,
     KVCacheManager,
     RollingWindowConfig,
-    StreamingVLMConfig,
     TokenRange,
     TokenWindowConfig,
 )
@@ -186,61 +185,6 @@ def test_rolling_window_clean_passes_replay_each_block_s_span() -> None:
         # the retained frames before it, newest 18 at most
         assert sum(read, []) == clean[: 3 * i][-18:]
         assert plan.q_pos[:, 0].tolist() == [clean.index(f) for f in block]
-
-
-def test_streaming_vlm_over_600_seconds() -> None:
-    config = StreamingVLMConfig(
-        text_rounds=16,
-        vision_seconds=16,
-        prev_sink_tokens=8,
-        prev_window_tokens=8,
-        max_prefix_tokens=8,
-        max_round_text_tokens=12,
-        max_vision_tokens=6,
-    )
-    m = manager(block_size=4, capacity=64 << 20)
-    s = m.open(GEOMETRY, config)
-    pool = m.pool(GEOMETRY)
-    prefix = s.start(system_tokens=5, prev_text_tokens=12, prev_end_tokens=2)
-    tag(s, prefix, np.arange(10_000, 10_000 + sum(len(r) for r in prefix)))
-    replies: dict[int, list[int]] = {}
-    for second in range(600):
-        ranges = s.begin_round(text_tokens=3, vision_grid=(1, 2, 3), reply_prefix_tokens=2)
-        tag(s, ranges, np.full(sum(len(r) for r in ranges), 1_000_000 + second))
-        replies[second] = []
-        for k in range(second % 5):  # 0 to 4 reply tokens; 0 is a silent second
-            r = s.append_reply()
-            token = 100 * second + k
-            tag(s, [r], np.array([token]))
-            replies[second].append(token)
-        live = s.rounds
-        assert live == list(range(max(0, second - 15), second + 1))
-        # the previous-text tail holds the newest folded reply text, at most 8 tokens
-        folded = [t for sec in range(max(0, second - 15)) for t in replies[sec]]
-        tail_ids = attended_ids(s, [], context=["prev_tail"])
-        initial_tail = list(range(10_013, 10_017))  # prev text tokens 8..11 of the prompt
-        np.testing.assert_array_equal(tail_ids, (initial_tail + folded)[-8:])
-        assert pool.stats().used_blocks <= config.worst_case_blocks(4)
-        # contiguous positions: every segment starts right after the previous one ends
-        cursor = 0
-        for name in s.cache.segment_names:
-            pos = s.cache.positions(name)
-            if len(pos):
-                assert pos.min() == cursor, name
-                cursor = pos.max() + 1
-    assert cursor < 400  # bounded, not growing with the stream
-
-
-def test_streaming_vlm_drops_vision_before_text_when_its_window_is_shorter() -> None:
-    config = StreamingVLMConfig(text_rounds=6, vision_seconds=2, max_vision_tokens=6)
-    s = manager(block_size=4, capacity=64 << 20).open(GEOMETRY, config)
-    s.start(2, 0, 1)
-    for _ in range(10):
-        s.begin_round(3, (1, 2, 3), 2)
-        s.append_reply(2)
-    names = s.cache.segment_names
-    assert [n for n in names if n.endswith(".vision")] == ["r8.vision", "r9.vision"]
-    assert [n for n in names if n.endswith(".reply")] == [f"r{i}.reply" for i in range(4, 10)]
 
 
 def test_token_sink_window_over_5000_tokens() -> None:
