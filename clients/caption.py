@@ -96,6 +96,23 @@ def parse_question(value: str) -> Question:
     return Question(at, text.strip())
 
 
+def _in_range(kind: type, low: float, high: float, open_low: bool = False) -> Any:
+    """An argparse type: a ``kind`` in ``[low, high]`` (``(low, high]`` with ``open_low``)."""
+
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        above = number is not None and (number > low if open_low else number >= low)
+        if not above or not number <= high:  # NaN fails both
+            bounds = f"{'(' if open_low else '['}{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} in {bounds}, got {value!r}")
+        return number
+
+    return parse
+
+
 def _positive(kind: type) -> Any:
     def parse(value: str) -> Any:
         try:
@@ -129,6 +146,27 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="streaming_vlm", help="default streaming_vlm")
     parser.add_argument("--instruction", help="what to say about the video (server default)")
     parser.add_argument("--previous-text", help="commentary said before this feed starts")
+    sampler = parser.add_argument_group(
+        "sampler (default: the server's for its model: the published StreamingVLM sampler, "
+        "temperature 0.9, repetition penalty 1.05, top-k 50, seed 0, for a checkpoint; greedy "
+        "for the embedded toy model)"
+    )
+    sampler.add_argument(
+        "--temperature", type=_in_range(float, 0, 10), help="0 for greedy replies (0..10)"
+    )
+    sampler.add_argument(
+        "--repetition-penalty",
+        type=_in_range(float, 0, 10, open_low=True),
+        help="divides the scores of tokens the session's cache holds (> 0, <= 10; 1 is none)",
+    )
+    sampler.add_argument(
+        "--top-k", type=_in_range(int, 1, 1000), help="sample among the best K tokens (1..1000)"
+    )
+    sampler.add_argument(
+        "--seed",
+        type=_in_range(int, 0, 2**63 - 1),
+        help="the session's sampling seed: the same seed and feed give the same captions",
+    )
     parser.add_argument(
         "--question",
         action="append",
@@ -591,6 +629,10 @@ async def run_caption(args: argparse.Namespace, out: TextIO | None = None) -> in
                 pipeline=args.pipeline,
                 instruction=args.instruction,
                 previous_text=args.previous_text,
+                temperature=args.temperature,
+                repetition_penalty=args.repetition_penalty,
+                top_k=args.top_k,
+                seed=args.seed,
                 timeout=args.timeout,
             )
             limits = client.limits

@@ -277,6 +277,10 @@ class StreamClient:
         pipeline: str = "streaming_vlm",
         instruction: str | None = None,
         previous_text: str | None = None,
+        temperature: float | None = None,
+        repetition_penalty: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
         preset: str | None = None,
         timeout: float | None = 120.0,
     ) -> UnderstandingSession:
@@ -289,11 +293,20 @@ class StreamClient:
                 default ("Commentate on this video.") when ``None``.
             previous_text: text said before this feed starts (at most 20000 characters),
                 e.g. the commentary of a previous part of the same video.
+            temperature: 0 for greedy replies, else the sampling temperature (at most 10).
+            repetition_penalty: divides the scores of tokens the session's cache holds
+                (> 0, at most 10; 1 is none).
+            top_k: sample among the best ``top_k`` tokens (1..1000).
+            seed: the session's sampling seed (0..2**63-1): the same seed and feed give the
+                same captions.
+                Left None, each takes the server's default for its model: the published
+                StreamingVLM sampler (0.9, 1.05, 50, seed 0) for a checkpoint, greedy for the
+                embedded toy model.
             preset: as :meth:`generate`.
             timeout: seconds to wait for ``session.started``.
 
         Raises:
-            ValueError: an argument is too long (checked before sending).
+            ValueError: an argument is too long or out of range (checked before sending).
             ServerError: the server refused (``cache_full``, ``unknown_pipeline``, ...).
             ClientError: ``pipeline`` is not an understanding pipeline.
         """
@@ -306,6 +319,13 @@ class StreamClient:
                 if len(value) > limit:
                     raise ValueError(f"{name} must be at most {limit} characters, got {len(value)}")
                 params[name] = value
+        sampler = {
+            "temperature": temperature,
+            "repetition_penalty": repetition_penalty,
+            "top_k": top_k,
+            "seed": seed,
+        }
+        params.update(_check_sampling({k: v for k, v in sampler.items() if v is not None}))
         session = await self.start(pipeline, params, preset=preset, timeout=timeout)
         return await self._expect(session, UnderstandingSession)
 
@@ -446,6 +466,32 @@ class StreamClient:
         task = asyncio.get_running_loop().create_task(stop())
         self._tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(self._tasks.discard)
+
+
+# the server's limits on an understanding session's sampler (docs/protocol.md, session.start)
+SAMPLING_LIMITS = {
+    "temperature": (0.0, 10.0),  # 0: greedy
+    "repetition_penalty": (0.0, 10.0),  # the low bound excluded
+    "top_k": (1, 1000),
+    "seed": (0, 2**63 - 1),
+}
+
+
+def _check_sampling(values: dict[str, Any]) -> dict[str, Any]:
+    """Sampler arguments checked against :data:`SAMPLING_LIMITS`; ValueError names one."""
+    for name, value in values.items():
+        low, high = SAMPLING_LIMITS[name]
+        integer = name in ("top_k", "seed")
+        if integer:
+            ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = ok and (value > low if name == "repetition_penalty" else value >= low)
+            ok = ok and value <= high
+        if not ok:
+            kind = "an integer" if integer else "a number"
+            raise ValueError(f"{name} must be {kind} in {low}..{high}, got {value!r}")
+    return values
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:

@@ -48,7 +48,7 @@ from framestream.stream.kvcache import CacheFullError
 from framestream.stream.pipelines.base import FrameChunk, GenerationRequest, PendingChunk
 from framestream.stream.pipelines.feed import TimestampsBackwardsError
 from framestream.stream.pipelines.streaming_vlm import Caption, UnderstandingRequest
-from framestream.stream.protocol import ProtocolError, valid_unicode
+from framestream.stream.protocol import ProtocolError, parse_sampling, valid_unicode
 from framestream.stream.session import OutputFrame, OutputQueue, Session, SessionState
 
 __all__ = [
@@ -672,7 +672,9 @@ def _understanding_request(params: dict[str, Any]) -> UnderstandingRequest:
             )
         values[name] = value
     return UnderstandingRequest(
-        values["instruction"] or UnderstandingRequest().instruction, values["previous_text"]
+        values["instruction"] or UnderstandingRequest().instruction,
+        values["previous_text"],
+        **parse_sampling(params),
     )
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "ERROR_CODES",
     "HEADER",
     "PROTOCOL_VERSION",
+    "SAMPLING_LIMITS",
     "ClientMessage",
     "Connection",
     "ConnectionState",
@@ -52,6 +53,7 @@ __all__ = [
     "SessionStart",
     "Stop",
     "encode",
+    "parse_sampling",
     "valid_unicode",
 ]
 
@@ -275,6 +277,44 @@ def _parse_prompt(obj: dict) -> PromptUpdate:
     if not 0 <= transition <= 64:
         raise ProtocolError("invalid_message", f"transition_chunks must be 0..64, got {transition}")
     return PromptUpdate(_session(obj), _text(obj, "prompt", 2000), transition)
+
+
+# session.start params of an understanding session's sampler: name -> (low, high, type); the
+# temperature's 0 (greedy) and the penalty's 0 (excluded) are the bounds' only special cases.
+# stream.pipelines.sampling.SamplingParams holds the same limits (a test checks).
+SAMPLING_LIMITS: dict[str, tuple[float, float, type]] = {
+    "temperature": (0.0, 10.0, float),
+    "repetition_penalty": (0.0, 10.0, float),
+    "top_k": (1, 1000, int),
+    "seed": (0, 2**63 - 1, int),
+}
+
+
+def parse_sampling(params: dict[str, Any]) -> dict[str, float | int]:
+    """The sampler fields of an understanding ``session.start``'s params, validated; fields
+    absent or null are left out (the server's default for the model). Raises
+    :class:`ProtocolError` ``invalid_message`` naming the field."""
+    out: dict[str, float | int] = {}
+    for name, (low, high, kind) in SAMPLING_LIMITS.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if kind is float:
+            above = number and (value > low if name == "repetition_penalty" else value >= low)
+            ok = above and value <= high  # NaN compares false; no float() of a huge int
+            what = (
+                f"a number {'>' if name == 'repetition_penalty' else '>='} {low:g} and <= {high:g}"
+            )
+        else:
+            ok = number and isinstance(value, int) and low <= value <= high
+            what = f"an integer in {low}..{high}"
+        if not ok:
+            raise ProtocolError(
+                "invalid_message", f"params.{name} must be {what}, got {value!r:.50}"
+            )
+        out[name] = kind(value)
+    return out
 
 
 _PARSERS = {

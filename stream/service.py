@@ -74,12 +74,19 @@ def build_pipelines(
     if "streaming_vlm" in spec.pipelines:
         from framestream.models.qwen_vl import load_qwen_vl
         from framestream.models.toyworld.embedded import load_vlm
+        from framestream.stream.pipelines.sampling import published_sampling
+        from framestream.stream.pipelines.streaming_vlm import UnderstandingConfig
 
+        # a checkpoint folder samples as the published inference does; the embedded toy model
+        # answers greedily (its quality floors are measured so)
         if spec.vlm_dir is None:
-            vlm = load_vlm(spec.dtype, spec.device)
+            vlm, vlm_config = load_vlm(spec.dtype, spec.device), UnderstandingConfig()
         else:
             vlm = load_qwen_vl(spec.vlm_dir, dtype=spec.dtype, device=spec.device)
-        pipelines["streaming_vlm"] = StreamingVLMPipeline(vlm, manager, spec.vlm_cache_bytes)
+            vlm_config = UnderstandingConfig(sampling=published_sampling(spec.vlm_dir))
+        pipelines["streaming_vlm"] = StreamingVLMPipeline(
+            vlm, manager, spec.vlm_cache_bytes, vlm_config
+        )
     if torch.device(spec.device).type == "cuda":
         warm_up(pipelines)
     return pipelines

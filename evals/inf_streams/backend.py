@@ -54,6 +54,7 @@ def _pipeline(spec: BackendSpec, fps: int):
     from framestream.models.qwen_vl import load_qwen_vl
     from framestream.models.toyworld.embedded import load_vlm
     from framestream.stream.kvcache import KVCacheManager
+    from framestream.stream.pipelines.sampling import GREEDY, published_sampling
     from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingConfig
 
     device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,7 +64,9 @@ def _pipeline(spec: BackendSpec, fps: int):
     else:
         model = load_qwen_vl(spec.vlm_dir, dtype=dtype, device=device)
     cache_gb = spec.cache_gb if spec.cache_gb is not None else (4.0 if device == "cuda" else 0.25)
-    config = UnderstandingConfig(fps=fps)
+    # as the service: a checkpoint folder samples as published, the embedded model is greedy
+    sampling = GREEDY if spec.vlm_dir is None else published_sampling(spec.vlm_dir)
+    config = UnderstandingConfig(fps=fps, sampling=sampling)
     return StreamingVLMPipeline(model, KVCacheManager(), int(cache_gb * (1 << 30)), config)
 
 

@@ -3,17 +3,19 @@
 A reply token of Qwen2.5-VL-7B is host-bound when run eagerly: about 340 kernel launches (12 a
 layer), about 7 ms of host time against 4.8 ms on the card (H200 profile, docs/perf-notes.md
 round 3). A graph replays the whole step (embedding, 28 layers, logits, the banned-token mask,
-argmax) with one launch.
+the sampler: penalty, temperature, top-k, the seeded draw) with one launch.
 
 What makes the step capturable:
 
 * its metadata lives in static device buffers sized for the bucket's worst case (``size``
-  sequences of ``kv_per_sequence`` keys), refilled before each replay;
+  sequences of ``kv_per_sequence`` keys), refilled before each replay; so do the sequences'
+  sampler settings (:class:`SamplerBatch`: presence row, temperature, penalty, top-k, seed,
+  draw count), and each session's penalty set is a row of a device table the step indexes;
 * grids are sized from that worst case: the Triton split-key decode kernel reads each
   sequence's real key count from ``kv_indptr`` on the device, so splits past a sequence's end
   contribute nothing;
 * a batch smaller than its bucket is padded with one-token sequences that write and read the
-  pool's null slot (block 0 is never handed out);
+  pool's null slot (block 0 is never handed out) and the sampler's null row, greedily;
 * only the Triton decode backend is graph-safe: the SDPA backends loop over sequences on the
   host (:func:`graph_safe_backend`).
 
@@ -39,11 +41,13 @@ from framestream.stream.kvcache import (
     SequencePlan,
     pack_plans,
 )
+from framestream.stream.pipelines.sampling import PADDING, SamplerBatch, SampleSlot
 
 __all__ = ["DecodeGraphs", "graph_safe_backend"]
 
-# the step to capture: token ids [B] and a view of the cache -> next token ids [B]
-StepFn = Callable[[torch.Tensor, CacheView], torch.Tensor]
+# the step to capture: token ids [B], a view of the cache and the sampler's inputs -> next
+# token ids [B]
+StepFn = Callable[[torch.Tensor, CacheView, SamplerBatch], torch.Tensor]
 _GRAPH_SAFE = ("auto", "triton")  # backends whose decode is the Triton split-key kernel
 
 
@@ -63,6 +67,7 @@ class _Bucket:
     ids: torch.Tensor  # int64 [size]
     buffers: dict[str, torch.Tensor]  # pack_plans' arrays at their worst-case sizes
     view: CacheView
+    sampler: SamplerBatch  # per-sequence sampler settings
     graph: torch.cuda.CUDAGraph | None = None
     tokens: torch.Tensor | None = None  # the captured step's output
 
@@ -71,7 +76,8 @@ class DecodeGraphs:
     """Decode steps of up to ``max_batch`` sequences through static buffers (and graphs).
 
     Args:
-        step_fn: the decode step (ids, view -> next ids); the eager path runs the same one.
+        step_fn: the decode step (ids, view, sampler -> next ids); the eager path runs the same
+            one.
         pool: the cache pool the sequences live in.
         view: builds a :class:`CacheView` over ``pool`` for a :class:`CacheStep`.
         kv_per_sequence: the most keys one sequence's step reads (its cache's worst case).
@@ -116,17 +122,21 @@ class DecodeGraphs:
             and all(len(p.kv_slots) <= self.kv_per_sequence for p in plans)
         )
 
-    def step(self, ids: Sequence[int], plans: Sequence[SequencePlan]) -> list[int]:
-        """The next token of each sequence (``ids[i]`` is sequence ``i``'s current token)."""
-        if len(ids) != len(plans) or not self.fits(plans):
+    def step(
+        self, ids: Sequence[int], plans: Sequence[SequencePlan], slots: Sequence[SampleSlot]
+    ) -> list[int]:
+        """The next token of each sequence (``ids[i]`` is sequence ``i``'s current token,
+        ``slots[i]`` how it samples)."""
+        if len(ids) != len(plans) or len(slots) != len(plans) or not self.fits(plans):
             raise ValueError(
-                f"{len(ids)} ids for {len(plans)} plans; a step takes 1..{self.max_batch} "
-                f"sequences of one query and <= {self.kv_per_sequence} keys each"
+                f"{len(ids)} ids and {len(slots)} slots for {len(plans)} plans; a step takes "
+                f"1..{self.max_batch} sequences of one query and <= {self.kv_per_sequence} keys "
+                "each"
             )
         bucket = self._bucket(len(plans))
-        self._load(bucket, ids, plans)
+        self._load(bucket, ids, plans, slots)
         if not self.capture:
-            return self._step_fn(bucket.ids, bucket.view)[: len(ids)].tolist()
+            return self._step_fn(bucket.ids, bucket.view, bucket.sampler)[: len(ids)].tolist()
         if bucket.graph is None:
             self._capture(bucket)
         bucket.graph.replay()
@@ -175,16 +185,25 @@ class DecodeGraphs:
             causal=True,
         )
         view = self._view(CacheStep(meta, buffers["write_slots"]))
-        bucket = _Bucket(size, zeros(size, dtype=torch.int64), buffers, view)
-        self._load(bucket, [], [])  # all padding: warm-up and capture touch the null slot only
+        sampler = SamplerBatch.empty(size, self.device)
+        bucket = _Bucket(size, zeros(size, dtype=torch.int64), buffers, view, sampler)
+        # all padding: warm-up and capture touch the null slot and the sampler's null row only
+        self._load(bucket, [], [], [])
         return bucket
 
-    def _load(self, bucket: _Bucket, ids: Sequence[int], plans: Sequence[SequencePlan]) -> None:
-        padded = list(plans) + [self._padding] * (bucket.size - len(plans))
-        for name, array in pack_plans(padded).items():
+    def _load(
+        self,
+        bucket: _Bucket,
+        ids: Sequence[int],
+        plans: Sequence[SequencePlan],
+        slots: Sequence[SampleSlot],
+    ) -> None:
+        padding = bucket.size - len(plans)
+        for name, array in pack_plans([*plans, *[self._padding] * padding]).items():
             host = torch.from_numpy(np.ascontiguousarray(array))
             bucket.buffers[name][: len(host)].copy_(host)
         bucket.ids.copy_(torch.tensor([*ids, *[0] * (bucket.size - len(ids))]))
+        bucket.sampler.load([*slots, *[PADDING] * padding])
 
     def _capture(self, bucket: _Bucket) -> None:
         # warm-up on a side stream, as torch.cuda.graphs asks: kernels compile, cuBLAS sets up
@@ -192,9 +211,9 @@ class DecodeGraphs:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._step_fn(bucket.ids, bucket.view)
+                self._step_fn(bucket.ids, bucket.view, bucket.sampler)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._memory):
-            bucket.tokens = self._step_fn(bucket.ids, bucket.view)
+            bucket.tokens = self._step_fn(bucket.ids, bucket.view, bucket.sampler)
         bucket.graph = graph

@@ -17,7 +17,8 @@ then up to 20 tokens of reply, ending at ``<|im_end|>``; the reply's text minus 
 mid-stream joins the next round's user turn. The cache keeps what the published bookkeeping
 keeps (:mod:`stream.kvcache.vlm_window`: system sink, previous text 512 + 511, the last 16
 rounds of text, a 16-second vision window) with contiguous M-RoPE positions, re-based on the
-host; nothing is ever re-rotated.
+host; nothing is ever re-rotated. Replies are greedy, or sampled per session as published
+(:mod:`stream.pipelines.sampling`: temperature 0.9, repetition penalty 1.05, top-k 50, seeded).
 
 A round runs as :meth:`StreamingVLMPipeline.prefill` followed by
 :meth:`StreamingVLMPipeline.decode` steps. Both take any number of streams and pack them::
@@ -27,7 +28,7 @@ A round runs as :meth:`StreamingVLMPipeline.prefill` followed by
                            embed(ids_a ids_b ids_c, pixels_a|b|c, grids [3, 3])  a vision call
                                                               (one per frame size among them)
                            decoder(embeds, one CacheView over 3 sequences)       one forward
-                           greedy over each sequence's last row                  3 next tokens
+                           the sampler over each sequence's last row             3 next tokens
     decode([a, b, c]):   one token each, one packed forward
 
 A stream's results are those of its prefill alone (same next token, same cache K/V); a stream
@@ -39,13 +40,14 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from framestream.models.qwen_vl import MAX_ASPECT_RATIO, QwenVL, VideoInputs
 from framestream.stream.kvcache import (
+    CacheFullError,
     CacheGeometry,
     CacheStep,
     CacheView,
@@ -63,6 +65,14 @@ from framestream.stream.kvcache.vlm_window import (
 )
 from framestream.stream.pipelines.decode_graph import DecodeGraphs, graph_safe_backend
 from framestream.stream.pipelines.feed import FeedChunk, FrameFeed
+from framestream.stream.pipelines.sampling import (
+    GREEDY,
+    SamplerBatch,
+    SampleSlot,
+    SamplingParams,
+    TokenPresence,
+    sample,
+)
 
 __all__ = [
     "Caption",
@@ -101,6 +111,10 @@ class UnderstandingConfig:
     # where the attention backend allows it; batches over max_graph_batch streams run eagerly
     decode_graphs: bool = True
     max_graph_batch: int = 32
+    # a session's sampler unless it asks otherwise: greedy here (the embedded toy model's
+    # quality floors are greedy's); the service gives a checkpoint folder the published one
+    # (stream.pipelines.sampling.published_sampling)
+    sampling: SamplingParams = GREEDY
 
     def __post_init__(self) -> None:
         check_kv_cache_dtype(self.kv_cache_dtype)
@@ -116,8 +130,14 @@ class UnderstandingConfig:
 
 @dataclass(frozen=True, slots=True)
 class UnderstandingRequest:
+    """A stream's start; a sampler field left None takes the pipeline's default."""
+
     instruction: str = DEFAULT_INSTRUCTION
     previous_text: str = ""
+    temperature: float | None = None
+    repetition_penalty: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +155,15 @@ class StreamingVLMState:
     cache: StreamingVLMWindow
     feed: FrameFeed
     instruction: str
+    sampling: SamplingParams
+    presence_row: int  # the stream's row of the pipeline's TokenPresence
     questions: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=8))
     pending: list[int] = field(default_factory=list)  # the last reply's tail, not cached yet
     rounds: int = 0
     second: int = -1  # the feed second being answered
     reply: list[int] = field(default_factory=list)  # tokens generated this round
     next_token: int | None = None  # generated, not yet in the cache
+    draws: int = 0  # tokens sampled so far: the sampler's noise counter
     decoding: bool = False
     frame_size: tuple[int, int] | None = None  # (width, height) of the stream's first frame
     vision_tokens: int = 0  # merged vision tokens of one second (0 until its first round)
@@ -214,6 +237,9 @@ class StreamingVLMPipeline:
         # taken for a vision slot when the reply is prefilled again)
         banned = [sp.video_pad, sp.image_pad, sp.vision_start, sp.vision_end, sp.im_start]
         self._banned = torch.tensor(banned + [sp.endoftext], device=model.device)
+        # the repetition penalty's token sets, a row per stream: as many as the pool admits
+        streams = self.pool.num_blocks // self._policy.worst_case_blocks(self.pool.block_size)
+        self._presence = TokenPresence(max(streams, 1), args.vocab_size, model.device)
         self._graphs = self._decode_graphs()
 
     def _decode_graphs(self) -> DecodeGraphs | None:
@@ -239,22 +265,42 @@ class StreamingVLMPipeline:
     # -- session lifecycle -----------------------------------------------------------------
 
     def open(self, request: UnderstandingRequest) -> StreamingVLMState:
-        """Admit a stream and prefill its prefix (system prompt and previous text)."""
+        """Admit a stream and prefill its prefix (system prompt and previous text).
+
+        Raises:
+            ValueError: a sampler field out of range (named in the message).
+            CacheFullError: the pool cannot take the stream's worst case.
+        """
+        sampling = self.sampling_for(request)
         cache = self.manager.open(self.geometry, self._policy)
+        row = self._presence.acquire()
+        if row is None:
+            cache.cache.close()
+            raise CacheFullError(needed_bytes=self._presence.table.shape[1], available_bytes=0)
         try:
             state = StreamingVLMState(
                 cache,
                 FrameFeed(self.config.fps, self.config.max_buffered_seconds),
                 request.instruction.strip() or DEFAULT_INSTRUCTION,
+                sampling,
+                row,
             )
             self._prefill_prefix(state, request.previous_text)
             return state
         except BaseException:
             cache.cache.close()
+            self._presence.release(row)
             raise
+
+    def sampling_for(self, request: UnderstandingRequest) -> SamplingParams:
+        """The request's sampler: the pipeline's default with the fields the request sets."""
+        names = ("temperature", "repetition_penalty", "top_k", "seed")
+        asked = {n: getattr(request, n) for n in names if getattr(request, n) is not None}
+        return replace(self.config.sampling, **asked)
 
     def close(self, state: StreamingVLMState) -> None:
         state.cache.cache.close()
+        self._presence.release(state.presence_row)
 
     def push_frame(self, state: StreamingVLMState, timestamp: float, frame: np.ndarray) -> None:
         """Feed one uint8 ``[H, W, 3]`` frame.
@@ -391,11 +437,18 @@ class StreamingVLMPipeline:
         return forwards
 
     def _prefill_forward(self, states: list[StreamingVLMState], rounds: list[_Round]) -> list[int]:
-        """The vision tower and one decoder forward over ``rounds``; their next tokens."""
+        """The vision tower and one decoder forward over ``rounds``; their next tokens, each
+        penalized over what its stream's cache now holds (the published ``input_ids``)."""
         model = self.model
         hidden = model.decoder(self._embed(rounds), self._view(states, [r.ranges for r in rounds]))
         last = np.cumsum([len(r.ids) for r in rounds]) - 1  # each sequence's last token
-        return self._greedy(hidden[torch.from_numpy(last).to(model.device)]).tolist()
+        for state in states:
+            self._presence.reset(state.presence_row, state.cache.retained()[0])
+        logits = model.decoder.logits(hidden[torch.from_numpy(last).to(model.device)])
+        slots = self._slots(states)
+        batch = SamplerBatch.build(slots, model.device)
+        draw = not all(slot.params.greedy for slot in slots)
+        return self._sample(logits, batch, draw=draw).tolist()
 
     def _embed(self, rounds: list[_Round]) -> torch.Tensor:
         """``[sum of ids, hidden]`` embeddings of the rounds, in order: one ``embed`` call (one
@@ -432,20 +485,25 @@ class StreamingVLMPipeline:
             else:
                 active.append(i)
         if active:
-            ids = [states[i].next_token for i in active]
+            live = [states[i] for i in active]
+            ids = [s.next_token for s in live]
             plans = [
-                states[i].cache.cache.plan([states[i].cache.append_reply([token])])
-                for i, token in zip(active, ids, strict=True)
+                s.cache.cache.plan([s.cache.append_reply([token])])
+                for s, token in zip(live, ids, strict=True)
             ]
+            slots = self._slots(live)
             if self._graphs is not None and self._graphs.fits(plans):
-                tokens = self._graphs.step(ids, plans)
+                tokens = self._graphs.step(ids, plans, slots)
             else:
                 step = build_step(plans, causal=True, device=model.device)
                 ids_device = torch.tensor(ids, device=model.device)
-                tokens = self._decode_step(ids_device, self._cache_view(step)).tolist()
-            for i, token in zip(active, tokens, strict=True):
-                states[i].reply.append(states[i].next_token)
-                states[i].next_token = token
+                batch = SamplerBatch.build(slots, model.device)
+                draw = not all(slot.params.greedy for slot in slots)
+                view = self._cache_view(step)
+                tokens = self._decode_step(ids_device, view, batch, draw=draw).tolist()
+            for state, token in zip(live, tokens, strict=True):
+                state.reply.append(state.next_token)
+                state.next_token = token
         return finished
 
     def _accept(self, state: StreamingVLMState) -> bool:
@@ -485,15 +543,31 @@ class StreamingVLMPipeline:
         ids = torch.tensor(system + prev + end, device=self.model.device)
         self.model.decoder(self.model.embed(ids), self._view([state], [ranges]))
 
-    def _decode_step(self, ids: torch.Tensor, view: CacheView) -> torch.Tensor:
+    def _decode_step(
+        self, ids: torch.Tensor, view: CacheView, sampler: SamplerBatch, draw: bool = True
+    ) -> torch.Tensor:
         """One token of each sequence: ids ``[B]`` -> the next ids ``[B]``, on the device (the
-        step :class:`DecodeGraphs` captures)."""
-        return self._greedy(self.model.decoder(self.model.embed(ids), view))
+        step :class:`DecodeGraphs` captures, with ``draw`` on)."""
+        logits = self.model.decoder.logits(self.model.decoder(self.model.embed(ids), view))
+        return self._sample(logits, sampler, fed=ids, draw=draw)
 
-    def _greedy(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.model.decoder.logits(hidden)
-        logits.index_fill_(1, self._banned, -torch.inf)  # no host scalar: capturable
-        return logits.argmax(-1)
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        batch: SamplerBatch,
+        fed: torch.Tensor | None = None,
+        draw: bool = True,
+    ) -> torch.Tensor:
+        """Structural tokens banned (``index_fill_``: no host scalar, capturable), then the
+        sessions' samplers."""
+        return sample(logits, self._presence.table, batch, self._banned, fed=fed, draw=draw)
+
+    def _slots(self, states: Sequence[StreamingVLMState]) -> list[SampleSlot]:
+        """Each stream's sampler slot for this step; its count of draws moves on."""
+        slots = [SampleSlot(s.presence_row, s.sampling, s.draws) for s in states]
+        for state in states:
+            state.draws += 1
+        return slots
 
     def _tokens(self, text: str) -> list[int]:
         return self.model.tokenizer.encode(text, add_special_tokens=False)

@@ -238,3 +238,75 @@ def test_run_caption_reports_a_missing_file(tmp_path: Path, capsys) -> None:
     args = parse_args("--video", str(tmp_path / "missing.mp4"), "--url", "ws://127.0.0.1:9/ws")
     assert asyncio.run(asyncio.wait_for(run_caption(args), TIMEOUT)) == 1
     assert "cannot open" in capsys.readouterr().err
+
+
+# -- the sampler ------------------------------------------------------------------------------
+
+
+def test_sampler_arguments_and_their_bounds() -> None:
+    args = parse_args("--video", "a.mp4")
+    assert (args.temperature, args.repetition_penalty, args.top_k, args.seed) == (None,) * 4
+    args = parse_args(
+        "--video", "a.mp4", "--temperature", "0.9", "--repetition-penalty", "1.05",
+        "--top-k", "50", "--seed", "7",
+    )  # fmt: skip
+    assert (args.temperature, args.repetition_penalty, args.top_k, args.seed) == (0.9, 1.05, 50, 7)
+    for flag, value in [
+        ("--temperature", "-0.1"),
+        ("--temperature", "nan"),
+        ("--repetition-penalty", "0"),
+        ("--top-k", "0"),
+        ("--top-k", "1001"),
+        ("--seed", "-1"),
+    ]:
+        with pytest.raises(SystemExit):
+            parse_args("--video", "a.mp4", flag, value)
+
+
+def test_the_same_seed_gives_the_same_captions(vlm, tmp_path: Path) -> None:
+    """The CLI's sampler through the server: a session's captions replay from its seed."""
+    video = tmp_path / "in.mp4"
+    write_video(video, seconds=3)
+
+    async def captions(*sampler: str) -> list[str]:
+        out = io.StringIO()
+        async with running(vlm) as srv:
+            args = parse_args(
+                "--video", str(video), "--url", f"ws://127.0.0.1:{srv.port}/ws",
+                "--timeout", "30", "--temperature", "1.0", "--top-k", "100", *sampler,
+            )  # fmt: skip
+            assert await run_caption(args, out=out) == 0
+        return out.getvalue().splitlines()
+
+    async def main() -> tuple[list[str], ...]:
+        return (
+            await captions("--seed", "11"),
+            await captions("--seed", "11"),
+            await captions("--seed", "12", "--repetition-penalty", "1.05"),
+        )
+
+    first, again, other = asyncio.run(asyncio.wait_for(main(), 3 * TIMEOUT))
+    assert len(first) == 3 and first == again
+    assert other != first
+
+
+def test_bad_sampler_values_are_refused_naming_the_field(vlm) -> None:
+    from framestream.clients.client import ServerError, StreamClient
+
+    async def main() -> None:
+        async with running(vlm) as srv, StreamClient.connect(srv.url) as client:
+            with pytest.raises(ValueError, match="top_k"):
+                await client.understand(top_k=0)  # checked before sending
+            for params, field in [
+                ({"temperature": -1}, "params.temperature"),
+                ({"repetition_penalty": "1.05"}, "params.repetition_penalty"),
+                ({"seed": 1.5}, "params.seed"),
+            ]:
+                with pytest.raises(ServerError) as refused:
+                    await client.start("streaming_vlm", params, timeout=10)
+                assert refused.value.code == "invalid_message"
+                assert field in refused.value.message
+            session = await client.understand(temperature=0.5, seed=3)
+            await session.stop()
+
+    asyncio.run(asyncio.wait_for(main(), TIMEOUT))

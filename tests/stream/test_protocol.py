@@ -14,6 +14,7 @@ from framestream.stream.protocol import (
     ERROR_CODES,
     HEADER,
     PROTOCOL_VERSION,
+    SAMPLING_LIMITS,
     Connection,
     ConnectionState,
     FrameFormat,
@@ -29,6 +30,7 @@ from framestream.stream.protocol import (
     SessionStart,
     Stop,
     encode,
+    parse_sampling,
 )
 
 WIRE_HEADER = "<2sBBIQdB3xHH"  # docs/protocol.md
@@ -372,3 +374,56 @@ def test_random_bytes_raise_only_protocol_errors(data: bytes, text: str) -> None
     for connection in (Connection(), ready()):
         _only_protocol_errors(connection, data)
         _only_protocol_errors(connection, text)
+
+
+# -- an understanding session's sampler ----------------------------------------------------------
+
+
+def test_sampler_params_parse_and_absent_ones_are_left_out() -> None:
+    assert parse_sampling({"instruction": "x"}) == {}
+    assert parse_sampling({"temperature": None, "seed": None}) == {}
+    params = {"temperature": 0, "repetition_penalty": 1, "top_k": 50, "seed": 2**63 - 1}
+    assert parse_sampling(params) == {
+        "temperature": 0.0,
+        "repetition_penalty": 1.0,
+        "top_k": 50,
+        "seed": 2**63 - 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("temperature", -0.5),
+        ("temperature", 10.5),
+        ("temperature", float("nan")),
+        ("temperature", 10**400),
+        ("temperature", "0.9"),
+        ("temperature", True),
+        ("repetition_penalty", 0),
+        ("repetition_penalty", float("inf")),
+        ("top_k", 0),
+        ("top_k", 1001),
+        ("top_k", 50.0),
+        ("seed", -1),
+        ("seed", 2**63),
+        ("seed", False),
+    ],
+)
+def test_sampler_params_out_of_range_name_the_field(field: str, value: Any) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_sampling({field: value})
+    assert info.value.code == "invalid_message"
+    assert info.value.message.startswith(f"params.{field} must be")
+
+
+def test_sampler_limits_are_the_sampler_s() -> None:
+    from framestream.stream.pipelines import sampling
+
+    ours = {
+        "temperature": (0.0, sampling.MAX_TEMPERATURE, float),
+        "repetition_penalty": (0.0, sampling.MAX_REPETITION_PENALTY, float),
+        "top_k": (1, sampling.MAX_TOP_K, int),
+        "seed": (0, sampling.MAX_SEED, int),
+    }
+    assert ours == SAMPLING_LIMITS

@@ -125,6 +125,23 @@ def test_understanding_round_trip_over_raw_websockets(pipelines) -> None:
     run(main())
 
 
+def test_a_checkpoint_folder_samples_as_published(pipelines, tmp_path) -> None:
+    """The embedded toy model answers greedily; a model folder (--vlm-dir) gets the published
+    StreamingVLM sampler, its top-k from the folder's generation_config.json."""
+    from framestream.models.qwen_vl import tiny_qwen_vl
+    from framestream.stream.pipelines.sampling import GREEDY, PUBLISHED
+
+    _, built = pipelines
+    assert built["streaming_vlm"].config.sampling == GREEDY
+    tiny = tiny_qwen_vl()
+    for part in (tiny.hf, tiny.tokenizer, tiny.image_processor):
+        part.save_pretrained(tmp_path)
+    spec = ServiceModels(vlm_dir=tmp_path, pipelines=("streaming_vlm",), vlm_cache_bytes=16 << 20)
+    assert build_pipelines(spec)["streaming_vlm"].config.sampling == PUBLISHED
+    (tmp_path / "generation_config.json").write_text(json.dumps({"top_k": 20}))
+    assert build_pipelines(spec)["streaming_vlm"].config.sampling.top_k == 20
+
+
 def test_warm_up_steps_each_generator_and_leaves_no_trace(pipelines, monkeypatch) -> None:
     from framestream.stream.pipelines.base import GenerationRequest
     from framestream.stream.service import warm_up

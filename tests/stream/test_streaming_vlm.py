@@ -1,6 +1,8 @@
 """StreamingVLM on the tiny model: the feed's sampling, a 600-second stream within the policy's
 bound, batched decode and batched prefill equal to streams run alone, prefill forwards split by
-max_prefill_tokens, a failing round left out of its batch, questions joining the next round."""
+max_prefill_tokens, a failing round left out of its batch, questions joining the next round,
+sampled replies that replay from their seed whatever their batch, the repetition penalty's
+token set, decode graphs equal to the plain decode (greedy and sampled)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from framestream.models.qwen_vl import tiny_qwen_vl
 from framestream.models.qwen_vl_tiny import toy_qwen_vl
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.feed import FrameFeed, TimestampsBackwardsError
+from framestream.stream.pipelines.sampling import GREEDY, PUBLISHED
 from framestream.stream.pipelines.streaming_vlm import (
     StreamingVLMPipeline,
     UnderstandingConfig,
@@ -317,11 +320,91 @@ def test_a_question_joins_the_next_round(model) -> None:
             pipe.ask(state, question)
         pipe.prefill(state)
         cache, rid = state.cache.cache, state.cache.rounds[-1]
-        lengths.append(sum(cache.length(n) for n in cache.segment_names if n.startswith(f"r{rid}.")))
+        lengths.append(
+            sum(cache.length(n) for n in cache.segment_names if n.startswith(f"r{rid}."))
+        )
         assert not state.questions
         pipe.close(state)
     asked = len(model.tokenizer.encode(" what colour is the ball?", add_special_tokens=False))
     assert lengths[1] - lengths[0] in (asked, asked - 1)  # the question's tokens, in the round
+
+
+def run_sampled(model, seeds: list[int], batched: bool, seconds: int = 4, **request) -> list:
+    """Per stream, its captions over ``seconds``, with the published sampler."""
+    pipe = pipeline(model, max_new_tokens=6, sampling=PUBLISHED)
+    states = [
+        pipe.open(UnderstandingRequest(f"Watch stream {i}.", "", seed=seed, **request))
+        for i, seed in enumerate(seeds)
+    ]
+    texts: list[list[str]] = [[] for _ in states]
+    for second in range(seconds):
+        for i, state in enumerate(states):
+            feed_second(pipe, state, second, np.random.default_rng(i))
+        if not second:
+            continue
+        for group in [states] if batched else [[s] for s in states]:
+            pipe.prefill(group)
+            for state, caption in zip(group, _ordered(pipe, group), strict=True):
+                texts[states.index(state)].append(caption.text)
+    for state in states:
+        pipe.close(state)
+    return texts
+
+
+def test_sampled_captions_replay_from_the_seed_whatever_the_batch(model) -> None:
+    together = run_sampled(model, [1, 2, 3], batched=True)
+    assert together == run_sampled(model, [1, 2, 3], batched=False)
+    other = run_sampled(model, [4, 2, 3], batched=True)  # stream 0 draws other noise
+    assert other[1:] == together[1:] and other[0] != together[0]
+    greedy = run_sampled(model, [1, 2, 3], batched=True, temperature=0.0, repetition_penalty=1)
+    assert greedy != together
+
+
+def test_a_greedy_request_equals_the_greedy_pipeline(model) -> None:
+    """temperature 0 and penalty 1 on a published-default pipeline: the plain argmax, as the
+    greedy default gives."""
+    asked = run_sampled(model, [5, 6], batched=True, temperature=0.0, repetition_penalty=1)
+    pipe = pipeline(model, max_new_tokens=6)
+    assert pipe.config.sampling == GREEDY
+    states = [pipe.open(UnderstandingRequest(f"Watch stream {i}.", "")) for i in range(2)]
+    texts: list[list[str]] = [[], []]
+    for second in range(4):
+        for i, state in enumerate(states):
+            feed_second(pipe, state, second, np.random.default_rng(i))
+        if second:
+            pipe.prefill(states)
+            for i, caption in enumerate(_ordered(pipe, states)):
+                texts[i].append(caption.text)
+    assert asked == texts
+
+
+def test_the_penalty_covers_what_the_cache_holds(model) -> None:
+    """After each prefill a stream's penalty row is the set of ids its cache holds (evicted
+    ones gone: the published ``input_ids``); each token fed joins it."""
+    pipe = pipeline(model, max_new_tokens=5, text_rounds=2, vision_seconds=2, sampling=PUBLISHED)
+    state = pipe.open(UnderstandingRequest("Say what moves.", "earlier: a red ball"))
+    row = pipe._presence.table[state.presence_row]
+    rng = np.random.default_rng(0)
+    for second in range(8):
+        feed_second(pipe, state, second, rng)
+        if not second:
+            continue
+        pipe.prefill(state)
+        held = set(state.cache.retained()[0].tolist())
+        assert set(row.nonzero().flatten().tolist()) == held
+        while state.decoding:
+            fed = state.next_token
+            pipe.decode([state])
+            if state.decoding:  # it was fed (a reply's end is not)
+                assert bool(row[fed])
+    pipe.close(state)
+
+
+def test_sampler_fields_out_of_range_refuse_the_stream(model) -> None:
+    pipe = pipeline(model)
+    with pytest.raises(ValueError, match="top_k"):
+        pipe.open(UnderstandingRequest(top_k=0))
+    assert pipe.pool.stats().used_blocks == 0 and pipe.pool.stats().reserved_blocks == 0
 
 
 @pytest.fixture(scope="module")
@@ -329,10 +412,11 @@ def toy_model():
     return toy_qwen_vl()  # heads of 32: the Triton decode kernel's smallest
 
 
-def test_decode_graphs_static_step_equals_the_plain_decode(toy_model) -> None:
+@pytest.mark.parametrize("sampling", [GREEDY, PUBLISHED], ids=["greedy", "sampled"])
+def test_decode_graphs_static_step_equals_the_plain_decode(toy_model, sampling) -> None:
     """The graphs' static, padded step (run eagerly off CUDA) gives the plain decode's replies
     and cache: three streams, so the bucket of four carries a padding sequence."""
-    _compare_decode_graphs(toy_model, max_new_tokens=4)
+    _compare_decode_graphs(toy_model, max_new_tokens=4, sampling=sampling)
 
 
 @pytest.mark.gpu
@@ -343,17 +427,34 @@ def test_captured_decode_graphs_equal_the_plain_decode() -> None:
 
 
 @pytest.mark.gpu
+def test_captured_decode_graphs_sample_as_the_plain_decode() -> None:
+    """The published sampler inside the captured step (penalty rows, top-k, seeded noise read
+    from static buffers) draws what the eager decode draws."""
+    _compare_decode_graphs(toy_qwen_vl(device="cuda"), max_new_tokens=8, sampling=PUBLISHED)
+
+
+@pytest.mark.gpu
 def test_decode_graphs_captured_at_warm_up_equal_the_plain_decode() -> None:
     """Every bucket captured on padding alone before any stream exists, then replayed."""
     _compare_decode_graphs(toy_qwen_vl(device="cuda"), max_new_tokens=8, warm_up=True)
 
 
-def _compare_decode_graphs(model, max_new_tokens: int, warm_up: bool = False) -> None:
+def _compare_decode_graphs(
+    model, max_new_tokens: int, warm_up: bool = False, sampling=GREEDY
+) -> None:
     def run(**config) -> list[tuple]:
-        pipe = pipeline(model, max_new_tokens=max_new_tokens, attention_backend="auto", **config)
+        pipe = pipeline(
+            model,
+            max_new_tokens=max_new_tokens,
+            attention_backend="auto",
+            sampling=sampling,
+            **config,
+        )
         if warm_up:
             pipe.warm_up()
-        states = [pipe.open(UnderstandingRequest(f"Watch stream {i}.", "")) for i in range(3)]
+        states = [
+            pipe.open(UnderstandingRequest(f"Watch stream {i}.", "", seed=i)) for i in range(3)
+        ]
         for i, state in enumerate(states):
             feed_second(pipe, state, 0, np.random.default_rng(i), SIZES[i])
             feed_second(pipe, state, 1, np.random.default_rng(i), SIZES[i])
