@@ -13,7 +13,34 @@ from safetensors.torch import load_file
 
 from framestream.kernels.rope import wan_rope
 from framestream.models.attention import DenseAttention
+from framestream.models.positions import frame_positions
 from framestream.models.toyworld import train_generator as tg
+from framestream.models.toyworld.generator_attention import (
+    ClipBatchAttention,
+    clip_attention,
+    frame_mask,
+    rolling_attention,
+    rolling_layout,
+    token_mask,
+)
+from framestream.models.toyworld.generator_config import SMOKE, TrainConfig
+from framestream.models.toyworld.generator_data import (
+    foreground_mask,
+    latent_foreground,
+    render_pool,
+    to_signed,
+)
+from framestream.models.toyworld.generator_eval import generate
+from framestream.models.toyworld.train_codec import per_frame_init
+from framestream.models.toyworld.train_dit import (
+    Guide,
+    _Batch,
+    _draw_clips,
+    _guided_velocity,
+    _longlive_batch,
+    _rolling_batch,
+    _rolling_levels,
+)
 from framestream.models.vae import WanVAE, tiny_wan_vae
 from framestream.models.wan import CausalWanModel, wan_config
 
@@ -25,7 +52,7 @@ def test_smoke_run_writes_loadable_weights(tmp_path):
     for name in ("vae/config.json", "dit.safetensors", "train.json", "sampling.json"):
         assert (tmp_path / name).is_file(), name
     sampling = json.loads((tmp_path / "sampling.json").read_text())
-    assert sampling == {"shift": tg.SMOKE.shift, "opening_steps": tg.SMOKE.opening_steps}
+    assert sampling == {"shift": SMOKE.shift, "opening_steps": SMOKE.opening_steps}
     saved = json.loads((tmp_path / "train.json").read_text())
     assert saved["command"].endswith(f"--smoke --out {tmp_path}")
     assert saved["text_encoder"]["seed"] == 0 and saved["text_encoder"]["text_len"] == 64
@@ -38,10 +65,10 @@ def test_smoke_run_writes_loadable_weights(tmp_path):
     dit.load_state_dict(load_file(tmp_path / "dit.safetensors"), strict=True)
 
     codec, gen = report["codec"], report["generator"]
-    assert codec["steps"] == tg.SMOKE.max_vae_steps and gen["steps"] == tg.SMOKE.max_gen_steps
+    assert codec["steps"] == SMOKE.max_vae_steps and gen["steps"] == SMOKE.max_gen_steps
     losses = [loss for _, loss in codec["curve"]] + [loss for _, loss in gen["curve"]]
     assert all(math.isfinite(x) for x in losses)
-    image_steps = math.ceil(tg.SMOKE.vae_image_fraction * tg.SMOKE.max_vae_steps)
+    image_steps = math.ceil(SMOKE.vae_image_fraction * SMOKE.max_vae_steps)
     clip_losses = [loss for step, loss in codec["curve"] if step > image_steps]
     assert len(clip_losses) >= 2 and clip_losses[-1] < clip_losses[0]  # one batch, falling
     assert 0.0 <= report["eval"]["adherence"] <= 1.0
@@ -50,7 +77,7 @@ def test_smoke_run_writes_loadable_weights(tmp_path):
 
 def test_frame_mask_is_longlive_sink_and_window():
     frames = np.arange(15)
-    mask = tg.frame_mask(frames, np.ones(15, bool), chunk=3, sink=3, window=9)
+    mask = frame_mask(frames, np.ones(15, bool), chunk=3, sink=3, window=9)
     # chunk 4 (frames 12-14) sees the sink 0-2 and the window 6-14 (itself included)
     expected = np.zeros(15, bool)
     expected[[0, 1, 2, *range(6, 15)]] = True
@@ -61,7 +88,7 @@ def test_frame_mask_is_longlive_sink_and_window():
     # training layout: noisy chunk a sees clean chunks before it and its own noisy chunk
     both = np.concatenate([frames[:6]] * 2)
     clean = np.arange(12) < 6
-    m = tg.frame_mask(both, clean, chunk=3, sink=3, window=9)
+    m = frame_mask(both, clean, chunk=3, sink=3, window=9)
     assert not m[6, :6].any() and m[6, 6:9].all() and not m[6, 9:].any()  # noisy chunk 0
     assert m[9, :3].all() and not m[9, 3:9].any() and m[9, 9:].all()  # noisy chunk 1
 
@@ -71,12 +98,12 @@ def test_clip_batch_attention_matches_block_diagonal_dense():
     clips, frames, grid, heads, dim = 3, 4, (2, 2), 2, 32
     fr = np.concatenate([np.arange(frames)] * 2)
     clean = np.arange(2 * frames) < frames
-    mask = tg.token_mask(tg.frame_mask(fr, clean, 2, 2, 4), grid[0] * grid[1])
-    pos = torch.from_numpy(tg.frame_positions(fr, grid))
+    mask = token_mask(frame_mask(fr, clean, 2, 2, 4), grid[0] * grid[1])
+    pos = torch.from_numpy(frame_positions(fr, grid))
     t = pos.shape[0]
     q, k, v = (torch.randn(clips * t, heads, dim) for _ in range(3))
     rope = wan_rope(dim)
-    batched = tg.ClipBatchAttention(pos, torch.from_numpy(mask), rope, clips)
+    batched = ClipBatchAttention(pos, torch.from_numpy(mask), rope, clips)
     dense_mask = torch.block_diag(*[torch.from_numpy(mask)] * clips).bool()
     dense = DenseAttention(pos.repeat(clips, 1), (0, clips * t), rope, False, dense_mask)
     torch.testing.assert_close(batched.attend(0, q, k, v), dense.attend(0, q, k, v))
@@ -88,13 +115,13 @@ def test_clip_batch_attention_matches_block_diagonal_dense():
      (7, [0, 1], [2, 3, 4, 5, 6])],
 )  # fmt: skip
 def test_rolling_layout_is_sink_history_and_window(end, context, window):
-    cfg = tg.TrainConfig()
-    assert tg._rolling_layout(cfg, end) == (context, window)
+    cfg = TrainConfig()
+    assert rolling_layout(cfg, end) == (context, window)
 
 
 def test_rolling_attention_context_is_causal_and_window_sees_all():
-    cfg, grid = tg.TrainConfig(), (2, 2)
-    attention = tg._rolling_attention(cfg, 7, grid, wan_rope(32), clips=1, device="cpu")
+    cfg, grid = TrainConfig(), (2, 2)
+    attention = rolling_attention(cfg, 7, grid, wan_rope(32), clips=1, device="cpu")
     per_block = cfg.chunk_frames * grid[0] * grid[1]
     blocks = attention._mask[::per_block, ::per_block].numpy()  # 2 context + 5 window blocks
     expected = np.ones((7, 7), bool)
@@ -106,14 +133,14 @@ def test_rolling_attention_context_is_causal_and_window_sees_all():
 
 
 def test_rolling_batch_trains_window_rows_under_the_newest_prompt():
-    cfg = tg.TrainConfig()
+    cfg = TrainConfig()
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(2, 16, cfg.latent_frames, 4, 4, generator=gen)
     prompts = torch.arange(2 * cfg.num_chunks).view(2, cfg.num_chunks)
-    attention = tg._rolling_attention(cfg, 7, (2, 2), wan_rope(32), clips=2, device="cpu")
+    attention = rolling_attention(cfg, 7, (2, 2), wan_rope(32), clips=2, device="cpu")
     weight = torch.rand(2, 1, cfg.latent_frames, 4, 4, generator=gen)
-    levels = tg._rolling_levels(cfg, "cpu")
-    batch = tg._rolling_batch(cfg, x0, weight, prompts, 7, attention, levels, gen)
+    levels = _rolling_levels(cfg, "cpu")
+    batch = _rolling_batch(cfg, x0, weight, prompts, 7, attention, levels, gen)
     assert batch.rows.shape == (2 * 7, 16, 3, 4, 4)
     # the window is blocks 2..6, each block's weights those of its own latent frames
     torch.testing.assert_close(batch.weight.view(2, 5, 1, 3, 4, 4)[:, 0], weight[:, :, 6:9])
@@ -130,8 +157,8 @@ def test_foreground_marks_sprites_not_the_background():
 
     rng = np.random.default_rng(3)
     frames = render(sample_clip(rng, seconds=0.5, fps=16, size=(64, 64), max_objects=2))
-    video = tg.to_signed(torch.from_numpy(frames)[None])
-    mask = tg._foreground(video)[0, 0].numpy()  # [T, H, W]
+    video = to_signed(torch.from_numpy(frames)[None])
+    mask = foreground_mask(video)[0, 0].numpy()  # [T, H, W]
     background = frames[:, :1, :1].astype(int)  # the corner is background in these clips
     differs = np.abs(frames.astype(int) - background).sum(-1) > 0.1 * 127.5
     assert mask.shape == differs.shape and 0 < mask.mean() < 0.5
@@ -140,7 +167,7 @@ def test_foreground_marks_sprites_not_the_background():
 
 def test_per_frame_init_makes_temporal_resamplers_copy_frames():
     vae = tiny_wan_vae(seed=3, base_dim=8).vae
-    tg.per_frame_init(vae)
+    per_frame_init(vae)
     resamplers = [m for m in vae.modules() if getattr(m, "time_conv", None) is not None]
     assert {m.mode for m in resamplers} == {"downsample3d", "upsample3d"}
     for m in resamplers:
@@ -161,13 +188,13 @@ def test_per_frame_init_makes_temporal_resamplers_copy_frames():
 def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
     codec_run, generator_run = tmp_path / "codec", tmp_path / "generator"
     codec_report = tg.main(["--smoke", "--codec-only", "--out", str(codec_run)])
-    assert codec_report["codec"]["steps"] == tg.SMOKE.max_vae_steps
+    assert codec_report["codec"]["steps"] == SMOKE.max_vae_steps
     assert "generator" not in codec_report and not (codec_run / "dit.safetensors").exists()
     assert 0.0 <= codec_report["codec_eval"]["recon_adherence"] <= 1.0
 
     report = tg.main(["--smoke", "--codec", str(codec_run), "--out", str(generator_run)])
     assert "codec" not in report and report["codec_run"]["command"] == codec_report["command"]
-    assert report["generator"]["steps"] == tg.SMOKE.max_gen_steps
+    assert report["generator"]["steps"] == SMOKE.max_gen_steps
     trained = WanVAE.from_pretrained(codec_run / "vae").vae.state_dict()
     shipped = WanVAE.from_pretrained(generator_run / "vae").vae.state_dict()
     for name, weight in trained.items():
@@ -175,7 +202,7 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
     assert report["latents_mean"] == codec_report["latents_mean"]  # same pool, same codec
 
     # one scale, so distillation runs whatever the smoke teacher's sweep says
-    cfg = replace(tg.SMOKE, guidance_scales=(2.0,))
+    cfg = replace(SMOKE, guidance_scales=(2.0,))
     guided_run = tmp_path / "guided"
     guided = tg.train(cfg, guided_run, torch.device("cpu"), "test", teacher_from=generator_run)
     gen = guided["generator"]
@@ -192,28 +219,28 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
 
 def test_distillation_batches_draw_their_share_from_switch_clips():
     switches = torch.tensor([3, 7])
-    idx = tg._draw_clips(10, 8, switches, 4, torch.Generator().manual_seed(0))
+    idx = _draw_clips(10, 8, switches, 4, torch.Generator().manual_seed(0))
     assert idx.shape == (8,) and set(idx[:4].tolist()) <= {3, 7}
-    assert tg._draw_clips(10, 8, switches[:0], 4, torch.Generator()).shape == (8,)  # none
+    assert _draw_clips(10, 8, switches[:0], 4, torch.Generator()).shape == (8,)  # none
 
 
-def _tiny_batch(prompt_rows: torch.Tensor) -> tuple[CausalWanModel, tg._Batch]:
+def _tiny_batch(prompt_rows: torch.Tensor) -> tuple[CausalWanModel, _Batch]:
     """A seeded tiny DiT and a LongLive-layout batch of one clip (2 chunks)."""
-    cfg = replace(tg.SMOKE, latent_frames=6)
+    cfg = replace(SMOKE, latent_frames=6)
     model = CausalWanModel(wan_config("tiny")).eval()
     model.init_weights(torch.Generator().manual_seed(0))
     with torch.no_grad():  # zero-init output heads would make every velocity 0
         for p in model.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     grid = (4, 4)
-    attention = tg._clip_attention(cfg, grid, wan_rope(model.config.head_dim), 1, "cpu")
+    attention = clip_attention(cfg, grid, wan_rope(model.config.head_dim), 1, "cpu")
     x0 = torch.randn(
         1, model.config.in_channels, 6, 8, 8, generator=torch.Generator().manual_seed(1)
     )
     weight = torch.ones(1, 1, 6, 8, 8)
     levels = torch.tensor([1.0, 0.75, 0.5, 0.25])
     gen = torch.Generator().manual_seed(2)
-    batch = tg._longlive_batch(cfg, x0, weight, prompt_rows, levels, attention, gen)
+    batch = _longlive_batch(cfg, x0, weight, prompt_rows, levels, attention, gen)
     return model, batch
 
 
@@ -232,7 +259,7 @@ def test_guided_velocity_interpolates_conditional_and_empty_prompt_velocities():
     empty = velocity(torch.full_like(batch.prompt_rows, 2))
     assert not torch.allclose(conditional, empty)  # the prompt reaches the velocity
     for scale in (0.0, 1.0, 3.0):
-        guided = tg._guided_velocity(tg.Guide(model, scale), batch, text, null=2)
+        guided = _guided_velocity(Guide(model, scale), batch, text, null=2)
         torch.testing.assert_close(guided, empty + scale * (conditional - empty))
 
 
@@ -245,7 +272,7 @@ def test_guided_sampling_at_scale_one_is_unguided_and_at_zero_ignores_the_prompt
 
     def sample(context: torch.Tensor, **guidance) -> torch.Tensor:
         gen = torch.Generator().manual_seed(5)
-        return tg.generate(model, context, 6, (8, 8), gen, **guidance)
+        return generate(model, context, 6, (8, 8), gen, **guidance)
 
     torch.testing.assert_close(sample(prompt, guidance=1.0, null=empty), sample(prompt))
     torch.testing.assert_close(sample(prompt, guidance=0.0, null=empty), sample(empty))
@@ -255,12 +282,12 @@ def test_guided_sampling_at_scale_one_is_unguided_and_at_zero_ignores_the_prompt
 
 
 def test_latent_foreground_marks_the_cells_a_sprite_crosses():
-    cfg = replace(tg.SMOKE, pool_clips=2)
-    pool = tg.render_pool(cfg, 2, np.random.default_rng(5))
-    cells = tg.latent_foreground(pool, torch.device("cpu"))
+    cfg = replace(SMOKE, pool_clips=2)
+    pool = render_pool(cfg, 2, np.random.default_rng(5))
+    cells = latent_foreground(pool, torch.device("cpu"))
     f, (h, w) = cfg.latent_frames, (64 // 8, 64 // 8)
     assert cells.shape == (2, 1, f, h, w) and cells.dtype == torch.bool
-    pixels = tg._foreground(tg.to_signed(pool.video)).bool()  # [N, 1, T, H, W]
+    pixels = foreground_mask(to_signed(pool.video)).bool()  # [N, 1, T, H, W]
     for latent in range(f):
         frames = slice(0, 1) if latent == 0 else slice(4 * latent - 3, 4 * latent + 1)
         crossed = pixels[:, :, frames].unflatten(3, (h, 8)).unflatten(5, (w, 8))

@@ -1,0 +1,373 @@
+"""Stage 2 of the toy-world generator: the causal Wan DiT, by flow matching in both pipelines'
+layouts, and the guidance distillation stage that may follow it.
+
+:func:`train_dit` draws each step's batch in LongLive's layout (:func:`_longlive_batch`: a
+clean copy and a noisy copy of every clip, one noise level per chunk) or, a ``rolling_fraction``
+of the steps, in Rolling Forcing's (:func:`_rolling_batch`: a window at rising noise after a
+clean sink and history); the attention of each layout is in
+:mod:`models.toyworld.generator_attention`, the picture in
+:mod:`models.toyworld.train_generator`'s docstring. :func:`guidance_stage` fine-tunes a trained
+DiT with text dropout, sweeps the guidance scales on it, and distils the best (:class:`Guide`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from framestream.kernels.rope import wan_rope
+from framestream.models.schedule import FlowSchedule
+from framestream.models.toyworld.generator_attention import (
+    ClipBatchAttention,
+    clip_attention,
+    rolling_attention,
+    rolling_layout,
+)
+from framestream.models.toyworld.generator_config import PATCH, TrainConfig, autocast, lr_factor
+from framestream.models.toyworld.generator_eval import grade_samples
+from framestream.models.vae import WanVAE
+from framestream.models.wan import CausalWanModel, wan_config
+
+__all__ = ["Guide", "guidance_stage", "train_dit"]
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Batches in both pipelines' layouts
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    """One training batch in the DiT's row layout (one row per 3-frame block)."""
+
+    rows: torch.Tensor  # [R, C, chunk, h, w] model input
+    t: torch.Tensor  # [R, chunk] timesteps
+    prompt_rows: torch.Tensor  # [R] prompt index of each row
+    attention: ClipBatchAttention
+    loss_rows: torch.Tensor  # [R] bool, rows whose velocity is trained
+    target: torch.Tensor  # [R_loss, C, chunk, h, w] velocity ``noise - x0`` of those rows
+    weight: torch.Tensor  # [R_loss, 1, chunk, h, w] loss weight of each latent cell
+
+
+def _longlive_batch(
+    cfg: TrainConfig,
+    x0: torch.Tensor,
+    weight: torch.Tensor,
+    prompts: torch.Tensor,
+    levels: torch.Tensor,
+    attention: ClipBatchAttention,
+    gen: torch.Generator,
+) -> _Batch:
+    """Clean copy + noisy copy of every clip, one noise level per chunk (the picture in
+    ``train_generator``'s docstring). ``weight [B, 1, F, h, w]`` is every latent cell's loss
+    weight."""
+    b, nc, ch = x0.shape[0], cfg.num_chunks, cfg.chunk_frames
+    device = x0.device
+    noise = torch.randn(x0.shape, generator=gen, device=device)
+    sigma = _sample_levels(cfg, levels, (b, nc), gen)  # [B, nc]
+    s = sigma.repeat_interleave(ch, 1)[:, None, :, None, None]  # [B, 1, F, 1, 1]
+    xt = (1 - s) * x0 + s * noise
+    rows = torch.stack([_chunk_rows(x0, ch), _chunk_rows(xt, ch)])  # [2, B*nc, C, ch, h, w]
+    rows = rows.unflatten(1, (b, nc)).transpose(0, 1).flatten(0, 2)  # clip, copy, chunk
+    t = torch.stack([torch.zeros_like(sigma), sigma * 1000], 1)  # [B, 2, nc]
+    t = t.flatten().repeat_interleave(ch).view(-1, ch)  # [B*2*nc, ch]
+    noisy = torch.zeros((b, 2, nc), dtype=torch.bool, device=device)
+    noisy[:, 1] = True
+    return _Batch(
+        rows=rows,
+        t=t,
+        prompt_rows=prompts[:, None, :].expand(b, 2, nc).flatten(),
+        attention=attention,
+        loss_rows=noisy.flatten(),
+        target=_chunk_rows(noise - x0, ch),
+        weight=_chunk_rows(weight, ch),
+    )
+
+
+def _rolling_batch(
+    cfg: TrainConfig,
+    x0: torch.Tensor,
+    weight: torch.Tensor,
+    prompts: torch.Tensor,
+    end: int,
+    attention: ClipBatchAttention,
+    levels: torch.Tensor,
+    gen: torch.Generator,
+) -> _Batch:
+    """A Rolling Forcing pass: noise rising from the window's oldest block to its newest, every
+    row under the prompt of the newest block (the stream's current prompt). ``levels`` are
+    :func:`_rolling_levels`."""
+    context, window = rolling_layout(cfg, end)
+    b, ch, n = x0.shape[0], cfg.chunk_frames, len(window)
+    device = x0.device
+    blocks = x0.unflatten(2, (cfg.num_chunks, ch))  # [B, C, nc, ch, h, w]
+    clean = blocks[:, :, context].transpose(1, 2)  # [B, k, C, ch, h, w]
+    target_x0 = blocks[:, :, window].transpose(1, 2)  # [B, n, C, ch, h, w]
+    noise = torch.randn(target_x0.shape, generator=gen, device=device)
+    published = levels[-n:]  # a window still ramping up holds the noisiest levels
+    u = torch.rand((b, n), generator=gen, device=device)
+    random_levels = _shifted(u, cfg.shift).sort(dim=1).values
+    use_published = torch.rand((b, 1), generator=gen, device=device) < cfg.inference_level_prob
+    sigma = torch.where(use_published, published.expand(b, n), random_levels)  # [B, n]
+    s = sigma[:, :, None, None, None, None]
+    noisy = (1 - s) * target_x0 + s * noise
+    rows = torch.cat([clean, noisy], dim=1)  # [B, k + n, C, ch, h, w]
+    t = torch.cat([torch.zeros((b, len(context)), device=device), sigma * 1000], dim=1)
+    loss_rows = torch.zeros((b, len(context) + n), dtype=torch.bool, device=device)
+    loss_rows[:, len(context) :] = True
+    return _Batch(
+        rows=rows.flatten(0, 1),
+        t=t.flatten().repeat_interleave(ch).view(-1, ch),
+        prompt_rows=prompts[:, end - 1 : end].expand(b, len(context) + n).flatten(),
+        attention=attention,
+        loss_rows=loss_rows.flatten(),
+        target=(noise - target_x0).flatten(0, 1),
+        weight=weight.unflatten(2, (cfg.num_chunks, ch))[:, :, window]
+        .transpose(1, 2)
+        .flatten(0, 1),
+    )
+
+
+def _chunk_rows(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``[B, C, F, h, w]`` -> ``[B * F/chunk, C, chunk, h, w]`` (clip-major rows)."""
+    b, c, f, h, w = x.shape
+    return x.reshape(b, c, f // chunk, chunk, h, w).transpose(1, 2).reshape(-1, c, chunk, h, w)
+
+
+# --------------------------------------------------------------------------------------------
+# Noise levels
+# --------------------------------------------------------------------------------------------
+
+
+def _rolling_levels(cfg: TrainConfig, device: torch.device | str) -> torch.Tensor:
+    """Rolling Forcing's published window levels, oldest (least noisy) block first."""
+    schedule = FlowSchedule((1000, 800, 600, 400, 200), shift=cfg.shift)
+    return torch.tensor(schedule.sigmas[::-1], device=device)
+
+
+def _sample_levels(
+    cfg: TrainConfig, levels: torch.Tensor, shape: tuple[int, ...], gen: torch.Generator
+) -> torch.Tensor:
+    """Sigmas: one of the sampling ``levels`` with ``inference_level_prob``, else continuous."""
+    device = levels.device
+    u = torch.rand(shape, generator=gen, device=device)
+    pick = torch.randint(len(levels), shape, generator=gen, device=device)
+    use_level = torch.rand(shape, generator=gen, device=device) < cfg.inference_level_prob
+    return torch.where(use_level, levels[pick], _shifted(u, cfg.shift))
+
+
+def _shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
+    return shift * u / (1 + (shift - 1) * u)
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Guide:
+    """Classifier-free guidance of a trained teacher: its guided velocity
+    ``v(empty) + scale * (v(prompt) - v(empty))`` is the student's target (guidance
+    distillation), so the pipelines sample the student with one forward a step, as they sample
+    the published distilled checkpoints."""
+
+    teacher: CausalWanModel
+    scale: float
+
+
+def train_dit(
+    cfg: TrainConfig,
+    latents: torch.Tensor,
+    foreground: torch.Tensor,
+    chunk_prompt: torch.Tensor,
+    text: torch.Tensor,
+    device: torch.device,
+    deadline: float,
+    *,
+    null: int,
+    init: CausalWanModel | None = None,
+    guide: Guide | None = None,
+) -> tuple[CausalWanModel, dict]:
+    """Flow matching over normalised ``latents [N, 16, F, h, w]`` in both pipelines' layouts:
+    LongLive's (clean + noisy copies, per-chunk levels) and, a ``rolling_fraction`` of the
+    steps, Rolling Forcing's (a window at rising noise after a clean sink and history).
+
+    Args:
+        foreground: bool ``[N, 1, F, h, w]``, latent cells that hold a sprite
+            (:func:`latent_foreground`).
+        chunk_prompt: int64 ``[N, num_chunks]`` prompt index of every chunk.
+        text: ``[P, L, 32]`` text-encoder output of every prompt.
+        null: the row of ``text`` that holds the empty prompt (``text_dropout`` trains on it).
+        init: start from these weights (at ``finetune_lr``) instead of a seeded init.
+        guide: distil this teacher's guided velocity instead of the data's (no dropout: the
+            student learns the guided, conditional velocity only).
+
+    Returns:
+        The EMA weights in a fresh model, and the stage's statistics.
+    """
+    config = wan_config(cfg.dit_preset)
+    model = CausalWanModel(config).to(device)
+    if init is None:
+        model.init_weights(torch.Generator(device).manual_seed(cfg.seed))
+    else:
+        model.load_state_dict(init.state_dict())
+    model.train()
+    peak_lr = cfg.gen_lr if init is None else cfg.finetune_lr
+    dropout = cfg.text_dropout if guide is None else 0.0
+    names = [k for k, _ in model.named_parameters()]
+    params = [p for _, p in model.named_parameters()]
+    ema = [p.detach().clone().float() for p in params]
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    grid = (latents.shape[3] // PATCH, latents.shape[4] // PATCH)
+    rope = wan_rope(config.head_dim)
+    b = cfg.gen_batch
+    longlive = clip_attention(cfg, grid, rope, b, device)
+    rolling = {
+        end: rolling_attention(cfg, end, grid, rope, b, device)
+        for end in range(1, cfg.num_chunks + 1)
+    }
+    levels = torch.tensor(
+        FlowSchedule((1000, 750, 500, 250), shift=cfg.shift).sigmas, device=device
+    )
+    rolling_levels = _rolling_levels(cfg, device)
+    gen = torch.Generator(device).manual_seed(cfg.seed + 2)
+    layouts = random.Random(cfg.seed + 3)  # on the host: choosing a layout must not sync a step
+    chunk_prompt, text = chunk_prompt.to(device), text.to(device)
+    n = latents.shape[0]
+    switches = torch.nonzero((chunk_prompt != chunk_prompt[:, :1]).any(1)).flatten()
+    from_switches = round(b * cfg.distill_switch_fraction) if guide is not None else 0
+    start, step, curve, losses = time.perf_counter(), 0, [], []
+    idx = None
+    bar = tqdm(desc="generator", unit="step", mininterval=2.0, file=sys.stderr)
+    while time.perf_counter() < deadline and (
+        cfg.max_gen_steps is None or step < cfg.max_gen_steps
+    ):
+        if idx is None or not cfg.fixed_batch:
+            idx = _draw_clips(n, b, switches, from_switches, gen)
+        x0, prompts = latents[idx], chunk_prompt[idx]
+        if dropout:
+            dropped = torch.rand((b, 1), generator=gen, device=device) < dropout
+            prompts = prompts.masked_fill(dropped, null)
+        weight = 1.0 + cfg.gen_foreground_weight * foreground[idx].float()
+        if layouts.random() < cfg.rolling_fraction:
+            end = layouts.randint(1, cfg.num_chunks)
+            batch = _rolling_batch(cfg, x0, weight, prompts, end, rolling[end], rolling_levels, gen)
+        else:
+            batch = _longlive_batch(cfg, x0, weight, prompts, levels, longlive, gen)
+        progress = (time.perf_counter() - start) / max(1e-6, deadline - start)
+        for group in opt.param_groups:
+            group["lr"] = peak_lr * lr_factor(step, cfg.warmup_steps, progress)
+        with autocast(device):
+            cond = model.encode_text(text[batch.prompt_rows])
+            pred = model(batch.rows, batch.t, cond, batch.attention).float()
+        target = batch.target if guide is None else _guided_velocity(guide, batch, text, null)
+        error = (pred[batch.loss_rows] - target).square()
+        loss = (batch.weight * error).mean() / batch.weight.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.float() for p in params], 1 - decay)
+        losses.append(loss.detach())
+        step += 1
+        bar.update()
+        if step % cfg.log_every == 0 or step == 1:
+            recent = torch.stack(losses[-cfg.log_every :]).mean().item()
+            curve.append((step, recent))
+            bar.set_postfix(loss=f"{recent:.4f}")
+    bar.close()
+    final_model = CausalWanModel(config)
+    final_model.load_state_dict({k: v.cpu() for k, v in zip(names, ema, strict=True)}, strict=True)
+    final = torch.stack(losses[-cfg.log_every :]).mean().item() if losses else float("nan")
+    return final_model.eval(), {
+        "steps": step,
+        "seconds": time.perf_counter() - start,
+        "final_loss": final,
+        "first_loss": losses[0].item() if losses else float("nan"),
+        "curve": curve,
+    }
+
+
+def _draw_clips(
+    n: int, b: int, switches: torch.Tensor, from_switches: int, gen: torch.Generator
+) -> torch.Tensor:
+    """``b`` pool indices: the first ``from_switches`` among ``switches`` (when there are
+    any), the rest uniform over all ``n`` clips."""
+    idx = torch.randint(n, (b,), generator=gen, device=switches.device)
+    if from_switches and len(switches):
+        pick = torch.randint(len(switches), (from_switches,), generator=gen, device=idx.device)
+        idx[:from_switches] = switches[pick]
+    return idx
+
+
+@torch.no_grad()
+def _guided_velocity(guide: Guide, batch: _Batch, text: torch.Tensor, null: int) -> torch.Tensor:
+    """The teacher's guided velocity on ``batch``'s loss rows (``[R_loss, C, chunk, h, w]``)."""
+    teacher, device = guide.teacher, batch.rows.device
+    velocities = []
+    for prompts in (batch.prompt_rows, torch.full_like(batch.prompt_rows, null)):
+        with autocast(device):
+            cond = teacher.encode_text(text[prompts])
+            velocities.append(teacher(batch.rows, batch.t, cond, batch.attention).float())
+    cond, uncond = (v[batch.loss_rows] for v in velocities)
+    return uncond + guide.scale * (cond - uncond)
+
+
+# --------------------------------------------------------------------------------------------
+# Guidance distillation
+# --------------------------------------------------------------------------------------------
+
+
+def guidance_stage(
+    cfg: TrainConfig,
+    latents: torch.Tensor,
+    foreground: torch.Tensor,
+    chunk_prompt: torch.Tensor,
+    text: torch.Tensor,
+    null: int,
+    codec: WanVAE,
+    teacher: CausalWanModel,
+    deadline: float,
+) -> tuple[CausalWanModel, dict]:
+    """Guidance distillation of a trained DiT (its flow-matching run learned no unconditional
+    velocity): fine-tune it with ``text_dropout`` for ``1 - distill_fraction`` of the time left,
+    sample held-out prompts at each of ``guidance_scales``, and distil the teacher guided at the
+    scale whose clips carry the prompt's colours most often. If no scale beats unguided
+    sampling, the fine-tuned teacher is the result.
+
+    Returns:
+        The student (or teacher), and ``{"finetune", "guidance_sweep", "guidance", "distill"}``.
+    """
+    device = codec.latents_mean.device
+    start = time.perf_counter()
+    split = start + (1 - cfg.distill_fraction) * (deadline - start)
+    args = (cfg, latents, foreground, chunk_prompt, text, device)
+    teacher, finetune = train_dit(*args, split, null=null, init=teacher)
+    teacher = teacher.to(device)
+    sweep = {}
+    for scale in tqdm(cfg.guidance_scales, desc="guidance sweep", file=sys.stderr):
+        graded = grade_samples(
+            teacher, codec, cfg.eval_clips, cfg.latent_frames, cfg.seed, cfg.dit_preset,
+            cfg.shift, cfg.opening_steps, guidance=scale,
+        )  # fmt: skip
+        sweep[str(scale)] = {k: graded[k] for k in ("color_adherence", "adherence")}
+        logger.info("guidance %.1f: colours %.3f", scale, graded["color_adherence"])
+    best = max(cfg.guidance_scales, key=lambda s: sweep[str(s)]["color_adherence"])
+    report = {"finetune": finetune, "guidance_sweep": sweep, "guidance": best, "distill": None}
+    if best == 1.0:
+        return teacher.cpu(), report | finetune
+    student, report["distill"] = train_dit(
+        *args, deadline, null=null, init=teacher, guide=Guide(teacher.eval(), best)
+    )
+    return student, report | report["distill"]
