@@ -1,5 +1,6 @@
-"""models/wan/loader.py: every checkpoint layout read back to the original Wan names, LoRA merge,
-shape checks, error messages, and assign-loading into a meta-device stand-in model."""
+"""The Wan checkpoint loader (models/wan/loader.py and the checkpoint_*.py modules it reads
+through): every checkpoint layout read back to the original Wan names, LoRA merge, shape checks,
+error messages, and assign-loading into a meta-device stand-in model."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from framestream.models.wan.checkpoint_error import CheckpointError
+from framestream.models.wan.checkpoint_lora import merge_lora
+from framestream.models.wan.checkpoint_wan import expected_wan_shapes
 from framestream.models.wan.loader import (
     LAYOUTS,
-    CheckpointError,
     check_state_dict,
     detect_wan_layout,
-    expected_wan_shapes,
     load_wan_weights,
-    merge_lora,
     read_wan_state_dict,
 )
 
