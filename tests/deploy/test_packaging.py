@@ -26,6 +26,9 @@ from tests.processes import health_url
 # The only top-level import names the wheel may hold.
 ALLOWED_TOP_LEVEL = {"framestream"}
 FOLDERS = ("stream", "models", "kernels", "clients", "evals")
+# Development tools that run from a checkout only: absent from pyproject's packages, so from
+# the wheel (evals/devtools/__init__.py).
+CHECKOUT_ONLY = ("evals/devtools",)
 # What the installed package reads at run time besides its modules.
 DATA = (
     "framestream/stream/static/index.html",
@@ -37,13 +40,17 @@ DATA = (
 
 
 def sources() -> list[Path]:
-    """Every Python file of the package's folders."""
+    """Every Python file of the package's folders (the checkout-only ones included)."""
     return sorted(
         path
         for folder in FOLDERS
         for path in (REPO / folder).rglob("*.py")
         if "__pycache__" not in path.parts
     )
+
+
+def checkout_only(path: Path) -> bool:
+    return path.relative_to(REPO).as_posix().startswith(tuple(f"{f}/" for f in CHECKOUT_ONLY))
 
 
 def module_names() -> list[str]:
@@ -92,9 +99,16 @@ def test_the_wheel_claims_one_import_name_and_holds_every_module(wheel: Path) ->
     top_level = {name.split("/")[0] for name in names}
     dist_info = {name for name in top_level if name.endswith(".dist-info")}
     assert top_level - dist_info == ALLOWED_TOP_LEVEL
-    expected = {f"framestream/{path.relative_to(REPO).as_posix()}" for path in sources()}
+    expected = {
+        f"framestream/{path.relative_to(REPO).as_posix()}"
+        for path in sources()
+        if not checkout_only(path)
+    }
     assert not expected - names, sorted(expected - names)  # pyproject's packages list is whole
     assert not set(DATA) - names, sorted(set(DATA) - names)
+    for folder in CHECKOUT_ONLY:
+        shipped = sorted(name for name in names if name.startswith(f"framestream/{folder}/"))
+        assert not shipped, shipped  # development tools stay out of the installed package
 
 
 def test_every_module_imports_beside_hugging_face_kernels() -> None:
@@ -141,7 +155,11 @@ def test_a_non_editable_install_serves_from_outside_the_repository(
         timeout=300,
     )
     where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import framestream.stream.cli as m; print(m.__file__)"],
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import framestream.stream.cli as m; print(m.__file__)",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

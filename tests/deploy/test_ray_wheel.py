@@ -1,4 +1,4 @@
-"""The trimmed Ray wheel (evals/bench/ray_wheel.py) on a small wheel of Ray's layout: what is
+"""The trimmed Ray wheel (evals/devtools/ray_wheel.py) on a small wheel of Ray's layout: what is
 dropped is gone, binaries keep their execute bits, the RECORD matches every file, and pip
 installs it as it is."""
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from framestream.evals.bench.ray_wheel import trim
+from framestream.evals.devtools.ray_wheel import trim
 
 DIST = "ray-0.0.1.dist-info"
 EXECUTABLE = 0o100755 << 16

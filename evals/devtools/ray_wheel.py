@@ -1,7 +1,7 @@
 """A Ray wheel small enough to carry to a machine with no package index, with the dependencies
 such a machine's image may lack::
 
-    python -m framestream.evals.bench.ray_wheel --python-version 3.12 --out .whl-ray
+    python -m framestream.evals.devtools.ray_wheel --python-version 3.12 --out .whl-ray
 
 Ray's manylinux wheel is about 79 MB; a device call carries 64 MiB with the working tree. Python
 actors need neither the Java jar (ray/jars, 32 MB), nor the dashboard's web page, nor the
@@ -110,7 +110,7 @@ def _hash(data: bytes) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m framestream.evals.bench.ray_wheel", description=__doc__
+        prog="python -m framestream.evals.devtools.ray_wheel", description=__doc__
     )
     parser.add_argument("--version", default="2.60.0", help="Ray's version")
     parser.add_argument("--python-version", default="3.12", help="of the machine it goes to")
