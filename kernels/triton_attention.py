@@ -62,13 +62,7 @@ import triton.language as tl
 
 from framestream.kernels.attention import DECODE_MAX_Q_LEN, AttentionMetadata, register_backend
 from framestream.kernels.rope import RopeSpec
-
-# Importing the device code also patches the CPU interpreter for NumPy 2 (TRITON_INTERPRET=1),
-# before any kernel is launched.
 from framestream.kernels.triton_kernels import _combine_kernel, _decode_kernel, _prefill_kernel
-from framestream.kernels.triton_kernels import (
-    _patch_interpreter_for_numpy2 as _patch_interpreter_for_numpy2,
-)
 from framestream.kernels.triton_launch import Launcher, cdiv, next_power_of_2
 
 __all__ = [

@@ -22,8 +22,6 @@ import torch
 import triton
 import triton.language as tl
 
-# Importing the device code also patches the CPU interpreter for NumPy 2 (TRITON_INTERPRET=1).
-import framestream.kernels.triton_kernels  # noqa: F401
 from framestream.kernels.triton_launch import Launcher, next_power_of_2
 
 __all__ = ["write_kv_triton"]

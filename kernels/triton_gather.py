@@ -28,8 +28,6 @@ import triton.language as tl
 from framestream.kernels.attention import AttentionMetadata, attend_sequences, register_backend
 from framestream.kernels.rope import RopeSpec
 from framestream.kernels.triton_attention import _rope_tables, check_operands
-
-# Importing the device code also patches the CPU interpreter for NumPy 2 (TRITON_INTERPRET=1).
 from framestream.kernels.triton_kernels import _load_rotated
 
 __all__ = ["gather_rotate", "paged_attention_sdpa_fused", "sequence_view"]

@@ -9,9 +9,6 @@ The host wrappers, the backend registration and the picture of both grids are in
 * :func:`_attend_keys`: the online-softmax inner loop both share; :func:`_load_rotated` loads a
   head vector as its two rotation-pair halves, rotated with :func:`_sincos`.
 
-Importing this module also patches Triton's CPU interpreter for NumPy 2 (under
-``TRITON_INTERPRET=1`` only), so the patch is in place before any kernel here can be launched.
-
 Imports only triton.
 """
 
@@ -21,30 +18,6 @@ import triton
 import triton.language as tl
 
 __all__: list[str] = []  # device code, launched by kernels.triton_attention only
-
-
-def _patch_interpreter_for_numpy2() -> None:
-    """Let ``range(lo, hi)`` take loaded scalars under ``TRITON_INTERPRET=1`` with NumPy >= 2.4.
-
-    The interpreter holds scalars as 1-element arrays and converts loop bounds with
-    ``int(array)``, which NumPy 2.4 rejects for ``ndim > 0``. Only the CPU interpreter is touched.
-    """
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "_numpy2_patched", False):
-        return
-
-    def patch_lang_tensor(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(())))
-
-    patch_lang_tensor._numpy2_patched = True
-    interpreter._patch_lang_tensor = patch_lang_tensor
-
-
-if triton.knobs.runtime.interpret:
-    _patch_interpreter_for_numpy2()
 
 
 # --------------------------------------------------------------------------------------------

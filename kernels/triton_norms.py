@@ -29,8 +29,6 @@ import torch
 import triton
 import triton.language as tl
 
-# Importing the device code also patches the CPU interpreter for NumPy 2 (TRITON_INTERPRET=1).
-import framestream.kernels.triton_kernels  # noqa: F401
 from framestream.kernels.triton_launch import Launcher, cdiv, next_power_of_2
 
 __all__ = ["add_rms_norm", "gated_residual", "layer_norm", "rms_norm", "rms_norm_pair", "silu_mul"]

@@ -1,6 +1,6 @@
 """Skip accelerator-only tests cleanly where there is no accelerator, and run Triton kernels in
-its CPU interpreter there (set before any test module imports triton); restore torch's thread
-count after every test."""
+its CPU interpreter there (set, and the interpreter patched for NumPy 2, before any test module
+imports triton); restore torch's thread count after every test."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import os
 import pytest
 import torch
 
+from tests.triton_interpreter import patch_for_numpy2
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+patch_for_numpy2()  # a no-op unless Triton runs in its interpreter
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
