@@ -17,6 +17,7 @@ from framestream.evals.bench.record import SCHEMA, BenchRecord, Variant, Workloa
 
 __all__ = [
     "cluster_table",
+    "fidelity_table",
     "generation_table",
     "kernels_table",
     "link",
@@ -89,7 +90,7 @@ _VAE = (
 
 def provenance(stem: str, data: dict[str, Any]) -> str:
     """``command → file · date · machine · versions · commit`` of any results JSON."""
-    if data.get("schema") == SCHEMA:
+    if data.get("schema") == SCHEMA or isinstance(data.get("run"), dict):
         run = data["run"]
         date, machine, versions = run["date"], run["machine"], run["versions"]
         commit = "commit not recorded"
@@ -270,3 +271,26 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def fidelity_table(data: dict[str, Any]) -> str:
+    """One row per comparison of a ``stream eval fidelity`` record."""
+    rows = [
+        "| loop | compared | worst difference | equal | published commit |",
+        "|---|---|---|---|---|",
+    ]
+    for result in data["results"]:
+        name = result["pipeline"]
+        if "global_sink" in result:
+            name += f", `global_sink` {str(result['global_sink']).lower()}"
+        unit, items = next(
+            (key, result[key]) for key in ("chunks", "blocks", "rounds") if key in result
+        )
+        if unit == "rounds":  # token bookkeeping: equal or not, no magnitude
+            worst = "kept ids, K/V rows and positions identical" if result["all_equal"] else "-"
+        else:
+            worst = f"{max(row['max_rel'] for row in items):.1e} relative (latents)"
+        verdict = "yes" if result["all_equal"] else "**no**"
+        commit = (result.get("commit") or "not recorded")[:10]
+        rows.append(f"| {name} | {len(items)} {unit} | {worst} | {verdict} | `{commit}` |")
+    return "\n".join(rows)

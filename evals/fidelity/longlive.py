@@ -31,6 +31,7 @@ from framestream.evals.fidelity.wan import (
     FRAME_TOKENS,
     LATENT,
     SIZE,
+    WAN_STUBS,
     FixedPrompts,
     NoiseTape,
     difference,
@@ -73,7 +74,7 @@ def _compare(path: Path, chunks: int, switch_chunk: int, seed: int, global_sink:
         "wan.modules.causal_model",
         "wan.modules.model",
     ]
-    with checkout(path, modules) as (interactive, causal_model, model), torch.no_grad():
+    with checkout(path, modules, WAN_STUBS) as (interactive, causal_model, model), torch.no_grad():
         theirs_model = published_tiny(
             causal_model.CausalWanModel, seed, local_attn_size=12, sink_size=3
         )
@@ -110,13 +111,14 @@ def _published_output(
         context_noise=0,
     )
     vae = SimpleNamespace(decode_to_pixel=lambda latents, use_cache=False: latents)
-    pipeline = interactive.InteractiveCausalInferencePipeline(
-        args,
-        "cpu",
-        generator=_wrapper(interactive, model),
-        text_encoder=prompts.published(),
-        vae=vae,
-    )
+    with quiet():
+        pipeline = interactive.InteractiveCausalInferencePipeline(
+            args,
+            "cpu",
+            generator=_wrapper(interactive, model),
+            text_encoder=prompts.published(),
+            vae=vae,
+        )
     pipeline.frame_seq_length = FRAME_TOKENS
     pipeline.num_transformer_blocks = len(model.blocks)
     with tape.recording(), quiet():

@@ -21,17 +21,21 @@ The published code's own pure-Python requirements (easydict, einops, ftfy, omega
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import io
+import random
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 from unittest import mock
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -48,18 +52,30 @@ def commit_of(path: Path) -> str | None:
 
 @contextlib.contextmanager
 def checkout(
-    path: Path, modules: Sequence[str], stubs: Sequence[str] = ("torchvision",)
+    path: Path,
+    modules: Sequence[str],
+    stubs: Sequence[str] = (),
+    fixed: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[list[ModuleType]]:
-    """Import ``modules`` from the checkout at ``path``, with ``stubs`` standing in for the
-    packages of those names that do not import here; every module the checkout brought in, and
-    every stub, leaves ``sys.modules`` with the block."""
+    """Import ``modules`` from the checkout at ``path``.
+
+    ``stubs`` stand in for the packages of those names that do not import here; ``fixed``
+    modules (name -> attributes) stand in for imports the comparison never calls whose real
+    values matter (constants). Every module the checkout brought in, every stand-in, leaves
+    ``sys.modules`` with the block, and the global random states its imports seed are restored.
+    """
     path = Path(path).resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"no checkout at {path}")
     finder = _StubFinder([name for name in stubs if not _importable(name)])
     before = set(sys.modules)
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     sys.path.insert(0, str(path))
     sys.meta_path.insert(0, finder)
+    fixed = fixed or {}
+    for name, attributes in fixed.items():
+        parent = any(other.startswith(f"{name}.") for other in fixed)
+        sys.modules[name] = _Fixed(name, attributes, parent)
     try:
         with mock.patch.object(torch.cuda, "current_device", lambda: 0), quiet():
             imported = [importlib.import_module(name) for name in modules]
@@ -67,11 +83,22 @@ def checkout(
     finally:
         sys.meta_path.remove(finder)
         sys.path.remove(str(path))
-        for name in set(sys.modules) - before:
-            module = sys.modules[name]
-            where = [getattr(module, "__file__", None), *getattr(module, "__path__", [])]
-            if isinstance(module, _Stub) or any(str(path) in str(w) for w in where if w):
-                del sys.modules[name]
+        # decided for all before any goes: a namespace package's path is recomputed from its
+        # parent's, which must still be there
+        leaving = [name for name in set(sys.modules) - before if _from(sys.modules[name], path)]
+        for name in leaving:
+            del sys.modules[name]
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def _from(module: ModuleType, path: Path) -> bool:
+    """Whether ``module`` is a stand-in or lives in the checkout at ``path``."""
+    if isinstance(module, _Stub | _Fixed):
+        return True
+    where = [getattr(module, "__file__", None), *getattr(module, "__path__", [])]
+    return any(str(path) in str(w) for w in where if w)
 
 
 def _importable(name: str) -> bool:
@@ -92,6 +119,16 @@ class _Stub(ModuleType):
 
     def __call__(self, *args, **kwargs):
         raise RuntimeError(f"{self.__name__} is a stub: the fidelity eval does not run this path")
+
+
+class _Fixed(ModuleType):
+    """A stand-in module holding given attributes."""
+
+    def __init__(self, name: str, attributes: Mapping[str, Any], package: bool) -> None:
+        super().__init__(name)
+        self.__dict__.update(attributes)
+        if package:  # other stand-ins are its submodules
+            self.__path__: list[str] = []
 
 
 class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -33,6 +33,7 @@ from framestream.evals.fidelity.wan import (
     FRAME_TOKENS,
     LATENT,
     SIZE,
+    WAN_STUBS,
     FixedPrompts,
     NoiseTape,
     difference,
@@ -65,7 +66,10 @@ def compare(checkout_path: Path, blocks: int = 16, seed: int = 0) -> dict:
         "wan.modules.causal_model",
         "wan.modules.model",
     ]
-    with checkout(checkout_path, modules) as (inference, causal_model, model), torch.no_grad():
+    with (
+        checkout(checkout_path, modules, WAN_STUBS) as (inference, causal_model, model),
+        torch.no_grad(),
+    ):
         theirs_model = published_tiny(causal_model.CausalWanModel, seed)
         with float32_attention_everywhere(causal_model, model):
             theirs = _published_output(inference, causal_model, theirs_model, prompts, noise, tape)
@@ -95,9 +99,10 @@ def _published_output(inference, causal_model, model, prompts, noise, tape) -> t
         model_kwargs={},
     )
     vae = SimpleNamespace(decode_to_pixel=lambda latents, use_cache=False: latents)
-    pipeline = inference.CausalInferencePipeline(
-        args, "cpu", generator=wrapper, text_encoder=prompts.published(), vae=vae
-    )
+    with quiet():
+        pipeline = inference.CausalInferencePipeline(
+            args, "cpu", generator=wrapper, text_encoder=prompts.published(), vae=vae
+        )
     pipeline.frame_seq_length = FRAME_TOKENS
     pipeline.num_transformer_blocks = len(model.blocks)
     for layer in model.modules():

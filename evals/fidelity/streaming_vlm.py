@@ -45,13 +45,9 @@ pipelines' checkouts), or alone::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import json
-import random
 import sys
 import types
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from framestream.evals.fidelity.published import checkout as import_checkout
 from framestream.evals.fidelity.published import commit_of
 from framestream.stream.kvcache import CacheGeometry, KVCacheManager
 from framestream.stream.kvcache.vlm_window import (
@@ -100,12 +97,6 @@ class Published:
     commit: str | None
 
 
-def _stub(name: str, **attrs: Any) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    return module
-
-
 _STUBS = {
     "qwen_vl_utils": {},
     "qwen_vl_utils.vision_process": {
@@ -131,35 +122,14 @@ _STUBS = {
 }
 
 
-@contextlib.contextmanager
-def _isolated_import(checkout: Path) -> Iterator[None]:
-    """The checkout on ``sys.path`` and the stubs in ``sys.modules`` for the import only; the
-    global RNG states (the module calls ``set_seed(42)``) restored after."""
-    before = set(sys.modules)
-    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    sys.path.insert(0, str(checkout))
-    sys.modules.update({name: _stub(name, **attrs) for name, attrs in _STUBS.items()})
-    try:
-        yield
-    finally:
-        sys.path.remove(str(checkout))
-        for name in set(sys.modules) - before:
-            if name in _STUBS or name.split(".")[0] == "streaming_vlm":
-                del sys.modules[name]
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-
-
 def load_published(checkout: Path) -> Published:
     """``process_past_kv`` and ``get_rope_index`` from a checkout of mit-han-lab/streaming-vlm."""
     checkout = Path(checkout).resolve()
     if not (checkout / "streaming_vlm" / "inference" / "inference.py").is_file():
         raise FileNotFoundError(f"{checkout} is not a checkout of mit-han-lab/streaming-vlm")
-    with _isolated_import(checkout):
-        inference = importlib.import_module("streaming_vlm.inference.inference")
-        pos_emb = importlib.import_module("streaming_vlm.inference.qwen2_5.pos_emb")
-    return Published(inference, pos_emb.get_rope_index, commit_of(checkout))
+    modules = ["streaming_vlm.inference.inference", "streaming_vlm.inference.qwen2_5.pos_emb"]
+    with import_checkout(checkout, modules, fixed=_STUBS) as (inference, pos_emb):
+        return Published(inference, pos_emb.get_rope_index, commit_of(checkout))
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ __all__ = [
     "FRAME_TOKENS",
     "LATENT",
     "SIZE",
+    "WAN_STUBS",
     "FixedPrompts",
     "NoiseTape",
     "difference",
@@ -48,6 +49,9 @@ FRAME_TOKENS = 4  # (4 / 2) x (4 / 2) patches
 SIZE = (32, 32)  # pixels (the VAE's stride 8)
 # equal means equal up to float32 reordering: a relative difference below this
 TOLERANCE = 1e-5
+# wan/__init__ imports the image-to-video pipeline, which imports torchvision; PyPI's torchvision
+# does not import beside every torch build, and nothing here runs that path
+WAN_STUBS = ("torchvision",)
 
 
 def published_tiny(model_class: type, seed: int, **kwargs) -> torch.nn.Module:

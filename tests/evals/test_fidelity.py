@@ -39,22 +39,22 @@ def test_a_checkout_imports_with_cpu_shims_and_leaves_no_module_behind(tmp_path)
                 "import torchvision_stand_in.transforms.functional as TF\nclass WanI2V: pass\n"
             ),
             "wan/modules/__init__.py": "",
-            "wan/modules/attention.py": "def attention(q, k, v):\n    raise RuntimeError\n",
+            "wan/modules/attention.py": (
+                "from vendor.constants import FPS\n"
+                "def attention(q, k, v):\n    raise RuntimeError\n"
+            ),
         },
     )
-    with checkout(
-        tree, ["utils.memory", "wan.modules.attention"], stubs=["torchvision_stand_in"]
-    ) as (
-        memory,
-        attention,
-    ):
-        assert str(memory.gpu) == "cuda:0"
+    modules = ["utils.memory", "wan.modules.attention"]
+    fixed = {"vendor": {}, "vendor.constants": {"FPS": 2.0}}
+    with checkout(tree, modules, stubs=["torchvision_stand_in"], fixed=fixed) as imported:
+        memory, attention = imported
+        assert str(memory.gpu) == "cuda:0" and attention.FPS == 2.0
         assert "wan" in sys.modules and "torchvision_stand_in" in sys.modules
         with pytest.raises(RuntimeError, match="is a stub"):
             sys.modules["wan.image2video"].TF.resize(None)
-    assert not {"utils", "utils.memory", "wan", "wan.modules", "torchvision_stand_in"} & set(
-        sys.modules
-    )
+    left = {"utils", "utils.memory", "wan", "wan.modules", "torchvision_stand_in", "vendor"}
+    assert not left & set(sys.modules)
     assert str(tree) not in sys.path
     with pytest.raises(FileNotFoundError):
         with checkout(tmp_path / "missing", []):
