@@ -37,10 +37,10 @@ from framestream.clients.wire import FrameFormat, FrameHeader, FrameKind
 from framestream.evals.fuzz_checks import ServerLog, Transcript, Violation
 from framestream.evals.fuzz_grammar import Chooser, Targets, client_message, opening
 from framestream.evals.loopback import ServerThread
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.protocol import ERROR_CODES
-from framestream.stream.server import ServerConfig
 from framestream.stream.service import ServiceModels, build_pipelines
 
 __all__ = ["ControlStream", "FuzzReport", "FuzzTarget"]

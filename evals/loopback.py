@@ -15,8 +15,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine
-from framestream.stream.server import Server, ServerConfig, build_server
+from framestream.stream.server import Server, build_server
 
 __all__ = ["ServerThread"]
 

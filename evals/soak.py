@@ -52,9 +52,10 @@ import numpy as np
 
 from framestream.clients.client import ServerError, StreamClient
 from framestream.models.toyworld import Feed, render
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
-from framestream.stream.server import Server, ServerConfig, build_server
+from framestream.stream.server import Server, build_server
 from framestream.stream.service import PIPELINES, ServiceModels, build_pipelines
 
 __all__ = ["SoakConfig", "run_soak"]

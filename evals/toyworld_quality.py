@@ -48,17 +48,13 @@ from framestream.models.toyworld import (
     switch_clip,
 )
 from framestream.stream.kvcache import KVCacheManager
-from framestream.stream.pipelines.base import GenerationRequest
 from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
 from framestream.stream.pipelines.rolling_forcing import (
     RollingForcingConfig,
     RollingForcingPipeline,
 )
-from framestream.stream.pipelines.streaming_vlm import (
-    StreamingVLMPipeline,
-    UnderstandingConfig,
-    UnderstandingRequest,
-)
+from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingConfig
+from framestream.stream.requests import GenerationRequest, UnderstandingRequest
 
 SIZE = 64
 FPS = 16

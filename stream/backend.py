@@ -14,23 +14,15 @@ the front does not know where a session runs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from framestream.stream.engine import EngineConfig, EngineStats
 from framestream.stream.kvcache import PoolStats
+from framestream.stream.protocol import PipelineInfo
+from framestream.stream.requests import GenerationRequest, UnderstandingRequest
 from framestream.stream.session import Session
 
 __all__ = ["PipelineInfo", "SessionBackend", "cache_pools", "describe_pipeline"]
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineInfo:
-    """A pipeline as the front sees it, wherever it runs."""
-
-    kind: str  # "generation" or "understanding"
-    fps: float  # frames per second out (generation) or sampled from the feed (understanding)
-    default_size: tuple[int, int] = (0, 0)  # (height, width) of generation; (0, 0) otherwise
 
 
 def describe_pipeline(pipeline: Any) -> PipelineInfo:
@@ -44,7 +36,7 @@ def describe_pipeline(pipeline: Any) -> PipelineInfo:
 
 class SessionBackend(Protocol):
     """Runs sessions of named pipelines for the front. Commands never block: they are queued
-    and applied in order between steps; a full queue raises ``ProtocolError('rate_limited')``.
+    and applied in order between steps; a full queue raises :class:`~stream.errors.EngineBusy`.
     """
 
     config: EngineConfig  # the limits each engine applies (the front reports some in welcome)
@@ -63,9 +55,12 @@ class SessionBackend(Protocol):
         ...
 
     async def open_session(
-        self, pipeline: str, params: dict[str, Any], realtime: bool = True
+        self,
+        pipeline: str,
+        request: GenerationRequest | UnderstandingRequest,
+        realtime: bool = True,
     ) -> Session:
-        """Admit and start a session; raises ``ProtocolError`` with the refusal's code."""
+        """Admit and start a session; raises :class:`~stream.errors.SessionRefused`."""
         ...
 
     def switch_prompt(self, session: Session, prompt: str, transition_chunks: int = 0) -> None: ...

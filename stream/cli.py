@@ -83,12 +83,12 @@ def _generate(args: argparse.Namespace) -> int:
     from framestream.models.registry import load_wan_models
     from framestream.stream.generate import generate_video, parse_switch
     from framestream.stream.kvcache import KVCacheManager
-    from framestream.stream.pipelines.base import GenerationRequest
     from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
     from framestream.stream.pipelines.rolling_forcing import (
         RollingForcingConfig,
         RollingForcingPipeline,
     )
+    from framestream.stream.requests import GenerationRequest
 
     device, dtype = _device_and_dtype(args)
     switches = [parse_switch(s) for s in args.switch]
@@ -120,8 +120,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from framestream.stream.config import ServerConfig
     from framestream.stream.engine import Engine, EngineConfig
-    from framestream.stream.server import ServerConfig
     from framestream.stream.service import ServiceModels, build_pipelines
 
     try:
@@ -233,8 +233,9 @@ def _caption(args: argparse.Namespace) -> int:
 
     if args.url is not None:
         return asyncio.run(run_caption(args))
+    from framestream.stream.config import ServerConfig
     from framestream.stream.engine import Engine
-    from framestream.stream.server import ServerConfig, build_server
+    from framestream.stream.server import build_server
     from framestream.stream.service import ServiceModels, build_pipelines
 
     device, dtype = _device_and_dtype(args)

@@ -9,6 +9,11 @@
 
 A refused message gets an ``error`` reply and the connection goes on (a wrong token closes it
 with 1008). When the connection ends, every session of it ends and returns its cache blocks.
+
+A handler sees the server only through its :class:`ConnectionContext`: the limits, the backend
+running sessions, the counters and limiters shared by all connections, the encoders and the
+recordings. Domain refusals from below (:class:`~stream.errors.SessionRefused`,
+:class:`~stream.errors.EngineBusy`) become the wire's errors here.
 """
 
 from __future__ import annotations
@@ -19,28 +24,28 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from framestream.stream import protocol
-from framestream.stream.delivery import (
-    FrameEncoder,
-    Recorder,
-    decode_input_frame,
-    parse_output_params,
-)
+from framestream.stream.backend import SessionBackend
+from framestream.stream.config import ServerConfig
+from framestream.stream.delivery import FrameEncoder, Recorder, decode_input_frame
+from framestream.stream.errors import EngineBusy, SessionRefused
+from framestream.stream.metrics import ServiceCounters
 from framestream.stream.protocol import FrameFormat, FrameHeader, FrameKind, ProtocolError, encode
 from framestream.stream.ratelimit import RateLimiter
+from framestream.stream.recordings import Recordings
+from framestream.stream.requests import UnderstandingRequest
 from framestream.stream.session import Session, SessionState
 
-if TYPE_CHECKING:
-    from framestream.stream.server import Server
-
-__all__ = ["ConnectionHandler"]
+__all__ = ["ConnectionContext", "ConnectionHandler"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,22 @@ _FAILURES = {
     "error": "internal",  # a step failed
     "engine_lost": "engine_lost",  # the engine (a Ray actor) running the session stopped
 }
+
+
+@dataclass(frozen=True, eq=False)
+class ConnectionContext:
+    """What a connection needs of its server, shared by every connection of it."""
+
+    config: ServerConfig
+    backend: SessionBackend
+    catalog: protocol.Catalog
+    counters: ServiceCounters
+    message_limiter: RateLimiter  # every connection's messages together
+    session_start_limiter: RateLimiter  # every connection's session.start together
+    encoders: Executor  # threads that encode and decode frames
+    recordings: Recordings
+    draining: Callable[[], bool]  # the server is shutting down
+    welcome: dict[str, Any]  # the welcome message's fields
 
 
 @dataclass(eq=False)
@@ -65,12 +86,14 @@ class _Stream:
 class ConnectionHandler:
     """One connection: its protocol state, sessions and tasks."""
 
-    def __init__(self, server: Server, ws: ServerConnection) -> None:
-        self.server = server
+    def __init__(self, context: ConnectionContext, ws: ServerConnection) -> None:
+        self.context = context
         self.ws = ws
-        self.config = server.config
-        self.engine = server.engine
-        self.protocol = protocol.Connection(self.config.max_message_bytes, self.config.token)
+        self.config = context.config
+        self.engine = context.backend
+        self.protocol = protocol.Connection(
+            self.config.max_message_bytes, self.config.token, context.catalog
+        )
         self.limiter = RateLimiter(self.config.max_messages_per_second)
         self.streams: dict[int, _Stream] = {}
 
@@ -79,7 +102,7 @@ class ConnectionHandler:
     async def run(self) -> None:
         try:
             async for data in self.ws:
-                self.server.counters.messages_received += 1
+                self.context.counters.messages_received += 1
                 if refusal := self.rate_limited():
                     await self.send_error(refusal)
                     continue
@@ -89,9 +112,10 @@ class ConnectionHandler:
                     if isinstance(message, protocol.SessionStart):
                         request_id = message.request_id
                     await self.dispatch(message)
-                except ProtocolError as exc:
-                    await self.send_error(exc, request_id or exc.request_id)
-                    if exc.code == "unauthorized":  # no second guess on this connection
+                except (ProtocolError, SessionRefused, EngineBusy) as exc:
+                    error = _wire_error(exc)
+                    await self.send_error(error, request_id or error.request_id)
+                    if error.code == "unauthorized":  # no second guess on this connection
                         await self.ws.close(1008, "unauthorized")
         except ConnectionClosed:
             pass
@@ -104,7 +128,7 @@ class ConnectionHandler:
         if not self.limiter.allow():
             rate = self.config.max_messages_per_second
             return ProtocolError("rate_limited", f"over {rate:g} messages a second")
-        if not self.server.message_limiter.allow():
+        if not self.context.message_limiter.allow():
             rate = self.config.max_messages_per_second_total
             return ProtocolError(
                 "rate_limited", f"the server takes at most {rate:g} messages a second in all"
@@ -113,7 +137,7 @@ class ConnectionHandler:
 
     async def dispatch(self, message: protocol.ClientMessage) -> None:
         if isinstance(message, protocol.Hello):
-            await self.send(encode("welcome", **self.server.welcome()))
+            await self.send(encode("welcome", **self.context.welcome))
         elif isinstance(message, protocol.SessionStart):
             await self.start(message)
         elif isinstance(message, protocol.InputFrame):
@@ -121,7 +145,7 @@ class ConnectionHandler:
         else:
             stream_ = self.stream(message.session)
             session = stream_.session
-            understanding = self.engine.pipelines[session.pipeline].kind == "understanding"
+            understanding = isinstance(session.request, UnderstandingRequest)
             if isinstance(message, protocol.PromptUpdate):
                 if understanding:
                     raise ProtocolError(
@@ -148,7 +172,7 @@ class ConnectionHandler:
         header = message.header
         stream_ = self.stream(header.session)
         session = stream_.session
-        if self.engine.pipelines[session.pipeline].kind != "understanding":
+        if not isinstance(session.request, UnderstandingRequest):
             raise ProtocolError(
                 "wrong_direction", "generation sessions take no input frames", session.id
             )
@@ -160,7 +184,7 @@ class ConnectionHandler:
             )
         loop = asyncio.get_running_loop()
         frame = await loop.run_in_executor(
-            self.server.encoders,
+            self.context.encoders,
             decode_input_frame,
             header,
             message.payload,
@@ -178,55 +202,36 @@ class ConnectionHandler:
         return stream_
 
     async def start(self, message: protocol.SessionStart) -> None:
-        config, engine = self.config, self.engine
-        if self.server.draining:
+        config = self.config
+        if self.context.draining():
             raise ProtocolError("server_shutdown", "the server is stopping")
-        if message.pipeline not in engine.pipelines:
-            raise ProtocolError(
-                "unknown_pipeline",
-                f"unknown pipeline {message.pipeline!r}; known: {sorted(engine.pipelines)}",
-            )
-        if message.preset is not None and message.preset != config.preset:
-            raise ProtocolError(
-                "unknown_pipeline",
-                f"this server runs preset {config.preset!r}, not {message.preset!r}",
-            )
         if len(self.streams) >= config.max_sessions_per_connection:
             raise ProtocolError(
                 "too_many_sessions",
                 f"a connection runs at most {config.max_sessions_per_connection} sessions",
             )
-        if not self.server.session_start_limiter.allow():
+        if not self.context.session_start_limiter.allow():
             rate = config.max_session_starts_per_second
             raise ProtocolError(
                 "rate_limited", f"the server starts at most {rate:g} sessions a second"
             )
-        params = message.params
-        if engine.pipelines[message.pipeline].kind == "understanding":
+        if isinstance(message.request, UnderstandingRequest):
             await self.start_understanding(message)
             return
-        fmt, quality, realtime, record = parse_output_params(params)
-        height, width = self.server.resolve_size(message.pipeline, params)
-        try:
-            session = await asyncio.wait_for(
-                engine.open_session(message.pipeline, params, realtime),
-                config.session_open_timeout,
-            )
-        except TimeoutError:
-            raise ProtocolError(
-                "internal", "the engine did not admit the session in time"
-            ) from None
+        output, request = message.output, message.request
+        session = await self._open(message.pipeline, request, output.realtime)
         recorder = None
-        if record:
+        if output.record:
             try:
-                recorder = self.server.open_recording(session)
+                recorder = self.context.recordings.open(session)
             except (OSError, av.FFmpegError) as exc:
                 logger.error("session %d: cannot open its recording: %r", session.id, exc)
                 self.engine.close(session, "disconnected")  # never announced: nobody to tell
                 raise ProtocolError(
                     "recording_failed", "the server cannot write a recording now"
                 ) from None
-        stream_ = _Stream(session, FrameEncoder(fmt, session.fps, quality), recorder)
+        encoder = FrameEncoder(output.format, session.fps, output.quality)
+        stream_ = _Stream(session, encoder, recorder)
         self.streams[session.id] = stream_
         try:
             if recorder is not None:
@@ -237,9 +242,9 @@ class ConnectionHandler:
                     session=session.id,
                     pipeline=session.pipeline,
                     fps=session.fps,
-                    width=width,
-                    height=height,
-                    format=fmt.name.lower(),
+                    width=request.width,
+                    height=request.height,
+                    format=output.format.name.lower(),
                     request_id=message.request_id,
                 )
             )
@@ -251,20 +256,29 @@ class ConnectionHandler:
                 asyncio.create_task(self.report(session), name=f"metrics-{session.id}"),
             ]
         logger.info(
-            "session %d started: %s %dx%d %s", session.id, session.pipeline, width, height, fmt.name
+            "session %d started: %s %dx%d %s",
+            session.id,
+            session.pipeline,
+            request.width,
+            request.height,
+            output.format.name,
         )
 
-    async def start_understanding(self, message: protocol.SessionStart) -> None:
-        """A feed in, captions out: no frames to encode, pace or record."""
+    async def _open(self, pipeline: str, request: Any, realtime: bool = True) -> Session:
+        """Ask the backend for a session, within the server's ``session_open_timeout``."""
         try:
-            session = await asyncio.wait_for(
-                self.engine.open_session(message.pipeline, message.params),
+            return await asyncio.wait_for(
+                self.engine.open_session(pipeline, request, realtime),
                 self.config.session_open_timeout,
             )
         except TimeoutError:
             raise ProtocolError(
                 "internal", "the engine did not admit the session in time"
             ) from None
+
+    async def start_understanding(self, message: protocol.SessionStart) -> None:
+        """A feed in, captions out: no frames to encode, pace or record."""
+        session = await self._open(message.pipeline, message.request)
         stream_ = _Stream(session, FrameEncoder(FrameFormat.JPEG, session.fps, 85))
         self.streams[session.id] = stream_
         try:
@@ -294,7 +308,7 @@ class ConnectionHandler:
         self, error: ProtocolError, request_id: str | None = None, count: bool = True
     ) -> None:
         if count:
-            self.server.counters.errors[error.code] += 1
+            self.context.counters.errors[error.code] += 1
         fields: dict[str, Any] = {"code": error.code, "message": error.message}
         if error.session is not None:
             fields["session"] = error.session
@@ -324,7 +338,7 @@ class ConnectionHandler:
                             await asyncio.wait_for(session.ended.wait(), due - now)
                         if session.finished:
                             break
-                payload = await loop.run_in_executor(self.server.encoders, encoder.encode, frame)
+                payload = await loop.run_in_executor(self.context.encoders, encoder.encode, frame)
                 height, width = frame.pixels.shape[:2]
                 header = FrameHeader(
                     FrameKind.VIDEO,
@@ -337,7 +351,7 @@ class ConnectionHandler:
                 )
                 await self.send(header.pack() + payload)
                 session.stats.frames_sent += 1
-                self.server.counters.frames_sent += 1
+                self.context.counters.frames_sent += 1
             await session.ended.wait()
             await self.finish(stream_)
         except ConnectionClosed:
@@ -352,7 +366,7 @@ class ConnectionHandler:
         if session.end_message:
             fields["message"] = session.end_message
         if stream_.recorder is not None:
-            recording = await self.server.finish_recording(stream_.recorder)
+            recording = await self.context.recordings.finish(stream_.recorder)
             if recording is not None:  # else recording_failed was posted when it failed
                 fields["recording"] = recording
         for task in stream_.tasks[1:]:  # events and metrics: flushed here, in order
@@ -408,7 +422,7 @@ class ConnectionHandler:
         for stream_ in streams:
             try:
                 self.engine.close(stream_.session, reason)
-            except ProtocolError:  # the engine's command queue is full: leave it to shutdown
+            except EngineBusy:  # the engine's command queue is full: leave it to shutdown
                 logger.warning("session %d: could not queue its close", stream_.session.id)
         for stream_ in streams:
             for task in stream_.tasks:
@@ -416,8 +430,17 @@ class ConnectionHandler:
         for stream_ in streams:
             await asyncio.gather(*stream_.tasks, return_exceptions=True)
             if stream_.recorder is not None:
-                await self.server.finish_recording(stream_.recorder)
+                await self.context.recordings.finish(stream_.recorder)
         self.streams.clear()
+
+
+def _wire_error(exc: ProtocolError | SessionRefused | EngineBusy) -> ProtocolError:
+    """The ``error`` reply of a refusal from the protocol or from below it."""
+    if isinstance(exc, SessionRefused):
+        return ProtocolError(exc.reason, exc.message)
+    if isinstance(exc, EngineBusy):
+        return ProtocolError("rate_limited", str(exc))
+    return exc
 
 
 def _json(event: dict[str, Any]) -> str:

@@ -27,30 +27,9 @@ from framestream.stream.media import Mp4Writer
 from framestream.stream.protocol import FrameFormat, FrameHeader, ProtocolError
 from framestream.stream.session import OutputFrame
 
-__all__ = ["FrameEncoder", "Recorder", "decode_input_frame", "parse_output_params"]
+__all__ = ["FrameEncoder", "Recorder", "decode_input_frame"]
 
 logger = logging.getLogger(__name__)
-
-
-def parse_output_params(params: dict) -> tuple[FrameFormat, int, bool, bool]:
-    """Validate the delivery part of ``session.start`` params.
-
-    Returns:
-        (format, JPEG quality, realtime, record).
-    """
-    fmt = params.get("format", "jpeg")
-    if not isinstance(fmt, str):
-        raise ProtocolError("invalid_message", f"params.format must be a string, got {fmt!r}")
-    quality = params.get("quality", 85)
-    if not isinstance(quality, int) or isinstance(quality, bool) or not 1 <= quality <= 100:
-        raise ProtocolError("invalid_message", f"params.quality must be 1..100, got {quality!r}")
-    flags = []
-    for name, default in (("realtime", True), ("record", False)):
-        value = params.get(name, default)
-        if not isinstance(value, bool):
-            raise ProtocolError("invalid_message", f"params.{name} must be a boolean")
-        flags.append(value)
-    return FrameFormat.from_name(fmt), quality, flags[0], flags[1]
 
 
 class FrameEncoder:

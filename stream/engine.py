@@ -29,6 +29,8 @@ A step that raises ends only its own session(s) (error ``internal``); the others
 batched step that raises ends every session in it; a batched prefill also reports a stream whose
 own round failed, which ends that session alone.
 Admission is the cache manager's (``CacheFullError`` -> ``cache_full``) and the session limit's.
+Requests arrive validated (:mod:`stream.protocol`); refusals are :class:`SessionRefused`, a full
+command queue :class:`EngineBusy`.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from framestream.stream.errors import EngineBusy, InputError, SessionRefused
 from framestream.stream.kvcache import CacheFullError
-from framestream.stream.pipelines.base import FrameChunk, GenerationRequest, PendingChunk
+from framestream.stream.pipelines.base import FrameChunk, PendingChunk
 from framestream.stream.pipelines.feed import TimestampsBackwardsError
-from framestream.stream.pipelines.streaming_vlm import Caption, UnderstandingRequest
-from framestream.stream.protocol import ProtocolError, parse_sampling, valid_unicode
+from framestream.stream.pipelines.streaming_vlm import Caption
+from framestream.stream.requests import GenerationRequest, UnderstandingRequest
 from framestream.stream.session import OutputFrame, OutputQueue, Session, SessionState
 
 __all__ = [
@@ -220,25 +223,24 @@ class Engine:
     # -- commands (any thread, applied by the engine thread between steps) -----------------
 
     async def open_session(
-        self, pipeline: str, params: dict[str, Any], realtime: bool = True
+        self,
+        pipeline: str,
+        request: GenerationRequest | UnderstandingRequest,
+        realtime: bool = True,
     ) -> Session:
-        """Admit and start a session; raises :class:`ProtocolError` with the refusal's code."""
+        """Admit and start a session; raises :class:`SessionRefused` with the reason."""
         if pipeline not in self.pipelines:
-            raise ProtocolError(
+            raise SessionRefused(
                 "unknown_pipeline",
                 f"unknown pipeline {pipeline!r}; known: {sorted(self.pipelines)}",
             )
         target = self.pipelines[pipeline]
-        if target.kind == "understanding":
-            request = _understanding_request(params)
-        else:
-            request = _generation_request(params)
         loop = asyncio.get_running_loop()
         result = loop.create_future()
         session = Session(
             next(self._ids),
             pipeline,
-            params,
+            request,
             OutputQueue(self.config.output_queue_frames, loop),
             target.config.fps,
             realtime,
@@ -247,17 +249,15 @@ class Engine:
         def open_() -> None:
             if len(self._live) >= self.config.max_sessions:
                 limit = self.config.max_sessions
-                error = ProtocolError("too_many_sessions", f"the server runs at most {limit}")
+                error = SessionRefused("too_many_sessions", f"the server runs at most {limit}")
             else:
                 try:
                     state = target.open(request)
                 except CacheFullError as exc:
-                    error = ProtocolError("cache_full", str(exc))
-                except ValueError as exc:
-                    error = ProtocolError("invalid_message", str(exc))
+                    error = SessionRefused("cache_full", str(exc))
                 except Exception as exc:  # the caller must hear back, never wait for nothing
                     logger.exception("session %d: open failed", session.id)
-                    error = ProtocolError("internal", f"the session could not open: {exc!r:.200}")
+                    error = SessionRefused("internal", f"the session could not open: {exc!r:.200}")
                 else:
                     with self._stats_lock:
                         self._live[session.id] = _Live(session, target, state)
@@ -310,7 +310,7 @@ class Engine:
                 return  # its drain is queued already
         try:
             self._submit(lambda: self._drain_inbox(session))
-        except ProtocolError:
+        except EngineBusy:
             with self._wakeup:
                 self._inboxes.pop(session.id, None)
             raise
@@ -326,7 +326,7 @@ class Engine:
                 live.pipeline.push_frame(live.state, timestamp, frame)
             except TimestampsBackwardsError as exc:
                 session.post(_error_event(session, "timestamps_backwards", str(exc)))
-            except ValueError as exc:
+            except (InputError, ValueError) as exc:
                 session.post(_error_event(session, "bad_frame", str(exc)))
             except Exception as exc:  # the frame is lost, the session goes on: say so
                 logger.exception("session %d: push_frame failed", session.id)
@@ -402,7 +402,7 @@ class Engine:
     def _submit(self, command: Callable[[], None]) -> None:
         with self._wakeup:
             if len(self._commands) >= self.config.max_pending_commands:
-                raise ProtocolError("rate_limited", "the engine's command queue is full")
+                raise EngineBusy("the engine's command queue is full")
             self._commands.append(command)
             self._wakeup.notify()
 
@@ -636,46 +636,6 @@ class Engine:
         except Exception:
             logger.exception("session %d: close failed", session.id)
         session.finish(reason, message)
-
-
-def _generation_request(params: dict[str, Any]) -> GenerationRequest:
-    """Validate generation start parameters (the protocol's ``params``)."""
-    prompt = params.get("prompt")
-    if (
-        not isinstance(prompt, str)
-        or not prompt.strip()
-        or len(prompt) > 2000
-        or not valid_unicode(prompt)
-    ):
-        raise ProtocolError(
-            "invalid_message", "params.prompt must be a non-empty Unicode string <= 2000"
-        )
-    values = {}
-    for name in ("seed", "height", "width"):
-        value = params.get(name)
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**64
-        ):
-            raise ProtocolError("invalid_message", f"params.{name} must be an integer 0..2**64-1")
-        values[name] = value
-    return GenerationRequest(prompt, values["seed"] or 0, values["height"], values["width"])
-
-
-def _understanding_request(params: dict[str, Any]) -> UnderstandingRequest:
-    """Validate understanding start parameters (the protocol's ``params``)."""
-    values = {}
-    for name, limit in (("instruction", 2000), ("previous_text", 20000)):
-        value = params.get(name, "")
-        if not isinstance(value, str) or len(value) > limit or not valid_unicode(value):
-            raise ProtocolError(
-                "invalid_message", f"params.{name} must be a Unicode string <= {limit}"
-            )
-        values[name] = value
-    return UnderstandingRequest(
-        values["instruction"] or UnderstandingRequest().instruction,
-        values["previous_text"],
-        **parse_sampling(params),
-    )
 
 
 def _error_event(session: Session, code: str, message: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from framestream.stream.media import Mp4Writer
-from framestream.stream.pipelines.base import GenerationRequest
+from framestream.stream.requests import GenerationRequest
 
 __all__ = ["PromptSwitch", "generate_video", "parse_switch"]
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import struct
 
+from framestream.stream.errors import InputError
+
 __all__ = ["ImageHeaderError", "jpeg_size", "png_size"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -24,7 +26,7 @@ _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 _START_OF_SCAN = 0xDA
 
 
-class ImageHeaderError(ValueError):
+class ImageHeaderError(InputError):
     """The bytes are not a JPEG or PNG header this reader understands."""
 
 

@@ -29,8 +29,12 @@ import enum
 import hmac
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from framestream.stream.errors import StreamError
+from framestream.stream.requests import GenerationRequest, UnderstandingRequest
 
 __all__ = [
     "ERROR_CODES",
@@ -45,7 +49,9 @@ __all__ = [
     "FrameKind",
     "Hello",
     "InputFrame",
+    "OutputOptions",
     "Pause",
+    "PipelineInfo",
     "PromptUpdate",
     "ProtocolError",
     "Question",
@@ -53,7 +59,6 @@ __all__ = [
     "SessionStart",
     "Stop",
     "encode",
-    "parse_sampling",
     "valid_unicode",
 ]
 
@@ -61,6 +66,10 @@ PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<2sBBIQdB3xHH")
 MAGIC = b"SV"
 MAX_TIMESTAMP = float(2**32)  # seconds (136 years): input frame timestamps stay below
+MAX_PROMPT = 2000  # characters of a prompt, an instruction or a question
+MAX_PREVIOUS_TEXT = 20000  # characters of an understanding session's previous_text
+MAX_REQUEST_ID = 128  # characters
+MAX_GENERATION_SEED = 2**64 - 1
 
 ERROR_CODES = {
     "bad_json": "a text message that is not a JSON object",
@@ -74,6 +83,7 @@ ERROR_CODES = {
     "unknown_pipeline": "session.start named a pipeline or preset the server does not run",
     "too_many_sessions": "the server or this connection is at its session limit",
     "cache_full": "the KV cache cannot admit the session's worst case now",
+    "compute_full": "the device cannot run the session in real time beside the ones it runs",
     "rate_limited": "the connection sends messages faster than allowed",
     "bad_frame": "a media frame that cannot be decoded, or with a bad header",
     "frame_too_large": "a media frame over the server's max_frame_pixels",
@@ -87,7 +97,7 @@ ERROR_CODES = {
 }
 
 
-class ProtocolError(Exception):
+class ProtocolError(StreamError):
     """A refused message; ``code`` is sent back to the client with ``message``."""
 
     def __init__(
@@ -157,6 +167,28 @@ class FrameHeader:
             raise ProtocolError("bad_frame", f"bad header field: {exc}") from None
 
 
+# -- what the server runs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineInfo:
+    """A pipeline as the wire sees it, wherever it runs."""
+
+    kind: str  # "generation" or "understanding"
+    fps: float  # frames per second out (generation) or sampled from the feed (understanding)
+    default_size: tuple[int, int] = (0, 0)  # (height, width) of generation; (0, 0) otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """What ``session.start`` is checked against: the server's pipelines, its model preset,
+    and the largest frame it makes or takes."""
+
+    pipelines: Mapping[str, PipelineInfo] = field(default_factory=dict)
+    preset: str | None = None
+    max_frame_pixels: int = 1920 * 1080
+
+
 # -- client messages ----------------------------------------------------------------------------
 
 
@@ -167,10 +199,23 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputOptions:
+    """How a generation session's frames travel: ``session.start`` params ``format``,
+    ``quality`` (JPEG), ``realtime`` (paced at the stream's fps) and ``record`` (an MP4)."""
+
+    format: FrameFormat = FrameFormat.JPEG
+    quality: int = 85
+    realtime: bool = True
+    record: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SessionStart:
+    """A validated ``session.start``: the pipeline, its typed request, the delivery options."""
+
     pipeline: str
-    preset: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # validated by the pipeline's adapter
+    request: GenerationRequest | UnderstandingRequest
+    output: OutputOptions = OutputOptions()
     request_id: str | None = None  # echoed in session.started / error so clients can match
 
 
@@ -262,21 +307,108 @@ def _parse_hello(obj: dict) -> Hello:
     return Hello(_field(obj, "version", int), token)
 
 
-def _parse_start(obj: dict) -> SessionStart:
+def _parse_start(obj: dict, catalog: Catalog) -> SessionStart:
+    request_id = _field(obj, "request_id", (str, type(None)), None)
+    if request_id is not None and len(request_id) > MAX_REQUEST_ID:
+        raise ProtocolError("invalid_message", f"request_id longer than {MAX_REQUEST_ID}")
+    pipeline = _field(obj, "pipeline", str)
+    info = catalog.pipelines.get(pipeline)
+    if info is None:
+        known = sorted(catalog.pipelines)
+        raise ProtocolError(
+            "unknown_pipeline", f"unknown pipeline {pipeline[:64]!r}; known: {known}"
+        )
+    preset = _field(obj, "preset", (str, type(None)), None)
+    if preset is not None and preset != catalog.preset:
+        raise ProtocolError(
+            "unknown_pipeline", f"this server runs preset {catalog.preset!r}, not {preset[:64]!r}"
+        )
     params = _field(obj, "params", dict, {})
-    return SessionStart(
-        _field(obj, "pipeline", str),
-        _field(obj, "preset", (str, type(None)), None),
-        params,
-        _field(obj, "request_id", (str, type(None)), None),
+    if info.kind == "understanding":
+        return SessionStart(pipeline, _understanding_request(params), request_id=request_id)
+    request = _generation_request(params, info, catalog.max_frame_pixels)
+    return SessionStart(pipeline, request, _output_options(params), request_id)
+
+
+def _generation_request(
+    params: dict, info: PipelineInfo, max_frame_pixels: int
+) -> GenerationRequest:
+    prompt = params.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT:
+        raise ProtocolError(
+            "invalid_message", f"params.prompt must be a non-empty string of <= {MAX_PROMPT} chars"
+        )
+    _check_unicode(prompt, "params.prompt")
+    seed = _param_int(params, "seed", 0, 0, MAX_GENERATION_SEED)
+    size = []
+    for name, fallback in zip(("height", "width"), info.default_size, strict=True):
+        value = _param_int(params, name, fallback, 1, 2**16)
+        if value % 16:
+            raise ProtocolError("invalid_message", f"params.{name} must be a multiple of 16")
+        size.append(value)
+    height, width = size
+    if height * width > max_frame_pixels:
+        raise ProtocolError(
+            "frame_too_large", f"{width}x{height} is over max_frame_pixels={max_frame_pixels}"
+        )
+    return GenerationRequest(prompt, seed, height, width)
+
+
+def _understanding_request(params: dict) -> UnderstandingRequest:
+    texts = {}
+    for name, limit in (("instruction", MAX_PROMPT), ("previous_text", MAX_PREVIOUS_TEXT)):
+        value = params.get(name)
+        value = "" if value is None else value
+        if not isinstance(value, str) or len(value) > limit:
+            raise ProtocolError(
+                "invalid_message", f"params.{name} must be a string of <= {limit} chars"
+            )
+        _check_unicode(value, f"params.{name}")
+        texts[name] = value
+    return UnderstandingRequest(
+        texts["instruction"] or UnderstandingRequest().instruction,
+        texts["previous_text"],
+        **_sampling(params),
     )
+
+
+def _output_options(params: dict) -> OutputOptions:
+    name = params.get("format", "jpeg")
+    if not isinstance(name, str):
+        raise ProtocolError("invalid_message", f"params.format must be a string, got {name!r:.50}")
+    quality = _param_int(params, "quality", 85, 1, 100)
+    flags = []
+    for flag, default in (("realtime", True), ("record", False)):
+        value = params.get(flag, default)
+        if not isinstance(value, bool):
+            raise ProtocolError("invalid_message", f"params.{flag} must be true or false")
+        flags.append(value)
+    return OutputOptions(FrameFormat.from_name(name), quality, *flags)
+
+
+def _param_int(params: dict, name: str, default: int, low: int, high: int) -> int:
+    """An integer param in ``low..high``; absent or null: ``default``."""
+    value = params.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ProtocolError(
+            "invalid_message",
+            f"params.{name} must be an integer in {low}..{high}, got {value!r:.50}",
+        )
+    return value
+
+
+def _check_unicode(text: str, name: str) -> None:
+    if not valid_unicode(text):
+        raise ProtocolError("invalid_message", f"{name} is not valid Unicode")
 
 
 def _parse_prompt(obj: dict) -> PromptUpdate:
     transition = _field(obj, "transition_chunks", int, 0)
     if not 0 <= transition <= 64:
         raise ProtocolError("invalid_message", f"transition_chunks must be 0..64, got {transition}")
-    return PromptUpdate(_session(obj), _text(obj, "prompt", 2000), transition)
+    return PromptUpdate(_session(obj), _text(obj, "prompt", MAX_PROMPT), transition)
 
 
 # session.start params of an understanding session's sampler: name -> (low, high, type); the
@@ -290,7 +422,7 @@ SAMPLING_LIMITS: dict[str, tuple[float, float, type]] = {
 }
 
 
-def parse_sampling(params: dict[str, Any]) -> dict[str, float | int]:
+def _sampling(params: dict[str, Any]) -> dict[str, float | int]:
     """The sampler fields of an understanding ``session.start``'s params, validated; fields
     absent or null are left out (the server's default for the model). Raises
     :class:`ProtocolError` ``invalid_message`` naming the field."""
@@ -319,9 +451,9 @@ def parse_sampling(params: dict[str, Any]) -> dict[str, float | int]:
 
 _PARSERS = {
     "hello": _parse_hello,
-    "session.start": _parse_start,
+    "session.start": _parse_start,  # with the connection's catalog
     "prompt.update": _parse_prompt,
-    "question": lambda o: Question(_session(o), _text(o, "text", 2000)),
+    "question": lambda o: Question(_session(o), _text(o, "text", MAX_PROMPT)),
     "pause": lambda o: Pause(_session(o)),
     "resume": lambda o: Resume(_session(o)),
     "stop": lambda o: Stop(_session(o)),
@@ -340,12 +472,19 @@ class Connection:
     Args:
         max_message_bytes: larger messages are refused with ``message_too_large``.
         token: when set, ``hello`` must carry it.
+        catalog: what ``session.start`` is checked against.
     """
 
-    def __init__(self, max_message_bytes: int = 1 << 20, token: str | None = None) -> None:
+    def __init__(
+        self,
+        max_message_bytes: int = 1 << 20,
+        token: str | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.state = ConnectionState.AWAITING_HELLO
         self.max_message_bytes = max_message_bytes
         self._token = token
+        self.catalog = catalog or Catalog()
 
     def receive(self, data: str | bytes) -> ClientMessage:
         """Parse one message; raises :class:`ProtocolError` (the connection stays usable)."""
@@ -356,9 +495,11 @@ class Connection:
             raise ProtocolError(
                 "message_too_large", f"{size} bytes exceeds the limit of {self.max_message_bytes}"
             )
-        message = self._parse_binary(data) if isinstance(data, bytes) else self._parse_text(data)
-        if self.state is ConnectionState.AWAITING_HELLO and not isinstance(message, Hello):
-            raise ProtocolError("not_ready", "the first message must be hello")
+        if isinstance(data, bytes):
+            if self.state is ConnectionState.AWAITING_HELLO:
+                raise ProtocolError("not_ready", "the first message must be hello")
+            return self._parse_binary(data)
+        message = self._parse_text(data)
         if isinstance(message, Hello):
             self._accept_hello(message)
         return message
@@ -380,8 +521,7 @@ class Connection:
             raise ProtocolError("unauthorized", "a valid token is required")
         self.state = ConnectionState.READY
 
-    @staticmethod
-    def _parse_text(text: str) -> ClientMessage:
+    def _parse_text(self, text: str) -> ClientMessage:
         try:
             obj = json.loads(text)
         # ValueError, not only JSONDecodeError: an integer of over 4300 digits raises it too
@@ -389,18 +529,30 @@ class Connection:
             raise ProtocolError("bad_json", f"not JSON: {str(exc)[:200]}") from None
         if not isinstance(obj, dict):
             raise ProtocolError("bad_json", "a message must be a JSON object")
-        kind = obj.get("type")
-        if not isinstance(kind, str):
-            raise ProtocolError("invalid_message", "missing string field 'type'")
-        parser = _PARSERS.get(kind)
-        if parser is None:
-            raise ProtocolError("unknown_type", f"unknown message type {kind[:64]!r}")
         try:
+            kind = obj.get("type")
+            if not isinstance(kind, str):
+                raise ProtocolError("invalid_message", "missing string field 'type'")
+            if self.state is ConnectionState.AWAITING_HELLO and kind != "hello":
+                # nothing is looked at before the token: not even whether the type exists
+                raise ProtocolError(
+                    "not_ready", f"the first message must be hello, got {kind[:64]!r}"
+                )
+            parser = _PARSERS.get(kind)
+            if parser is None:
+                raise ProtocolError("unknown_type", f"unknown message type {kind[:64]!r}")
+            if kind == "session.start":
+                return _parse_start(obj, self.catalog)
             return parser(obj)
         except ProtocolError as exc:  # let the client match the refusal to what it sent
             request_id, session = obj.get("request_id"), obj.get("session")
-            if exc.request_id is None and isinstance(request_id, str):
-                exc.request_id = request_id[:128]
+            if (
+                exc.request_id is None
+                and isinstance(request_id, str)
+                and len(request_id) <= MAX_REQUEST_ID
+                and valid_unicode(request_id)
+            ):
+                exc.request_id = request_id
             if exc.session is None and type(session) is int and 0 < session < 2**32:
                 exc.session = session
             raise

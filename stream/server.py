@@ -14,24 +14,18 @@ Each connection is a :class:`stream.connection.ConnectionHandler`. A refused mes
 ``max_message_bytes`` and twice that get ``message_too_large``; larger ones make websockets
 close the connection with 1009 (message too big), since it never buffers them.
 
-Exceptions: :class:`ValueError` for a bad :class:`ServerConfig`; protocol refusals are
-:class:`~stream.protocol.ProtocolError` (see that module).
+Exceptions: :class:`ValueError` for a bad :class:`~stream.config.ServerConfig`; refusals are
+answered on the connection (:mod:`stream.connection`, :mod:`stream.errors`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import http
-import ipaddress
 import logging
 import mimetypes
 import re
-import secrets
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +33,19 @@ from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
-from framestream.models.toyworld.embedded import DEFAULT_PRESET
 from framestream.stream import protocol
 from framestream.stream.backend import SessionBackend, cache_pools, describe_pipeline
-from framestream.stream.connection import ConnectionHandler
-from framestream.stream.delivery import Recorder
+from framestream.stream.config import ServerConfig
+from framestream.stream.connection import ConnectionContext, ConnectionHandler
 from framestream.stream.metrics import CONTENT_TYPE, ServiceCounters, render_metrics
-from framestream.stream.protocol import ProtocolError
 from framestream.stream.ratelimit import RateLimiter
+from framestream.stream.recordings import Recordings
 from framestream.stream.session import Session
 from framestream.stream.toyfeed import parse_feed_request, toyworld_mp4
 from framestream.stream.version import __version__
 from framestream.stream.web import response, static_file
 
-__all__ = ["Server", "ServerConfig", "build_server", "serve"]
+__all__ = ["Server", "build_server", "serve"]
 
 logger = logging.getLogger(__name__)
 # websockets' own log; at DEBUG it traces every frame and request line, tokens included
@@ -60,80 +53,7 @@ logger = logging.getLogger(__name__)
 _WIRE_LOGGER = logging.getLogger("framestream.stream.server.wire")
 _WIRE_LOGGER.addFilter(lambda record: record.levelno >= logging.INFO)
 
-# <session>-<128 random bits>: a recording's URL is its capability; ids alone are guessable
-_RECORDING = re.compile(r"/recordings/([0-9]{1,10}-[0-9a-f]{32})\.mp4")
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Every limit of the server, with safe defaults."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000  # 0: any free port (see Server.port)
-    # required in hello when set; mandatory off loopback; never in a repr (nor so in logs)
-    token: str | None = field(default=None, repr=False)
-    allowed_origins: tuple[str, ...] | None = None  # None: same-origin, localhost, no Origin
-    preset: str = DEFAULT_PRESET  # the model preset the server runs (session.start may name it)
-    max_connections: int = 64
-    max_sessions_per_connection: int = 4
-    max_message_bytes: int = 1 << 20  # refused with message_too_large; websockets closes > 2x
-    max_frame_pixels: int = 1920 * 1080
-    max_messages_per_second: float = 200.0  # token bucket per connection, 1 s of burst
-    max_messages_per_second_total: float = 2000.0  # the same, over all connections
-    max_session_starts_per_second: float = 20.0  # session.start over all connections
-    open_timeout: float = 10.0  # WebSocket handshake
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
-    close_timeout: float = 5.0  # closing handshake, and draining sessions at shutdown
-    write_limit: int = 1 << 15  # bytes buffered per connection before a send waits
-    max_queue: int = 16  # received messages buffered per connection
-    encode_workers: int = 2  # threads encoding frames, shared by all sessions
-    max_pending_record_frames: int = 64  # per recording; more are dropped when the disk lags
-    session_open_timeout: float = 60.0  # waiting for the engine to admit a session
-    static_dir: Path | None = None  # the browser page, served at /
-    record_dir: Path | None = None  # None: a temporary folder
-    max_recordings: int = 256  # finished recordings kept (and served); the oldest are deleted
-    toyworld_feed_max_seconds: int = 600  # longest /toyworld/feed.mp4 (about 1 MB a minute)
-
-    def __post_init__(self) -> None:
-        if not _is_loopback(self.host) and not self.token:
-            raise ValueError(
-                f"host={self.host!r} is not a loopback address: configure a token "
-                "(--token or STREAM_TOKEN) to serve beyond this machine"
-            )
-        for name in (
-            "max_connections",
-            "max_sessions_per_connection",
-            "max_message_bytes",
-            "max_frame_pixels",
-            "max_messages_per_second",
-            "max_messages_per_second_total",
-            "max_session_starts_per_second",
-            "open_timeout",
-            "close_timeout",
-            "write_limit",
-            "max_queue",
-            "encode_workers",
-            "max_pending_record_frames",
-            "max_recordings",
-            "session_open_timeout",
-            "toyworld_feed_max_seconds",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if not 0 <= self.port < 65536:
-            raise ValueError(f"port must be 0..65535, got {self.port}")
-        if self.allowed_origins is not None:
-            object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+_RECORDING = re.compile(r"/recordings/([^/]{1,64})\.mp4")
 
 
 class Server:
@@ -147,19 +67,28 @@ class Server:
         self.config = config
         self.engine = engine
         self.counters = ServiceCounters()
-        self.message_limiter = RateLimiter(config.max_messages_per_second_total)
-        self.session_start_limiter = RateLimiter(config.max_session_starts_per_second)
         self.draining = False
         self.encoders = ThreadPoolExecutor(config.encode_workers, thread_name_prefix="encode")
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        if config.record_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="stream-recordings-")
-            self.record_dir = Path(self._tmp.name)
-        else:
-            self.record_dir = Path(config.record_dir)
-            self.record_dir.mkdir(parents=True, exist_ok=True)
-        # finished and servable: URL name -> file, oldest first
-        self._recordings: collections.OrderedDict[str, Path] = collections.OrderedDict()
+        self.recordings = Recordings(
+            config.record_dir, config.max_recordings, config.max_pending_record_frames
+        )
+        catalog = protocol.Catalog(
+            {name: describe_pipeline(p) for name, p in engine.pipelines.items()},
+            config.preset,
+            config.max_frame_pixels,
+        )
+        self.context = ConnectionContext(
+            config=config,
+            backend=engine,
+            catalog=catalog,
+            counters=self.counters,
+            message_limiter=RateLimiter(config.max_messages_per_second_total),
+            session_start_limiter=RateLimiter(config.max_session_starts_per_second),
+            encoders=self.encoders,
+            recordings=self.recordings,
+            draining=lambda: self.draining,
+            welcome=self._welcome(),
+        )
         self._clients: set[ConnectionHandler] = set()
         self._ws: Any = None
         self._close_task: asyncio.Task | None = None
@@ -242,7 +171,7 @@ class Server:
     # -- connections -----------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        client = ConnectionHandler(self, ws)
+        client = ConnectionHandler(self.context, ws)
         self._clients.add(client)
         self.counters.connections += 1
         try:
@@ -251,7 +180,7 @@ class Server:
             self.counters.connections -= 1
             self._clients.discard(client)
 
-    def welcome(self) -> dict[str, Any]:
+    def _welcome(self) -> dict[str, Any]:
         config = self.config
         return {
             "version": protocol.PROTOCOL_VERSION,
@@ -264,68 +193,6 @@ class Server:
                 "output_queue_frames": self.engine.config.output_queue_frames,
             },
         }
-
-    def resolve_size(self, pipeline: str, params: dict[str, Any]) -> tuple[int, int]:
-        """The session's (height, width): from params, else the pipeline's default size."""
-        default = describe_pipeline(self.engine.pipelines[pipeline]).default_size
-        size = []
-        for name, fallback in zip(("height", "width"), default, strict=True):
-            value = params.get(name, fallback)
-            if value is None:
-                value = fallback
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % 16:
-                raise ProtocolError(
-                    "invalid_message", f"params.{name} must be a positive multiple of 16"
-                )
-            size.append(value)
-        height, width = size
-        if height * width > self.config.max_frame_pixels:
-            raise ProtocolError(
-                "frame_too_large",
-                f"{width}x{height} is over max_frame_pixels={self.config.max_frame_pixels}",
-            )
-        return height, width
-
-    def open_recording(self, session: Session) -> Recorder:
-        """A recorder for ``session`` under an unguessable name; ``OSError`` (or PyAV's errors)
-        when the recording folder cannot take it. Failures later are posted to the session."""
-
-        def failed(reason: str) -> None:
-            message = f"the recording stopped ({reason}); the session goes on without it"
-            session.post(
-                {
-                    "type": "error",
-                    "code": "recording_failed",
-                    "message": message,
-                    "session": session.id,
-                }
-            )
-
-        name = f"{session.id}-{secrets.token_hex(16)}"
-        path = self.record_dir / f"{name}.mp4"
-        return Recorder(path, session.fps, self.config.max_pending_record_frames, failed)
-
-    async def finish_recording(self, recorder: Recorder) -> str | None:
-        """Complete the MP4 and serve it; returns its URL path, or None if it failed (the
-        partial file is deleted). Beyond ``max_recordings`` the oldest are deleted."""
-        await asyncio.shield(asyncio.wrap_future(recorder.close()))
-        if recorder.failure is not None:
-            with contextlib.suppress(OSError):  # the folder itself may be what failed
-                recorder.path.unlink(missing_ok=True)
-            return None
-        if recorder.frames_dropped:
-            logger.warning(
-                "%s: recording dropped %d frames (disk too slow)",
-                recorder.path.name,
-                recorder.frames_dropped,
-            )
-        name = recorder.path.stem
-        self._recordings[name] = recorder.path
-        while len(self._recordings) > self.config.max_recordings:
-            _, oldest = self._recordings.popitem(last=False)
-            with contextlib.suppress(OSError):
-                oldest.unlink(missing_ok=True)
-        return f"/recordings/{name}.mp4"
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -355,7 +222,7 @@ class Server:
                 http.HTTPStatus.OK, await asyncio.to_thread(toyworld_mp4, feed), "video/mp4"
             )
         if match := _RECORDING.fullmatch(path):
-            file = self._recordings.get(match.group(1))
+            file = self.recordings.find(match.group(1))
             if file is not None:
                 return response(
                     http.HTTPStatus.OK, await asyncio.to_thread(file.read_bytes), "video/mp4"

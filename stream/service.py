@@ -100,9 +100,9 @@ def warm_up(pipelines: dict[str, Pipeline]) -> None:
     first frame of 8.4 s against 0.48 s warm for LongLive at 832x480 (BENCHMARKS.md, the fused
     kernels' run). A server pays it while it loads, not in a user's first session.
     """
-    from framestream.stream.pipelines.base import GenerationRequest
     from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
     from framestream.stream.pipelines.wan import WanStreamPipeline
+    from framestream.stream.requests import GenerationRequest
 
     for pipeline in pipelines.values():
         if isinstance(pipeline, StreamingVLMPipeline):

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from framestream.stream.requests import GenerationRequest, UnderstandingRequest
+
 __all__ = ["OutputFrame", "OutputQueue", "Session", "SessionState", "SessionStats"]
 
 
@@ -126,7 +128,7 @@ class Session:
     Args:
         session_id: unique on the server.
         pipeline: name of the pipeline it runs.
-        params: validated start parameters (pipeline specific).
+        request: what it started from (validated by the protocol).
         output: where frames go.
         fps: nominal frame rate of the output.
         realtime: pace frames at ``fps`` (False: as fast as they are made, for benchmarks).
@@ -136,14 +138,14 @@ class Session:
         self,
         session_id: int,
         pipeline: str,
-        params: dict[str, Any],
+        request: GenerationRequest | UnderstandingRequest,
         output: OutputQueue,
         fps: float,
         realtime: bool = True,
     ) -> None:
         self.id = session_id
         self.pipeline = pipeline
-        self.params = params
+        self.request = request
         self.output = output
         self.fps = fps
         self.realtime = realtime

@@ -34,8 +34,9 @@ from framestream.evals.bench.loaders import ModelShelf, Target, release_memory
 from framestream.evals.bench.record import Series, Variant, Workload
 from framestream.evals.bench.service import Chunking, delivered_fps, direct_fps, longlive_for
 from framestream.evals.bench.timing import Clock
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig, Pipeline
-from framestream.stream.server import ServerConfig, build_server
+from framestream.stream.server import build_server
 
 __all__ = ["ClusterSettings", "run_cluster"]
 

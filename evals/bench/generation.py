@@ -40,13 +40,13 @@ from framestream.evals.bench.timing import Clock, late_over_early, percentiles
 from framestream.evals.bench.variants import OURS, VariantSpec
 from framestream.models.registry import WanModels
 from framestream.stream.kvcache import CacheGeometry, KVCacheManager, cache_dtype
-from framestream.stream.pipelines.base import GenerationRequest
 from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
 from framestream.stream.pipelines.rolling_forcing import (
     RollingForcingConfig,
     RollingForcingPipeline,
 )
 from framestream.stream.pipelines.wan import WanStreamPipeline, WanStreamState
+from framestream.stream.requests import GenerationRequest
 
 __all__ = ["GENERATION_PIPELINES", "PROMPTS", "GenerationSettings", "run_generation"]
 

@@ -28,11 +28,12 @@ from framestream.evals.bench.loaders import ModelShelf, release_memory
 from framestream.evals.bench.record import Series, Variant, Workload
 from framestream.evals.bench.timing import Clock
 from framestream.models.registry import WanModels
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import CacheGeometry, KVCacheManager
-from framestream.stream.pipelines.base import GenerationRequest
 from framestream.stream.pipelines.longlive import LongLivePipeline
-from framestream.stream.server import ServerConfig, build_server
+from framestream.stream.requests import GenerationRequest
+from framestream.stream.server import build_server
 
 __all__ = [
     "FORMATS",

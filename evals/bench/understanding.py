@@ -43,8 +43,8 @@ from framestream.stream.pipelines.streaming_vlm import (
     StreamingVLMPipeline,
     StreamingVLMState,
     UnderstandingConfig,
-    UnderstandingRequest,
 )
+from framestream.stream.requests import UnderstandingRequest
 
 __all__ = ["UnderstandingSettings", "run_understanding"]
 

@@ -40,8 +40,8 @@ from framestream.evals.fidelity.wan import (
     replaying,
 )
 from framestream.stream.kvcache import KVCacheManager
-from framestream.stream.pipelines.base import GenerationRequest
 from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+from framestream.stream.requests import GenerationRequest
 
 __all__ = ["compare"]
 

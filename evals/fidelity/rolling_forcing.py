@@ -42,8 +42,8 @@ from framestream.evals.fidelity.wan import (
     replaying,
 )
 from framestream.stream.kvcache import KVCacheManager
-from framestream.stream.pipelines.base import GenerationRequest
 from framestream.stream.pipelines.rolling_forcing import RollingForcingPipeline
+from framestream.stream.requests import GenerationRequest
 
 __all__ = ["compare"]
 

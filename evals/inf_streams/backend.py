@@ -80,8 +80,9 @@ async def open_captioner(spec: BackendSpec, options: StreamOptions) -> AsyncIter
     if spec.in_process:
         yield InProcessCaptioner(pipeline, options)
         return
+    from framestream.stream.config import ServerConfig
     from framestream.stream.engine import Engine
-    from framestream.stream.server import ServerConfig, build_server
+    from framestream.stream.server import build_server
 
     engine = Engine({"streaming_vlm": pipeline})
     async with build_server(ServerConfig(port=0), engine) as server:

@@ -264,10 +264,7 @@ class InProcessCaptioner:
             stop.set()
 
     def _run(self, job: ChunkJob, progress: Progress, stop: threading.Event) -> ChunkCaptions:
-        from framestream.stream.pipelines.streaming_vlm import (
-            DEFAULT_INSTRUCTION,
-            UnderstandingRequest,
-        )
+        from framestream.stream.requests import DEFAULT_INSTRUCTION, UnderstandingRequest
 
         pipeline, fps = self.pipeline, self.options.fps
         request = UnderstandingRequest(job.instruction or DEFAULT_INSTRUCTION, job.previous_text)

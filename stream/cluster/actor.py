@@ -40,7 +40,8 @@ from framestream.stream.cluster.messages import (
     SessionUpdate,
 )
 from framestream.stream.engine import Engine, EngineConfig, Pipeline
-from framestream.stream.protocol import ProtocolError
+from framestream.stream.errors import EngineBusy, SessionRefused
+from framestream.stream.requests import GenerationRequest, UnderstandingRequest
 from framestream.stream.session import Session
 
 __all__ = ["EngineActor"]
@@ -103,15 +104,19 @@ class EngineActor:
         return self._info
 
     async def open(
-        self, front: str, pipeline: str, params: dict[str, Any], realtime: bool
+        self,
+        front: str,
+        pipeline: str,
+        request: GenerationRequest | UnderstandingRequest,
+        realtime: bool,
     ) -> Opened:
         """Admit a session for ``front``; a refusal is a result, never an exception."""
         waker = self._front(front)
         self._watch_fronts()
         try:
-            session = await self._engine.open_session(pipeline, params, realtime)
-        except ProtocolError as exc:
-            return Opened(None, self._info.incarnation, code=exc.code, message=exc.message)
+            session = await self._engine.open_session(pipeline, request, realtime)
+        except SessionRefused as exc:
+            return Opened(None, self._info.incarnation, code=exc.reason, message=exc.message)
         self._hosted[session.id] = _Hosted(session, front)
         # wake the front's waiting take as soon as a step's frames land (from the device thread)
         session.output.set_tap(lambda _frames: session.output.call_soon(waker.wake.set))
@@ -127,8 +132,8 @@ class EngineActor:
             session = hosted.session
             try:
                 self._apply(session, command)
-            except ProtocolError as exc:  # the engine's command queue is full
-                event = {"type": "error", "code": exc.code, "message": exc.message}
+            except EngineBusy as exc:  # the engine's command queue is full
+                event = {"type": "error", "code": "rate_limited", "message": str(exc)}
                 session.post({**event, "session": session.id})
 
     async def take(self, front: str, credits: dict[int, int], wait: float) -> EngineReport:
@@ -215,7 +220,7 @@ class EngineActor:
                     for hosted in orphans:
                         self._engine.close(hosted.session, "disconnected")
                         del self._hosted[hosted.session.id]
-                except ProtocolError:  # the engine's command queue is full: next round
+                except EngineBusy:  # the engine's command queue is full: next round
                     continue
                 del self._fronts[front]
 

@@ -37,8 +37,9 @@ from framestream.stream.cluster.config import ClusterConfig
 from framestream.stream.cluster.messages import Action, Command, EngineInfo, EngineReport, Opened
 from framestream.stream.cluster.router import EngineLoad, placement, refusal
 from framestream.stream.engine import EngineStats
+from framestream.stream.errors import EngineBusy, SessionRefused
 from framestream.stream.kvcache import PoolStats
-from framestream.stream.protocol import ProtocolError
+from framestream.stream.requests import GenerationRequest, UnderstandingRequest
 from framestream.stream.session import OutputQueue, Session, SessionState
 
 __all__ = ["ClusterEngine", "EngineStatus"]
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 _FLUSH_SECONDS = 5.0  # at shutdown, for the engines to take the last commands (the lease
 # closes whatever they miss)
-_FULL = ("too_many_sessions", "cache_full")  # refusals another engine may not give
+_FULL = ("too_many_sessions", "cache_full", "compute_full")  # another engine may not refuse
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,15 +193,18 @@ class ClusterEngine:
     # -- sessions --------------------------------------------------------------------------
 
     async def open_session(
-        self, pipeline: str, params: dict[str, Any], realtime: bool = True
+        self,
+        pipeline: str,
+        request: GenerationRequest | UnderstandingRequest,
+        realtime: bool = True,
     ) -> Session:
         """Admit a session on the least-loaded engine that takes it; raises
-        :class:`ProtocolError`: ``too_many_sessions`` when every engine is full, ``engine_lost``
-        when none is up, or the engine's own refusal (``invalid_message``, ``cache_full``...)."""
+        :class:`SessionRefused`: ``too_many_sessions`` when every engine is full,
+        ``engine_lost`` when none is up, or the engine's own refusal (``cache_full``...)."""
         if self._stopping:
-            raise ProtocolError("server_shutdown", "the server is stopping")
+            raise SessionRefused("server_shutdown", "the server is stopping")
         if pipeline not in self.pipelines:
-            raise ProtocolError(
+            raise SessionRefused(
                 "unknown_pipeline",
                 f"unknown pipeline {pipeline!r}; known: {sorted(self.pipelines)}",
             )
@@ -211,19 +215,20 @@ class ClusterEngine:
                 continue
             remote.opening += 1
             try:
-                opened = await self._open_on(remote, pipeline, params, realtime)
+                opened = await self._open_on(remote, pipeline, request, realtime)
             except RayActorError as exc:
                 self._lose(remote, exc)
                 continue
             finally:
                 remote.opening -= 1
             if opened.session is not None:
-                return self._admit(remote, opened, pipeline, params, realtime)
+                return self._admit(remote, opened, pipeline, request, realtime)
             if opened.code not in _FULL:
-                raise ProtocolError(opened.code or "internal", opened.message)
+                raise SessionRefused(opened.code or "internal", opened.message)
             full = opened
-        if full is not None and full.code == "cache_full":
-            raise ProtocolError("cache_full", f"no engine can admit the session: {full.message}")
+        if full is not None and full.code in ("cache_full", "compute_full"):
+            reason = full.code
+            raise SessionRefused(reason, f"no engine can admit the session: {full.message}")
         raise refusal([remote.load() for remote in self._remotes])
 
     def switch_prompt(self, session: Session, prompt: str, transition_chunks: int = 0) -> None:
@@ -318,12 +323,16 @@ class ClusterEngine:
     # -- internals -------------------------------------------------------------------------
 
     async def _open_on(
-        self, remote: _Remote, pipeline: str, params: dict[str, Any], realtime: bool
+        self,
+        remote: _Remote,
+        pipeline: str,
+        request: GenerationRequest | UnderstandingRequest,
+        realtime: bool,
     ) -> Opened:
         """``open`` on one engine; if the caller gives up meanwhile (its timeout, a dropped
         connection) a session the engine admits anyway is closed when the answer comes."""
         call = asyncio.ensure_future(
-            remote.actor.open.remote(self.front_id, pipeline, params, realtime)
+            remote.actor.open.remote(self.front_id, pipeline, request, realtime)
         )
         try:
             return await asyncio.shield(call)
@@ -344,12 +353,12 @@ class ClusterEngine:
         remote: _Remote,
         opened: Opened,
         pipeline: str,
-        params: dict[str, Any],
+        request: GenerationRequest | UnderstandingRequest,
         realtime: bool,
     ) -> Session:
         assert opened.session is not None
         queue = OutputQueue(self.config.output_queue_frames, asyncio.get_running_loop())
-        session = Session(next(self._ids), pipeline, params, queue, opened.fps, realtime)
+        session = Session(next(self._ids), pipeline, request, queue, opened.fps, realtime)
         session.state = SessionState.RUNNING
         route = _Route(session, remote, opened.session, opened.incarnation)
         remote.routes[opened.session] = route
@@ -365,7 +374,7 @@ class ClusterEngine:
             return  # ended: nothing left to steer
         remote = route.remote
         if len(remote.commands) >= self.config.max_pending_commands:
-            raise ProtocolError("rate_limited", "the engine's command queue is full")
+            raise EngineBusy("the engine's command queue is full")
         remote.commands.append(Command(route.engine_session, action, args))
         remote.pending.set()
 

@@ -50,7 +50,7 @@ class Opened:
     session: int | None  # the engine's session id; None when refused
     incarnation: str = ""  # of the engine that opened it
     fps: float = 0.0  # the session's nominal frame rate
-    code: str | None = None  # refusal: a code of stream.protocol.ERROR_CODES
+    code: str | None = None  # refusal: a reason of stream.errors.SessionRefused
     message: str = ""
 
 

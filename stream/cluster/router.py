@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from framestream.stream.protocol import ProtocolError
+from framestream.stream.errors import SessionRefused
 
 __all__ = ["EngineLoad", "placement", "refusal"]
 
@@ -31,18 +31,18 @@ def placement(loads: Sequence[EngineLoad]) -> list[int]:
     return [load.engine for load in open_]
 
 
-def refusal(loads: Sequence[EngineLoad]) -> ProtocolError:
+def refusal(loads: Sequence[EngineLoad]) -> SessionRefused:
     """Why no engine can take a new session (``placement`` found none, or all refused)."""
     up = [load for load in loads if load.up]
     if not up:
-        return ProtocolError(
+        return SessionRefused(
             "engine_lost",
             f"none of the {len(loads)} engines is up (restarting?); start the session again "
             "in a few seconds",
         )
     capacity = sum(load.capacity for load in up)
     down = f", {len(loads) - len(up)} down" if len(up) < len(loads) else ""
-    return ProtocolError(
+    return SessionRefused(
         "too_many_sessions",
         f"all {len(up)} engines are full ({capacity} sessions in all{down}); try again later",
     )

@@ -1,4 +1,5 @@
-"""Exceptions of the cache manager, all under :class:`CacheError`.
+"""Exceptions of the cache manager, all under :class:`CacheError` (a
+:class:`~stream.errors.StreamError`).
 
 * :class:`CacheFullError` -- a session's worst case does not fit; carries the numbers so the
   service can answer ``cache_full`` with them.
@@ -8,10 +9,12 @@
 
 from __future__ import annotations
 
+from framestream.stream.errors import StreamError
+
 __all__ = ["CacheError", "CacheFullError", "CacheMisuseError"]
 
 
-class CacheError(Exception):
+class CacheError(StreamError):
     """Base of every cache-manager error."""
 
 

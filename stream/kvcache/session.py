@@ -22,7 +22,6 @@ calls :meth:`CacheView.attend` with no further host work.
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ __all__ = [
     "CacheView",
     "SequencePlan",
     "SessionCache",
-    "SessionState",
     "TokenRange",
     "build_step",
     "pack_plans",
@@ -48,11 +46,6 @@ __all__ = [
 
 _EMPTY_POS = np.zeros((0, 3), dtype=np.int32)
 _EMPTY_SLOTS = np.zeros(0, dtype=np.int32)
-
-
-class SessionState(enum.IntEnum):
-    OPEN = 0
-    CLOSED = 1  # terminal: every block returned
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +96,7 @@ class SessionCache:
     def __init__(self, pool: BlockPool, session_id: int, reservation) -> None:
         self.pool = pool
         self.session_id = session_id
-        self.state = SessionState.OPEN
+        self.closed = False  # every block returned; nothing may use it any more
         self._reservation = reservation
         self._segments: dict[str, _Segment] = {}
 
@@ -119,11 +112,11 @@ class SessionCache:
 
     def close(self) -> None:
         """Return every block. Closing twice is a :class:`CacheMisuseError`."""
-        if self.state is SessionState.CLOSED:
+        if self.closed:
             raise CacheMisuseError(f"session {self.session_id} closed twice")
         self.pool.release(self._reservation)
         self._segments.clear()
-        self.state = SessionState.CLOSED
+        self.closed = True
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -326,7 +319,7 @@ class SessionCache:
             raise CacheMisuseError(f"session {self.session_id} has no segment {name!r}") from None
 
     def _check_open(self) -> None:
-        if self.state is SessionState.CLOSED:
+        if self.closed:
             raise CacheMisuseError(f"session {self.session_id} used after close")
 
     def _as_range(self, part: str | TokenRange) -> TokenRange:

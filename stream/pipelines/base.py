@@ -7,21 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["FrameChunk", "GenerationRequest", "PendingChunk"]
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationRequest:
-    """What a generation session starts from."""
-
-    prompt: str
-    seed: int = 0
-    height: int | None = None  # pixels; the preset's default when None
-    width: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.prompt.strip():
-            raise ValueError("prompt must not be empty")
+__all__ = ["FrameChunk", "PendingChunk"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from framestream.stream.errors import InputError
+
 __all__ = ["FeedChunk", "FrameFeed", "TimestampsBackwardsError"]
 
 
-class TimestampsBackwardsError(ValueError):
+class TimestampsBackwardsError(InputError):
     """A frame older than the previous one."""
 
 

@@ -73,17 +73,16 @@ from framestream.stream.pipelines.sampling import (
     TokenPresence,
     sample,
 )
+from framestream.stream.requests import DEFAULT_INSTRUCTION, UnderstandingRequest
 
 __all__ = [
     "Caption",
     "StreamingVLMPipeline",
     "StreamingVLMState",
     "UnderstandingConfig",
-    "UnderstandingRequest",
 ]
 
 SYSTEM_PROMPT = "You are a helpful assistant."
-DEFAULT_INSTRUCTION = "Commentate on this video."
 
 
 @dataclass(frozen=True)
@@ -126,18 +125,6 @@ class UnderstandingConfig:
             raise ValueError(f"max_prefill_tokens must be positive, got {self.max_prefill_tokens}")
         if self.max_graph_batch <= 0:
             raise ValueError(f"max_graph_batch must be positive, got {self.max_graph_batch}")
-
-
-@dataclass(frozen=True, slots=True)
-class UnderstandingRequest:
-    """A stream's start; a sampler field left None takes the pipeline's default."""
-
-    instruction: str = DEFAULT_INSTRUCTION
-    previous_text: str = ""
-    temperature: float | None = None
-    repetition_penalty: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

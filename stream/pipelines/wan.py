@@ -28,7 +28,8 @@ from framestream.stream.kvcache import (
     build_step,
     cache_dtype,
 )
-from framestream.stream.pipelines.base import FrameChunk, GenerationRequest, PendingChunk
+from framestream.stream.pipelines.base import FrameChunk, PendingChunk
+from framestream.stream.requests import GenerationRequest
 
 __all__ = ["WanStreamPipeline", "WanStreamState"]
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
-from framestream.stream.server import Server, ServerConfig, build_server
+from framestream.stream.server import Server, build_server
 from framestream.stream.service import ServiceModels, build_pipelines
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "stream" / "static"

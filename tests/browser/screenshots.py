@@ -17,9 +17,9 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
-from framestream.stream.server import ServerConfig
 from framestream.stream.service import ServiceModels, build_pipelines
 from tests.browser.conftest import (
     CHROMIUM,

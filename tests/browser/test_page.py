@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
-from framestream.stream.server import ServerConfig
 
 from .conftest import STATIC_DIR, ServerThread
 

@@ -33,10 +33,11 @@ from framestream.clients.caption import (
 )
 from framestream.clients.client import Caption
 from framestream.models.qwen_vl import tiny_qwen_vl
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
-from framestream.stream.server import Server, ServerConfig, build_server
+from framestream.stream.server import Server, build_server
 
 TIMEOUT = 60.0
 LINE = re.compile(r"^\[\s*(\d+\.\d) -\s*(\d+\.\d)\]( .*)?$")

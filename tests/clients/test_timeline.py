@@ -28,8 +28,9 @@ from framestream.clients.timeline import (
     run_timeline,
     sidecar_path,
 )
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
-from framestream.stream.server import Server, ServerConfig, build_server
+from framestream.stream.server import Server, build_server
 from framestream.stream.service import ServiceModels, build_pipelines
 
 TIMEOUT = 60.0

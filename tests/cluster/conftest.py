@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import EngineConfig
-from framestream.stream.server import Server, ServerConfig, build_server
+from framestream.stream.server import Server, build_server
 from framestream.stream.service import ServiceModels, build_pipelines
 from tests.reliability.wire import until
 

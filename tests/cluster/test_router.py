@@ -29,7 +29,7 @@ def test_full_and_down_engines_are_skipped() -> None:
 
 def test_the_refusal_says_full_or_down() -> None:
     full = refusal(loads(2, 2, 0, down=(2,)))
-    assert full.code == "too_many_sessions"
+    assert full.reason == "too_many_sessions"
     assert "all 2 engines are full (4 sessions in all, 1 down)" in full.message
     down = refusal(loads(0, 1, down=(0, 1)))
-    assert down.code == "engine_lost" and "none of the 2 engines is up" in down.message
+    assert down.reason == "engine_lost" and "none of the 2 engines is up" in down.message

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from framestream.stream.server import ServerConfig
+from framestream.stream.config import ServerConfig
 from tests.deploy.files import (
     compose,
     exec_form,

@@ -10,8 +10,9 @@ import urllib.request
 
 import pytest
 
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine
-from framestream.stream.server import ServerConfig, build_server
+from framestream.stream.server import build_server
 from tests.deploy.files import (
     REPO,
     exec_form,

@@ -26,7 +26,8 @@ from framestream.evals.report_tables import (
 from framestream.models.qwen_vl import tiny_qwen_vl
 from framestream.stream.cli import build_parser
 from framestream.stream.kvcache import KVCacheManager
-from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
+from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
+from framestream.stream.requests import UnderstandingRequest
 
 SUITES = ("generation", "understanding", "service")
 GENERATION_SERIES = {

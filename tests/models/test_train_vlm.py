@@ -24,7 +24,8 @@ from framestream.models.toyworld.train_vlm import (
 )
 from framestream.models.toyworld.vlm_layout import TokenLayout
 from framestream.stream.kvcache import KVCacheManager
-from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
+from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
+from framestream.stream.requests import UnderstandingRequest
 
 
 @pytest.fixture(scope="module")

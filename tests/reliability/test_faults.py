@@ -25,12 +25,14 @@ from websockets.exceptions import ConnectionClosed
 from framestream.evals.fuzz_checks import ServerLog
 from framestream.models.toyworld.embedded import GENERATOR_DIR
 from framestream.stream import cli
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.longlive import LongLivePipeline
-from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingRequest
+from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
 from framestream.stream.protocol import FrameFormat
-from framestream.stream.server import ServerConfig, build_server
+from framestream.stream.requests import UnderstandingRequest
+from framestream.stream.server import build_server
 
 from .wire import (
     SIZE,
@@ -182,7 +184,7 @@ def test_a_full_disk_stops_the_recording_not_the_session(pipelines, tmp_path, mo
     """/dev/full answers every write with ENOSPC: a real full disk, for one file."""
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full (Linux)")
-    monkeypatch.setattr("framestream.stream.server.secrets.token_hex", lambda n: "0" * 2 * n)
+    monkeypatch.setattr("framestream.stream.recordings.secrets.token_hex", lambda n: "0" * 2 * n)
     (tmp_path / f"1-{'0' * 32}.mp4").symlink_to("/dev/full")  # the first session's recording
 
     def full_disk_files() -> int:

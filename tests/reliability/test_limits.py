@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from framestream.stream.cli import build_parser
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.errors import EngineBusy
 from framestream.stream.image_size import ImageHeaderError, jpeg_size, png_size
-from framestream.stream.protocol import ProtocolError
 from framestream.stream.ratelimit import RateLimiter
-from framestream.stream.server import ServerConfig
+from framestream.stream.requests import GenerationRequest, UnderstandingRequest
 from framestream.stream.session import OutputQueue, Session
 from tests.stream.test_engine import FakeGeneration, FakeUnderstanding
 
@@ -79,8 +80,8 @@ def test_late_generation_does_not_starve_understanding():
         engine = Engine({"gen": SlowGeneration(clock), "vlm": FakeUnderstanding()}, clock=clock)
         engine.start()
         try:
-            video = await engine.open_session("gen", {"prompt": "a", "seed": 1})
-            feed = await engine.open_session("vlm", {})
+            video = await engine.open_session("gen", GenerationRequest("a", 1))
+            feed = await engine.open_session("vlm", UnderstandingRequest())
             engine.push_frame(feed, 0.0, np.zeros((2, 2, 3), np.uint8))
             caption = await asyncio.wait_for(feed.events.get(), 30)
             assert caption["type"] == "caption"
@@ -112,7 +113,7 @@ def test_input_frames_wait_in_a_bounded_inbox_the_newest_kept():
         engine = Engine({"vlm": pipeline}, EngineConfig(input_queue_frames=4))
         engine.start()
         try:
-            session = await engine.open_session("vlm", {})
+            session = await engine.open_session("vlm", UnderstandingRequest())
             frame = np.zeros((2, 2, 3), np.uint8)
             engine.push_frame(session, 0.0, frame)
             await asyncio.to_thread(pipeline.entered.wait, 30)  # the engine is busy with it
@@ -203,13 +204,12 @@ def test_image_sizes_are_read_from_the_headers():
 def test_engine_commands_beyond_the_limit_are_refused():
     loop = asyncio.new_event_loop()
     try:
-        session = Session(1, "gen", {}, OutputQueue(4, loop), 16.0)
+        session = Session(1, "gen", GenerationRequest("a"), OutputQueue(4, loop), 16.0)
         engine = Engine({"gen": FakeGeneration()}, EngineConfig(max_pending_commands=3))
         for _ in range(3):  # not started: nothing drains them
             engine.pause(session)
-        with pytest.raises(ProtocolError) as refused:
+        with pytest.raises(EngineBusy):
             engine.resume(session)
-        assert refused.value.code == "rate_limited"
         assert engine.stats().pending_commands == 3
     finally:
         loop.close()

@@ -13,8 +13,8 @@ import pytest
 from framestream.evals.fuzz_checks import ServerLog
 from framestream.evals.fuzz_target import ControlStream
 from framestream.evals.loopback import ServerThread
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
-from framestream.stream.server import ServerConfig
 
 from .wire import SIZE, connect, feed_seconds, frames, held_blocks, hello, run, start, until
 

@@ -14,9 +14,10 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.protocol import FrameFormat, FrameHeader, FrameKind
-from framestream.stream.server import Server, ServerConfig, build_server
+from framestream.stream.server import Server, build_server
 
 TIMEOUT = 60.0
 SIZE = {"height": 32, "width": 32}

@@ -9,9 +9,9 @@ import torch
 
 from framestream.models.registry import load_wan_models
 from framestream.stream.kvcache import KVCacheManager
-from framestream.stream.pipelines.base import GenerationRequest
 from framestream.stream.pipelines.longlive import LongLivePipeline
 from framestream.stream.pipelines.rolling_forcing import RollingForcingPipeline
+from framestream.stream.requests import GenerationRequest
 
 PIPELINES = {"longlive": LongLivePipeline, "rolling_forcing": RollingForcingPipeline}
 REQUEST = GenerationRequest("a red ball", seed=3, height=32, width=32)

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.errors import SessionRefused
 from framestream.stream.kvcache import CacheFullError
 from framestream.stream.pipelines.base import FrameChunk, PendingChunk
 from framestream.stream.pipelines.streaming_vlm import Caption
-from framestream.stream.protocol import ProtocolError
+from framestream.stream.requests import GenerationRequest, UnderstandingRequest
 
 
 @dataclass
@@ -143,16 +144,13 @@ def test_refusals_have_their_codes() -> None:
         engine = Engine({"gen": FakeGeneration(admit=1)}, EngineConfig(max_sessions=2))
         engine.start()
         try:
-            with pytest.raises(ProtocolError) as unknown:
-                await engine.open_session("nope", {"prompt": "x"})
-            assert unknown.value.code == "unknown_pipeline"
-            with pytest.raises(ProtocolError) as invalid:
-                await engine.open_session("gen", {"prompt": ""})
-            assert invalid.value.code == "invalid_message"
-            await engine.open_session("gen", {"prompt": "a"})
-            with pytest.raises(ProtocolError) as full:
-                await engine.open_session("gen", {"prompt": "b"})
-            assert full.value.code == "cache_full"
+            with pytest.raises(SessionRefused) as unknown:
+                await engine.open_session("nope", GenerationRequest("x"))
+            assert unknown.value.reason == "unknown_pipeline"
+            await engine.open_session("gen", GenerationRequest("a"))
+            with pytest.raises(SessionRefused) as full:
+                await engine.open_session("gen", GenerationRequest("b"))
+            assert full.value.reason == "cache_full"
         finally:
             await engine.shutdown()
 
@@ -164,13 +162,13 @@ def test_session_limit() -> None:
         engine = Engine({"gen": FakeGeneration()}, EngineConfig(max_sessions=1))
         engine.start()
         try:
-            first = await engine.open_session("gen", {"prompt": "a"})
-            with pytest.raises(ProtocolError) as refused:
-                await engine.open_session("gen", {"prompt": "b"})
-            assert refused.value.code == "too_many_sessions"
+            first = await engine.open_session("gen", GenerationRequest("a"))
+            with pytest.raises(SessionRefused) as refused:
+                await engine.open_session("gen", GenerationRequest("b"))
+            assert refused.value.reason == "too_many_sessions"
             engine.close(first)
             await first.ended.wait()
-            await engine.open_session("gen", {"prompt": "b"})  # room again
+            await engine.open_session("gen", GenerationRequest("b"))  # room again
         finally:
             await engine.shutdown()
 
@@ -188,7 +186,7 @@ def test_realtime_sessions_stay_within_the_lookahead() -> None:
         )
         engine.start()
         try:
-            session = await engine.open_session("gen", {"prompt": "a"})
+            session = await engine.open_session("gen", GenerationRequest("a"))
             await asyncio.sleep(0.5)
             # frame 0 at t0; chunks while the next deadline is <= 1.5 s ahead: 36 frames
             assert session.stats.frames_generated == 36
@@ -231,7 +229,7 @@ def test_a_chunk_is_awaited_after_the_next_is_launched_and_before_a_sleep() -> N
         engine = Engine({"gen": pipeline}, EngineConfig(lookahead_seconds=1.5), clock=lambda: 100.0)
         engine.start()
         try:
-            session = await engine.open_session("gen", {"prompt": "a"})
+            session = await engine.open_session("gen", GenerationRequest("a"))
             frames = await frames_of(session, 36)
             assert [f.index for f in frames] == list(range(36))
             await asyncio.sleep(0.3)
@@ -256,8 +254,8 @@ def test_a_failing_step_ends_only_its_session() -> None:
         engine = Engine({"gen": pipeline})
         engine.start()
         try:
-            good = await engine.open_session("gen", {"prompt": "a", "seed": 7}, realtime=False)
-            bad = await engine.open_session("gen", {"prompt": "boom"}, realtime=False)
+            good = await engine.open_session("gen", GenerationRequest("a", 7), realtime=False)
+            bad = await engine.open_session("gen", GenerationRequest("boom"), realtime=False)
             await asyncio.wait_for(bad.ended.wait(), 10)
             assert bad.end_reason == "error" and "fell over" in bad.end_message
             frames = await frames_of(good, 48)
@@ -277,7 +275,7 @@ def test_pause_holds_generation_and_switches_are_applied_between_steps() -> None
         engine = Engine({"gen": pipeline}, EngineConfig(output_queue_frames=24))
         engine.start()
         try:
-            session = await engine.open_session("gen", {"prompt": "a"}, realtime=False)
+            session = await engine.open_session("gen", GenerationRequest("a"), realtime=False)
             await frames_of(session, 24)
             engine.pause(session)
             await asyncio.sleep(0.2)
@@ -304,7 +302,7 @@ def test_understanding_decode_steps_are_batched() -> None:
         engine = Engine({"vlm": pipeline})
         engine.start()
         try:
-            sessions = [await engine.open_session("vlm", {}) for _ in range(3)]
+            sessions = [await engine.open_session("vlm", UnderstandingRequest()) for _ in range(3)]
             for session in sessions:
                 engine.push_frame(session, 0.0, np.zeros((2, 2, 3), np.uint8))
             captions = []
@@ -334,7 +332,7 @@ class HeldUnderstanding(FakeUnderstanding):
 
 async def _open_fed(engine: Engine, pipeline: str, instructions: list[str]) -> list:
     """Sessions of ``pipeline``, each fed one second, its frame taken by the engine thread."""
-    sessions = [await engine.open_session(pipeline, {"instruction": i}) for i in instructions]
+    sessions = [await engine.open_session(pipeline, UnderstandingRequest(i)) for i in instructions]
     for session in sessions:
         engine.push_frame(session, 0.0, np.zeros((2, 2, 3), np.uint8))
     while (stats := engine.stats()).pending_input_frames or stats.pending_commands:
@@ -396,7 +394,7 @@ def test_a_batched_prefill_that_raises_ends_the_sessions_in_it_only() -> None:
         engine = Engine({"vlm": pipeline, "vlm2": neighbour, "gen": generation})
         engine.start()
         try:
-            video = await engine.open_session("gen", {"prompt": "a", "seed": 3}, realtime=False)
+            video = await engine.open_session("gen", GenerationRequest("a", 3), realtime=False)
             (apart,) = await _open_fed(engine, "vlm2", ["c"])
             batch = await _open_fed(engine, "vlm", ["a", "crash", "b"])
             pipeline.release.set()

@@ -19,7 +19,6 @@ from framestream.stream.kvcache import (
     FrameWindowConfig,
     KVCacheManager,
     SessionCache,
-    SessionState,
     cache_dtype,
     check_kv_cache_dtype,
     text_positions,
@@ -113,7 +112,7 @@ def test_close_returns_every_block_and_refuses_reuse() -> None:
     assert pool.stats().used_blocks == 4
     assert pool.stats().bytes_by_session == {1: 4 * pool.bytes_per_block}
     cache.close()
-    assert cache.state is SessionState.CLOSED
+    assert cache.closed
     assert pool.stats().free_blocks == 10
     with pytest.raises(CacheMisuseError, match="closed twice"):
         cache.close()

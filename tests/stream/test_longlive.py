@@ -18,8 +18,8 @@ from framestream.models.schedule import FlowSchedule, opening_schedule
 from framestream.stream.cli import main
 from framestream.stream.generate import parse_switch
 from framestream.stream.kvcache import KVCacheManager
-from framestream.stream.pipelines.base import GenerationRequest
 from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+from framestream.stream.requests import GenerationRequest
 
 SIZE = {"height": 32, "width": 32}
 

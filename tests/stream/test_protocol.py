@@ -15,6 +15,7 @@ from framestream.stream.protocol import (
     HEADER,
     PROTOCOL_VERSION,
     SAMPLING_LIMITS,
+    Catalog,
     Connection,
     ConnectionState,
     FrameFormat,
@@ -22,7 +23,9 @@ from framestream.stream.protocol import (
     FrameKind,
     Hello,
     InputFrame,
+    OutputOptions,
     Pause,
+    PipelineInfo,
     PromptUpdate,
     ProtocolError,
     Question,
@@ -30,14 +33,24 @@ from framestream.stream.protocol import (
     SessionStart,
     Stop,
     encode,
-    parse_sampling,
 )
+from framestream.stream.requests import GenerationRequest, UnderstandingRequest
 
 WIRE_HEADER = "<2sBBIQdB3xHH"  # docs/protocol.md
 
 
+CATALOG = Catalog(
+    {
+        "longlive": PipelineInfo("generation", 16.0, (64, 96)),
+        "streaming_vlm": PipelineInfo("understanding", 2.0),
+    },
+    preset="tiny",
+    max_frame_pixels=256 * 256,
+)
+
+
 def ready(**kwargs: Any) -> Connection:
-    connection = Connection(**kwargs)
+    connection = Connection(**{"catalog": CATALOG, **kwargs})
     connection.receive(json.dumps({"type": "hello", "version": PROTOCOL_VERSION}))
     return connection
 
@@ -76,7 +89,7 @@ def test_hello_opens_the_connection() -> None:
     ],
 )
 def test_everything_before_hello_is_not_ready(data: str | bytes) -> None:
-    connection = Connection()
+    connection = Connection(catalog=CATALOG)
     assert refused(connection, data) == "not_ready"
     assert connection.state is ConnectionState.AWAITING_HELLO
     connection.receive(message("hello", version=1))  # still possible afterwards
@@ -122,11 +135,34 @@ def test_closed_connection_refuses_everything() -> None:
     [
         (
             message("session.start", pipeline="longlive", params={"prompt": "a fox", "seed": 3}),
-            SessionStart("longlive", None, {"prompt": "a fox", "seed": 3}, None),
+            SessionStart("longlive", GenerationRequest("a fox", 3, 64, 96), OutputOptions()),
         ),
         (
-            message("session.start", pipeline="longlive", preset="tiny", request_id="r1"),
-            SessionStart("longlive", "tiny", {}, "r1"),
+            message(
+                "session.start",
+                pipeline="longlive",
+                preset="tiny",
+                request_id="r1",
+                params={
+                    "prompt": "a fox",
+                    "height": 256,
+                    "width": 256,
+                    "format": "png",
+                    "quality": 1,
+                    "realtime": False,
+                    "record": True,
+                },
+            ),
+            SessionStart(
+                "longlive",
+                GenerationRequest("a fox", 0, 256, 256),
+                OutputOptions(FrameFormat.PNG, 1, False, True),
+                "r1",
+            ),
+        ),
+        (
+            message("session.start", pipeline="streaming_vlm", params={"previous_text": "x"}),
+            SessionStart("streaming_vlm", UnderstandingRequest(previous_text="x")),
         ),
         (
             message("prompt.update", session=7, prompt="a bird", transition_chunks=4),
@@ -189,8 +225,23 @@ def test_invalid_hello(data: str) -> None:
         message("session.start", pipeline=1),
         message("session.start", pipeline="longlive", params="prompt"),
         message("session.start", pipeline="longlive", params=[]),
+        message("session.start", pipeline="longlive", params={}),  # no prompt
+        message("session.start", pipeline="longlive", params={"prompt": " "}),
+        message("session.start", pipeline="longlive", params={"prompt": "x" * 2001}),
+        message("session.start", pipeline="longlive", params={"prompt": "a", "seed": -1}),
+        message("session.start", pipeline="longlive", params={"prompt": "a", "seed": 2**64}),
+        message("session.start", pipeline="longlive", params={"prompt": "a", "height": 100}),
+        message("session.start", pipeline="longlive", params={"prompt": "a", "width": 0}),
+        message("session.start", pipeline="longlive", params={"prompt": "a", "width": True}),
+        message("session.start", pipeline="longlive", params={"prompt": "a", "format": "gif"}),
+        message("session.start", pipeline="longlive", params={"prompt": "a", "format": 1}),
+        message("session.start", pipeline="longlive", params={"prompt": "a", "quality": 101}),
+        message("session.start", pipeline="longlive", params={"prompt": "a", "record": 1}),
+        message("session.start", pipeline="streaming_vlm", params={"instruction": 5}),
+        message("session.start", pipeline="streaming_vlm", params={"previous_text": "x" * 20001}),
         message("session.start", pipeline="longlive", preset=3),
         message("session.start", pipeline="longlive", request_id=1),
+        message("session.start", pipeline="longlive", request_id="r" * 129),
         message("prompt.update", prompt="x"),  # no session
         message("prompt.update", session=1),  # no prompt
         message("prompt.update", session=1, prompt=""),
@@ -215,6 +266,35 @@ def test_invalid_hello(data: str) -> None:
 )
 def test_invalid_message(data: str) -> None:
     assert refused(ready(), data) == "invalid_message"
+
+
+def test_what_the_server_does_not_run_is_refused() -> None:
+    start = message("session.start", pipeline="nope", params={"prompt": "a"}, request_id="q")
+    with pytest.raises(ProtocolError) as info:
+        ready().receive(start)
+    assert (info.value.code, info.value.request_id) == ("unknown_pipeline", "q")
+    other_preset = message("session.start", pipeline="longlive", preset="big", params={})
+    assert refused(ready(), other_preset) == "unknown_pipeline"
+    huge = {"prompt": "a", "height": 512, "width": 512}  # within 2**16, over max_frame_pixels
+    assert refused(ready(), message("session.start", pipeline="longlive", params=huge)) == (
+        "frame_too_large"
+    )
+
+
+def test_a_refusal_before_hello_keeps_its_request_id() -> None:
+    start = message(
+        "session.start", pipeline="longlive", request_id="early", params={"prompt": "a"}
+    )
+    with pytest.raises(ProtocolError) as info:
+        Connection(catalog=CATALOG).receive(start)
+    assert (info.value.code, info.value.request_id) == ("not_ready", "early")
+
+
+def test_an_invalid_request_id_is_not_echoed() -> None:
+    start = '{"type": "session.start", "pipeline": 1, "request_id": "\\ud800"}'
+    with pytest.raises(ProtocolError) as info:
+        ready().receive(start)
+    assert info.value.request_id is None
 
 
 def test_boundaries_accepted() -> None:
@@ -379,16 +459,21 @@ def test_random_bytes_raise_only_protocol_errors(data: bytes, text: str) -> None
 # -- an understanding session's sampler ----------------------------------------------------------
 
 
+def sampler(**params: Any) -> UnderstandingRequest:
+    start = message("session.start", pipeline="streaming_vlm", params=params)
+    return ready().receive(start).request
+
+
 def test_sampler_params_parse_and_absent_ones_are_left_out() -> None:
-    assert parse_sampling({"instruction": "x"}) == {}
-    assert parse_sampling({"temperature": None, "seed": None}) == {}
-    params = {"temperature": 0, "repetition_penalty": 1, "top_k": 50, "seed": 2**63 - 1}
-    assert parse_sampling(params) == {
-        "temperature": 0.0,
-        "repetition_penalty": 1.0,
-        "top_k": 50,
-        "seed": 2**63 - 1,
-    }
+    assert sampler(instruction="x") == UnderstandingRequest("x")
+    assert sampler(temperature=None, seed=None) == UnderstandingRequest()
+    request = sampler(temperature=0, repetition_penalty=1, top_k=50, seed=2**63 - 1)
+    assert (request.temperature, request.repetition_penalty, request.top_k, request.seed) == (
+        0.0,
+        1.0,
+        50,
+        2**63 - 1,
+    )
 
 
 @pytest.mark.parametrize(
@@ -412,7 +497,7 @@ def test_sampler_params_parse_and_absent_ones_are_left_out() -> None:
 )
 def test_sampler_params_out_of_range_name_the_field(field: str, value: Any) -> None:
     with pytest.raises(ProtocolError) as info:
-        parse_sampling({field: value})
+        sampler(**{field: value})
     assert info.value.code == "invalid_message"
     assert info.value.message.startswith(f"params.{field} must be")
 

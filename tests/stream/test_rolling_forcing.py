@@ -15,11 +15,11 @@ from framestream.models.registry import load_wan_models
 from framestream.models.schedule import FlowSchedule, opening_schedule
 from framestream.stream.cli import main
 from framestream.stream.kvcache import KVCacheManager, frame_positions
-from framestream.stream.pipelines.base import GenerationRequest
 from framestream.stream.pipelines.rolling_forcing import (
     RollingForcingConfig,
     RollingForcingPipeline,
 )
+from framestream.stream.requests import GenerationRequest
 
 SIZE = {"height": 32, "width": 32}  # 2 x 2 tokens per latent frame
 TPF = 4

@@ -23,12 +23,13 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from framestream.models.registry import load_wan_models
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
-from framestream.stream.pipelines.base import GenerationRequest
 from framestream.stream.pipelines.longlive import LongLivePipeline
 from framestream.stream.protocol import HEADER, FrameFormat, FrameHeader, FrameKind
-from framestream.stream.server import Server, ServerConfig, build_server
+from framestream.stream.requests import GenerationRequest
+from framestream.stream.server import Server, build_server
 from tests.reliability.wire import expect_error, hello, recv
 
 SIZE = {"height": 32, "width": 32}

@@ -14,10 +14,11 @@ from websockets.asyncio.client import connect as ws_connect
 
 from framestream.clients.client import StreamClient
 from framestream.stream.cli import main
+from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.protocol import FrameFormat, FrameHeader, FrameKind
-from framestream.stream.server import ServerConfig, build_server
+from framestream.stream.server import build_server
 from framestream.stream.service import PIPELINES, ServiceModels, build_pipelines
 
 SIZE = {"height": 32, "width": 32}
@@ -143,7 +144,7 @@ def test_a_checkpoint_folder_samples_as_published(pipelines, tmp_path) -> None:
 
 
 def test_warm_up_steps_each_generator_and_leaves_no_trace(pipelines, monkeypatch) -> None:
-    from framestream.stream.pipelines.base import GenerationRequest
+    from framestream.stream.requests import GenerationRequest
     from framestream.stream.service import warm_up
 
     manager, built = pipelines

@@ -15,11 +15,8 @@ from framestream.models.qwen_vl_tiny import toy_qwen_vl
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.feed import FrameFeed, TimestampsBackwardsError
 from framestream.stream.pipelines.sampling import GREEDY, PUBLISHED
-from framestream.stream.pipelines.streaming_vlm import (
-    StreamingVLMPipeline,
-    UnderstandingConfig,
-    UnderstandingRequest,
-)
+from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline, UnderstandingConfig
+from framestream.stream.requests import UnderstandingRequest
 
 FRAME = (56, 84)  # 2 x 3 merged vision tokens a second on the tiny model
 
