@@ -276,6 +276,9 @@ _ENGINE_LIMITS = (
     ("output_queue_frames", int, "frames kept per session for a slow client (oldest dropped)"),
     ("input_queue_frames", int, "input frames waiting per session (oldest dropped)"),
     ("max_pending_commands", int, "connection commands waiting for the engine (rate_limited)"),
+    ("max_load", float, "share of the device realtime sessions may claim (compute_full)"),
+    ("max_step_seconds", float, "a session whose one step takes longer is refused"),
+    ("late_seconds", float, "a realtime step this late makes /healthz say degraded"),
 )
 
 

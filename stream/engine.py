@@ -1,24 +1,15 @@
 """The engine: one per device, owning its pipelines and running every session's steps on one
-device thread.
-
-Each turn of the loop is ``schedule() -> execute() -> update()``::
+device thread. What runs next is :class:`~stream.scheduler.Scheduler`'s decision; the engine
+executes it (the split of vLLM v1: the scheduler touches no tensor, the engine decides nothing)::
 
     commands (open, switch, frames, questions, pause, resume, close) drained between steps
-    schedule():  1. a realtime generation session past its deadline (its client's playback
-                    would otherwise run out of frames)
-                 2. every understanding stream with a second of feed waiting (of one pipeline,
-                    up to its max_prefill_tokens by prefill_tokens()): one batched prefill,
-                    after which they join the streams mid-reply
-                 3. one decode step for every understanding stream mid-reply, batched
-                    (continuous batching over the paged cache)
-                 4. the generation session with the earliest deadline, while less than
-                    `lookahead_seconds` ahead (benchmark sessions: whenever their output
-                    queue has room)
+    schedule():  the scheduler's plan: a generation step, a batched understanding prefill,
+                 batched decode steps, or a short sleep (see stream.scheduler for the order)
     execute():   pipeline.step_async(state) (one chunk: 12 frames for LongLive), or the
                  batched VLM prefill (vision tower + the second's round, packed over the
                  streams), or the batched decode step
     update():    frames -> the session's OutputQueue (bounded, oldest dropped); captions ->
-                 the session's events; stats
+                 the session's events; the scheduler's pacing; stats
 
 A generation step's frames are awaited one turn late: ``step_async`` queues the chunk's DiT and
 then its VAE decode on a stream of its own, and the engine collects the previous chunk's frames
@@ -28,9 +19,10 @@ next chunk's DiT. At most one chunk is in flight; it is collected before the eng
 A step that raises ends only its own session(s) (error ``internal``); the others go on. A
 batched step that raises ends every session in it; a batched prefill also reports a stream whose
 own round failed, which ends that session alone.
-Admission is the cache manager's (``CacheFullError`` -> ``cache_full``) and the session limit's.
-Requests arrive validated (:mod:`stream.protocol`); refusals are :class:`SessionRefused`, a full
-command queue :class:`EngineBusy`.
+Admission: the session limit, the scheduler's compute budget (``compute_full``) and the cache
+manager's worst case (``CacheFullError`` -> ``cache_full``). Requests arrive validated
+(:mod:`stream.protocol`); refusals are :class:`SessionRefused`, a full command queue
+:class:`EngineBusy`.
 """
 
 from __future__ import annotations
@@ -39,7 +31,6 @@ import asyncio
 import collections
 import itertools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -52,6 +43,7 @@ from framestream.stream.pipelines.base import FrameChunk, PendingChunk
 from framestream.stream.pipelines.feed import TimestampsBackwardsError
 from framestream.stream.pipelines.streaming_vlm import Caption
 from framestream.stream.requests import GenerationRequest, UnderstandingRequest
+from framestream.stream.scheduler import Entry, Scheduler, SchedulerConfig, Understanding
 from framestream.stream.session import OutputFrame, OutputQueue, Session, SessionState
 
 __all__ = [
@@ -112,11 +104,25 @@ class EngineConfig:
     lookahead_seconds: float = 1.5  # how far ahead of playback a session is generated
     max_pending_commands: int = 1024  # commands from connections not yet applied
     input_queue_frames: int = 16  # input frames waiting per session (oldest dropped)
+    max_load: float = 0.9  # device time realtime sessions may claim together (compute_full)
+    max_step_seconds: float = 2.0  # a session whose one step takes longer is refused
+    late_seconds: float = 0.5  # a realtime step this far past its deadline is late (degraded)
 
     def __post_init__(self) -> None:
         limits = (self.max_sessions, self.output_queue_frames, self.input_queue_frames)
         if min(limits) <= 0 or self.lookahead_seconds <= 0 or self.max_pending_commands <= 0:
             raise ValueError(f"engine limits must be positive: {self}")
+        _ = self.scheduler  # its own checks of the pacing and admission limits
+
+    @property
+    def scheduler(self) -> SchedulerConfig:
+        return SchedulerConfig(
+            lookahead_seconds=self.lookahead_seconds,
+            output_queue_frames=self.output_queue_frames,
+            max_load=self.max_load,
+            max_step_seconds=self.max_step_seconds,
+            late_seconds=self.late_seconds,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,9 @@ class EngineStats:
     errors: dict[str, int]  # ended-with-error counts per code
     pending_commands: int  # connection commands not yet applied
     pending_input_frames: int  # input frames waiting in the sessions' inboxes
+    health: str = "ok"  # "degraded" while realtime sessions miss their deadlines
+    late_steps: int = 0  # realtime steps that came late, since the start
+    load: float = 0.0  # the device time admitted realtime sessions claim together
 
 
 @dataclass(eq=False)
@@ -138,16 +147,7 @@ class _Live:
     session: Session
     pipeline: Pipeline
     state: Any
-    t0: float = math.nan  # wall time of frame 0 on the client's clock (set at the first step)
-    paused_at: float | None = None
-    chunk_frames: int = 1  # frames of the last step, to keep a benchmark session's queue whole
-    in_flight_frames: int = 0  # frames of its chunk still being decoded
-
-    def deadline(self) -> float:
-        if math.isnan(self.t0):
-            return -math.inf
-        frames = self.session.stats.frames_generated + self.in_flight_frames
-        return self.t0 + frames / self.session.fps
+    entry: Entry  # its scheduling, shared with the scheduler
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +177,8 @@ class Engine:
         self.pipelines = dict(pipelines)
         self.config = config or EngineConfig()
         self._clock = clock
+        self.scheduler = Scheduler(self.config.scheduler, clock)
+        self._groups = {id(p): i for i, p in enumerate(self.pipelines.values())}
         self._live: dict[int, _Live] = {}
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         # session id -> (timestamp, frame) input frames not yet pushed (guarded by _wakeup)
@@ -185,7 +187,6 @@ class Engine:
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._generation_ran_last = False  # the last turn ran a generation step (fairness)
         self._in_flight: _InFlight | None = None
         self._frames_generated = 0
         self._frames_dropped = 0
@@ -259,8 +260,17 @@ class Engine:
                     logger.exception("session %d: open failed", session.id)
                     error = SessionRefused("internal", f"the session could not open: {exc!r:.200}")
                 else:
+                    entry = Entry(
+                        session.id,
+                        target.kind,
+                        self._groups[id(target)],
+                        session.fps,
+                        realtime,
+                        queued_frames=session.output.__len__,
+                    )
+                    self.scheduler.add(entry)
                     with self._stats_lock:
-                        self._live[session.id] = _Live(session, target, state)
+                        self._live[session.id] = _Live(session, target, state, entry)
                     session.state = SessionState.RUNNING
                     loop.call_soon_threadsafe(self._hand_over, result, session)
                     return
@@ -347,7 +357,7 @@ class Engine:
             live = self._live.get(session.id)
             if live is not None and session.state is SessionState.RUNNING:
                 session.state = SessionState.PAUSED
-                live.paused_at = self._clock()
+                self.scheduler.pause(live.entry)
 
         self._submit(pause)
 
@@ -355,9 +365,7 @@ class Engine:
         def resume() -> None:
             live = self._live.get(session.id)
             if live is not None and session.state is SessionState.PAUSED:
-                if live.paused_at is not None and not math.isnan(live.t0):
-                    live.t0 += self._clock() - live.paused_at  # playback stood still too
-                live.paused_at = None
+                self.scheduler.resume(live.entry)
                 session.state = SessionState.RUNNING
 
         self._submit(resume)
@@ -390,6 +398,9 @@ class Engine:
                 errors=dict(self._errors),
                 pending_commands=commands,
                 pending_input_frames=inputs,
+                health=self.scheduler.health().value,
+                late_steps=self.scheduler.late_steps(),
+                load=self.scheduler.load(),
             )
 
     def _record_step(self, seconds: float, frames: int = 0, dropped: int = 0) -> None:
@@ -427,104 +438,32 @@ class Engine:
                 logger.exception("engine command")
         if self._stopping:
             return
-        # overdue generation first, then understanding (the waiting seconds are prefilled
-        # together so they join the streams mid-reply, then one decode step for all of them),
-        # then generation ahead of its deadline. Overdue generation never runs twice in a row
-        # while understanding waits: an overloaded device slows every stream, it starves none.
-        generation = self._schedule()
-        overdue = (
-            generation is not None
-            and generation.session.realtime
-            and generation.deadline() <= self._clock()
-        )
-        ready = self._ready_understanding()
-        decoding = self._decoding() if not ready else {}
-        waiting = bool(ready) or bool(decoding)
-        ran_generation = self._generation_ran_last
-        self._generation_ran_last = False
-        if overdue and not (waiting and ran_generation):
-            self._execute(generation)
-            self._generation_ran_last = True
+        plan = self.scheduler.schedule(self._understanding())
+        if plan.generation is not None:
+            self._execute(self._live[plan.generation.id])
             return
-        if ready:
-            self._prefill(ready)
-        elif decoding:
-            self._decode(decoding)
-        elif generation is not None:
-            self._execute(generation)
-            self._generation_ran_last = True
-            return
+        if plan.prefill:
+            self._prefill([self._live[entry.id] for entry in plan.prefill])
+        for group in plan.decode:
+            self._decode([self._live[entry.id] for entry in group])
         self._collect()  # after understanding work, which the decode ran beside; before a sleep
-        if not (ready or decoding):
+        if plan.sleep:
             with self._wakeup:
                 if not self._commands:
-                    self._wakeup.wait(timeout=self._idle_timeout())
+                    self._wakeup.wait(timeout=plan.sleep)
 
-    def _decoding(self) -> dict[int, list[_Live]]:
-        """Understanding streams in the middle of a reply, grouped by pipeline."""
-        groups: dict[int, list[_Live]] = {}
-        for live in self._live.values():
-            if live.pipeline.kind == "understanding" and live.pipeline.is_decoding(live.state):
-                groups.setdefault(id(live.pipeline), []).append(live)
-        return groups
-
-    def _ready_understanding(self) -> list[_Live]:
-        """Understanding streams with a second of feed waiting and no reply in progress: those
-        of the first pipeline that has one, in admission order, as many as fit its
-        ``max_prefill_tokens`` by their ``prefill_tokens`` (at least one); the rest wait for the
-        next turn, when these are mid-reply and no longer ready."""
-        batch: list[_Live] = []
-        budget = 0
+    def _understanding(self) -> dict[int, Understanding]:
+        """What each understanding stream's pipeline says of it this turn (host state only)."""
+        out = {}
         for live in self._live.values():
             pipeline = live.pipeline
-            if (
-                pipeline.kind != "understanding"
-                or live.session.state is not SessionState.RUNNING
-                or (batch and pipeline is not batch[0].pipeline)
-                or not pipeline.ready(live.state)
-            ):
-                continue
-            tokens = pipeline.prefill_tokens(live.state)
-            if not batch:
-                budget = pipeline.config.max_prefill_tokens
-            elif tokens > budget:
-                continue
-            batch.append(live)
-            budget -= tokens
-        return batch
-
-    def _schedule(self) -> _Live | None:
-        """The generation session with the earliest deadline among those due for a step."""
-        now = self._clock()
-        best, best_deadline = None, math.inf
-        for live in self._live.values():
-            session = live.session
-            if session.state is not SessionState.RUNNING or live.pipeline.kind != "generation":
-                continue
-            if session.realtime:
-                deadline = live.deadline()
-                if deadline - now > self.config.lookahead_seconds:
-                    continue
-            elif (
-                len(session.output) + live.in_flight_frames + live.chunk_frames
-                > self.config.output_queue_frames
-            ):
-                continue  # a benchmark session waits for its consumer instead of dropping
-            else:
-                deadline = live.deadline()
-            if deadline < best_deadline:
-                best, best_deadline = live, deadline
-        return best
-
-    def _idle_timeout(self) -> float:
-        """Sleep until the earliest realtime session needs its next chunk (at most 50 ms)."""
-        now = self._clock()
-        waits = [
-            live.deadline() - now - self.config.lookahead_seconds
-            for live in self._live.values()
-            if live.session.state is SessionState.RUNNING and live.session.realtime
-        ]
-        return min([0.05, *(w for w in waits if w > 0)])
+            if pipeline.kind == "understanding":
+                decoding = pipeline.is_decoding(live.state)
+                ready = not decoding and pipeline.ready(live.state)
+                tokens = pipeline.prefill_tokens(live.state) if ready else 0
+                limit = pipeline.config.max_prefill_tokens
+                out[live.session.id] = Understanding(ready, decoding, tokens, limit)
+        return out
 
     def _prefill(self, lives: list[_Live]) -> None:
         """One batched prefill; a raise ends every session in it, a stream's error its own."""
@@ -544,30 +483,30 @@ class Engine:
             else:
                 self._fail([live], error)
 
-    def _decode(self, groups: dict[int, list[_Live]]) -> None:
-        """One batched decode step per understanding pipeline; finished replies -> captions."""
-        for lives in groups.values():
-            start = time.perf_counter()
-            try:
-                captions = lives[0].pipeline.decode([live.state for live in lives])
-            except Exception as exc:
-                self._fail(lives, exc)
-                continue
-            self._record_step(time.perf_counter() - start)
-            for live, caption in zip(lives, captions, strict=True):
-                if caption is not None:
-                    session = live.session
-                    session.stats.steps += 1
-                    session.post(
-                        {
-                            "type": "caption",
-                            "session": session.id,
-                            "start": caption.start,
-                            "end": caption.end,
-                            "text": caption.text,
-                            "lag": round(caption.lag, 3),
-                        }
-                    )
+    def _decode(self, lives: list[_Live]) -> None:
+        """One batched decode step of one understanding pipeline; finished replies ->
+        captions."""
+        start = time.perf_counter()
+        try:
+            captions = lives[0].pipeline.decode([live.state for live in lives])
+        except Exception as exc:
+            self._fail(lives, exc)
+            return
+        self._record_step(time.perf_counter() - start)
+        for live, caption in zip(lives, captions, strict=True):
+            if caption is not None:
+                session = live.session
+                session.stats.steps += 1
+                session.post(
+                    {
+                        "type": "caption",
+                        "session": session.id,
+                        "start": caption.start,
+                        "end": caption.end,
+                        "text": caption.text,
+                        "lag": round(caption.lag, 3),
+                    }
+                )
 
     def _fail(self, lives: list[_Live], exc: Exception) -> None:
         for live in lives:
@@ -586,7 +525,7 @@ class Engine:
             pending = None
         self._collect()
         if pending is not None and live.session.id in self._live:
-            live.in_flight_frames = len(pending)
+            self.scheduler.launched(live.entry, len(pending))
             self._in_flight = _InFlight(live, pending, start)
 
     def _collect(self) -> None:
@@ -599,7 +538,6 @@ class Engine:
             self._in_flight.started,
         )
         self._in_flight = None
-        live.in_flight_frames = 0
         try:
             chunk = pending.result()
         except Exception as exc:
@@ -611,11 +549,9 @@ class Engine:
 
     def _update(self, live: _Live, chunk: FrameChunk, elapsed: float) -> None:
         session = live.session
-        if math.isnan(live.t0):
-            live.t0 = self._clock()
+        self.scheduler.collected(live.entry, len(chunk))
         height, width = chunk.frames.shape[1:3]
         session.height, session.width = height, width
-        live.chunk_frames = len(chunk)
         frames = [
             OutputFrame(chunk.first_index + i, float(t), chunk.frames[i])
             for i, t in enumerate(chunk.timestamps)
@@ -629,6 +565,7 @@ class Engine:
 
     def _end(self, live: _Live, reason: str, message: str | None) -> None:
         session = live.session
+        self.scheduler.remove(session.id)
         with self._stats_lock:
             del self._live[session.id]
         try:

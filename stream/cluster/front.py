@@ -272,6 +272,7 @@ class ClusterEngine:
             ("frames_generated", "frames_dropped", "steps", "pending_commands", "inputs"), 0
         )
         steps: list[float] = []
+        degraded, late, load = False, 0, 0.0
         for remote in self._remotes:
             totals["pending_commands"] += len(remote.commands)
             stats = remote.stats
@@ -285,6 +286,9 @@ class ClusterEngine:
             totals["steps"] += stats.steps
             totals["pending_commands"] += stats.pending_commands
             totals["inputs"] += stats.pending_input_frames
+            degraded |= stats.health != "ok"
+            late += stats.late_steps
+            load = max(load, stats.load)
         return EngineStats(
             sessions=dict(sessions),
             frames_generated=totals["frames_generated"],
@@ -294,6 +298,9 @@ class ClusterEngine:
             errors=dict(errors),
             pending_commands=totals["pending_commands"],
             pending_input_frames=totals["inputs"],
+            health="degraded" if degraded else "ok",  # some engine misses its deadlines
+            late_steps=late,
+            load=load,  # of the busiest engine
         )
 
     def cache_pools(self) -> list[PoolStats]:

@@ -1,0 +1,170 @@
+"""The scheduler alone, in pure Python on a fake clock: the order of work, fairness, pacing,
+background sessions, admission by compute and the device's health."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from framestream.stream.scheduler import (
+    Entry,
+    Health,
+    Scheduler,
+    SchedulerConfig,
+    StepCost,
+    Understanding,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scheduler(**config) -> tuple[Scheduler, Clock]:
+    clock = Clock()
+    return Scheduler(SchedulerConfig(**config), clock), clock
+
+
+def generation(id_: int, realtime: bool = True, cost: StepCost | None = None, **kw) -> Entry:
+    return Entry(id_, "generation", 0, 16.0, realtime, cost, **kw)
+
+
+def understanding(id_: int, group: int = 1) -> Entry:
+    return Entry(id_, "understanding", group, 2.0, True)
+
+
+READY = Understanding(ready=True, decoding=False, prefill_tokens=100, max_prefill_tokens=250)
+DECODING = Understanding(ready=False, decoding=True, prefill_tokens=0, max_prefill_tokens=250)
+
+
+def test_the_scheduler_imports_no_tensor_library() -> None:
+    code = (
+        "import sys, framestream.stream.scheduler; "
+        "print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_new_session_runs_at_once_then_by_its_deadline() -> None:
+    s, clock = scheduler(lookahead_seconds=1.0)
+    entry = generation(1)
+    s.add(entry)
+    assert s.schedule({}).generation is entry  # no frame yet: due now
+    s.launched(entry, 12)
+    s.collected(entry, 12)  # t0 = now; 12 frames = 0.75 s of playback made
+    assert s.schedule({}).generation is entry  # 0.75 s ahead, within the lookahead
+    s.collected(entry, 12)  # 1.5 s ahead
+    plan = s.schedule({})
+    assert plan.generation is None and 0 < plan.sleep <= 0.05
+    clock.now += 0.6  # 0.9 s ahead again
+    assert s.schedule({}).generation is entry
+
+
+def test_earliest_deadline_first() -> None:
+    s, clock = scheduler()
+    a, b = generation(1), generation(2)
+    for entry in (a, b):
+        s.add(entry)
+        s.collected(entry, 12)
+    s.collected(a, 12)  # a is further ahead
+    assert s.schedule({}).generation is b
+
+
+def test_overdue_generation_yields_to_waiting_understanding_every_other_turn() -> None:
+    s, clock = scheduler()
+    video, feed = generation(1), understanding(2)
+    s.add(video)
+    s.add(feed)
+    s.collected(video, 12)
+    clock.now += 5.0  # far behind
+    turns = [s.schedule({2: READY}) for _ in range(4)]
+    kinds = ["generation" if p.generation else "prefill" if p.prefill else "-" for p in turns]
+    assert kinds == ["generation", "prefill", "generation", "prefill"]
+
+
+def test_prefill_batches_one_group_within_its_token_budget_then_decode_per_group() -> None:
+    s, _ = scheduler()
+    entries = [understanding(1), understanding(2), understanding(3), understanding(4, group=2)]
+    for entry in entries:
+        s.add(entry)
+    plan = s.schedule({e.id: READY for e in entries})
+    assert [e.id for e in plan.prefill] == [1, 2]  # 100 + 100 of 250; group 2 waits its turn
+    plan = s.schedule({1: DECODING, 2: DECODING, 4: DECODING})
+    assert sorted([e.id for e in group] for group in plan.decode) == [[1, 2], [4]]
+
+
+def test_a_paused_session_waits_and_its_clock_stands_still() -> None:
+    s, clock = scheduler(lookahead_seconds=1.0)
+    entry = generation(1)
+    s.add(entry)
+    s.collected(entry, 12)
+    deadline = entry.deadline()
+    s.pause(entry)
+    clock.now += 10.0
+    assert s.schedule({}).generation is None
+    s.resume(entry)
+    assert entry.deadline() == deadline + 10.0
+
+
+def test_background_sessions_run_only_when_nothing_realtime_is_due() -> None:
+    s, clock = scheduler(lookahead_seconds=1.0, output_queue_frames=30)
+    live, offline = generation(1), generation(2, realtime=False)
+    queued = [0]
+    offline.queued_frames = lambda: queued[0]
+    s.add(live)
+    s.add(offline)
+    assert s.schedule({}).generation is live  # due now
+    s.collected(live, 12)
+    s.collected(live, 12)  # 1.5 s ahead: the device has slack
+    assert s.schedule({}).generation is offline
+    queued[0] = 20  # its consumer is behind: 20 + 1 > 30 - ... waits rather than drops
+    offline.chunk_frames = 12
+    plan = s.schedule({})
+    assert plan.generation is None and plan.sleep > 0
+
+
+def test_admission_by_compute() -> None:
+    s, _ = scheduler(max_load=0.9, max_step_seconds=2.0)
+    heavy = StepCost(step_seconds=0.6, media_seconds=0.75)  # 80 % of the device
+    assert s.admit(heavy, realtime=True) is None
+    s.add(generation(1, cost=heavy))
+    refused = s.admit(StepCost(0.2, 0.75), realtime=True)  # 27 % more: over 90 %
+    assert refused is not None and refused.reason == "compute_full"
+    assert "27%" in refused.message and "10% is free" in refused.message
+    assert s.admit(StepCost(0.2, 0.75), realtime=False) is None  # background: no claim
+    huge = s.admit(StepCost(150.0, 0.75), realtime=False)  # one step would stall the rest
+    assert huge is not None and "150.0 s" in huge.message and "max_step_seconds" in huge.message
+    assert s.admit(None, realtime=True) is None  # not calibrated: no claim
+    s.remove(1)
+    assert s.load() == 0.0
+
+
+def test_late_realtime_steps_degrade_the_health_for_a_while() -> None:
+    s, clock = scheduler(late_seconds=0.5, health_window_seconds=10.0)
+    entry = generation(1)
+    s.add(entry)
+    s.collected(entry, 12)
+    assert s.health() is Health.OK
+    clock.now += 3.0  # its next chunk lands 2.25 s after it was due
+    s.collected(entry, 12)
+    assert s.health() is Health.DEGRADED and s.late_steps() == 1
+    clock.now += 11.0
+    assert s.health() is Health.OK
+    offline = generation(2, realtime=False)
+    s.add(offline)
+    s.collected(offline, 12)
+    clock.now += 30.0
+    s.collected(offline, 12)  # background sessions have no deadline to miss
+    assert s.health() is Health.OK
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_load"):
+        SchedulerConfig(max_load=0)
