@@ -26,6 +26,7 @@ COPY stream ./stream
 COPY models ./models
 COPY kernels ./kernels
 COPY clients ./clients
+COPY cli ./cli
 COPY evals ./evals
 RUN python -m pip install -c constraints.txt ".[cluster]" \
     && useradd --create-home --uid 1000 stream \

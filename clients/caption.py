@@ -2,11 +2,11 @@
 
 Frames are read from the source, sampled at the server's rate, downscaled and sent to an
 understanding session; its captions (one a second) are printed as they arrive and, on request,
-written as WebVTT / SubRip subtitles, burnt into a copy of the video, or shown in a window::
+written as WebVTT / SubRip subtitles or burnt into a copy of the video (to watch them live over
+the video, use the browser page's Watch tab: the OpenCV here is the headless build)::
 
     source ─ decode ─┬─ sampler (newest frame of each 1/fps slot) ─ downscale ─ send_frame ─> server
-    (thread)         ├─ --out-mp4: frames wait for their second's caption, then drawn + encoded
-                     └─ --show: the newest frame with the newest caption
+    (thread)         └─ --out-mp4: frames wait for their second's caption, then drawn + encoded
     server ─ caption ─> print "[  12.0 -   13.0] text"; kept for --vtt / --srt; --out-mp4
 
 Pacing: with ``--realtime`` (the default for cameras and network URLs) frames are sent at their
@@ -225,9 +225,6 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--out-mp4", type=Path, metavar="PATH", help="write the video with the captions drawn on"
     )
-    out.add_argument(
-        "--show", action="store_true", help="show the video and captions (needs $DISPLAY)"
-    )
 
 
 # -- sources -------------------------------------------------------------------------------
@@ -440,16 +437,13 @@ class _Captioner:
 
     def __post_init__(self) -> None:
         self.fps = self.args.fps or self.session.fps or 2.0
-        self.stop = asyncio.Event()  # SIGINT, the window's q key, or --duration
+        self.stop = asyncio.Event()  # SIGINT or --duration
         self.progress = asyncio.Event()  # set at each caption and at the session's end
         self.questions = collections.deque(sorted(self.args.question, key=lambda q: q.at))
         self.writer = Mp4Writer(self.args.out_mp4, self.source.rate) if self.args.out_mp4 else None
         self.overlay: collections.deque[tuple[float, np.ndarray]] = collections.deque()
         self.texts: dict[int, str] = {}  # second -> caption text, for --out-mp4
         self.overlay_lock = asyncio.Lock()
-        self.show = bool(self.args.show and os.environ.get("DISPLAY"))
-        if self.args.show and not self.show:
-            print("stream caption: --show needs a display ($DISPLAY); ignored", file=sys.stderr)
 
     async def run(self) -> int:
         receiver = asyncio.create_task(self.receive(), name="caption-receiver")
@@ -471,8 +465,6 @@ class _Captioner:
             await self.flush_overlay(math.inf)
             if self.writer is not None:
                 await asyncio.to_thread(self.writer.close)
-            if self.show:
-                cv2.destroyAllWindows()
         if self.args.vtt:
             write_vtt(self.args.vtt, self.captions)
         if self.args.srt:
@@ -503,8 +495,6 @@ class _Captioner:
             last = timestamp
             if self.writer is not None:
                 await self.add_overlay(timestamp, frame)
-            if self.show:
-                self.display(frame)
             for sample in sampler.offer(timestamp, frame):
                 await self.send(*sample)
         if last is None:
@@ -568,7 +558,7 @@ class _Captioner:
             elif event["type"] == "session.ended":
                 self.progress.set()
 
-    # -- --out-mp4 and --show ------------------------------------------------------------
+    # -- --out-mp4 --------------------------------------------------------------------------
 
     async def add_overlay(self, timestamp: float, frame: np.ndarray) -> None:
         self.overlay.append((timestamp, frame))
@@ -587,12 +577,6 @@ class _Captioner:
                 ready.append(draw_caption(frame, self.texts.get(math.floor(timestamp), "")))
             if ready:
                 await asyncio.to_thread(_write_all, self.writer, ready)
-
-    def display(self, frame: np.ndarray) -> None:
-        text = self.captions[-1].text if self.captions else ""
-        cv2.imshow("stream caption", cv2.cvtColor(draw_caption(frame, text), cv2.COLOR_RGB2BGR))
-        if cv2.waitKey(1) & 0xFF == ord("q"):
-            self.stop.set()
 
 
 def _write_all(writer: Mp4Writer, frames: list[np.ndarray]) -> None:

@@ -29,7 +29,7 @@ import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Protocol, Self
 
 import av
 import numpy as np
@@ -46,11 +46,19 @@ from framestream.clients.wire import (
     encode_image,
 )
 
-if TYPE_CHECKING:
-    from framestream.clients.client import StreamClient
+
+class ClientLink(Protocol):
+    """What a session needs of the client that made it (:class:`~clients.client.StreamClient`):
+    a way to send its messages on the connection."""
+
+    async def _send(self, kind: str, **fields: Any) -> None: ...
+
+    async def _send_binary(self, data: bytes) -> None: ...
+
 
 __all__ = [
     "Caption",
+    "ClientLink",
     "Frame",
     "GenerationSession",
     "Session",
@@ -138,7 +146,7 @@ class Session:
 
     kind = ""  # the ``kind`` of ``session.started`` this class serves
 
-    def __init__(self, client: StreamClient, started: dict[str, Any], max_queued_events: int):
+    def __init__(self, client: ClientLink, started: dict[str, Any], max_queued_events: int):
         self._client = client
         self.id: int = started["session"]
         self.pipeline: str = started.get("pipeline", "")
@@ -219,7 +227,7 @@ class GenerationSession(Session):
 
     def __init__(
         self,
-        client: StreamClient,
+        client: ClientLink,
         started: dict[str, Any],
         max_queued_frames: int,
         max_queued_events: int,
@@ -353,7 +361,7 @@ class UnderstandingSession(Session):
 
     def __init__(
         self,
-        client: StreamClient,
+        client: ClientLink,
         started: dict[str, Any],
         max_queued_captions: int,
         max_queued_events: int,

@@ -34,13 +34,11 @@ needs per-block (or per-head) scales before it can use this cache.
 :func:`paged_attention_sdpa` is the same in the input dtype, so torch's fused kernels run (the
 baseline on CUDA). The Triton kernels in :mod:`kernels.triton_attention` have the same signature,
 as does :mod:`kernels.triton_gather`'s ``sdpa_fused`` (SDPA over keys gathered and rotated by one
-Triton pass); :func:`paged_attention` dispatches.
+Triton pass); :mod:`kernels.backends` names them all and dispatches.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,16 +52,13 @@ from framestream.kernels.rope import RopeSpec, apply_rope
 __all__ = [
     "AttentionMetadata",
     "DECODE_MAX_Q_LEN",
+    "AttentionFn",
     "FP8_E4M3_MAX",
     "attend_sequence",
     "attend_sequences",
     "fused_kernels",
-    "paged_attention",
-    "paged_attention_auto",
     "paged_attention_ref",
     "paged_attention_sdpa",
-    "register_backend",
-    "select_backend",
     "to_cache_dtype",
     "write_kv",
 ]
@@ -295,67 +290,3 @@ AttentionFn = Callable[
 ]
 # Up to this many queries per sequence a step is decode-shaped (split-K pays off).
 DECODE_MAX_Q_LEN = 32
-
-
-def paged_attention_auto(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-    rope: RopeSpec,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """The fastest measured backend per shape on CUDA: the Triton split-K kernel for decode;
-    for chunks, SDPA over keys gathered and rotated by one Triton pass (``sdpa_fused``), else
-    torch's gather (BENCHMARKS.md and docs/perf-notes.md have the figures behind the choice)."""
-    if meta.max_q_len <= DECODE_MAX_Q_LEN and "triton" in _BACKENDS:
-        name = "triton"
-    elif q.is_cuda and "sdpa_fused" in _BACKENDS:
-        name = "sdpa_fused"
-    else:
-        name = "sdpa"
-    return _BACKENDS[name](q, k_cache, v_cache, meta, rope, scale)
-
-
-_BACKENDS: dict[str, AttentionFn] = {
-    "torch": paged_attention_ref,
-    "sdpa": paged_attention_sdpa,
-    "auto": paged_attention_auto,
-}
-
-
-def register_backend(name: str, fn: AttentionFn) -> None:
-    """Make ``fn`` selectable as backend ``name``; same signature as :func:`paged_attention_ref`."""
-    _BACKENDS[name] = fn
-
-
-@functools.cache
-def _register_triton_backends() -> None:
-    # Triton is optional where it is missing; the torch twin always works. Imported on first
-    # selection, not with this module: each Triton module imports this one to register itself.
-    with contextlib.suppress(ImportError):
-        from framestream.kernels import triton_attention, triton_gather  # noqa: F401
-
-
-def select_backend(device: torch.device, name: str | None = None) -> AttentionFn:
-    """The backend for ``device``: ``name``, else ``$STREAM_ATTENTION_BACKEND``, else ``auto``
-    on CUDA (Triton for decode, SDPA for chunks) and the torch twin elsewhere."""
-    _register_triton_backends()
-    name = name or os.environ.get("STREAM_ATTENTION_BACKEND")
-    if name is None:
-        name = "auto" if device.type == "cuda" else "torch"
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; known: {sorted(_BACKENDS)}")
-    return _BACKENDS[name]
-
-
-def paged_attention(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-    rope: RopeSpec,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """Dispatch to the backend for ``q``'s device; see :func:`paged_attention_ref`."""
-    return select_backend(q.device)(q, k_cache, v_cache, meta, rope, scale)

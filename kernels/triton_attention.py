@@ -60,7 +60,7 @@ import torch
 import triton
 import triton.language as tl
 
-from framestream.kernels.attention import DECODE_MAX_Q_LEN, AttentionMetadata, register_backend
+from framestream.kernels.attention import DECODE_MAX_Q_LEN, AttentionMetadata
 from framestream.kernels.rope import RopeSpec
 from framestream.kernels.triton_kernels import _combine_kernel, _decode_kernel, _prefill_kernel
 from framestream.kernels.triton_launch import Launcher, cdiv, next_power_of_2
@@ -320,6 +320,3 @@ def paged_attention_triton(
     if meta.max_q_len <= DECODE_MAX_Q_LEN:
         return decode_attention(q, k_cache, v_cache, meta, rope, scale)
     return prefill_attention(q, k_cache, v_cache, meta, rope, scale)
-
-
-register_backend("triton", paged_attention_triton)

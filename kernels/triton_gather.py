@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from framestream.kernels.attention import AttentionMetadata, attend_sequences, register_backend
+from framestream.kernels.attention import AttentionMetadata, attend_sequences
 from framestream.kernels.rope import RopeSpec
 from framestream.kernels.triton_attention import _rope_tables, check_operands
 from framestream.kernels.triton_kernels import _load_rotated
@@ -209,6 +209,3 @@ def paged_attention_sdpa_fused(
 
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     return attend_sequences(out, meta, sequence, scale)
-
-
-register_backend("sdpa_fused", paged_attention_sdpa_fused)

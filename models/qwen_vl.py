@@ -59,7 +59,6 @@ __all__ = [
     "QwenVL",
     "VideoInputs",
     "load_qwen_vl",
-    "tiny_qwen_vl",
 ]
 
 logger = logging.getLogger(__name__)
@@ -630,49 +629,3 @@ def load_qwen_vl(
 # --------------------------------------------------------------------------------------------
 # 4. The tiny model (tests, embedded default): no files
 # --------------------------------------------------------------------------------------------
-
-TINY_VIDEO_MIN_PIXELS = 56 * 56
-TINY_VIDEO_MAX_PIXELS = 16 * 28 * 28  # <= 16 merged tokens per second
-
-
-def tiny_qwen_vl(seed: int = 0, device: torch.device | str = "cpu") -> QwenVL:
-    """A seeded tiny Qwen2.5-VL (float32) with the toy-world tokenizer; no files are read.
-
-    Weights are drawn so that activations and logits are O(1) (not transformers' 0.02 init),
-    which makes greedy decoding and numerical comparisons meaningful.
-    """
-    from framestream.models.qwen_vl_tiny import (  # qwen_vl_tiny imports this module
-        tiny_config,
-        tiny_tokenizer,
-    )
-
-    tokenizer = tiny_tokenizer()
-    config = tiny_config(tokenizer)
-    hf_model = Qwen2_5_VLForConditionalGeneration._from_config(
-        config, dtype=torch.float32, attn_implementation="sdpa"
-    )
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in hf_model.named_parameters():
-            if param.ndim == 1 and ("norm" in name or "ln_" in name):
-                param.copy_(1 + 0.1 * torch.randn(param.shape, generator=generator))
-            elif name.endswith("bias"):
-                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
-            else:
-                fan_in = param[0].numel() if param.ndim > 1 else param.numel()
-                std = 1.0 if "embed_tokens" in name else fan_in**-0.5
-                param.copy_(std * torch.randn(param.shape, generator=generator))
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=TINY_VIDEO_MIN_PIXELS,
-        max_pixels=TINY_VIDEO_MAX_PIXELS,
-        patch_size=14,
-        temporal_patch_size=2,
-        merge_size=2,
-    )
-    return QwenVL(
-        hf_model.to(device),
-        tokenizer,
-        image_processor,
-        TINY_VIDEO_MIN_PIXELS,
-        TINY_VIDEO_MAX_PIXELS,
-    )

@@ -20,6 +20,9 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from framestream.models.qwen_vl import QwenSpecialTokens, QwenVL, load_qwen_vl
 
 __all__ = [
+    "TINY_VIDEO_MAX_PIXELS",
+    "TINY_VIDEO_MIN_PIXELS",
+    "tiny_qwen_vl",
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
     "TOY_VIDEO_PIXELS",
@@ -230,3 +233,45 @@ def load_toy_qwen_vl(
     it was trained at; :func:`models.qwen_vl.load_qwen_vl`'s defaults would resize 64x64
     frames to 280x280 (100 tokens a second) instead of 112x112."""
     return load_qwen_vl(path, dtype, device, TOY_VIDEO_PIXELS, TOY_VIDEO_PIXELS)
+
+
+TINY_VIDEO_MIN_PIXELS = 56 * 56
+TINY_VIDEO_MAX_PIXELS = 16 * 28 * 28  # <= 16 merged tokens per second
+
+
+def tiny_qwen_vl(seed: int = 0, device: torch.device | str = "cpu") -> QwenVL:
+    """A seeded tiny Qwen2.5-VL (float32) with the toy-world tokenizer; no files are read.
+
+    Weights are drawn so that activations and logits are O(1) (not transformers' 0.02 init),
+    which makes greedy decoding and numerical comparisons meaningful.
+    """
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(tokenizer)
+    hf_model = Qwen2_5_VLForConditionalGeneration._from_config(
+        config, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in hf_model.named_parameters():
+            if param.ndim == 1 and ("norm" in name or "ln_" in name):
+                param.copy_(1 + 0.1 * torch.randn(param.shape, generator=generator))
+            elif name.endswith("bias"):
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+            else:
+                fan_in = param[0].numel() if param.ndim > 1 else param.numel()
+                std = 1.0 if "embed_tokens" in name else fan_in**-0.5
+                param.copy_(std * torch.randn(param.shape, generator=generator))
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=TINY_VIDEO_MIN_PIXELS,
+        max_pixels=TINY_VIDEO_MAX_PIXELS,
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    return QwenVL(
+        hf_model.to(device),
+        tokenizer,
+        image_processor,
+        TINY_VIDEO_MIN_PIXELS,
+        TINY_VIDEO_MAX_PIXELS,
+    )

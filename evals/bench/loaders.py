@@ -24,8 +24,8 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from framestream.models.qwen_vl import QwenSpecialTokens, QwenVL, load_qwen_vl, tiny_qwen_vl
-from framestream.models.qwen_vl_tiny import tiny_tokenizer
+from framestream.models.qwen_vl import QwenSpecialTokens, QwenVL, load_qwen_vl
+from framestream.models.qwen_vl_tiny import tiny_qwen_vl, tiny_tokenizer
 from framestream.models.registry import WanModels, WanPaths, load_wan_models
 from framestream.models.text import ByteTokenizer, UMT5TextEncoder
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from framestream.kernels.attention import select_backend
+from framestream.kernels.backends import select_backend
 from framestream.stream.kvcache import KVCacheDtype
 
 __all__ = ["FP8KV", "GROWING", "OURS", "VariantSpec", "variant_specs"]

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from framestream.kernels.attention import AttentionMetadata, select_backend, write_kv
+from framestream.kernels.attention import AttentionMetadata, write_kv
+from framestream.kernels.backends import select_backend
 from framestream.kernels.rope import RopeSpec
 from framestream.stream.kvcache.errors import CacheFullError, CacheMisuseError
 from framestream.stream.kvcache.pool import BlockPool

@@ -32,7 +32,7 @@ from framestream.clients.caption import (
     write_vtt,
 )
 from framestream.clients.client import Caption
-from framestream.models.qwen_vl import tiny_qwen_vl
+from framestream.models.qwen_vl_tiny import tiny_qwen_vl
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager

@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("ray")
 
-from framestream.stream.cli import _cluster_config, build_parser
+from framestream.cli.main import build_parser
+from framestream.cli.serve import _cluster_config
 from framestream.stream.cluster import ClusterConfig
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from framestream.stream.cli import build_parser
+from framestream.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 _VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
@@ -106,6 +106,6 @@ def known_variables() -> set[str]:
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
         build_parser().parse_args(["serve", "--help"])
     help_text = out.getvalue()
-    source = (REPO / "stream" / "cli.py").read_text()
+    source = "".join(path.read_text() for path in (REPO / "cli").glob("*.py"))
     names = set(re.findall(r"STREAM_[A-Z_]+", help_text))
-    return names | set(re.findall(r'_env\("(STREAM_[A-Z_]+)"', source))
+    return names | set(re.findall(r'\benv\("(STREAM_[A-Z_]+)"', source))

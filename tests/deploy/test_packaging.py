@@ -25,7 +25,7 @@ from tests.processes import health_url
 
 # The only top-level import names the wheel may hold.
 ALLOWED_TOP_LEVEL = {"framestream"}
-FOLDERS = ("stream", "models", "kernels", "clients", "evals")
+FOLDERS = ("stream", "models", "kernels", "clients", "evals", "cli")
 # Development tools that run from a checkout only: absent from pyproject's packages, so from
 # the wheel (evals/devtools/__init__.py).
 CHECKOUT_ONLY = ("evals/devtools",)
@@ -158,7 +158,7 @@ def test_a_non_editable_install_serves_from_outside_the_repository(
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import framestream.stream.cli as m; print(m.__file__)",
+            "import framestream.cli.main as m; print(m.__file__)",
         ],
         cwd=tmp_path,
         capture_output=True,

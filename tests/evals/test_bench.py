@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from framestream.cli.main import build_parser
 from framestream.evals.bench.cli import main
 from framestream.evals.bench.plot import plot_path
 from framestream.evals.bench.record import SCHEMA, BenchRecord
@@ -23,8 +24,7 @@ from framestream.evals.report_tables import (
     vlm_concurrency_table,
     vlm_stream_table,
 )
-from framestream.models.qwen_vl import tiny_qwen_vl
-from framestream.stream.cli import build_parser
+from framestream.models.qwen_vl_tiny import tiny_qwen_vl
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
 from framestream.stream.requests import UnderstandingRequest

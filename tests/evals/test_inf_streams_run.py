@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from framestream.cli.main import main
 from framestream.evals.inf_streams.backend import BackendSpec, open_captioner
 from framestream.evals.inf_streams.captioners import StreamOptions
 from framestream.evals.inf_streams.dataset import read_metadata
 from framestream.evals.inf_streams.runner import PlanOptions, merge_chunks, plan_chunks, run_chunks
 from framestream.evals.inf_streams.store import ChunkStore
 from framestream.evals.inf_streams.toy_dataset import ToyDatasetSpec, write_toy_dataset
-from framestream.stream.cli import main
 from tests.evals.judge_double import JudgeDouble, prefer_longer
 
 SPEC = ToyDatasetSpec(videos=2, seconds=20, start_time=8, window_seconds=6)

@@ -9,16 +9,14 @@ import zlib
 import pytest
 import torch
 
-import framestream.kernels.attention as attention_mod
+import framestream.kernels.backends as backends_mod
 from framestream.kernels.attention import (
     AttentionMetadata,
-    paged_attention,
     paged_attention_ref,
     paged_attention_sdpa,
-    register_backend,
-    select_backend,
     write_kv,
 )
+from framestream.kernels.backends import paged_attention, register_backend, select_backend
 from framestream.kernels.rope import RopeSpec, mrope, rope_1d, wan_rope
 
 
@@ -351,7 +349,7 @@ def test_validate_accepts(q_lens, kv_lens, causal):
 @pytest.fixture
 def isolated_backends(monkeypatch):
     monkeypatch.delenv("STREAM_ATTENTION_BACKEND", raising=False)
-    monkeypatch.setattr(attention_mod, "_BACKENDS", dict(attention_mod._BACKENDS))
+    monkeypatch.setattr(backends_mod, "_BACKENDS", dict(backends_mod._BACKENDS))
     return monkeypatch
 
 
@@ -366,7 +364,7 @@ def test_select_backend_torch_on_cpu(isolated_backends):
 
 
 def test_select_backend_cuda_default(isolated_backends):
-    assert select_backend(torch.device("cuda")) is attention_mod.paged_attention_auto
+    assert select_backend(torch.device("cuda")) is backends_mod.paged_attention_auto
 
 
 def test_select_backend_explicit_name(isolated_backends):

@@ -12,12 +12,8 @@ import importlib
 import pytest
 import torch
 
-from framestream.kernels.attention import (
-    AttentionMetadata,
-    paged_attention_ref,
-    select_backend,
-    write_kv,
-)
+from framestream.kernels.attention import AttentionMetadata, paged_attention_ref, write_kv
+from framestream.kernels.backends import select_backend
 from framestream.kernels.rope import RopeSpec, mrope, rope_1d, wan_rope
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

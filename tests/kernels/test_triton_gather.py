@@ -12,8 +12,9 @@ import importlib
 import pytest
 import torch
 
-import framestream.kernels.attention as attention_mod
-from framestream.kernels.attention import select_backend
+import framestream.kernels.backends as backends_mod
+from framestream.kernels.attention import DECODE_MAX_Q_LEN
+from framestream.kernels.backends import select_backend
 from framestream.kernels.rope import apply_rope
 from tests.kernels.test_triton_attention import (  # noqa: F401  (poisoned_empty: a fixture)
     DEVICE,
@@ -88,11 +89,11 @@ def test_registered_and_chosen_by_auto_for_chunks_on_cuda(tg, monkeypatch):
         name: (lambda *args, name=name: called.append(name))
         for name in ("triton", "sdpa", "sdpa_fused")
     }
-    monkeypatch.setattr(attention_mod, "_BACKENDS", backends)
+    monkeypatch.setattr(backends_mod, "_BACKENDS", backends)
     rope = make_rope("wan", 32)
-    for q_lens in ([1, 2], [attention_mod.DECODE_MAX_Q_LEN + 1, 3]):
+    for q_lens in ([1, 2], [DECODE_MAX_Q_LEN + 1, 3]):
         case = make_case(q_lens, [40, 45], 4, 2, 32, True, torch.float32, seed=0)
-        attention_mod.paged_attention_auto(*case, rope)
+        backends_mod.paged_attention_auto(*case, rope)
     chunk = "sdpa_fused" if DEVICE.type == "cuda" else "sdpa"
     assert called == ["triton", chunk]
 

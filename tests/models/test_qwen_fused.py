@@ -13,7 +13,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from framestream.kernels import triton_cache, triton_norms
 from framestream.models.attention import DenseAttention
-from framestream.models.qwen_vl import QwenVL, tiny_qwen_vl
+from framestream.models.qwen_vl import QwenVL
+from framestream.models.qwen_vl_tiny import tiny_qwen_vl
 from framestream.stream.kvcache import CacheView, build_step
 from tests.models.test_qwen_vl import ATOL, _hf_logits, _pool, _Session
 

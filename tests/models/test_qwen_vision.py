@@ -14,7 +14,8 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from framestream.models.qwen_vision import VideoPreprocessor, VisionTower
-from framestream.models.qwen_vl import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, QwenVL, tiny_qwen_vl
+from framestream.models.qwen_vl import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, QwenVL
+from framestream.models.qwen_vl_tiny import tiny_qwen_vl
 
 ATOL = 1e-5  # float32 features are O(1)
 # Resized frames: at most this many uint8 levels from PIL's resampling, on at most this share

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from framestream.models.attention import DenseAttention
-from framestream.models.qwen_vl import QwenVL, load_qwen_vl, tiny_qwen_vl
+from framestream.models.qwen_vl import QwenVL, load_qwen_vl
+from framestream.models.qwen_vl_tiny import tiny_qwen_vl
 from framestream.stream.kvcache import (
     BlockPool,
     CacheGeometry,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from framestream.models.qwen_vl import load_qwen_vl, tiny_qwen_vl
-from framestream.models.qwen_vl_tiny import TOY_VIDEO_PIXELS, load_toy_qwen_vl
+from framestream.models.qwen_vl import load_qwen_vl
+from framestream.models.qwen_vl_tiny import TOY_VIDEO_PIXELS, load_toy_qwen_vl, tiny_qwen_vl
 from framestream.models.toyworld import Feed, render
 from framestream.models.toyworld.train_vlm import (
     DEFAULT_INSTRUCTION,

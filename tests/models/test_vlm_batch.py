@@ -12,8 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from framestream.models.attention import DenseAttention
-from framestream.models.qwen_vl import tiny_qwen_vl
-from framestream.models.qwen_vl_tiny import TOY_VIDEO_PIXELS, toy_qwen_vl
+from framestream.models.qwen_vl_tiny import TOY_VIDEO_PIXELS, tiny_qwen_vl, toy_qwen_vl
 from framestream.models.toyworld import COLORS, Feed
 from framestream.models.toyworld.vlm_batch import (
     BatchedVision,

@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from websockets.exceptions import ConnectionClosed
 
+from framestream.cli import main as cli
 from framestream.evals.fuzz_checks import ServerLog
 from framestream.models.toyworld.embedded import GENERATOR_DIR
-from framestream.stream import cli
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager

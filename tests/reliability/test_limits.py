@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from framestream.stream.cli import build_parser
+from framestream.cli.main import build_parser
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.errors import EngineBusy

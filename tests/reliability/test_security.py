@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from framestream.stream import cli
+from framestream.cli import main as cli
 from framestream.stream.protocol import ERROR_CODES, FrameFormat, FrameHeader, FrameKind
 from framestream.stream.server import Server
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from framestream.cli.main import main
 from framestream.evals.random_checkpoint import write_model_folder
 from framestream.kernels.rope import apply_rope
 from framestream.models.positions import frame_positions
 from framestream.models.registry import load_wan_models
 from framestream.models.schedule import FlowSchedule, opening_schedule
-from framestream.stream.cli import main
 from framestream.stream.generate import parse_switch
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline

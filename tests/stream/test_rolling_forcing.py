@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from framestream.cli.main import main
 from framestream.kernels.rope import apply_rope
 from framestream.models.registry import load_wan_models
 from framestream.models.schedule import FlowSchedule, opening_schedule
-from framestream.stream.cli import main
 from framestream.stream.kvcache import KVCacheManager, frame_positions
 from framestream.stream.pipelines.rolling_forcing import (
     RollingForcingConfig,

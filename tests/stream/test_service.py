@@ -12,8 +12,8 @@ import pytest
 import torch
 from websockets.asyncio.client import connect as ws_connect
 
+from framestream.cli.main import main
 from framestream.clients.client import StreamClient
-from framestream.stream.cli import main
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
@@ -129,7 +129,7 @@ def test_understanding_round_trip_over_raw_websockets(pipelines) -> None:
 def test_a_checkpoint_folder_samples_as_published(pipelines, tmp_path) -> None:
     """The embedded toy model answers greedily; a model folder (--vlm-dir) gets the published
     StreamingVLM sampler, its top-k from the folder's generation_config.json."""
-    from framestream.models.qwen_vl import tiny_qwen_vl
+    from framestream.models.qwen_vl_tiny import tiny_qwen_vl
     from framestream.stream.pipelines.sampling import GREEDY, PUBLISHED
 
     _, built = pipelines

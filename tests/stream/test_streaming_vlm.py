@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from framestream.models.qwen_vl import tiny_qwen_vl
-from framestream.models.qwen_vl_tiny import toy_qwen_vl
+from framestream.models.qwen_vl_tiny import tiny_qwen_vl, toy_qwen_vl
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.feed import FrameFeed, TimestampsBackwardsError
 from framestream.stream.pipelines.sampling import GREEDY, PUBLISHED

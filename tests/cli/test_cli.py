@@ -12,7 +12,7 @@ import urllib.request
 from framestream.stream.version import __version__
 from tests.processes import health_url
 
-COMMAND = [sys.executable, "-m", "framestream.stream.cli"]
+COMMAND = [sys.executable, "-m", "framestream.cli"]
 
 
 def test_help_and_version() -> None:
@@ -22,6 +22,17 @@ def test_help_and_version() -> None:
         assert command in out.stdout
     version = subprocess.run([*COMMAND, "version"], capture_output=True, text=True, timeout=60)
     assert version.stdout.strip() == f"stream {__version__}"
+
+
+def test_caption_offers_no_window() -> None:
+    """The OpenCV dependency is the headless build: no --show (the page's Watch tab shows the
+    captions over the video)."""
+    help_ = subprocess.run([*COMMAND, "caption", "--help"], capture_output=True, text=True)
+    assert help_.returncode == 0 and "--show" not in help_.stdout and "Watch" in help_.stdout
+    shown = subprocess.run(
+        [*COMMAND, "caption", "--video", "x.mp4", "--show"], capture_output=True, text=True
+    )
+    assert shown.returncode == 2 and "unrecognized arguments: --show" in shown.stderr
 
 
 def test_serve_starts_on_the_default_and_stops_on_sigint() -> None:

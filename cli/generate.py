@@ -1,0 +1,94 @@
+"""``stream generate``: a video from a prompt and its switches, straight to MP4 (no server)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from framestream.cli.options import (
+    KV_CACHE_DTYPE_HELP,
+    add_model_arguments,
+    device_and_dtype,
+    wan_paths,
+)
+
+__all__ = ["add_generate_parser"]
+
+
+def add_generate_parser(commands: argparse._SubParsersAction) -> None:
+    generate = commands.add_parser("generate", help="generate a video with prompt switches to MP4")
+    generate.add_argument("--pipeline", choices=["longlive", "rolling_forcing"], default="longlive")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument(
+        "--switch",
+        action="append",
+        default=[],
+        metavar="t=SECONDSs:PROMPT",
+        help="switch to PROMPT at SECONDS (repeatable), e.g. 't=4s:a blue car'",
+    )
+    generate.add_argument(
+        "--transition-chunks",
+        type=int,
+        default=0,
+        help="blend the text over this many chunks at each switch",
+    )
+    generate.add_argument(
+        "--refresh-sink",
+        action="store_true",
+        help="re-anchor the frame sink at a switch (LongLive global_sink=false)",
+    )
+    generate.add_argument(
+        "--no-recache",
+        action="store_true",
+        help="Rolling Forcing: keep the clean history's K/V at a switch instead of recaching it",
+    )
+    generate.add_argument("--seconds", type=float, default=8.0)
+    generate.add_argument("--out", type=Path, required=True, help="output .mp4")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--height", type=int, help="pixels, a multiple of 16")
+    generate.add_argument("--width", type=int, help="pixels, a multiple of 16")
+    generate.add_argument("--cache-gb", type=float, default=8.0, help="KV-cache pool size")
+    generate.add_argument("--kv-cache-dtype", default="auto", help=KV_CACHE_DTYPE_HELP)
+    add_model_arguments(generate)
+    generate.set_defaults(run=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from framestream.models.registry import load_wan_models
+    from framestream.stream.generate import generate_video, parse_switch
+    from framestream.stream.kvcache import KVCacheManager
+    from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+    from framestream.stream.pipelines.rolling_forcing import (
+        RollingForcingConfig,
+        RollingForcingPipeline,
+    )
+    from framestream.stream.requests import GenerationRequest
+
+    device, dtype = device_and_dtype(args)
+    switches = [parse_switch(s) for s in args.switch]
+    switches = [type(s)(s.at_seconds, s.prompt, args.transition_chunks) for s in switches]
+    try:
+        if args.pipeline == "longlive":
+            config = LongLiveConfig(
+                global_sink=not args.refresh_sink, kv_cache_dtype=args.kv_cache_dtype
+            )
+        else:
+            config = RollingForcingConfig(
+                recache_on_switch=not args.no_recache, kv_cache_dtype=args.kv_cache_dtype
+            )
+    except ValueError as exc:
+        print(f"stream generate: {exc}", file=sys.stderr)
+        return 2
+    models = load_wan_models(args.preset, wan_paths(args), device=device, dtype=dtype)
+    cache_bytes = int(args.cache_gb * (1 << 30))
+    if args.pipeline == "longlive":
+        pipeline = LongLivePipeline(models, KVCacheManager(), cache_bytes, config)
+    else:
+        pipeline = RollingForcingPipeline(models, KVCacheManager(), cache_bytes, config)
+    request = GenerationRequest(args.prompt, args.seed, args.height, args.width)
+    written = generate_video(pipeline, request, switches, args.seconds, args.out)
+    print(
+        f"wrote {written} frames ({written / config.fps:.2f} s at {config.fps:g} fps) to {args.out}"
+    )
+    return 0
