@@ -11,12 +11,21 @@ regenerating, fails ``--check`` (and ``tests/evals/test_report.py``). In the tem
 * ``record(stem)``: a ``stream bench`` record (:class:`evals.bench.record.BenchRecord`), for
   the tables of :mod:`evals.report_tables`: ``generation_table(record(stem), "longlive",
   anchor)``, ``vlm_concurrency_table``, ``vlm_stream_table``, ``service_table``,
-  ``kernels_table``, ``vae_table``; ``targets_table(record(stem))`` (issue 10's targets, from
-  :mod:`evals.report_targets`);
+  ``kernels_table``, ``vae_table``; ``targets_table([(stem, record(stem))], anchors)`` (issue
+  10's targets, from :mod:`evals.report_targets`);
 * ``result(stem)``: any results file as plain JSON (the toy-world training and quality
   records), for figures quoted in the prose: ``{{ "%.2f" | format(q.streaming_vlm.pair_recall) }}``;
 * ``provenance(stem)``: the command that produced a file, the file, its date, machine, versions
-  and commit, for the line under each heading; ``link(stem)``: the file alone.
+  and commit, for the line under each heading; ``link(stem)``: the file alone;
+* ``checkpoint(path)``: parameters and bytes of a committed safetensors file, or of every one
+  in a folder (``models/toyworld/checkpoints/vlm``), read from their headers;
+* ``rolling_forcing_published_fps(anchors)``: a figure derived from the transcribed anchors
+  (:mod:`evals.report_targets` says how), for prose that must label it derived.
+
+The published anchors (``anchors_h200_*.json``) are transcribed by hand from
+``shared/reference/anchors_h200.md``; prose that quotes them reads them from that record and
+says they are transcribed, and a figure computed from them says it is derived and shows how.
+Figures measured by a probe whose script is not committed do not belong in the template.
 
 Every file in ``evals/results/`` must be shown (the tests check it), so a result cannot be
 committed and forgotten.
@@ -30,6 +39,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
+import struct
 import sys
 from functools import cache
 from pathlib import Path
@@ -39,7 +50,7 @@ import jinja2
 
 from framestream.evals import report_tables
 from framestream.evals.bench.record import BenchRecord
-from framestream.evals.report_targets import targets_table
+from framestream.evals.report_targets import rolling_forcing_published_fps, targets_table
 
 __all__ = ["OUTPUT", "RESULTS", "TEMPLATE", "check_report", "render_report", "write_report"]
 
@@ -67,6 +78,14 @@ def render_report(template: Path = TEMPLATE, results: Path = RESULTS) -> str:
         result(stem)  # a file that is not there fails the report, as for every other helper
         return report_tables.link(stem)
 
+    def checkpoint(path: str) -> dict[str, int]:
+        where = ROOT / path
+        paths = [where] if where.is_file() else sorted(where.rglob("*.safetensors"))
+        if not paths:
+            raise FileNotFoundError(f"{template.name} reads {path}, which holds no safetensors")
+        parameters = sum(_safetensors_parameters(p) for p in paths)
+        return {"parameters": parameters, "bytes": sum(p.stat().st_size for p in paths)}
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template.parent),
         undefined=jinja2.StrictUndefined,  # a misspelt figure fails instead of printing nothing
@@ -82,8 +101,19 @@ def render_report(template: Path = TEMPLATE, results: Path = RESULTS) -> str:
         link=link,
         **{n: getattr(report_tables, n) for n in report_tables.__all__ if n.endswith("_table")},
         targets_table=targets_table,
+        rolling_forcing_published_fps=rolling_forcing_published_fps,
+        checkpoint=checkpoint,
     )
     return env.get_template(template.name).render()
+
+
+def _safetensors_parameters(path: Path) -> int:
+    """Elements of every tensor in a safetensors file, from its JSON header alone."""
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return sum(math.prod(t["shape"]) for t in header.values())
 
 
 def write_report(output: Path = OUTPUT) -> int:
