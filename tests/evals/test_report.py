@@ -1,12 +1,17 @@
 """BENCHMARKS.md is generated: it must be exactly what evals/report_template.md renders over
 evals/results/*.json, so a hand edit, or a result committed without regenerating, fails here.
-Fix with ``stream bench report``."""
+Fix with ``stream bench report``. README.md is written by hand, so the figures it quotes are
+checked against their records here, and the targets table against the anchors record."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from framestream.evals.report import OUTPUT, RESULTS, check_report, render_report
+from framestream.evals.bench.record import BenchRecord
+from framestream.evals.report import OUTPUT, RESULTS, ROOT, check_report, render_report
+from framestream.evals.report_targets import rolling_forcing_published_fps, targets_table
 
 
 def test_benchmarks_md_is_regenerated_from_the_results() -> None:
@@ -27,3 +32,101 @@ def test_a_template_naming_a_missing_result_or_figure_fails(tmp_path) -> None:
     template.write_text('{{ result("anchors_h200_2026-11-28").no_such_figure }}\n')
     with pytest.raises(Exception, match="no_such_figure"):
         render_report(template, RESULTS)
+
+
+def _result(stem: str) -> dict:
+    return json.loads((RESULTS / f"{stem}.json").read_text())
+
+
+def _figure(record: dict, suite: str, workload: str, figure: str, variant: str = "ours") -> float:
+    return record["suites"][suite][workload]["variants"][variant]["figures"][figure]["value"]
+
+
+def _span(pair: list[float]) -> str:
+    return f"{pair[0]:.1f}–{pair[1]:.1f}"
+
+
+def test_the_readme_quotes_its_records() -> None:
+    """README.md is written by hand, so nothing renders its figures: each one it quotes must be
+    what its record holds (the published ones as transcribed into the anchors record, or derived
+    from them as BENCHMARKS.md derives them)."""
+    readme = (ROOT / "README.md").read_text()
+    quality = _result("toyworld_quality_cpu_2026-11-28")
+    switches = _result("toyworld_switches_cpu_2026-11-28")["rolling_forcing"]["switch"]
+    longlive_switches = _result("toyworld_switches_cpu_2026-11-28")["longlive"]["switch"]
+    r3 = _result("bench_h200_round3_2026-11-29")
+    cluster = _result("cluster_h200x2_2026-11-29")
+    anchors = _result("anchors_h200_2026-11-28")
+    published = {
+        k: v["figures"] for k, v in anchors.items() if isinstance(v, dict) and "figures" in v
+    }
+
+    vlm = quality["streaming_vlm"]
+    drift = quality["longlive"]["drift"]
+    colours = [quality[p]["adherence"]["color_mean"] for p in ("longlive", "rolling_forcing")]
+    backgrounds = {
+        quality[p]["adherence"]["background_mean"] for p in ("longlive", "rolling_forcing")
+    }
+    assert len({f"{b:.2f}" for b in backgrounds}) == 1
+    assert min(drift["background_adherence_per_minute"]) == 1.0  # "holds in every minute"
+
+    def gen(pipeline: str, figure: str, variant: str = "ours") -> float:
+        return _figure(r3, "generation", pipeline, figure, variant)
+
+    def engines(figure: str, variant: str) -> float:
+        return _figure(cluster, "cluster", "longlive_engines", figure, variant)
+
+    rf_published = rolling_forcing_published_fps(anchors)
+    expected = [
+        f"precision {vlm['pair_precision']:.2f} and recall {vlm['pair_recall']:.2f}",
+        f"background in {backgrounds.pop():.2f} of frames",
+        f"prompt's colours in {min(colours):.2f}-{max(colours):.2f}",
+        f"between {min(drift['color_adherence_per_minute']):.2f} and "
+        f"{max(drift['color_adherence_per_minute']):.2f} from minute to minute",
+        f"shows in {longlive_switches['followed']} of {longlive_switches['switches']} switches "
+        f"in LongLive and {switches['followed']} of {switches['switches']} in Rolling Forcing",
+        f"a median of {switches['frames_until_followed_median']:g} frames at 16 fps",
+        f"| LongLive DiT alone | {gen('longlive', 'fps_dit'):.1f} FPS | "
+        f"{_span(published['longlive']['fps_dit'])} FPS |",
+        f"| Rolling Forcing DiT alone | {gen('rolling_forcing', 'fps_dit'):.1f} FPS | "
+        f"{_span(published['rolling_forcing']['fps_dit'])} FPS |",
+        f"| Wan VAE streamed decode of a chunk | "
+        f"{_figure(r3, 'vae', 'vae_stream_decode', 'chunk_ms'):.0f} ms | "
+        f"{_span(published['vae']['chunk_ms'])} ms |",
+        f"| LongLive end to end | {gen('longlive', 'fps'):.1f} FPS, decode in series or "
+        f"overlapped | {_span(published['longlive']['fps'])} FPS, in series |",
+        f"| Rolling Forcing end to end | {gen('rolling_forcing', 'fps'):.1f} FPS in series, "
+        f"{gen('rolling_forcing', 'fps_overlap'):.1f} FPS overlapped | "
+        f"{_span(list(rf_published))} FPS in series, derived",
+        f"| LongLive prompt switch: stall | {gen('longlive', 'switch_stall_ms'):.0f} ms | "
+        f"{_span(published['longlive']['switch_stall_ms'])} ms |",
+        f"| StreamingVLM, a second of video, one stream | "
+        f"{_figure(r3, 'understanding', 'streaming_vlm', 'second_ms_p50'):.0f} ms | "
+        f"{_span(published['streaming_vlm']['second_ms_p50_1'])} ms |",
+        f"KV cache is {gen('longlive', 'cache_bytes') / 1e9:.2f} GB",
+        f"({gen('longlive', 'cache_bytes', 'fp8kv') / 1e9:.2f} GB with the FP8 KV",
+        f"holds {gen('longlive', 'cache_bytes', 'fp8kv') / 1e9:.2f} GB instead\n"
+        f"of {gen('longlive', 'cache_bytes') / 1e9:.2f} GB",
+        f"leaves {gen('longlive', 'switch_to_frame_ms'):.0f} ms after the prompt",
+        f"{_figure(r3, 'understanding', 'streaming_vlm_concurrency', 'real_time_streams'):.0f} "
+        "StreamingVLM\nstreams run in real time",
+        f"deliver {engines('fps_2', 'ray_2') / engines('fps_2', 'ray_1'):.2f}× one with 2 clients "
+        f"and {engines('fps_4', 'ray_2') / engines('fps_4', 'ray_1'):.2f}× with 4",
+        f"{anchors['rolling_forcing']['frames_per_step']} frames ÷ (its DiT + the VAE above)",
+    ]
+    assert gen("longlive", "fps") == pytest.approx(gen("longlive", "fps_overlap"), abs=0.05)
+    missing = [e for e in expected if e not in readme]
+    assert not missing, f"README.md does not quote its records as they are: {missing}"
+
+
+def test_the_targets_read_the_published_figures_from_the_anchors() -> None:
+    anchors = _result("anchors_h200_2026-11-28")
+    r3 = BenchRecord.from_json(_result("bench_h200_round3_2026-11-29"))
+    table = targets_table([("r3", r3)], anchors)
+    assert f"transcribed from `{anchors['transcribed_from']}`" in table
+    assert "derived, note 1" in table and "Note 1: " in table  # the arithmetic is shown
+    assert "KV cache" not in table  # a goal equal to what is measured is not a target
+    anchors["longlive"]["figures"]["fps_dit"] = [1.0, 2.0]
+    assert "| LongLive DiT alone | ≥ 55 FPS | 39.2 FPS | 1.0–2.0 | no |" in targets_table(
+        [("r3", r3)], anchors
+    )
