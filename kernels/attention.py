@@ -273,9 +273,8 @@ def attend_sequence(
 
     The bottom-right mask is torch's :func:`causal_lower_right` bias rather than a boolean
     matrix: with it SDPA keeps the flash kernel (GQA included). An explicit mask needs a masked
-    kernel and the mask's own ``q_len x kv_len`` bytes every layer: a StreamingVLM round's
-    prefill (743 queries over 13k keys, 28/4 heads, 28 layers) took 113 ms on an H200 with the
-    mask and 65 ms with the bias.
+    kernel and the mask's own ``q_len x kv_len`` bytes every layer, which made a StreamingVLM
+    round's prefill markedly slower (docs/perf-notes.md, change 8).
     """
     mask = causal_lower_right(q.shape[1], k.shape[1]) if causal else None
     o = F.scaled_dot_product_attention(

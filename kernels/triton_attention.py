@@ -46,10 +46,10 @@ An FP8 cache (``float8_e4m3fn``, see :mod:`kernels.attention`) needs nothing of 
 converted to float32 as they are loaded and rotated, values to the dot dtype, which stays the
 queries' 16-bit dtype because every e4m3 value is exact in it (:func:`_dot_config`).
 
-Measured on one H200, bf16, Triton 3.6 (now ``stream bench --suite kernels``): Wan chunk
-4680 x 18720 x 12 x 128 in 3.8 ms (142 TFLOP/s, 3.7x dense cuDNN SDPA on pre-rotated keys);
-Qwen2.5-VL decode, 16 x 13k keys, 28/4 heads, 0.28 ms (2.4x SDPA). Every key is rotated once
-per query tile in the prefill kernel; that and the pointer gathers (no TMA) are the gap.
+Its speed beside SDPA on the workloads' shapes is measured by ``stream bench --suite kernels``
+(BENCHMARKS.md): the decode kernel is what ``auto`` runs for decode-shaped steps, and the
+prefill kernel trails dense cuDNN SDPA on pre-rotated keys. Every key is rotated once per query
+tile in the prefill kernel; that and the pointer gathers (no TMA) are the gap.
 """
 
 from __future__ import annotations

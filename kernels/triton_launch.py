@@ -1,11 +1,11 @@
 """Triton launches for host-bound steps: the compiled kernel is looked up once, then called.
 
 ``kernel[grid](*args)`` binds and specialises every argument, builds a string cache key, reads
-its knobs and runs the (empty) launch hooks on each call: about 40 us of host time per launch on
-the H200 machine, where an aten op costs about 12. A decode step is host-bound (the GPU idles
-between launches), so a Triton kernel that replaces a few aten ops only pays off on the host
-when it is launched cheaply. :class:`Launcher` keeps each compiled kernel under a key of its
-own, at least as fine as Triton's specialisation::
+its knobs and runs the (empty) launch hooks on each call: several times the host time of an
+aten op per launch. A decode step is host-bound (the GPU idles between launches), so a Triton
+kernel that replaces a few aten ops only pays off on the host when it is launched cheaply.
+:class:`Launcher` keeps each compiled kernel under a key of its own, at least as fine as
+Triton's specialisation::
 
     tensor -> (dtype, data_ptr % 16 == 0)     int -> (== 1, % 16 == 0, fits in int32)
     anything else (float, bool, None) -> (type, value)     constexprs, launch options -> values
@@ -25,7 +25,7 @@ __all__ = ["Launcher", "cdiv", "next_power_of_2"]
 
 
 def next_power_of_2(n: int) -> int:
-    """``triton.next_power_of_2`` for host code (Triton's is a constexpr function, ~10x dearer)."""
+    """``triton.next_power_of_2`` for host code (Triton's is a constexpr function, far dearer)."""
     return 1 << (n - 1).bit_length() if n > 0 else 1
 
 

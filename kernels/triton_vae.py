@@ -5,9 +5,9 @@ blocks' ``norm1``/``norm2``, the head's ``norm_out``), with diffusers' ``WanRMS_
 
     y = silu(F.normalize(x, dim=1) * sqrt(C) * gamma)        # bias 0.0
 
-over activations as large as ``96 x 12 x 480 x 832`` bf16 (920 MB). On an H200, decoding one
-3-latent chunk at 832x480 took 206 ms, of which ~70 ms were convolutions and ~130 ms elementwise
-passes over such tensors: the norm alone is ~5 passes (upcast, norm, divide and round back,
+over activations as large as ``96 x 12 x 480 x 832`` bf16 (920 MB). A profile of the decode of
+a 3-latent chunk at 832x480 found much of its time in elementwise passes over such tensors,
+not in the convolutions: the norm alone is ~5 passes (upcast, norm, divide and round back,
 ``* scale``, ``* gamma``), then SiLU, then ``WanCausalConv3d`` copies its input twice
 (``torch.cat`` with the cached frames, ``F.pad``). :func:`rms_norm_silu_into` does all of it
 in one pass: it reads ``x`` once and writes ``y`` straight into the time slots after the

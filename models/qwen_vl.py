@@ -285,8 +285,7 @@ class QwenDecoder(nn.Module):
     A decode step on CUDA makes ten launches a layer: the add + RMSNorm (Triton), q/k/v (one
     matmul), the K/V write and the attention's two (Triton, in the context), ``o_proj``, the
     add + RMSNorm, gate/up (one matmul), ``silu(gate) * up`` (Triton), ``down_proj``; cuBLAS
-    adds a split-K reduction to two of the matmuls (12.1 kernels a layer on an H200, 36.4
-    before the fusions).
+    may add a split-K reduction to some of the matmuls.
     """
 
     def __init__(self, args: QwenDecoderArgs) -> None:

@@ -175,7 +175,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig:
 
 
 def toy_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig:
-    """Qwen2.5-VL at toy-world size (~1.7 M parameters, 6.5 MB in float32).
+    """Qwen2.5-VL at toy-world size (about 1.7 M parameters).
 
     Text: 128 wide, 4 layers, 4 query + 2 key/value heads of 32, M-RoPE sections (4, 6, 6),
     theta 1e4. Vision: 96 wide, 4 layers, 4 heads of 24, patch 14, 2x2 merge; its window

@@ -20,8 +20,7 @@ latents ``channels_last_3d``, so every activation, history frame and per-frame 2
 NDHWC, cuDNN's layout). Without it the decoder went channels-last anyway from the mid block's
 attention on (its reshape back to frames is NHWC, and cuDNN and the elementwise ops keep a
 layout), so the gain is small: the temporal up-sampling's interleave no longer falls back to
-NCHW (H200, bf16, 832x480, a 3-latent chunk: ~230 -> 227 ms). Other devices keep the default
-layout, bit for bit.
+NCHW (docs/perf-notes.md, change 5). Other devices keep the default layout, bit for bit.
 
 Weights load from a local diffusers-layout folder (``vae/config.json`` plus weights, or that
 folder itself) or from the original ``Wan2.1_VAE.pth``, whose keys are renamed with diffusers'

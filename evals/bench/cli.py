@@ -2,9 +2,9 @@
 record and a PNG per suite; ``stream bench report`` regenerates BENCHMARKS.md; ``stream bench
 plot`` redraws.
 
-Counts default by device: a CPU run of the default suites takes a few minutes on two cores,
-a full-size run of every suite about six on one H200 (one device call), ``--quick`` is a smoke
-run. Every default is written out in the record's ``command``, so it reproduces the run.
+Counts default by device: a CPU run of the default suites takes a few minutes on two cores, a
+full-size run of every suite fits one device call on an H200, ``--quick`` is a smoke run.
+Every default is written out in the record's ``command``, so it reproduces the run.
 """
 
 from __future__ import annotations

@@ -3,16 +3,16 @@ such a machine's image may lack::
 
     python -m framestream.evals.devtools.ray_wheel --python-version 3.12 --out .whl-ray
 
-Ray's manylinux wheel is about 79 MB; a device call carries 64 MiB with the working tree. Python
-actors need neither the Java jar (ray/jars, 32 MB), nor the dashboard's web page, nor the
+Ray's manylinux wheel is larger than the 64 MiB a device call carries with the working tree.
+Python actors need neither the Java jar (ray/jars), nor the dashboard's web page, nor the
 libraries built on Ray (RLlib, Tune, Train, Data, Serve, LLM), nor the symbol tables of the
-three native binaries (raylet, gcs_server, _raylet.so: 119 MB unpacked, 84 MB stripped). What
-is left is rewritten as a wheel of the same name whose RECORD lists the new files and hashes,
-so pip installs it as it is (``--no-deps``: the dependencies are wheels beside it).
+three native binaries (raylet, gcs_server, _raylet.so). What is left is rewritten as a wheel
+of the same name whose RECORD lists the new files and hashes, so pip installs it as it is
+(``--no-deps``: the dependencies are wheels beside it).
 
-The members are compressed with LZMA (26 MB, against 35 MB deflated): a wheel is a zip, and pip
-reads it with Python's ``zipfile``, which reads LZMA members (pip 23.2 and 26.3 installed it on
-CPython 3.12). ``--compression deflate`` writes the standard method where a tool insists.
+The members are compressed with LZMA (smaller than deflate): a wheel is a zip, and pip reads it
+with Python's ``zipfile``, which reads LZMA members (pip 23.2 and 26.3 installed it on CPython
+3.12). ``--compression deflate`` writes the standard method where a tool insists.
 """
 
 from __future__ import annotations

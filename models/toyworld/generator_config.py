@@ -78,8 +78,8 @@ class TrainConfig:
         opening_steps: Euler ODE steps that take a stream's first chunk from pure noise
             (:func:`~models.schedule.opening_schedule`; the pipelines read it from
             ``sampling.json``). Four re-noised steps of this undistilled model leave the first
-            chunk at the mean, without sprites (0.02 of frames with the prompt's colours on the
-            H200 run's DiT), 16 ODE steps give 0.38, 48 no more.
+            chunk at the mean, without sprites; an ODE opening lets a layout form, and more
+            steps than the default gave no more (BENCHMARKS.md, "Why the ODE opening").
         text_dropout: chance a clip trains under the empty prompt, so the model also learns the
             unconditional velocity that classifier-free guidance needs.
         guidance_scales: the guidance scales tried on the teacher (the best by colour adherence

@@ -104,9 +104,9 @@ def per_frame_init(vae: AutoencoderKLWan) -> None:
     keeps the newest frame, the decoder's doubling conv copies each frame twice.
 
     The image phase trains only the first-frame path, which skips these convs; from random
-    weights they would scramble the first clip step's frames and undo the image phase (the
-    loss jumped 0.09 -> 0.76 at the switch on the H200). Identity on the newest tap makes a
-    clip start as a stack of images, so clips only have to learn what motion adds.
+    weights they would scramble the first clip step's frames and undo the image phase (without
+    it the loss jumped at the switch to clips). Identity on the newest tap makes a clip start
+    as a stack of images, so clips only have to learn what motion adds.
     """
     for module in vae.modules():
         conv = getattr(module, "time_conv", None)

@@ -1,9 +1,9 @@
 """Train the toy-world Qwen2.5-VL to commentate the toy world live, in StreamingVLM's format.
 
-Retrain the shipped model from scratch (one NVIDIA H200: ~10 s of rendering, 8 min of training,
-~30 s of evaluation; ~15 GB of GPU memory)::
+Retrain the shipped model from scratch (one NVIDIA H200, one device call; the shipped run's
+times and peak memory are in its ``train.json``)::
 
-    python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 480 \
+    python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 420 \
         --out models/toyworld/checkpoints/vlm
 
 A CPU check: ``python -m framestream.models.toyworld.train_vlm --out DIR --smoke`` (seconds), or
