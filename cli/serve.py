@@ -26,9 +26,17 @@ __all__ = ["ENGINE_LIMITS", "SERVER_LIMITS", "add_serve_parser", "run_server"]
 # limits given as --flag-name (or STREAM_FLAG_NAME); unset ones keep the config's default
 SERVER_LIMITS = (
     ("max_connections", int, "open WebSocket connections (more get HTTP 503)"),
+    ("max_unauthenticated_connections", int, "of them, those before hello (kept for the rest)"),
+    ("hello_timeout", float, "seconds a connection has to say hello (then closed, 1008)"),
     ("max_messages_per_second", float, "messages a second per connection (rate_limited)"),
     ("max_messages_per_second_total", float, "messages a second over all connections"),
     ("max_session_starts_per_second", float, "session.start a second over all connections"),
+    (
+        "max_session_starts_per_second_per_connection",
+        float,
+        "session.start a second per connection (charged before the server's budget)",
+    ),
+    ("toyworld_feed_max_waiting", int, "toy-world feed renders waiting (more: HTTP 503)"),
     ("max_recordings", int, "finished recordings kept; the oldest are deleted"),
     ("max_pending_record_frames", int, "frames waiting for the disk per recording (dropped)"),
     ("max_queue", int, "received messages buffered per connection"),

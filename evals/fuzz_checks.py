@@ -137,13 +137,26 @@ class Transcript:
         _require(_is_int(message["transition_chunks"], 0, 64), "bad transition", message)
 
     def _metrics(self, message: dict) -> None:
-        names = {"session", "frames_sent", "frames_dropped", "fps", "step_ms", "queue"}
-        self._fields(message, names)
+        if "frames_received" in message:  # an understanding session's
+            self._fields(message, {"session", "frames_received", "captions", "step_ms"})
+            counts = ("frames_received", "captions")
+        else:
+            names = {"session", "frames_sent", "frames_dropped", "fps", "step_ms", "queue"}
+            self._fields(message, names)
+            counts = ("frames_sent", "frames_dropped", "queue")
+            _require(_is_number(message["fps"]), "bad fps", message)
         self._event_of_live_session(message)
-        counts = ("frames_sent", "frames_dropped", "queue")
         _require(all(_is_int(message[k]) for k in counts), "bad counts", message)
-        _require(_is_number(message["fps"]), "bad fps", message)
         _require(message["step_ms"] is None or _is_number(message["step_ms"]), "step_ms", message)
+
+    def _paused(self, message: dict) -> None:
+        self._fields(message, {"session", "frame"})
+        self._event_of_live_session(message)
+        _require(_is_int(message["frame"]), "bad frame index", message)
+
+    def _resumed(self, message: dict) -> None:
+        self._fields(message, {"session"})
+        self._event_of_live_session(message)
 
     def _caption(self, message: dict) -> None:
         self._fields(message, {"session", "start", "end", "text", "lag"})
@@ -200,6 +213,8 @@ _CHECKS = {
     "session.started": Transcript._started,
     "prompt.applied": Transcript._applied,
     "metrics": Transcript._metrics,
+    "session.paused": Transcript._paused,
+    "session.resumed": Transcript._resumed,
     "caption": Transcript._caption,
     "session.ended": Transcript._ended,
     "error": Transcript._error,

@@ -4,6 +4,8 @@ must stay flat and nothing may leak.
 
     python -m framestream.evals.soak --seconds 600 --sessions 2   # the long form (10 minutes)
     python -m framestream.evals.soak --seconds 30                # about what CI runs
+    python -m framestream.evals.soak --seconds 600 --sessions 2 --large 128x128 --feed-clients 2
+                                                                 # the mixed load
 
 Each worker runs sessions of ``--session-seconds`` back to back, on a fresh connection each:
 generation workers read frames (every other session records an MP4), understanding workers send
@@ -11,6 +13,13 @@ a toy-world feed at 4 frames a second and read captions; every third session the
 vanishes (the connection closes without a ``stop``). A sampler reads, every
 ``--sample-seconds``: resident memory, cache blocks in use, the sessions' output and event
 queues, the engine's pending commands and input frames, asyncio tasks, threads and open files.
+
+The mixed load adds, beside those small realtime sessions, one large LongLive session
+(``--large HxW``, ``realtime: false``: a realtime one that large is refused ``compute_full``)
+for the whole soak, and ``--feed-clients`` clients fetching ``/toyworld/feed.mp4`` of
+``--feed-seconds`` back to back (new seeds, so each is rendered). The small sessions' frame
+lateness is measured where a viewer sees it: how much later than its predecessor plus the
+frames' nominal interval each frame arrives (a stall of the stream; 0 when on time).
 
 Verdict (``ok`` only when all hold):
 
@@ -20,13 +29,17 @@ Verdict (``ok`` only when all hold):
   with the sessions' rounds);
 * bounded queues: no output queue over ``output_queue_frames``, no event queue over 256, no
   inbox over ``input_queue_frames`` per session;
+* small sessions on time: the p99 frame lateness of the small generation sessions is under
+  ``--max-p99-lateness-ms``;
 * nothing leaks: once the workers are done and the server is idle again, every cache block is
   free and the asyncio tasks, threads and open files are those of the idle server before the
   soak (threads of the pools that grow on demand to a fixed size excepted: the encoders,
   ``encode_workers``, and asyncio's default executor).
 
 Writes ``evals/results/soak_<machine>_<date>.json`` with the samples and the verdict. Resident
-memory is the whole process's (server and clients share it).
+memory is the whole process's (server and clients share it); the idle states before and after
+record it as the server leaves it (it returns free memory itself once idle, stream.memory) and
+after a ``malloc_trim`` of the soak's own.
 """
 
 from __future__ import annotations
@@ -43,6 +56,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -75,6 +90,10 @@ class SoakConfig:
     warmup_seconds: float = 10.0  # memory is compared from the first sample after this
     rss_growth_mb: float = 64.0
     pipelines: tuple[str, ...] = PIPELINES
+    large: tuple[int, int] | None = None  # (height, width) of a background LongLive session
+    feed_clients: int = 0  # clients fetching /toyworld/feed.mp4 back to back
+    feed_seconds: int = 60  # each feed's length
+    max_p99_lateness_ms: float = 1000.0
 
 
 @dataclass
@@ -86,6 +105,9 @@ class _Tally:
     vanished: int = 0
     refused: collections.Counter = field(default_factory=collections.Counter)
     failures: list[str] = field(default_factory=list)
+    lateness: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+    large_frames: int = 0
+    feeds: collections.Counter = field(default_factory=collections.Counter)  # by HTTP status
 
 
 def _open_files() -> int:
@@ -122,8 +144,10 @@ def _threads() -> list[str]:
 
 
 def _idle_state() -> dict[str, Any]:
+    resident = _rss_mb()
     _trim()
     return {
+        "resident_mb": round(resident, 1),  # as the server left it
         "tasks": len(asyncio.all_tasks()),
         "threads": _threads(),
         "open_files": _open_files(),
@@ -176,9 +200,15 @@ async def _generation(
             tally.sessions[pipeline] += 1
             end = min(until, loop.time() + seconds)
             frames = session.frames().__aiter__()
+            previous: tuple[int, float] | None = None
             while loop.time() < end:
                 async with asyncio.timeout(STALL_SECONDS):
-                    await frames.__anext__()  # StopAsyncIteration: it ended early, a failure
+                    frame = await frames.__anext__()  # StopAsyncIteration: ended early, a failure
+                now = loop.time()
+                if previous is not None:
+                    due = previous[1] + (frame.index - previous[0]) / session.fps
+                    tally.lateness[pipeline].append(max(0.0, now - due))
+                previous = (frame.index, now)
                 tally.frames += 1
             if number % 3 == 0:
                 tally.vanished += 1
@@ -221,6 +251,49 @@ async def _understanding(
                 await asyncio.wait_for(reader, STALL_SECONDS)
 
 
+async def _large(url: str, size: tuple[int, int], until: float, tally: _Tally) -> None:
+    """One background LongLive session of ``size`` for the whole soak, read as fast as it comes."""
+    loop = asyncio.get_running_loop()
+    async with StreamClient.connect(url) as client:
+        try:
+            session = await client.generate(
+                "a large red ball", height=size[0], width=size[1], realtime=False
+            )
+        except ServerError as exc:
+            tally.refused[f"large:{exc.code}"] += 1
+            tally.failures.append(f"the large session was refused: {exc}")
+            return
+        frames = session.frames().__aiter__()
+        while loop.time() < until:
+            async with asyncio.timeout(STALL_SECONDS):
+                await frames.__anext__()
+            tally.large_frames += 1
+        await session.stop()
+
+
+async def _feeds(url: str, worker: int, until: float, tally: _Tally, seconds: int) -> None:
+    """Fetch toy-world feeds back to back, each a new seed (so the server renders it)."""
+    base = url.replace("ws://", "http://").removesuffix("/ws")
+    loop = asyncio.get_running_loop()
+    number = 0
+    while loop.time() < until:
+        number += 1
+        feed = f"{base}/toyworld/feed.mp4?seed={worker * 100_000 + number}&seconds={seconds}"
+        status = await asyncio.to_thread(_fetch, feed)
+        tally.feeds[status] += 1
+        if status != 200:
+            await asyncio.sleep(1.0)  # 503: busy; it says when to come back
+
+
+def _fetch(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=STALL_SECONDS) as reply:
+            reply.read()
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 async def _count_captions(session: Any, tally: _Tally) -> None:
     async for _ in session.captions():
         tally.captions += 1
@@ -261,7 +334,9 @@ async def run_soak(config: SoakConfig, pipelines: dict[str, Any] | None = None) 
 
             sampling = asyncio.create_task(sampler())
             try:
-                await _workers(server.url, config, tally, config.sessions, config.seconds)
+                await _workers(
+                    server.url, config, tally, config.sessions, config.seconds, mixed=True
+                )
                 await _idle(server)
             finally:
                 sampling.cancel()
@@ -272,9 +347,15 @@ async def run_soak(config: SoakConfig, pipelines: dict[str, Any] | None = None) 
     return _verdict(config, engine_config, tally, samples, before, after, end)
 
 
-async def _workers(url: str, config: SoakConfig, tally: _Tally, count: int, seconds: float) -> None:
+async def _workers(
+    url: str, config: SoakConfig, tally: _Tally, count: int, seconds: float, mixed: bool = False
+) -> None:
     until = asyncio.get_running_loop().time() + seconds
     jobs = []
+    if mixed and config.large is not None:
+        jobs.append(_large(url, config.large, until, tally))
+    for worker in range(config.feed_clients if mixed else 0):
+        jobs.append(_feeds(url, worker, until, tally, config.feed_seconds))
     for worker in range(count):
         for pipeline in config.pipelines:
             if pipeline == "streaming_vlm":
@@ -316,6 +397,8 @@ def _verdict(
         "slope_mb_per_min": round(float(slope), 2),
         "idle_before_mb": before["memory_mb"],
         "idle_after_mb": after["memory_mb"],
+        "idle_resident_before_mb": before["resident_mb"],
+        "idle_resident_after_mb": after["resident_mb"],
         "resident_mb": {
             "first": active[0]["rss_mb"],
             "last": active[-1]["rss_mb"],
@@ -329,8 +412,21 @@ def _verdict(
         "threads": sorted(set(after["threads"]) - set(before["threads"])),
         "open_files": after["open_files"] - before["open_files"],
     }
+    lateness = {
+        pipeline: {
+            "frames": len(values),
+            "p50_ms": round(1000 * float(np.percentile(values, 50)), 1),
+            "p99_ms": round(1000 * float(np.percentile(values, 99)), 1),
+            "max_ms": round(1000 * max(values), 1),
+        }
+        for pipeline, values in sorted(tally.lateness.items())
+        if values
+    }
     checks = {
         "memory_flat": late - early < config.rss_growth_mb,
+        "small_sessions_on_time": all(
+            row["p99_ms"] < config.max_p99_lateness_ms for row in lateness.values()
+        ),
         "queues_bounded": peak["output_queue_max"] <= engine_config.output_queue_frames
         and peak["events_queue_max"] <= EVENTS_CAPACITY
         and peak["pending_input_frames"] <= engine_config.input_queue_frames * sessions_at_once,
@@ -346,6 +442,9 @@ def _verdict(
         "recordings": tally.recordings,
         "vanished": tally.vanished,
         "refused": dict(tally.refused),
+        "lateness": lateness,
+        "large_frames": tally.large_frames,
+        "feeds": {str(status): n for status, n in sorted(tally.feeds.items())},
         "failures": tally.failures,
         "memory": memory,
         "first": active[0],
@@ -365,11 +464,22 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m framestream.evals.soak", description=__doc__.split("\n")[0]
     )
     defaults = SoakConfig()
-    for name in ("seconds", "session_seconds", "sample_seconds", "warmup_seconds", "rss_growth_mb"):
+    floats = (
+        "seconds",
+        "session_seconds",
+        "sample_seconds",
+        "warmup_seconds",
+        "rss_growth_mb",
+        "max_p99_lateness_ms",
+    )
+    for name in floats:
         parser.add_argument(
             "--" + name.replace("_", "-"), type=float, default=getattr(defaults, name)
         )
     parser.add_argument("--sessions", type=int, default=defaults.sessions, help="per pipeline")
+    parser.add_argument("--large", type=_size, help="HxW of a background LongLive session")
+    parser.add_argument("--feed-clients", type=int, default=defaults.feed_clients)
+    parser.add_argument("--feed-seconds", type=int, default=defaults.feed_seconds)
     parser.add_argument("--pipelines", default=",".join(defaults.pipelines))
     parser.add_argument(
         "--out", type=Path, help="default: evals/results/soak_<machine>_<date>.json"
@@ -383,6 +493,10 @@ def main(argv: list[str] | None = None) -> int:
         warmup_seconds=args.warmup_seconds,
         rss_growth_mb=args.rss_growth_mb,
         pipelines=tuple(args.pipelines.split(",")),
+        large=args.large,
+        feed_clients=args.feed_clients,
+        feed_seconds=args.feed_seconds,
+        max_p99_lateness_ms=args.max_p99_lateness_ms,
     )
     record = asyncio.run(run_soak(config))
     now = datetime.now(timezone.utc)
@@ -396,9 +510,18 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / f"soak_cpu_{now:%Y-%m-%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: record[k] for k in ("seconds", "sessions_run", "memory", "leaks", "ok")}))
+    summary = ("seconds", "sessions_run", "lateness", "feeds", "memory", "leaks", "checks", "ok")
+    print(json.dumps({k: record[k] for k in summary}))
     print(f"-> {out}")
     return 0 if record["ok"] else 1
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(side) for side in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 128x128, got {text!r}") from None
+    return height, width
 
 
 if __name__ == "__main__":

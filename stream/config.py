@@ -22,12 +22,17 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] | None = None  # None: same-origin, localhost, no Origin
     preset: str = DEFAULT_PRESET  # the model preset the server runs (session.start may name it)
     max_connections: int = 64
+    # connections that have not said hello yet, at most: the rest is kept for those that have
+    max_unauthenticated_connections: int = 32
+    hello_timeout: float = 5.0  # seconds a connection has to say hello (1008 otherwise)
     max_sessions_per_connection: int = 4
     max_message_bytes: int = 1 << 20  # refused with message_too_large; websockets closes > 2x
     max_frame_pixels: int = 1920 * 1080
     max_messages_per_second: float = 200.0  # token bucket per connection, 1 s of burst
     max_messages_per_second_total: float = 2000.0  # the same, over all connections
     max_session_starts_per_second: float = 20.0  # session.start over all connections
+    # session.start per connection, charged first: one connection cannot spend the server's
+    max_session_starts_per_second_per_connection: float = 5.0
     open_timeout: float = 10.0  # WebSocket handshake
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
@@ -40,7 +45,8 @@ class ServerConfig:
     static_dir: Path | None = None  # the browser page, served at /
     record_dir: Path | None = None  # None: a temporary folder
     max_recordings: int = 256  # finished recordings kept (and served); the oldest are deleted
-    toyworld_feed_max_seconds: int = 600  # longest /toyworld/feed.mp4 (about 1 MB a minute)
+    toyworld_feed_max_seconds: int = 600  # longest /toyworld/feed.mp4
+    toyworld_feed_max_waiting: int = 1  # feed renders waiting behind the running one (503)
 
     def __post_init__(self) -> None:
         if not _is_loopback(self.host) and not self.token:
@@ -50,6 +56,9 @@ class ServerConfig:
             )
         for name in (
             "max_connections",
+            "max_unauthenticated_connections",
+            "hello_timeout",
+            "max_session_starts_per_second_per_connection",
             "max_sessions_per_connection",
             "max_message_bytes",
             "max_frame_pixels",
@@ -68,6 +77,10 @@ class ServerConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.toyworld_feed_max_waiting < 0:
+            raise ValueError(
+                f"toyworld_feed_max_waiting must be >= 0, got {self.toyworld_feed_max_waiting!r}"
+            )
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if self.allowed_origins is not None:

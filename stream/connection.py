@@ -81,6 +81,9 @@ class _Stream:
     recorder: Recorder | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     last_timestamp: float = 0.0  # of the last input frame (understanding sessions)
+    frames_received: int = 0  # input frames taken (understanding sessions)
+    paused: bool = False  # a pause was asked: no metrics until a resume is
+    stopping: bool = False  # a stop was asked: no more frames are sent
 
 
 class ConnectionHandler:
@@ -95,11 +98,15 @@ class ConnectionHandler:
             self.config.max_message_bytes, self.config.token, context.catalog
         )
         self.limiter = RateLimiter(self.config.max_messages_per_second)
+        self.start_limiter = RateLimiter(self.config.max_session_starts_per_second_per_connection)
         self.streams: dict[int, _Stream] = {}
+        self.authenticated = False  # said hello (with the token, where one is set)
 
     # -- receiving -------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self.context.counters.unauthenticated += 1
+        deadline = asyncio.create_task(self._hello_deadline(), name="hello-deadline")
         try:
             async for data in self.ws:
                 self.context.counters.messages_received += 1
@@ -120,8 +127,20 @@ class ConnectionHandler:
         except ConnectionClosed:
             pass
         finally:
+            deadline.cancel()
+            if not self.authenticated:
+                self.context.counters.unauthenticated -= 1
             self.protocol.close()
             await self.close_all("disconnected")
+
+    async def _hello_deadline(self) -> None:
+        """Close a connection that has not said hello within ``hello_timeout`` (1008)."""
+        await asyncio.sleep(self.config.hello_timeout)
+        if not self.authenticated:
+            logger.info(
+                "closing a connection that sent no hello in %g s", self.config.hello_timeout
+            )
+            await self.ws.close(1008, "no hello")
 
     def rate_limited(self) -> ProtocolError | None:
         """The refusal of a message over this connection's or the server's rate, else None."""
@@ -137,6 +156,8 @@ class ConnectionHandler:
 
     async def dispatch(self, message: protocol.ClientMessage) -> None:
         if isinstance(message, protocol.Hello):
+            self.authenticated = True
+            self.context.counters.unauthenticated -= 1
             await self.send(encode("welcome", **self.context.welcome))
         elif isinstance(message, protocol.SessionStart):
             await self.start(message)
@@ -162,10 +183,13 @@ class ConnectionHandler:
                 self.engine.ask(session, message.text)
             elif isinstance(message, protocol.Pause):
                 self.engine.pause(session)
+                stream_.paused = True
             elif isinstance(message, protocol.Resume):
                 self.engine.resume(session)
+                stream_.paused = False
             elif isinstance(message, protocol.Stop):
                 self.engine.close(session, "stopped")
+                stream_.stopping = True
 
     async def feed(self, message: protocol.InputFrame) -> None:
         """An understanding session's input frame: checked here, decoded off the loop."""
@@ -192,6 +216,7 @@ class ConnectionHandler:
         )
         stream_.last_timestamp = header.timestamp
         self.engine.push_frame(session, header.timestamp, frame)
+        stream_.frames_received += 1
 
     def stream(self, session_id: int) -> _Stream:
         stream_ = self.streams.get(session_id)
@@ -209,6 +234,11 @@ class ConnectionHandler:
             raise ProtocolError(
                 "too_many_sessions",
                 f"a connection runs at most {config.max_sessions_per_connection} sessions",
+            )
+        if not self.start_limiter.allow():
+            rate = config.max_session_starts_per_second_per_connection
+            raise ProtocolError(
+                "rate_limited", f"a connection starts at most {rate:g} sessions a second"
             )
         if not self.context.session_start_limiter.allow():
             rate = config.max_session_starts_per_second
@@ -253,7 +283,7 @@ class ConnectionHandler:
             stream_.tasks = [
                 asyncio.create_task(self.deliver(stream_), name=f"send-{session.id}"),
                 asyncio.create_task(self.forward_events(session), name=f"events-{session.id}"),
-                asyncio.create_task(self.report(session), name=f"metrics-{session.id}"),
+                asyncio.create_task(self.report(stream_), name=f"metrics-{session.id}"),
             ]
         logger.info(
             "session %d started: %s %dx%d %s",
@@ -272,6 +302,11 @@ class ConnectionHandler:
                 self.config.session_open_timeout,
             )
         except TimeoutError:
+            logger.error(
+                "%s session not admitted within %g s (session_open_timeout): the engine is busy",
+                pipeline,
+                self.config.session_open_timeout,
+            )
             raise ProtocolError(
                 "internal", "the engine did not admit the session in time"
             ) from None
@@ -296,6 +331,7 @@ class ConnectionHandler:
             stream_.tasks = [
                 asyncio.create_task(self.deliver(stream_), name=f"send-{session.id}"),
                 asyncio.create_task(self.forward_events(session), name=f"events-{session.id}"),
+                asyncio.create_task(self.report(stream_), name=f"metrics-{session.id}"),
             ]
         logger.info("session %d started: %s", session.id, session.pipeline)
 
@@ -324,7 +360,7 @@ class ConnectionHandler:
         t0, first = 0.0, -1
         try:
             while (frame := await session.output.get()) is not None:
-                if session.finished:
+                if session.finished or stream_.stopping:
                     break  # stopped: what is still buffered is not wanted any more
                 if session.realtime:
                     now = loop.time()
@@ -336,7 +372,7 @@ class ConnectionHandler:
                     if due > now:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(session.ended.wait(), due - now)
-                        if session.finished:
+                        if session.finished or stream_.stopping:
                             break
                 payload = await loop.run_in_executor(self.context.encoders, encoder.encode, frame)
                 height, width = frame.pixels.shape[:2]
@@ -390,29 +426,33 @@ class ConnectionHandler:
                 event = await session.events.get()
                 await self.send(_json(event))
 
-    async def report(self, session: Session) -> None:
-        """Every second while the session runs: delivery rate, step time, queue depth."""
+    async def report(self, stream_: _Stream) -> None:
+        """Every second while the session runs and is not paused: generation, delivery rate,
+        step time and queue depth; understanding, frames taken, captions made and step time."""
+        session = stream_.session
         sent, last = session.stats.frames_sent, time.monotonic()
         with contextlib.suppress(ConnectionClosed):
             while not session.finished:
                 await asyncio.sleep(1.0)
                 now, total = time.monotonic(), session.stats.frames_sent
                 fps, sent, last = (total - sent) / max(now - last, 1e-6), total, now
-                if session.state is not SessionState.RUNNING:
+                if stream_.paused or session.state is not SessionState.RUNNING:
                     continue
                 steps = _snapshot(session.stats.step_seconds)
-                step_ms = 1000 * sorted(steps)[len(steps) // 2] if steps else None
-                await self.send(
-                    encode(
-                        "metrics",
-                        session=session.id,
-                        frames_sent=total,
-                        frames_dropped=session.stats.frames_dropped,
-                        fps=round(fps, 2),
-                        step_ms=None if step_ms is None else round(step_ms, 2),
-                        queue=len(session.output),
-                    )
-                )
+                step_ms = round(1000 * sorted(steps)[len(steps) // 2], 2) if steps else None
+                if isinstance(session.request, UnderstandingRequest):
+                    fields = {
+                        "frames_received": stream_.frames_received,
+                        "captions": session.stats.steps,
+                    }
+                else:
+                    fields = {
+                        "frames_sent": total,
+                        "frames_dropped": session.stats.frames_dropped,
+                        "fps": round(fps, 2),
+                        "queue": len(session.output),
+                    }
+                await self.send(encode("metrics", session=session.id, step_ms=step_ms, **fields))
 
     # -- teardown --------------------------------------------------------------------------
 

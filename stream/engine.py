@@ -39,11 +39,18 @@ from typing import Any, Protocol
 
 from framestream.stream.errors import EngineBusy, InputError, SessionRefused
 from framestream.stream.kvcache import CacheFullError
+from framestream.stream.memory import release_free_memory
 from framestream.stream.pipelines.base import FrameChunk, PendingChunk
 from framestream.stream.pipelines.feed import TimestampsBackwardsError
 from framestream.stream.pipelines.streaming_vlm import Caption
 from framestream.stream.requests import GenerationRequest, UnderstandingRequest
-from framestream.stream.scheduler import Entry, Scheduler, SchedulerConfig, Understanding
+from framestream.stream.scheduler import (
+    Entry,
+    Scheduler,
+    SchedulerConfig,
+    StepCost,
+    Understanding,
+)
 from framestream.stream.session import OutputFrame, OutputQueue, Session, SessionState
 
 __all__ = [
@@ -67,6 +74,7 @@ class GenerationPipeline(Protocol):
     def config(self) -> Any: ...  # has .fps
 
     def open(self, request: GenerationRequest) -> Any: ...
+    def step_cost(self, request: GenerationRequest) -> StepCost | None: ...  # None: unknown
     def step_async(self, state: Any) -> PendingChunk: ...
     def switch_prompt(self, state: Any, prompt: str, transition_chunks: int = 0) -> None: ...
     def close(self, state: Any) -> None: ...
@@ -82,6 +90,7 @@ class UnderstandingPipeline(Protocol):
     def config(self) -> Any: ...
 
     def open(self, request: UnderstandingRequest) -> Any: ...
+    def step_cost(self, request: UnderstandingRequest) -> StepCost | None: ...  # a second's
     def push_frame(self, state: Any, timestamp: float, frame: Any) -> None: ...
     def ask(self, state: Any, question: str) -> None: ...
     def ready(self, state: Any) -> bool: ...
@@ -105,7 +114,7 @@ class EngineConfig:
     max_pending_commands: int = 1024  # commands from connections not yet applied
     input_queue_frames: int = 16  # input frames waiting per session (oldest dropped)
     max_load: float = 0.9  # device time realtime sessions may claim together (compute_full)
-    max_step_seconds: float = 2.0  # a session whose one step takes longer is refused
+    max_step_seconds: float = 1.0  # a longer step is refused (under lookahead_seconds)
     late_seconds: float = 0.5  # a realtime step this far past its deadline is late (degraded)
 
     def __post_init__(self) -> None:
@@ -247,10 +256,16 @@ class Engine:
             realtime,
         )
 
+        group = self._groups[id(target)]
+
         def open_() -> None:
+            cost = target.step_cost(request)
+            admission = self.scheduler.admit(cost, realtime, group)
             if len(self._live) >= self.config.max_sessions:
                 limit = self.config.max_sessions
                 error = SessionRefused("too_many_sessions", f"the server runs at most {limit}")
+            elif admission is not None:
+                error = SessionRefused(admission.reason, admission.message)
             else:
                 try:
                     state = target.open(request)
@@ -263,9 +278,10 @@ class Engine:
                     entry = Entry(
                         session.id,
                         target.kind,
-                        self._groups[id(target)],
+                        group,
                         session.fps,
                         realtime,
+                        cost,
                         queued_frames=session.output.__len__,
                     )
                     self.scheduler.add(entry)
@@ -358,6 +374,13 @@ class Engine:
             if live is not None and session.state is SessionState.RUNNING:
                 session.state = SessionState.PAUSED
                 self.scheduler.pause(live.entry)
+                # the first frame (or second understood) the pause holds back; a step in
+                # flight still lands
+                if live.pipeline.kind == "understanding":
+                    frame = session.stats.steps
+                else:
+                    frame = session.stats.frames_generated + live.entry.in_flight_frames
+                session.post({"type": "session.paused", "session": session.id, "frame": frame})
 
         self._submit(pause)
 
@@ -367,6 +390,7 @@ class Engine:
             if live is not None and session.state is SessionState.PAUSED:
                 self.scheduler.resume(live.entry)
                 session.state = SessionState.RUNNING
+                session.post({"type": "session.resumed", "session": session.id})
 
         self._submit(resume)
 
@@ -573,6 +597,8 @@ class Engine:
         except Exception:
             logger.exception("session %d: close failed", session.id)
         session.finish(reason, message)
+        if not self._live:
+            release_free_memory()  # what the last session's steps left, back to the system
 
 
 def _error_event(session: Session, code: str, message: str) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The pixel size a JPEG or PNG file declares, read from its header without decoding it.
 
-A decoder allocates the whole picture its header declares before it reads a pixel: a 420 KB
-PNG of zeros can declare 12000x12000 and cost a gigabyte. The server reads the declared size
-first and refuses oversized frames before anything is allocated::
+A decoder allocates the whole picture its header declares before it reads a pixel: a small PNG
+of zeros can declare 12000x12000 and make it allocate 12000 * 12000 * 3 bytes. The server reads
+the declared size first and refuses oversized frames before anything is allocated::
 
     PNG   89 50 4E 47 0D 0A 1A 0A | length | "IHDR" | width u32 BE | height u32 BE | ...
     JPEG  FF D8 | segments FF xx [length u16 BE, body] ... | FF C0..CF (a SOF) length precision

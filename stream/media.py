@@ -26,9 +26,13 @@ class Mp4Writer:
         path: output file; its folder must exist.
         fps: frame rate of the stream.
         crf: x264 quality (lower is better; 18 is visually lossless for most content).
+        fragmented: write a fragmented MP4 (the header first, then a fragment per key frame),
+            which a player or PyAV reads as it arrives, with no index at the end to seek to.
     """
 
-    def __init__(self, path: str | Path, fps: float, crf: int = 18) -> None:
+    def __init__(
+        self, path: str | Path, fps: float, crf: int = 18, fragmented: bool = False
+    ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.path = Path(path)
@@ -38,7 +42,10 @@ class Mp4Writer:
         # PyAV raises without closing a file it opened, and its descriptor would leak
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
         try:
-            self._container = av.open(self._file, mode="w", format="mp4")
+            options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+            self._container = av.open(
+                self._file, mode="w", format="mp4", options=options if fragmented else {}
+            )
             self._stream = self._container.add_stream(
                 "libx264", rate=Fraction(fps).limit_denominator(1001), options={"crf": str(crf)}
             )

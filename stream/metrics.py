@@ -106,6 +106,7 @@ class ServiceCounters:
     """What the server counts itself (touched only on the event loop)."""
 
     connections: int = 0  # open WebSocket connections
+    unauthenticated: int = 0  # of them, those that have not said hello yet
     frames_sent: int = 0
     messages_received: int = 0
     errors: collections.Counter = field(default_factory=collections.Counter)  # code -> sent
@@ -133,6 +134,22 @@ def render_metrics(
         [({"pipeline": name}, n) for name, n in sorted(sessions.items())],
     )
     out.gauge("stream_connections", "Open WebSocket connections.", counters.connections)
+    out.gauge(
+        "stream_connections_before_hello",
+        "Open connections that have not said hello yet.",
+        counters.unauthenticated,
+    )
+    out.gauge(
+        "stream_degraded",
+        "1 while realtime sessions miss their deadlines (the engine's health), else 0.",
+        int(stats.health != "ok"),
+    )
+    out.counter("stream_late_steps_total", "Realtime steps that came late.", stats.late_steps)
+    out.gauge(
+        "stream_realtime_load",
+        "Share of the device's time the admitted realtime sessions claim (by calibration).",
+        stats.load,
+    )
     out.counter("stream_frames_generated_total", "Frames generated.", stats.frames_generated)
     out.counter("stream_frames_sent_total", "Frames sent to clients.", counters.frames_sent)
     out.counter("stream_frames_dropped_total", "Frames slow clients lost.", stats.frames_dropped)

@@ -65,6 +65,7 @@ __all__ = [
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<2sBBIQdB3xHH")
 MAGIC = b"SV"
+_RESERVED = slice(25, 28)  # header bytes that must be zero
 MAX_TIMESTAMP = float(2**32)  # seconds (136 years): input frame timestamps stay below
 MAX_PROMPT = 2000  # characters of a prompt, an instruction or a question
 MAX_PREVIOUS_TEXT = 20000  # characters of an understanding session's previous_text
@@ -159,12 +160,18 @@ class FrameHeader:
         magic, version, kind, session, index, timestamp, fmt, width, height = HEADER.unpack_from(
             data
         )
+        # a refusal names the session the header names, when it could be one
+        about = session if 0 < session < 2**32 else None
         if magic != MAGIC or version != PROTOCOL_VERSION:
-            raise ProtocolError("bad_frame", f"bad header magic {magic!r} or version {version}")
+            raise ProtocolError(
+                "bad_frame", f"bad header magic {magic!r} or version {version}", about
+            )
+        if any(data[_RESERVED]):
+            raise ProtocolError("bad_frame", "the header's reserved bytes must be zero", about)
         try:
             return cls(FrameKind(kind), session, index, timestamp, FrameFormat(fmt), width, height)
         except ValueError as exc:
-            raise ProtocolError("bad_frame", f"bad header field: {exc}") from None
+            raise ProtocolError("bad_frame", f"bad header field: {exc}", about) from None
 
 
 # -- what the server runs ---------------------------------------------------------------------

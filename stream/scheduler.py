@@ -49,6 +49,9 @@ __all__ = [
 ]
 
 
+_MAX_IDLE_SECONDS = 0.05
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     """Pacing and admission limits of one device."""
@@ -56,7 +59,9 @@ class SchedulerConfig:
     lookahead_seconds: float = 1.5  # how far ahead of playback a session is generated
     output_queue_frames: int = 96  # a background session waits while its queue is this full
     max_load: float = 0.9  # the device time realtime sessions may claim together
-    max_step_seconds: float = 2.0  # a session whose step takes longer is refused
+    # a session whose step takes longer is refused; under lookahead_seconds, so that a background
+    # step ends before the realtime sessions it runs beside have played what they have ahead
+    max_step_seconds: float = 1.0
     late_seconds: float = 0.5  # a realtime session this far past its deadline is late
     health_window_seconds: float = 10.0  # how long a late step keeps the device degraded
 
@@ -76,15 +81,24 @@ class SchedulerConfig:
 @dataclass(frozen=True, slots=True)
 class StepCost:
     """What one session asks of the device: a step of ``step_seconds`` makes
-    ``media_seconds`` of output (generation) or takes that much of its feed (understanding)."""
+    ``media_seconds`` of output (generation) or takes that much of its feed (understanding).
+    Sessions whose steps are batched together (understanding streams of one pipeline) cost
+    ``batched_seconds`` more a step each beyond the first; None: as much as the first."""
 
     step_seconds: float
     media_seconds: float
+    batched_seconds: float | None = None
 
     @property
     def load(self) -> float:
-        """The share of the device's time the session needs to keep up in real time."""
+        """The share of the device's time the session needs alone to keep up in real time."""
         return self.step_seconds / self.media_seconds
+
+    @property
+    def batched_load(self) -> float:
+        """Its share beside another session of its group, in the same batched step."""
+        seconds = self.step_seconds if self.batched_seconds is None else self.batched_seconds
+        return seconds / self.media_seconds
 
 
 class Health(enum.Enum):
@@ -164,11 +178,18 @@ class Scheduler:
     # -- admission -------------------------------------------------------------------------
 
     def load(self) -> float:
-        """The realtime load the admitted sessions claim together."""
-        return sum(e.cost.load for e in self.entries.values() if e.realtime and e.cost)
+        """The realtime load the admitted sessions claim together: in each group the first
+        session's whole cost, the others' batched share."""
+        total, seen = 0.0, set()
+        for entry in self.entries.values():
+            if entry.realtime and entry.cost is not None:
+                total += entry.cost.batched_load if entry.group in seen else entry.cost.load
+                seen.add(entry.group)
+        return total
 
-    def admit(self, cost: StepCost | None, realtime: bool) -> Admission | None:
-        """None when a session of ``cost`` fits beside the admitted ones, else the refusal."""
+    def admit(self, cost: StepCost | None, realtime: bool, group: int = -1) -> Admission | None:
+        """None when a session of ``cost`` (in ``group``) fits beside the admitted ones, else
+        the refusal."""
         if cost is None:
             return None
         limit = self.config.max_step_seconds
@@ -181,10 +202,12 @@ class Scheduler:
         if not realtime:
             return None
         load, room = self.load(), self.config.max_load
-        if load + cost.load > room:
+        batched = any(e.group == group and e.realtime and e.cost for e in self.entries.values())
+        need = cost.batched_load if batched else cost.load
+        if load + need > room:
             return Admission(
                 "compute_full",
-                f"this session needs {cost.load:.0%} of the device to run in real time and "
+                f"this session needs {need:.0%} of the device to run in real time and "
                 f"{max(room - load, 0):.0%} is free (max_load {room:.0%}); choose a smaller size, "
                 "start it with realtime false, or try again when a session ends",
             )
@@ -306,10 +329,12 @@ class Scheduler:
         return list(groups.values())
 
     def _idle_timeout(self, now: float) -> float:
-        """Sleep until the earliest realtime session needs its next chunk (at most 50 ms)."""
+        """Sleep until the earliest realtime session needs its next chunk, or at most
+        ``_MAX_IDLE_SECONDS``: background sessions' consumers free room in their queues
+        without telling the scheduler."""
         waits = [
             e.deadline() - now - self.config.lookahead_seconds
             for e in self.entries.values()
             if e.running and e.realtime and e.kind == "generation"
         ]
-        return min([0.05, *(w for w in waits if w > 0)])
+        return min([_MAX_IDLE_SECONDS, *(w for w in waits if w > 0)])

@@ -21,6 +21,7 @@ answered on the connection (:mod:`stream.connection`, :mod:`stream.errors`).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import http
 import logging
 import mimetypes
@@ -41,7 +42,7 @@ from framestream.stream.metrics import CONTENT_TYPE, ServiceCounters, render_met
 from framestream.stream.ratelimit import RateLimiter
 from framestream.stream.recordings import Recordings
 from framestream.stream.session import Session
-from framestream.stream.toyfeed import parse_feed_request, toyworld_mp4
+from framestream.stream.toyfeed import ToyFeeds, byte_range, parse_feed_request
 from framestream.stream.version import __version__
 from framestream.stream.web import response, static_file
 
@@ -72,6 +73,7 @@ class Server:
         self.recordings = Recordings(
             config.record_dir, config.max_recordings, config.max_pending_record_frames
         )
+        self.feeds = ToyFeeds(config.toyworld_feed_max_waiting)
         catalog = protocol.Catalog(
             {name: describe_pipeline(p) for name, p in engine.pipelines.items()},
             config.preset,
@@ -155,6 +157,7 @@ class Server:
             self._ws.close()  # 1001 to every open connection, then waits for the handlers
             await self._ws.wait_closed()
         self.encoders.shutdown(wait=False)
+        self.feeds.close()
         logger.info("shut down")
 
     async def __aenter__(self) -> Server:
@@ -198,29 +201,37 @@ class Server:
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        if request.method != "GET":  # websockets parses any method; this server answers GET
+            return response(
+                http.HTTPStatus.METHOD_NOT_ALLOWED, b"only GET\n", extra=(("Allow", "GET"),)
+            )
         if path == "/ws":
             if self.draining:
                 return response(http.HTTPStatus.SERVICE_UNAVAILABLE, b"draining\n")
-            if not self._origin_allowed(request.headers.get("Origin")):
+            origins = request.headers.get_all("Origin")
+            if len(origins) > 1:
+                return response(http.HTTPStatus.BAD_REQUEST, b"more than one Origin header\n")
+            if not self._origin_allowed(origins[0] if origins else None):
                 return response(http.HTTPStatus.FORBIDDEN, b"origin not allowed\n")
             if self.counters.connections >= self.config.max_connections:
                 return response(http.HTTPStatus.SERVICE_UNAVAILABLE, b"too many connections\n")
+            if self.counters.unauthenticated >= self.config.max_unauthenticated_connections:
+                # a share of the connections is kept for clients that said hello
+                return response(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE, b"too many connections before hello\n"
+                )
             return None
         if path == "/healthz":
             if self.draining:
                 return response(http.HTTPStatus.SERVICE_UNAVAILABLE, b"draining\n")
-            return response(http.HTTPStatus.OK, b"ok\n")
+            # degraded: serving, but realtime sessions miss their deadlines (still 200: the
+            # server works, it is overloaded; /metrics says how much)
+            health = self.engine.stats().health
+            return response(http.HTTPStatus.OK, f"{health}\n".encode())
         if path == "/metrics":
             return response(http.HTTPStatus.OK, self.metrics().encode(), CONTENT_TYPE)
         if path == "/toyworld/feed.mp4":
-            query = request.path.partition("?")[2]
-            try:
-                feed = parse_feed_request(query, self.config.toyworld_feed_max_seconds)
-            except ValueError as error:
-                return response(http.HTTPStatus.BAD_REQUEST, f"{error}\n".encode())
-            return response(
-                http.HTTPStatus.OK, await asyncio.to_thread(toyworld_mp4, feed), "video/mp4"
-            )
+            return await self._toy_feed(request)
         if match := _RECORDING.fullmatch(path):
             file = self.recordings.find(match.group(1))
             if file is not None:
@@ -233,6 +244,38 @@ class Server:
                 kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
                 return response(http.HTTPStatus.OK, await asyncio.to_thread(file.read_bytes), kind)
         return response(http.HTTPStatus.NOT_FOUND, b"not found\n")
+
+    async def _toy_feed(self, request: Request) -> Response:
+        try:
+            feed, token = parse_feed_request(
+                request.path.partition("?")[2], self.config.toyworld_feed_max_seconds
+            )
+        except ValueError as error:
+            return response(http.HTTPStatus.BAD_REQUEST, f"{error}\n".encode())
+        if self.config.token is not None and not hmac.compare_digest(
+            (token or "").encode(), self.config.token.encode()
+        ):
+            return response(http.HTTPStatus.UNAUTHORIZED, b"a valid token is required\n")
+        # answered before the handshake timeout would close the connection without a word
+        data = await self.feeds.get(feed, wait_seconds=0.7 * self.config.open_timeout)
+        if data is None:
+            retry = (("Retry-After", "5"),)
+            return response(http.HTTPStatus.SERVICE_UNAVAILABLE, b"busy rendering\n", extra=retry)
+        ranges = (("Accept-Ranges", "bytes"),)
+        try:
+            asked = request.headers.get_all("Range")
+            if len(asked) > 1:
+                raise ValueError("one Range header at most")
+            part = byte_range(asked[0] if asked else None, len(data))
+        except ValueError as error:
+            extra = (*ranges, ("Content-Range", f"bytes */{len(data)}"))
+            status = http.HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE
+            return response(status, f"{error}\n".encode(), extra=extra)
+        if part is None:
+            return response(http.HTTPStatus.OK, data, "video/mp4", ranges)
+        start, stop = part
+        extra = (*ranges, ("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}"))
+        return response(http.HTTPStatus.PARTIAL_CONTENT, data[start:stop], "video/mp4", extra)
 
     def metrics(self) -> str:
         pools = cache_pools(self.engine)

@@ -7,6 +7,7 @@ from the embedded toy-world models.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +15,16 @@ import torch
 
 from framestream.models.registry import DEFAULT_PRESET, WanPaths, load_wan_models
 from framestream.stream.engine import Pipeline
-from framestream.stream.kvcache import KVCacheDtype, KVCacheManager, check_kv_cache_dtype
+from framestream.stream.kvcache import (
+    CacheFullError,
+    KVCacheDtype,
+    KVCacheManager,
+    check_kv_cache_dtype,
+)
 
 __all__ = ["PIPELINES", "ServiceModels", "build_pipelines", "warm_up"]
+
+logger = logging.getLogger(__name__)
 
 PIPELINES = ("longlive", "rolling_forcing", "streaming_vlm")
 
@@ -36,6 +44,8 @@ class ServiceModels:
     # the generation pipelines' pool rows: "auto" (the models' dtype) or "fp8_e4m3" (half of
     # bf16's bytes, so twice the sessions per cache_bytes; stream.kvcache.pool)
     kv_cache_dtype: KVCacheDtype = "auto"
+    # warm the pipelines up and time a step of each, for admission by compute (compute_full)
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         check_kv_cache_dtype(self.kv_cache_dtype)
@@ -49,8 +59,8 @@ class ServiceModels:
 def build_pipelines(
     spec: ServiceModels, manager: KVCacheManager | None = None
 ) -> dict[str, Pipeline]:
-    """Load the models of ``spec`` on its device and build its pipelines over one manager; on
-    CUDA, :func:`warm_up` them."""
+    """Load the models of ``spec`` on its device and build its pipelines over one manager, and
+    :func:`warm_up` them (unless ``spec.calibrate`` is off)."""
     from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
     from framestream.stream.pipelines.rolling_forcing import (
         RollingForcingConfig,
@@ -87,29 +97,28 @@ def build_pipelines(
         pipelines["streaming_vlm"] = StreamingVLMPipeline(
             vlm, manager, spec.vlm_cache_bytes, vlm_config
         )
-    if torch.device(spec.device).type == "cuda":
+    if spec.calibrate:
         warm_up(pipelines)
     return pipelines
 
 
 def warm_up(pipelines: dict[str, Pipeline]) -> None:
-    """Run one step of every generation pipeline at its default size, then close the stream;
-    capture the understanding pipeline's decode graphs.
+    """Capture the understanding pipeline's decode graphs (CUDA), then calibrate every
+    pipeline: a timed step at its default size, from which admission estimates what a
+    session will ask of the device (``compute_full``; stream.scheduler).
 
-    On CUDA the first step of a process compiles the Triton kernels and plans cuDNN: a cold
-    first frame of 8.4 s against 0.48 s warm for LongLive at 832x480 (BENCHMARKS.md, the fused
-    kernels' run). A server pays it while it loads, not in a user's first session.
+    The first step of a process compiles the Triton kernels and plans cuDNN, many times a warm
+    step's time: a server pays it while it loads, not in a user's first session.
     """
-    from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
-    from framestream.stream.pipelines.wan import WanStreamPipeline
-    from framestream.stream.requests import GenerationRequest
-
-    for pipeline in pipelines.values():
-        if isinstance(pipeline, StreamingVLMPipeline):
-            pipeline.warm_up()  # the decode step's CUDA graphs
-        elif isinstance(pipeline, WanStreamPipeline):
-            state = pipeline.open(GenerationRequest("warm-up"))
-            try:
-                pipeline.step(state)
-            finally:
-                pipeline.close(state)
+    for name, pipeline in pipelines.items():
+        if hasattr(pipeline, "warm_up"):
+            pipeline.warm_up()
+        try:
+            pipeline.calibrate()
+        except CacheFullError as exc:
+            logger.warning(
+                "%s: not calibrated, the cache pool cannot hold a session of the default size "
+                "(%s): such sessions are refused cache_full; give the pipeline a larger pool",
+                name,
+                exc,
+            )

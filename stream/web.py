@@ -15,10 +15,18 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def response(
-    status: http.HTTPStatus, body: bytes, kind: str = "text/plain; charset=utf-8"
+    status: http.HTTPStatus,
+    body: bytes,
+    kind: str = "text/plain; charset=utf-8",
+    extra: tuple[tuple[str, str], ...] = (),
 ) -> Response:
     headers = Headers(
-        [("Content-Type", kind), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+        [
+            ("Content-Type", kind),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            *extra,
+        ]
     )
     return Response(status.value, status.phrase, headers, body)
 

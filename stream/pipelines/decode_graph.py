@@ -1,8 +1,8 @@
 """StreamingVLM's decode step as CUDA graphs: one per batch-size bucket, captured on first use.
 
-A reply token of Qwen2.5-VL-7B is host-bound when run eagerly: about 340 kernel launches (12 a
-layer), about 7 ms of host time against 4.8 ms on the card (H200 profile, docs/perf-notes.md
-round 3). A graph replays the whole step (embedding, 28 layers, logits, the banned-token mask,
+A reply token of Qwen2.5-VL-7B is host-bound when run eagerly: a dozen kernel launches a layer
+cost more host time than the card spends on the token (docs/perf-notes.md, round 3, names the
+profile). A graph replays the whole step (embedding, 28 layers, logits, the banned-token mask,
 the sampler: penalty, temperature, top-k, the seeded draw) with one launch.
 
 What makes the step capturable:

@@ -102,6 +102,11 @@ class LongLivePipeline(WanStreamPipeline):
     def _new_state(self, **fields) -> LongLiveState:
         return LongLiveState(**fields)
 
+    def _passes(self) -> list[tuple[int, int]]:
+        cfg = self.config
+        context = cfg.sink_frames + cfg.window_frames
+        return [(cfg.chunk_frames, context)] * (len(self.schedule.steps) + 1)  # + the refresh
+
     @torch.inference_mode()
     def denoise(self, state: LongLiveState) -> torch.Tensor:
         """Generate the next chunk and write its clean K/V; returns its clean latents

@@ -101,6 +101,12 @@ class RollingForcingPipeline(WanStreamPipeline):
     def _new_state(self, **fields) -> RollingForcingState:
         return RollingForcingState(**fields)
 
+    def _passes(self) -> list[tuple[int, int]]:
+        cfg = self.config
+        window = cfg.window_blocks * cfg.block_frames
+        # the window pass reads the attention span; the exiting block's clean pass too
+        return [(window, cfg.attention_frames), (cfg.block_frames, cfg.attention_frames)]
+
     @torch.inference_mode()
     def denoise(self, state: RollingForcingState) -> torch.Tensor:
         """Roll the window until its oldest block exits; returns that block's clean latents."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -74,6 +75,7 @@ from framestream.stream.pipelines.sampling import (
     sample,
 )
 from framestream.stream.requests import DEFAULT_INSTRUCTION, UnderstandingRequest
+from framestream.stream.scheduler import StepCost
 
 __all__ = [
     "Caption",
@@ -179,6 +181,8 @@ class StreamingVLMPipeline:
     """
 
     kind = "understanding"
+    # a second's round on this device: (alone, each more in one batch) seconds; set by calibrate()
+    calibration: tuple[float, float] | None = None
 
     def __init__(
         self,
@@ -248,6 +252,59 @@ class StreamingVLMPipeline:
         """Capture the decode step's graphs for every batch size (CUDA), at load time."""
         if self._graphs is not None:
             self._graphs.capture_all()
+
+    # -- what a second costs ---------------------------------------------------------------
+
+    def calibrate(self) -> None:
+        """Time a second's round on this device, one stream alone and two in one batch, with
+        frames at the model's largest input and replies of ``max_new_tokens`` (the worst a
+        second of feed asks), for :meth:`step_cost`. A pool that holds one stream only has no
+        batch to time: each stream is then counted at the whole round."""
+        alone = self._round_seconds(1)
+        try:
+            paired = self._round_seconds(2)
+        except CacheFullError:
+            paired = 2 * alone
+        self.calibration = (alone, max(paired - alone, 0.0))
+
+    def step_cost(self, request: UnderstandingRequest) -> StepCost | None:
+        """A second of feed on this device: the calibrated round alone, and its share in a
+        batch with others; None before :meth:`calibrate`."""
+        if self.calibration is None:
+            return None
+        alone, each = self.calibration
+        return StepCost(alone, 1.0, batched_seconds=each)
+
+    def _round_seconds(self, streams: int) -> float:
+        """A round of ``streams`` streams: its prefill plus ``max_new_tokens`` decode steps."""
+        side = int(math.sqrt(self.config.max_pixels or self.model.video_max_pixels))
+        frame = np.full((side, side, 3), 128, dtype=np.uint8)
+        states = []
+        try:
+            for _ in range(streams):
+                states.append(self.open(UnderstandingRequest()))
+            timings = []
+            for second in range(3):  # the first pays the kernels' compilation; fastest counts
+                for state in states:
+                    for j in range(self.config.fps + 1):
+                        self.push_frame(state, second + j / self.config.fps, frame)
+                start = time.perf_counter()
+                self.prefill(states)
+                _synchronize(self.model.device)
+                prefilled = time.perf_counter()
+                for state in states:  # time a forward even where the model would stop at once
+                    if state.next_token == self._stop:
+                        state.next_token = 0
+                self.decode(states)
+                _synchronize(self.model.device)
+                step = time.perf_counter() - prefilled
+                timings.append(prefilled - start + step * self.config.max_new_tokens)
+                while any(state.decoding for state in states):
+                    self.decode([s for s in states if s.decoding])
+            return min(timings[1:])
+        finally:
+            for state in states:
+                self.close(state)
 
     # -- session lifecycle -----------------------------------------------------------------
 
@@ -565,3 +622,9 @@ class StreamingVLMPipeline:
 
     def _cache_view(self, step: CacheStep) -> CacheView:
         return CacheView(self.pool, step, self.model.rope, self.config.attention_backend)
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timing only)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

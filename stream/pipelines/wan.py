@@ -7,6 +7,7 @@ runs (``denoise``); everything a stream owns lives in its :class:`WanStreamState
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -30,8 +31,18 @@ from framestream.stream.kvcache import (
 )
 from framestream.stream.pipelines.base import FrameChunk, PendingChunk
 from framestream.stream.requests import GenerationRequest
+from framestream.stream.scheduler import StepCost
 
-__all__ = ["WanStreamPipeline", "WanStreamState"]
+__all__ = ["WanCalibration", "WanStreamPipeline", "WanStreamState"]
+
+
+@dataclass(frozen=True, slots=True)
+class WanCalibration:
+    """A warm step at the preset's default size, timed on this device."""
+
+    dit_seconds: float  # the DiT's passes
+    decode_seconds: float  # the streamed VAE decode of its latents
+    frames: int  # video frames the step made
 
 
 @dataclass(eq=False)
@@ -63,6 +74,7 @@ class WanStreamPipeline(ABC):
 
     config: object  # the subclass's frozen config; has fps, attention_backend, kv_cache_dtype
     kind = "generation"
+    calibration: WanCalibration | None = None  # set by calibrate()
 
     def __init__(
         self,
@@ -96,6 +108,58 @@ class WanStreamPipeline(ABC):
     @abstractmethod
     def _new_state(self, **fields) -> WanStreamState:
         """The pipeline's state for a stream opened with ``fields``."""
+
+    @abstractmethod
+    def _passes(self) -> list[tuple[int, int]]:
+        """A steady step's DiT passes as (query frames, key frames), for :meth:`step_cost`."""
+
+    # -- what a step costs -----------------------------------------------------------------
+
+    def calibrate(self, steps: int = 3) -> None:
+        """Time ``steps`` steps at the default size, the DiT and the decode apart, after a first
+        step (which pays the kernels' compilation and planning), for :meth:`step_cost`. The
+        fastest of them counts: what else the machine did meanwhile only slows a step."""
+        state = self.open(GenerationRequest("calibration"))
+        dit, decode, frames = [], [], 0
+        try:
+            self.step(state)
+            for _ in range(steps):
+                start = time.perf_counter()
+                latents = self.denoise(state)
+                if latents.is_cuda:
+                    torch.cuda.synchronize(latents.device)
+                middle = time.perf_counter()
+                frames = len(self.decode(state, latents))  # on the host when it returns
+                dit.append(middle - start)
+                decode.append(time.perf_counter() - middle)
+        finally:
+            self.close(state)
+        self.calibration = WanCalibration(min(dit), min(decode), frames)
+
+    def step_cost(self, request: GenerationRequest) -> StepCost | None:
+        """A step of ``request``'s size on this device: the calibrated step scaled by the DiT's
+        multiply-adds and the decode's pixels; None before :meth:`calibrate`."""
+        calibration = self.calibration
+        if calibration is None:
+            return None
+        default = self.models.default_size
+        size = (request.height or default[0], request.width or default[1])
+        dit = calibration.dit_seconds * self._dit_work(*size) / self._dit_work(*default)
+        pixels = (size[0] * size[1]) / (default[0] * default[1])
+        seconds = dit + calibration.decode_seconds * pixels
+        return StepCost(seconds, calibration.frames / self.config.fps)
+
+    def _dit_work(self, height: int, width: int) -> float:
+        """Multiply-adds of a steady step's DiT passes (projections, feed-forward, attention
+        to the text and to the frames' keys) at ``height`` x ``width``."""
+        rows, cols = self.models.token_grid(height, width)
+        tokens, cfg = rows * cols, self.models.dit.config
+        per_token = 6 * cfg.dim**2 + 2 * cfg.dim * cfg.ffn_dim + 2 * cfg.dim * cfg.text_len
+        work = sum(
+            q * tokens * per_token + 2 * q * tokens * kv * tokens * cfg.dim
+            for q, kv in self._passes()
+        )
+        return cfg.num_layers * work
 
     # -- session lifecycle -----------------------------------------------------------------
 

@@ -234,6 +234,9 @@ function onMessage(msg) {
     }
     case "prompt.applied": if (msg.session === gen.session) genApplied(msg); break;
     case "metrics": if (msg.session === gen.session) genMetrics(msg); break;
+    // the engine's acknowledgements: the state shown is the server's, not the button's
+    case "session.paused": if (msg.session === gen.session) genState(`paused at frame ${msg.frame}`); break;
+    case "session.resumed": if (msg.session === gen.session) genState("running"); break;
     case "caption": if (msg.session === watch.session) watchCaption(msg); break;
     default: break;
   }
@@ -411,11 +414,11 @@ function genEnded(reason, recording) {
 }
 
 $("gen-pause").addEventListener("click", () => {
-  if (send({ type: "pause", session: gen.session })) { gen.paused = true; genState("paused"); }
+  if (send({ type: "pause", session: gen.session })) { gen.paused = true; genState("pausing…"); }
   genButtons();
 });
 $("gen-resume").addEventListener("click", () => {
-  if (send({ type: "resume", session: gen.session })) { gen.paused = false; genState("running"); }
+  if (send({ type: "resume", session: gen.session })) { gen.paused = false; genState("resuming…"); }
   genButtons();
 });
 $("gen-stop").addEventListener("click", () => {
@@ -481,7 +484,9 @@ async function openSource() {
   if (source === "toyworld") {
     const seed = Math.floor(Math.random() * 2 ** 31);
     video.srcObject = null;
-    video.src = `toyworld/feed.mp4?seed=${seed}&seconds=${TOYWORLD_SECONDS}`;
+    // a <video> sends no headers of ours: the token travels in the query, as the server asks
+    const token = tokenValue() ? `&token=${encodeURIComponent(tokenValue())}` : "";
+    video.src = `toyworld/feed.mp4?seed=${seed}&seconds=${TOYWORLD_SECONDS}${token}`;
   } else if (source === "camera") {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       throw new Error("this browser offers no camera here (a camera needs https or localhost)");

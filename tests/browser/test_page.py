@@ -78,9 +78,10 @@ def test_generate_switch_prompt_and_stop(page) -> None:
     expect(second.get_by_test_id("timeline-at")).to_contain_text("on screen", timeout=WAIT)
     expect(page.get_by_test_id("gen-step")).to_contain_text("ms", timeout=WAIT)
 
-    page.get_by_test_id("gen-pause").click()
-    expect(page.get_by_test_id("gen-state")).to_have_text("paused")
+    page.get_by_test_id("gen-pause").click()  # the state shown is the server's acknowledgement
+    expect(page.get_by_test_id("gen-state")).to_have_text(re.compile(r"paused at frame \d+"))
     page.get_by_test_id("gen-resume").click()
+    expect(page.get_by_test_id("gen-state")).to_have_text("running", timeout=WAIT)
     page.get_by_test_id("gen-stop").click()
     expect(page.get_by_test_id("gen-state")).to_have_text("ended (stopped)", timeout=WAIT)
     expect(page.get_by_test_id("gen-start")).to_be_enabled()
@@ -175,6 +176,27 @@ def test_token_from_the_url_fragment_connects(browser, pipelines) -> None:
             status = page.get_by_test_id("conn-status")
             expect(status).to_have_attribute("data-state", "connected", timeout=WAIT)
             expect(page.get_by_test_id("token")).to_have_value("s3cret")
+        finally:
+            context.close()
+
+
+def test_the_toy_world_feed_plays_on_a_server_with_a_token(browser, pipelines) -> None:
+    """The feed is behind the token too: the page passes it, and commentary follows."""
+    from playwright.sync_api import expect
+
+    config = ServerConfig(port=0, static_dir=STATIC_DIR, token="s3cret")
+    with ServerThread(config, Engine(pipelines, EngineConfig())) as server:
+        context = browser.new_context()
+        context.add_init_script("navigator.mediaDevices.enumerateDevices = async () => [];")
+        try:
+            page = context.new_page()
+            page.goto(server.http_url + "#token=s3cret", timeout=WAIT)
+            page.get_by_test_id("tab-watch").click()
+            expect(page.get_by_test_id("watch-source")).to_have_value("toyworld", timeout=WAIT)
+            page.get_by_test_id("watch-start").click()
+            expect(page.get_by_test_id("caption-entry").nth(1)).to_be_visible(timeout=WAIT)
+            assert "&token=s3cret" in page.get_by_test_id("watch-video").get_attribute("src")
+            expect(page.get_by_test_id("error-banner")).to_have_count(0)
         finally:
             context.close()
 

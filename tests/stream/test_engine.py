@@ -17,6 +17,7 @@ from framestream.stream.kvcache import CacheFullError
 from framestream.stream.pipelines.base import FrameChunk, PendingChunk
 from framestream.stream.pipelines.streaming_vlm import Caption
 from framestream.stream.requests import GenerationRequest, UnderstandingRequest
+from framestream.stream.scheduler import StepCost
 
 
 @dataclass
@@ -30,11 +31,15 @@ class FakeGeneration:
 
     kind = "generation"
 
-    def __init__(self, admit: int = 100) -> None:
+    def __init__(self, admit: int = 100, cost: StepCost | None = None) -> None:
         self.config = _Config()
         self.admit = admit
+        self.cost = cost
         self.open_states: list[dict] = []
         self.closed = 0
+
+    def step_cost(self, request) -> StepCost | None:
+        return self.cost
 
     def open(self, request):
         if len(self.open_states) - self.closed >= self.admit:
@@ -85,6 +90,9 @@ class FakeUnderstanding:
 
     def open(self, request):
         return _VLMState(request.instruction)
+
+    def step_cost(self, request) -> StepCost | None:
+        return None
 
     def push_frame(self, state, timestamp, frame) -> None:
         state.seconds.append(int(timestamp))
@@ -278,14 +286,19 @@ def test_pause_holds_generation_and_switches_are_applied_between_steps() -> None
             session = await engine.open_session("gen", GenerationRequest("a"), realtime=False)
             await frames_of(session, 24)
             engine.pause(session)
+            paused = await asyncio.wait_for(session.events.get(), 5)
+            assert paused["type"] == "session.paused"
             await asyncio.sleep(0.2)
             paused_at = session.stats.frames_generated
+            assert paused["frame"] == paused_at  # a step in flight landed, no other
             await asyncio.sleep(0.3)
             assert session.stats.frames_generated == paused_at
             engine.switch_prompt(session, "b", 2)
             applied = await asyncio.wait_for(session.events.get(), 5)
             assert applied["type"] == "prompt.applied" and applied["frame"] == paused_at
             engine.resume(session)
+            resumed = await asyncio.wait_for(session.events.get(), 5)
+            assert resumed == {"type": "session.resumed", "session": session.id}
             await frames_of(session, 24)
             assert pipeline.open_states[0]["switches"] == ["b"]
             assert session.stats.frames_generated > paused_at

@@ -146,6 +146,21 @@ def test_admission_by_compute() -> None:
     assert s.load() == 0.0
 
 
+def test_batched_sessions_claim_their_share_beside_the_first() -> None:
+    s, _ = scheduler(max_load=0.9)
+    stream = StepCost(step_seconds=0.4, media_seconds=1.0, batched_seconds=0.1)
+    assert s.admit(stream, realtime=True, group=1) is None
+    s.add(Entry(1, "understanding", 1, 2.0, True, stream))
+    for id_ in range(2, 7):  # 0.4 + 5 x 0.1
+        assert s.admit(stream, realtime=True, group=1) is None
+        s.add(Entry(id_, "understanding", 1, 2.0, True, stream))
+    assert s.load() == pytest.approx(0.9)
+    refused = s.admit(stream, realtime=True, group=1)
+    assert refused is not None and "10% of the device" in refused.message
+    other = s.admit(stream, realtime=True, group=2)  # another pipeline: no batch to share
+    assert other is not None and "40% of the device" in other.message
+
+
 def test_late_realtime_steps_degrade_the_health_for_a_while() -> None:
     s, clock = scheduler(late_seconds=0.5, health_window_seconds=10.0)
     entry = generation(1)
