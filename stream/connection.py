@@ -172,7 +172,9 @@ class ConnectionHandler:
                     raise ProtocolError(
                         "wrong_direction", "understanding sessions take questions", session.id
                     )
-                self.engine.switch_prompt(session, message.prompt, message.transition_chunks)
+                self.engine.switch_prompt(
+                    session, message.prompt, message.transition_chunks, message.at_frame
+                )
             elif isinstance(message, protocol.Question):
                 if not understanding:
                     raise ProtocolError(

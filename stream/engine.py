@@ -2,7 +2,8 @@
 device thread. What runs next is :class:`~stream.scheduler.Scheduler`'s decision; the engine
 executes it (the split of vLLM v1: the scheduler touches no tensor, the engine decides nothing)::
 
-    commands (open, switch, frames, questions, pause, resume, close) drained between steps
+    commands (open, switch, frames, questions, pause, resume, close) drained between steps;
+                 a switch with ``at_frame`` waits in its session until the chunk it starts
     schedule():  the scheduler's plan: a generation step, a batched understanding prefill,
                  batched decode steps, or a short sleep (see stream.scheduler for the order)
     execute():   pipeline.step_async(state) (one chunk: 12 frames for LongLive), or the
@@ -34,7 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from framestream.stream.errors import EngineBusy, InputError, SessionRefused
@@ -112,13 +113,19 @@ class EngineConfig:
     output_queue_frames: int = 96  # undelivered frames kept per session (oldest dropped)
     lookahead_seconds: float = 1.5  # how far ahead of playback a session is generated
     max_pending_commands: int = 1024  # commands from connections not yet applied
+    max_pending_switches: int = 64  # prompt switches per session waiting for their frame
     input_queue_frames: int = 16  # input frames waiting per session (oldest dropped)
     max_load: float = 0.9  # device time realtime sessions may claim together (compute_full)
     max_step_seconds: float = 1.0  # a longer step is refused (under lookahead_seconds)
     late_seconds: float = 0.5  # a realtime step this far past its deadline is late (degraded)
 
     def __post_init__(self) -> None:
-        limits = (self.max_sessions, self.output_queue_frames, self.input_queue_frames)
+        limits = (
+            self.max_sessions,
+            self.output_queue_frames,
+            self.input_queue_frames,
+            self.max_pending_switches,
+        )
         if min(limits) <= 0 or self.lookahead_seconds <= 0 or self.max_pending_commands <= 0:
             raise ValueError(f"engine limits must be positive: {self}")
         _ = self.scheduler  # its own checks of the pacing and admission limits
@@ -149,6 +156,15 @@ class EngineStats:
     load: float = 0.0  # the device time admitted realtime sessions claim together
 
 
+@dataclass(frozen=True, slots=True)
+class _Switch:
+    """A prompt switch not yet applied."""
+
+    prompt: str
+    transition_chunks: int
+    at_frame: int | None  # the first chunk starting at or after this frame takes it; None: next
+
+
 @dataclass(eq=False)
 class _Live:
     """Engine-side state of a session (touched only by the engine thread)."""
@@ -157,6 +173,9 @@ class _Live:
     pipeline: Pipeline
     state: Any
     entry: Entry  # its scheduling, shared with the scheduler
+    # switches waiting for their frame, in the order they came: one never overtakes another, so
+    # prompt.applied follows the order of the prompt.update messages
+    switches: collections.deque[_Switch] = field(default_factory=collections.deque)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,23 +321,52 @@ class Engine:
         else:
             result.set_result(session)
 
-    def switch_prompt(self, session: Session, prompt: str, transition_chunks: int = 0) -> None:
+    def switch_prompt(
+        self,
+        session: Session,
+        prompt: str,
+        transition_chunks: int = 0,
+        at_frame: int | None = None,
+    ) -> None:
+        """Switch a generation session's prompt at its next chunk, or, with ``at_frame``, at the
+        first chunk whose first frame index is at or after it (chunk boundaries only: a frame
+        inside a chunk waits for the next one), so no chunk starting at or after ``at_frame`` is
+        made under the old prompt, however far ahead the session runs. A switch asked for a
+        frame already generated (or in flight) lands at the next chunk. Switches apply in the
+        order they came; ``prompt.applied`` says where each one landed."""
+
         def switch() -> None:
             live = self._live.get(session.id)
-            if live is not None:
-                live.pipeline.switch_prompt(live.state, prompt, transition_chunks)
-                frame = session.stats.frames_generated  # the first frame made under it
-                session.post(
-                    {
-                        "type": "prompt.applied",
-                        "session": session.id,
-                        "prompt": prompt,
-                        "frame": frame,
-                        "transition_chunks": transition_chunks,
-                    }
-                )
+            if live is None:
+                return
+            if len(live.switches) >= self.config.max_pending_switches:
+                limit = self.config.max_pending_switches
+                message = f"{limit} prompt switches already wait for their frame (refused)"
+                session.post(_error_event(session, "rate_limited", message))
+                return
+            live.switches.append(_Switch(prompt, transition_chunks, at_frame))
+            self._apply_switches(live)
 
         self._submit(switch)
+
+    def _apply_switches(self, live: _Live) -> None:
+        """Apply the waiting switches due at the session's next chunk, in order."""
+        # frames made and in flight: the index of the first frame of the next chunk
+        frame = live.entry.frames_generated + live.entry.in_flight_frames
+        while live.switches and (
+            live.switches[0].at_frame is None or live.switches[0].at_frame <= frame
+        ):
+            switch = live.switches.popleft()
+            live.pipeline.switch_prompt(live.state, switch.prompt, switch.transition_chunks)
+            live.session.post(
+                {
+                    "type": "prompt.applied",
+                    "session": live.session.id,
+                    "prompt": switch.prompt,
+                    "frame": frame,
+                    "transition_chunks": switch.transition_chunks,
+                }
+            )
 
     def push_frame(self, session: Session, timestamp: float, frame: Any) -> None:
         """Feed an understanding session one uint8 ``[H, W, 3]`` frame.
@@ -543,6 +591,7 @@ class Engine:
         """Queue the session's next chunk, then collect the chunk queued before it."""
         start = time.perf_counter()
         try:
+            self._apply_switches(live)  # a switch waiting for this chunk's first frame
             pending = live.pipeline.step_async(live.state)
         except Exception as exc:  # one session's failure must not stop the others
             self._fail([live], exc)

@@ -71,6 +71,7 @@ MAX_PROMPT = 2000  # characters of a prompt, an instruction or a question
 MAX_PREVIOUS_TEXT = 20000  # characters of an understanding session's previous_text
 MAX_REQUEST_ID = 128  # characters
 MAX_GENERATION_SEED = 2**64 - 1
+MAX_FRAME_INDEX = 2**64 - 1  # the binary header's u64 frame index
 
 ERROR_CODES = {
     "bad_json": "a text message that is not a JSON object",
@@ -228,9 +229,13 @@ class SessionStart:
 
 @dataclass(frozen=True, slots=True)
 class PromptUpdate:
+    """A validated ``prompt.update``: switch at the next chunk, or with ``at_frame`` at the first
+    chunk that starts at or after that frame index."""
+
     session: int
     prompt: str
     transition_chunks: int = 0
+    at_frame: int | None = None  # video frame index; None: at the next chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +420,12 @@ def _parse_prompt(obj: dict) -> PromptUpdate:
     transition = _field(obj, "transition_chunks", int, 0)
     if not 0 <= transition <= 64:
         raise ProtocolError("invalid_message", f"transition_chunks must be 0..64, got {transition}")
-    return PromptUpdate(_session(obj), _text(obj, "prompt", MAX_PROMPT), transition)
+    at_frame = _field(obj, "at_frame", (int, type(None)), None)
+    if at_frame is not None and not 0 <= at_frame <= MAX_FRAME_INDEX:
+        raise ProtocolError(
+            "invalid_message", f"at_frame must be a frame index in 0..2**64-1, got {at_frame!r:.50}"
+        )
+    return PromptUpdate(_session(obj), _text(obj, "prompt", MAX_PROMPT), transition, at_frame)
 
 
 # session.start params of an understanding session's sampler: name -> (low, high, type); the

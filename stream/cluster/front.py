@@ -231,8 +231,14 @@ class ClusterEngine:
             raise SessionRefused(reason, f"no engine can admit the session: {full.message}")
         raise refusal([remote.load() for remote in self._remotes])
 
-    def switch_prompt(self, session: Session, prompt: str, transition_chunks: int = 0) -> None:
-        self._send(session, Action.PROMPT, prompt, transition_chunks)
+    def switch_prompt(
+        self,
+        session: Session,
+        prompt: str,
+        transition_chunks: int = 0,
+        at_frame: int | None = None,
+    ) -> None:
+        self._send(session, Action.PROMPT, prompt, transition_chunks, at_frame)
 
     def push_frame(self, session: Session, timestamp: float, frame: Any) -> None:
         self._send(session, Action.FRAME, timestamp, frame)

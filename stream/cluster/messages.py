@@ -28,7 +28,7 @@ __all__ = ["Action", "Command", "EngineInfo", "EngineReport", "Opened", "Session
 class Action(enum.Enum):
     """What a :class:`Command` does to its session, and the ``args`` it carries."""
 
-    PROMPT = "prompt"  # (prompt, transition_chunks)
+    PROMPT = "prompt"  # (prompt, transition_chunks, at_frame or None)
     QUESTION = "question"  # (text,)
     PAUSE = "pause"  # ()
     RESUME = "resume"  # ()

@@ -309,6 +309,97 @@ def test_pause_holds_generation_and_switches_are_applied_between_steps() -> None
     run(main())
 
 
+class SwitchRecorder(FakeGeneration):
+    """Notes the first frame of the chunk each switch is applied before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.switched_at: list[tuple[str, int]] = []
+
+    def switch_prompt(self, state, prompt, transition_chunks=0) -> None:
+        super().switch_prompt(state, prompt, transition_chunks)
+        self.switched_at.append((prompt, state["frames"]))
+
+
+async def _events(session, count: int) -> list[dict]:
+    return [await asyncio.wait_for(session.events.get(), 10) for _ in range(count)]
+
+
+def test_a_switch_at_a_frame_waits_for_the_chunk_that_starts_there() -> None:
+    """Chunks of 12 frames start at 0, 12, 24, ...: a switch asked for a boundary lands on it,
+    one inside a chunk at the next boundary; one behind it waits its turn; one asked for a frame
+    already made lands at the next chunk."""
+
+    async def main():
+        pipeline = SwitchRecorder()
+        engine = Engine({"gen": pipeline}, EngineConfig(output_queue_frames=24))
+        engine.start()
+        try:
+            session = await engine.open_session("gen", GenerationRequest("a"), realtime=False)
+            engine.switch_prompt(session, "b", at_frame=48)
+            engine.switch_prompt(session, "c", 1, at_frame=50)
+            engine.switch_prompt(session, "d")  # no frame: right after the one before it
+            await frames_of(session, 84)
+            applied = await _events(session, 3)
+            assert [(e["prompt"], e["frame"]) for e in applied] == [("b", 48), ("c", 60), ("d", 60)]
+            assert applied[1]["transition_chunks"] == 1
+            assert pipeline.switched_at == [("b", 48), ("c", 60), ("d", 60)]
+            assert session.stats.frames_generated >= 84
+            engine.switch_prompt(session, "e", at_frame=12)  # long past: at the next chunk
+            (late,) = await _events(session, 1)
+            assert late["frame"] == pipeline.switched_at[-1][1] > 60
+            assert late["frame"] % 12 == 0
+        finally:
+            await engine.shutdown()
+
+    run(main())
+
+
+def test_a_realtime_session_runs_ahead_only_to_a_waiting_switch() -> None:
+    """A realtime session generates its lookahead ahead of playback (36 frames while the clock
+    stands still); a switch asked beyond that lands on its chunk once playback moves on, not
+    wherever generation has got to."""
+
+    async def main():
+        now = [100.0]
+        pipeline = SwitchRecorder()
+        engine = Engine(
+            {"gen": pipeline}, EngineConfig(lookahead_seconds=1.5), clock=lambda: now[0]
+        )
+        engine.start()
+        try:
+            session = await engine.open_session("gen", GenerationRequest("a"))
+            await frames_of(session, 36)
+            engine.switch_prompt(session, "b", at_frame=48)
+            now[0] += 2.0  # two seconds of playback: room for chunks 36 and 48
+            await frames_of(session, 24)
+            (applied,) = await _events(session, 1)
+            assert applied["frame"] == 48 and pipeline.switched_at == [("b", 48)]
+        finally:
+            await engine.shutdown()
+
+    run(main())
+
+
+def test_switches_waiting_for_their_frame_are_bounded() -> None:
+    async def main():
+        engine = Engine({"gen": FakeGeneration()}, EngineConfig(max_pending_switches=2))
+        engine.start()
+        try:
+            session = await engine.open_session("gen", GenerationRequest("a"), realtime=False)
+            for prompt in ("b", "c", "d"):
+                engine.switch_prompt(session, prompt, at_frame=10**6)
+            (refused,) = await _events(session, 1)
+            assert refused["type"] == "error" and refused["code"] == "rate_limited"
+            assert "2 prompt switches" in refused["message"]
+        finally:
+            await engine.shutdown()
+        with pytest.raises(ValueError, match="positive"):
+            EngineConfig(max_pending_switches=0)
+
+    run(main())
+
+
 def test_understanding_decode_steps_are_batched() -> None:
     async def main():
         pipeline = FakeUnderstanding()

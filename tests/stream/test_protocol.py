@@ -169,6 +169,14 @@ def test_closed_connection_refuses_everything() -> None:
             PromptUpdate(7, "a bird", 4),
         ),
         (message("prompt.update", session=7, prompt="a bird"), PromptUpdate(7, "a bird", 0)),
+        (
+            message("prompt.update", session=7, prompt="a bird", at_frame=48),
+            PromptUpdate(7, "a bird", 0, 48),
+        ),
+        (
+            message("prompt.update", session=7, prompt="a bird", at_frame=None),
+            PromptUpdate(7, "a bird", 0, None),
+        ),
         (message("question", session=2, text="what is red?"), Question(2, "what is red?")),
         (message("pause", session=1), Pause(1)),
         (message("resume", session=1), Resume(1)),
@@ -252,6 +260,11 @@ def test_invalid_hello(data: str) -> None:
         message("prompt.update", session=1, prompt="x", transition_chunks=65),
         message("prompt.update", session=1, prompt="x", transition_chunks=1.5),
         message("prompt.update", session=1, prompt="x", transition_chunks=True),
+        message("prompt.update", session=1, prompt="x", at_frame=-1),
+        message("prompt.update", session=1, prompt="x", at_frame=2**64),
+        message("prompt.update", session=1, prompt="x", at_frame=48.0),
+        message("prompt.update", session=1, prompt="x", at_frame=True),
+        message("prompt.update", session=1, prompt="x", at_frame="48"),
         message("question", session=1, text=""),
         message("question", session=1),
         message("pause", session=0),
@@ -304,6 +317,9 @@ def test_boundaries_accepted() -> None:
         message("prompt.update", session=1, prompt="x", transition_chunks=64)
     )
     assert update == PromptUpdate(1, "x", 64)
+    for frame in (0, 2**64 - 1):
+        update = connection.receive(message("prompt.update", session=1, prompt="x", at_frame=frame))
+        assert update == PromptUpdate(1, "x", 0, frame)
 
 
 def test_message_too_large() -> None:
