@@ -26,6 +26,7 @@ import collections
 import contextlib
 import logging
 import math
+import operator
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -254,13 +255,28 @@ class GenerationSession(Session):
     # -- control -----------------------------------------------------------------------------
 
     async def switch_prompt(
-        self, prompt: str, transition_chunks: int = 0, *, wait: bool = True
+        self,
+        prompt: str,
+        transition_chunks: int = 0,
+        *,
+        at_frame: int | None = None,
+        wait: bool = True,
     ) -> dict[str, Any] | None:
         """Send ``prompt.update``; with ``wait``, return its ``prompt.applied`` message (whose
         ``frame`` is the first frame made under the new prompt).
 
+        Without ``at_frame`` the prompt switches at the next chunk the server starts, which is
+        later than the frames received by however far generation runs ahead. With it, the
+        server holds the switch until the first chunk that starts at or after that frame
+        index (chunks start at fixed frames: ``prompt.applied.frame`` says which), and makes no
+        chunk from there on under the old prompt; sent after that frame was made, the switch
+        lands at the next chunk. Switches apply in the order they are sent, so several can be
+        sent ahead: start their calls as tasks in that order (each returns when its switch is
+        applied).
+
         Raises:
-            ValueError: an empty prompt or ``transition_chunks`` outside 0..64.
+            ValueError: an empty prompt, ``transition_chunks`` outside 0..64 or a negative
+                ``at_frame``.
             ServerError: the server refused the update.
             SessionEnded: the session ended first.
         """
@@ -268,14 +284,17 @@ class GenerationSession(Session):
             raise ValueError(f"prompt must not be empty, got {prompt!r}")
         if not 0 <= transition_chunks <= 64:
             raise ValueError(f"transition_chunks must be 0..64, got {transition_chunks}")
+        if at_frame is not None:
+            at_frame = _frame_index(at_frame)
         self._check_running()
         applied: asyncio.Future[dict[str, Any]] | None = None
         if wait:
             applied = asyncio.get_running_loop().create_future()
             self._switches.append(applied)
-        await self._client._send(
-            "prompt.update", session=self.id, prompt=prompt, transition_chunks=transition_chunks
-        )
+        fields: dict[str, Any] = {"transition_chunks": transition_chunks}
+        if at_frame is not None:
+            fields["at_frame"] = at_frame
+        await self._client._send("prompt.update", session=self.id, prompt=prompt, **fields)
         return await applied if applied is not None else None
 
     async def pause(self) -> None:
@@ -479,6 +498,17 @@ class UnderstandingSession(Session):
             return
         super()._end(reason, message)
         self._captions.close()
+
+
+def _frame_index(value: Any) -> int:
+    """``value`` as a frame index of the wire (an integer in 0..2**64-1; no bool, no float)."""
+    try:
+        index = operator.index(value) if not isinstance(value, bool) else -1
+    except TypeError:
+        index = -1
+    if not 0 <= index < 2**64:
+        raise ValueError(f"at_frame must be a frame index >= 0, got {value!r}")
+    return index
 
 
 def _resolve_oldest(

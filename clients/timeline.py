@@ -1,26 +1,27 @@
 """Generate a video from a timeline of prompts through a running server: ``stream timeline``.
 
 One generation session is driven from a schedule file: it starts with the first prompt, sends
-a ``prompt.update`` for each later one when the stream reaches its time, writes every frame it
-receives to an MP4 (libx264 at the session's fps) and stops after the schedule's length::
+a ``prompt.update`` for each later one ahead of time with the frame it starts at
+(``at_frame``), writes every frame it receives to an MP4 (libx264 at the session's fps) and
+stops after the schedule's length::
 
-    schedule ─ parse + validate ─> session.start(prompt 0) ─> frames ─┬─> MP4 (writer thread)
-                                                                      └─> frame S_k - 1 received:
-                                   prompt.applied {frame} <── prompt.update(prompt k)
+    schedule ─ parse + validate ─> session.start(prompt 0) ─> frames ─> MP4 (writer thread)
+                                   prompt.update(prompt k, at_frame=S_k), sent ahead
+                                   prompt.applied {frame} <── the chunk starting at or after S_k
     end: stop, then VIDEO.timeline.json (prompts, requested and applied frames, frame count)
 
 Schedules are JSON or JSONL, ours or LongLive's (with its latent switch indices); parsing and
 validation live in :mod:`clients.schedule`, whose names stay importable from here.
 
 When a switch lands: prompt ``k`` should start at frame ``S_k = ceil(t_k * fps)`` (or the
-converted LongLive frame). Its ``prompt.update`` is sent as soon as frame ``S_k - 1``
-arrives, the earliest moment the server has certainly generated ``S_k`` frames, so the switch
-never lands before ``S_k``; it lands at the next chunk the server starts, which is later by
-however far generation runs ahead of this client. Without ``--realtime`` frames are sent as soon
-as made and read as fast, so that is a chunk or two while the model is the bottleneck (more
-when the server generates faster than it sends, up to ``limits.output_queue_frames``); with
-``--realtime`` the server keeps about 1.5 s (its lookahead) ahead of playback, plus a chunk.
-The sidecar records both frames; a switch applied after the video's end is reported.
+converted LongLive frame). The schedule is known ahead, so its ``prompt.update`` goes out with
+``at_frame: S_k`` before the stream gets there (at most ``_MAX_SWITCHES_AHEAD`` wait on the
+server at once), and the server applies it at the first chunk that starts at or after ``S_k``,
+whatever the pacing and however slowly this client reads: exactly at ``S_k`` when that is a
+chunk boundary (LongLive's and Rolling Forcing's chunks start at frames 0, 9, 21, 33, ...: a
+first chunk of 9 frames, then 12), else at the next boundary, less than a chunk later. The
+sidecar records the asked and the applied frame; a switch applied after the video's end is
+reported.
 
 Frames the server or this client dropped (index gaps, with ``--realtime`` and a slow reader)
 are filled with the previous frame so that the MP4 keeps its timing; they are counted as
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import math
@@ -93,6 +95,8 @@ __all__ = [
 DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 _MAX_QUEUED_FRAMES = 1024  # encoded frames the client keeps for a slow writer (64 s at 16 fps)
 _MAX_PENDING_WRITES = 32  # decoded frames waiting for the MP4 encoder
+# switches sent ahead and not yet applied: under the server's max_pending_switches default
+_MAX_SWITCHES_AHEAD = 16
 
 
 # -- arguments -------------------------------------------------------------------------------
@@ -265,7 +269,6 @@ class _Recorder:
         self.missing = 0  # of which filled in (dropped on the way)
         self.failed: str | None = None
         self.interrupted = asyncio.Event()
-        self.switches: asyncio.Queue[int] = asyncio.Queue()
         self.pending: asyncio.Queue[np.ndarray | None] = asyncio.Queue(_MAX_PENDING_WRITES)
         self.writer = Mp4Writer(out, session.fps, args.crf)
         self.bar: Any = None
@@ -286,7 +289,11 @@ class _Recorder:
         try:
             await self.receive()
             if self.failed is None and not self.interrupted.is_set():
-                await asyncio.wait_for(self.switches.join(), self.args.timeout)
+                try:
+                    await asyncio.wait_for(asyncio.shield(switcher), self.args.timeout)
+                except TimeoutError:
+                    timeout = self.args.timeout
+                    raise TimeoutError(f"a switch was not applied within {timeout:g} s") from None
         except (ClientError, TimeoutError, WebSocketException) as exc:
             self.failed = self.failed or f"{type(exc).__name__}: {exc}"
         finally:
@@ -304,10 +311,9 @@ class _Recorder:
         return 130 if self.interrupted.is_set() else 0
 
     async def receive(self) -> None:
-        """Read frames until ``total`` are written, switching prompts on the way."""
+        """Read frames until ``total`` are written."""
         frames = self.session.frames()
         previous: np.ndarray | None = None
-        upcoming = 1  # the next prompt to switch to
         try:
             while self.written < self.total:
                 if self.failed is not None or self.interrupted.is_set():
@@ -319,11 +325,6 @@ class _Recorder:
                     return
                 except TimeoutError:
                     raise TimeoutError(f"no frame for {self.args.timeout:g} s") from None
-                # frame N arrived: the server has made N + 1 frames, so a switch sent now lands
-                # at or after N + 1
-                while upcoming < len(self.starts) and frame.index + 1 >= self.starts[upcoming]:
-                    self.switches.put_nowait(upcoming)
-                    upcoming += 1
                 if frame.index < self.written:
                     continue
                 while self.written < min(frame.index, self.total):  # a gap: repeat the last
@@ -354,32 +355,42 @@ class _Recorder:
             self.failed = self.failed or f"cannot write {self.out}: {exc}"
 
     async def switch(self) -> None:
-        """Send the queued switches in order, each after the previous one is applied."""
-        while True:
-            k = await self.switches.get()
-            entry = self.timeline.prompts[k]
-            try:
-                applied = await asyncio.wait_for(
-                    self.session.switch_prompt(entry.prompt, entry.transition_chunks),
-                    self.args.timeout,
+        """Send the switches ahead, each with its start frame (``at_frame``) and at most
+        ``_MAX_SWITCHES_AHEAD`` waiting on the server at once, and note where each landed."""
+        waiting: collections.deque[tuple[int, asyncio.Task]] = collections.deque()
+        try:
+            for k in range(1, len(self.starts)):
+                if len(waiting) == _MAX_SWITCHES_AHEAD:
+                    await self.landed(*waiting.popleft())
+                entry = self.timeline.prompts[k]
+                update = self.session.switch_prompt(
+                    entry.prompt, entry.transition_chunks, at_frame=self.starts[k]
                 )
-            except (ClientError, TimeoutError) as exc:
-                if isinstance(exc, ServerError):
-                    self.failed = self.failed or f"server error {exc.code}: {exc.message}"
-                else:
-                    self.failed = self.failed or f"prompt {k} was not applied: {exc}"
-                while not self.switches.empty():  # release a join() waiting for them
-                    self.switches.get_nowait()
-                    self.switches.task_done()
-                return
-            finally:
-                self.switches.task_done()
-            assert applied is not None
-            frame = int(applied["frame"])
-            self.applied[k] = frame
-            self.note(f"prompt {k} from frame {frame} (asked for {self.starts[k]}): {entry.prompt}")
-            if frame >= self.total:
-                self.note(f"prompt {k} came after the video's end (frame {self.total})")
+                # tasks start, and so send, in the order they are made: the server applies them
+                # in that order, and the session pairs its prompt.applied replies in that order
+                waiting.append((k, asyncio.create_task(update, name=f"timeline-switch-{k}")))
+            while waiting:
+                await self.landed(*waiting.popleft())
+        except (ClientError, WebSocketException) as exc:
+            if isinstance(exc, ServerError):
+                self.failed = self.failed or f"server error {exc.code}: {exc.message}"
+            else:
+                self.failed = self.failed or f"a prompt was not applied: {exc}"
+        finally:
+            for _, task in waiting:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in waiting), return_exceptions=True)
+
+    async def landed(self, k: int, update: asyncio.Task) -> None:
+        """Wait for switch ``k`` to be applied and note where."""
+        applied = await update
+        assert applied is not None
+        frame = int(applied["frame"])
+        self.applied[k] = frame
+        entry = self.timeline.prompts[k]
+        self.note(f"prompt {k} from frame {frame} (asked for {self.starts[k]}): {entry.prompt}")
+        if frame >= self.total:
+            self.note(f"prompt {k} came after the video's end (frame {self.total})")
 
     def ended_early(self) -> str:
         """What to say when the session ended before the video was complete."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import av
 import pytest
 
+from framestream.clients.client import StreamClient
 from framestream.clients.timeline import (
     LONGLIVE_FPS,
     PromptEntry,
@@ -322,3 +323,56 @@ def test_run_timeline_reports_a_server_error(pipelines, tmp_path: Path, capsys) 
     assert code == 1
     assert "server error unknown_pipeline:" in capsys.readouterr().err
     assert not (tmp_path / "s.mp4").exists()
+
+
+# -- switches at a frame ---------------------------------------------------------------------
+
+# the tiny Wan pipelines' chunks start at frames 0, 9, 21, 33, 45: a first chunk of 9 frames
+# (the streamed VAE's first latent makes one), then 12
+BOUNDARIES = (21, 45)
+
+
+@pytest.mark.parametrize("realtime", [False, True])
+def test_timeline_switches_land_on_the_asked_chunk_boundary(
+    pipelines, tmp_path: Path, realtime: bool
+) -> None:
+    schedule = tmp_path / "edges.jsonl"
+    lines = [{"t": 0, "prompt": "a red ball"}] + [
+        {"t": frame / 16, "prompt": f"a blue cube {frame}"} for frame in BOUNDARIES
+    ]
+    schedule.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "edges.mp4"
+    pacing = ["--realtime"] if realtime else []
+    code = run_against(
+        pipelines, str(schedule), "-o", str(out), "--size", "32x32", "--seconds", "3.5",
+        "--no-progress", *pacing,
+    )  # fmt: skip
+    assert code == 0
+    sidecar = check_sidecar(sidecar_path(out), [0, *BOUNDARIES], 56)
+    assert [p["applied_frame"] for p in sidecar["prompts"]] == [0, *BOUNDARIES]
+
+
+def test_a_switch_at_a_frame_lands_there_for_a_slow_realtime_reader(pipelines) -> None:
+    """The client reads one frame every frame period and a half while the server paces
+    playback and runs its lookahead ahead: switches sent at the start, asked for a chunk
+    boundary, land exactly there (and one inside a chunk at the next boundary)."""
+
+    async def main() -> list[int]:
+        async with running(pipelines) as srv, StreamClient.connect(srv.url) as client:
+            session = await client.generate("a red ball", height=32, width=32, realtime=True)
+            asks = [(21, "a blue cube"), (30, "a green star"), (45, "a red ball")]
+            switches = [
+                asyncio.create_task(session.switch_prompt(prompt, at_frame=frame))
+                for frame, prompt in asks
+            ]
+            frames = session.frames()
+            async for frame in frames:
+                await asyncio.sleep(1.5 / session.fps)  # slower than playback
+                if frame.index >= 48:
+                    break
+            await frames.aclose()
+            applied = await asyncio.wait_for(asyncio.gather(*switches), TIMEOUT)
+            await session.stop()
+            return [message["frame"] for message in applied]
+
+    assert asyncio.run(asyncio.wait_for(main(), TIMEOUT)) == [21, 33, 45]
