@@ -6,8 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from framestream.cli.checks import (
+    ArgumentChecks,
+    UsageError,
+    check,
+    check_device,
+    check_preset,
+)
 from framestream.cli.options import (
     KV_CACHE_DTYPE_HELP,
+    MODEL_CHECKS,
     add_model_arguments,
     device_and_dtype,
     wan_paths,
@@ -54,9 +62,51 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     generate.set_defaults(run=_generate)
 
 
+_CHECKS = ArgumentChecks(
+    outputs=("out",),
+    positive=("seconds", "cache_gb"),
+    non_negative=("seed", "transition_chunks"),
+    texts=("prompt",),
+)
+
+
+def _switches(args: argparse.Namespace) -> list:
+    """The ``--switch`` schedule, each inside the video; raises :class:`UsageError`."""
+    from framestream.stream.generate import PromptSwitch, parse_switch
+
+    switches = []
+    for text in args.switch:
+        try:
+            switch = parse_switch(text)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if switch.at_seconds >= args.seconds:
+            raise UsageError(
+                f"--switch {text!r} is at or after the end of the video ({args.seconds:g} s)"
+            )
+        switches.append(PromptSwitch(switch.at_seconds, switch.prompt, args.transition_chunks))
+    return switches
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Every argument, before a model loads; raises :class:`UsageError`."""
+    check(args, _CHECKS)
+    check(args, MODEL_CHECKS)
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and (value <= 0 or value % 16):
+            raise UsageError(f"--{name} must be a positive multiple of 16, got {value}")
+    if args.seed >= 2**64:
+        raise UsageError(f"--seed must be below 2**64, got {args.seed}")
+
+
 def _generate(args: argparse.Namespace) -> int:
+    _check(args)
+    switches = _switches(args)
+    check_device(args.device)
+    check_preset(args.preset)
     from framestream.models.registry import load_wan_models
-    from framestream.stream.generate import generate_video, parse_switch
+    from framestream.stream.generate import generate_video
     from framestream.stream.kvcache import KVCacheManager
     from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
     from framestream.stream.pipelines.rolling_forcing import (
@@ -66,8 +116,6 @@ def _generate(args: argparse.Namespace) -> int:
     from framestream.stream.requests import GenerationRequest
 
     device, dtype = device_and_dtype(args)
-    switches = [parse_switch(s) for s in args.switch]
-    switches = [type(s)(s.at_seconds, s.prompt, args.transition_chunks) for s in switches]
     try:
         if args.pipeline == "longlive":
             config = LongLiveConfig(
@@ -78,9 +126,12 @@ def _generate(args: argparse.Namespace) -> int:
                 recache_on_switch=not args.no_recache, kv_cache_dtype=args.kv_cache_dtype
             )
     except ValueError as exc:
-        print(f"stream generate: {exc}", file=sys.stderr)
+        raise UsageError(str(exc)) from None
+    try:
+        models = load_wan_models(args.preset, wan_paths(args), device=device, dtype=dtype)
+    except Exception as exc:  # a missing, corrupt or mismatched checkpoint: say which, no trace
+        print(f"stream generate: cannot load the models: {exc}", file=sys.stderr)
         return 2
-    models = load_wan_models(args.preset, wan_paths(args), device=device, dtype=dtype)
     cache_bytes = int(args.cache_gb * (1 << 30))
     if args.pipeline == "longlive":
         pipeline = LongLivePipeline(models, KVCacheManager(), cache_bytes, config)

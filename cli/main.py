@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from typing import NoReturn
 
+from framestream.cli.checks import UsageError
 from framestream.cli.generate import add_generate_parser
 from framestream.cli.serve import add_serve_parser
 from framestream.cli.tools import (
@@ -25,8 +28,16 @@ def _version(_: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Says what is wrong with the command line in one line, ``stream COMMAND: reason``, and
+    exits with 2; ``--help`` shows the usage. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stream",
         description="Real-time streaming video generation and understanding service.",
     )
@@ -51,4 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
-    return args.run(args)
+    try:
+        return args.run(args)
+    except UsageError as exc:  # found before anything loaded
+        print(f"stream {args.command}: {exc}", file=sys.stderr)
+        return 2

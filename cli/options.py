@@ -7,11 +7,13 @@ import argparse
 import os
 from pathlib import Path
 
+from framestream.cli.checks import ArgumentChecks
 from framestream.models.toyworld.embedded import DEFAULT_PRESET
 
 __all__ = [
     "DTYPES",
     "KV_CACHE_DTYPE_HELP",
+    "MODEL_CHECKS",
     "add_model_arguments",
     "device_and_dtype",
     "env",
@@ -22,6 +24,12 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 KV_CACHE_DTYPE_HELP = (
     "the generation pipelines' KV-cache rows: auto (the models' dtype, default) or fp8_e4m3 "
     "(unscaled FP8: half of bf16's bytes, twice the sessions per --cache-gb)"
+)
+
+
+# the local model paths of add_model_arguments, checked before anything loads
+MODEL_CHECKS = ArgumentChecks(
+    folders=("model_dir", "text_encoder"), files=("lora",), paths=("dit", "vae")
 )
 
 

@@ -9,8 +9,16 @@ import signal
 import sys
 from pathlib import Path
 
+from framestream.cli.checks import (
+    ArgumentChecks,
+    check,
+    check_bindable,
+    check_device,
+    check_preset,
+)
 from framestream.cli.options import (
     KV_CACHE_DTYPE_HELP,
+    MODEL_CHECKS,
     add_model_arguments,
     device_and_dtype,
     env,
@@ -50,6 +58,7 @@ ENGINE_LIMITS = (
     ("output_queue_frames", int, "frames kept per session for a slow client (oldest dropped)"),
     ("input_queue_frames", int, "input frames waiting per session (oldest dropped)"),
     ("max_pending_commands", int, "connection commands waiting for the engine (rate_limited)"),
+    ("max_pending_switches", int, "prompt switches per session waiting for their frame"),
     ("max_load", float, "share of the device realtime sessions may claim (compute_full)"),
     ("max_step_seconds", float, "a session whose one step takes longer is refused"),
     ("late_seconds", float, "a realtime step this late makes /healthz say degraded"),
@@ -224,10 +233,32 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     )
 
 
+_CHECKS = ArgumentChecks(
+    folders=("vlm_dir",),
+    made=("record_dir",),
+    positive=(
+        "cache_gb",
+        "vlm_cache_gb",
+        "max_sessions",
+        "max_sessions_per_connection",
+        "max_message_bytes",
+        "max_frame_pixels",
+        "toyworld_feed_max_seconds",
+    ),
+)
+
+
+def _check(args: argparse.Namespace) -> None:
+    """The paths and numbers, before anything heavy is imported; raises :class:`UsageError`."""
+    check(args, _CHECKS)
+    check(args, MODEL_CHECKS)
+    if not args.no_page:
+        check(args, ArgumentChecks(folders=("static_dir",)))
+
+
 def _serve(args: argparse.Namespace) -> int:
+    _check(args)
     from framestream.stream.config import ServerConfig
-    from framestream.stream.engine import Engine, EngineConfig
-    from framestream.stream.service import ServiceModels, build_pipelines
 
     try:
         config = ServerConfig(
@@ -244,6 +275,17 @@ def _serve(args: argparse.Namespace) -> int:
             record_dir=args.record_dir,
             **_given(args, SERVER_LIMITS),
         )
+    except ValueError as exc:
+        print(f"stream serve: {exc}", file=sys.stderr)
+        return 2
+    check_bindable(config.host, config.port)  # a port in use is found before the models load
+    if not args.cluster:  # on a cluster the device is the engines', not this front's
+        check_device(args.device)
+    check_preset(args.preset)
+    from framestream.stream.engine import Engine, EngineConfig
+    from framestream.stream.service import ServiceModels, build_pipelines
+
+    try:
         engine_config = EngineConfig(max_sessions=args.max_sessions, **_given(args, ENGINE_LIMITS))
         cluster = _cluster_config(args)
     except ValueError as exc:

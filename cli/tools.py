@@ -8,6 +8,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from framestream.cli.checks import ArgumentChecks, UsageError, check, check_device, check_preset
 from framestream.cli.options import DTYPES, device_and_dtype
 
 __all__ = [
@@ -48,8 +49,23 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(run=lambda _: evaluate.print_help() or 2)
 
 
+_INF_STREAMS_CHECKS = ArgumentChecks(
+    folders=("data", "vlm_dir"),
+    files=("metadata", "score_windows"),
+    paths=("answers",),
+    made=("out", "judge_cache"),
+    positive=("cache_gb", "timeout"),
+    non_negative=("judge_backoff",),
+)
+
+
 def _eval_inf_streams(args: argparse.Namespace) -> int:
     from framestream.evals.inf_streams.cli import run_inf_streams
+
+    check(args, _INF_STREAMS_CHECKS)
+    if not 1 <= args.quality <= 100:
+        raise UsageError(f"--quality must be 1..100, got {args.quality}")
+    check_device(args.device)
 
     return run_inf_streams(args)
 
@@ -57,11 +73,18 @@ def _eval_inf_streams(args: argparse.Namespace) -> int:
 def _eval_fidelity(args: argparse.Namespace) -> int:
     from framestream.evals.fidelity.cli import run
 
+    check(
+        args,
+        ArgumentChecks(folders=("longlive", "rolling_forcing", "streaming_vlm"), outputs=("out",)),
+    )
+
     return run(args)
 
 
 def _eval_toy_inf_streams(args: argparse.Namespace) -> int:
     from framestream.evals.inf_streams.cli import run_toy
+
+    check(args, ArgumentChecks(made=("out",)))
 
     return run_toy(args)
 
@@ -78,10 +101,38 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.set_defaults(run=_bench)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from framestream.evals.bench.cli import run
+_BENCH_CHECKS = ArgumentChecks(
+    folders=("model_dir", "vlm_dir"),
+    made=("out",),
+    positive=("threads", "chunks", "vlm_seconds", "rounds", "service_chunks", "engines"),
+    non_negative=("warmup", "vlm_warmup", "switches", "new_sessions"),
+    counts=("streams", "clients"),
+)
 
+
+def _bench(args: argparse.Namespace) -> int:
+    from framestream.evals.bench.cli import SUITES, run
+
+    if args.action == "plot":
+        check(args, ArgumentChecks(files=("records",)))
+    if args.action is not None:
+        return run(args)
+    check(args, _BENCH_CHECKS)
+    suites = [name.strip() for name in args.suite.split(",") if name.strip()]
+    if not suites or set(suites) - set(SUITES):
+        raise UsageError(f"--suite takes names of {', '.join(SUITES)}, got {args.suite!r}")
+    if args.size is not None:
+        _size(args.size)
+    check_device(args.device)
+    check_preset(args.preset)
     return run(args)
+
+
+def _size(text: str) -> None:
+    """``--size HEIGHTxWIDTH``: positive multiples of 16."""
+    parts = [part.strip() for part in text.lower().split("x")]
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 and int(p) % 16 == 0 for p in parts):
+        raise UsageError(f"--size takes HEIGHTxWIDTH in multiples of 16, got {text!r}")
 
 
 def add_timeline_parser(commands: argparse._SubParsersAction) -> None:
@@ -98,7 +149,14 @@ def add_timeline_parser(commands: argparse._SubParsersAction) -> None:
 def _timeline(args: argparse.Namespace) -> int:
     from framestream.clients.timeline import run_timeline
 
+    check(args, ArgumentChecks(outputs=("out",)))
+    _websocket_url(args.url)
     return asyncio.run(run_timeline(args))
+
+
+def _websocket_url(url: str) -> None:
+    if not url.startswith(("ws://", "wss://")):
+        raise UsageError(f"--url must be a ws:// or wss:// URL, got {url!r}")
 
 
 def add_caption_parser(commands: argparse._SubParsersAction) -> None:
@@ -117,13 +175,27 @@ def add_caption_parser(commands: argparse._SubParsersAction) -> None:
     caption.set_defaults(run=_caption, url=None)
 
 
+_CAPTION_CHECKS = ArgumentChecks(
+    folders=("vlm_dir",), outputs=("vtt", "srt", "out_mp4"), non_negative=("camera",)
+)
+
+
 def _caption(args: argparse.Namespace) -> int:
     """The commentary tool of clients/, through the server at --url, or else through one started
-    here on a free loopback port (the tiny default, or --vlm-dir)."""
-    from framestream.clients.caption import run_caption
+    here on a free loopback port (the tiny default, or --vlm-dir); the arguments and the video
+    file are checked before either."""
+    from framestream.clients.caption import run_caption, video_problem
 
+    check(args, _CAPTION_CHECKS)
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise UsageError(f"--quality must be 1..100, got {args.quality}")
+    problem = video_problem(args.video) if args.video is not None else None
+    if problem is not None:
+        raise UsageError(problem)
     if args.url is not None:
+        _websocket_url(args.url)
         return asyncio.run(run_caption(args))
+    check_device(args.device)
     from framestream.stream.config import ServerConfig
     from framestream.stream.engine import Engine
     from framestream.stream.server import build_server

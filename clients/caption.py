@@ -63,6 +63,7 @@ __all__ = [
     "parse_question",
     "run_caption",
     "subtitle_cues",
+    "video_problem",
     "write_srt",
     "write_vtt",
 ]
@@ -232,6 +233,27 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
+
+
+def video_problem(location: str) -> str | None:
+    """What keeps a local video file from being read (it is missing, not a video, or has no
+    video stream), in words naming it; None when it opens with a video stream, or for a URL
+    (a network stream is opened only when the run starts)."""
+    if _is_url(location):
+        return None
+    path = Path(location.removeprefix("file://"))
+    if not path.exists():
+        return f"{location}: no such file"
+    if not path.is_file():
+        return f"{location}: not a file"
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return f"{location} has no video stream"
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        return f"{location} is not a readable video ({reason})"
+    return None
 
 
 class _VideoSource:
@@ -592,12 +614,18 @@ def _open_source(args: argparse.Namespace) -> Any:
 
 async def run_caption(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run the ``caption`` command (arguments from :func:`add_caption_arguments`); returns the
-    exit code: 0 when every caption of the feed arrived, 1 on an error (reported on stderr).
+    exit code: 0 when every caption of the feed arrived, 2 for a bad argument (a video file
+    that is missing or unreadable, found before connecting), 1 on an error (reported on
+    stderr).
 
     Captions are printed to ``out`` (default: stdout)."""
     if args.quality is not None and not 1 <= args.quality <= 100:
         print(f"stream caption: --quality must be 1..100, got {args.quality}", file=sys.stderr)
-        return 1
+        return 2
+    problem = video_problem(args.video) if args.video is not None else None
+    if problem is not None:
+        print(f"stream caption: {problem}", file=sys.stderr)
+        return 2
     try:
         source = await asyncio.to_thread(_open_source, args)
     except (ClientError, OSError, av.FFmpegError) as exc:

@@ -45,11 +45,20 @@ def generate_video(
 ) -> int:
     """Generate ``seconds`` of video, switching prompts on schedule; returns frames written.
 
-    A switch takes effect at the first chunk that starts at or after its time. Exactly
-    ``round(seconds * fps)`` frames are written.
+    A switch takes effect at the first chunk that starts at or after its time; one whose chunk
+    would start after the last frame is logged as not applied. Exactly ``round(seconds * fps)``
+    frames are written.
+
+    Raises:
+        ValueError: ``seconds`` is not positive, or a switch is at or after the end.
     """
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
+    late = [s for s in switches if s.at_seconds >= seconds]
+    if late:
+        raise ValueError(
+            f"a switch at {late[0].at_seconds:g} s is at or after the end ({seconds:g} s)"
+        )
     pending = sorted(switches, key=lambda s: s.at_seconds)
     state = pipeline.open(request)
     fps = pipeline.config.fps
@@ -70,6 +79,12 @@ def generate_video(
                 frames = chunk.frames[: total - writer.frames_written]
                 writer.write(frames)
                 bar.update(len(frames))
+            for switch in pending:
+                logger.warning(
+                    "not applied: the chunk after %g s starts past the last frame: %s",
+                    switch.at_seconds,
+                    switch.prompt,
+                )
             return writer.frames_written
     finally:
         pipeline.close(state)

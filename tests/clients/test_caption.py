@@ -235,10 +235,32 @@ def test_run_caption_reports_a_refused_session(vlm, tmp_path: Path, capsys) -> N
     assert "unknown_pipeline" in capsys.readouterr().err
 
 
-def test_run_caption_reports_a_missing_file(tmp_path: Path, capsys) -> None:
-    args = parse_args("--video", str(tmp_path / "missing.mp4"), "--url", "ws://127.0.0.1:9/ws")
-    assert asyncio.run(asyncio.wait_for(run_caption(args), TIMEOUT)) == 1
-    assert "cannot open" in capsys.readouterr().err
+def test_run_caption_refuses_a_missing_or_unreadable_file_before_connecting(
+    tmp_path: Path, capsys
+) -> None:
+    missing = tmp_path / "missing.mp4"
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x01 not a video " * 64)
+    audio = tmp_path / "tone.wav"
+    with av.open(str(audio), "w") as container:  # a media file without a video stream
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), layout="mono")
+        frame.rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    expected = {
+        missing: f"stream caption: {missing}: no such file",
+        corrupt: f"stream caption: {corrupt} is not a readable video (",
+        audio: f"stream caption: {audio} has no video stream",
+        tmp_path: f"stream caption: {tmp_path}: not a file",
+    }
+    for path, message in expected.items():
+        # nothing listens on the URL: the file is refused before connecting
+        args = parse_args("--video", str(path), "--url", "ws://127.0.0.1:9/ws")
+        assert asyncio.run(asyncio.wait_for(run_caption(args), TIMEOUT)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err
+        assert "Errno" not in err
 
 
 # -- the sampler ------------------------------------------------------------------------------
