@@ -2,8 +2,9 @@
 
 Frames are read from the source, sampled at the server's rate, downscaled and sent to an
 understanding session; its captions (one a second) are printed as they arrive and, on request,
-written as WebVTT / SubRip subtitles or burnt into a copy of the video (to watch them live over
-the video, use the browser page's Watch tab: the OpenCV here is the headless build)::
+written as WebVTT / SubRip subtitles or under a copy of the video, scaled up to be read (to watch
+them live over the video, use the browser page's Watch tab: the OpenCV here is the headless
+build)::
 
     source ─ decode ─┬─ sampler (newest frame of each 1/fps slot) ─ downscale ─ send_frame ─> server
     (thread)         └─ --out-mp4: frames wait for their second's caption, then drawn + encoded
@@ -55,8 +56,11 @@ from framestream.clients.interrupt import first_interrupt
 from framestream.clients.video import Mp4Writer
 
 __all__ = [
+    "MIN_CAPTIONED_WIDTH",
+    "CaptionLayout",
     "Question",
     "add_caption_arguments",
+    "caption_frame",
     "fit_size",
     "format_timestamp",
     "main",
@@ -224,7 +228,11 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--vtt", type=Path, metavar="PATH", help="write WebVTT subtitles")
     out.add_argument("--srt", type=Path, metavar="PATH", help="write SubRip subtitles")
     out.add_argument(
-        "--out-mp4", type=Path, metavar="PATH", help="write the video with the captions drawn on"
+        "--out-mp4",
+        type=Path,
+        metavar="PATH",
+        help=f"write the video, scaled up to at least {MIN_CAPTIONED_WIDTH} px wide, with each "
+        "second's caption in a band below it",
     )
 
 
@@ -412,31 +420,106 @@ def write_srt(path: Path, captions: list[Caption]) -> None:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
-def draw_caption(frame: np.ndarray, text: str) -> np.ndarray:
-    """A copy of RGB ``frame`` with ``text`` wrapped and drawn at the bottom (white on a black
-    outline)."""
-    out = np.ascontiguousarray(frame).copy()
-    text = _clean(text)
-    if not text:
-        return out
-    height, width = out.shape[:2]
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, width / 1200)
-    thickness = max(1, round(scale * 2))
-    margin = max(2, width // 50)
+MIN_CAPTIONED_WIDTH = 512  # --out-mp4 scales a narrower video up to this wide, to be read
+_BAND_LINES = 3  # lines of caption the band under the picture holds
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionLayout:
+    """Where ``--out-mp4`` puts a frame of ``width`` x ``height`` and its caption::
+
+    +---------------------------+
+    |  the frame, scaled up by  |  height * factor
+    |  a whole factor (nearest) |
+    +---------------------------+
+    |  caption, wrapped, white  |  band: _BAND_LINES lines on black
+    +---------------------------+
+            width * factor
+    """
+
+    factor: int  # the frame is scaled up by this
+    width: int  # of the output, pixels
+    picture_height: int  # rows of the scaled frame
+    band_height: int  # rows of the caption band below it
+    font_scale: float
+    thickness: int
+    margin: int  # pixels around the text
+    line_height: int  # pixels from one baseline to the next
+
+    @classmethod
+    def of(cls, width: int, height: int) -> CaptionLayout:
+        factor = max(1, math.ceil(MIN_CAPTIONED_WIDTH / width))
+        out_width = width * factor
+        scale = out_width / 800  # Hershey glyphs read well at this size on such a width
+        thickness = max(1, round(scale * 2))
+        margin = max(4, out_width // 64)
+        (_, text_height), baseline = cv2.getTextSize("Ag", _FONT, scale, thickness)
+        line_height = text_height + baseline + max(2, text_height // 2)
+        band = 2 * margin + _BAND_LINES * line_height
+        return cls(factor, out_width, height * factor, band, scale, thickness, margin, line_height)
+
+    @property
+    def height(self) -> int:
+        return self.picture_height + self.band_height
+
+
+def _wrap(text: str, layout: CaptionLayout) -> list[str]:
+    """``text`` in lines that fit the band's width; past its last line, cut with "..."."""
+    room = layout.width - 2 * layout.margin
+
+    def fits(line: str) -> bool:
+        return cv2.getTextSize(line, _FONT, layout.font_scale, layout.thickness)[0][0] <= room
+
     lines: list[str] = []
     for word in text.split():
-        candidate = f"{lines[-1]} {word}" if lines else word
-        fits = cv2.getTextSize(candidate, font, scale, thickness)[0][0] <= width - 2 * margin
-        if lines and fits:
-            lines[-1] = candidate
+        while not fits(word) and len(word) > 1:  # a word wider than the band: cut it
+            cut = len(word) - 1
+            while cut > 1 and not fits(word[:cut]):
+                cut -= 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        if lines and fits(f"{lines[-1]} {word}"):
+            lines[-1] = f"{lines[-1]} {word}"
         else:
             lines.append(word)
-    line_height = cv2.getTextSize("Ag", font, scale, thickness)[0][1] * 3 // 2 + 1
-    y = height - margin
-    for line in reversed(lines):
-        for color, weight in (((0, 0, 0), thickness + 2), ((255, 255, 255), thickness)):
-            cv2.putText(out, line, (margin, y), font, scale, color, weight, cv2.LINE_AA)
-        y -= line_height
+    if len(lines) > _BAND_LINES:
+        lines = lines[:_BAND_LINES]
+        last = lines[-1]
+        while last and not fits(last + "..."):
+            last = last[:-1]
+        lines[-1] = last.rstrip() + "..."
+    return lines
+
+
+def caption_frame(frame: np.ndarray, text: str) -> np.ndarray:
+    """RGB ``frame`` scaled up by a whole factor to at least :data:`MIN_CAPTIONED_WIDTH`
+    pixels wide (nearest neighbour, so small frames stay sharp), above a black band holding
+    ``text`` wrapped to its width in white; every frame of a video gets the same size."""
+    height, width = frame.shape[:2]
+    layout = CaptionLayout.of(width, height)
+    out = np.zeros((layout.height, layout.width, 3), np.uint8)
+    picture = np.ascontiguousarray(frame)
+    if layout.factor > 1:
+        picture = cv2.resize(
+            picture,
+            (layout.width, layout.picture_height),
+            interpolation=cv2.INTER_NEAREST,
+        )
+    out[: layout.picture_height] = picture
+    y = layout.picture_height + layout.margin
+    for line in _wrap(_clean(text), layout):
+        y += layout.line_height
+        cv2.putText(
+            out,
+            line,
+            (layout.margin, y - layout.line_height // 4),
+            _FONT,
+            layout.font_scale,
+            (255, 255, 255),
+            layout.thickness,
+            cv2.LINE_AA,
+        )
     return out
 
 
@@ -596,7 +679,7 @@ class _Captioner:
             ready = []
             while self.overlay and self.overlay[0][0] < until - 1e-6:
                 timestamp, frame = self.overlay.popleft()
-                ready.append(draw_caption(frame, self.texts.get(math.floor(timestamp), "")))
+                ready.append(caption_frame(frame, self.texts.get(math.floor(timestamp), "")))
             if ready:
                 await asyncio.to_thread(_write_all, self.writer, ready)
 

@@ -15,14 +15,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
 from framestream.clients.caption import (
+    CaptionLayout,
     Question,
     _Sampler,
+    _wrap,
     add_caption_arguments,
-    draw_caption,
+    caption_frame,
     fit_size,
     format_timestamp,
     parse_question,
@@ -32,6 +35,7 @@ from framestream.clients.caption import (
     write_vtt,
 )
 from framestream.clients.client import Caption
+from framestream.clients.video import Mp4Writer
 from framestream.models.qwen_vl_tiny import tiny_qwen_vl
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
@@ -122,13 +126,51 @@ def test_timestamps_and_subtitle_files(tmp_path: Path) -> None:
     assert srt.count("-->") == 3
 
 
-def test_draw_caption_marks_only_the_bottom() -> None:
-    frame = np.full((64, 96, 3), 100, np.uint8)
-    drawn = draw_caption(frame, "a long commentary that has to wrap over several lines here")
-    assert drawn.shape == frame.shape and not np.array_equal(drawn, frame)
-    assert np.array_equal(drawn[:8], frame[:8])  # the text sits at the bottom
-    assert np.array_equal(draw_caption(frame, "  "), frame)
-    assert np.array_equal(frame, np.full((64, 96, 3), 100, np.uint8))  # not drawn in place
+def band_text_pixels(image: np.ndarray, layout: CaptionLayout) -> int:
+    """Bright pixels in the caption band (text is white on black)."""
+    return int((image[layout.picture_height :].max(axis=-1) > 128).sum())
+
+
+def test_caption_frame_scales_up_and_writes_below() -> None:
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    text = "a long commentary about the red circle that has to wrap over several lines " * 3
+    out = caption_frame(frame, text)
+    layout = CaptionLayout.of(64, 64)
+    assert layout.factor == 8 and out.shape == (layout.height, 512, 3)
+    assert layout.band_height > 0 and layout.picture_height == 512
+    # the picture is the frame, each pixel an 8x8 block; nothing is drawn over it
+    assert np.array_equal(out[: layout.picture_height : 8, ::8], frame)
+    assert band_text_pixels(out, layout) > 500
+    assert band_text_pixels(caption_frame(frame, "  "), layout) == 0  # a silent second
+    assert caption_frame(frame, "x").shape == out.shape  # one size for every frame
+    wide = caption_frame(np.zeros((64, 1024, 3), np.uint8), "a")
+    assert wide.shape[1] == 1024  # wide enough already: not scaled
+
+
+def test_caption_text_wraps_inside_the_band() -> None:
+    layout = CaptionLayout.of(64, 64)
+    lines = _wrap("word " * 200 + "x" * 300, layout)
+    assert len(lines) == 3 and lines[-1].endswith("...")
+    room = layout.width - 2 * layout.margin
+    for line in lines + _wrap("y" * 300, layout):
+        width = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, layout.font_scale, layout.thickness)
+        assert width[0][0] <= room, line
+
+
+def test_out_mp4_decodes_at_the_scaled_size_with_text_in_the_band(tmp_path: Path) -> None:
+    path = tmp_path / "captioned.mp4"
+    writer = Mp4Writer(path, 8)
+    frame = np.full((64, 64, 3), 60, np.uint8)
+    for i in range(8):
+        writer.write(caption_frame(frame, "a red circle moves right" if i >= 4 else ""))
+    writer.close()
+    layout = CaptionLayout.of(64, 64)
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == 8
+    assert decoded[0].shape == (layout.height + layout.height % 2, 512, 3)
+    assert band_text_pixels(decoded[0], layout) < 50  # silent: an empty band (codec noise)
+    assert band_text_pixels(decoded[-1], layout) > 300
 
 
 # -- end to end ------------------------------------------------------------------------------
@@ -216,7 +258,9 @@ def test_run_caption_on_a_file(vlm, tmp_path: Path) -> None:
         stream = container.streams.video[0]
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         assert stream.average_rate == 8
-    assert len(decoded) == frames and decoded[0].shape == (64, 96, 3)
+    layout = CaptionLayout.of(96, 64)
+    height = layout.height + layout.height % 2  # H.264 pads to even
+    assert len(decoded) == frames and decoded[0].shape == (height, 576, 3)
 
 
 def test_run_caption_reports_a_refused_session(vlm, tmp_path: Path, capsys) -> None:
