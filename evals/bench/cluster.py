@@ -32,8 +32,14 @@ from typing import Any
 from framestream.evals.bench.console import progress
 from framestream.evals.bench.loaders import ModelShelf, Target, release_memory
 from framestream.evals.bench.record import Series, Variant, Workload
-from framestream.evals.bench.service import Chunking, delivered_fps, direct_fps, longlive_for
-from framestream.evals.bench.timing import Clock
+from framestream.evals.bench.service import (
+    Chunking,
+    Throughput,
+    delivered_fps,
+    direct_fps,
+    longlive_for,
+)
+from framestream.evals.bench.timing import Clock, Difference
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig, Pipeline
 from framestream.stream.server import build_server
@@ -70,7 +76,7 @@ def run_cluster(shelf: ModelShelf, settings: ClusterSettings) -> Iterator[tuple[
             f"{torch.cuda.device_count()} visible"
         )
     counts = sorted(set(settings.clients))
-    rates: dict[str, dict[int, float]] = {}
+    rates: dict[str, dict[int, Throughput]] = {}
     joined = not ray.is_initialized()
     if joined:  # a cluster of this machine; a test may have started one already
         ray.init(
@@ -119,8 +125,9 @@ def run_cluster(shelf: ModelShelf, settings: ClusterSettings) -> Iterator[tuple[
     yield "longlive_engines", Workload(title, config, variants, ours)
     hop = _variant("ray_1", rates["ray_1"], counts)
     for n in counts:
-        extra = 1e3 / rates["ray_1"][n] - 1e3 / rates["local"][n]
-        hop.add_figure(f"hop_ms_{n}", extra, "ms", f"the Ray hop per frame, {n} clients")
+        ray, local = rates["ray_1"][n], rates["local"][n]
+        extra = Difference.of(1e3 / ray.fps - 1e3 / local.fps, ray.ms_per_frame, local.ms_per_frame)
+        hop.add_difference(f"hop_ms_{n}", extra, "ms", f"the Ray hop per frame, {n} clients")
     variants = {
         "ray_1": hop,
         "local": _variant("local", rates["local"], counts),
@@ -137,17 +144,17 @@ _DESCRIPTIONS = {
 }
 
 
-def _variant(name: str, by_count: Mapping[int, float], counts: list[int]) -> Variant:
+def _variant(name: str, by_count: Mapping[int, Throughput], counts: list[int]) -> Variant:
     description = _DESCRIPTIONS.get(name) or (
         f"the front over {name.removeprefix('ray_')} engine actors, sessions placed least-loaded"
     )
     variant = Variant(description)
     for n in counts:
-        fps = by_count[n]
+        fps = by_count[n].fps
         variant.add_figure(f"fps_{n}", fps, "fps", f"frames/s delivered to {n} clients")
         variant.add_figure(f"ms_per_frame_{n}", 1e3 / fps, "ms", f"per frame, {n} clients")
     variant.series["fps_by_clients"] = Series(
-        "frames/s delivered", "fps", "clients", counts, [by_count[n] for n in counts]
+        "frames/s delivered", "fps", "clients", counts, [by_count[n].fps for n in counts]
     )
     return variant
 
@@ -158,7 +165,7 @@ def _sweep(
     settings: ClusterSettings,
     chunking: Chunking,
     what: str,
-) -> dict[int, float]:
+) -> dict[int, Throughput]:
     """Delivered frames/s for each client count, through a fresh front each (``front()``
     serves and yields its URL)."""
     rates = {}
@@ -172,7 +179,7 @@ async def _served(
     n: int,
     settings: ClusterSettings,
     chunking: Chunking,
-) -> float:
+) -> Throughput:
     async with front() as url:
         return await delivered_fps(url, n, _FORMAT, settings.size, settings.chunks, chunking)
 

@@ -9,9 +9,9 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from framestream.evals.bench.record import Workload
+from framestream.evals.bench.record import Figure, Workload
 
-__all__ = ["format_value", "progress", "workload_table"]
+__all__ = ["format_figure", "format_value", "progress", "workload_table"]
 
 T = TypeVar("T")
 
@@ -34,16 +34,24 @@ def format_value(value: float | bool | None, unit: str) -> str:
     return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
+def format_figure(figure: Figure) -> str:
+    """A figure's value; a difference smaller than its measurements' spread reads "within
+    noise" (with the spread), since neither its size nor its sign can be told."""
+    if figure.within_noise:
+        return f"within noise (±{format_value(figure.spread, figure.unit)})"
+    return format_value(figure.value, figure.unit)
+
+
 def workload_table(workload: Workload) -> str:
     ours = workload.variants[workload.ours]
     ratios = workload.ratios()
     header = ["figure", "unit", workload.ours] + [f"{b} (ours/it)" for b in workload.baselines]
     rows = [header]
     for name, figure in ours.figures.items():
-        row = [name, figure.unit, format_value(figure.value, figure.unit)]
+        row = [name, figure.unit, format_figure(figure)]
         for baseline in workload.baselines:
             theirs = workload.variants[baseline].figures.get(name)
-            cell = "-" if theirs is None else format_value(theirs.value, theirs.unit)
+            cell = "-" if theirs is None else format_figure(theirs)
             if name in ratios[baseline]:
                 cell += f" ({ratios[baseline][name]:.2f}x)"
             row.append(cell)

@@ -14,7 +14,9 @@
 A figure is one number (a median, a percentile, a count); a series is what it summarises
 (``y`` against ``x``: milliseconds per chunk against the chunk index). Every ratio is ours
 divided by the baseline, for every numeric figure both variants have, whatever its unit: below
-1 means fewer milliseconds or bytes, above 1 more frames per second.
+1 means fewer milliseconds or bytes, above 1 more frames per second. A figure that is a
+difference of two measurements (a stall, an overhead) keeps their spread and ``within_noise``;
+one within noise gets no ratio.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # timing imports torch; a record is read without it
+    from framestream.evals.bench.timing import Difference
 
 __all__ = ["SCHEMA", "BenchRecord", "Figure", "RunInfo", "Series", "Variant", "Workload"]
 
@@ -47,11 +52,15 @@ class Series:
 
 @dataclass(slots=True)
 class Figure:
-    """One reported number."""
+    """One reported number. A figure that is the difference of two measurements also keeps
+    the spread of those measurements, and whether it is within it (then it says nothing: it is
+    printed as "within noise", and no ratio is taken of it)."""
 
     label: str  # e.g. "DiT ms per chunk, median of the steady chunks"
     unit: str
     value: float | int | bool | None  # None: not measurable in this run (said in the label)
+    spread: float | None = None  # a difference's: the larger interquartile range of its samples
+    within_noise: bool | None = None  # a difference's: |value| <= spread; None: not a difference
 
 
 @dataclass(slots=True)
@@ -64,6 +73,12 @@ class Variant:
 
     def add_figure(self, name: str, value: float | bool | None, unit: str, label: str) -> None:
         self.figures[name] = Figure(label, unit, value)
+
+    def add_difference(self, name: str, difference: Difference, unit: str, label: str) -> None:
+        """A figure that is one measurement minus another (see :class:`Figure`)."""
+        self.figures[name] = Figure(
+            label, unit, difference.value, difference.spread, difference.within_noise
+        )
 
     def value(self, name: str) -> float | bool | None:
         figure = self.figures.get(name)
@@ -88,7 +103,8 @@ class Workload:
         return [name for name in self.variants if name != self.ours]
 
     def ratios(self) -> dict[str, dict[str, float]]:
-        """``ours / baseline`` for every finite, non-zero numeric figure both have."""
+        """``ours / baseline`` for every finite, non-zero numeric figure both have, unless
+        either is a difference within noise."""
         ours = self.variants[self.ours]
         out = {}
         for name in self.baselines:
@@ -99,6 +115,8 @@ class Workload:
                 if _number(mine := figure.value)
                 and _number(theirs := baseline.value(key))
                 and theirs != 0
+                and not figure.within_noise
+                and not baseline.figures[key].within_noise
             }
         return out
 

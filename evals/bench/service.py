@@ -8,7 +8,10 @@ times the arrivals of the first frames of its next ``chunks`` chunks, and keeps 
 all are done, so no client runs alone at either end. Delivered frames/s is the sum of the
 clients' rates. The baseline ``direct`` steps N sessions in turn in this process, no server,
 before and after the served runs (the faster of the two counts). Per frame, the server's
-overhead is ``1000 / served fps - 1000 / direct fps`` at the same N.
+overhead is ``1000 / served fps - 1000 / direct fps`` at the same N; it reads "within noise"
+when smaller than the larger interquartile range of the two samples behind it (milliseconds
+per frame of each served chunk over all clients, of each direct round of the N sessions, both
+direct runs).
 On a CPU the engine, the encoder threads and the clients share the cores: read the ratios.
 """
 
@@ -26,7 +29,7 @@ from framestream.evals.bench.console import progress
 from framestream.evals.bench.generation import PROMPTS
 from framestream.evals.bench.loaders import ModelShelf, release_memory
 from framestream.evals.bench.record import Series, Variant, Workload
-from framestream.evals.bench.timing import Clock
+from framestream.evals.bench.timing import Clock, Difference
 from framestream.models.registry import WanModels
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
@@ -39,6 +42,7 @@ __all__ = [
     "FORMATS",
     "Chunking",
     "ServiceSettings",
+    "Throughput",
     "delivered_fps",
     "direct_fps",
     "longlive_for",
@@ -48,6 +52,18 @@ __all__ = [
 FORMATS = ("jpeg", "png", "raw", "h264")
 DIRECT = "direct"
 _SESSION_FRAMES = 16  # latent frames a LongLive session can hold (3 sink + 9 window + slack)
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """Frames a second of a run, and the sample of milliseconds per frame behind it."""
+
+    fps: float  # over the whole run
+    ms_per_frame: list[float]  # one per round (direct) or per chunk over all clients (served)
+
+    def faster(self, other: Throughput) -> Throughput:
+        """The faster run's rate, with both runs' samples (their scatter is the noise)."""
+        return Throughput(max(self.fps, other.fps), self.ms_per_frame + other.ms_per_frame)
 
 
 @dataclass(frozen=True)
@@ -81,7 +97,7 @@ def run_service(shelf: ModelShelf, settings: ServiceSettings) -> Iterator[tuple[
     pipe = longlive_for(models, max(settings.clients), settings.size)
     counts = sorted(set(settings.clients))
     variants: dict[str, Variant] = {}
-    rates: dict[str, dict[int, float]] = {DIRECT: {}}
+    rates: dict[str, dict[int, Throughput]] = {DIRECT: {}}
     try:
         clock = Clock(models.device)
         for n in counts:
@@ -92,7 +108,7 @@ def run_service(shelf: ModelShelf, settings: ServiceSettings) -> Iterator[tuple[
                 rates[fmt][n] = asyncio.run(_served_fps(pipe, n, fmt, settings, chunking))
         for n in counts:  # again after: a slow spell of a shared machine must not flatter us
             again = direct_fps(pipe, n, settings.size, settings.chunks, clock)[0]
-            rates[DIRECT][n] = max(rates[DIRECT][n], again)
+            rates[DIRECT][n] = rates[DIRECT][n].faster(again)
     finally:
         del pipe
         release_memory(models.device)
@@ -105,23 +121,21 @@ def run_service(shelf: ModelShelf, settings: ServiceSettings) -> Iterator[tuple[
             else "the same LongLive sessions stepped in turn in process: no server, no encoding"
         )
         variant = variants[name] = Variant(description)
-        for n, fps in by_count.items():
+        for n, run in by_count.items():
+            fps = run.fps
             variant.add_figure(f"fps_{n}", fps, "fps", f"frames/s delivered to {n} clients")
             variant.add_figure(f"ms_per_frame_{n}", 1e3 / fps, "ms", f"per frame, {n} clients")
             if served:
-                step = 1e3 / rates[DIRECT][n]
-                overhead = 1e3 / fps - step
-                variant.add_figure(
-                    f"overhead_ms_{n}", overhead, "ms", f"server overhead per frame, {n} clients"
-                )
-                variant.add_figure(
-                    f"overhead_fraction_{n}",
-                    overhead / step,
-                    "ratio",
-                    f"overhead over the direct step, {n} clients",
-                )
+                direct = rates[DIRECT][n]
+                step = 1e3 / direct.fps
+                overhead = Difference.of(1e3 / fps - step, run.ms_per_frame, direct.ms_per_frame)
+                label = f"server overhead per frame, {n} clients"
+                variant.add_difference(f"overhead_ms_{n}", overhead, "ms", label)
+                fraction = Difference(overhead.value / step, overhead.spread / step)
+                label = f"overhead over the direct step, {n} clients"
+                variant.add_difference(f"overhead_fraction_{n}", fraction, "ratio", label)
         variant.series["fps_by_clients"] = Series(
-            "frames/s delivered", "fps", "clients", counts, [by_count[n] for n in counts]
+            "frames/s delivered", "fps", "clients", counts, [by_count[n].fps for n in counts]
         )
     config = {
         "preset": shelf.target.preset,
@@ -146,21 +160,26 @@ class Chunking:
 
 def direct_fps(
     pipe: LongLivePipeline, n: int, size: tuple[int, int], chunks: int, clock: Clock
-) -> tuple[float, Chunking]:
+) -> tuple[Throughput, Chunking]:
     """Frames/s of ``n`` sessions of ``size`` stepped in turn in this process, ``chunks`` steps
-    each after their first, and where their chunks start."""
+    each after their first (each round of the ``n`` steps a sample), and where their chunks
+    start."""
     height, width = size
     states = [
         pipe.open(GenerationRequest(PROMPTS[i % len(PROMPTS)], i, height, width)) for i in range(n)
     ]
     try:
         first = [len(pipe.step(state)) for state in states][0]  # left out, as the clients do
-        start, sizes = clock.now(), []
+        start, sizes, rounds = clock.now(), [], []
         for _ in range(chunks):
+            begun, made = clock.now(), 0
             for state in states:
                 sizes.append(len(pipe.step(state)))
+                made += sizes[-1]
+            rounds.append((clock.now() - begun) / made)
         elapsed = clock.now() - start
-        return 1e3 * sum(sizes) / elapsed, Chunking(first, statistics.mode(sizes))
+        rate = Throughput(1e3 * sum(sizes) / elapsed, rounds)
+        return rate, Chunking(first, statistics.mode(sizes))
     finally:
         for state in states:
             pipe.close(state)
@@ -168,7 +187,7 @@ def direct_fps(
 
 async def _served_fps(
     pipe: LongLivePipeline, n: int, fmt: str, settings: ServiceSettings, chunking: Chunking
-) -> float:
+) -> Throughput:
     """Frames/s delivered to ``n`` clients at once (the sum of their rates)."""
     engine = Engine({"longlive": pipe}, EngineConfig(max_sessions=n))
     async with build_server(ServerConfig(port=0, max_sessions_per_connection=1), engine) as server:
@@ -177,14 +196,15 @@ async def _served_fps(
 
 async def delivered_fps(
     url: str, n: int, fmt: str, size: tuple[int, int], chunks: int, chunking: Chunking
-) -> float:
+) -> Throughput:
     """Frames/s that ``n`` clients of the server at ``url``, one benchmark session each, get at
-    once (the sum of their rates), over ``chunks`` chunks each once all have a first frame."""
+    once (the sum of their rates), over ``chunks`` chunks each once all have a first frame;
+    each chunk a sample (its milliseconds per frame over all the clients' rates then)."""
     height, width = size
     all_started, all_done = asyncio.Event(), asyncio.Event()
     started = done = 0
 
-    async def client(i: int) -> float:
+    async def client(i: int) -> list[float]:
         nonlocal started, done
         async with StreamClient.connect(url, max_queued_frames=1024) as connection:
             session = await connection.generate(
@@ -211,6 +231,12 @@ async def delivered_fps(
                 if all_done.is_set():
                     break
             await session.stop()
-        return chunking.every * chunks / (marks[-1] - marks[0])
+        return marks
 
-    return math.fsum(await asyncio.gather(*(client(i) for i in range(n))))
+    marks = await asyncio.gather(*(client(i) for i in range(n)))
+    fps = math.fsum(chunking.every * chunks / (m[-1] - m[0]) for m in marks)
+    # chunk j's rate over all clients: each delivered `every` frames between two marks
+    per_chunk = [
+        1e3 / math.fsum(chunking.every / (m[j + 1] - m[j]) for m in marks) for j in range(chunks)
+    ]
+    return Throughput(fps, per_chunk)

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["PERCENTILES", "Clock", "late_over_early", "percentiles"]
+__all__ = [
+    "PERCENTILES",
+    "Clock",
+    "Difference",
+    "difference",
+    "interquartile_range",
+    "late_over_early",
+    "percentiles",
+]
 
 PERCENTILES = (50, 90, 95, 99)
 T = TypeVar("T")
@@ -52,3 +61,35 @@ def late_over_early(values: Sequence[float]) -> float | None:
     if third == 0:
         return None
     return float(np.median(values[-third:]) / np.median(values[:third]))
+
+
+def interquartile_range(values: Sequence[float]) -> float:
+    """The 75th percentile minus the 25th (linear interpolation): how far a sample's middle
+    half spreads; 0 for fewer than two values."""
+    if len(values) < 2:
+        return 0.0
+    low, high = np.percentile(values, (25, 75))
+    return float(high - low)
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """A figure that is one measurement minus another, and the spread it has to beat: a
+    difference smaller than the measurements' own scatter says nothing, not even its sign."""
+
+    value: float  # the first measurement minus the second, in their unit
+    spread: float  # the larger interquartile range of the two samples, same unit
+
+    @classmethod
+    def of(cls, value: float, first: Sequence[float], second: Sequence[float]) -> Difference:
+        """``value`` (computed from the samples ``first`` and ``second``) with their spread."""
+        return cls(value, max(interquartile_range(first), interquartile_range(second)))
+
+    @property
+    def within_noise(self) -> bool:
+        return abs(self.value) <= self.spread
+
+
+def difference(first: Sequence[float], second: Sequence[float]) -> Difference:
+    """The median of ``first`` minus the median of ``second``, with their spread."""
+    return Difference.of(float(np.median(first) - np.median(second)), first, second)
