@@ -8,6 +8,7 @@ One port serves both HTTP and the WebSocket endpoint::
     GET /recordings/<id>.mp4      finished recordings
     GET /toyworld/feed.mp4        a toy-world video to watch (?seed=&seconds=; stream.toyfeed)
     GET /, /<file>                the browser page (static_dir), when configured
+    GET /favicon.ico              the page's favicon.svg (unless it has a favicon.ico)
 
 Each connection is a :class:`stream.connection.ConnectionHandler`. A refused message gets an
 ``error`` reply and the connection goes on. Messages between
@@ -45,6 +46,7 @@ from framestream.stream.session import Session
 from framestream.stream.toyfeed import ToyFeeds, byte_range, parse_feed_request
 from framestream.stream.version import __version__
 from framestream.stream.web import response, static_file
+from framestream.stream.welcome import model_sources, realtime_sizes
 
 __all__ = ["Server", "build_server", "serve"]
 
@@ -55,6 +57,7 @@ _WIRE_LOGGER = logging.getLogger("framestream.stream.server.wire")
 _WIRE_LOGGER.addFilter(lambda record: record.levelno >= logging.INFO)
 
 _RECORDING = re.compile(r"/recordings/([^/]{1,64})\.mp4")
+_FAVICON = "/favicon.svg"  # served for /favicon.ico when the page has no .ico
 
 
 class Server:
@@ -185,7 +188,7 @@ class Server:
 
     def _welcome(self) -> dict[str, Any]:
         config = self.config
-        return {
+        welcome: dict[str, Any] = {
             "version": protocol.PROTOCOL_VERSION,
             "server": f"stream/{__version__}",
             "pipelines": sorted(self.engine.pipelines),
@@ -196,6 +199,14 @@ class Server:
                 "output_queue_frames": self.engine.config.output_queue_frames,
             },
         }
+        # optional: only what this server can tell (a cluster's remote pipelines say neither)
+        pipelines = self.engine.pipelines
+        scheduler = self.engine.config.scheduler
+        if sizes := realtime_sizes(pipelines, scheduler, config.max_frame_pixels):
+            welcome["sizes"] = sizes
+        if models := model_sources(pipelines):
+            welcome["models"] = models
+        return welcome
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -239,7 +250,10 @@ class Server:
                     http.HTTPStatus.OK, await asyncio.to_thread(file.read_bytes), "video/mp4"
                 )
         elif self.config.static_dir is not None:
-            file = static_file(Path(self.config.static_dir), path)
+            root = Path(self.config.static_dir)
+            file = static_file(root, path)
+            if file is None and path == "/favicon.ico":  # browsers ask for it on their own
+                file = static_file(root, _FAVICON)
             if file is not None:
                 kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
                 return response(http.HTTPStatus.OK, await asyncio.to_thread(file.read_bytes), kind)

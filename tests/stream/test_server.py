@@ -27,6 +27,7 @@ from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.longlive import LongLivePipeline
+from framestream.stream.pipelines.wan import WanCalibration
 from framestream.stream.protocol import HEADER, FrameFormat, FrameHeader, FrameKind
 from framestream.stream.requests import GenerationRequest
 from framestream.stream.server import Server, build_server
@@ -571,3 +572,70 @@ def test_refuses_a_public_host_without_a_token():
         ServerConfig(max_connections=0)
     assert ServerConfig(host="0.0.0.0", token="t").token == "t"
     assert ServerConfig(host="::1").host == "::1"
+
+
+def test_welcome_says_which_sizes_run_in_real_time(models):
+    """``welcome.sizes`` agrees with admission: a size marked realtime is admitted, one marked
+    not is refused ``compute_full``; sizes over max_frame_pixels are left out, and a server
+    without step costs (uncalibrated, or a cluster) sends no field at all."""
+    pipeline = LongLivePipeline(models, KVCacheManager(), 64 << 20)
+    # a made-up calibration, so the estimates do not depend on this machine
+    pipeline.calibration = WanCalibration(dit_seconds=0.2, decode_seconds=0.05, frames=12)
+    engine = Engine({"longlive": pipeline}, EngineConfig(lookahead_seconds=0.5))
+
+    async def main():
+        async with build_server(ServerConfig(port=0), engine) as server, connect(server.url) as ws:
+            welcome = await hello(ws)
+            entries = welcome["sizes"]["longlive"]
+            sizes = [(e["height"], e["width"]) for e in entries]
+            # the default first
+            assert sizes == [(128, 128), (64, 64), (256, 256), (480, 832), (832, 480)]
+            for entry in entries:
+                cost = pipeline.step_cost(
+                    GenerationRequest("x", height=entry["height"], width=entry["width"])
+                )
+                assert entry["fps"] == round(min(16.0, 16.0 / cost.load), 2)
+                assert entry["realtime"] == (cost.load <= 0.9 and cost.step_seconds <= 1.0)
+            by_size = {(e["height"], e["width"]): e for e in entries}
+            assert by_size[(64, 64)]["realtime"] and by_size[(64, 64)]["fps"] == 16.0
+            assert not by_size[(480, 832)]["realtime"] and by_size[(480, 832)]["fps"] < 16.0
+
+            refused = {"type": "session.start", "pipeline": "longlive", "request_id": "big"}
+            params = {"prompt": "a red ball", "height": 480, "width": 832}
+            await ws.send(json.dumps({**refused, "params": params}))
+            error = await expect_error(ws, "compute_full")
+            assert error["request_id"] == "big"
+            started = await start(ws, height=64, width=64)
+            await ws.send(json.dumps({"type": "stop", "session": started["session"]}))
+            await recv(ws, "session.ended")
+
+        small = ServerConfig(port=0, max_frame_pixels=256 * 256)
+        async with build_server(small, Engine({"longlive": pipeline})) as server:
+            async with connect(server.url) as ws:
+                sizes = [(e["height"], e["width"]) for e in (await hello(ws))["sizes"]["longlive"]]
+        assert sizes == [(128, 128), (64, 64), (256, 256)]
+
+        async with running(models) as server, connect(server.url) as ws:
+            welcome = await hello(ws)  # not calibrated: nothing to estimate from
+        assert "sizes" not in welcome and "models" not in welcome
+
+    run(main())
+
+
+def test_favicon_is_served_for_the_page(tmp_path: Path, models):
+    """Browsers ask for /favicon.ico by themselves: the page's SVG answers it."""
+    (tmp_path / "favicon.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+
+    async def main():
+        async with running(models, static_dir=tmp_path) as server:
+            for path in ("/favicon.ico", "/favicon.svg"):
+                assert await http_get(server, path) == (
+                    200,
+                    b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+                ), path
+            (tmp_path / "favicon.ico").write_bytes(b"\0\0\1\0")  # a page's own .ico wins
+            assert await http_get(server, "/favicon.ico") == (200, b"\0\0\1\0")
+        async with running(models) as server:  # no page, no icon
+            assert (await http_get(server, "/favicon.ico"))[0] == 404
+
+    run(main())
