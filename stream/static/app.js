@@ -70,6 +70,7 @@ const ERROR_TEXT = {
   unknown_pipeline: "the server does not run that pipeline",
   too_many_sessions: "too many sessions are running (on this connection or the server); stop one first",
   cache_full: "the server's memory for sessions is full, try again later",
+  compute_full: "the server cannot make this session in real time now; choose a smaller size or try again later",
   rate_limited: "the page sent messages too fast; some were dropped",
   bad_frame: "a video frame could not be decoded by the server",
   frame_too_large: "the frame size is larger than the server allows; choose a smaller size",
@@ -77,6 +78,7 @@ const ERROR_TEXT = {
   timestamps_backwards: "a video frame was older than the previous one",
   recording_failed: "the server could not write the recording; the video goes on without it",
   internal: "the session failed on the server and has ended",
+  engine_lost: "the server's engine running the session stopped; start the session again",
   server_shutdown: "the server is shutting down; it will reconnect when it is back",
 };
 
@@ -208,6 +210,7 @@ function onMessage(msg) {
       conn.attempt = 0;
       setStatus("connected", `connected · ${msg.server}`);
       fillPipelines(msg.pipelines);
+      watchModelNote();
       break;
     case "session.started": {
       const tab = conn.pending.get(msg.request_id);
@@ -236,7 +239,7 @@ function onMessage(msg) {
     case "metrics": if (msg.session === gen.session) genMetrics(msg); break;
     // the engine's acknowledgements: the state shown is the server's, not the button's
     case "session.paused": if (msg.session === gen.session) genState(`paused at frame ${msg.frame}`); break;
-    case "session.resumed": if (msg.session === gen.session) genState("running"); break;
+    case "session.resumed": if (msg.session === gen.session) genResumed(); break;
     case "caption": if (msg.session === watch.session) watchCaption(msg); break;
     default: break;
   }
@@ -261,6 +264,7 @@ function fillPipelines(names) {
   select.replaceChildren();
   for (const name of names.filter(GENERATION)) select.add(new Option(name, name));
   if (names.includes(previous)) select.value = previous;
+  genSizes();
   genButtons();
   watchButtons();
 }
@@ -276,18 +280,28 @@ const gen = {
   next: null, // the newest frame waiting to be drawn
   switches: [], // {sentAt, entry, frame} waiting to become visible
   paused: false,
+  stopping: false, // Stop was pressed; session.ended confirms it
+  label: "", // "session N · pipeline HxW", as the state shows it while running
 };
 
 function genState(text) { $("gen-state").textContent = text; }
 
 function genButtons() {
-  const live = gen.session !== null;
-  $("gen-start").disabled = live || gen.starting || !conn.welcome || !$("gen-pipeline").options.length;
+  const live = gen.session !== null && !gen.stopping;
+  $("gen-start").disabled = gen.session !== null || gen.starting || !conn.welcome ||
+    !$("gen-pipeline").options.length;
   $("gen-pause").disabled = !live || gen.paused;
   $("gen-resume").disabled = !live || !gen.paused;
   $("gen-stop").disabled = !live;
   $("gen-switch").disabled = !live;
 }
+
+// the sizes the chosen pipeline runs in real time here, when the server says (sizes.js)
+function genSizes() {
+  const sizes = conn.welcome && conn.welcome.sizes;
+  markSizes($("gen-size"), sizes ? sizes[$("gen-pipeline").value] : undefined);
+}
+$("gen-pipeline").addEventListener("change", genSizes);
 
 function timelineEntry(prompt, where) {
   const li = el("li", { testid: "timeline-entry" }, el("span", { className: "prompt" }, prompt),
@@ -319,7 +333,9 @@ $("gen-form").addEventListener("submit", (event) => {
 function genStarted(msg) {
   Object.assign(gen, {
     session: msg.session, starting: false, fps: msg.fps || 16, frames: 0, arrivals: [],
-    next: null, switches: [], paused: false,
+    next: null, switches: [], paused: false, stopping: false,
+    // height x width, as the size picker and session.start put them
+    label: `session ${msg.session} · ${msg.pipeline} ${msg.height}×${msg.width}`,
   });
   const canvas = $("gen-canvas");
   canvas.width = msg.width;
@@ -329,7 +345,7 @@ function genStarted(msg) {
   timelineEntry(gen.prompt, "frame 0 · 0.00 s");
   $("gen-frames").textContent = "0";
   $("gen-dropped").textContent = "0";
-  genState(`running · session ${msg.session} · ${msg.pipeline} ${msg.width}×${msg.height}`);
+  genState(`running · ${gen.label}`);
   showNotice("");
   genButtons();
 }
@@ -379,6 +395,13 @@ async function drawNext() {
   gen.decoding = false;
 }
 
+// After a pause the first gap would be the pause itself: jitter is measured from the resume.
+function genResumed() {
+  gen.arrivals = [];
+  $("gen-jitter").textContent = "–";
+  genState(`running · ${gen.label}`);
+}
+
 function genApplied(msg) {
   const pending = gen.switches.find((s) => s.frame === null && s.prompt === msg.prompt);
   const where = `frame ${msg.frame} · ${(msg.frame / gen.fps).toFixed(2)} s` +
@@ -403,6 +426,7 @@ function genEnded(reason, recording) {
   gen.session = null;
   gen.starting = false;
   gen.paused = false;
+  gen.stopping = false;
   genState(id === null ? `idle (${reason})` : `ended (${reason})`);
   if (recording) {
     const link = $("gen-download");
@@ -421,9 +445,13 @@ $("gen-resume").addEventListener("click", () => {
   if (send({ type: "resume", session: gen.session })) { gen.paused = false; genState("resuming…"); }
   genButtons();
 });
+// The engine ends a session between steps, so session.ended may trail a long step: the state
+// says so at once, and the buttons stay off until it comes.
 $("gen-stop").addEventListener("click", () => {
-  if (send({ type: "stop", session: gen.session })) genState("stopping");
-  $("gen-stop").disabled = true;
+  if (gen.session === null || !send({ type: "stop", session: gen.session })) return;
+  gen.stopping = true;
+  genState("stopping…");
+  genButtons();
 });
 $("switch-form").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -460,6 +488,27 @@ function watchButtons() {
   $("watch-stop").disabled = !live && !watch.starting;
   $("watch-ask").disabled = !live;
   $("watch-source").disabled = live || watch.starting;
+}
+
+// What the model behind Ask can do: the embedded toy-world model was trained to commentate
+// its world, not to answer; the server says which model it runs where it can tell.
+const MODEL_NOTES = {
+  embedded: "The embedded toy-world model names the shapes and colours it sees each second " +
+    "and when they appear, bounce or leave; it does not answer free questions well. A real " +
+    "StreamingVLM checkpoint (stream serve --vlm-dir) answers them.",
+  checkpoint: "",
+  unknown: "Questions are answered as well as the server's model can: a small model may only " +
+    "describe what it sees.",
+};
+
+function watchModelNote() {
+  const names = conn.welcome ? conn.welcome.pipelines.filter((n) => !GENERATION(n)) : [];
+  const models = (conn.welcome && conn.welcome.models) || {};
+  const source = names.length ? models[names[0]] || "unknown" : "unknown";
+  const note = $("watch-model-note");
+  note.textContent = MODEL_NOTES[source] ?? MODEL_NOTES.unknown;
+  note.dataset.model = source;
+  note.hidden = !note.textContent;
 }
 
 $("watch-source").addEventListener("change", () => {

@@ -81,7 +81,7 @@ def test_generate_switch_prompt_and_stop(page) -> None:
     page.get_by_test_id("gen-pause").click()  # the state shown is the server's acknowledgement
     expect(page.get_by_test_id("gen-state")).to_have_text(re.compile(r"paused at frame \d+"))
     page.get_by_test_id("gen-resume").click()
-    expect(page.get_by_test_id("gen-state")).to_have_text("running", timeout=WAIT)
+    expect(page.get_by_test_id("gen-state")).to_contain_text("running · session", timeout=WAIT)
     page.get_by_test_id("gen-stop").click()
     expect(page.get_by_test_id("gen-state")).to_have_text("ended (stopped)", timeout=WAIT)
     expect(page.get_by_test_id("gen-start")).to_be_enabled()
@@ -289,5 +289,30 @@ def test_watch_the_toy_world_when_there_is_no_camera(browser, live_server) -> No
         page.get_by_test_id("watch-stop").click()
         expect(page.get_by_test_id("watch-state")).to_have_text("ended (stopped)", timeout=WAIT)
         expect(page.get_by_test_id("error-banner")).to_have_count(0)
+    finally:
+        context.close()
+
+
+def test_a_page_load_has_no_missing_file(browser, live_server) -> None:
+    """Every request of a page load answers, the favicon included (also at /favicon.ico, which
+    browsers ask for by themselves)."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        answers: list[tuple[int, str]] = []
+        page.on("response", lambda r: answers.append((r.status, r.url)))
+        page.goto(live_server.http_url, timeout=WAIT)
+        expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "connected")
+        icon = page.locator("link[rel=icon]").get_attribute("href")
+        assert icon == "favicon.svg"
+        page.wait_for_load_state("networkidle")
+        assert not [a for a in answers if a[0] >= 400], answers
+        assert {url.rsplit("/", 1)[-1] for _, url in answers} >= {"", "app.js", "sizes.js"}
+        for path in (icon, "favicon.ico"):
+            with urllib.request.urlopen(live_server.http_url + path, timeout=10) as reply:
+                assert reply.headers["Content-Type"] == "image/svg+xml", path
+                assert b"<svg" in reply.read()
     finally:
         context.close()
