@@ -2,10 +2,12 @@
 
     python -m framestream.evals.fuzz hypothesis --examples 5000 --seed 1
     python -m framestream.evals.fuzz atheris --runs 20000   # pip install atheris (coverage-guided)
+    python -m framestream.evals.fuzz hypothesis --examples 2000 --mixed   # beside a mixed load
 
 Both drive the same grammar (:mod:`evals.fuzz_grammar`): hypothesis draws its choices at
 random and shrinks a failure to a small example; atheris reads them from libFuzzer's inputs
-and keeps those that reach new lines of ``stream/`` and ``clients/``. Each writes
+and keeps those that reach new lines of ``stream/`` and ``clients/``. ``--mixed`` runs it beside
+a large background session and clients fetching toy-world feeds (evals.fuzz_target). Each writes
 ``evals/results/fuzz_<engine>_<date>.json``: inputs tried, replies by type and error code,
 the control sessions' frames and captions, the findings (empty when the server held), and
 exits 1 on a finding.
@@ -28,7 +30,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _write(engine: str, args: argparse.Namespace, report: Any, findings: list[str]) -> Path:
-    out = args.out or RESULTS / f"fuzz_{engine}_{datetime.now(timezone.utc):%Y-%m-%d}.json"
+    name = f"fuzz_{engine}{'_mixed' if args.mixed else ''}_{datetime.now(timezone.utc):%Y-%m-%d}"
+    out = args.out or RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "engine": engine,
@@ -51,7 +54,7 @@ def _hypothesis(args: argparse.Namespace) -> int:
     from framestream.evals.fuzz_grammar import HypothesisChooser
     from framestream.evals.fuzz_target import FuzzTarget
 
-    with FuzzTarget() as target:
+    with FuzzTarget(mixed=args.mixed) as target:
 
         @seed(args.seed)
         @settings(
@@ -87,7 +90,7 @@ def _atheris(args: argparse.Namespace) -> int:
         from framestream.evals.fuzz_grammar import AtherisChooser
         from framestream.evals.fuzz_target import FuzzTarget
 
-    target = FuzzTarget().__enter__()
+    target = FuzzTarget(mixed=args.mixed).__enter__()
     started = time.monotonic()
 
     def finish(failure: str | None = None) -> None:
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ath.set_defaults(run=_atheris)
     for sub in (hyp, ath):
         sub.add_argument("--out", type=Path, help="JSON report (default: evals/results/)")
+        sub.add_argument("--mixed", action="store_true", help="beside a large session and feeds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return args.run(args)

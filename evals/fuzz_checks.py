@@ -88,7 +88,7 @@ class Transcript:
         _require(keys <= required | optional, f"unknown fields {sorted(keys - required)}", message)
 
     def _welcome(self, message: dict) -> None:
-        self._fields(message, {"version", "server", "pipelines", "limits"})
+        self._fields(message, {"version", "server", "pipelines", "limits"}, {"sizes", "models"})
         _require(not self.welcomed, "a second welcome", message)
         _require(message["version"] == 1, "bad version", message)
         _require(isinstance(message["server"], str), "bad server name", message)
@@ -102,6 +102,24 @@ class Transcript:
         names = {"max_message_bytes", "max_sessions_per_connection", "max_frame_pixels"}
         _require(isinstance(limits, dict) and names <= set(limits), "bad limits", message)
         _require(all(_is_int(v, 1) for v in limits.values()), "bad limits", message)
+        for name, sizes in message.get("sizes", {}).items():
+            _require(name in message["pipelines"] and isinstance(sizes, list), "bad sizes", message)
+            for size in sizes:
+                _require(
+                    set(size) == {"height", "width", "fps", "realtime"}
+                    and _is_int(size["height"], 1)
+                    and _is_int(size["width"], 1)
+                    and _is_number(size["fps"])
+                    and isinstance(size["realtime"], bool),
+                    "bad size",
+                    message,
+                )
+        for name, source in message.get("models", {}).items():
+            _require(
+                name in message["pipelines"] and source in {"embedded", "checkpoint"},
+                "bad models",
+                message,
+            )
         self.welcomed = True
 
     def _started(self, message: dict) -> None:

@@ -5,8 +5,11 @@ sends the fuzzer's messages and checks every reply.
 ::
 
     FuzzTarget ── ServerThread (longlive, rolling_forcing, streaming_vlm; small limits)
-       ├─ ControlStream longlive       own connection: frames in order, decodable, no error
+       ├─ ControlStream longlive       own connection: frames in order, decodable, no error;
+       │                               their lateness measured
        ├─ ControlStream streaming_vlm  own connection: frames out, captions in order
+       ├─ (mixed) ControlStream longlive-large: a large background session beside them
+       ├─ (mixed) FeedLoad: clients fetching /toyworld/feed.mp4 back to back
        └─ run_example(choose): a fresh connection
               for each message: send it, then a probe {"type": "probe-N"}, and read until the
               probe's unknown_type error: every message read on the way is checked against the
@@ -24,6 +27,8 @@ import contextlib
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,11 +48,12 @@ from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.protocol import ERROR_CODES
 from framestream.stream.service import ServiceModels, build_pipelines
 
-__all__ = ["ControlStream", "FuzzReport", "FuzzTarget"]
+__all__ = ["ControlStream", "FeedLoad", "FuzzReport", "FuzzTarget"]
 
 TOKEN = "fuzz-token"
 REPLY_TIMEOUT = 60.0  # seconds for the replies to one message (a session start waits for a step)
 MESSAGES_PER_EXAMPLE = 6
+LARGE = (80, 80)  # the mixed load's background session: the largest size of a step under 1 s
 
 
 @dataclass
@@ -60,6 +66,7 @@ class FuzzReport:
     closes: collections.Counter = field(default_factory=collections.Counter)  # server close codes
     sessions_started: int = 0
     control: dict[str, dict[str, Any]] = field(default_factory=dict)
+    feeds: dict[str, int] = field(default_factory=dict)  # feed requests by HTTP status (mixed)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -72,15 +79,30 @@ class FuzzReport:
 class ControlStream(threading.Thread):
     """One session on its own connection, checked message by message while the fuzzer runs.
 
-    Generation: frames must arrive in order and decode. Understanding: a frame a quarter second
-    is sent and captions must come in order. Any error or early end is a problem.
+    Generation: frames must arrive in order and decode; a realtime session's frame lateness
+    (how much later than its predecessor plus the nominal interval each arrives) is kept.
+    Understanding: a frame a quarter second is sent and captions must come in order. Any error
+    or early end is a problem.
     """
 
-    def __init__(self, url: str, pipeline: str) -> None:
-        super().__init__(name=f"control-{pipeline}", daemon=True)
-        self.url = url
+    def __init__(
+        self,
+        url: str,
+        pipeline: str,
+        name: str | None = None,
+        size: tuple[int, int] = (32, 32),
+        realtime: bool = True,
+    ) -> None:
         self.pipeline = pipeline
+        self.label = name or pipeline
+        super().__init__(name=f"control-{self.label}", daemon=True)
+        self.url = url
+        self.size = size
+        self.realtime = realtime
         self.understanding = pipeline == "streaming_vlm"
+        self.lateness: list[float] = []
+        self._fps = 0.0
+        self._previous: tuple[int, float] | None = None
         self.ready = threading.Event()
         self.problems: list[str] = []
         self.received = 0  # frames (generation) or captions (understanding)
@@ -94,7 +116,15 @@ class ControlStream(threading.Thread):
         self.join(timeout)
         if self.is_alive():
             self.problems.append("the control stream did not end")
-        return {"session": self.session, "received": self.received, "problems": self.problems}
+        report = {"session": self.session, "received": self.received, "problems": self.problems}
+        if self.lateness:
+            late = np.array(self.lateness) * 1000
+            report["lateness_ms"] = {
+                "p50": round(float(np.percentile(late, 50)), 1),
+                "p99": round(float(np.percentile(late, 99)), 1),
+                "max": round(float(late.max()), 1),
+            }
+        return report
 
     def wait_for_more(self, than: int, timeout: float = 60.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -122,10 +152,13 @@ class ControlStream(threading.Thread):
         self._until(ws, "welcome")
         params: dict[str, Any] = {"instruction": "Say what moves."}
         if not self.understanding:
-            params = {"prompt": "a red ball bouncing", "height": 32, "width": 32}
+            height, width = self.size
+            params = {"prompt": "a red ball bouncing", "height": height, "width": width}
+            params["realtime"] = self.realtime
         start = {"type": "session.start", "pipeline": self.pipeline, "params": params}
         ws.send(json.dumps(start))
-        self.session = self._until(ws, "session.started")["session"]
+        started = self._until(ws, "session.started")
+        self.session, self._fps = started["session"], started["fps"]
 
     def _until(self, ws: ClientConnection, kind: str) -> dict[str, Any]:
         deadline = time.monotonic() + REPLY_TIMEOUT
@@ -135,9 +168,12 @@ class ControlStream(threading.Thread):
                 return message
 
     def _read(self, ws: ClientConnection, timeout: float) -> dict[str, Any] | None:
-        message = self._transcript.accept(ws.recv(timeout))
+        raw = ws.recv(timeout)
+        message = self._transcript.accept(raw)
         if message is None:
             self.received += not self.understanding
+            if self.realtime and not self.understanding:
+                self._note_lateness(FrameHeader.unpack(raw).index)
         elif message["type"] == "caption":
             self.received += 1
         elif message["type"] == "error" or (
@@ -145,6 +181,13 @@ class ControlStream(threading.Thread):
         ):
             self.problems.append(f"unexpected {message}")
         return message
+
+    def _note_lateness(self, index: int) -> None:
+        now = time.monotonic()
+        if self._previous is not None:
+            due = self._previous[1] + (index - self._previous[0]) / self._fps
+            self.lateness.append(max(0.0, now - due))
+        self._previous = (index, now)
 
     def _stream(self, ws: ClientConnection) -> None:
         started, sent = time.monotonic(), 0
@@ -157,6 +200,44 @@ class ControlStream(threading.Thread):
                 sent += 1
             with contextlib.suppress(TimeoutError):
                 self._read(ws, 0.05)
+
+
+class FeedLoad(threading.Thread):
+    """Fetches ``/toyworld/feed.mp4`` back to back, a new seed each time (so each is rendered);
+    any answer but 200 or 503 (busy), or no answer, is a problem."""
+
+    def __init__(self, url: str, worker: int, seconds: int = 60) -> None:
+        super().__init__(name=f"feed-{worker}", daemon=True)
+        self.base = url.replace("ws://", "http://").removesuffix("/ws")
+        self.worker, self.seconds = worker, seconds
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self.problems: list[str] = []
+        self._stop_event = threading.Event()
+
+    def stop_and_check(self, timeout: float = 60.0) -> None:
+        self._stop_event.set()
+        self.join(timeout)
+
+    def run(self) -> None:
+        number = 0
+        while not self._stop_event.is_set():
+            number += 1
+            seed = self.worker * 100_000 + number
+            url = f"{self.base}/toyworld/feed.mp4?seed={seed}&seconds={self.seconds}&token={TOKEN}"
+            try:
+                with urllib.request.urlopen(url, timeout=REPLY_TIMEOUT) as reply:
+                    reply.read()
+                    status = reply.status
+            except urllib.error.HTTPError as error:
+                status = error.code
+            except OSError as exc:  # no answer at all: what the issue found
+                self.problems.append(f"{type(exc).__name__}: {exc}")
+                continue
+            self.statuses[status] += 1
+            if status not in (200, 503):
+                self.problems.append(f"feed answered {status}")
+            if status == 503:
+                self._stop_event.wait(1.0)
 
 
 def _input_frame(session: int, index: int, timestamp: float, pixels: np.ndarray) -> bytes:
@@ -174,6 +255,9 @@ class FuzzTarget:
         max_message_bytes: the server's limit, small so the fuzzer reaches past it.
         record_dir: where sessions started with ``record`` write (a temporary folder if None).
         pipelines: pipelines to serve (default: every one of the embedded default, loaded here).
+        mixed: add the mixed load beside the controls: a large background LongLive session
+            and two clients fetching toy-world feeds.
+        engine_settings: override the engine's (:class:`EngineConfig` fields).
     """
 
     def __init__(
@@ -181,7 +265,13 @@ class FuzzTarget:
         max_message_bytes: int = 16384,
         record_dir: str | None = None,
         pipelines: dict[str, Any] | None = None,
+        mixed: bool = False,
+        engine_settings: dict[str, Any] | None = None,
     ) -> None:
+        self.mixed = mixed
+        self.engine_config = EngineConfig(
+            **{"max_sessions": 8, "lookahead_seconds": 0.5, **(engine_settings or {})}
+        )
         self.config = ServerConfig(
             port=0,
             token=TOKEN,
@@ -199,20 +289,27 @@ class FuzzTarget:
         self._log = ServerLog()
         self._served: ServerThread | None = None
         self._controls: list[ControlStream] = []
+        self._feeds: list[FeedLoad] = []
         self._started = 0.0
 
     def __enter__(self) -> FuzzTarget:
         if self.pipelines is None:
             models = ServiceModels(cache_bytes=64 << 20, vlm_cache_bytes=64 << 20)
             self.pipelines = build_pipelines(models, KVCacheManager())
-        engine = Engine(self.pipelines, EngineConfig(max_sessions=8, lookahead_seconds=0.5))
+        engine = Engine(self.pipelines, self.engine_config)
         self._log.__enter__()
         self._served = ServerThread(self.config, engine).start()
-        for pipeline in ("longlive", "streaming_vlm"):
-            control = ControlStream(self._served.url, pipeline)
+        controls = [ControlStream(self._served.url, p) for p in ("longlive", "streaming_vlm")]
+        if self.mixed:
+            large = ControlStream(self._served.url, "longlive", "longlive-large", LARGE, False)
+            controls.append(large)
+            self._feeds = [FeedLoad(self._served.url, worker) for worker in range(2)]
+        for control in controls:
             control.start()
             control.ready.wait(REPLY_TIMEOUT)
             self._controls.append(control)
+        for feed in self._feeds:
+            feed.start()
         self._check_controls()
         self._started = time.monotonic()
         return self
@@ -222,6 +319,8 @@ class FuzzTarget:
             for control in self._controls:
                 if control.is_alive():
                     control.stop_and_check()
+            for feed in self._feeds:
+                feed.stop_and_check()
             if self._served is not None:
                 self._served.stop()
         finally:
@@ -259,11 +358,16 @@ class FuzzTarget:
         assert self._served is not None
         for control in self._controls:
             if not control.wait_for_more(control.received):
-                self.findings.append(f"{control.pipeline} control stopped streaming")
+                self.findings.append(f"{control.label} control stopped streaming")
         self._check_controls()
         for control in self._controls:
-            self.report.control[control.pipeline] = control.stop_and_check()
-            self.findings += [f"{control.pipeline}: {p}" for p in control.problems]
+            self.report.control[control.label] = control.stop_and_check()
+            self.findings += [f"{control.label}: {p}" for p in control.problems]
+        for feed in self._feeds:
+            feed.stop_and_check()
+            for status, count in feed.statuses.items():
+                self.report.feeds[str(status)] = self.report.feeds.get(str(status), 0) + count
+            self.findings += [f"{feed.name}: {p}" for p in feed.problems]
         deadline = time.monotonic() + REPLY_TIMEOUT
         while time.monotonic() < deadline and self._served.call(_busy):
             time.sleep(0.1)
@@ -276,7 +380,7 @@ class FuzzTarget:
     def _check_controls(self) -> None:
         for control in self._controls:
             if control.problems:
-                raise Violation(f"control {control.pipeline}: {control.problems}")
+                raise Violation(f"control {control.label}: {control.problems}")
 
     def _check_log(self) -> None:
         if errors := self._log.take():

@@ -29,8 +29,9 @@ Verdict (``ok`` only when all hold):
   with the sessions' rounds);
 * bounded queues: no output queue over ``output_queue_frames``, no event queue over 256, no
   inbox over ``input_queue_frames`` per session;
-* small sessions on time: the p99 frame lateness of the small generation sessions is under
-  ``--max-p99-lateness-ms``;
+* small sessions on time, when ``--max-p99-lateness-ms`` is given: the p99 frame lateness of
+  the small generation sessions is under it (a timing, so for a quiet machine: the tests leave
+  it out);
 * nothing leaks: once the workers are done and the server is idle again, every cache block is
   free and the asyncio tasks, threads and open files are those of the idle server before the
   soak (threads of the pools that grow on demand to a fixed size excepted: the encoders,
@@ -93,7 +94,7 @@ class SoakConfig:
     large: tuple[int, int] | None = None  # (height, width) of a background LongLive session
     feed_clients: int = 0  # clients fetching /toyworld/feed.mp4 back to back
     feed_seconds: int = 60  # each feed's length
-    max_p99_lateness_ms: float = 1000.0
+    max_p99_lateness_ms: float | None = None  # None: lateness reported, not judged
 
 
 @dataclass
@@ -107,6 +108,7 @@ class _Tally:
     failures: list[str] = field(default_factory=list)
     lateness: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     large_frames: int = 0
+    large_longest_wait: float = 0.0  # seconds between two of its frames, at most
     feeds: collections.Counter = field(default_factory=collections.Counter)  # by HTTP status
 
 
@@ -133,9 +135,10 @@ def _trim() -> bool:
     return True
 
 
-# thread pools that grow on demand up to a fixed size: the server's encoders and asyncio's
-# default executor (asyncio.to_thread); a new thread of theirs is growth, not a leak
-_POOLS = ("encode", "asyncio_")
+# thread pools that grow on demand up to a fixed size: the server's encoders, its feed renderer
+# and asyncio's default executor (asyncio.to_thread); a new thread of theirs is growth, not a
+# leak
+_POOLS = ("encode", "asyncio_", "toyfeed")
 
 
 def _threads() -> list[str]:
@@ -175,6 +178,7 @@ def _sample(server: Server, started: float) -> dict[str, Any]:
         "tasks": len(asyncio.all_tasks()),
         "threads": len(_threads()),
         "open_files": _open_files(),
+        "loadavg_1min": os.getloadavg()[0],  # the host's: other work on it shows here
     }
 
 
@@ -252,7 +256,8 @@ async def _understanding(
 
 
 async def _large(url: str, size: tuple[int, int], until: float, tally: _Tally) -> None:
-    """One background LongLive session of ``size`` for the whole soak, read as fast as it comes."""
+    """One background LongLive session of ``size`` for the whole soak, read as fast as it comes.
+    It runs in the time the realtime sessions leave, so a long wait is reported, not failed."""
     loop = asyncio.get_running_loop()
     async with StreamClient.connect(url) as client:
         try:
@@ -264,10 +269,17 @@ async def _large(url: str, size: tuple[int, int], until: float, tally: _Tally) -
             tally.failures.append(f"the large session was refused: {exc}")
             return
         frames = session.frames().__aiter__()
+        last = loop.time()
         while loop.time() < until:
-            async with asyncio.timeout(STALL_SECONDS):
-                await frames.__anext__()
+            try:
+                async with asyncio.timeout(until - loop.time()):
+                    await frames.__anext__()  # StopAsyncIteration: it ended early, a failure
+            except TimeoutError:
+                break
             tally.large_frames += 1
+            tally.large_longest_wait = max(tally.large_longest_wait, loop.time() - last)
+            last = loop.time()
+        tally.large_longest_wait = max(tally.large_longest_wait, loop.time() - last)
         await session.stop()
 
 
@@ -306,10 +318,17 @@ async def _idle(server: Server, timeout: float = 60.0) -> None:
     await asyncio.sleep(0.5)  # recorders' and closed connections' threads and files wind down
 
 
-async def run_soak(config: SoakConfig, pipelines: dict[str, Any] | None = None) -> dict[str, Any]:
+async def run_soak(
+    config: SoakConfig,
+    pipelines: dict[str, Any] | None = None,
+    engine_settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run the soak and return its record (see the module docstring); ``pipelines`` default
-    to those of ``config.pipelines`` on the embedded default, loaded here."""
-    engine_config = EngineConfig(max_sessions=4 * config.sessions * len(config.pipelines))
+    to those of ``config.pipelines`` on the embedded default, loaded here; ``engine_settings``
+    override the engine's (:class:`EngineConfig` fields)."""
+    engine_config = EngineConfig(
+        **{"max_sessions": 4 * config.sessions * len(config.pipelines), **(engine_settings or {})}
+    )
     if pipelines is None:
         models = ServiceModels(
             cache_bytes=128 << 20, vlm_cache_bytes=64 << 20, pipelines=config.pipelines
@@ -424,15 +443,16 @@ def _verdict(
     }
     checks = {
         "memory_flat": late - early < config.rss_growth_mb,
-        "small_sessions_on_time": all(
-            row["p99_ms"] < config.max_p99_lateness_ms for row in lateness.values()
-        ),
         "queues_bounded": peak["output_queue_max"] <= engine_config.output_queue_frames
         and peak["events_queue_max"] <= EVENTS_CAPACITY
         and peak["pending_input_frames"] <= engine_config.input_queue_frames * sessions_at_once,
         "nothing_leaked": not any(leaks.values()),
         "no_failures": not tally.failures,
     }
+    if config.max_p99_lateness_ms is not None:
+        checks["small_sessions_on_time"] = all(
+            row["p99_ms"] < config.max_p99_lateness_ms for row in lateness.values()
+        )
     return {
         "config": asdict(config),
         "seconds": samples[-1]["t"] if samples else 0.0,
@@ -444,6 +464,7 @@ def _verdict(
         "refused": dict(tally.refused),
         "lateness": lateness,
         "large_frames": tally.large_frames,
+        "large_longest_wait_s": round(tally.large_longest_wait, 1),
         "feeds": {str(status): n for status, n in sorted(tally.feeds.items())},
         "failures": tally.failures,
         "memory": memory,
@@ -464,19 +485,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m framestream.evals.soak", description=__doc__.split("\n")[0]
     )
     defaults = SoakConfig()
-    floats = (
-        "seconds",
-        "session_seconds",
-        "sample_seconds",
-        "warmup_seconds",
-        "rss_growth_mb",
-        "max_p99_lateness_ms",
-    )
+    floats = ("seconds", "session_seconds", "sample_seconds", "warmup_seconds", "rss_growth_mb")
     for name in floats:
         parser.add_argument(
             "--" + name.replace("_", "-"), type=float, default=getattr(defaults, name)
         )
     parser.add_argument("--sessions", type=int, default=defaults.sessions, help="per pipeline")
+    parser.add_argument("--max-p99-lateness-ms", type=float, help="judge lateness (else report)")
     parser.add_argument("--large", type=_size, help="HxW of a background LongLive session")
     parser.add_argument("--feed-clients", type=int, default=defaults.feed_clients)
     parser.add_argument("--feed-seconds", type=int, default=defaults.feed_seconds)

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import os
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +93,10 @@ class ToyFeeds:
         cache_bytes: rendered MP4s kept, newest first.
     """
 
-    def __init__(self, max_waiting: int = 1, cache_bytes: int = 32 << 20) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="toyfeed")
+    def __init__(self, max_waiting: int = 1, cache_bytes: int = 8 << 20) -> None:
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix="toyfeed", initializer=_lowest_priority
+        )
         self._slots = max_waiting + 1
         self._cache: collections.OrderedDict[FeedRequest, bytes] = collections.OrderedDict()
         self._cache_bytes = cache_bytes
@@ -126,6 +131,14 @@ class ToyFeeds:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _lowest_priority() -> None:
+    """Renders yield the processor to the engine: on a host of few cores the feed's encoding
+    would otherwise take the time a realtime session's step needs (Linux schedules threads
+    alone, so this thread's niceness is its own)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _render(request: FeedRequest) -> bytes:

@@ -33,6 +33,7 @@ from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
 from framestream.stream.protocol import FrameFormat
 from framestream.stream.requests import UnderstandingRequest
 from framestream.stream.server import build_server
+from tests.admission import ANY_COMPUTE
 
 from .wire import (
     SIZE,
@@ -225,7 +226,7 @@ def _readlink(path: str) -> str | None:
 
 def test_stopping_mid_stream_ends_sessions_and_leaves_playable_recordings(pipelines, tmp_path):
     async def main():
-        engine = Engine(pipelines, EngineConfig(lookahead_seconds=0.5))
+        engine = Engine(pipelines, EngineConfig(lookahead_seconds=0.5, **ANY_COMPUTE))
         server = build_server(ServerConfig(port=0, record_dir=tmp_path), engine)
         await server.start()
         clients = [await connect(server.url) for _ in range(3)]

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from framestream.evals.fuzz_grammar import HypothesisChooser
 from framestream.evals.fuzz_target import FuzzTarget
+from tests.admission import ANY_COMPUTE
 
 from .wire import (
     connect,
@@ -37,8 +38,8 @@ from .wire import (
 EXAMPLES = 400
 
 
-def _fuzz(pipelines, examples: int, derandomize: bool):
-    with FuzzTarget(pipelines=pipelines) as target:
+def _fuzz(pipelines, examples: int, derandomize: bool, mixed: bool = False):
+    with FuzzTarget(pipelines=pipelines, mixed=mixed, engine_settings=ANY_COMPUTE) as target:
 
         @settings(
             max_examples=examples,
@@ -65,6 +66,17 @@ def test_fuzzed_messages_get_valid_replies_and_disturb_no_one(pipelines):
     assert report.sessions_started > 0 and report.replies["welcome"] > 0
     for control in report.control.values():
         assert control["received"] > 0 and control["problems"] == []
+
+
+def test_fuzzing_beside_a_mixed_load_disturbs_no_one(pipelines):
+    """A large background session and feed clients beside the fuzzer and the controls."""
+    report = _fuzz(pipelines, EXAMPLES // 8, derandomize=True, mixed=True)
+    print(json.dumps(report.to_json()))
+    assert set(report.control) == {"longlive", "streaming_vlm", "longlive-large"}
+    for control in report.control.values():
+        assert control["received"] > 0 and control["problems"] == []
+    assert "lateness_ms" in report.control["longlive"]  # measured, not judged here
+    assert report.feeds.get("200", 0) > 0 and set(report.feeds) <= {"200", "503"}
 
 
 def test_the_coverage_guided_harness_runs(tmp_path):

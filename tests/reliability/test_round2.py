@@ -16,6 +16,7 @@ import av
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from framestream.stream.engine import EngineConfig
 from framestream.stream.scheduler import StepCost
 from tests.stream.test_engine import FakeGeneration
 
@@ -50,6 +51,10 @@ def decoded_frames(source) -> int:
 
 # -- 1. one admitted session must never stall the others ----------------------------------------
 
+# the served() helper admits any session by compute (tests.admission); these tests are about
+# admission, so they keep the engine's defaults
+ADMISSION = {"max_load": EngineConfig.max_load, "max_step_seconds": EngineConfig.max_step_seconds}
+
 
 def test_a_session_too_big_for_the_device_is_refused_and_the_small_one_streams(pipelines):
     """The calibrated toy default: 1072x1920 (within max_frame_pixels) would take minutes a
@@ -57,7 +62,7 @@ def test_a_session_too_big_for_the_device_is_refused_and_the_small_one_streams(p
     while a 32x32 session streams beside them."""
 
     async def main():
-        async with served(pipelines) as server:
+        async with served(pipelines, engine=ADMISSION) as server:
             async with connect(server.url) as ws:
                 await hello(ws)
                 small = await start(ws)
@@ -115,7 +120,7 @@ def test_a_realtime_session_over_the_device_s_budget_is_refused_a_background_one
     gen = FakeGeneration(cost=StepCost(step_seconds=0.5, media_seconds=0.75))  # 67% each
 
     async def main():
-        async with served({"gen": gen}) as server:
+        async with served({"gen": gen}, engine=ADMISSION) as server:
             async with connect(server.url) as ws:
                 await hello(ws)
                 await start(ws, "gen")

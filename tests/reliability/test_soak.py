@@ -11,10 +11,11 @@ import asyncio
 import json
 
 from framestream.evals.soak import SoakConfig, run_soak
+from tests.admission import ANY_COMPUTE
 
 
 def _soak(pipelines, config: SoakConfig) -> dict:
-    record = asyncio.run(run_soak(config, pipelines))
+    record = asyncio.run(run_soak(config, pipelines, ANY_COMPUTE))
     print(json.dumps({k: v for k, v in record.items() if k != "samples"}))
     assert record["failures"] == [] and record["leaks"] == {
         "blocks": 0,

@@ -15,6 +15,7 @@ from framestream.evals.fuzz_target import ControlStream
 from framestream.evals.loopback import ServerThread
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
+from tests.admission import ANY_COMPUTE
 
 from .wire import SIZE, connect, feed_seconds, frames, held_blocks, hello, run, start, until
 
@@ -34,7 +35,7 @@ class Station:
 @pytest.fixture(scope="module")
 def station(pipelines, tmp_path_factory):
     config = ServerConfig(port=0, record_dir=tmp_path_factory.mktemp("recordings"))
-    engine = Engine(pipelines, EngineConfig(lookahead_seconds=0.5))
+    engine = Engine(pipelines, EngineConfig(lookahead_seconds=0.5, **ANY_COMPUTE))
     with ServerLog() as log, ServerThread(config, engine) as served_:
         control = ControlStream(served_.url, "longlive")
         control.start()

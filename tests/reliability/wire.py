@@ -18,6 +18,7 @@ from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.protocol import FrameFormat, FrameHeader, FrameKind
 from framestream.stream.server import Server, build_server
+from tests.admission import ANY_COMPUTE
 
 TIMEOUT = 60.0
 SIZE = {"height": 32, "width": 32}
@@ -32,7 +33,7 @@ async def served(
     pipelines: dict, engine: dict | None = None, **config: Any
 ) -> AsyncIterator[Server]:
     """A server on a free loopback port for ``pipelines`` (a fresh engine)."""
-    settings = EngineConfig(**{"lookahead_seconds": 0.5, **(engine or {})})
+    settings = EngineConfig(**{"lookahead_seconds": 0.5, **ANY_COMPUTE, **(engine or {})})
     async with build_server(ServerConfig(port=0, **config), Engine(pipelines, settings)) as server:
         yield server
 

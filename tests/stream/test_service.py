@@ -20,6 +20,7 @@ from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.protocol import FrameFormat, FrameHeader, FrameKind
 from framestream.stream.server import build_server
 from framestream.stream.service import PIPELINES, ServiceModels, build_pipelines
+from tests.admission import ANY_COMPUTE
 
 SIZE = {"height": 32, "width": 32}
 
@@ -45,7 +46,7 @@ def test_generation_pipelines_through_the_client(pipelines) -> None:
     manager, built = pipelines
 
     async def main() -> None:
-        engine = Engine(built, EngineConfig(lookahead_seconds=0.5))
+        engine = Engine(built, EngineConfig(lookahead_seconds=0.5, **ANY_COMPUTE))
         async with build_server(ServerConfig(port=0), engine) as server:
             async with StreamClient.connect(server.url) as client:
                 assert sorted(client.pipelines) == sorted(PIPELINES)
@@ -81,7 +82,7 @@ def test_understanding_round_trip_over_raw_websockets(pipelines) -> None:
     _, built = pipelines
 
     async def main() -> None:
-        engine = Engine(built, EngineConfig(lookahead_seconds=0.5))
+        engine = Engine(built, EngineConfig(lookahead_seconds=0.5, **ANY_COMPUTE))
         async with build_server(ServerConfig(port=0), engine) as server:
             async with ws_connect(server.url, max_queue=None) as ws:
                 await ws.send(json.dumps({"type": "hello", "version": 1}))
