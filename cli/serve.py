@@ -62,6 +62,7 @@ ENGINE_LIMITS = (
     ("max_load", float, "share of the device realtime sessions may claim (compute_full)"),
     ("max_step_seconds", float, "a session whose one step takes longer is refused"),
     ("late_seconds", float, "a realtime step this late makes /healthz say degraded"),
+    ("recalibrate_seconds", float, "an idle device re-times a pipeline before compute_full"),
 )
 
 

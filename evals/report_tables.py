@@ -98,7 +98,8 @@ def provenance(stem: str, data: dict[str, Any]) -> str:
             dirty = " + local changes" if run["git_dirty"] else ""
             commit = f"commit {run['git_revision'][:10]}{dirty}"
     else:
-        date, machine = data.get("date", "date not recorded"), data.get("device", "")
+        date = data.get("date", "date not recorded")
+        machine = data.get("device") or data.get("machine", "")
         versions = {k: data[k] for k in ("torch",) if k in data}
         commit = None
     parts = [link(stem), date[:10], machine]
@@ -164,9 +165,14 @@ def service_table(record: BenchRecord) -> str:
     for name, variant in w.variants.items():
         counts = sorted(int(k.rsplit("_", 1)[1]) for k in variant.figures if k.startswith("fps_"))
         for n in counts:
-            overhead = variant.value(f"overhead_ms_{n}")
+            overhead = variant.figures.get(f"overhead_ms_{n}")
             fraction = variant.value(f"overhead_fraction_{n}")
-            cell = "—" if overhead is None else f"{_signed_ms(overhead)} ms ({fraction:+.0%})"
+            if overhead is None:
+                cell = "—"
+            elif overhead.within_noise:
+                cell = f"within noise (±{_ms(overhead.spread)} ms)"
+            else:
+                cell = f"{_signed_ms(overhead.value)} ms ({fraction:+.0%})"
             rows.append(
                 [
                     _label(w, name),
@@ -256,10 +262,12 @@ def _variant_table(w: Workload, columns: Sequence[_Column], anchor: dict | None)
 
 
 def _cell(variant: Variant, column: _Column, ratio: float | None) -> str:
-    value = variant.value(column.figure)
-    if value is None:
+    figure = variant.figures.get(column.figure)
+    if figure is None or figure.value is None:
         return "—"
-    return column.format(value) + ("" if ratio is None else f" ({ratio:.2f}×)")
+    if figure.within_noise:  # a difference smaller than its spread: neither size nor sign
+        return f"within noise (±{column.format(figure.spread).lstrip('+')})"
+    return column.format(figure.value) + ("" if ratio is None else f" ({ratio:.2f}×)")
 
 
 def _label(w: Workload, name: str) -> str:

@@ -69,7 +69,7 @@ class ConnectionContext:
     encoders: Executor  # threads that encode and decode frames
     recordings: Recordings
     draining: Callable[[], bool]  # the server is shutting down
-    welcome: dict[str, Any]  # the welcome message's fields
+    welcome: Callable[[], dict[str, Any]]  # the welcome message's fields, as of now
 
 
 @dataclass(eq=False)
@@ -158,7 +158,7 @@ class ConnectionHandler:
         if isinstance(message, protocol.Hello):
             self.authenticated = True
             self.context.counters.unauthenticated -= 1
-            await self.send(encode("welcome", **self.context.welcome))
+            await self.send(encode("welcome", **self.context.welcome()))
         elif isinstance(message, protocol.SessionStart):
             await self.start(message)
         elif isinstance(message, protocol.InputFrame):

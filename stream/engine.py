@@ -76,6 +76,7 @@ class GenerationPipeline(Protocol):
 
     def open(self, request: GenerationRequest) -> Any: ...
     def step_cost(self, request: GenerationRequest) -> StepCost | None: ...  # None: unknown
+    def calibrate(self) -> None: ...  # time a step on this device, for step_cost
     def step_async(self, state: Any) -> PendingChunk: ...
     def switch_prompt(self, state: Any, prompt: str, transition_chunks: int = 0) -> None: ...
     def close(self, state: Any) -> None: ...
@@ -92,6 +93,7 @@ class UnderstandingPipeline(Protocol):
 
     def open(self, request: UnderstandingRequest) -> Any: ...
     def step_cost(self, request: UnderstandingRequest) -> StepCost | None: ...  # a second's
+    def calibrate(self) -> None: ...
     def push_frame(self, state: Any, timestamp: float, frame: Any) -> None: ...
     def ask(self, state: Any, question: str) -> None: ...
     def ready(self, state: Any) -> bool: ...
@@ -118,6 +120,8 @@ class EngineConfig:
     max_load: float = 0.9  # device time realtime sessions may claim together (compute_full)
     max_step_seconds: float = 1.0  # a longer step is refused (under lookahead_seconds)
     late_seconds: float = 0.5  # a realtime step this far past its deadline is late (degraded)
+    # a pipeline re-timed on an idle device before it refuses by compute, at most this often
+    recalibrate_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         limits = (
@@ -128,6 +132,8 @@ class EngineConfig:
         )
         if min(limits) <= 0 or self.lookahead_seconds <= 0 or self.max_pending_commands <= 0:
             raise ValueError(f"engine limits must be positive: {self}")
+        if self.recalibrate_seconds < 0:
+            raise ValueError(f"recalibrate_seconds must be >= 0, got {self.recalibrate_seconds}")
         _ = self.scheduler  # its own checks of the pacing and admission limits
 
     @property
@@ -207,6 +213,8 @@ class Engine:
         self._clock = clock
         self.scheduler = Scheduler(self.config.scheduler, clock)
         self._groups = {id(p): i for i, p in enumerate(self.pipelines.values())}
+        # id(pipeline) -> when it was last timed; warm-up timed them all just before
+        self._calibrated = {id(p): clock() for p in self.pipelines.values()}
         self._live: dict[int, _Live] = {}
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         # session id -> (timestamp, frame) input frames not yet pushed (guarded by _wakeup)
@@ -280,6 +288,9 @@ class Engine:
         def open_() -> None:
             cost = target.step_cost(request)
             admission = self.scheduler.admit(cost, realtime, group)
+            if admission is not None and self._recalibrate(target):
+                cost = target.step_cost(request)
+                admission = self.scheduler.admit(cost, realtime, group)
             if len(self._live) >= self.config.max_sessions:
                 limit = self.config.max_sessions
                 error = SessionRefused("too_many_sessions", f"the server runs at most {limit}")
@@ -313,6 +324,24 @@ class Engine:
 
         self._submit(open_)
         return await result
+
+    def _recalibrate(self, pipeline: Pipeline) -> bool:
+        """Time ``pipeline`` again before refusing a session by compute, when the device runs
+        nothing (a step timed at warm-up on a busy machine reads slow for as long as the
+        server runs) and its last timing is older than ``recalibrate_seconds`` (a client
+        asking for too much again and again costs the device one step now and then)."""
+        now = self._clock()
+        last = self._calibrated.get(id(pipeline), now)
+        if self._live or now - last < self.config.recalibrate_seconds:
+            return False
+        self._calibrated[id(pipeline)] = now
+        try:
+            pipeline.calibrate()
+        except Exception:  # the old timing stands; the refusal goes out as it was
+            logger.exception("re-timing a pipeline failed")
+            return False
+        logger.info("re-timed a pipeline on the idle device before admitting a session")
+        return True
 
     def _hand_over(self, result: asyncio.Future, session: Session) -> None:
         """Give the opened session to its caller, or close it if the caller has gone."""

@@ -92,7 +92,7 @@ class Server:
             encoders=self.encoders,
             recordings=self.recordings,
             draining=lambda: self.draining,
-            welcome=self._welcome(),
+            welcome=self._welcome,  # read at each hello: a re-timed device changes sizes
         )
         self._clients: set[ConnectionHandler] = set()
         self._ws: Any = None

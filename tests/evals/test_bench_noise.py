@@ -71,3 +71,13 @@ def test_figures_of_older_records_still_load() -> None:
 def test_the_faster_run_keeps_both_samples() -> None:
     before, after = Throughput(10.0, [100.0, 101.0]), Throughput(12.0, [80.0])
     assert before.faster(after) == Throughput(12.0, [100.0, 101.0, 80.0])
+
+
+def test_the_report_prints_within_noise_too() -> None:
+    from framestream.evals.report_tables import _cell, _Column, _signed_ms
+
+    variant = Variant("ours")
+    variant.add_difference("stall", Difference(-40.9, 55.0), "ms", "switch stall")
+    variant.add_difference("hop", Difference(12.0, 3.0), "ms", "Ray hop")
+    assert _cell(variant, _Column("stall", "", _signed_ms), None) == "within noise (±55)"
+    assert _cell(variant, _Column("hop", "", _signed_ms), 1.5) == "+12 (1.50×)"

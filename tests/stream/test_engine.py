@@ -31,15 +31,26 @@ class FakeGeneration:
 
     kind = "generation"
 
-    def __init__(self, admit: int = 100, cost: StepCost | None = None) -> None:
+    def __init__(
+        self,
+        admit: int = 100,
+        cost: StepCost | None = None,
+        recalibrated_cost: StepCost | None = None,
+    ) -> None:
         self.config = _Config()
         self.admit = admit
         self.cost = cost
+        self.recalibrated_cost = recalibrated_cost  # what calibrate() measures
+        self.calibrations = 0
         self.open_states: list[dict] = []
         self.closed = 0
 
     def step_cost(self, request) -> StepCost | None:
         return self.cost
+
+    def calibrate(self) -> None:
+        self.calibrations += 1
+        self.cost = self.recalibrated_cost or self.cost
 
     def open(self, request):
         if len(self.open_states) - self.closed >= self.admit:
@@ -510,6 +521,38 @@ def test_a_batched_prefill_that_raises_ends_the_sessions_in_it_only() -> None:
             assert (await _caption(apart))["text"] == "s0"  # another pipeline's stream goes on
             frames = await frames_of(video, 24)  # and so does generation
             assert all(int(f.pixels[0, 0, 0]) == 3 for f in frames)
+        finally:
+            await engine.shutdown()
+
+    run(main())
+
+
+def test_an_idle_device_is_timed_again_before_it_refuses_by_compute() -> None:
+    """A step timed at warm-up on a busy machine reads slow: before refusing by compute an idle
+    engine re-times the pipeline, at most once per recalibrate_seconds, never while it runs
+    sessions."""
+    slow, fast = StepCost(5.0, 0.75), StepCost(0.3, 0.75)
+
+    async def main():
+        now = [100.0]
+        pipeline = FakeGeneration(cost=slow, recalibrated_cost=fast)
+        config = EngineConfig(recalibrate_seconds=60.0)
+        engine = Engine({"gen": pipeline}, config, clock=lambda: now[0])
+        engine.start()
+        try:
+            with pytest.raises(SessionRefused):  # timed just now, at warm-up
+                await engine.open_session("gen", GenerationRequest("a"))
+            assert pipeline.calibrations == 0
+            now[0] += 61.0
+            first = await engine.open_session("gen", GenerationRequest("a"))
+            assert pipeline.calibrations == 1  # re-timed: 0.3 s a step fits
+            pipeline.recalibrated_cost = slow
+            pipeline.cost = StepCost(0.6, 0.75)  # 80 % beside the first's 40 %: refused
+            now[0] += 120.0
+            with pytest.raises(SessionRefused):
+                await engine.open_session("gen", GenerationRequest("b"))
+            assert pipeline.calibrations == 1  # a session runs: its numbers stand
+            engine.close(first)
         finally:
             await engine.shutdown()
 
