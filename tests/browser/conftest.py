@@ -24,6 +24,7 @@ from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.server import Server, build_server
 from framestream.stream.service import ServiceModels, build_pipelines
+from tests.admission import ANY_COMPUTE
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "stream" / "static"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -42,7 +43,7 @@ MAX_FRAME_PIXELS = 256 * 256
 APT_TIMEOUT = 600
 # The page's tests must not hang on how busy the machine was when the pipelines were timed at
 # warm-up: their server admits any session by compute (test_welcome.py keeps the defaults)
-ADMIT_ALL = EngineConfig(lookahead_seconds=0.5, max_load=1e9, max_step_seconds=1e9)
+ADMIT_ALL = EngineConfig(lookahead_seconds=0.5, **ANY_COMPUTE)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -11,9 +11,9 @@ import urllib.request
 import pytest
 
 from framestream.stream.config import ServerConfig
-from framestream.stream.engine import Engine, EngineConfig
+from framestream.stream.engine import Engine
 
-from .conftest import STATIC_DIR, ServerThread
+from .conftest import ADMIT_ALL, STATIC_DIR, ServerThread
 
 pytestmark = pytest.mark.browser
 
@@ -141,7 +141,7 @@ def test_wrong_token_is_explained_and_not_retried(browser, pipelines) -> None:
     from playwright.sync_api import expect
 
     config = ServerConfig(port=0, static_dir=STATIC_DIR, token="s3cret")
-    with ServerThread(config, Engine(pipelines, EngineConfig())) as server:
+    with ServerThread(config, Engine(pipelines, ADMIT_ALL)) as server:
         context = browser.new_context()
         try:
             page = context.new_page()
@@ -168,7 +168,7 @@ def test_token_from_the_url_fragment_connects(browser, pipelines) -> None:
     from playwright.sync_api import expect
 
     config = ServerConfig(port=0, static_dir=STATIC_DIR, token="s3cret")
-    with ServerThread(config, Engine(pipelines, EngineConfig())) as server:
+    with ServerThread(config, Engine(pipelines, ADMIT_ALL)) as server:
         context = browser.new_context()
         try:
             page = context.new_page()
@@ -185,7 +185,7 @@ def test_the_toy_world_feed_plays_on_a_server_with_a_token(browser, pipelines) -
     from playwright.sync_api import expect
 
     config = ServerConfig(port=0, static_dir=STATIC_DIR, token="s3cret")
-    with ServerThread(config, Engine(pipelines, EngineConfig())) as server:
+    with ServerThread(config, Engine(pipelines, ADMIT_ALL)) as server:
         context = browser.new_context()
         context.add_init_script("navigator.mediaDevices.enumerateDevices = async () => [];")
         try:

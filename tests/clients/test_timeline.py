@@ -33,6 +33,7 @@ from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.server import Server, build_server
 from framestream.stream.service import ServiceModels, build_pipelines
+from tests.admission import ANY_COMPUTE
 
 TIMEOUT = 60.0
 
@@ -232,7 +233,7 @@ def pipelines():
 
 # Admission by compute is left out: it reads step times measured at warm-up, which a busy
 # shared machine inflates, and a refused start says nothing about timelines
-ADMIT_ALL = EngineConfig(lookahead_seconds=0.5, max_load=1e9, max_step_seconds=1e9)
+ADMIT_ALL = EngineConfig(lookahead_seconds=0.5, **ANY_COMPUTE)
 
 
 @contextlib.asynccontextmanager
