@@ -1,8 +1,6 @@
-"""clients/client.py against a scripted fake server that speaks docs/protocol.md on loopback.
-
-The fake builds binary frames with its own ``struct`` format string, not the client's
-``FrameHeader``, so that both sides of each check come from the documented layout.
-"""
+"""clients/client.py's wire format, connection and generation sessions against a scripted fake
+server (tests/clients/fake_server.py) on loopback; understanding sessions are in
+test_understanding_client.py."""
 
 from __future__ import annotations
 
@@ -12,19 +10,15 @@ import fractions
 import json
 import struct
 import threading
-from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import av
-import cv2
 import numpy as np
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
 from websockets.sync.server import ServerConnection as SyncServerConnection
 from websockets.sync.server import serve as sync_serve
 
 from framestream.clients.client import (
-    Caption,
     ClientError,
     Frame,
     FrameFormat,
@@ -33,164 +27,18 @@ from framestream.clients.client import (
     ServerError,
     SessionEnded,
     StreamClient,
-    UnderstandingSession,
     generate_frames,
 )
 
-WIRE_HEADER = "<2sBBIQdB3xHH"  # docs/protocol.md, "Binary frames"
-FORMATS = {"jpeg": 1, "png": 2, "raw": 3, "h264": 4}
-WELCOME = {
-    "type": "welcome",
-    "version": 1,
-    "server": "fake/0",
-    "pipelines": ["longlive"],
-    "limits": {
-        "max_message_bytes": 1 << 20,
-        "max_sessions_per_connection": 4,
-        "max_frame_pixels": 1 << 20,
-        "output_queue_frames": 96,
-    },
-}
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-def pixels(seed: int, height: int = 32, width: int = 48) -> np.ndarray:
-    """A smooth RGB test image (JPEG-friendly), different for each seed."""
-    y, x = np.mgrid[0:height, 0:width]
-    image = np.stack([x * 4 + seed * 10, y * 6 + seed * 20, (x + y) * 2 + seed * 30], axis=-1)
-    return (image % 256).astype(np.uint8)
-
-
-def encode_payload(image: np.ndarray, fmt: str) -> bytes:
-    if fmt == "raw":
-        return image.tobytes()
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ext, args = (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95]) if fmt == "jpeg" else (".png", [])
-    ok, data = cv2.imencode(ext, bgr, args)
-    assert ok
-    return data.tobytes()
-
-
-def frame_message(session: int, index: int, fmt: str, payload: bytes, width: int, height: int,
-                  fps: float = 16.0) -> bytes:  # fmt: skip
-    header = struct.pack(
-        WIRE_HEADER, b"SV", 1, 1, session, index, index / fps, FORMATS[fmt], width, height
-    )
-    assert len(header) == 32
-    return header + payload
-
-
-class FakeServer:
-    """Answers hello, then hands every client message to the test, which scripts the replies."""
-
-    def __init__(self, refuse: dict[str, Any] | None = None) -> None:
-        self.refuse = refuse
-        self.hellos: list[dict[str, Any]] = []
-        self.received: asyncio.Queue[Any] = asyncio.Queue()
-        self.connected = asyncio.Event()
-        self.ws: ServerConnection | None = None
-        self.url = ""
-        self.last_start: dict[str, Any] = {}  # the latest session.start of an understand()
-
-    async def handler(self, ws: ServerConnection) -> None:
-        assert ws.request is not None and ws.request.path == "/ws"
-        self.hellos.append(json.loads(await ws.recv()))
-        if self.refuse is not None:
-            await ws.send(json.dumps(self.refuse))
-            await ws.close(1008)
-            return
-        await ws.send(json.dumps(WELCOME))
-        self.ws = ws
-        self.connected.set()
-        with contextlib.suppress(Exception):
-            async for message in ws:
-                await self.received.put(
-                    json.loads(message) if isinstance(message, str) else message
-                )
-
-    async def recv(self) -> dict[str, Any]:
-        return await asyncio.wait_for(self.received.get(), 5)
-
-    async def send(self, kind: str, **fields: Any) -> None:
-        assert self.ws is not None
-        await self.ws.send(json.dumps({"type": kind, **fields}))
-
-    async def send_frame(self, session: int, index: int, image: np.ndarray, fmt: str) -> None:
-        assert self.ws is not None
-        payload = encode_payload(image, fmt)
-        height, width = image.shape[:2]
-        await self.ws.send(frame_message(session, index, fmt, payload, width, height))
-
-    async def start(self, client: StreamClient, session: int, fmt: str = "raw", **kw: Any):
-        """Drive ``client.generate`` through a scripted ``session.started``."""
-        task = asyncio.create_task(client.generate("a fox", format=fmt, **kw))
-        start = await self.recv()
-        assert start["type"] == "session.start"
-        await self.send(
-            "session.started",
-            session=session,
-            pipeline="longlive",
-            fps=16.0,
-            width=48,
-            height=32,
-            format=fmt,
-            request_id=start["request_id"],
-        )
-        return await task
-
-    async def start_understanding(
-        self, client: StreamClient, session: int, **kw: Any
-    ) -> UnderstandingSession:
-        """Drive ``client.understand`` through a scripted ``session.started`` (kind
-        understanding); returns the session and the ``session.start`` message."""
-        task = asyncio.create_task(client.understand(**kw))
-        start = await self.recv()
-        assert start["type"] == "session.start"
-        self.last_start = start
-        started = {
-            "type": "session.started",
-            "session": session,
-            "pipeline": start["pipeline"],
-            "kind": "understanding",
-            "fps": 2,
-            "request_id": start["request_id"],
-        }
-        assert self.ws is not None
-        await self.ws.send(json.dumps(started))
-        return await task
-
-
-def parse_input_frame(data: bytes) -> tuple[tuple[Any, ...], np.ndarray]:
-    """(header fields, RGB pixels) of a client's input frame, decoded with the documented
-    layout and cv2 alone."""
-    fields = struct.unpack_from(WIRE_HEADER, data)
-    magic, version, kind, _, _, _, fmt, width, height = fields
-    assert (magic, version, kind) == (b"SV", 1, 2)
-    payload = data[32:]
-    if fmt == FORMATS["raw"]:
-        assert len(payload) == width * height * 3
-        image = np.frombuffer(payload, np.uint8).reshape(height, width, 3)
-    else:
-        bgr = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
-        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return fields, image
-
-
-@contextlib.asynccontextmanager
-async def fake_server(**kwargs: Any) -> AsyncIterator[FakeServer]:
-    fake = FakeServer(**kwargs)
-    async with serve(fake.handler, "127.0.0.1", 0, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]
-        fake.url = f"ws://127.0.0.1:{port}/ws"
-        yield fake
-
-
-async def collect(frames: AsyncIterator[Frame]) -> list[Frame]:
-    return [frame async for frame in frames]
-
+from .fake_server import (
+    WELCOME,
+    WIRE_HEADER,
+    collect,
+    fake_server,
+    frame_message,
+    pixels,
+    run,
+)
 
 # -- the wire format ---------------------------------------------------------------------------
 
@@ -636,173 +484,3 @@ def test_generate_frames() -> None:
     np.testing.assert_array_equal(frames[5].pixels, pixels(5))
     assert messages[1]["params"]["format"] == "raw"
     assert messages[2] == {"type": "stop", "session": 1}
-
-
-# -- understanding sessions --------------------------------------------------------------------
-
-
-def test_understand_sends_session_start_and_picks_the_class() -> None:
-    async def main() -> None:
-        async with fake_server() as fake, StreamClient.connect(fake.url) as client:
-            session = await fake.start_understanding(
-                client, 5, instruction="Commentate.", previous_text="Kick-off."
-            )
-            assert fake.last_start == {
-                "type": "session.start",
-                "pipeline": "streaming_vlm",
-                "params": {"instruction": "Commentate.", "previous_text": "Kick-off."},
-                "request_id": fake.last_start["request_id"],
-            }
-            assert isinstance(session, UnderstandingSession) and client.sessions[5] is session
-            assert (session.id, session.pipeline, session.fps) == (5, "streaming_vlm", 2.0)
-            plain = await fake.start_understanding(client, 6, pipeline="other_vlm")
-            assert fake.last_start["params"] == {} and plain.pipeline == "other_vlm"
-
-            # a generation reply to understand() (and vice versa) is stopped and refused
-            task = asyncio.create_task(client.understand(pipeline="longlive"))
-            start = await fake.recv()
-            await fake.send(
-                "session.started",
-                session=7,
-                pipeline="longlive",
-                fps=16.0,
-                width=48,
-                height=32,
-                format="raw",
-                request_id=start["request_id"],
-            )
-            assert await fake.recv() == {"type": "stop", "session": 7}
-            await fake.send("session.ended", session=7, reason="stopped")
-            with pytest.raises(ClientError, match="GenerationSession"):
-                await task
-
-    run(main())
-
-
-def test_understand_checks_arguments_before_sending() -> None:
-    async def main() -> None:
-        async with fake_server() as fake, StreamClient.connect(fake.url) as client:
-            with pytest.raises(ValueError, match="instruction"):
-                await client.understand(instruction="x" * 2001)
-            session = await fake.start_understanding(client, 1)
-            image = pixels(0)
-            for bad, kwargs in (
-                (ValueError, {"pixels": image[..., :2], "timestamp": 0.0}),
-                (TypeError, {"pixels": image.astype(np.float32), "timestamp": 0.0}),
-                (ValueError, {"pixels": image, "timestamp": -1.0}),
-                (ValueError, {"pixels": image, "timestamp": float("nan")}),
-                (ValueError, {"pixels": image, "timestamp": 0.0, "format": "h264"}),
-                (ValueError, {"pixels": image, "timestamp": 0.0, "quality": 0}),
-            ):
-                with pytest.raises(bad):
-                    await session.send_frame(**kwargs)
-            await session.send_frame(image, 1.0, format="raw")
-            with pytest.raises(ValueError, match="before the previous"):
-                await session.send_frame(image, 0.5, format="raw")
-            with pytest.raises(ValueError, match="question"):
-                await session.ask("  ")
-            # only the one good frame went out
-            assert isinstance(await fake.recv(), bytes)
-            assert fake.received.empty()
-
-    run(main())
-
-
-@pytest.mark.parametrize("fmt", ["raw", "png", "jpeg"])
-def test_input_frames_carry_the_header_and_pixels(fmt: str) -> None:
-    images = [pixels(i) for i in range(3)]
-    timestamps = [0.0, 0.5, 0.5]
-
-    async def main() -> list[bytes]:
-        async with fake_server() as fake, StreamClient.connect(fake.url) as client:
-            session = await fake.start_understanding(client, 4)
-            for image, timestamp in zip(images, timestamps, strict=True):
-                await session.send_frame(image, timestamp, format=fmt, quality=95)
-            assert session.frames_sent == 3
-            return [await fake.recv() for _ in images]
-
-    for i, data in enumerate(run(main())):
-        assert isinstance(data, bytes)
-        (_, _, _, session, index, timestamp, wire_fmt, width, height), image = parse_input_frame(
-            data
-        )
-        assert (session, index, timestamp) == (4, i, timestamps[i])
-        assert (wire_fmt, width, height) == (FORMATS[fmt], 48, 32)
-        if fmt == "jpeg":
-            assert np.abs(image.astype(int) - images[i].astype(int)).mean() < 4
-        else:
-            np.testing.assert_array_equal(image, images[i])
-
-
-def test_captions_in_order_and_questions() -> None:
-    async def main() -> None:
-        async with fake_server() as fake, StreamClient.connect(fake.url) as client:
-            session = await fake.start_understanding(client, 2)
-            await session.ask("what colour is the car?")
-            assert await fake.recv() == {
-                "type": "question",
-                "session": 2,
-                "text": "what colour is the car?",
-            }
-            texts = ["a red car", "", "it turns left"]
-            for k, text in enumerate(texts):
-                await fake.send("caption", session=2, start=float(k), end=k + 1.0, text=text,
-                                lag=0.25 * k)  # fmt: skip
-            await fake.send("caption", session=2, start="x", end=None, text="bad")  # skipped
-            await fake.send("error", session=2, code="bad_frame", message="cannot decode")
-            await fake.send("session.ended", session=2, reason="stopped")
-            captions = [caption async for caption in session.captions()]
-            assert captions == [
-                Caption(float(k), k + 1.0, text, 0.25 * k) for k, text in enumerate(texts)
-            ]
-            assert session.ended_reason == "stopped" and session.captions_dropped == 0
-            events = [session.events.get_nowait() for _ in range(session.events.qsize())]
-            assert [e["type"] for e in events] == ["caption"] * 4 + ["error", "session.ended"]
-            with pytest.raises(SessionEnded):
-                await session.ask("still there?")
-            with pytest.raises(SessionEnded):
-                await session.send_frame(pixels(0), 9.0)
-
-    run(main())
-
-
-def test_slow_caption_consumer_loses_the_oldest() -> None:
-    async def main() -> None:
-        async with (
-            fake_server() as fake,
-            StreamClient.connect(fake.url, max_queued_captions=2) as client,
-        ):
-            session = await fake.start_understanding(client, 3)
-            for k in range(5):
-                await fake.send("caption", session=3, start=float(k), end=k + 1.0, text=str(k),
-                                lag=0.0)  # fmt: skip
-            await fake.send("session.ended", session=3, reason="stopped")
-            await session.wait_ended(5)
-            captions = [caption.text async for caption in session.captions()]
-            assert captions == ["3", "4"] and session.captions_dropped == 3
-
-    run(main())
-
-
-def test_understanding_session_stop_and_disconnect() -> None:
-    async def main() -> None:
-        async with fake_server() as fake:
-            client = await StreamClient.open(fake.url)
-            async with await fake.start_understanding(client, 8) as session:
-                stop = asyncio.create_task(session.stop())
-                assert await fake.recv() == {"type": "stop", "session": 8}
-                await fake.send("session.ended", session=8, reason="stopped")
-                await stop
-            other = await fake.start_understanding(client, 9)
-            captions = asyncio.create_task(collect_captions(other))
-            assert fake.ws is not None
-            await fake.ws.close()
-            assert await asyncio.wait_for(captions, 5) == []
-            assert other.ended_reason == "disconnected"
-            await client.close()
-
-    run(main())
-
-
-async def collect_captions(session: UnderstandingSession) -> list[Caption]:
-    return [caption async for caption in session.captions()]
