@@ -63,8 +63,7 @@ def _eval_inf_streams(args: argparse.Namespace) -> int:
     from framestream.evals.inf_streams.cli import run_inf_streams
 
     check(args, _INF_STREAMS_CHECKS)
-    if not 1 <= args.quality <= 100:
-        raise UsageError(f"--quality must be 1..100, got {args.quality}")
+    _quality(args.quality)
     check_device(args.device)
 
     return run_inf_streams(args)
@@ -154,6 +153,12 @@ def _timeline(args: argparse.Namespace) -> int:
     return asyncio.run(run_timeline(args))
 
 
+def _quality(quality: int | None) -> None:
+    """``--quality``: a JPEG quality, 1..100 (None: the command's default)."""
+    if quality is not None and not 1 <= quality <= 100:
+        raise UsageError(f"--quality must be 1..100, got {quality}")
+
+
 def _websocket_url(url: str) -> None:
     if not url.startswith(("ws://", "wss://")):
         raise UsageError(f"--url must be a ws:// or wss:// URL, got {url!r}")
@@ -187,8 +192,7 @@ def _caption(args: argparse.Namespace) -> int:
     from framestream.clients.caption import run_caption, video_problem
 
     check(args, _CAPTION_CHECKS)
-    if args.quality is not None and not 1 <= args.quality <= 100:
-        raise UsageError(f"--quality must be 1..100, got {args.quality}")
+    _quality(args.quality)
     problem = video_problem(args.video) if args.video is not None else None
     if problem is not None:
         raise UsageError(problem)

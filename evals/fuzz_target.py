@@ -27,8 +27,6 @@ import contextlib
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +40,7 @@ from framestream.clients.wire import FrameFormat, FrameHeader, FrameKind
 from framestream.evals.fuzz_checks import ServerLog, Transcript, Violation
 from framestream.evals.fuzz_grammar import Chooser, Targets, client_message, opening
 from framestream.evals.loopback import ServerThread
+from framestream.evals.observed import FrameLateness, feed_url, fetch_status, percentiles_ms
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
@@ -100,9 +99,7 @@ class ControlStream(threading.Thread):
         self.size = size
         self.realtime = realtime
         self.understanding = pipeline == "streaming_vlm"
-        self.lateness: list[float] = []
-        self._fps = 0.0
-        self._previous: tuple[int, float] | None = None
+        self.lateness = FrameLateness(fps=0.0)  # its rate comes with session.started
         self.ready = threading.Event()
         self.problems: list[str] = []
         self.received = 0  # frames (generation) or captions (understanding)
@@ -117,13 +114,8 @@ class ControlStream(threading.Thread):
         if self.is_alive():
             self.problems.append("the control stream did not end")
         report = {"session": self.session, "received": self.received, "problems": self.problems}
-        if self.lateness:
-            late = np.array(self.lateness) * 1000
-            report["lateness_ms"] = {
-                "p50": round(float(np.percentile(late, 50)), 1),
-                "p99": round(float(np.percentile(late, 99)), 1),
-                "max": round(float(late.max()), 1),
-            }
+        if self.lateness.seconds:
+            report["lateness_ms"] = percentiles_ms(self.lateness.seconds)
         return report
 
     def wait_for_more(self, than: int, timeout: float = 60.0) -> bool:
@@ -158,7 +150,7 @@ class ControlStream(threading.Thread):
         start = {"type": "session.start", "pipeline": self.pipeline, "params": params}
         ws.send(json.dumps(start))
         started = self._until(ws, "session.started")
-        self.session, self._fps = started["session"], started["fps"]
+        self.session, self.lateness.fps = started["session"], started["fps"]
 
     def _until(self, ws: ClientConnection, kind: str) -> dict[str, Any]:
         deadline = time.monotonic() + REPLY_TIMEOUT
@@ -173,7 +165,7 @@ class ControlStream(threading.Thread):
         if message is None:
             self.received += not self.understanding
             if self.realtime and not self.understanding:
-                self._note_lateness(FrameHeader.unpack(raw).index)
+                self.lateness.note(FrameHeader.unpack(raw).index, time.monotonic())
         elif message["type"] == "caption":
             self.received += 1
         elif message["type"] == "error" or (
@@ -181,13 +173,6 @@ class ControlStream(threading.Thread):
         ):
             self.problems.append(f"unexpected {message}")
         return message
-
-    def _note_lateness(self, index: int) -> None:
-        now = time.monotonic()
-        if self._previous is not None:
-            due = self._previous[1] + (index - self._previous[0]) / self._fps
-            self.lateness.append(max(0.0, now - due))
-        self._previous = (index, now)
 
     def _stream(self, ws: ClientConnection) -> None:
         started, sent = time.monotonic(), 0
@@ -208,7 +193,7 @@ class FeedLoad(threading.Thread):
 
     def __init__(self, url: str, worker: int, seconds: int = 60) -> None:
         super().__init__(name=f"feed-{worker}", daemon=True)
-        self.base = url.replace("ws://", "http://").removesuffix("/ws")
+        self.url = url
         self.worker, self.seconds = worker, seconds
         self.statuses: collections.Counter[int] = collections.Counter()
         self.problems: list[str] = []
@@ -222,14 +207,9 @@ class FeedLoad(threading.Thread):
         number = 0
         while not self._stop_event.is_set():
             number += 1
-            seed = self.worker * 100_000 + number
-            url = f"{self.base}/toyworld/feed.mp4?seed={seed}&seconds={self.seconds}&token={TOKEN}"
+            url = feed_url(self.url, self.worker * 100_000 + number, self.seconds, TOKEN)
             try:
-                with urllib.request.urlopen(url, timeout=REPLY_TIMEOUT) as reply:
-                    reply.read()
-                    status = reply.status
-            except urllib.error.HTTPError as error:
-                status = error.code
+                status = fetch_status(url, REPLY_TIMEOUT)
             except OSError as exc:  # no answer at all: what the issue found
                 self.problems.append(f"{type(exc).__name__}: {exc}")
                 continue

@@ -57,8 +57,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from framestream.clients.client import ServerError, StreamClient
+from framestream.evals.observed import FrameLateness, feed_url, fetch_status, percentiles_ms
 from framestream.models.toyworld import Feed, render
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
@@ -204,15 +203,11 @@ async def _generation(
             tally.sessions[pipeline] += 1
             end = min(until, loop.time() + seconds)
             frames = session.frames().__aiter__()
-            previous: tuple[int, float] | None = None
+            lateness = FrameLateness(session.fps, tally.lateness[pipeline])
             while loop.time() < end:
                 async with asyncio.timeout(STALL_SECONDS):
                     frame = await frames.__anext__()  # StopAsyncIteration: ended early, a failure
-                now = loop.time()
-                if previous is not None:
-                    due = previous[1] + (frame.index - previous[0]) / session.fps
-                    tally.lateness[pipeline].append(max(0.0, now - due))
-                previous = (frame.index, now)
+                lateness.note(frame.index, loop.time())
                 tally.frames += 1
             if number % 3 == 0:
                 tally.vanished += 1
@@ -285,25 +280,15 @@ async def _large(url: str, size: tuple[int, int], until: float, tally: _Tally) -
 
 async def _feeds(url: str, worker: int, until: float, tally: _Tally, seconds: int) -> None:
     """Fetch toy-world feeds back to back, each a new seed (so the server renders it)."""
-    base = url.replace("ws://", "http://").removesuffix("/ws")
     loop = asyncio.get_running_loop()
     number = 0
     while loop.time() < until:
         number += 1
-        feed = f"{base}/toyworld/feed.mp4?seed={worker * 100_000 + number}&seconds={seconds}"
-        status = await asyncio.to_thread(_fetch, feed)
+        feed = feed_url(url, worker * 100_000 + number, seconds)
+        status = await asyncio.to_thread(fetch_status, feed, STALL_SECONDS)
         tally.feeds[status] += 1
         if status != 200:
             await asyncio.sleep(1.0)  # 503: busy; it says when to come back
-
-
-def _fetch(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=STALL_SECONDS) as reply:
-            reply.read()
-            return reply.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 async def _count_captions(session: Any, tally: _Tally) -> None:
@@ -434,9 +419,7 @@ def _verdict(
     lateness = {
         pipeline: {
             "frames": len(values),
-            "p50_ms": round(1000 * float(np.percentile(values, 50)), 1),
-            "p99_ms": round(1000 * float(np.percentile(values, 99)), 1),
-            "max_ms": round(1000 * max(values), 1),
+            **{f"{name}_ms": ms for name, ms in percentiles_ms(values).items()},
         }
         for pipeline, values in sorted(tally.lateness.items())
         if values

@@ -77,6 +77,8 @@ class Server:
             config.record_dir, config.max_recordings, config.max_pending_record_frames
         )
         self.feeds = ToyFeeds(config.toyworld_feed_max_waiting)
+        # the models never change; the sizes follow the device's timing, so _welcome reads them
+        self._models = model_sources(engine.pipelines)
         catalog = protocol.Catalog(
             {name: describe_pipeline(p) for name, p in engine.pipelines.items()},
             config.preset,
@@ -204,8 +206,8 @@ class Server:
         scheduler = self.engine.config.scheduler
         if sizes := realtime_sizes(pipelines, scheduler, config.max_frame_pixels):
             welcome["sizes"] = sizes
-        if models := model_sources(pipelines):
-            welcome["models"] = models
+        if self._models:
+            welcome["models"] = self._models
         return welcome
 
     # -- HTTP ------------------------------------------------------------------------------

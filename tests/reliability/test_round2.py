@@ -286,8 +286,7 @@ def test_connections_before_hello_cannot_take_every_slot(pipelines):
                 idle = [await connect(server.url).__aenter__() for _ in range(2)]
                 try:
                     with pytest.raises(InvalidStatus) as refused:
-                        async with connect(server.url):
-                            pass
+                        await connect(server.url)
                     assert refused.value.response.status_code == 503
                     assert await start(member) > 0  # the member is not locked out
                 finally:
