@@ -253,14 +253,17 @@ def attend_sequences(
     meta: AttentionMetadata,
     sequence: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     scale: float | None,
+    attend: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """:func:`attend_sequence` for every sequence of ``meta`` with queries, written into
-    ``out [N_q, H_q, D]``; ``sequence(s)`` gives its rotated ``q, k, v`` as ``[H, len, D]``."""
+    """``attend`` (:func:`attend_sequence` unless given, same signature) for every sequence of
+    ``meta`` with queries, written into ``out [N_q, H_q, D]``; ``sequence(s)`` gives its rotated
+    ``q, k, v`` as ``[H, len, D]``."""
+    attend = attend or attend_sequence
     qi = meta.q_indptr_host
     for s in range(meta.num_seqs):
         if qi[s + 1] == qi[s]:
             continue
-        o = attend_sequence(*sequence(s), meta.causal, scale)
+        o = attend(*sequence(s), meta.causal, scale)
         out[qi[s] : qi[s + 1]] = o.transpose(0, 1)
     return out
 

@@ -5,6 +5,8 @@
 * ``triton``: the split-K paged kernels (:mod:`kernels.triton_attention`);
 * ``sdpa_fused``: SDPA over keys gathered and rotated by one Triton pass
   (:mod:`kernels.triton_gather`);
+* ``sage``: SageAttention's 8-bit kernel over the same gathered, rotated keys
+  (:mod:`kernels.sage_attention`; registered where the ``sageattention`` package imports);
 * ``auto``: the fastest measured per shape on CUDA (:func:`paged_attention_auto`).
 
 The Triton backends are imported on first selection (Triton is optional where it is missing;
@@ -71,6 +73,10 @@ def _register_triton_backends() -> None:
 
         register_backend("triton", paged_attention_triton)
         register_backend("sdpa_fused", paged_attention_sdpa_fused)
+        from framestream.kernels import sage_attention
+
+        if sage_attention.available():
+            register_backend("sage", sage_attention.paged_attention_sage)
 
 
 def select_backend(device: torch.device, name: str | None = None) -> AttentionFn:

@@ -39,7 +39,7 @@ from framestream.evals.bench.console import progress
 from framestream.evals.bench.loaders import ModelShelf, release_memory
 from framestream.evals.bench.record import Series, Variant, Workload
 from framestream.evals.bench.timing import Clock, difference, late_over_early, percentiles
-from framestream.evals.bench.variants import OURS, VariantSpec
+from framestream.evals.bench.variants import OURS, VariantSpec, variant_models
 from framestream.models.registry import WanModels
 from framestream.stream.kvcache import CacheGeometry, KVCacheManager, cache_dtype
 from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
@@ -173,6 +173,7 @@ def _pipeline(
     kind: str, models: WanModels, spec: VariantSpec, settings: GenerationSettings
 ) -> WanStreamPipeline:
     """A pipeline for ``spec`` over a pool of its own, one latent frame per block."""
+    models = variant_models(models, spec)
     rows, cols = models.token_grid(*settings.size)
     cfg = models.dit.config
     dtype = cache_dtype(spec.kv_cache_dtype, models.dtype)

@@ -26,7 +26,10 @@ then times, as variants:
 * ``triton_fp8kv`` and ``sdpa_fused_fp8kv``: ``triton`` and ``sdpa_fused`` over the same pool
   stored as FP8 (unscaled e4m3, as ``kv_cache_dtype="fp8_e4m3"`` stores it: half the bytes to
   read), checked against the twin over that FP8 pool; ``fp8kv_rel_diff`` in the config is how
-  far the FP8 pool moves the twin's output from the bf16 pool's (rounding, random data).
+  far the FP8 pool moves the twin's output from the bf16 pool's (rounding, random data);
+* ``sage`` (CUDA, where the ``sageattention`` package imports): ``sdpa_fused`` with
+  SageAttention's 8-bit kernel inside (:mod:`kernels.sage_attention`), checked against the
+  twin at a looser bound (``rel_err_sage_vs_twin`` in the config).
 
 ``wan_norms`` times the elementwise work of one block (LayerNorm + modulation twice, RMSNorm
 of q and k, RMSNorm of the cross-attention q, the affine LayerNorm, two gated residuals) as the
@@ -50,7 +53,7 @@ import torch.nn.functional as F
 import triton
 
 from framestream.evals.bench.record import Variant, Workload
-from framestream.kernels import norms, triton_norms
+from framestream.kernels import norms, sage_attention, triton_norms
 from framestream.kernels.attention import (
     AttentionMetadata,
     paged_attention_ref,
@@ -65,6 +68,8 @@ from framestream.kernels.triton_gather import paged_attention_sdpa_fused
 __all__ = ["CASES", "run_kernels"]
 
 CASES = ("wan_chunk", "wan_recache", "rolling_window", "qwen_decode", "wan_norms")
+# 8-bit Q.K: the SageAttention papers' own error level on random data is under this
+SAGE_TOLERANCE = 5e-2
 WAN_GRID = (30, 52)  # latent h x w of one 480x832 Wan frame: 1560 tokens
 
 
@@ -221,10 +226,16 @@ def run_kernels(
         yield "wan_norms", _run_norms(device, full_size)
 
 
-def _rel_err(fn: Callable[..., torch.Tensor], args: tuple, ref: torch.Tensor, what: str) -> float:
+def _rel_err(
+    fn: Callable[..., torch.Tensor],
+    args: tuple,
+    ref: torch.Tensor,
+    what: str,
+    tolerance: float = 1e-2,
+) -> float:
     out = fn(*args).float()
     rel_err = (torch.linalg.norm(out - ref) / torch.linalg.norm(ref)).item()
-    if rel_err >= 1e-2:
+    if not rel_err < tolerance:
         raise AssertionError(f"{what} disagrees with the torch twin ({rel_err:.2e})")
     return rel_err
 
@@ -240,6 +251,19 @@ def _run_case(case: Case) -> Workload:
     fp8_diff = (torch.linalg.norm(ref8 - ref) / torch.linalg.norm(ref)).item()
     fp8_err = _rel_err(paged_attention_triton, args8, ref8, f"{case.name}: Triton, FP8 cache")
     _rel_err(paged_attention_sdpa_fused, args8, ref8, f"{case.name}: sdpa_fused, FP8 cache")
+    sage = []
+    if case.q.is_cuda and sage_attention.available():
+        sage_err = _rel_err(
+            sage_attention.paged_attention_sage, args, ref, f"{case.name}: sage", SAGE_TOLERANCE
+        )
+        sage.append(
+            (
+                "sage",
+                "SageAttention (INT8 Q.K, FP16 P.V) over keys gathered and rotated by one "
+                "Triton pass",
+                lambda: sage_attention.paged_attention_sage(*args),
+            )
+        )
     del ref, ref8
     variants = {}
     for name, description, fn in [
@@ -266,6 +290,7 @@ def _run_case(case: Case) -> Workload:
             "sdpa_fused over the pool stored as FP8 (e4m3)",
             lambda: paged_attention_sdpa_fused(*args8),
         ),
+        *sage,
     ]:
         ms = bench_ms(fn)
         variant = variants[name] = Variant(description)
@@ -280,6 +305,8 @@ def _run_case(case: Case) -> Workload:
         "rel_err_fp8kv_vs_twin": fp8_err,  # Triton against the twin, both over the FP8 pool
         "fp8kv_rel_diff": fp8_diff,
     }
+    if sage:
+        config["rel_err_sage_vs_twin"] = sage_err
     return Workload(f"{case.name}: {case.shape}", config, variants, "triton")
 
 

@@ -9,28 +9,36 @@ baseline name is either
 * ``fp8kv``: the service as shipped but with the FP8 KV cache (``kv_cache_dtype="fp8_e4m3"``:
   unscaled e4m3 rows, half of bf16's bytes), so its speed and ``cache_bytes`` sit beside
   ours', or
+* ``fp8gemm``: the service as shipped with the DiT blocks' linear layers as FP8 GEMMs
+  (:mod:`kernels.fp8_linear`: e4m3 weights per row, activations per token; CUDA only), on a
+  quantized copy of the same DiT, or
 * an attention backend name (``sdpa``: torch's fused SDPA over keys gathered and rotated from
   our cache by torch ops; ``sdpa_fused``: the same SDPA over keys gathered and rotated by one
   Triton pass, what ``auto`` runs for chunks on CUDA; ``triton``; ``torch``): the same cache,
-  another kernel. Any name registered in :mod:`kernels.attention` is accepted.
+  another kernel. Any name registered in :mod:`kernels.backends` is accepted (``sage``:
+  SageAttention's 8-bit kernel, where its package imports).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from framestream.kernels.backends import select_backend
+from framestream.kernels.fp8_linear import quantize_dit_linears
+from framestream.models.registry import WanModels
 from framestream.stream.kvcache import KVCacheDtype
 
-__all__ = ["FP8KV", "GROWING", "OURS", "VariantSpec", "variant_specs"]
+__all__ = ["FP8GEMM", "FP8KV", "GROWING", "OURS", "VariantSpec", "variant_models", "variant_specs"]
 
 OURS = "ours"
 GROWING = "growing"
 FP8KV = "fp8kv"
+FP8GEMM = "fp8gemm"
 
 
 @dataclass(frozen=True)
@@ -40,12 +48,13 @@ class VariantSpec:
     backend: str | None = None  # attention backend; None: the device's default
     growing: bool = False  # eviction off
     kv_cache_dtype: KVCacheDtype = "auto"  # the pipelines' pool rows
+    fp8_linear: bool = False  # the DiT blocks' linear layers as FP8 GEMMs
 
     @property
     def shares_cache(self) -> bool:
         """Whether it runs on a cache like ours (layout and rows), only its kernel differing,
         so it can take over streams that ours opened."""
-        return not self.growing and self.kv_cache_dtype == "auto"
+        return not self.growing and self.kv_cache_dtype == "auto" and not self.fp8_linear
 
 
 def variant_specs(baselines: Sequence[str], device: torch.device) -> list[VariantSpec]:
@@ -76,6 +85,34 @@ def variant_specs(baselines: Sequence[str], device: torch.device) -> list[Varian
                 )
             )
             continue
+        if name == FP8GEMM:
+            if device.type != "cuda":
+                raise ValueError("the fp8gemm baseline needs CUDA (FP8 matrix units)")
+            specs.append(
+                VariantSpec(
+                    FP8GEMM,
+                    f"the service as shipped with the DiT blocks' linear layers as FP8 (e4m3) "
+                    f"GEMMs, {default} attention",
+                    fp8_linear=True,
+                )
+            )
+            continue
         select_backend(device, name)  # raises ValueError naming the known backends
         specs.append(VariantSpec(name, f"rolling cache, {name} attention", backend=name))
     return specs
+
+
+_fp8_copy: list[tuple[WanModels, WanModels]] = []  # (bundle, its FP8 copy): the last one
+
+
+def variant_models(models: WanModels, spec: VariantSpec) -> WanModels:
+    """The models ``spec`` runs: ``models``, or for ``fp8_linear`` a copy whose DiT blocks'
+    linear layers are FP8 (made once per bundle; the text and VAE modules are shared)."""
+    if not spec.fp8_linear:
+        return models
+    if not _fp8_copy or _fp8_copy[0][0] is not models:
+        _fp8_copy.clear()  # the previous bundle's copy goes before the next one is made
+        dit = copy.deepcopy(models.dit)
+        quantize_dit_linears(dit)
+        _fp8_copy.append((models, replace(models, dit=dit)))
+    return _fp8_copy[0][1]
