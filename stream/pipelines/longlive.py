@@ -8,8 +8,14 @@ One step produces one chunk of latent frames::
     for t in [1000, 937.5, 833.3, 625]:     4 denoising forwards, each rewriting the chunk's K/V
         x0 = x - sigma * dit(x, t)
         x  = (1 - sigma') * x0 + sigma' * fresh_noise          (not after the last step)
-    dit(x0, t=0)                            the clean K/V the next chunks attend to
     frames = vae.decode_chunk(x0)           streamed: 9 frames for the first chunk, then 12
+    dit(x0, t=0)                            the clean K/V the next chunks attend to
+
+The t=0 refresh is the first thing the *next* step does, before its switch and before its
+``begin_chunk`` can evict anything: only the next chunk reads that K/V, so the chunk's frames
+leave one DiT forward sooner (a new session's first frame too) and the refresh runs on the
+device beside the chunk's decode. The same forwards run on the same cache in the same order,
+so every frame is what the published loop computes; a step costs what it did.
 
 A prompt switch re-encodes the text (through the prompt cache), replaces the cross-attention
 K/V, and recaches: one t=0 forward under the new prompt over the clean latent frames whose K/V
@@ -31,8 +37,10 @@ from dataclasses import dataclass
 
 import torch
 
+from framestream.models.attention import AttentionContext
 from framestream.models.registry import WanModels
 from framestream.models.schedule import FlowSchedule
+from framestream.models.wan.model import TextConditioning
 from framestream.stream.kvcache import (
     FrameWindowConfig,
     KVCacheDtype,
@@ -73,6 +81,9 @@ class LongLiveConfig:
 @dataclass(eq=False)
 class LongLiveState(WanStreamState):
     history: torch.Tensor | None = None  # [1, C, <= recache_frames, h, w] clean latents
+    # the last chunk's clean latents, its prompt's conditioning and its view: the t=0 forward
+    # that writes the K/V the next chunk reads, run when the next step begins
+    pending_refresh: tuple[torch.Tensor, TextConditioning, AttentionContext] | None = None
 
 
 class LongLivePipeline(WanStreamPipeline):
@@ -109,9 +120,10 @@ class LongLivePipeline(WanStreamPipeline):
 
     @torch.inference_mode()
     def denoise(self, state: LongLiveState) -> torch.Tensor:
-        """Generate the next chunk and write its clean K/V; returns its clean latents
-        ``[1, C, chunk_frames, h, w]`` (a pending prompt switch is applied first)."""
+        """Generate the next chunk; returns its clean latents ``[1, C, chunk_frames, h, w]``.
+        The last chunk's clean K/V is written first, then a pending prompt switch applied."""
         cfg, dit = self.config, self.models.dit
+        self._refresh(state)
         if self._advance_text(state):
             self._recache(state)
         ranges = state.cache.begin_chunk(cfg.chunk_frames)
@@ -129,10 +141,18 @@ class LongLivePipeline(WanStreamPipeline):
                 noise = self._noise(state, cfg.chunk_frames).float()
                 x = FlowSchedule.add_noise(x0, noise, sigmas[i + 1]).to(self.models.dtype)
         clean = x0.to(self.models.dtype)
-        dit(clean, self._timestep(0.0, cfg.chunk_frames), state.text, view)  # cache refresh
+        state.pending_refresh = (clean, state.text, view)
         history = clean if state.history is None else torch.cat([state.history, clean], dim=2)
         state.history = history[:, :, -cfg.recache_frames :]
         return clean
+
+    def _refresh(self, state: LongLiveState) -> None:
+        """The last chunk's t=0 forward under the prompt it was made with, if not yet run."""
+        if state.pending_refresh is None:
+            return
+        clean, text, view = state.pending_refresh
+        state.pending_refresh = None
+        self.models.dit(clean, self._timestep(0.0, clean.shape[2]), text, view)
 
     def _recache(self, state: LongLiveState) -> None:
         """One t=0 forward under the new prompt over the recent clean frames the cache keeps."""

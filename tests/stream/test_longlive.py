@@ -141,9 +141,12 @@ def test_recache_writes_what_a_recache_over_all_held_frames_writes(tiny, global_
     sink_kv, sink_pos = kv_of(pipe, cache.slots("sink")), cache.positions("sink")
     pipe.switch_prompt(state, "a blue cube")
     after_recache: list[torch.Tensor] = []  # pool K/V of what the recache wrote
+    forwards = 0
 
     def snapshot(*_) -> None:
-        if not after_recache:  # the step's first forward is the recache
+        nonlocal forwards
+        forwards += 1
+        if forwards == 2:  # the step's first forward is the last chunk's refresh, then the recache
             names = ["window"] if global_sink else ["sink", "window"]
             after_recache.append(kv_of(pipe, np.concatenate([cache.slots(n) for n in names])))
 
@@ -337,3 +340,24 @@ def test_ode_step_keeps_the_noise_of_the_path() -> None:
     assert opening_schedule(4).sigmas == (1.0, 0.75, 0.5, 0.25)
     with pytest.raises(ValueError, match="opening steps"):
         opening_schedule(0)
+
+
+def test_a_chunk_leaves_before_its_cache_refresh(tiny) -> None:
+    """The t=0 forward that writes a chunk's clean K/V runs when the next step begins, so a
+    chunk's frames (a new session's first ones too) wait for one forward fewer."""
+    pipe = pipeline(tiny)
+    state = pipe.open(GenerationRequest("a red ball", seed=7, **SIZE))
+    forwards = []
+    hook = tiny.dit.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        pipe.step(state)
+        first = len(forwards)
+        assert state.pending_refresh is not None
+        pipe.step(state)
+        second = len(forwards) - first
+    finally:
+        hook.remove()
+        pipe.close(state)
+    steady = len(pipe.schedule.steps)
+    assert second == steady + 1  # the first chunk's refresh, then this chunk's steps
+    assert first <= second - 1
