@@ -8,7 +8,9 @@ baseline name is either
   as a loop with an ever-growing cache would (its cost grows with the stream),
 * ``fp8kv``: the service as shipped but with the FP8 KV cache (``kv_cache_dtype="fp8_e4m3"``:
   unscaled e4m3 rows, half of bf16's bytes), so its speed and ``cache_bytes`` sit beside
-  ours', or
+  ours',
+* ``published``: the published LongLive / Rolling Forcing loops from checkouts the user names
+  (generation only; :mod:`evals.bench.published`), or
 * an attention backend name (``sdpa``: torch's fused SDPA over keys gathered and rotated from
   our cache by torch ops; ``sdpa_fused``: the same SDPA over keys gathered and rotated by one
   Triton pass, what ``auto`` runs for chunks on CUDA; ``triton``; ``torch``): the same cache,
@@ -26,11 +28,12 @@ import torch
 from framestream.kernels.backends import select_backend
 from framestream.stream.kvcache import KVCacheDtype
 
-__all__ = ["FP8KV", "GROWING", "OURS", "VariantSpec", "variant_specs"]
+__all__ = ["FP8KV", "GROWING", "OURS", "PUBLISHED", "VariantSpec", "variant_specs"]
 
 OURS = "ours"
 GROWING = "growing"
 FP8KV = "fp8kv"
+PUBLISHED = "published"
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,13 @@ class VariantSpec:
     backend: str | None = None  # attention backend; None: the device's default
     growing: bool = False  # eviction off
     kv_cache_dtype: KVCacheDtype = "auto"  # the pipelines' pool rows
+    published: bool = False  # the published loop, not our pipeline (generation only)
 
     @property
     def shares_cache(self) -> bool:
         """Whether it runs on a cache like ours (layout and rows), only its kernel differing,
         so it can take over streams that ours opened."""
-        return not self.growing and self.kv_cache_dtype == "auto"
+        return not self.growing and self.kv_cache_dtype == "auto" and not self.published
 
 
 def variant_specs(baselines: Sequence[str], device: torch.device) -> list[VariantSpec]:
@@ -64,6 +68,15 @@ def variant_specs(baselines: Sequence[str], device: torch.device) -> list[Varian
                     f"eviction off: the whole stream stays cached and attended, {default} "
                     "attention",
                     growing=True,
+                )
+            )
+            continue
+        if name == PUBLISHED:
+            specs.append(
+                VariantSpec(
+                    PUBLISHED,
+                    "the published loops from the named checkouts (generation only)",
+                    published=True,
                 )
             )
             continue
