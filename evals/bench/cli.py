@@ -52,7 +52,8 @@ _COUNTS = {
 # the order options appear in a record's reproducing command
 _RUN_OPTIONS = (
     "suite preset model_dir vlm_dir device dtype threads baselines pipelines size chunks warmup "
-    "switches new_sessions vlm_seconds vlm_warmup streams rounds clients service_chunks formats "
+    "switches new_sessions published_longlive published_rolling_forcing vlm_seconds vlm_warmup "
+    "streams rounds clients service_chunks formats "
     "engines kernel_cases revision out"
 ).split()
 
@@ -80,8 +81,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--baselines",
         default="sdpa,growing",
-        help="run beside ours: 'growing' (eviction off), 'fp8kv' (the FP8 KV cache) and/or "
-        "attention backend names (sdpa, triton, torch); '' for none",
+        help="run beside ours: 'growing' (eviction off), 'fp8kv' (the FP8 KV cache), "
+        "'published' (the published loops, from --published-*) and/or attention backend names "
+        "(sdpa, triton, torch); '' for none",
     )
     run.add_argument("--quick", action="store_true", help="a smoke run: few steps of each")
     run.add_argument("--out", type=Path, help="the JSON record (default: ./bench_DEVICE_DATE.json)")
@@ -95,6 +97,16 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--warmup", type=int, help="first steps left out of the steady figures")
     gen.add_argument("--switches", type=int, help="prompt switches timed")
     gen.add_argument("--new-sessions", type=int, help="fresh sessions timed to a first frame")
+    gen.add_argument(
+        "--published-longlive",
+        type=Path,
+        help="a checkout of NVlabs/LongLive v1.0, for --baselines published",
+    )
+    gen.add_argument(
+        "--published-rolling-forcing",
+        type=Path,
+        help="a checkout of TencentARC/RollingForcing, for --baselines published",
+    )
 
     vlm = parser.add_argument_group("understanding")
     vlm.add_argument("--vlm-seconds", type=int, help="length of the single stream")
@@ -152,6 +164,7 @@ def _run_suites(args: argparse.Namespace) -> int:
         raise SystemExit(f"stream bench: --suite takes names of {SUITES}, got {args.suite!r}")
     if args.size is not None:
         _size(args.size)
+    checkouts = _checkouts(args, suites)
     if "kernels" in suites and not torch.cuda.is_available():
         # Triton reads this when the kernels are defined, before the first import below
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -189,7 +202,7 @@ def _run_suites(args: argparse.Namespace) -> int:
     record = BenchRecord(command, run_info, {k: _plain(getattr(args, k)) for k in _RUN_OPTIONS})
     print(f"{command}\n{run_info.machine}", flush=True)
     for suite in progress(suites, "suites"):
-        for name, workload in _workloads(suite, shelf, args):
+        for name, workload in _workloads(suite, shelf, args, checkouts):
             record.add(suite, name, workload)
             record.write(args.out)
             tqdm.write(workload_table(workload))
@@ -199,14 +212,40 @@ def _run_suites(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkouts(args: argparse.Namespace, suites: list[str]) -> dict[str, Path]:
+    """The published checkouts of a run with ``--baselines published``: pipeline -> path,
+    each checked; exits saying what is missing or wrong."""
+    given = {
+        "longlive": args.published_longlive,
+        "rolling_forcing": args.published_rolling_forcing,
+    }
+    if "published" not in _split(args.baselines):
+        named = [f"--published-{k.replace('_', '-')}" for k, path in given.items() if path]
+        if named:
+            flags = ", ".join(named)
+            raise SystemExit(f"stream bench: {flags} given without --baselines published")
+        return {}
+    if "generation" not in suites:
+        raise SystemExit("stream bench: --baselines published runs in the generation suite only")
+    from framestream.evals.bench.published import LOOPS, check_checkout
+
+    kinds = [kind for kind in _split(args.pipelines) if kind in LOOPS]  # others: refused later
+    try:
+        return {kind: check_checkout(kind, given[kind]) for kind in kinds}
+    except ValueError as error:
+        raise SystemExit(f"stream bench: {error}") from None
+
+
 def _workloads(
-    suite: str, shelf: ModelShelf, args: argparse.Namespace
+    suite: str, shelf: ModelShelf, args: argparse.Namespace, checkouts: dict[str, Path]
 ) -> Iterator[tuple[str, Workload]]:
     """The suite's ``(name, workload)`` pairs, each as soon as it is measured."""
     from framestream.evals.bench.variants import variant_specs
 
     size = _size(args.size)
     specs = variant_specs(_split(args.baselines), shelf.target.device)
+    if suite != "generation":
+        specs = [spec for spec in specs if not spec.published]
     if suite == "generation":
         from framestream.evals.bench.generation import GenerationSettings, run_generation
 
@@ -217,6 +256,7 @@ def _workloads(
             args.warmup,
             args.switches,
             args.new_sessions,
+            checkouts,
         )
         return run_generation(shelf, settings, specs)
     if suite == "understanding":

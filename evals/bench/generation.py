@@ -23,15 +23,21 @@ steps after ``warmup``::
                       boundary (a switch arriving mid-step also waits for that step)
     cache_bytes       the session's KV blocks, largest over the stream
     late_over_early   last third of the steps over the first third: 1.0 when the cost is flat
+
+The ``published`` variant runs the published loop itself from a checkout the user names
+(:mod:`evals.bench.published`, which says how each of its figures is measured and where that
+differs from ours); the workload's config records that checkout's commit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import statistics
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -74,6 +80,8 @@ class GenerationSettings:
     warmup: int  # first steps left out of the steady figures
     switches: int  # prompt switches after the stream
     new_sessions: int  # fresh sessions timed to their first frame
+    # pipeline -> a checkout of its published repository, for the ``published`` variant
+    checkouts: Mapping[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.pipelines) - set(GENERATION_PIPELINES)
@@ -96,32 +104,36 @@ def run_generation(
     for kind in settings.pipelines:
         if models.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(models.device)
-        streams = [
-            _Stream(_pipeline(kind, models, spec, settings), spec, settings, clock, prompts)
-            for spec in specs
-        ]
-        try:
-            cold = _warm_up(streams[0].pipe, settings, clock, prompts)
-            label = GENERATION_PIPELINES[kind]
-            for stream in streams:
-                stream.open()
-            for _ in progress(range(settings.chunks), f"{label}: steps"):
+        with contextlib.ExitStack() as published:
+            streams = [
+                _stream(kind, spec, models, settings, clock, prompts, published) for spec in specs
+            ]
+            try:
+                cold = _warm_up(streams[0].pipe, settings, clock, prompts)
                 for stream in streams:
-                    stream.step()
-            for stream in streams:  # a variant at a time: interleaving would break its overlap
-                stream.overlapped(settings.chunks - settings.warmup)
-            for _ in range(settings.switches):
+                    if stream.spec.published:
+                        stream.warm_up()
+                label = GENERATION_PIPELINES[kind]
                 for stream in streams:
-                    stream.switch()
-            for stream in streams:
-                stream.close()
-            for _ in range(settings.new_sessions):
+                    stream.open()
+                for _ in progress(range(settings.chunks), f"{label}: steps"):
+                    for stream in streams:
+                        stream.step()
+                for stream in streams:  # a variant at a time: interleaving would break overlap
+                    stream.overlapped(settings.chunks - settings.warmup)
+                for _ in range(settings.switches):
+                    for stream in streams:
+                        stream.switch()
                 for stream in streams:
-                    stream.new_session()
-            variants = {stream.spec.name: stream.summary() for stream in streams}
-        finally:
-            del streams
-            release_memory(models.device)
+                    stream.close()
+                for _ in range(settings.new_sessions):
+                    for stream in streams:
+                        stream.new_session()
+                variants = {stream.spec.name: stream.summary() for stream in streams}
+                commits = {s.spec.name: s.commit for s in streams if s.spec.published}
+            finally:
+                del streams
+        release_memory(models.device)
         variants[OURS].add_figure(
             "first_frame_cold_ms",
             cold,
@@ -132,12 +144,41 @@ def run_generation(
             "preset": shelf.target.preset,
             "size": f"{width}x{height}",
             "dtype": str(models.dtype).removeprefix("torch."),
-            **{k: v for k, v in asdict(settings).items() if k not in ("pipelines", "size")},
+            **{
+                k: v
+                for k, v in asdict(settings).items()
+                if k not in ("pipelines", "size", "checkouts")
+            },
         }
+        for name, commit in commits.items():
+            config[f"{name}_commit"] = commit
         if models.device.type == "cuda":
             config["peak_memory_gib"] = torch.cuda.max_memory_allocated(models.device) / 2**30
         title = f"{GENERATION_PIPELINES[kind]} ({shelf.target.preset}, {width}x{height})"
         yield kind, Workload(title, config, variants, OURS)
+
+
+def _stream(
+    kind: str,
+    spec: VariantSpec,
+    models: WanModels,
+    settings: GenerationSettings,
+    clock: Clock,
+    prompts: _Prompts,
+    published: contextlib.ExitStack,
+):
+    """The measured stream of ``spec``: our pipeline, or the published loop (its checkout
+    imported until ``published`` closes)."""
+    if not spec.published:
+        return _Stream(_pipeline(kind, models, spec, settings), spec, settings, clock, prompts)
+    from framestream.evals.bench.published import published_stream
+
+    if kind not in settings.checkouts:
+        raise ValueError(f"the published variant needs a checkout for {kind}")
+    stream = published_stream(
+        kind, settings.checkouts[kind], spec, models, settings, clock, prompts.next
+    )
+    return published.enter_context(stream)
 
 
 class _Prompts:

@@ -8,10 +8,12 @@ baseline name is either
   as a loop with an ever-growing cache would (its cost grows with the stream),
 * ``fp8kv``: the service as shipped but with the FP8 KV cache (``kv_cache_dtype="fp8_e4m3"``:
   unscaled e4m3 rows, half of bf16's bytes), so its speed and ``cache_bytes`` sit beside
-  ours', or
+  ours',
 * ``fp8gemm``: the service as shipped with the DiT blocks' linear layers as FP8 GEMMs
   (:mod:`kernels.fp8_linear`: e4m3 weights per row, activations per token; CUDA only), on a
-  quantized copy of the same DiT, or
+  quantized copy of the same DiT,
+* ``published``: the published LongLive / Rolling Forcing loops from checkouts the user names
+  (generation only; :mod:`evals.bench.published`), or
 * an attention backend name (``sdpa``: torch's fused SDPA over keys gathered and rotated from
   our cache by torch ops; ``sdpa_fused``: the same SDPA over keys gathered and rotated by one
   Triton pass, what ``auto`` runs for chunks on CUDA; ``triton``; ``torch``): the same cache,
@@ -33,12 +35,22 @@ from framestream.kernels.fp8_linear import quantize_dit_linears
 from framestream.models.registry import WanModels
 from framestream.stream.kvcache import KVCacheDtype
 
-__all__ = ["FP8GEMM", "FP8KV", "GROWING", "OURS", "VariantSpec", "variant_models", "variant_specs"]
+__all__ = [
+    "FP8GEMM",
+    "FP8KV",
+    "GROWING",
+    "OURS",
+    "PUBLISHED",
+    "VariantSpec",
+    "variant_models",
+    "variant_specs",
+]
 
 OURS = "ours"
 GROWING = "growing"
 FP8KV = "fp8kv"
 FP8GEMM = "fp8gemm"
+PUBLISHED = "published"
 
 
 @dataclass(frozen=True)
@@ -49,12 +61,14 @@ class VariantSpec:
     growing: bool = False  # eviction off
     kv_cache_dtype: KVCacheDtype = "auto"  # the pipelines' pool rows
     fp8_linear: bool = False  # the DiT blocks' linear layers as FP8 GEMMs
+    published: bool = False  # the published loop, not our pipeline (generation only)
 
     @property
     def shares_cache(self) -> bool:
         """Whether it runs on a cache like ours (layout and rows), only its kernel differing,
         so it can take over streams that ours opened."""
-        return not self.growing and self.kv_cache_dtype == "auto" and not self.fp8_linear
+        plain = not (self.growing or self.fp8_linear or self.published)
+        return plain and self.kv_cache_dtype == "auto"
 
 
 def variant_specs(baselines: Sequence[str], device: torch.device) -> list[VariantSpec]:
@@ -73,6 +87,15 @@ def variant_specs(baselines: Sequence[str], device: torch.device) -> list[Varian
                     f"eviction off: the whole stream stays cached and attended, {default} "
                     "attention",
                     growing=True,
+                )
+            )
+            continue
+        if name == PUBLISHED:
+            specs.append(
+                VariantSpec(
+                    PUBLISHED,
+                    "the published loops from the named checkouts (generation only)",
+                    published=True,
                 )
             )
             continue

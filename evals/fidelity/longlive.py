@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from unittest import mock
 
 import torch
 
@@ -37,16 +36,20 @@ from framestream.evals.fidelity.wan import (
     difference,
     our_models,
     published_tiny,
+    published_wrapper,
     replaying,
 )
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
 from framestream.stream.requests import GenerationRequest
 
-__all__ = ["compare"]
+__all__ = ["CHUNK", "MODULES", "WINDOW", "compare", "published_args"]
 
 STEPS = [1000, 750, 500, 250]
 CHUNK = 3  # latent frames
+WINDOW = {"local_attn_size": 12, "sink_size": 3}  # latent frames attended, of which the sink
+# the published loop's module, then the modules whose attention functions are bound
+MODULES = ("pipeline.interactive_causal_inference", "wan.modules.causal_model", "wan.modules.model")
 PROMPTS = ("a red fox runs through snow", "a yellow bird sits on a branch")
 
 
@@ -63,21 +66,26 @@ def compare(
     ]
 
 
+def published_args(global_sink: bool = True) -> SimpleNamespace:
+    """The settings the published loop reads (``configs/longlive_interactive_inference.yaml``)."""
+    return SimpleNamespace(
+        denoising_step_list=STEPS,
+        warp_denoising_step=True,
+        num_frame_per_block=CHUNK,
+        model_kwargs=SimpleNamespace(**WINDOW, timestep_shift=5.0),
+        global_sink=global_sink,
+        context_noise=0,
+    )
+
+
 def _compare(path: Path, chunks: int, switch_chunk: int, seed: int, global_sink: bool) -> dict:
     prompts = FixedPrompts(seed)
     noise = torch.randn(
         (1, chunks * CHUNK, *LATENT), generator=torch.Generator().manual_seed(seed + 1)
     )
     tape = NoiseTape(seed + 2)
-    modules = [
-        "pipeline.interactive_causal_inference",
-        "wan.modules.causal_model",
-        "wan.modules.model",
-    ]
-    with checkout(path, modules, WAN_STUBS) as (interactive, causal_model, model), torch.no_grad():
-        theirs_model = published_tiny(
-            causal_model.CausalWanModel, seed, local_attn_size=12, sink_size=3
-        )
+    with checkout(path, MODULES, WAN_STUBS) as (interactive, causal_model, model), torch.no_grad():
+        theirs_model = published_tiny(causal_model.CausalWanModel, seed, **WINDOW)
         with float32_attention_everywhere(causal_model, model):
             theirs = _published_output(
                 interactive, theirs_model, prompts, noise, tape, switch_chunk, global_sink
@@ -102,20 +110,12 @@ def _published_output(
     interactive, model, prompts, noise, tape, switch_chunk: int, global_sink: bool
 ) -> torch.Tensor:
     """The published interactive loop's latents ``[1, C, F, h, w]``."""
-    args = SimpleNamespace(
-        denoising_step_list=STEPS,
-        warp_denoising_step=True,
-        num_frame_per_block=CHUNK,
-        model_kwargs=SimpleNamespace(local_attn_size=12, sink_size=3, timestep_shift=5.0),
-        global_sink=global_sink,
-        context_noise=0,
-    )
     vae = SimpleNamespace(decode_to_pixel=lambda latents, use_cache=False: latents)
     with quiet():
         pipeline = interactive.InteractiveCausalInferencePipeline(
-            args,
+            published_args(global_sink),
             "cpu",
-            generator=_wrapper(interactive, model),
+            generator=published_wrapper(interactive, model, **WINDOW),
             text_encoder=prompts.published(),
             vae=vae,
         )
@@ -129,15 +129,6 @@ def _published_output(
             return_latents=True,
         )
     return latents.permute(0, 2, 1, 3, 4)
-
-
-def _wrapper(interactive, model: torch.nn.Module) -> torch.nn.Module:
-    """The published ``WanDiffusionWrapper`` around ``model`` (it would load the 1.3B
-    checkpoint from a relative path; here it adopts the tiny model)."""
-    wrappers = interactive.WanDiffusionWrapper
-    module = __import__(wrappers.__module__, fromlist=["CausalWanModel"])
-    with mock.patch.object(module.CausalWanModel, "from_pretrained", lambda *a, **k: model):
-        return wrappers(timestep_shift=5.0, is_causal=True, local_attn_size=12, sink_size=3)
 
 
 def _our_chunks(

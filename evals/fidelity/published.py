@@ -29,7 +29,7 @@ import io
 import random
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -39,15 +39,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["checkout", "commit_of", "float32_attention", "float32_attention_everywhere", "quiet"]
+__all__ = [
+    "COMMIT_FILE",
+    "attention_everywhere",
+    "checkout",
+    "commit_of",
+    "float32_attention",
+    "float32_attention_everywhere",
+    "quiet",
+]
+
+# where an exported checkout (evals/devtools/export_checkouts.py) keeps the commit it was
+# exported at, having no .git
+COMMIT_FILE = "COMMIT"
 
 
 def commit_of(path: Path) -> str | None:
-    """The commit a checkout is at, or None outside git."""
-    out = subprocess.run(
-        ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True
-    )
-    return out.stdout.strip() or None
+    """The commit a checkout is at: git's answer, else its :data:`COMMIT_FILE`, else None."""
+    path = Path(path)
+    if (path / ".git").exists():
+        out = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        if out.stdout.strip():
+            return out.stdout.strip()
+    recorded = path / COMMIT_FILE
+    if recorded.is_file():
+        return recorded.read_text().strip() or None
+    return None
 
 
 @contextlib.contextmanager
@@ -157,15 +176,21 @@ def float32_attention(q, k, v, q_lens=None, k_lens=None, **kwargs) -> torch.Tens
 
 
 @contextlib.contextmanager
-def float32_attention_everywhere(*modules: ModuleType) -> Iterator[None]:
-    """Every ``attention`` and ``flash_attention`` bound in ``modules`` is
-    :func:`float32_attention` for the block."""
+def attention_everywhere(attention: Callable, *modules: ModuleType) -> Iterator[None]:
+    """Every ``attention`` and ``flash_attention`` bound in ``modules`` is ``attention`` for
+    the block."""
     with contextlib.ExitStack() as stack:
         for module in modules:
             for name in ("attention", "flash_attention"):
                 if hasattr(module, name):
-                    stack.enter_context(mock.patch.object(module, name, float32_attention))
+                    stack.enter_context(mock.patch.object(module, name, attention))
         yield
+
+
+def float32_attention_everywhere(*modules: ModuleType) -> contextlib.AbstractContextManager:
+    """Every ``attention`` and ``flash_attention`` bound in ``modules`` is
+    :func:`float32_attention` for the block."""
+    return attention_everywhere(float32_attention, *modules)
 
 
 @contextlib.contextmanager

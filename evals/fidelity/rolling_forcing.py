@@ -18,8 +18,7 @@ cut to 24 tiny frames, so it rolls as it does at full size.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
-from unittest import mock
+from types import ModuleType, SimpleNamespace
 
 import torch
 
@@ -37,18 +36,22 @@ from framestream.evals.fidelity.wan import (
     FixedPrompts,
     NoiseTape,
     difference,
+    fit_kv_cache,
     our_models,
     published_tiny,
+    published_wrapper,
     replaying,
 )
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.rolling_forcing import RollingForcingPipeline
 from framestream.stream.requests import GenerationRequest
 
-__all__ = ["compare"]
+__all__ = ["BLOCK", "MODULES", "compare", "fit_geometry", "published_args"]
 
 STEPS = [1000, 800, 600, 400, 200]
 BLOCK = 3  # latent frames
+# the published loop's module, then the modules whose attention functions are bound
+MODULES = ("pipeline.rolling_forcing_inference", "wan.modules.causal_model", "wan.modules.model")
 PROMPT = "a red fox runs through snow"
 
 
@@ -61,13 +64,8 @@ def compare(checkout_path: Path, blocks: int = 16, seed: int = 0) -> dict:
         (1, blocks * BLOCK, *LATENT), generator=torch.Generator().manual_seed(seed + 1)
     )
     tape = NoiseTape(seed + 2)
-    modules = [
-        "pipeline.rolling_forcing_inference",
-        "wan.modules.causal_model",
-        "wan.modules.model",
-    ]
     with (
-        checkout(checkout_path, modules, WAN_STUBS) as (inference, causal_model, model),
+        checkout(checkout_path, MODULES, WAN_STUBS) as (inference, causal_model, model),
         torch.no_grad(),
     ):
         theirs_model = published_tiny(causal_model.CausalWanModel, seed)
@@ -89,8 +87,25 @@ def compare(checkout_path: Path, blocks: int = 16, seed: int = 0) -> dict:
 
 def _published_output(inference, causal_model, model, prompts, noise, tape) -> torch.Tensor:
     """The published loop's latents ``[1, C, F, h, w]``."""
-    wrapper = _wrapper(inference, model)
-    args = SimpleNamespace(
+    vae = SimpleNamespace(decode_to_pixel=lambda latents, use_cache=False: latents)
+    with quiet():
+        pipeline = inference.CausalInferencePipeline(
+            published_args(),
+            "cpu",
+            generator=published_wrapper(inference, model),
+            text_encoder=prompts.published(),
+            vae=vae,
+        )
+    heads = model.num_heads
+    fit_geometry(pipeline, causal_model, FRAME_TOKENS, heads, model.dim // heads)
+    with tape.recording(), quiet():
+        _, latents = pipeline.inference_rolling_forcing(noise, [PROMPT], return_latents=True)
+    return latents.permute(0, 2, 1, 3, 4)
+
+
+def published_args() -> SimpleNamespace:
+    """The settings the published loop reads (``configs/rolling_forcing_dmd.yaml``)."""
+    return SimpleNamespace(
         denoising_step_list=STEPS,
         warp_denoising_step=True,
         num_frame_per_block=BLOCK,
@@ -98,39 +113,28 @@ def _published_output(inference, causal_model, model, prompts, noise, tape) -> t
         context_noise=0,
         model_kwargs={},
     )
-    vae = SimpleNamespace(decode_to_pixel=lambda latents, use_cache=False: latents)
-    with quiet():
-        pipeline = inference.CausalInferencePipeline(
-            args, "cpu", generator=wrapper, text_encoder=prompts.published(), vae=vae
-        )
-    pipeline.frame_seq_length = FRAME_TOKENS
-    pipeline.num_transformer_blocks = len(model.blocks)
-    for layer in model.modules():
+
+
+def fit_geometry(
+    pipeline: torch.nn.Module,
+    causal_model: ModuleType,
+    frame_tokens: int,
+    heads: int,
+    head_dim: int,
+) -> None:
+    """Set the sizes the published pipeline and attention layers hard-code for the 1.3B at
+    832x480 to those of a model of ``heads`` x ``head_dim`` with ``frame_tokens`` a latent
+    frame (at full size, the values they already hold): the pipeline's frame length and
+    layer count, each attention layer's frame, block and attention lengths (21 frames), and
+    the clean cache (24 frames), which then rolls as at full size."""
+    pipeline.frame_seq_length = frame_tokens
+    pipeline.num_transformer_blocks = len(pipeline.generator.model.blocks)
+    for layer in pipeline.generator.model.modules():
         if isinstance(layer, causal_model.CausalWanSelfAttention):
-            layer.frame_length = FRAME_TOKENS
-            layer.block_length = BLOCK * FRAME_TOKENS
-            layer.max_attention_size = 21 * FRAME_TOKENS
-    allocate = pipeline._initialize_kv_cache
-
-    def initialize_kv_cache(batch_size, dtype, device):
-        allocate(batch_size=batch_size, dtype=dtype, device=device)
-        for layer in pipeline.kv_cache_clean:  # 24 frames of this model, not of the 1.3B's
-            layer["k"] = layer["k"][:, : 24 * FRAME_TOKENS].clone()
-            layer["v"] = layer["v"][:, : 24 * FRAME_TOKENS].clone()
-
-    pipeline._initialize_kv_cache = initialize_kv_cache
-    with tape.recording(), quiet():
-        _, latents = pipeline.inference_rolling_forcing(noise, [PROMPT], return_latents=True)
-    return latents.permute(0, 2, 1, 3, 4)
-
-
-def _wrapper(inference, model: torch.nn.Module) -> torch.nn.Module:
-    """The published ``WanDiffusionWrapper`` around ``model`` (it would load the 1.3B
-    checkpoint from a relative path; here it adopts the tiny model)."""
-    wrappers = inference.WanDiffusionWrapper
-    module = __import__(wrappers.__module__, fromlist=["CausalWanModel"])
-    with mock.patch.object(module.CausalWanModel, "from_pretrained", lambda *a, **k: model):
-        return wrappers(timestep_shift=5.0, is_causal=True)
+            layer.frame_length = frame_tokens
+            layer.block_length = BLOCK * frame_tokens
+            layer.max_attention_size = 21 * frame_tokens
+    fit_kv_cache(pipeline, "kv_cache_clean", heads, head_dim, tokens=24 * frame_tokens)
 
 
 def _our_blocks(models, noise, tape: NoiseTape, blocks: int) -> list[torch.Tensor]:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from types import ModuleType
 from unittest import mock
 
 import torch
@@ -36,8 +38,11 @@ __all__ = [
     "FixedPrompts",
     "NoiseTape",
     "difference",
+    "fit_kv_cache",
     "our_models",
+    "published_dit",
     "published_tiny",
+    "published_wrapper",
     "replaying",
 ]
 
@@ -54,24 +59,30 @@ TOLERANCE = 1e-5
 WAN_STUBS = ("torchvision",)
 
 
+def published_dit(model_class: type, config: WanConfig, **kwargs) -> torch.nn.Module:
+    """The published ``CausalWanModel`` (text-to-video) of ``config``'s geometry, built on the
+    current default device with the published code's own initialisation."""
+    return model_class(
+        model_type="t2v",
+        patch_size=config.patch_size,
+        text_len=config.text_len,
+        in_dim=config.in_channels,
+        dim=config.dim,
+        ffn_dim=config.ffn_dim,
+        freq_dim=config.freq_dim,
+        text_dim=config.text_dim,
+        out_dim=config.out_channels,
+        num_heads=config.num_heads,
+        num_layers=config.num_layers,
+        eps=config.eps,
+        **kwargs,
+    )
+
+
 def published_tiny(model_class: type, seed: int, **kwargs) -> torch.nn.Module:
     """The published ``CausalWanModel`` at :data:`CONFIG`, every weight drawn from a seeded
     normal (scaled by fan-in, so activations stay O(1) through the layers)."""
-    model = model_class(
-        model_type="t2v",
-        patch_size=(1, 2, 2),
-        text_len=CONFIG.text_len,
-        in_dim=CONFIG.in_channels,
-        dim=CONFIG.dim,
-        ffn_dim=CONFIG.ffn_dim,
-        freq_dim=CONFIG.freq_dim,
-        text_dim=CONFIG.text_dim,
-        out_dim=CONFIG.out_channels,
-        num_heads=CONFIG.num_heads,
-        num_layers=CONFIG.num_layers,
-        eps=CONFIG.eps,
-        **kwargs,
-    )
+    model = published_dit(model_class, CONFIG, **kwargs)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -81,6 +92,43 @@ def published_tiny(model_class: type, seed: int, **kwargs) -> torch.nn.Module:
             if name.endswith("modulation"):  # the per-block shift/scale/gate table
                 param.mul_(0.1)
     return model.eval().float()
+
+
+def published_wrapper(pipeline_module: ModuleType, model: torch.nn.Module, **kwargs):
+    """The published ``WanDiffusionWrapper`` (as ``pipeline_module`` imports it) around
+    ``model``: it would load the 1.3B checkpoint from a relative path; here it adopts ``model``.
+    Timestep shift 5, as both published inference configs set; ``kwargs`` are the model's
+    window settings."""
+    wrappers = pipeline_module.WanDiffusionWrapper
+    module = sys.modules[wrappers.__module__]
+    with mock.patch.object(module.CausalWanModel, "from_pretrained", lambda *a, **k: model):
+        return wrappers(timestep_shift=5.0, is_causal=True, **kwargs)
+
+
+def fit_kv_cache(
+    pipeline: torch.nn.Module, cache: str, heads: int, head_dim: int, tokens: int | None = None
+) -> None:
+    """Make the published pipeline's ``_initialize_kv_cache`` allocate its ``cache`` (the list
+    of per-layer dicts) for a model of ``heads`` x ``head_dim`` and, when given, ``tokens`` a
+    layer, where the published code hard-codes the 1.3B's. Their function still builds the
+    structure (first on the meta device, to read the sizes it asks for); where those are the
+    sizes wanted (the 1.3B at 832x480) it then runs as published, else only the buffers'
+    sizes change."""
+    allocate = pipeline._initialize_kv_cache
+
+    def initialize_kv_cache(batch_size, dtype, device, **kwargs):
+        allocate(batch_size=batch_size, dtype=dtype, device=torch.device("meta"), **kwargs)
+        layers = getattr(pipeline, cache)
+        shape = (batch_size, tokens or layers[0]["k"].shape[1], heads, head_dim)
+        if all(layer["k"].shape == shape for layer in layers):
+            allocate(batch_size=batch_size, dtype=dtype, device=device, **kwargs)
+            return
+        for layer in layers:
+            for key, value in layer.items():
+                size = shape if key in ("k", "v") else value.shape
+                layer[key] = torch.zeros(size, dtype=value.dtype, device=device)
+
+    pipeline._initialize_kv_cache = initialize_kv_cache
 
 
 class FixedPrompts:
