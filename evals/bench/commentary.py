@@ -15,8 +15,9 @@ A second's caption latency is the time from the frame that completes the second 
 its caption arriving. Second ``k`` is understood once a frame at or after ``k + 1`` has arrived
 (docs/protocol.md, input frames), so that frame, the first of second ``k + 1``, is when a live
 feed's second is over; the latency is then what the server adds, as the understanding suite's
-latency of a second is what the pipeline adds. A second that gets no caption (the server keeps
-the newest 4 seconds of a feed it trails and skips older ones) counts as missing. N clients
+latency of a second is what the pipeline adds. A second whose caption has not come
+``CAPTION_WAIT_SECONDS`` after the feed's last frame counts as missing: skipped (the server
+keeps the newest 4 seconds of a feed it trails) or that late. N clients
 are in real time when p95 < 1 s and none is missing (the understanding suite's rule); the sweep
 stops once p95 passes 1.5 s or a caption is missing.
 

@@ -93,13 +93,14 @@ def run_mixed(shelf: ModelShelf, settings: MixedSettings) -> Iterator[tuple[str,
         "server over a loopback WebSocket, the project's client; every session admitted"
     )
     watched: dict[int, _Watched] = {}
+    captioned: dict[int, float] = {}  # commentary clients -> caption latency p95
     try:
         for n in progress(counts, "mixed: commentary clients"):
             seen, times, load = asyncio.run(_mixed_run(pipelines, n, frames, settings))
             watched[n] = seen
             _add_generation_figures(variant, n, seen, fps)
-            if n:
-                add_caption_figures(variant, n, times)
+            if n and (spread := add_caption_figures(variant, n, times)) is not None:
+                captioned[n] = spread[95]
             label = f"{n} commentary clients: device share all claim by calibration"
             variant.add_figure(f"claimed_load_{n}", load, "ratio", label)
     finally:
@@ -112,6 +113,14 @@ def run_mixed(shelf: ModelShelf, settings: MixedSettings) -> Iterator[tuple[str,
             "commentary clients",
             counts,
             [percentiles_ms(watched[n].lateness_seconds)[key] for n in counts],
+        )
+    if captioned:
+        variant.series["caption_ms_p95_by_clients"] = Series(
+            "caption latency per video-second, p95",
+            "ms",
+            "commentary clients",
+            list(captioned),
+            list(captioned.values()),
         )
     height, width = settings.size
     config = {

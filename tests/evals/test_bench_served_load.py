@@ -109,3 +109,4 @@ def test_mixed_load_on_one_server(shelf) -> None:
     assert 0 < served.value("caption_ms_p50_1") <= served.value("caption_ms_p95_1")
     assert served.series["caption_ms_1_clients"].x == list(range(WARMUP, WARMUP + SECONDS))
     assert served.series["lateness_ms_p99_by_clients"].x == [0, 1]
+    assert served.series["caption_ms_p95_by_clients"].x == [1]
