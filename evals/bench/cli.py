@@ -3,13 +3,16 @@ record and a PNG per suite; ``stream bench report`` regenerates BENCHMARKS.md; `
 plot`` redraws.
 
 Counts default by device: a CPU run of the default suites takes a few minutes on two cores, a
-full-size run of every suite fits one device call on an H200, ``--quick`` is a smoke run.
+full-size run of every suite was sized for one device call on an H200 (the service suite's
+commentary and mixed-load workloads run on the wall clock, a few minutes more; see
+docs/evals.md), ``--quick`` is a smoke run.
 Every default is written out in the record's ``command``, so it reproduces the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import sys
 from collections.abc import Iterator
@@ -42,18 +45,23 @@ class _Counts:
     rounds: int
     clients: str
     service_chunks: int
+    commentary_clients: str
+    commentary_seconds: int
+    commentary_warmup: int
+    mixed_clients: str
 
 
 _COUNTS = {
-    "cpu": _Counts(12, 4, 2, 2, 30, 17, "1,2,4", 4, "1,2", 4),
-    "cuda": _Counts(12, 4, 2, 1, 24, 17, "1,2,4,8,16", 4, "1,2,4", 2),
-    "quick": _Counts(6, 2, 1, 1, 6, 2, "1,2", 2, "1,2", 2),
+    "cpu": _Counts(12, 4, 2, 2, 30, 17, "1,2,4", 4, "1,2", 4, "1,2", 4, 2, "0,1"),
+    "cuda": _Counts(12, 4, 2, 1, 24, 17, "1,2,4,8,16", 4, "1,2,4", 2, "1,2,4,8,16", 8, 17, "0,4,8"),
+    "quick": _Counts(6, 2, 1, 1, 6, 2, "1,2", 2, "1,2", 2, "1", 2, 1, "0,1"),
 }
 # the order options appear in a record's reproducing command
 _RUN_OPTIONS = (
     "suite preset model_dir vlm_dir device dtype threads baselines pipelines size chunks warmup "
     "switches new_sessions published_longlive published_rolling_forcing vlm_seconds vlm_warmup "
-    "streams rounds clients service_chunks formats "
+    "streams rounds clients service_chunks formats commentary_clients commentary_seconds "
+    "commentary_warmup mixed_clients mixed_generators "
     "engines kernel_cases revision out"
 ).split()
 
@@ -118,6 +126,28 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     service.add_argument("--clients", help="client counts, e.g. 1,2,4")
     service.add_argument("--service-chunks", type=int, help="chunks timed per client")
     service.add_argument("--formats", default="jpeg", help="of jpeg, png, raw, h264; first is ours")
+    service.add_argument(
+        "--commentary-clients",
+        help="commentary client counts, feeds paced in real time, e.g. 1,2,4,8,16 ('' skips)",
+    )
+    service.add_argument(
+        "--commentary-seconds", type=int, help="video-seconds measured per commentary client"
+    )
+    service.add_argument(
+        "--commentary-warmup", type=int, help="video-seconds of feed before the measurement"
+    )
+    service.add_argument(
+        "--mixed-clients",
+        help="commentary client counts beside realtime LongLive sessions, 0 for none, e.g. "
+        "0,4,8 ('' skips)",
+    )
+    service.add_argument(
+        "--mixed-generators",
+        type=int,
+        default=1,
+        choices=(1, 2),
+        help="realtime LongLive sessions of the mixed load",
+    )
 
     cluster = parser.add_argument_group("cluster (needs Ray: the cluster extra)")
     cluster.add_argument(
@@ -278,7 +308,7 @@ def _workloads(
             tuple(_split(args.formats)),
             size,
         )
-        return run_service(shelf, settings)
+        return itertools.chain(run_service(shelf, settings), _served_load(shelf, args, size))
     if suite == "cluster":
         from framestream.evals.bench.cluster import ClusterSettings, run_cluster
 
@@ -294,6 +324,21 @@ def _workloads(
     from framestream.evals.bench.vae import run_vae
 
     return run_vae(shelf, size, args.chunks)
+
+
+def _served_load(
+    shelf: ModelShelf, args: argparse.Namespace, size: tuple[int, int]
+) -> Iterator[tuple[str, Workload]]:
+    """The service suite's commentary and mixed-load workloads, those whose counts are set."""
+    from framestream.evals.bench.commentary import CommentarySettings, run_commentary
+    from framestream.evals.bench.mixed import MixedSettings, run_mixed
+
+    seconds, warmup = args.commentary_seconds, args.commentary_warmup
+    if commentary := tuple(int(n) for n in _split(args.commentary_clients)):
+        yield from run_commentary(shelf, CommentarySettings(commentary, seconds, warmup))
+    if mixed := tuple(int(n) for n in _split(args.mixed_clients)):
+        settings = MixedSettings(mixed, args.mixed_generators, seconds, warmup, size)
+        yield from run_mixed(shelf, settings)
 
 
 def _plot(record: BenchRecord, suite: str, out: Path) -> str:

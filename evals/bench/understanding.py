@@ -46,13 +46,22 @@ from framestream.stream.pipelines.streaming_vlm import (
 )
 from framestream.stream.requests import UnderstandingRequest
 
-__all__ = ["UnderstandingSettings", "run_understanding"]
+__all__ = [
+    "GIVE_UP_MS",
+    "INSTRUCTION",
+    "PREVIOUS_TEXT",
+    "REAL_TIME_MS",
+    "UnderstandingSettings",
+    "pipeline_for",
+    "run_understanding",
+]
 
 REAL_TIME_MS = 1000.0  # a second of video per second
-_GIVE_UP_MS = 1500.0
+GIVE_UP_MS = 1500.0
 _BLOCK = 16  # tokens per pool block, the pipeline's default
 # 1024 tokens of previous text fill StreamingVLM's 512 + 512 previous-text budget
-_PREVIOUS_TEXT = " ".join(["the"] * 1024)
+PREVIOUS_TEXT = " ".join(["the"] * 1024)
+INSTRUCTION = "Commentate."
 
 
 @dataclass(frozen=True)
@@ -124,11 +133,11 @@ def _long_streams(
     feed: _Feed,
 ) -> dict[str, Variant]:
     pipes = {
-        s.name: _pipeline(model, s, streams=1, seconds=settings.seconds, manager=None)
+        s.name: pipeline_for(model, s, streams=1, seconds=settings.seconds, manager=None)
         for s in specs
     }
     streams = {
-        name: _Stream(pipe.open(UnderstandingRequest("Commentate.", _PREVIOUS_TEXT)))
+        name: _Stream(pipe.open(UnderstandingRequest(INSTRUCTION, PREVIOUS_TEXT)))
         for name, pipe in pipes.items()
     }
     times = {name: [] for name in pipes}
@@ -182,7 +191,9 @@ def _concurrency(
 ) -> dict[str, Variant]:
     most = max(settings.streams)
     manager = KVCacheManager()
-    pipes = {s.name: _pipeline(model, s, streams=most, seconds=0, manager=manager) for s in specs}
+    pipes = {
+        s.name: pipeline_for(model, s, streams=most, seconds=0, manager=manager) for s in specs
+    }
     warm = pipes[OURS]
     variants = {s.name: Variant(s.description) for s in specs}
     tried: dict[str, dict[int, dict[int, float]]] = {s.name: {} for s in specs}
@@ -190,7 +201,7 @@ def _concurrency(
     try:
         for n in sorted(set(settings.streams)):
             newcomers = [
-                _Stream(warm.open(UnderstandingRequest("Commentate.", _PREVIOUS_TEXT)))
+                _Stream(warm.open(UnderstandingRequest(INSTRUCTION, PREVIOUS_TEXT)))
                 for _ in range(n - len(live))
             ]
             live += newcomers
@@ -215,7 +226,7 @@ def _concurrency(
                     list(range(len(measured))),
                     measured,
                 )
-            if all(t[n][95] > _GIVE_UP_MS for t in tried.values()):
+            if all(t[n][95] > GIVE_UP_MS for t in tried.values()):
                 break
         per_stream = live[0].state.cache.cache.num_blocks() * warm.pool.bytes_per_block
         tokens_per_stream = len(live[0].state.cache.cache)
@@ -269,7 +280,7 @@ def _run_second(
     return clock.now() - start
 
 
-def _pipeline(
+def pipeline_for(
     model: QwenVL,
     spec: VariantSpec,
     streams: int,

@@ -68,7 +68,12 @@ def test_the_record_holds_the_run(run) -> None:
     assert set(record.suites) == set(SUITES)
     assert set(record.suites["generation"]) == {"longlive", "rolling_forcing"}
     assert set(record.suites["understanding"]) == {"streaming_vlm", "streaming_vlm_concurrency"}
-    assert set(record.suites["service"]) == {"longlive_websocket"}
+    assert set(record.suites["service"]) == {
+        "longlive_websocket",
+        "commentary_websocket",
+        "mixed_load",
+    }
+    assert "--commentary-clients 1 " in record.command and "--mixed-clients 0,1 " in record.command
     for suite in SUITES:
         png = plot_path(out, suite)
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -160,6 +165,10 @@ def test_understanding_and_service(run) -> None:
         assert service.variants["jpeg"].value(f"fps_{n}") > 0
         assert service.variants["direct"].value(f"fps_{n}") > 0
         assert f"fps_{n}" in service.ratios()["direct"]
+    commentary = record.suites["service"]["commentary_websocket"].variants["websocket"]
+    assert commentary.value("caption_ms_p95_1") > 0  # the rest: tests/evals/test_bench_served_load
+    mixed = record.suites["service"]["mixed_load"].variants["websocket"]
+    assert mixed.value("generation_fps_0") > 0 and mixed.value("caption_ms_p95_1") > 0
 
 
 def test_kernels_and_vae_suites(tmp_path, one_thread) -> None:
