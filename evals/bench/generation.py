@@ -1,12 +1,12 @@
 """Generation: LongLive and Rolling Forcing streams, one variant after another on the same models.
 
 Per variant and pipeline, one stream of ``chunks`` steps (a step emits 12 video frames: a
-LongLive chunk of 3 latent frames; a Rolling Forcing window pass + its exiting block's cache
-pass, the first step including the window's ramp-up), each step timed as its DiT part
-(``denoise``) and its streamed VAE decode. Then ``switches`` prompt switches on the same
-stream, then ``new_sessions`` fresh sessions timed to their first frame. The variants' streams
-run interleaved, a step of each in turn, so a machine that slows down for a while (other jobs,
-clocks) slows every variant alike and the ratios hold. Medians and percentiles are over the
+LongLive chunk of 3 latent frames; a Rolling Forcing window pass after the cache pass of the
+block the last step handed out, the first step being the window's ramp-up), each step timed as
+its DiT part (``denoise``) and its streamed VAE decode. Then ``switches`` prompt switches on the
+same stream, then ``new_sessions`` fresh sessions timed to their first frame. The variants'
+streams run interleaved, a step of each in turn, so a machine that slows down for a while (other
+jobs, clocks) slows every variant alike and the ratios hold. Medians and percentiles are over the
 steps after ``warmup``::
 
     fps_dit           frames per step / median DiT ms          (no decode)
