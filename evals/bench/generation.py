@@ -23,6 +23,10 @@ steps after ``warmup``::
                       boundary (a switch arriving mid-step also waits for that step)
     cache_bytes       the session's KV blocks, largest over the stream
     late_over_early   last third of the steps over the first third: 1.0 when the cost is flat
+
+A ``growing`` baseline is sized to the device before its pool is allocated (see
+:mod:`evals.bench.memory`): capped, or skipped, when its whole stream would not fit beside the
+other variants' pools; the workload's config says so under ``growing``.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
+from tqdm import tqdm
 
 from framestream.evals.bench.console import progress
 from framestream.evals.bench.loaders import ModelShelf, release_memory
+from framestream.evals.bench.memory import GrowingFit, device_budget, fit_growing, frame_bytes
 from framestream.evals.bench.record import Series, Variant, Workload
 from framestream.evals.bench.timing import Clock, difference, late_over_early, percentiles
 from framestream.evals.bench.variants import OURS, VariantSpec
@@ -50,7 +56,13 @@ from framestream.stream.pipelines.rolling_forcing import (
 from framestream.stream.pipelines.wan import WanStreamPipeline, WanStreamState
 from framestream.stream.requests import GenerationRequest
 
-__all__ = ["GENERATION_PIPELINES", "PROMPTS", "GenerationSettings", "run_generation"]
+__all__ = [
+    "GENERATION_PIPELINES",
+    "PROMPTS",
+    "GenerationSettings",
+    "build_pipeline",
+    "run_generation",
+]
 
 GENERATION_PIPELINES = {"longlive": "LongLive", "rolling_forcing": "Rolling Forcing"}
 PROMPTS = (
@@ -74,6 +86,7 @@ class GenerationSettings:
     warmup: int  # first steps left out of the steady figures
     switches: int  # prompt switches after the stream
     new_sessions: int  # fresh sessions timed to their first frame
+    memory_budget: int | None = None  # bytes the run may allocate; None: the device's free
 
     def __post_init__(self) -> None:
         unknown = set(self.pipelines) - set(GENERATION_PIPELINES)
@@ -96,13 +109,26 @@ def run_generation(
     for kind in settings.pipelines:
         if models.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(models.device)
-        streams = [
-            _Stream(_pipeline(kind, models, spec, settings), spec, settings, clock, prompts)
-            for spec in specs
-        ]
+        label = GENERATION_PIPELINES[kind]
+        ours, *others = specs  # variant_specs puts ours first
+        shared = (settings, clock, prompts)
+        streams: list[_Stream] = []
+        fit: GrowingFit | None = None
         try:
-            cold = _warm_up(streams[0].pipe, settings, clock, prompts)
-            label = GENERATION_PIPELINES[kind]
+            streams.append(_Stream(_pipeline(kind, models, ours, settings), ours, *shared))
+            cold, working = _warm_up(streams[0].pipe, settings, clock, prompts)
+            for spec in sorted(others, key=lambda spec: spec.growing):  # sized from what's left
+                growing_frames = None
+                if spec.growing:
+                    fit = _fit_growing(kind, models, settings, working)
+                    if fit.reason is not None:
+                        tqdm.write(f"{label}, {spec.name}: {fit.reason}")
+                    if fit.skipped:
+                        continue
+                    growing_frames = fit.frames
+                pipe = _pipeline(kind, models, spec, settings, growing_frames)
+                streams.append(_Stream(pipe, spec, *shared))
+                del pipe  # only the streams hold the pools: released with them below
             for stream in streams:
                 stream.open()
             for _ in progress(range(settings.chunks), f"{label}: steps"):
@@ -118,7 +144,12 @@ def run_generation(
             for _ in range(settings.new_sessions):
                 for stream in streams:
                     stream.new_session()
-            variants = {stream.spec.name: stream.summary() for stream in streams}
+            variants = {  # in the order asked: a growing stream was opened last
+                spec.name: stream.summary()
+                for spec in specs
+                for stream in streams
+                if stream.spec is spec
+            }
         finally:
             del streams
             release_memory(models.device)
@@ -134,6 +165,8 @@ def run_generation(
             "dtype": str(models.dtype).removeprefix("torch."),
             **{k: v for k, v in asdict(settings).items() if k not in ("pipelines", "size")},
         }
+        if fit is not None:
+            config["growing"] = fit.to_json()
         if models.device.type == "cuda":
             config["peak_memory_gib"] = torch.cuda.max_memory_allocated(models.device) / 2**30
         title = f"{GENERATION_PIPELINES[kind]} ({shelf.target.preset}, {width}x{height})"
@@ -154,10 +187,15 @@ class _Prompts:
 
 def _warm_up(
     pipe: WanStreamPipeline, settings: GenerationSettings, clock: Clock, prompts: _Prompts
-) -> float:
+) -> tuple[float, int]:
     """A short untimed stream (steps and a switch) before any variant is measured, so that the
-    first variant does not pay the process's one-time costs; returns its first frame's ms."""
+    first variant does not pay the process's one-time costs; returns its first frame's ms and
+    the most it allocated beyond what was held before it (on CUDA; 0 elsewhere)."""
     height, width = settings.size
+    device = pipe.models.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        held = torch.cuda.memory_allocated(device)
     start = clock.now()
     state = pipe.open(GenerationRequest(prompts.next(), 0, height, width))
     pipe.step(state)
@@ -166,19 +204,65 @@ def _warm_up(
     pipe.switch_prompt(state, prompts.next())
     pipe.step(state)
     pipe.close(state)
-    return first_frame
+    if device.type != "cuda":
+        return first_frame, 0
+    return first_frame, torch.cuda.max_memory_allocated(device) - held
+
+
+def _stream_frames(settings: GenerationSettings) -> int:
+    """Every latent frame a measured stream makes: what a cache that never evicts holds."""
+    return 3 * (settings.chunks + settings.switches + 5)
+
+
+def _fit_growing(
+    kind: str, models: WanModels, settings: GenerationSettings, working: int
+) -> GrowingFit:
+    """How many frames a growing ``kind`` stream may keep on what the device has left, a step's
+    ``working`` memory (ours', measured in the warm-up) set aside."""
+    budget = device_budget(models.device, settings.memory_budget)
+    requested = _stream_frames(settings)
+    if budget is None:  # nothing to size by: as asked
+        return GrowingFit(requested, requested, None)
+    rows, cols = models.token_grid(*settings.size)
+    cfg = models.dit.config
+    geometry = CacheGeometry(
+        cfg.num_layers, cfg.num_heads, cfg.head_dim, cache_dtype("auto", models.dtype)
+    )
+    per_frame = frame_bytes(geometry, rows * cols, cfg.dim, cfg.ffn_dim)
+    held = (_FRAMES_HELD + 1) * rows * cols * geometry.bytes_per_token  # its pool's fixed part
+    # a LongLive window shorter than ours' plus a chunk would grow nothing
+    least = LongLiveConfig().window_frames + 3 if kind == "longlive" else 3
+    return fit_growing(requested, per_frame, held, working, budget, step=3, least=least)
 
 
 def _pipeline(
-    kind: str, models: WanModels, spec: VariantSpec, settings: GenerationSettings
+    kind: str,
+    models: WanModels,
+    spec: VariantSpec,
+    settings: GenerationSettings,
+    growing_frames: int | None = None,
 ) -> WanStreamPipeline:
-    """A pipeline for ``spec`` over a pool of its own, one latent frame per block."""
-    rows, cols = models.token_grid(*settings.size)
+    """A pipeline for ``spec``; a growing one keeps ``growing_frames`` (default: every frame
+    of the stream) before it evicts."""
+    stream_frames = growing_frames or _stream_frames(settings)
+    return build_pipeline(kind, models, spec, settings.size, stream_frames if spec.growing else 0)
+
+
+def build_pipeline(
+    kind: str,
+    models: WanModels,
+    spec: VariantSpec,
+    size: tuple[int, int],
+    stream_frames: int = 0,
+) -> WanStreamPipeline:
+    """A ``kind`` pipeline for ``spec`` at ``size`` over a pool of its own, one latent frame
+    per block; a growing ``spec`` keeps ``stream_frames`` latent frames before it evicts."""
+    if spec.growing and stream_frames < 1:
+        raise ValueError("a growing pipeline needs the frames it keeps (stream_frames >= 1)")
+    rows, cols = models.token_grid(*size)
     cfg = models.dit.config
     dtype = cache_dtype(spec.kv_cache_dtype, models.dtype)
     geometry = CacheGeometry(cfg.num_layers, cfg.num_heads, cfg.head_dim, dtype)
-    # every latent frame the stream makes, for a cache that never evicts
-    stream_frames = 3 * (settings.chunks + settings.switches + 5)
     frames = _FRAMES_HELD + (stream_frames if spec.growing else 0)
     pool_bytes = (frames + 1) * rows * cols * geometry.bytes_per_token
     manager = KVCacheManager()
