@@ -103,7 +103,17 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
 _BENCH_CHECKS = ArgumentChecks(
     folders=("model_dir", "vlm_dir"),
     made=("out",),
-    positive=("threads", "chunks", "vlm_seconds", "rounds", "service_chunks", "engines"),
+    positive=(
+        "threads",
+        "chunks",
+        "vlm_seconds",
+        "rounds",
+        "service_chunks",
+        "engines",
+        "memory_budget",
+        "long_seconds",
+        "long_switch_every",
+    ),
     non_negative=("warmup", "vlm_warmup", "switches", "new_sessions"),
     counts=("streams", "clients"),
 )

@@ -21,7 +21,8 @@ from tests.deploy.files import REPO
 
 LAYERS = {"kernels": 0, "models": 1, "stream": 2, "clients": 2, "evals": 3, "cli": 4}
 # third-party packages a kernel may import besides the standard library
-KERNEL_IMPORTS = {"torch", "triton", "numpy"}
+# sageattention: an optional kernel library, the inner kernel of the `sage` backend
+KERNEL_IMPORTS = {"torch", "triton", "numpy", "sageattention"}
 
 
 def modules() -> dict[str, Path]:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the heavy imports wait until a run needs them (see _run_sui
 
 __all__ = ["add_bench_arguments", "main", "run"]
 
-SUITES = ("generation", "understanding", "service", "kernels", "vae", "cluster")
+SUITES = ("generation", "understanding", "service", "kernels", "vae", "cluster", "long")
 DEFAULT_SUITES = ("generation", "understanding", "service")
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -49,20 +49,23 @@ class _Counts:
     commentary_seconds: int
     commentary_warmup: int
     mixed_clients: str
+    long_seconds: float
 
 
 _COUNTS = {
-    "cpu": _Counts(12, 4, 2, 2, 30, 17, "1,2,4", 4, "1,2", 4, "1,2", 4, 2, "0,1"),
-    "cuda": _Counts(12, 4, 2, 1, 24, 17, "1,2,4,8,16", 4, "1,2,4", 2, "1,2,4,8,16", 8, 17, "0,4,8"),
-    "quick": _Counts(6, 2, 1, 1, 6, 2, "1,2", 2, "1,2", 2, "1", 2, 1, "0,1"),
+    "cpu": _Counts(12, 4, 2, 2, 30, 17, "1,2,4", 4, "1,2", 4, "1,2", 4, 2, "0,1", 30),
+    "cuda": _Counts(
+        12, 4, 2, 1, 24, 17, "1,2,4,8,16", 4, "1,2,4", 2, "1,2,4,8,16", 8, 17, "0,4,8", 540
+    ),
+    "quick": _Counts(6, 2, 1, 1, 6, 2, "1,2", 2, "1,2", 2, "1", 2, 1, "0,1", 6),
 }
 # the order options appear in a record's reproducing command
 _RUN_OPTIONS = (
     "suite preset model_dir vlm_dir device dtype threads baselines pipelines size chunks warmup "
-    "switches new_sessions published_longlive published_rolling_forcing vlm_seconds vlm_warmup "
-    "streams rounds clients service_chunks formats commentary_clients commentary_seconds "
-    "commentary_warmup mixed_clients mixed_generators "
-    "engines kernel_cases revision out"
+    "switches new_sessions memory_budget published_longlive published_rolling_forcing "
+    "vlm_seconds vlm_warmup streams rounds clients service_chunks formats commentary_clients "
+    "commentary_seconds commentary_warmup mixed_clients mixed_generators engines kernel_cases "
+    "long_seconds long_switch_every revision out"
 ).split()
 
 
@@ -115,6 +118,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="a checkout of TencentARC/RollingForcing, for --baselines published",
     )
+    gen.add_argument(
+        "--memory-budget",
+        type=float,
+        help="GiB the run may allocate on its device, to size the growing baseline by "
+        "(default: the device's free memory)",
+    )
 
     vlm = parser.add_argument_group("understanding")
     vlm.add_argument("--vlm-seconds", type=int, help="length of the single stream")
@@ -155,6 +164,17 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=2,
         help="engine actors of the largest run, one GPU each on cuda (1 engine is the baseline)",
+    )
+
+    long = parser.add_argument_group("long (one LongLive stream for minutes)")
+    long.add_argument(
+        "--long-seconds", type=float, help="seconds of video (default: 540 on cuda, 30 on cpu)"
+    )
+    long.add_argument(
+        "--long-switch-every",
+        type=float,
+        default=30.0,
+        help="seconds of video between prompt switches",
     )
 
     kernels = parser.add_argument_group("kernels")
@@ -286,9 +306,15 @@ def _workloads(
             args.warmup,
             args.switches,
             args.new_sessions,
+            None if args.memory_budget is None else int(args.memory_budget * 2**30),
             checkouts,
         )
         return run_generation(shelf, settings, specs)
+    if suite == "long":
+        from framestream.evals.bench.long_stream import LongStreamSettings, run_long_stream
+
+        settings = LongStreamSettings(args.long_seconds, args.long_switch_every, args.warmup, size)
+        return run_long_stream(shelf, settings, specs[0])  # ours: the service as shipped
     if suite == "understanding":
         from framestream.evals.bench.understanding import UnderstandingSettings, run_understanding
 

@@ -1,12 +1,12 @@
 """Generation: LongLive and Rolling Forcing streams, one variant after another on the same models.
 
 Per variant and pipeline, one stream of ``chunks`` steps (a step emits 12 video frames: a
-LongLive chunk of 3 latent frames; a Rolling Forcing window pass + its exiting block's cache
-pass, the first step including the window's ramp-up), each step timed as its DiT part
-(``denoise``) and its streamed VAE decode. Then ``switches`` prompt switches on the same
-stream, then ``new_sessions`` fresh sessions timed to their first frame. The variants' streams
-run interleaved, a step of each in turn, so a machine that slows down for a while (other jobs,
-clocks) slows every variant alike and the ratios hold. Medians and percentiles are over the
+LongLive chunk of 3 latent frames; a Rolling Forcing window pass after the cache pass of the
+block the last step handed out, the first step being the window's ramp-up), each step timed as
+its DiT part (``denoise``) and its streamed VAE decode. Then ``switches`` prompt switches on the
+same stream, then ``new_sessions`` fresh sessions timed to their first frame. The variants'
+streams run interleaved, a step of each in turn, so a machine that slows down for a while (other
+jobs, clocks) slows every variant alike and the ratios hold. Medians and percentiles are over the
 steps after ``warmup``::
 
     fps_dit           frames per step / median DiT ms          (no decode)
@@ -27,6 +27,10 @@ steps after ``warmup``::
 The ``published`` variant runs the published loop itself from a checkout the user names
 (:mod:`evals.bench.published`, which says how each of its figures is measured and where that
 differs from ours); the workload's config records that checkout's commit.
+
+A ``growing`` baseline is sized to the device before its pool is allocated (see
+:mod:`evals.bench.memory`): capped, or skipped, when its whole stream would not fit beside the
+other variants' pools; the workload's config says so under ``growing``.
 """
 
 from __future__ import annotations
@@ -40,9 +44,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from framestream.evals.bench.console import progress
 from framestream.evals.bench.loaders import ModelShelf, release_memory
+from framestream.evals.bench.memory import GrowingFit, device_budget, fit_growing, frame_bytes
 from framestream.evals.bench.record import Series, Variant, Workload
 from framestream.evals.bench.timing import Clock, difference, late_over_early, percentiles
 from framestream.evals.bench.variants import OURS, VariantSpec, variant_models
@@ -56,7 +62,13 @@ from framestream.stream.pipelines.rolling_forcing import (
 from framestream.stream.pipelines.wan import WanStreamPipeline, WanStreamState
 from framestream.stream.requests import GenerationRequest
 
-__all__ = ["GENERATION_PIPELINES", "PROMPTS", "GenerationSettings", "run_generation"]
+__all__ = [
+    "GENERATION_PIPELINES",
+    "PROMPTS",
+    "GenerationSettings",
+    "build_pipeline",
+    "run_generation",
+]
 
 GENERATION_PIPELINES = {"longlive": "LongLive", "rolling_forcing": "Rolling Forcing"}
 PROMPTS = (
@@ -80,6 +92,7 @@ class GenerationSettings:
     warmup: int  # first steps left out of the steady figures
     switches: int  # prompt switches after the stream
     new_sessions: int  # fresh sessions timed to their first frame
+    memory_budget: int | None = None  # bytes the run may allocate; None: the device's free
     # pipeline -> a checkout of its published repository, for the ``published`` variant
     checkouts: Mapping[str, Path] = field(default_factory=dict)
 
@@ -104,36 +117,58 @@ def run_generation(
     for kind in settings.pipelines:
         if models.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(models.device)
-        with contextlib.ExitStack() as published:
-            streams = [
-                _stream(kind, spec, models, settings, clock, prompts, published) for spec in specs
-            ]
-            try:
-                cold = _warm_up(streams[0].pipe, settings, clock, prompts)
+        label = GENERATION_PIPELINES[kind]
+        ours, *others = specs  # variant_specs puts ours first
+        shared = (settings, clock, prompts)
+        streams: list = []
+        fit: GrowingFit | None = None
+        published = contextlib.ExitStack()  # a published checkout stays imported until closed
+        try:
+            streams.append(_Stream(_pipeline(kind, models, ours, settings), ours, *shared))
+            cold, working = _warm_up(streams[0].pipe, settings, clock, prompts)
+            for spec in sorted(others, key=lambda spec: spec.growing):  # sized from what's left
+                if spec.published:
+                    stream = _published(kind, spec, models, settings, clock, prompts)
+                    streams.append(published.enter_context(stream))
+                    streams[-1].warm_up()
+                    continue
+                growing_frames = None
+                if spec.growing:
+                    fit = _fit_growing(kind, models, settings, working)
+                    if fit.reason is not None:
+                        tqdm.write(f"{label}, {spec.name}: {fit.reason}")
+                    if fit.skipped:
+                        continue
+                    growing_frames = fit.frames
+                pipe = _pipeline(kind, models, spec, settings, growing_frames)
+                streams.append(_Stream(pipe, spec, *shared))
+                del pipe  # only the streams hold the pools: released with them below
+            for stream in streams:
+                stream.open()
+            for _ in progress(range(settings.chunks), f"{label}: steps"):
                 for stream in streams:
-                    if stream.spec.published:
-                        stream.warm_up()
-                label = GENERATION_PIPELINES[kind]
+                    stream.step()
+            for stream in streams:  # a variant at a time: interleaving would break its overlap
+                stream.overlapped(settings.chunks - settings.warmup)
+            for _ in range(settings.switches):
                 for stream in streams:
-                    stream.open()
-                for _ in progress(range(settings.chunks), f"{label}: steps"):
-                    for stream in streams:
-                        stream.step()
-                for stream in streams:  # a variant at a time: interleaving would break overlap
-                    stream.overlapped(settings.chunks - settings.warmup)
-                for _ in range(settings.switches):
-                    for stream in streams:
-                        stream.switch()
+                    stream.switch()
+            for stream in streams:
+                stream.close()
+            for _ in range(settings.new_sessions):
                 for stream in streams:
-                    stream.close()
-                for _ in range(settings.new_sessions):
-                    for stream in streams:
-                        stream.new_session()
-                variants = {stream.spec.name: stream.summary() for stream in streams}
-                commits = {s.spec.name: s.commit for s in streams if s.spec.published}
-            finally:
-                del streams
-        release_memory(models.device)
+                    stream.new_session()
+            variants = {  # in the order asked: a growing stream was opened last
+                spec.name: stream.summary()
+                for spec in specs
+                for stream in streams
+                if stream.spec is spec
+            }
+            commits = {s.spec.name: s.commit for s in streams if s.spec.published}
+        finally:
+            published.close()
+            del streams
+            release_memory(models.device)
         variants[OURS].add_figure(
             "first_frame_cold_ms",
             cold,
@@ -152,33 +187,31 @@ def run_generation(
         }
         for name, commit in commits.items():
             config[f"{name}_commit"] = commit
+        if fit is not None:
+            config["growing"] = fit.to_json()
         if models.device.type == "cuda":
             config["peak_memory_gib"] = torch.cuda.max_memory_allocated(models.device) / 2**30
         title = f"{GENERATION_PIPELINES[kind]} ({shelf.target.preset}, {width}x{height})"
         yield kind, Workload(title, config, variants, OURS)
 
 
-def _stream(
+def _published(
     kind: str,
     spec: VariantSpec,
     models: WanModels,
     settings: GenerationSettings,
     clock: Clock,
     prompts: _Prompts,
-    published: contextlib.ExitStack,
 ):
-    """The measured stream of ``spec``: our pipeline, or the published loop (its checkout
-    imported until ``published`` closes)."""
-    if not spec.published:
-        return _Stream(_pipeline(kind, models, spec, settings), spec, settings, clock, prompts)
+    """The published loop's measured stream, from the checkout named for ``kind`` (a context
+    manager: its checkout is imported while it is open)."""
     from framestream.evals.bench.published import published_stream
 
     if kind not in settings.checkouts:
         raise ValueError(f"the published variant needs a checkout for {kind}")
-    stream = published_stream(
+    return published_stream(
         kind, settings.checkouts[kind], spec, models, settings, clock, prompts.next
     )
-    return published.enter_context(stream)
 
 
 class _Prompts:
@@ -195,10 +228,15 @@ class _Prompts:
 
 def _warm_up(
     pipe: WanStreamPipeline, settings: GenerationSettings, clock: Clock, prompts: _Prompts
-) -> float:
+) -> tuple[float, int]:
     """A short untimed stream (steps and a switch) before any variant is measured, so that the
-    first variant does not pay the process's one-time costs; returns its first frame's ms."""
+    first variant does not pay the process's one-time costs; returns its first frame's ms and
+    the most it allocated beyond what was held before it (on CUDA; 0 elsewhere)."""
     height, width = settings.size
+    device = pipe.models.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        held = torch.cuda.memory_allocated(device)
     start = clock.now()
     state = pipe.open(GenerationRequest(prompts.next(), 0, height, width))
     pipe.step(state)
@@ -207,20 +245,66 @@ def _warm_up(
     pipe.switch_prompt(state, prompts.next())
     pipe.step(state)
     pipe.close(state)
-    return first_frame
+    if device.type != "cuda":
+        return first_frame, 0
+    return first_frame, torch.cuda.max_memory_allocated(device) - held
+
+
+def _stream_frames(settings: GenerationSettings) -> int:
+    """Every latent frame a measured stream makes: what a cache that never evicts holds."""
+    return 3 * (settings.chunks + settings.switches + 5)
+
+
+def _fit_growing(
+    kind: str, models: WanModels, settings: GenerationSettings, working: int
+) -> GrowingFit:
+    """How many frames a growing ``kind`` stream may keep on what the device has left, a step's
+    ``working`` memory (ours', measured in the warm-up) set aside."""
+    budget = device_budget(models.device, settings.memory_budget)
+    requested = _stream_frames(settings)
+    if budget is None:  # nothing to size by: as asked
+        return GrowingFit(requested, requested, None)
+    rows, cols = models.token_grid(*settings.size)
+    cfg = models.dit.config
+    geometry = CacheGeometry(
+        cfg.num_layers, cfg.num_heads, cfg.head_dim, cache_dtype("auto", models.dtype)
+    )
+    per_frame = frame_bytes(geometry, rows * cols, cfg.dim, cfg.ffn_dim)
+    held = (_FRAMES_HELD + 1) * rows * cols * geometry.bytes_per_token  # its pool's fixed part
+    # a LongLive window shorter than ours' plus a chunk would grow nothing
+    least = LongLiveConfig().window_frames + 3 if kind == "longlive" else 3
+    return fit_growing(requested, per_frame, held, working, budget, step=3, least=least)
 
 
 def _pipeline(
-    kind: str, models: WanModels, spec: VariantSpec, settings: GenerationSettings
+    kind: str,
+    models: WanModels,
+    spec: VariantSpec,
+    settings: GenerationSettings,
+    growing_frames: int | None = None,
 ) -> WanStreamPipeline:
-    """A pipeline for ``spec`` over a pool of its own, one latent frame per block."""
+    """A pipeline for ``spec``; a growing one keeps ``growing_frames`` (default: every frame
+    of the stream) before it evicts."""
+    stream_frames = growing_frames or _stream_frames(settings)
+    return build_pipeline(kind, models, spec, settings.size, stream_frames if spec.growing else 0)
+
+
+def build_pipeline(
+    kind: str,
+    models: WanModels,
+    spec: VariantSpec,
+    size: tuple[int, int],
+    stream_frames: int = 0,
+) -> WanStreamPipeline:
+    """A ``kind`` pipeline for ``spec`` at ``size`` over a pool of its own, one latent frame
+    per block; a growing ``spec`` keeps ``stream_frames`` latent frames before it evicts."""
+    if spec.growing and stream_frames < 1:
+        raise ValueError("a growing pipeline needs the frames it keeps (stream_frames >= 1)")
     models = variant_models(models, spec)
-    rows, cols = models.token_grid(*settings.size)
+    rows, cols = models.token_grid(*size)
     cfg = models.dit.config
     dtype = cache_dtype(spec.kv_cache_dtype, models.dtype)
     geometry = CacheGeometry(cfg.num_layers, cfg.num_heads, cfg.head_dim, dtype)
-    # every latent frame the stream makes, for a cache that never evicts
-    stream_frames = 3 * (settings.chunks + settings.switches + 5)
     frames = _FRAMES_HELD + (stream_frames if spec.growing else 0)
     pool_bytes = (frames + 1) * rows * cols * geometry.bytes_per_token
     manager = KVCacheManager()

@@ -15,11 +15,17 @@ Each pass reads what the published loop's does (``max_attention_size`` = 21 fram
 positions re-based on the host so the sink sits just before the clean frames a window pass
 reads (the published "dynamic RoPE") and a stream never nears a RoPE table's end. At the start
 the window ramps up as published: with n < 5 blocks it takes the tail of the levels, so the
-first block exits after 5 passes. A step returns the next exiting block.
+first block exits after 5 passes. A step returns the next exiting block as soon as its x0 is
+final: its t=0 cache pass waits for the next step (before that step's text changes), so the
+first block leaves after 5 DiT passes rather than 6 and every block's decode can start while
+its cache pass runs. It cannot leave sooner with the same frames: attention inside the window
+is full, as published, so the first block's x0 reads every block that entered before it exits,
+the fifth block's fresh noise included.
 
 A prompt switch (the published code has none) re-encodes the text, replaces the
 cross-attention K/V, and optionally recaches the retained clean blocks under the new prompt,
 each reading what its own cache pass read; the blocks already in the window continue under it.
+A recache rewrites every retained block, so a cache pass still waiting is then skipped.
 """
 
 from __future__ import annotations
@@ -34,11 +40,17 @@ from framestream.stream.kvcache import (
     KVCacheDtype,
     KVCacheManager,
     RollingWindowConfig,
+    TokenRange,
     check_kv_cache_dtype,
 )
 from framestream.stream.pipelines.wan import WanStreamPipeline, WanStreamState
 
-__all__ = ["RollingForcingConfig", "RollingForcingPipeline", "RollingForcingState"]
+__all__ = [
+    "PendingCachePass",
+    "RollingForcingConfig",
+    "RollingForcingPipeline",
+    "RollingForcingState",
+]
 
 
 @dataclass(frozen=True)
@@ -63,11 +75,21 @@ class RollingForcingConfig:
         return len(self.schedule.steps)  # one block per noise level
 
 
+@dataclass(frozen=True, eq=False)
+class PendingCachePass:
+    """An exited block's t=0 cache pass, run before the next window pass reads its K/V."""
+
+    block: torch.Tensor  # [1, C, block_frames, h, w] its clean latents
+    write: list[TokenRange]
+    context: list[str | TokenRange]
+
+
 @dataclass(eq=False)
 class RollingForcingState(WanStreamState):
     window: torch.Tensor | None = None  # [1, C, n * block_frames, h, w] noisy latents
     clean: torch.Tensor | None = None  # [1, C, frames, h, w] x0 of the retained clean blocks
-    passes: int = 0
+    passes: int = 0  # window passes so far
+    pending: PendingCachePass | None = None  # the last exited block's t=0 pass, not yet run
 
 
 class RollingForcingPipeline(WanStreamPipeline):
@@ -119,8 +141,12 @@ class RollingForcingPipeline(WanStreamPipeline):
     def window_step(self, state: RollingForcingState) -> torch.Tensor | None:
         """One joint pass over the window; the exiting block's x0 once the window is full."""
         cfg, dit, frames = self.config, self.models.dit, self.config.block_frames
-        if self._advance_text(state) and cfg.recache_on_switch:
-            self._recache(state)
+        pending, state.pending = state.pending, None
+        recache = cfg.recache_on_switch and state.recache_pending  # a switch begins here
+        if pending is not None and not recache:  # a recache would rewrite its K/V at once
+            self._cache_pass(state, pending)  # before the text moves on: the block's own text
+        if self._advance_text(state) and recache:
+            self._recache(state)  # every retained block, the pending one included
         if state.cache.window_blocks < cfg.window_blocks:
             state.cache.enter_block()
             fresh = self._noise(state, frames)
@@ -141,8 +167,7 @@ class RollingForcingPipeline(WanStreamPipeline):
         if blocks == cfg.window_blocks:  # the oldest block is at the lowest level: it is done
             exited = x0[:, :, :frames].to(self.models.dtype)
             write, context = state.cache.exit_block()
-            view = self._view(state, write, context)
-            dit(exited, self._timestep(0.0, frames), state.text, view)  # its clean K/V
+            state.pending = PendingCachePass(exited, write, context)  # its clean K/V: next step
             self._keep_clean(state, exited)
             x0, levels = x0[:, :, frames:], levels[1:]
         if not levels:
@@ -153,6 +178,12 @@ class RollingForcingPipeline(WanStreamPipeline):
         noise = self._noise(state, x0.shape[2]).float()
         state.window = FlowSchedule.add_noise(x0, noise, lower).to(self.models.dtype)
         return exited
+
+    def _cache_pass(self, state: RollingForcingState, pending: PendingCachePass) -> None:
+        """Write an exited block's clean K/V, reading what the published cache pass reads."""
+        view = self._view(state, pending.write, pending.context)
+        frames = pending.block.shape[2]
+        self.models.dit(pending.block, self._timestep(0.0, frames), state.text, view)
 
     def _keep_clean(self, state: RollingForcingState, block: torch.Tensor) -> None:
         """Keep the x0 of the clean blocks the cache retains (a recache recomputes them)."""

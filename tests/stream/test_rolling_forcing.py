@@ -1,5 +1,6 @@
 """Rolling Forcing on the tiny preset: a window pass through the cache equals a dense
-recomputation, exact exit order and counts over 300 steps with flat memory, prompt switches."""
+recomputation, exact exit order and counts over 300 steps with flat memory, prompt switches,
+the first block out after the window passes alone."""
 
 from __future__ import annotations
 
@@ -201,19 +202,96 @@ def test_prompt_switch_mid_window(tiny, recache: bool) -> None:
     torch.testing.assert_close(switched.text.k, new_text.k)
     assert not torch.allclose(control.window, switched.window)  # the window now follows it
 
+    for p, s in zip(pipes, states, strict=True):
+        p.window_step(s)  # runs the cache pass of the block that exited at the switch
+
     def clean_kv(p, s, name):
         slots = torch.from_numpy(s.cache.cache.slots(name)).long()
         return p.pool.kv[:, :, slots]
 
-    # the sink keeps the old prompt's K/V unless recached; the history now holds the block that
-    # just exited, computed under the new prompt either way
+    # the sink keeps the old prompt's K/V unless recached; the block that exited at the switch
+    # was cached under the new prompt either way (the newest block's pass has not run yet)
     sink_same = torch.equal(
         clean_kv(pipes[0], control, "sink"), clean_kv(pipes[1], switched, "sink")
     )
     assert sink_same is not recache
+    block = 3 * TPF
+    at_switch = slice(-2 * block, -block)
     assert not torch.equal(
-        clean_kv(pipes[0], control, "history"), clean_kv(pipes[1], switched, "history")
+        clean_kv(pipes[0], control, "history")[:, :, at_switch],
+        clean_kv(pipes[1], switched, "history")[:, :, at_switch],
     )
+
+
+class PassCounter:
+    """Counts the DiT's forwards and the query frames of each."""
+
+    def __init__(self, dit: torch.nn.Module) -> None:
+        self.frames: list[int] = []
+        self._hook = dit.register_forward_pre_hook(
+            lambda _, args: self.frames.append(args[0].shape[2])
+        )
+
+    def remove(self) -> None:
+        self._hook.remove()
+
+
+def test_first_block_leaves_after_the_window_passes_alone(tiny) -> None:
+    """The first block is handed out after its 5 window passes, before its clean cache pass,
+    which the published loop runs first (6 passes); that pass opens the next step (the blocks
+    after it equal the published loop's: test_every_block_equals_the_published_loop)."""
+    pipe = pipeline(tiny)
+    ours = pipe.open(GenerationRequest("a red ball", seed=5, **SIZE))
+    theirs = pipe.open(GenerationRequest("a red ball", seed=5, **SIZE))
+    counter = PassCounter(tiny.dit)
+    try:
+        with torch.inference_mode():
+            published = published_blocks(pipe, theirs, 1)
+            published_passes = len(counter.frames)
+            counter.frames.clear()
+            first = pipe.denoise(ours)
+            first_passes = list(counter.frames)
+            counter.frames.clear()
+            pipe.denoise(ours)
+            second_passes = list(counter.frames)
+    finally:
+        counter.remove()
+    assert published_passes == 6
+    assert first_passes == [3, 6, 9, 12, 15]  # the ramp-up's window passes only
+    assert second_passes == [3, 15]  # the first block's cache pass, then the window pass
+    torch.testing.assert_close(first, published[0], rtol=1e-5, atol=1e-5)
+
+
+def test_first_block_reads_the_noise_of_the_last_block_to_enter(tiny) -> None:
+    """Why the first block cannot leave before the window is full: attention inside the
+    window is full, so its x0 changes with the fresh noise of the fifth block."""
+    pipe = pipeline(tiny)
+    states = [pipe.open(GenerationRequest("a red ball", seed=6, **SIZE)) for _ in range(2)]
+    with torch.inference_mode():
+        for state in states:
+            for _ in range(4):
+                assert pipe.window_step(state) is None
+        states[1].generator = torch.Generator().manual_seed(7)  # only the fifth block's noise
+        first, other = (pipe.window_step(state) for state in states)
+    assert not torch.allclose(first, other)
+
+
+def test_a_recache_replaces_the_pending_cache_pass(tiny) -> None:
+    """A switch with recache runs the recache and the window pass: the recache rewrites the
+    block that just exited, so its own cache pass would be lost work."""
+    pipe = pipeline(tiny)
+    state = pipe.open(GenerationRequest("a red ball", seed=8, **SIZE))
+    for _ in range(3):
+        pipe.step(state)
+    pipe.switch_prompt(state, "a blue cube")
+    counter = PassCounter(tiny.dit)
+    try:
+        pipe.denoise(state)
+    finally:
+        counter.remove()
+    retained = state.cache.cache.length("sink") + state.cache.cache.length("history")
+    # the recache covers the blocks retained before this step's exit: 3 of them
+    assert counter.frames == [retained // TPF - 3, 15]
 
 
 def test_fp8_kv_cache_halves_the_session_bytes() -> None:
