@@ -40,7 +40,6 @@ from framestream.evals.bench.loaders import ModelShelf, release_memory
 from framestream.evals.bench.record import Series, Variant, Workload
 from framestream.evals.bench.timing import Clock, difference, late_over_early, percentiles
 from framestream.evals.bench.variants import OURS, VariantSpec
-from framestream.models.registry import WanModels
 from framestream.stream.kvcache import CacheGeometry, KVCacheManager, cache_dtype
 from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
 from framestream.stream.pipelines.rolling_forcing import (
@@ -97,7 +96,7 @@ def run_generation(
         if models.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(models.device)
         streams = [
-            _Stream(_pipeline(kind, models, spec, settings), spec, settings, clock, prompts)
+            _Stream(_pipeline(kind, shelf, spec, settings), spec, settings, clock, prompts)
             for spec in specs
         ]
         try:
@@ -170,9 +169,13 @@ def _warm_up(
 
 
 def _pipeline(
-    kind: str, models: WanModels, spec: VariantSpec, settings: GenerationSettings
+    kind: str, shelf: ModelShelf, spec: VariantSpec, settings: GenerationSettings
 ) -> WanStreamPipeline:
-    """A pipeline for ``spec`` over a pool of its own, one latent frame per block."""
+    """A pipeline for ``spec`` over a pool of its own, one latent frame per block; the shared
+    models, with the shelf's tiny decoder in place of the Wan VAE for a tiny-decoder spec."""
+    models = shelf.wan
+    if spec.decoder == "tiny":
+        models = replace(models, vae=shelf.tiny_decoder)
     rows, cols = models.token_grid(*settings.size)
     cfg = models.dit.config
     dtype = cache_dtype(spec.kv_cache_dtype, models.dtype)

@@ -8,7 +8,10 @@ baseline name is either
   as a loop with an ever-growing cache would (its cost grows with the stream),
 * ``fp8kv``: the service as shipped but with the FP8 KV cache (``kv_cache_dtype="fp8_e4m3"``:
   unscaled e4m3 rows, half of bf16's bytes), so its speed and ``cache_bytes`` sit beside
-  ours', or
+  ours',
+* ``tinyvae``: ours with the tiny streaming decoder (:mod:`models.vae_tiny`) in place of the
+  full Wan VAE (generation only; the understanding suite leaves it out), its weights those of
+  :attr:`~evals.bench.loaders.ModelShelf.tiny_decoder`, or
 * an attention backend name (``sdpa``: torch's fused SDPA over keys gathered and rotated from
   our cache by torch ops; ``sdpa_fused``: the same SDPA over keys gathered and rotated by one
   Triton pass, what ``auto`` runs for chunks on CUDA; ``triton``; ``torch``): the same cache,
@@ -26,11 +29,12 @@ import torch
 from framestream.kernels.backends import select_backend
 from framestream.stream.kvcache import KVCacheDtype
 
-__all__ = ["FP8KV", "GROWING", "OURS", "VariantSpec", "variant_specs"]
+__all__ = ["FP8KV", "GROWING", "OURS", "TINYVAE", "VariantSpec", "variant_specs"]
 
 OURS = "ours"
 GROWING = "growing"
 FP8KV = "fp8kv"
+TINYVAE = "tinyvae"
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,12 @@ class VariantSpec:
     backend: str | None = None  # attention backend; None: the device's default
     growing: bool = False  # eviction off
     kv_cache_dtype: KVCacheDtype = "auto"  # the pipelines' pool rows
+    decoder: str = "wan"  # the generation pipelines' decoder (models.registry.DECODERS)
+
+    @property
+    def generation_only(self) -> bool:
+        """Whether it differs from ours only in what the understanding suite does not run."""
+        return self.decoder != "wan"
 
     @property
     def shares_cache(self) -> bool:
@@ -73,6 +83,15 @@ def variant_specs(baselines: Sequence[str], device: torch.device) -> list[Varian
                     FP8KV,
                     f"the service as shipped with an FP8 (e4m3) KV cache, {default} attention",
                     kv_cache_dtype="fp8_e4m3",
+                )
+            )
+            continue
+        if name == TINYVAE:
+            specs.append(
+                VariantSpec(
+                    TINYVAE,
+                    f"the service as shipped with the tiny streaming decoder, {default} attention",
+                    decoder="tiny",
                 )
             )
             continue

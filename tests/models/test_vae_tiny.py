@@ -209,3 +209,20 @@ def test_wrong_files_give_one_line_errors(tmp_path, taew2_1_file) -> None:
     _one_line_error(reshaped, "decoder.9.conv.0.weight has shape")
     with pytest.raises(FileNotFoundError):
         load_tiny_decoder(tmp_path / "nowhere.pth")
+
+
+@pytest.mark.gpu
+def test_bf16_on_cuda_streams_near_the_fp32_whole_decode() -> None:
+    """taew2_1's shapes at a full-size chunk's latent grid (60x104), bf16 on the device and
+    streamed 3 latent frames a chunk, against one float32 CPU decode of the whole video."""
+    model = random_tiny_decoder(TAEW2_1, seed=6)
+    with torch.no_grad():
+        model.conv_out.bias += 0.5  # mid-range frames: none clamped
+    z = torch.randn(1, 16, 6, 60, 104, generator=torch.Generator().manual_seed(7))
+    whole = model.decode_chunk(z, model.new_decode_state())
+    device = model.to("cuda", torch.bfloat16)
+    state = device.new_decode_state()
+    parts = [device.decode_chunk(p.cuda(), state) for p in z.split(3, dim=2)]
+    streamed = torch.cat(parts, dim=2).float().cpu()
+    assert [p.shape[2] for p in parts] == [9, 12]
+    assert (streamed - whole).abs().mean() < 0.1 * whole.std()  # bf16 rounding, not a bug
