@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
-import pytest
 import torch
 
 from framestream.cli.main import main
