@@ -8,7 +8,10 @@ trained). A clip is decoded whole from a fresh state: streaming is exact
 (:meth:`~models.vae_tiny.TinyWanDecoder.decode_chunk`), so this trains the streamed decoder.
 A step decodes a random ``--crop`` x ``--crop`` window of the latents against the same window
 of the teacher's frames: the decoder is convolutional, and a quarter of the pixels buys four
-times the steps on a shared CPU (the evaluation decodes whole frames).
+times the steps on a shared CPU (the evaluation decodes whole frames). The run stops at
+``--max-steps`` or ``--seconds-budget``, whichever comes first, and the learning rate follows
+the further along of the two, so a time-limited run is seeded but not bit-reproducible on
+another machine: ``train.json`` records the steps it took.
 
 The record (``train.json``: command, seed, steps, the PSNR of the tiny decoder's streamed frames
 against the teacher's on held-out clips, and both against the rendered frames) goes beside the
