@@ -15,8 +15,9 @@ from framestream.cli.checks import (
 )
 from framestream.cli.options import (
     KV_CACHE_DTYPE_HELP,
-    MODEL_CHECKS,
     add_model_arguments,
+    check_model_arguments,
+    decoder,
     device_and_dtype,
     wan_paths,
 )
@@ -91,7 +92,7 @@ def _switches(args: argparse.Namespace) -> list:
 def _check(args: argparse.Namespace) -> None:
     """Every argument, before a model loads; raises :class:`UsageError`."""
     check(args, _CHECKS)
-    check(args, MODEL_CHECKS)
+    check_model_arguments(args)
     for name in ("height", "width"):
         value = getattr(args, name)
         if value is not None and (value <= 0 or value % 16):
@@ -128,7 +129,9 @@ def _generate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
-        models = load_wan_models(args.preset, wan_paths(args), device=device, dtype=dtype)
+        models = load_wan_models(
+            args.preset, wan_paths(args), device=device, dtype=dtype, decoder=decoder(args)
+        )
     except Exception as exc:  # a missing, corrupt or mismatched checkpoint: say which, no trace
         print(f"stream generate: cannot load the models: {exc}", file=sys.stderr)
         return 2

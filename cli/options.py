@@ -7,14 +7,17 @@ import argparse
 import os
 from pathlib import Path
 
-from framestream.cli.checks import ArgumentChecks
+from framestream.cli.checks import ArgumentChecks, check
 from framestream.models.toyworld.embedded import DEFAULT_PRESET
 
 __all__ = [
     "DTYPES",
     "KV_CACHE_DTYPE_HELP",
     "MODEL_CHECKS",
+    "VAE_TINY",
     "add_model_arguments",
+    "check_model_arguments",
+    "decoder",
     "device_and_dtype",
     "env",
     "wan_paths",
@@ -27,10 +30,12 @@ KV_CACHE_DTYPE_HELP = (
 )
 
 
-# the local model paths of add_model_arguments, checked before anything loads
+# the local model paths of add_model_arguments, checked before anything loads (--vae by
+# check_model_arguments: it may name the tiny decoder instead of a path)
 MODEL_CHECKS = ArgumentChecks(
-    folders=("model_dir", "text_encoder"), files=("lora",), paths=("dit", "vae")
+    folders=("model_dir", "text_encoder"), files=("lora",), paths=("dit",)
 )
+VAE_TINY = "tiny"  # --vae tiny: the preset's tiny streaming decoder (models.vae_tiny)
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -57,7 +62,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--dit-layout", default="auto", help="layout of --dit (default: detect)")
     group.add_argument("--lora", type=Path, help="LongLive lora.pt, merged at load")
-    group.add_argument("--vae", type=Path, help="diffusers vae/ folder or Wan2.1_VAE.pth")
+    group.add_argument(
+        "--vae",
+        type=_vae_argument,
+        help="the decoder: a diffusers vae/ folder or Wan2.1_VAE.pth (the full Wan VAE), "
+        "'tiny' (the preset's tiny streaming decoder: the toy world ships one), or a tiny "
+        "decoder file such as TAEHV's taew2_1.pth (recognised by its keys)",
+    )
     group.add_argument("--text-encoder", type=Path, help="folder with text_encoder/ and tokenizer/")
     group.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     group.add_argument(
@@ -66,6 +77,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="weights and activations (default: bf16 on cuda, fp32 on cpu)",
     )
+
+
+def _vae_argument(text: str) -> str | Path:
+    return VAE_TINY if text == VAE_TINY else Path(text)
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """:data:`MODEL_CHECKS`, and ``--vae`` an existing path unless it says ``tiny``."""
+    check(args, MODEL_CHECKS)
+    if isinstance(args.vae, Path):
+        check(args, ArgumentChecks(paths=("vae",)))
+
+
+def decoder(args: argparse.Namespace) -> str:
+    """The registry's decoder (:data:`models.registry.DECODERS`) that ``--vae`` asks for; a
+    tiny-decoder file is recognised by the registry from ``--vae``'s path."""
+    return "tiny" if args.vae == VAE_TINY else "wan"
 
 
 def device_and_dtype(args: argparse.Namespace, gpus: bool | None = None):
@@ -82,8 +110,7 @@ def device_and_dtype(args: argparse.Namespace, gpus: bool | None = None):
 def wan_paths(args: argparse.Namespace):
     from framestream.models.registry import WanPaths
 
-    if not any((args.model_dir, args.dit, args.vae, args.text_encoder)):
+    vae = args.vae if isinstance(args.vae, Path) else None
+    if not any((args.model_dir, args.dit, vae, args.text_encoder)):
         return None
-    return WanPaths(
-        args.model_dir, args.dit, args.dit_layout, args.lora, args.vae, args.text_encoder
-    )
+    return WanPaths(args.model_dir, args.dit, args.dit_layout, args.lora, vae, args.text_encoder)

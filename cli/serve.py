@@ -18,8 +18,9 @@ from framestream.cli.checks import (
 )
 from framestream.cli.options import (
     KV_CACHE_DTYPE_HELP,
-    MODEL_CHECKS,
     add_model_arguments,
+    check_model_arguments,
+    decoder,
     device_and_dtype,
     env,
     wan_paths,
@@ -252,7 +253,7 @@ _CHECKS = ArgumentChecks(
 def _check(args: argparse.Namespace) -> None:
     """The paths and numbers, before anything heavy is imported; raises :class:`UsageError`."""
     check(args, _CHECKS)
-    check(args, MODEL_CHECKS)
+    check_model_arguments(args)
     if not args.no_page:
         check(args, ArgumentChecks(folders=("static_dir",)))
 
@@ -302,6 +303,7 @@ def _serve(args: argparse.Namespace) -> int:
         spec = ServiceModels(
             preset=args.preset,
             paths=wan_paths(args),
+            decoder=decoder(args),
             vlm_dir=args.vlm_dir,
             device=device,
             dtype=dtype,

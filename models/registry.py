@@ -13,6 +13,12 @@ A preset fixes the architecture; weights come from :class:`WanPaths` when given:
 diffusers-layout model folder (``transformer/ vae/ text_encoder/ tokenizer/``), with the DiT
 optionally replaced by a LongLive / Self-Forcing / Rolling Forcing checkpoint (+ LoRA).
 ``random_weights`` builds the DiT and VAE with random weights, for speed measurements.
+
+The decoder is the full Wan VAE (``decoder="wan"``) or a tiny streaming one
+(:mod:`models.vae_tiny`, ``decoder="tiny"``): the toy world ships one distilled from its VAE
+(:data:`~models.toyworld.embedded.TINY_DECODER_DIR`); at full size it is the published
+``taew2_1.pth``, named as ``WanPaths.vae`` (a file of that layout is recognised by its keys,
+whichever ``decoder`` says), or random weights of its shapes with ``random_weights``.
 """
 
 from __future__ import annotations
@@ -28,11 +34,33 @@ from diffusers import AutoencoderKLWan
 from framestream.kernels.rope import RopeSpec, wan_rope
 from framestream.models.schedule import FlowSchedule, opening_schedule
 from framestream.models.text import PromptCache, TextEncoder, UMT5TextEncoder, tiny_umt5_encoder
-from framestream.models.toyworld.embedded import DEFAULT_PRESET, GENERATOR_DIR, require
+from framestream.models.toyworld.embedded import (
+    DEFAULT_PRESET,
+    GENERATOR_DIR,
+    TINY_DECODER_DIR,
+    require,
+)
 from framestream.models.vae import WanVAE, tiny_wan_vae
+from framestream.models.vae_tiny import (
+    TAEW2_1,
+    TinyDecoderConfig,
+    TinyWanDecoder,
+    is_tiny_decoder_file,
+    load_tiny_decoder,
+    random_tiny_decoder,
+)
 from framestream.models.wan import CausalWanModel, load_wan_weights, wan_config
 
-__all__ = ["DEFAULT_PRESET", "GENERATION_PRESETS", "WanModels", "WanPaths", "load_wan_models"]
+__all__ = [
+    "DECODERS",
+    "DEFAULT_PRESET",
+    "GENERATION_PRESETS",
+    "StreamingDecoder",
+    "WanModels",
+    "WanPaths",
+    "load_wan_models",
+    "tiny_decoder_of",
+]
 
 # Pixels per DiT token side: the VAE's spatial stride 8 times the patch's 2.
 _PIXELS_PER_TOKEN = 16
@@ -42,6 +70,13 @@ GENERATION_PRESETS = {
     "tiny": {"dit": "tiny", "size": (128, 128)},
     "wan2.1-t2v-1.3b": {"dit": "wan2.1-t2v-1.3b", "size": (480, 832)},
 }
+# which decoder turns a bundle's latents into frames: the full Wan VAE or a tiny streaming one
+DECODERS = ("wan", "tiny")
+# the tiny decoder of the random small presets (tests of the machinery, like tiny_wan_vae)
+_SMALL_TINY_DECODER = TinyDecoderConfig(widths=(16, 16, 8, 8))
+# either decoder serves the pipelines alike: new_decode_state(), decode_chunk(), the strides
+StreamingDecoder = WanVAE | TinyWanDecoder
+
 # the small presets' text encoder: frozen, seeded, rebuilt in memory (the toy-world generator
 # was trained on its outputs, so the seed is part of the model)
 _SMALL_TEXT_SEED = 0
@@ -55,7 +90,7 @@ class WanPaths:
     dit: Path | None = None  # a DiT checkpoint file or folder, any layout the loader knows
     dit_layout: str = "auto"
     lora: Path | None = None  # LongLive lora.pt, merged into the DiT at load
-    vae: Path | None = None  # a diffusers vae/ folder or Wan2.1_VAE.pth
+    vae: Path | None = None  # a diffusers vae/ folder, Wan2.1_VAE.pth, or a taew2_1.pth
     text_encoder: Path | None = None  # a folder with text_encoder/ and tokenizer/
 
     def resolve(self, part: str, subfolder: str) -> Path:
@@ -74,7 +109,7 @@ class WanModels:
     """The shared modules of a Wan generation preset on one device."""
 
     dit: CausalWanModel
-    vae: WanVAE
+    vae: StreamingDecoder  # the full Wan VAE or a tiny streaming decoder (DECODERS)
     text: PromptCache
     device: torch.device
     dtype: torch.dtype
@@ -126,6 +161,7 @@ def load_wan_models(
     random_weights: bool = False,
     text_encoder: TextEncoder | None = None,
     prompt_cache_size: int = 32,
+    decoder: str = "wan",
 ) -> WanModels:
     """Build a generation preset on ``device``.
 
@@ -136,9 +172,12 @@ def load_wan_models(
         random_weights: full-size DiT and VAE with random weights (benchmarks only).
         text_encoder: use this encoder instead of the preset's (benchmarks, tests).
         prompt_cache_size: prompts whose embeddings stay cached.
+        decoder: one of :data:`DECODERS`; ``paths.vae`` naming a tiny-decoder file loads that.
     """
     if preset not in GENERATION_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(GENERATION_PRESETS)}")
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; known: {DECODERS}")
     spec = GENERATION_PRESETS[preset]
     device = torch.device(device)
     config = wan_config(spec["dit"])
@@ -151,12 +190,17 @@ def load_wan_models(
         with torch.device(device):
             dit = CausalWanModel(config)
         dit.init_weights(generator)
-        vae = tiny_wan_vae() if small else WanVAE(AutoencoderKLWan().eval())
+        if decoder == "tiny":
+            vae = tiny_decoder_of(preset, random_weights=True)
+        else:
+            vae = tiny_wan_vae() if small else WanVAE(AutoencoderKLWan().eval())
         encoder = text_encoder
     else:
-        if paths is None and "embedded" in spec:
+        if "embedded" in spec and (paths is None or not (paths.model_dir or paths.dit)):
+            # the shipped DiT and VAE; a decoder file given alone replaces only the VAE
             folder = require(spec["embedded"], "dit.safetensors")
-            paths = WanPaths(dit=folder / "dit.safetensors", dit_layout="wan", vae=folder / "vae")
+            vae_path = (paths.vae if paths else None) or folder / "vae"
+            paths = WanPaths(dit=folder / "dit.safetensors", dit_layout="wan", vae=vae_path)
             sample_shift, opening = _sampling(folder)
         paths = paths or WanPaths()
         with torch.device("meta"):
@@ -164,7 +208,7 @@ def load_wan_models(
         dit_path = paths.resolve("dit", "transformer")
         layout = paths.dit_layout if paths.dit else "diffusers"
         load_wan_weights(dit, dit_path, layout=layout, lora=paths.lora, dtype=dtype, device=device)
-        vae = WanVAE.from_pretrained(paths.resolve("vae", "vae"), dtype=dtype, device=device)
+        vae = _decoder(preset, paths, decoder, dtype, device)
         encoder = text_encoder or UMT5TextEncoder.from_pretrained(
             paths.resolve("text_encoder", ""), text_len=config.text_len, dtype=dtype, device=device
         )
@@ -184,6 +228,48 @@ def load_wan_models(
         sample_shift=sample_shift,
         opening=opening,
     )
+
+
+def tiny_decoder_of(
+    preset: str,
+    path: str | Path | None = None,
+    *,
+    random_weights: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> TinyWanDecoder:
+    """A preset's tiny streaming decoder: the file at ``path`` (the published layout), else
+    seeded random weights (``random_weights`` or the ``tiny`` preset; full size gets
+    ``taew2_1``'s shapes), else the one the preset ships (the toy world's).
+
+    Raises:
+        ValueError: a full-size preset with neither a file nor ``random_weights`` (no tiny
+            decoder ships for it), or ``path`` is not a tiny-decoder file.
+    """
+    if path is not None:
+        return load_tiny_decoder(path, dtype=dtype, device=device)
+    if random_weights or preset == "tiny":
+        small = preset in ("tiny", "toyworld")
+        decoder = random_tiny_decoder(_SMALL_TINY_DECODER if small else TAEW2_1)
+        return decoder.to(device, dtype)
+    if "embedded" not in GENERATION_PRESETS[preset]:
+        raise ValueError(
+            f"no tiny decoder ships for the {preset} preset: pass its file, --vae PATH/taew2_1.pth"
+        )
+    folder = require(TINY_DECODER_DIR, "decoder.safetensors")
+    return load_tiny_decoder(folder / "decoder.safetensors", dtype=dtype, device=device)
+
+
+def _decoder(
+    preset: str, paths: WanPaths, decoder: str, dtype: torch.dtype, device: torch.device
+) -> StreamingDecoder:
+    """The bundle's decoder: a tiny-decoder file named as ``paths.vae``, else the preset's
+    tiny decoder for ``decoder="tiny"``, else the Wan VAE of ``paths``."""
+    if paths.vae is not None and is_tiny_decoder_file(paths.vae):
+        return load_tiny_decoder(paths.vae, dtype=dtype, device=device)
+    if decoder == "tiny":
+        return tiny_decoder_of(preset, dtype=dtype, device=device)
+    return WanVAE.from_pretrained(paths.resolve("vae", "vae"), dtype=dtype, device=device)
 
 
 def _sampling(folder: Path) -> tuple[float | None, FlowSchedule | None]:

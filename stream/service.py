@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from framestream.models.registry import DEFAULT_PRESET, WanPaths, load_wan_models
+from framestream.models.registry import DECODERS, DEFAULT_PRESET, WanPaths, load_wan_models
 from framestream.stream.engine import Pipeline
 from framestream.stream.kvcache import (
     CacheFullError,
@@ -35,6 +35,7 @@ class ServiceModels:
 
     preset: str = DEFAULT_PRESET  # Wan preset for the generation pipelines
     paths: WanPaths | None = None  # local Wan weights; None: the preset's embedded weights
+    decoder: str = "wan"  # the full Wan VAE, or "tiny": a tiny streaming one (registry.DECODERS)
     vlm_dir: Path | None = None  # a local Qwen2.5-VL / StreamingVLM folder; None: the embedded
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
@@ -49,6 +50,8 @@ class ServiceModels:
 
     def __post_init__(self) -> None:
         check_kv_cache_dtype(self.kv_cache_dtype)
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         unknown = set(self.pipelines) - set(PIPELINES)
         if unknown or not self.pipelines:
             raise ValueError(
@@ -71,7 +74,9 @@ def build_pipelines(
     manager = manager or KVCacheManager()
     pipelines: dict[str, Pipeline] = {}
     if {"longlive", "rolling_forcing"} & set(spec.pipelines):
-        wan = load_wan_models(spec.preset, spec.paths, device=spec.device, dtype=spec.dtype)
+        wan = load_wan_models(
+            spec.preset, spec.paths, device=spec.device, dtype=spec.dtype, decoder=spec.decoder
+        )
         kv = spec.kv_cache_dtype
         if "longlive" in spec.pipelines:
             ll_config = LongLiveConfig(kv_cache_dtype=kv)

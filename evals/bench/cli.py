@@ -61,11 +61,11 @@ _COUNTS = {
 }
 # the order options appear in a record's reproducing command
 _RUN_OPTIONS = (
-    "suite preset model_dir vlm_dir device dtype threads baselines pipelines size chunks warmup "
-    "switches new_sessions memory_budget published_longlive published_rolling_forcing "
-    "vlm_seconds vlm_warmup streams rounds clients service_chunks formats commentary_clients "
-    "commentary_seconds commentary_warmup mixed_clients mixed_generators engines kernel_cases "
-    "long_seconds long_switch_every revision out"
+    "suite preset model_dir vlm_dir tiny_decoder device dtype threads baselines pipelines size "
+    "chunks warmup switches new_sessions memory_budget published_longlive "
+    "published_rolling_forcing vlm_seconds vlm_warmup streams rounds clients service_chunks "
+    "formats commentary_clients commentary_seconds commentary_warmup mixed_clients "
+    "mixed_generators engines kernel_cases long_seconds long_switch_every revision out"
 ).split()
 
 
@@ -82,6 +82,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--model-dir", type=Path, help="a diffusers-layout Wan folder to load")
     run.add_argument("--vlm-dir", type=Path, help="a Qwen2.5-VL / StreamingVLM folder to load")
+    run.add_argument(
+        "--tiny-decoder",
+        type=Path,
+        help="a tiny streaming decoder file (TAEHV's taew2_1.pth) for the tinyvae variant and "
+        "the vae suite (default: the preset's; random taew2_1 shapes at full size: speed only)",
+    )
     run.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     run.add_argument("--dtype", choices=sorted(_DTYPES), help="default: bf16 on cuda, fp32 on cpu")
     run.add_argument(
@@ -91,10 +97,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--baselines",
-        default="sdpa,growing",
-        help="run beside ours: 'growing' (eviction off), 'fp8kv' (the FP8 KV cache), "
-        "'published' (the published loops, from --published-*) and/or attention backend names "
-        "(sdpa, triton, torch); '' for none",
+        default="sdpa,growing,tinyvae",
+        help="run beside ours: 'growing' (eviction off), 'fp8kv' (the FP8 KV cache), 'tinyvae' "
+        "(the tiny streaming decoder; generation only), 'fp8gemm' (FP8 GEMMs in the DiT; "
+        "CUDA), 'published' (the published loops, from --published-*) and/or attention backend "
+        "names (sdpa, sdpa_fused, triton, torch, sage); '' for none",
     )
     run.add_argument("--quick", action="store_true", help="a smoke run: few steps of each")
     run.add_argument("--out", type=Path, help="the JSON record (default: ./bench_DEVICE_DATE.json)")
@@ -236,7 +243,12 @@ def _run_suites(args: argparse.Namespace) -> int:
         if getattr(args, name) is None:
             setattr(args, name, value)
     target = Target(
-        args.preset, device, getattr(torch, _DTYPES[args.dtype]), args.model_dir, args.vlm_dir
+        args.preset,
+        device,
+        getattr(torch, _DTYPES[args.dtype]),
+        args.model_dir,
+        args.vlm_dir,
+        args.tiny_decoder,
     )
     shelf = ModelShelf(target)
     if args.size is None:

@@ -124,7 +124,7 @@ def run_generation(
         fit: GrowingFit | None = None
         published = contextlib.ExitStack()  # a published checkout stays imported until closed
         try:
-            streams.append(_Stream(_pipeline(kind, models, ours, settings), ours, *shared))
+            streams.append(_Stream(_pipeline(kind, shelf, ours, settings), ours, *shared))
             cold, working = _warm_up(streams[0].pipe, settings, clock, prompts)
             for spec in sorted(others, key=lambda spec: spec.growing):  # sized from what's left
                 if spec.published:
@@ -140,7 +140,7 @@ def run_generation(
                     if fit.skipped:
                         continue
                     growing_frames = fit.frames
-                pipe = _pipeline(kind, models, spec, settings, growing_frames)
+                pipe = _pipeline(kind, shelf, spec, settings, growing_frames)
                 streams.append(_Stream(pipe, spec, *shared))
                 del pipe  # only the streams hold the pools: released with them below
             for stream in streams:
@@ -278,13 +278,17 @@ def _fit_growing(
 
 def _pipeline(
     kind: str,
-    models: WanModels,
+    shelf: ModelShelf,
     spec: VariantSpec,
     settings: GenerationSettings,
     growing_frames: int | None = None,
 ) -> WanStreamPipeline:
-    """A pipeline for ``spec``; a growing one keeps ``growing_frames`` (default: every frame
-    of the stream) before it evicts."""
+    """A pipeline for ``spec`` on the shelf's models (its tiny decoder in place of the Wan VAE
+    for a tiny-decoder spec); a growing one keeps ``growing_frames`` (default: every frame of
+    the stream) before it evicts."""
+    models = shelf.wan
+    if spec.decoder == "tiny":
+        models = replace(models, vae=shelf.tiny_decoder)
     stream_frames = growing_frames or _stream_frames(settings)
     return build_pipeline(kind, models, spec, settings.size, stream_frames if spec.growing else 0)
 

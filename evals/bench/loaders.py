@@ -6,6 +6,9 @@ full-size preset Qwen2.5-VL-7B's geometry. Full size is built with random weight
 device (speed does not depend on weight values) unless ``--model-dir`` / ``--vlm-dir`` name
 local folders: real checkpoints, or a random one written by
 ``python -m framestream.evals.random_checkpoint`` (which also exercises the loading path).
+The tiny streaming decoder is the file ``--tiny-decoder`` names (a published ``taew2_1.pth``),
+else the preset's (the toy world ships a trained one), else random weights of ``taew2_1``'s
+shapes at full size: its speed then, never its quality (:attr:`ModelShelf.tiny_decoder_trained`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from framestream.models.qwen_vl import QwenSpecialTokens, QwenVL, load_qwen_vl
 from framestream.models.qwen_vl_tiny import tiny_qwen_vl, tiny_tokenizer
-from framestream.models.registry import WanModels, WanPaths, load_wan_models
+from framestream.models.registry import WanModels, WanPaths, load_wan_models, tiny_decoder_of
 from framestream.models.text import ByteTokenizer, UMT5TextEncoder
+from framestream.models.vae_tiny import TinyWanDecoder
 
 __all__ = ["FULL_SIZE", "ModelShelf", "Target", "release_memory"]
 
@@ -46,6 +50,7 @@ class Target:
     dtype: torch.dtype
     model_dir: Path | None = None  # diffusers-layout Wan folder (real or random_checkpoint's)
     vlm_dir: Path | None = None  # a Qwen2.5-VL / StreamingVLM folder
+    tiny_decoder: Path | None = None  # a tiny streaming decoder file (taew2_1.pth's layout)
 
     def __post_init__(self) -> None:
         if self.preset not in _VLM_FRAME:
@@ -76,6 +81,23 @@ class ModelShelf:
             random_weights=True,
             text_encoder=_random_umt5(4096, 512, t.device, t.dtype),
         )
+
+    @cached_property
+    def tiny_decoder(self) -> TinyWanDecoder:
+        t = self.target
+        random_weights = t.tiny_decoder is None and t.full_size
+        return tiny_decoder_of(
+            t.preset, t.tiny_decoder, random_weights=random_weights, dtype=t.dtype, device=t.device
+        )
+
+    @property
+    def tiny_decoder_trained(self) -> bool:
+        """Whether :attr:`tiny_decoder` and the Wan VAE both have trained weights, so the tiny
+        one's frames can be graded against the full one's (the toy world's, or given files)."""
+        t = self.target
+        if t.preset == "toyworld":
+            return t.model_dir is None or t.tiny_decoder is not None
+        return t.tiny_decoder is not None and t.model_dir is not None
 
     @cached_property
     def vlm(self) -> QwenVL:

@@ -98,6 +98,7 @@ class _Feed:
 def run_understanding(
     shelf: ModelShelf, settings: UnderstandingSettings, specs: Sequence[VariantSpec]
 ) -> Iterator[tuple[str, Workload]]:
+    specs = [s for s in specs if not s.generation_only]
     model = shelf.vlm
     clock = Clock(model.device)
     feed = _Feed(shelf.vlm_frame)

@@ -9,6 +9,9 @@ baseline name is either
 * ``fp8kv``: the service as shipped but with the FP8 KV cache (``kv_cache_dtype="fp8_e4m3"``:
   unscaled e4m3 rows, half of bf16's bytes), so its speed and ``cache_bytes`` sit beside
   ours',
+* ``tinyvae``: ours with the tiny streaming decoder (:mod:`models.vae_tiny`) in place of the
+  full Wan VAE (generation only; the understanding suite leaves it out), its weights those of
+  :attr:`~evals.bench.loaders.ModelShelf.tiny_decoder`,
 * ``fp8gemm``: the service as shipped with the DiT blocks' linear layers as FP8 GEMMs
   (:mod:`kernels.fp8_linear`: e4m3 weights per row, activations per token; CUDA only), on a
   quantized copy of the same DiT,
@@ -41,6 +44,7 @@ __all__ = [
     "GROWING",
     "OURS",
     "PUBLISHED",
+    "TINYVAE",
     "VariantSpec",
     "variant_models",
     "variant_specs",
@@ -51,6 +55,7 @@ GROWING = "growing"
 FP8KV = "fp8kv"
 FP8GEMM = "fp8gemm"
 PUBLISHED = "published"
+TINYVAE = "tinyvae"
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,12 @@ class VariantSpec:
     kv_cache_dtype: KVCacheDtype = "auto"  # the pipelines' pool rows
     fp8_linear: bool = False  # the DiT blocks' linear layers as FP8 GEMMs
     published: bool = False  # the published loop, not our pipeline (generation only)
+    decoder: str = "wan"  # the generation pipelines' decoder (models.registry.DECODERS)
+
+    @property
+    def generation_only(self) -> bool:
+        """Whether it differs from ours only in what the understanding suite does not run."""
+        return self.decoder != "wan"
 
     @property
     def shares_cache(self) -> bool:
@@ -117,6 +128,15 @@ def variant_specs(baselines: Sequence[str], device: torch.device) -> list[Varian
                     f"the service as shipped with the DiT blocks' linear layers as FP8 (e4m3) "
                     f"GEMMs, {default} attention",
                     fp8_linear=True,
+                )
+            )
+            continue
+        if name == TINYVAE:
+            specs.append(
+                VariantSpec(
+                    TINYVAE,
+                    f"the service as shipped with the tiny streaming decoder, {default} attention",
+                    decoder="tiny",
                 )
             )
             continue

@@ -9,6 +9,9 @@ each folder with the ``train.json`` of the run that made it (command, config, se
                              (the shift and ODE opening steps the pipelines sample it with)
     checkpoints/vlm/         a Hugging Face Qwen2.5-VL folder (config, weights, tokenizer,
                              preprocessor), train.json
+    checkpoints/tiny_decoder/  decoder.safetensors: a tiny streaming decoder distilled from the
+                             generator's VAE (models.vae_tiny, the published TAEHV key layout;
+                             ``--vae tiny``), train.json
 
 They are the defaults of ``stream serve``, ``stream generate`` and ``stream caption``.
 """
@@ -17,13 +20,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DEFAULT_PRESET", "GENERATOR_DIR", "RETRAIN", "VLM_DIR", "load_vlm", "require"]
+__all__ = [
+    "DEFAULT_PRESET",
+    "GENERATOR_DIR",
+    "RETRAIN",
+    "TINY_DECODER_DIR",
+    "VLM_DIR",
+    "load_vlm",
+    "require",
+]
 
 DEFAULT_PRESET = "toyworld"  # the generation preset of the shipped generator (models.registry)
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 GENERATOR_DIR = CHECKPOINTS / "generator"
 VLM_DIR = CHECKPOINTS / "vlm"
+TINY_DECODER_DIR = CHECKPOINTS / "tiny_decoder"
 
 # one command each, from the repository root, on an accelerator (a CPU works, slowly); the
 # generator's three stages ran as three 10-minute calls: the codec, the DiT on that codec, and
@@ -37,6 +49,9 @@ RETRAIN = {
     "--seconds-budget 470 --eval-clips 16 --out models/toyworld/checkpoints/generator",
     VLM_DIR: "python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 480 "
     "--out models/toyworld/checkpoints/vlm",
+    # distilled from GENERATOR_DIR's VAE on one CPU thread in a few minutes
+    TINY_DECODER_DIR: "python -m framestream.models.toyworld.train_tiny_decoder --threads 1 "
+    "--out models/toyworld/checkpoints/tiny_decoder",
 }
 
 

@@ -88,6 +88,8 @@ CASES = [
     (["generate", "--prompt", "a", "--model-dir", "{file}", "--out", "{dir}/x.mp4"],
      "not a folder"),
     (["generate", "--prompt", "a", "--lora", MISSING, "--out", "{dir}/x.mp4"], "--lora"),
+    (["generate", "--prompt", "a", "--vae", MISSING, "--out", "{dir}/x.mp4"],
+     f"--vae {MISSING}: no such file or folder"),
     (["generate", "--prompt", "a", "--out", f"{MISSING}/x.mp4"], f"no folder {MISSING}"),
     (["generate", "--prompt", "a", "--out", "{dir}"], "is a folder"),
     (["generate", "--prompt", "a", "--height", "100", "--out", "{dir}/x.mp4"], "multiple of 16"),

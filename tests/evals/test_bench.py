@@ -30,6 +30,7 @@ from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
 from framestream.stream.requests import UnderstandingRequest
 
 SUITES = ("generation", "understanding", "service")
+BASELINES = "sdpa,growing,fp8kv,tinyvae"  # tinyvae: generation only
 GENERATION_SERIES = {
     "step_ms",
     "dit_ms",
@@ -54,7 +55,7 @@ def one_thread():
 def run(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("bench") / "quick.json"
     argv = ["--preset", "tiny", "--size", "16x16", "--quick", "--out", str(out)]
-    assert main([*argv, "--suite", ",".join(SUITES), "--baselines", "sdpa,growing,fp8kv"]) == 0
+    assert main([*argv, "--suite", ",".join(SUITES), "--baselines", BASELINES]) == 0
     return out, BenchRecord.read(out)
 
 
@@ -85,7 +86,7 @@ def test_the_record_holds_the_run(run) -> None:
 def test_generation_series_and_figures(run) -> None:
     _, record = run
     for workload in record.suites["generation"].values():
-        assert list(workload.variants) == ["ours", "sdpa", "growing", "fp8kv"]
+        assert list(workload.variants) == ["ours", "sdpa", "growing", "fp8kv", "tinyvae"]
         for variant in workload.variants.values():
             assert set(variant.series) == GENERATION_SERIES
             assert len(variant.series["step_ms"].y) == 6
@@ -142,13 +143,14 @@ def test_side_by_side_gives_every_figure_a_ratio(run) -> None:
                         ratios[baseline][name], ours.value(name) / theirs.value(name)
                     )
     written = json.loads(run[0].read_text())["suites"]["generation"]["longlive"]["ratios"]
-    assert set(written) == {"sdpa", "growing", "fp8kv"} and written["sdpa"]["dit_ms"] > 0
+    assert set(written) == {"sdpa", "growing", "fp8kv", "tinyvae"}
+    assert written["sdpa"]["dit_ms"] > 0 and written["tinyvae"]["decode_ms"] > 0
 
 
 def test_understanding_and_service(run) -> None:
     _, record = run
     stream = record.suites["understanding"]["streaming_vlm"]
-    assert list(stream.variants) == ["ours", "sdpa", "growing", "fp8kv"]
+    assert list(stream.variants) == ["ours", "sdpa", "growing", "fp8kv"]  # no decoder here
     for variant in stream.variants.values():
         assert len(variant.series["second_ms"].y) == 6
         assert variant.value("second_ms_p50") > 0 and variant.value("cache_bytes") > 0
@@ -196,7 +198,21 @@ def test_kernels_and_vae_suites(tmp_path, one_thread) -> None:
     vae = record.suites["vae"]["vae_stream_decode"]
     assert vae.config["first_chunk_max_abs_diff"] < 1e-3  # the walk decodes what the loop does
     assert len(vae.variants["ours"].series["chunk_ms"].y) == 6
+    assert len(vae.variants["tiny"].series["chunk_ms"].y) == 6
+    # random weights: the tiny decoder's speed only, no PSNR against the Wan VAE
+    assert vae.config["tiny_psnr_over"].startswith("none")
+    assert "psnr_vs_wan_db" not in vae.variants["tiny"].figures
     assert not plot_path(out, "vae").exists()
+
+
+def test_the_toy_worlds_tiny_decoder_is_graded_against_its_vae(tmp_path, one_thread) -> None:
+    """Trained weights on both sides (the toy world ships both): a PSNR, and a decent one."""
+    out = tmp_path / "vae.json"
+    argv = ["--preset", "toyworld", "--quick", "--suite", "vae", "--chunks", "3", "--no-plots"]
+    assert main([*argv, "--out", str(out)]) == 0
+    vae = BenchRecord.read(out).suites["vae"]["vae_stream_decode"]
+    assert vae.config["tiny_psnr_over"].startswith("4 toy-world clip(s)")
+    assert vae.variants["tiny"].value("psnr_vs_wan_db") > 20.0
 
 
 def test_the_stream_command_has_bench() -> None:
