@@ -307,7 +307,7 @@ def _workloads(
     size = _size(args.size)
     specs = variant_specs(_split(args.baselines), shelf.target.device)
     if suite != "generation":
-        specs = [spec for spec in specs if not spec.published]
+        specs = [spec for spec in specs if not spec.published]  # the rest filter their own
     if suite == "generation":
         from framestream.evals.bench.generation import GenerationSettings, run_generation
 

@@ -71,8 +71,9 @@ class VariantSpec:
 
     @property
     def generation_only(self) -> bool:
-        """Whether it differs from ours only in what the understanding suite does not run."""
-        return self.decoder != "wan"
+        """Whether it differs from ours only in what the understanding suite does not run
+        (the Wan pipelines' decoder or DiT, or the published generation loops)."""
+        return self.decoder != "wan" or self.fp8_linear or self.published
 
     @property
     def shares_cache(self) -> bool:
