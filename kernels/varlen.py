@@ -39,17 +39,17 @@ try:  # a torch with torch.nn.attention.varlen
     from torch.nn.attention.varlen import varlen_attn as _varlen_attn
 except ImportError:  # an older torch: the per-sequence calls serve
     _varlen_attn = None
-# earlier releases of varlen_attn take ``is_causal``; torch 2.13 ``window_size=(-1, 0)``, which
-# FlashAttention aligns bottom-right as it does its causal mask
-_IS_CAUSAL_ARG = (
-    _varlen_attn is not None and "is_causal" in inspect.signature(_varlen_attn).parameters
-)
+# the keyword arguments of this torch's varlen_attn: earlier releases take ``is_causal``, torch
+# 2.13 ``window_size=(-1, 0)`` (FlashAttention aligns both bottom-right) and ``enable_gqa``
+# (FlashAttention reads GQA's shared kv heads either way)
+_PARAMETERS = set(inspect.signature(_varlen_attn).parameters) if _varlen_attn else set()
 
 
-def _causal(causal: bool) -> dict:
-    if _IS_CAUSAL_ARG:
-        return {"is_causal": causal}
-    return {"window_size": (-1, 0) if causal else (-1, -1)}
+def _keywords(causal: bool, gqa: bool) -> dict:
+    keywords = {"enable_gqa": gqa} if "enable_gqa" in _PARAMETERS else {}
+    if "is_causal" in _PARAMETERS:
+        return keywords | {"is_causal": causal}
+    return keywords | {"window_size": (-1, 0) if causal else (-1, -1)}
 
 
 def use_varlen(q: torch.Tensor, k: torch.Tensor, meta: AttentionMetadata) -> bool:
@@ -98,8 +98,7 @@ def attend_packed(
             meta.max_q_len,
             meta.max_kv_len,
             scale=scale,
-            enable_gqa=queries.shape[1] != keys.shape[1],
-            **_causal(meta.causal),
+            **_keywords(meta.causal, gqa=queries.shape[1] != keys.shape[1]),
         )
     qi, ki = meta.q_indptr_host, meta.kv_indptr_host
 
