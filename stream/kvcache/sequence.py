@@ -3,9 +3,10 @@
 :class:`~stream.kvcache.session.SessionCache` keeps each segment's slots and relative positions
 apart (eviction and re-basing are per segment). A step's plan needs them the other way round:
 every retained token, segment after segment, with its effective position. Built from the
-segments each step, that is a few numpy calls per segment (a StreamingVLM stream has some 80
-segments, 16 streams a step: a host cost of the order of the decode step's kernels). Here the
-same rows are edited as the segments are::
+segments each step, that is a few numpy calls and copies per segment over some 13k tokens (a
+full StreamingVLM stream: 20 segments; 16 streams a step, a host cost of the order of the
+decode step's kernels, round 3 of docs/perf-notes.md). Here the same rows are edited as the
+segments are::
 
     slots  [capacity]     int32    rows [0, n) are live, in segment order
     pos    [capacity, 3]  int32    effective positions: rel_pos + the segment's offset
