@@ -15,7 +15,10 @@ writes both in the layout SDPA reads fastest; a second launch rotates the querie
                   ^ element 0            ^ element kv_indptr[1] * H * D
 
 so sequence ``s`` is the contiguous ``[H, len_s, D]`` view at ``indptr[s] * H * D``. SDPA then
-runs per sequence (:func:`kernels.attention.attend_sequences`), as in the torch path. An FP8
+runs per sequence (:func:`kernels.attention.attend_sequences`), as in the torch path. Where a
+step's sequences are many and short (a batched StreamingVLM prefill), the same pass writes
+them packed token-major instead, ``[N, H, D]``, and one varlen call attends them all
+(:mod:`kernels.varlen`). An FP8
 cache is read the same way: its rows are converted when loaded, so SDPA sees ``q.dtype``.
 """
 
@@ -29,6 +32,7 @@ from framestream.kernels.attention import AttentionMetadata, attend_sequences
 from framestream.kernels.rope import RopeSpec
 from framestream.kernels.triton_attention import _rope_tables, check_operands
 from framestream.kernels.triton_kernels import _load_rotated
+from framestream.kernels.varlen import attend_packed, use_varlen
 
 __all__ = ["gather_rotate", "paged_attention_sdpa_fused", "sequence_view"]
 
@@ -54,9 +58,11 @@ def _gather_rotate_kernel(
     GATHER: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     INTERLEAVED: tl.constexpr,
+    TOKEN_MAJOR: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Rotate ``BLOCK_N`` rows of one head of one sequence of ``x`` into head-major ``x_out``.
+    """Rotate ``BLOCK_N`` rows of one head of one sequence of ``x`` into ``x_out``: head-major
+    per sequence, or with ``TOKEN_MAJOR`` packed ``[N, H, D]`` (the varlen kernel's layout).
 
     With ``GATHER`` (keys), rows are read through ``slots`` and the same rows of ``v`` are
     copied to ``v_out`` by the same program; without (queries), rows are read in order.
@@ -90,8 +96,10 @@ def _gather_rotate_kernel(
         HEAD_DIM,
         INTERLEAVED,
     )
-    # Row tok of head h of sequence s: element (indptr[s] * H + h * len_s + tok) * D.
-    out_row = ((start.to(tl.int64) * num_heads + head * length + tok) * HEAD_DIM)[:, None]
+    if TOKEN_MAJOR:  # row tok of head h of sequence s: element ((indptr[s] + tok) * H + h) * D
+        out_row = ((rows * num_heads + head) * HEAD_DIM)[:, None]
+    else:  # element (indptr[s] * H + h * len_s + tok) * D
+        out_row = ((start.to(tl.int64) * num_heads + head * length + tok) * HEAD_DIM)[:, None]
     out_ty = x_out_ptr.dtype.element_ty
     if INTERLEAVED:  # pair j back to dims (2j, 2j+1)
         dims = tl.arange(0, HEAD_DIM)[None, :]
@@ -116,6 +124,7 @@ def _launch(
     max_len: int,
     rope: RopeSpec,
     gather: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    token_major: bool = False,
 ) -> None:
     """Rotate ``x`` into ``x_out``; with ``gather = (slots, v, v_out)`` read ``x`` and ``v``
     rows through ``slots`` and copy ``v`` into ``v_out`` in the same programs."""
@@ -142,6 +151,7 @@ def _launch(
         GATHER=gather is not None,
         HEAD_DIM=head_dim,
         INTERLEAVED=rope.interleaved,
+        TOKEN_MAJOR=token_major,
         BLOCK_N=block_n,
         num_warps=4 if on_gpu else 1,
     )
@@ -153,6 +163,7 @@ def gather_rotate(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     rope: RopeSpec,
+    token_major: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rotated queries, gathered rotated keys and gathered values, flat and head-major.
 
@@ -160,6 +171,7 @@ def gather_rotate(
         q: ``[N_q, H_q, D]`` un-rotated queries (any strides).
         k_cache, v_cache: ``[num_slots, H_kv, D]`` one layer of the pool.
         meta: the step's metadata; ``rope``: the model's rotation.
+        token_major: lay the buffers out as packed ``[N, H, D]`` instead (view them so).
 
     Returns:
         Flat ``q.dtype`` buffers of ``N_q * H_q * D`` and ``N_kv * H_kv * D`` elements; see
@@ -170,9 +182,9 @@ def gather_rotate(
     kv_numel = meta.kv_slots.shape[0] * k_cache.shape[1] * k_cache.shape[2]
     keys = torch.empty(kv_numel, dtype=q.dtype, device=q.device)
     values = torch.empty_like(keys)
-    _launch(q, queries, meta.q_pos, meta.q_indptr, meta.max_q_len, rope)
+    _launch(q, queries, meta.q_pos, meta.q_indptr, meta.max_q_len, rope, None, token_major)
     gather = (meta.kv_slots.contiguous(), v_cache, values)
-    _launch(k_cache, keys, meta.kv_pos, meta.kv_indptr, meta.max_kv_len, rope, gather)
+    _launch(k_cache, keys, meta.kv_pos, meta.kv_indptr, meta.max_kv_len, rope, gather, token_major)
     return queries, keys, values
 
 
@@ -195,9 +207,19 @@ def paged_attention_sdpa_fused(
 ) -> torch.Tensor:
     """:func:`kernels.attention.paged_attention_sdpa` with its operands prepared by
     :func:`gather_rotate`: same arguments, same result up to rounding (both rotate in float32
-    and round once to ``q.dtype``)."""
-    queries, keys, values = gather_rotate(q, k_cache, v_cache, meta, rope)
+    and round once to ``q.dtype``). Where :func:`kernels.varlen.use_varlen` says so, the
+    operands are packed token-major and every sequence is attended in one varlen call."""
     num_q_heads, num_kv_heads, head_dim = q.shape[1], k_cache.shape[1], q.shape[2]
+    if use_varlen(q, q, meta):  # the keys are gathered into q's dtype
+        queries, keys, values = gather_rotate(q, k_cache, v_cache, meta, rope, token_major=True)
+        return attend_packed(
+            queries.view(q.shape),
+            keys.view(-1, num_kv_heads, head_dim),
+            values.view(-1, num_kv_heads, head_dim),
+            meta,
+            scale,
+        )
+    queries, keys, values = gather_rotate(q, k_cache, v_cache, meta, rope)
     qi, ki = meta.q_indptr_host, meta.kv_indptr_host
 
     def sequence(s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

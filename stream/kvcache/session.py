@@ -17,7 +17,10 @@ window, unbounded streams) therefore touches no device memory.
 A step is planned on the host: :meth:`SessionCache.plan` lists the tokens written this step
 (appended or overwritten in place) and every token they attend to, as numpy arrays; a batch of
 sessions becomes one :class:`CacheStep` with a single host-to-device copy, and every layer then
-calls :meth:`CacheView.attend` with no further host work.
+calls :meth:`CacheView.attend` with no further host work. The plan is not rebuilt from the
+segments each step: the session keeps all its tokens' slots and positions in order
+(:class:`~stream.kvcache.sequence.SequenceRows`), edited by every append, eviction and
+re-basing, so a step that writes the session's last tokens plans with no copy at all.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from framestream.kernels.backends import select_backend
 from framestream.kernels.rope import RopeSpec
 from framestream.stream.kvcache.errors import CacheFullError, CacheMisuseError
 from framestream.stream.kvcache.pool import BlockPool
+from framestream.stream.kvcache.sequence import SequenceRows
 
 __all__ = [
     "CacheStep",
@@ -79,7 +83,11 @@ class _Segment:
 
 @dataclass(slots=True)
 class SequencePlan:
-    """One session's share of a step, on the host."""
+    """One session's share of a step, on the host.
+
+    The arrays may be read-only views of the session's own rows: pack them
+    (:func:`pack_plans`, :func:`build_step`) before the session changes again.
+    """
 
     write_slots: np.ndarray  # int32 [n_q]: where each query token's K/V goes
     q_pos: np.ndarray  # int32 [n_q, 3]
@@ -100,6 +108,7 @@ class SessionCache:
         self.closed = False  # every block returned; nothing may use it any more
         self._reservation = reservation
         self._segments: dict[str, _Segment] = {}
+        self._rows = SequenceRows()  # every segment's tokens, in order: the plans' source
 
     @classmethod
     def open(cls, pool: BlockPool, session_id: int, worst_case_blocks: int) -> SessionCache:
@@ -117,6 +126,7 @@ class SessionCache:
             raise CacheMisuseError(f"session {self.session_id} closed twice")
         self.pool.release(self._reservation)
         self._segments.clear()
+        self._rows.clear()
         self.closed = True
 
     # -- inspection ------------------------------------------------------------------------
@@ -178,6 +188,7 @@ class SessionCache:
         blocks = np.fromiter(seg.blocks, dtype=np.int64, count=len(seg.blocks))
         new_slots = (blocks[where // bs] * bs + where % bs).astype(np.int32)
         first = len(seg)
+        self._rows.insert(self._start(name) + first, new_slots, rel_pos + seg.offset)
         seg.slots = np.concatenate([seg.slots, new_slots])
         seg.rel_pos = np.concatenate([seg.rel_pos, rel_pos])
         return TokenRange(name, first, first + count)
@@ -187,6 +198,7 @@ class SessionCache:
         seg = self._get(name)
         if not 0 <= count <= len(seg):
             raise ValueError(f"cannot evict {count} tokens from segment {name!r} of {len(seg)}")
+        self._rows.delete(self._start(name), count)
         seg.slots, seg.rel_pos = seg.slots[count:], seg.rel_pos[count:]
         bs = self.pool.block_size
         if len(seg) == 0:
@@ -202,12 +214,13 @@ class SessionCache:
     def drop(self, name: str) -> None:
         """Remove a segment and free all its blocks."""
         seg = self._get(name)
+        self._rows.delete(self._start(name), len(seg))
         self.pool.free(self._reservation, list(seg.blocks))
         del self._segments[name]
 
     def set_offset(self, name: str, offset: Sequence[int] | np.ndarray) -> None:
         """Re-base a segment: ``position = rel_pos + offset``. Host-only; K/V untouched."""
-        self._get(name).offset = np.asarray(offset, dtype=np.int32).reshape(3).copy()
+        self._set_offset(name, np.asarray(offset, dtype=np.int32).reshape(3).copy())
 
     def set_rel_positions(self, name: str, rel_pos: np.ndarray) -> None:
         """Give a segment's tokens new relative positions (before rewriting their K/V)."""
@@ -218,6 +231,7 @@ class SessionCache:
                 f"segment {name!r} has {len(seg)} tokens, got {len(rel_pos)} positions"
             )
         seg.rel_pos = rel_pos
+        self._rows.set_positions(self._start(name), rel_pos + seg.offset)
 
     def copy_tokens(self, src: TokenRange, dst: str, rel_pos: np.ndarray) -> TokenRange:
         """Append copies of ``src``'s K/V (all layers, on device) to segment ``dst``.
@@ -257,7 +271,7 @@ class SessionCache:
             low, high = int(used.min()), int(used.max())
             offset = np.zeros(3, dtype=np.int32)
             offset[axes] = cursor - low
-            seg.offset = offset
+            self._set_offset(part.segment, offset)
             cursor += high - low + 1
         return cursor
 
@@ -283,18 +297,17 @@ class SessionCache:
             Queries: the written tokens. Keys: context tokens, then the written tokens.
         """
         self._check_open()
-        parts = self.segment_names if context is None else list(context)
+        if context is None:
+            return self._plan_all(write)
         writing: dict[str, np.ndarray] = {}
         for r in write:
-            seg = self._get(r.segment)
-            if not 0 <= r.start <= r.stop <= len(seg):
-                raise ValueError(f"range {r} is outside segment {r.segment!r} of {len(seg)} tokens")
+            seg = self._checked(r)
             mask = writing.setdefault(r.segment, np.zeros(len(seg), dtype=bool))
             if mask[r.start : r.stop].any():
                 raise ValueError(f"range {r} overlaps another written range")
             mask[r.start : r.stop] = True
         ctx_slots, ctx_pos = [], []
-        for part in map(self._as_range, parts):
+        for part in map(self._as_range, context):
             seg = self._get(part.segment)
             keep = np.arange(part.start, part.stop)
             if part.segment in writing:
@@ -310,6 +323,42 @@ class SessionCache:
             kv_pos=np.concatenate([*ctx_pos, *w_pos]),
         )
 
+    def _plan_all(self, write: Sequence[TokenRange]) -> SequencePlan:
+        """:meth:`plan` with every segment as context, read off the session's rows: views
+        when ``write`` is the sequence's last tokens in order (a decode step, an appended
+        chunk), else one gather of the rows."""
+        rows = self._rows
+        spans = []  # (first, stop) row of each written range, in write order
+        for r in write:
+            self._checked(r)
+            if len(r):
+                first = self._start(r.segment) + r.start
+                spans.append((first, first + len(r)))
+        written = sum(stop - first for first, stop in spans)
+        tail = rows.n - written
+        cursor = tail  # the spans are the last rows, in order, when each starts here
+        for first, stop in spans:
+            cursor = stop if first == cursor else -1
+        if cursor == rows.n:
+            return SequencePlan(
+                write_slots=rows.slots[tail:],
+                q_pos=rows.positions[tail:],
+                kv_slots=rows.slots,
+                kv_pos=rows.positions,
+            )
+        index = np.concatenate([np.arange(first, stop) for first, stop in spans])
+        keep = np.ones(rows.n, dtype=bool)
+        keep[index] = False
+        if np.count_nonzero(keep) != tail:
+            raise ValueError(f"written ranges {list(write)} overlap")
+        order = np.concatenate([np.flatnonzero(keep), index])
+        return SequencePlan(
+            write_slots=rows.slots[index],
+            q_pos=rows.positions[index],
+            kv_slots=rows.slots[order],
+            kv_pos=rows.positions[order],
+        )
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _get(self, name: str) -> _Segment:
@@ -318,6 +367,27 @@ class SessionCache:
             return self._segments[name]
         except KeyError:
             raise CacheMisuseError(f"session {self.session_id} has no segment {name!r}") from None
+
+    def _checked(self, r: TokenRange) -> _Segment:
+        seg = self._get(r.segment)
+        if not 0 <= r.start <= r.stop <= len(seg):
+            raise ValueError(f"range {r} is outside segment {r.segment!r} of {len(seg)} tokens")
+        return seg
+
+    def _start(self, name: str) -> int:
+        """Row of segment ``name``'s first token in the session's rows; counted from the end,
+        where the segments a step writes are."""
+        after = 0
+        for other in reversed(self._segments):
+            after += len(self._segments[other])
+            if other == name:
+                return self._rows.n - after
+        raise CacheMisuseError(f"session {self.session_id} has no segment {name!r}")
+
+    def _set_offset(self, name: str, offset: np.ndarray) -> None:
+        seg = self._get(name)
+        self._rows.shift(self._start(name), len(seg), offset - seg.offset)
+        seg.offset = offset
 
     def _check_open(self) -> None:
         if self.closed:
@@ -354,19 +424,39 @@ class CacheStep:
     write_slots: torch.Tensor  # int64 [N_q]
 
 
-def pack_plans(plans: Sequence[SequencePlan]) -> dict[str, np.ndarray]:
+def pack_plans(
+    plans: Sequence[SequencePlan], out: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """The step's metadata on the host, sessions back to back: ``q_pos``, ``kv_slots``,
-    ``kv_pos``, ``q_indptr``, ``kv_indptr`` (int32) and ``write_slots`` (int64)."""
+    ``kv_pos``, ``q_indptr``, ``kv_indptr`` (int32) and ``write_slots`` (int64).
+
+    With ``out`` (arrays of those names and dtypes, large enough), each plan is copied once
+    into its place there (a pinned staging buffer, say) and the filled prefixes are returned.
+    """
     q_lens = [len(p.q_pos) for p in plans]
     kv_lens = [len(p.kv_slots) for p in plans]
-    return {
-        "q_pos": np.concatenate([p.q_pos for p in plans]),
-        "kv_slots": np.concatenate([p.kv_slots for p in plans]),
-        "kv_pos": np.concatenate([p.kv_pos for p in plans]),
-        "q_indptr": np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32),
-        "kv_indptr": np.concatenate([[0], np.cumsum(kv_lens)]).astype(np.int32),
-        "write_slots": np.concatenate([p.write_slots for p in plans]).astype(np.int64),
-    }
+    q_indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    kv_indptr = np.concatenate([[0], np.cumsum(kv_lens)]).astype(np.int32)
+    if out is None:
+        return {
+            "q_pos": np.concatenate([p.q_pos for p in plans]),
+            "kv_slots": np.concatenate([p.kv_slots for p in plans]),
+            "kv_pos": np.concatenate([p.kv_pos for p in plans]),
+            "q_indptr": q_indptr,
+            "kv_indptr": kv_indptr,
+            "write_slots": np.concatenate([p.write_slots for p in plans]).astype(np.int64),
+        }
+    bounds = zip(q_indptr[:-1], q_indptr[1:], kv_indptr[:-1], kv_indptr[1:], strict=True)
+    for plan, (q0, q1, k0, k1) in zip(plans, bounds, strict=True):
+        out["q_pos"][q0:q1] = plan.q_pos
+        out["write_slots"][q0:q1] = plan.write_slots
+        out["kv_slots"][k0:k1] = plan.kv_slots
+        out["kv_pos"][k0:k1] = plan.kv_pos
+    out["q_indptr"][: len(q_indptr)] = q_indptr
+    out["kv_indptr"][: len(kv_indptr)] = kv_indptr
+    rows = {"q_pos": q_indptr[-1], "write_slots": q_indptr[-1], "kv_slots": kv_indptr[-1]}
+    rows.update(kv_pos=kv_indptr[-1], q_indptr=len(q_indptr), kv_indptr=len(kv_indptr))
+    return {name: out[name][: rows[name]] for name in rows}
 
 
 def build_step(

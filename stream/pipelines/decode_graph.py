@@ -8,7 +8,9 @@ the sampler: penalty, temperature, top-k, the seeded draw) with one launch.
 What makes the step capturable:
 
 * its metadata lives in static device buffers sized for the bucket's worst case (``size``
-  sequences of ``kv_per_sequence`` keys), refilled before each replay; so do the sequences'
+  sequences of ``kv_per_sequence`` keys), refilled before each replay: each session's plan is
+  read off its rows with no copy (:mod:`stream.kvcache.sequence`), copied once into a pinned
+  host twin of the buffers and sent in one asynchronous copy per buffer; so do the sequences'
   sampler settings (:class:`SamplerBatch`: presence row, temperature, penalty, top-k, seed,
   draw count), and each session's penalty set is a row of a device table the step indexes;
 * grids are sized from that worst case: the Triton split-key decode kernel reads each
@@ -66,6 +68,7 @@ class _Bucket:
     size: int
     ids: torch.Tensor  # int64 [size]
     buffers: dict[str, torch.Tensor]  # pack_plans' arrays at their worst-case sizes
+    staging: dict[str, torch.Tensor]  # their host twins (pinned on CUDA), packed into
     view: CacheView
     sampler: SamplerBatch  # per-sequence sampler settings
     graph: torch.cuda.CUDAGraph | None = None
@@ -162,7 +165,9 @@ class DecodeGraphs:
     def _new_bucket(self, size: int) -> _Bucket:
         kv = size * self.kv_per_sequence
 
-        def zeros(*shape: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+        def zeros(*shape: int, dtype: torch.dtype = torch.int32, host: bool = False):
+            if host:
+                return torch.zeros(shape, dtype=dtype, pin_memory=self.device.type == "cuda")
             return torch.zeros(shape, dtype=dtype, device=self.device)
 
         buffers = {
@@ -173,6 +178,7 @@ class DecodeGraphs:
             "kv_indptr": zeros(size + 1),
             "write_slots": zeros(size, dtype=torch.int64),
         }
+        staging = {name: zeros(*b.shape, dtype=b.dtype, host=True) for name, b in buffers.items()}
         # grids from the worst case: every sequence at kv_per_sequence keys
         meta = AttentionMetadata(
             q_pos=buffers["q_pos"],
@@ -186,7 +192,8 @@ class DecodeGraphs:
         )
         view = self._view(CacheStep(meta, buffers["write_slots"]))
         sampler = SamplerBatch.empty(size, self.device)
-        bucket = _Bucket(size, zeros(size, dtype=torch.int64), buffers, view, sampler)
+        ids = zeros(size, dtype=torch.int64)
+        bucket = _Bucket(size, ids, buffers, staging, view, sampler)
         # all padding: warm-up and capture touch the null slot and the sampler's null row only
         self._load(bucket, [], [], [])
         return bucket
@@ -199,9 +206,13 @@ class DecodeGraphs:
         slots: Sequence[SampleSlot],
     ) -> None:
         padding = bucket.size - len(plans)
-        for name, array in pack_plans([*plans, *[self._padding] * padding]).items():
-            host = torch.from_numpy(np.ascontiguousarray(array))
-            bucket.buffers[name][: len(host)].copy_(host)
+        # the copies out of staging are queued in order; a step reads its tokens back (a
+        # synchronisation) before the next one refills staging, and a refill before any use
+        # (a new bucket's) is overwritten by the copy queued after it
+        out = {name: host.numpy() for name, host in bucket.staging.items()}
+        for name, array in pack_plans([*plans, *[self._padding] * padding], out).items():
+            rows = len(array)
+            bucket.buffers[name][:rows].copy_(bucket.staging[name][:rows], non_blocking=True)
         bucket.ids.copy_(torch.tensor([*ids, *[0] * (bucket.size - len(ids))]))
         bucket.sampler.load([*slots, *[PADDING] * padding])
 

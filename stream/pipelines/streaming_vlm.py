@@ -116,6 +116,11 @@ class UnderstandingConfig:
     # quality floors are greedy's); the service gives a checkpoint folder the published one
     # (stream.pipelines.sampling.published_sampling)
     sampling: SamplingParams = GREEDY
+    # frame sizes (width, height) whose whole round warm_up() runs once at load time, so that
+    # the first real second of that vision grid finds the tower's kernels compiled and its
+    # memory held: 720p, which Qwen's resize takes to the 16:9 grid at max_pixels (1008x560,
+    # as 1080p and 1008x560 themselves)
+    warm_frames: tuple[tuple[int, int], ...] = ((1280, 720),)
 
     def __post_init__(self) -> None:
         check_kv_cache_dtype(self.kv_cache_dtype)
@@ -232,6 +237,10 @@ class StreamingVLMPipeline:
         streams = self.pool.num_blocks // self._policy.worst_case_blocks(self.pool.block_size)
         self._presence = TokenPresence(max(streams, 1), args.vocab_size, model.device)
         self._graphs = self._decode_graphs()
+        # vision grids the tower has run, and how many prefills met one it had not: a new
+        # grid is a new shape for every kernel of the tower and a new size to allocate
+        self._vision_grids: set[tuple[int, int, int]] = set()
+        self.cold_vision_grids = 0
 
     def _decode_graphs(self) -> DecodeGraphs | None:
         """The decode step's graphs, where the config and the attention backend allow them."""
@@ -249,9 +258,29 @@ class StreamingVLMPipeline:
         )
 
     def warm_up(self) -> None:
-        """Capture the decode step's graphs for every batch size (CUDA), at load time."""
+        """Pay the first uses at load time: capture the decode step's graphs for every batch
+        size (CUDA), then run one second of a throwaway stream at each of
+        ``config.warm_frames`` (its prompt prefill, frame preparation, vision tower, round
+        prefill and reply), so that the first real second at one of those vision grids
+        finds the kernels compiled and the tower run at its shapes (:attr:`cold_vision_grids`
+        counts the prefills that met a grid not run before). A pool too small for a stream warms nothing more (admission refuses such
+        streams anyway)."""
         if self._graphs is not None:
             self._graphs.capture_all()
+        for width, height in self.config.warm_frames:
+            try:
+                state = self.open(UnderstandingRequest())
+            except CacheFullError:
+                return
+            try:
+                frame = np.full((height, width, 3), 128, dtype=np.uint8)
+                for j in range(self.config.fps + 1):
+                    self.push_frame(state, j / self.config.fps, frame)
+                self.prefill(state)
+                while state.decoding:
+                    self.decode([state])
+            finally:
+                self.close(state)
 
     # -- what a second costs ---------------------------------------------------------------
 
@@ -502,6 +531,8 @@ class StreamingVLMPipeline:
         by_grid: dict[tuple[int, int, int], list[int]] = {}
         for i, r in enumerate(rounds):
             by_grid.setdefault(r.video.merged_grid, []).append(i)
+        self.cold_vision_grids += len(by_grid.keys() - self._vision_grids)
+        self._vision_grids.update(by_grid)
         parts: list[torch.Tensor | None] = [None] * len(rounds)
         for members in by_grid.values():
             group = [rounds[i] for i in members]

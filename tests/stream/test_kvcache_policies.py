@@ -39,7 +39,7 @@ def tag(session, ranges: list[TokenRange], ids: np.ndarray) -> None:
 def attended_ids(session, write, context=None) -> np.ndarray:
     plan = session.cache.plan(write, context=context)
     k = session.cache.pool.layer_kv(0)[0]
-    return k[torch.from_numpy(plan.kv_slots).long(), 0, 0].numpy().astype(np.int64)
+    return k[torch.from_numpy(plan.kv_slots.astype(np.int64)), 0, 0].numpy().astype(np.int64)
 
 
 @pytest.mark.parametrize("positions", ["absolute", "contiguous"])

@@ -472,3 +472,39 @@ def test_decode_graphs_only_with_a_graph_safe_backend(toy_model) -> None:
     assert pipeline(toy_model, attention_backend="triton", decode_graphs=False)._graphs is None
     with pytest.raises(ValueError, match="max_graph_batch"):
         UnderstandingConfig(max_graph_batch=0)
+
+
+def test_warm_up_runs_a_round_so_the_first_second_meets_no_new_vision_grid(model) -> None:
+    """warm_up() runs the prefill path (prompt, frames, vision tower, round, reply) of a
+    throwaway stream at each warm frame size: a real stream's first second of that grid is then
+    no first use (cold_vision_grids, which a new grid does move), nothing of the throwaway
+    stream is left in the pool, and the real stream's captions are those of a cold pipeline."""
+    height, width = FRAME
+    request = UnderstandingRequest("Say what moves.", "", seed=5)
+
+    def first_captions(pipe) -> list[str]:
+        state = pipe.open(request)
+        rng = np.random.default_rng(1)
+        texts = []
+        for second in range(4):
+            feed_second(pipe, state, second, rng)
+            if second:
+                pipe.prefill(state)
+                texts += [c.text for c in finish_round(pipe, [state])]
+        pipe.close(state)
+        return texts
+
+    cold = pipeline(model, sampling=PUBLISHED, warm_frames=((width, height),))
+    warm = pipeline(model, sampling=PUBLISHED, warm_frames=((width, height),))
+    warm.warm_up()
+    assert warm.cold_vision_grids == 1  # the warm-up's own
+    assert warm.pool.stats().used_blocks == warm.pool.stats().reserved_blocks == 0
+    assert first_captions(warm) == first_captions(cold)
+    assert warm.cold_vision_grids == 1 and cold.cold_vision_grids == 1
+    state = warm.open(request)
+    feed_second(warm, state, 0, np.random.default_rng(2), (2 * height, width))
+    feed_second(warm, state, 1, np.random.default_rng(2), (2 * height, width))
+    warm.prefill(state)
+    assert warm.cold_vision_grids == 2  # another grid: the counter sees it
+    finish_round(warm, [state])
+    warm.close(state)
