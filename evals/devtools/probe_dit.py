@@ -14,8 +14,10 @@ benchmark: its JSON is a record of what was seen, for docs/perf-notes.md).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -137,7 +139,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    record = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    record = {
+        "command": "python3 -m framestream.evals.devtools.probe_dit " + " ".join(sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+    }
     record["sdpa"] = sdpa_backends()
     record["gemm"] = gemms()
     record["longlive_chunk"] = profile_chunk()
