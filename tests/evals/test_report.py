@@ -11,7 +11,7 @@ import pytest
 
 from framestream.evals.bench.record import BenchRecord
 from framestream.evals.report import OUTPUT, RESULTS, ROOT, check_report, render_report
-from framestream.evals.report_targets import rolling_forcing_published_fps, targets_table
+from framestream.evals.report_targets import targets_table
 
 
 def test_benchmarks_md_is_regenerated_from_the_results() -> None:
@@ -55,11 +55,9 @@ def test_the_readme_quotes_its_records() -> None:
     switches = _result("toyworld_switches_cpu_2026-11-28")["rolling_forcing"]["switch"]
     longlive_switches = _result("toyworld_switches_cpu_2026-11-28")["longlive"]["switch"]
     r3 = _result("bench_h200_round3_2026-11-29")
+    round4 = _result("bench_h100_round4_2026-12-06")
+    service = _result("service_h100_2026-12-06")
     cluster = _result("cluster_h200x2_2026-11-29")
-    anchors = _result("anchors_h200_2026-11-28")
-    published = {
-        k: v["figures"] for k, v in anchors.items() if isinstance(v, dict) and "figures" in v
-    }
 
     vlm = quality["streaming_vlm"]
     drift = quality["longlive"]["drift"]
@@ -73,10 +71,15 @@ def test_the_readme_quotes_its_records() -> None:
     def gen(pipeline: str, figure: str, variant: str = "ours") -> float:
         return _figure(r3, "generation", pipeline, figure, variant)
 
+    def r4(pipeline: str, figure: str, variant: str = "ours") -> float:
+        return _figure(round4, "generation", pipeline, figure, variant)
+
+    def commentary(figure: str) -> float:
+        return _figure(service, "service", "commentary_websocket", figure, "websocket")
+
     def engines(figure: str, variant: str) -> float:
         return _figure(cluster, "cluster", "longlive_engines", figure, variant)
 
-    rf_published = rolling_forcing_published_fps(anchors)
     expected = [
         f"precision {vlm['pair_precision']:.2f} and recall {vlm['pair_recall']:.2f}",
         f"background in {backgrounds.pop():.2f} of frames",
@@ -86,23 +89,30 @@ def test_the_readme_quotes_its_records() -> None:
         f"shows in {longlive_switches['followed']} of {longlive_switches['switches']} switches "
         f"in LongLive and {switches['followed']} of {switches['switches']} in Rolling Forcing",
         f"a median of {switches['frames_until_followed_median']:g} frames at 16 fps",
-        f"| LongLive DiT alone | {gen('longlive', 'fps_dit'):.1f} FPS | "
-        f"{_span(published['longlive']['fps_dit'])} FPS |",
-        f"| Rolling Forcing DiT alone | {gen('rolling_forcing', 'fps_dit'):.1f} FPS | "
-        f"{_span(published['rolling_forcing']['fps_dit'])} FPS |",
-        f"| Wan VAE streamed decode of a chunk | "
-        f"{_figure(r3, 'vae', 'vae_stream_decode', 'chunk_ms'):.0f} ms | "
-        f"{_span(published['vae']['chunk_ms'])} ms |",
-        f"| LongLive end to end | {gen('longlive', 'fps'):.1f} FPS, decode in series or "
-        f"overlapped | {_span(published['longlive']['fps'])} FPS, in series |",
-        f"| Rolling Forcing end to end | {gen('rolling_forcing', 'fps'):.1f} FPS in series, "
-        f"{gen('rolling_forcing', 'fps_overlap'):.1f} FPS overlapped | "
-        f"{_span(list(rf_published))} FPS in series, derived",
-        f"| LongLive prompt switch: stall | {gen('longlive', 'switch_stall_ms'):.0f} ms | "
-        f"{_span(published['longlive']['switch_stall_ms'])} ms |",
-        f"| StreamingVLM, a second of video, one stream | "
-        f"{_figure(r3, 'understanding', 'streaming_vlm', 'second_ms_p50'):.0f} ms | "
-        f"{_span(published['streaming_vlm']['second_ms_p50_1'])} ms |",
+        f"| LongLive DiT alone | {r4('longlive', 'fps_dit'):.1f} FPS | "
+        f"{r4('longlive', 'fps_dit', 'published'):.1f} FPS |",
+        f"| Rolling Forcing DiT alone | {r4('rolling_forcing', 'fps_dit'):.1f} FPS | "
+        f"{r4('rolling_forcing', 'fps_dit', 'published'):.1f} FPS |",
+        f"| LongLive end to end | {r4('longlive', 'fps'):.1f} FPS; "
+        f"{r4('longlive', 'fps', 'tinyvae'):.1f} FPS with `--vae tiny` | "
+        f"{r4('longlive', 'fps', 'published'):.1f} FPS |",
+        f"| Rolling Forcing end to end | {r4('rolling_forcing', 'fps'):.1f} FPS; "
+        f"{r4('rolling_forcing', 'fps', 'tinyvae'):.1f} FPS with `--vae tiny` | "
+        f"{r4('rolling_forcing', 'fps', 'published'):.1f} FPS |",
+        f"| Wan VAE decode of 12 frames | "
+        f"{_figure(round4, 'vae', 'vae_stream_decode', 'chunk_ms'):.0f} ms; "
+        f"{_figure(round4, 'vae', 'vae_stream_decode', 'chunk_ms', 'tiny'):.1f} ms with "
+        f"`--vae tiny` | {r4('longlive', 'decode_ms', 'published'):.0f} ms |",
+        f"| LongLive prompt switch: stall | {r4('longlive', 'switch_stall_ms'):.0f} ms | "
+        f"{r4('longlive', 'switch_stall_ms', 'published'):.0f} ms |",
+        f"| LongLive new session to first frame | {r4('longlive', 'first_frame_ms'):.0f} ms; "
+        f"{r4('longlive', 'first_frame_ms', 'tinyvae'):.0f} ms with `--vae tiny` | "
+        f"{r4('longlive', 'first_frame_ms', 'published'):.0f} ms |",
+        f"one StreamingVLM stream "
+        f"{_figure(round4, 'understanding', 'streaming_vlm', 'second_ms_p50'):.0f} ms",
+        f"and {_figure(round4, 'understanding', 'streaming_vlm_concurrency', 'real_time_streams')}"
+        " streams run in real",
+        f"also as {commentary('real_time_clients')} commentary clients",
         f"KV cache is {gen('longlive', 'cache_bytes') / 1e9:.2f} GB",
         f"({gen('longlive', 'cache_bytes', 'fp8kv') / 1e9:.2f} GB with the FP8 KV",
         f"holds {gen('longlive', 'cache_bytes', 'fp8kv') / 1e9:.2f} GB instead\n"
@@ -112,7 +122,6 @@ def test_the_readme_quotes_its_records() -> None:
         "StreamingVLM\nstreams run in real time",
         f"deliver {engines('fps_2', 'ray_2') / engines('fps_2', 'ray_1'):.2f}× one with 2 clients "
         f"and {engines('fps_4', 'ray_2') / engines('fps_4', 'ray_1'):.2f}× with 4",
-        f"{anchors['rolling_forcing']['frames_per_step']} frames ÷ (its DiT + the VAE above)",
     ]
     assert gen("longlive", "fps") == pytest.approx(gen("longlive", "fps_overlap"), abs=0.05)
     missing = [e for e in expected if e not in readme]
@@ -120,8 +129,8 @@ def test_the_readme_quotes_its_records() -> None:
 
 
 def test_the_targets_read_the_published_figures_from_the_anchors() -> None:
-    anchors = _result("anchors_h200_2026-11-28")
     r3 = BenchRecord.from_json(_result("bench_h200_round3_2026-11-29"))
+    anchors = _result("anchors_h200_2026-11-28")
     table = targets_table([("r3", r3)], anchors)
     assert f"transcribed from `{anchors['transcribed_from']}`" in table
     assert "derived, note 1" in table and "Note 1: " in table  # the arithmetic is shown
