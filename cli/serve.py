@@ -63,6 +63,7 @@ ENGINE_LIMITS = (
     ("max_load", float, "share of the device realtime sessions may claim (compute_full)"),
     ("max_step_seconds", float, "a session whose one step takes longer is refused"),
     ("late_seconds", float, "a realtime step this late makes /healthz say degraded"),
+    ("reply_slice_seconds", float, "a caption's decoding before an overdue chunk cuts in"),
     ("recalibrate_seconds", float, "an idle device re-times a pipeline before compute_full"),
 )
 

@@ -120,6 +120,7 @@ class EngineConfig:
     max_load: float = 0.9  # device time realtime sessions may claim together (compute_full)
     max_step_seconds: float = 1.0  # a longer step is refused (under lookahead_seconds)
     late_seconds: float = 0.5  # a realtime step this far past its deadline is late (degraded)
+    reply_slice_seconds: float = 0.5  # a reply's decode steps before an overdue chunk cuts in
     # a pipeline re-timed on an idle device before it refuses by compute, at most this often
     recalibrate_seconds: float = 60.0
 
@@ -144,6 +145,7 @@ class EngineConfig:
             max_load=self.max_load,
             max_step_seconds=self.max_step_seconds,
             late_seconds=self.late_seconds,
+            reply_slice_seconds=self.reply_slice_seconds,
         )
 
 

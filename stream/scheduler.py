@@ -16,7 +16,11 @@ generation and understanding::
                     realtime is due, so it never delays a realtime one; when its output queue
                     has room (it waits for its consumer rather than dropping frames)
     Overdue generation never runs twice in a row while understanding waits: an overloaded
-    device slows every stream, it starves none.
+    device slows every stream, it starves none. And a reply under way keeps the device for up
+    to ``reply_slice_seconds`` of decode steps before an overdue chunk cuts in: one chunk
+    between every two reply tokens would make a caption wait as many chunks as it has tokens
+    (the service bench's mixed load showed captions seconds late that way), where a short
+    slice costs the generation session only part of its lookahead.
 
 Admission (:meth:`Scheduler.admit`): a session is refused with ``compute_full`` when its step
 would take longer than ``max_step_seconds`` (one step must never stall the others longer than
@@ -64,6 +68,9 @@ class SchedulerConfig:
     max_step_seconds: float = 1.0
     late_seconds: float = 0.5  # a realtime session this far past its deadline is late
     health_window_seconds: float = 10.0  # how long a late step keeps the device degraded
+    # how long a reply under way keeps decoding before an overdue generation chunk cuts in;
+    # under lookahead_seconds, so that a generation session's frames in hand cover it
+    reply_slice_seconds: float = 0.5
 
     def __post_init__(self) -> None:
         for name in (
@@ -73,6 +80,7 @@ class SchedulerConfig:
             "max_step_seconds",
             "late_seconds",
             "health_window_seconds",
+            "reply_slice_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -173,6 +181,7 @@ class Scheduler:
         self._clock = clock
         self.entries: dict[int, Entry] = {}
         self._generation_ran_last = False
+        self._reply_since: float | None = None  # when the current run of decode steps began
         self._late: collections.deque[float] = collections.deque(maxlen=1024)  # clock times
 
     # -- admission -------------------------------------------------------------------------
@@ -264,12 +273,17 @@ class Scheduler:
         decoding = self._decoding(understanding) if not ready else []
         waiting = bool(ready) or bool(decoding)
         ran_generation, self._generation_ran_last = self._generation_ran_last, False
-        if overdue and not (waiting and ran_generation):
+        reply_since, self._reply_since = self._reply_since, None
+        holds = bool(decoding) and (
+            reply_since is None or now - reply_since < self.config.reply_slice_seconds
+        )
+        if overdue and not (waiting and ran_generation) and not holds:
             self._generation_ran_last = True
             return Plan(generation=realtime)
         if ready:
             return Plan(prefill=ready)
         if decoding:
+            self._reply_since = now if reply_since is None else reply_since
             return Plan(decode=decoding)
         generation = realtime or self._earliest(now, realtime=False)
         if generation is not None:

@@ -263,8 +263,8 @@ class StreamingVLMPipeline:
         ``config.warm_frames`` (its prompt prefill, frame preparation, vision tower, round
         prefill and reply), so that the first real second at one of those vision grids
         finds the kernels compiled and the tower run at its shapes (:attr:`cold_vision_grids`
-        counts the prefills that met a grid not run before). A pool too small for a stream warms nothing more (admission refuses such
-        streams anyway)."""
+        counts the prefills that met a grid not run before). A pool too small for a stream
+        warms nothing more (admission refuses such streams anyway)."""
         if self._graphs is not None:
             self._graphs.capture_all()
         for width, height in self.config.warm_frames:

@@ -89,6 +89,24 @@ def test_overdue_generation_yields_to_waiting_understanding_every_other_turn() -
     assert kinds == ["generation", "prefill", "generation", "prefill"]
 
 
+def test_a_reply_under_way_keeps_the_device_for_its_slice_before_an_overdue_chunk() -> None:
+    s, clock = scheduler(reply_slice_seconds=0.5)
+    video, feed = generation(1), understanding(2)
+    s.add(video)
+    s.add(feed)
+    s.collected(video, 12)
+    clock.now += 5.0  # far behind, and a reply is under way
+
+    def turn() -> str:
+        plan = s.schedule({2: DECODING})
+        clock.now += 0.15  # each decode step or chunk takes this long here
+        return "generation" if plan.generation else "decode" if plan.decode else "-"
+
+    kinds = [turn() for _ in range(10)]
+    # reply tokens for 0.5 s (steps starting at 0, 0.15, 0.3, 0.45), one chunk, the next slice
+    assert kinds == ["decode"] * 4 + ["generation"] + ["decode"] * 4 + ["generation"]
+
+
 def test_prefill_batches_one_group_within_its_token_budget_then_decode_per_group() -> None:
     s, _ = scheduler()
     entries = [understanding(1), understanding(2), understanding(3), understanding(4, group=2)]
