@@ -139,7 +139,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     vlm.add_argument("--rounds", type=int, help="measured seconds per stream count")
 
     service = parser.add_argument_group("service (and cluster)")
-    service.add_argument("--clients", help="client counts, e.g. 1,2,4")
+    service.add_argument("--clients", help="client counts, e.g. 1,2,4 ('': skipped)")
     service.add_argument("--service-chunks", type=int, help="chunks timed per client")
     service.add_argument("--formats", default="jpeg", help="of jpeg, png, raw, h264; first is ours")
     service.add_argument(
@@ -340,13 +340,11 @@ def _workloads(
     if suite == "service":
         from framestream.evals.bench.service import ServiceSettings, run_service
 
-        settings = ServiceSettings(
-            tuple(int(n) for n in _split(args.clients)),
-            args.service_chunks,
-            tuple(_split(args.formats)),
-            size,
-        )
-        return itertools.chain(run_service(shelf, settings), _served_load(shelf, args, size))
+        served = _served_load(shelf, args, size)
+        if not (clients := tuple(int(n) for n in _split(args.clients))):  # '': skipped
+            return served
+        settings = ServiceSettings(clients, args.service_chunks, tuple(_split(args.formats)), size)
+        return itertools.chain(run_service(shelf, settings), served)
     if suite == "cluster":
         from framestream.evals.bench.cluster import ClusterSettings, run_cluster
 
