@@ -74,6 +74,10 @@ def test_the_readme_quotes_its_records() -> None:
     def r4(pipeline: str, figure: str, variant: str = "ours") -> float:
         return _figure(round4, "generation", pipeline, figure, variant)
 
+    def tiny(variant: str, figure: str) -> float:
+        record = _result("vae_tiny_toyworld_cpu_2026-12-06")
+        return _figure(record, "vae", "vae_stream_decode", figure, variant)
+
     def commentary(figure: str) -> float:
         return _figure(service, "service", "commentary_websocket", figure, "websocket")
 
@@ -113,6 +117,9 @@ def test_the_readme_quotes_its_records() -> None:
         f"and {_figure(round4, 'understanding', 'streaming_vlm_concurrency', 'real_time_streams')}"
         " streams run in real",
         f"also as {commentary('real_time_clients')} commentary clients",
+        f"a chunk in {tiny('tiny', 'chunk_ms'):.0f} ms against its full VAE's "
+        f"{tiny('ours', 'chunk_ms'):.0f} ms on one CPU thread, at\n"
+        f"{tiny('tiny', 'psnr_vs_wan_db'):.1f} dB PSNR",
         f"KV cache is {gen('longlive', 'cache_bytes') / 1e9:.2f} GB",
         f"({gen('longlive', 'cache_bytes', 'fp8kv') / 1e9:.2f} GB with the FP8 KV",
         f"holds {gen('longlive', 'cache_bytes', 'fp8kv') / 1e9:.2f} GB instead\n"
