@@ -26,11 +26,29 @@ from framestream.stream.backend import SessionBackend
 from framestream.stream.errors import EngineBusy
 from framestream.stream.session import OutputFrame, Session
 
-__all__ = ["Commentary"]
+__all__ = ["Commentary", "SampleClock"]
 
 logger = logging.getLogger(__name__)
 
 _EPSILON = 1e-9  # timestamps are index / fps: a sample time may land a rounding error early
+
+
+class SampleClock:
+    """Which frames of a video to hand an understanding feed that samples ``fps`` a second:
+    the first at or after each sample time (the feed would keep only one of every slot's
+    frames anyway, so the rest need not cross to it)."""
+
+    def __init__(self, fps: float) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.fps = fps
+        self._next = 0.0  # video seconds
+
+    def due(self, timestamp: float) -> bool:
+        if timestamp + _EPSILON < self._next:
+            return False
+        self._next = (math.floor(timestamp * self.fps + _EPSILON) + 1) / self.fps
+        return True
 
 
 class Commentary:
@@ -51,14 +69,12 @@ class Commentary:
         understanding: Session,
         sample_fps: float,
     ) -> None:
-        if sample_fps <= 0:
-            raise ValueError(f"sample_fps must be positive, got {sample_fps}")
         self.backend = backend
         self.generation = generation
         self.understanding = understanding
         self.sample_fps = sample_fps
         self.frames_lost = 0  # samples the engine's full command queue did not take
-        self._next_sample = 0.0  # video seconds; touched only by the producer's thread
+        self._clock = SampleClock(sample_fps)  # touched only by the producer's thread
         self._closing = False
 
     @property
@@ -70,11 +86,8 @@ class Commentary:
         """Hand the frames due at the sample rate to the understanding session (the producer's
         thread; never blocks)."""
         for frame in frames:
-            if frame.timestamp + _EPSILON < self._next_sample:
+            if not self._clock.due(frame.timestamp):
                 continue
-            self._next_sample = (math.floor(frame.timestamp * self.sample_fps + _EPSILON) + 1) / (
-                self.sample_fps
-            )
             try:
                 self.backend.push_frame(self.understanding, frame.timestamp, frame.pixels)
             except EngineBusy:  # the commentary skips a sample; the generation goes on
