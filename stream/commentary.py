@@ -17,7 +17,6 @@ The connection owns the pair: ending the generation session closes its commentar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from typing import Any
@@ -98,6 +97,7 @@ class Commentary:
         it ends; an end the generation session did not cause is told as ``commentary.ended``."""
         events = self.understanding.events
         ended = asyncio.ensure_future(self.understanding.ended.wait())
+        get: asyncio.Future | None = None
         try:
             while True:
                 get = asyncio.ensure_future(events.get())
@@ -105,15 +105,15 @@ class Commentary:
                 if get in done:
                     self._relay_one(get.result())
                     continue
-                get.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await get
-                self.drain()
-                if not self._closing:
-                    self._post(self._ended_event())
-                return
-        finally:
-            ended.cancel()
+                break
+        finally:  # cancelled with its generation session, or the commentary ended
+            for waiter in (get, ended):
+                if waiter is not None:
+                    waiter.cancel()
+            await asyncio.gather(*(w for w in (get, ended) if w), return_exceptions=True)
+        self.drain()
+        if not self._closing:
+            self._post(self._ended_event())
 
     def drain(self) -> None:
         """Relay the captions waiting now (the loop's thread), e.g. before ``session.ended``."""
