@@ -59,9 +59,17 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--width", type=int, help="pixels, a multiple of 16")
     generate.add_argument("--cache-gb", type=float, default=8.0, help="KV-cache pool size")
     generate.add_argument("--kv-cache-dtype", default="auto", help=KV_CACHE_DTYPE_HELP)
+    generate.add_argument(
+        "--commentary",
+        action="store_true",
+        help="also watch the video with the embedded toy-world StreamingVLM and write its "
+        "captions to a WebVTT file beside the MP4 (OUT with .vtt)",
+    )
     add_model_arguments(generate)
     generate.set_defaults(run=_generate)
 
+
+_VLM_CACHE_BYTES = 256 << 20  # one stream of the embedded model, with room to spare
 
 _CHECKS = ArgumentChecks(
     outputs=("out",),
@@ -141,8 +149,32 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         pipeline = RollingForcingPipeline(models, KVCacheManager(), cache_bytes, config)
     request = GenerationRequest(args.prompt, args.seed, args.height, args.width)
-    written = generate_video(pipeline, request, switches, args.seconds, args.out)
+    if not args.commentary:
+        written = generate_video(pipeline, request, switches, args.seconds, args.out)
+    else:
+        written = _generate_with_commentary(args, pipeline, request, switches, device, dtype)
     print(
         f"wrote {written} frames ({written / config.fps:.2f} s at {config.fps:g} fps) to {args.out}"
     )
     return 0
+
+
+def _generate_with_commentary(args, pipeline, request, switches, device, dtype) -> int:
+    """Generate while the embedded StreamingVLM watches, then write ``OUT.vtt``."""
+    from framestream.clients.vtt import write_vtt
+    from framestream.models.toyworld.embedded import load_vlm
+    from framestream.stream.generate import generate_video
+    from framestream.stream.kvcache import KVCacheManager
+    from framestream.stream.offline_commentary import OfflineCommentary
+    from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
+
+    vlm = StreamingVLMPipeline(load_vlm(dtype, device), KVCacheManager(), _VLM_CACHE_BYTES)
+    with OfflineCommentary(vlm, pipeline.config.fps) as commentary:
+        written = generate_video(
+            pipeline, request, switches, args.seconds, args.out, on_frames=commentary.watch
+        )
+        commentary.finish(written)
+    subtitles = args.out.with_suffix(".vtt")
+    cues = write_vtt(subtitles, commentary.captions)
+    print(f"wrote {cues} captions of {len(commentary.captions)} seconds to {subtitles}")
+    return written

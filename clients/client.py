@@ -227,6 +227,7 @@ class StreamClient:
         quality: int = 85,
         realtime: bool = True,
         record: bool = False,
+        commentary: bool | dict[str, Any] = False,
         timeout: float | None = 120.0,
     ) -> GenerationSession:
         """Start a generation session and wait for ``session.started``.
@@ -240,6 +241,9 @@ class StreamClient:
             quality: JPEG / H.264 quality, 1..100.
             realtime: pace frames at the pipeline's fps (``False``: as fast as generated).
             record: keep an MP4, served afterwards at ``session.recording``.
+            commentary: have the server's understanding pipeline watch the generated frames
+                and stream captions of them (:meth:`GenerationSession.captions`); ``True`` for
+                its defaults, or a dict of understanding params (``instruction``, ...).
             timeout: seconds to wait for ``session.started``.
 
         Raises:
@@ -268,6 +272,10 @@ class StreamClient:
             params["height"] = height
         if width is not None:
             params["width"] = width
+        if not isinstance(commentary, bool | dict):
+            raise ValueError(f"commentary must be a bool or a dict, got {commentary!r:.80}")
+        if commentary:
+            params["commentary"] = commentary
         session = await self.start(pipeline, params, preset=preset, timeout=timeout)
         return await self._expect(session, GenerationSession)
 

@@ -89,6 +89,23 @@ class Caption:
     end: float  # seconds, exclusive
     text: str
     lag: float  # seconds the understanding trailed the newest frame when it was made
+    # a generation session's commentary: the first frame index of the stretch, and the first
+    # after it; None for an understanding session's own feed
+    frame: int | None = None
+    end_frame: int | None = None
+
+
+def _caption(message: dict[str, Any]) -> Caption:
+    """A ``caption`` message as a :class:`Caption`; raises KeyError, TypeError or ValueError."""
+    frame, end_frame = message.get("frame"), message.get("end_frame")
+    return Caption(
+        float(message["start"]),
+        float(message["end"]),
+        str(message.get("text", "")),
+        float(message.get("lag", 0.0)),
+        None if frame is None else int(frame),
+        None if end_frame is None else int(end_frame),
+    )
 
 
 _INPUT_FORMATS = {"jpeg": FrameFormat.JPEG, "png": FrameFormat.PNG, "raw": FrameFormat.RAW}
@@ -218,10 +235,16 @@ class GenerationSession(Session):
 
     Attributes (beyond :class:`Session`'s):
         width, height, format: from ``session.started``.
-        events: ``prompt.applied``, ``metrics``, ``error`` and ``session.ended`` messages.
+        events: ``prompt.applied``, ``metrics``, ``caption``, ``error`` and ``session.ended``
+            messages.
         metrics: the latest ``metrics`` message, or ``None``.
         recording: from ``session.ended`` (a URL path), or ``None``.
         frames_dropped: frames this client dropped because :meth:`frames` fell behind.
+        commentary: whether the server watches this session's frames (``session.started``'s
+            ``commentary``); its captions come out of :meth:`captions`.
+        commentary_ended: the ``commentary.ended`` message, when the commentary stopped before
+            the session (a failed step), else ``None``.
+        captions_dropped: captions this client dropped because :meth:`captions` fell behind.
     """
 
     kind = "generation"
@@ -239,7 +262,10 @@ class GenerationSession(Session):
         self.format: str = started.get("format", "jpeg")
         self.metrics: dict[str, Any] | None = None
         self.recording: str | None = None
+        self.commentary: bool = bool(started.get("commentary"))
+        self.commentary_ended: dict[str, Any] | None = None
         self._frames = _DropOldest(max_queued_frames)
+        self._captions = _DropOldest(max_queued_events)
         self._switches: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
         self._h264: Any = None  # av.CodecContext, created at the first H.264 access unit
         self._h264_headers: collections.deque[FrameHeader] = collections.deque()
@@ -251,6 +277,10 @@ class GenerationSession(Session):
     @property
     def frames_dropped(self) -> int:
         return self._frames.dropped
+
+    @property
+    def captions_dropped(self) -> int:
+        return self._captions.dropped
 
     # -- control -----------------------------------------------------------------------------
 
@@ -323,6 +353,16 @@ class GenerationSession(Session):
                 continue
             yield Frame(header.index, header.timestamp, pixels, header.format.name.lower(), self.id)
 
+    async def captions(self) -> AsyncIterator[Caption]:
+        """The commentary's captions in video order (each with its ``frame`` and ``end_frame``),
+        until the session ends and the queue is drained; nothing without ``commentary``.
+        Generation runs ahead of playback, so a caption usually comes before its frames."""
+        while True:
+            caption = await self._captions.get()
+            if caption is None:
+                return
+            yield caption
+
     # -- called by the reader task -----------------------------------------------------------
 
     def _on_frame(self, header: FrameHeader, payload: bytes) -> None:
@@ -353,6 +393,13 @@ class GenerationSession(Session):
             _resolve_oldest(self._switches, ServerError.from_message(message))
         elif kind == "session.ended":
             self.recording = message.get("recording")
+        elif kind == "commentary.ended":
+            self.commentary_ended = message
+        elif kind == "caption":
+            try:
+                self._captions.put(_caption(message))
+            except (KeyError, TypeError, ValueError):
+                logger.warning("session %d: malformed caption %.200s", self.id, message)
         super()._on_event(message)
 
     def _end(self, reason: str, message: str | None) -> None:
@@ -360,6 +407,7 @@ class GenerationSession(Session):
             return
         super()._end(reason, message)
         self._frames.close()
+        self._captions.close()
         while self._switches:
             _resolve_oldest(self._switches, SessionEnded(f"session {self.id} ended: {reason}"))
 
@@ -481,12 +529,7 @@ class UnderstandingSession(Session):
     def _on_event(self, message: dict[str, Any]) -> None:
         if message["type"] == "caption":
             try:
-                caption = Caption(
-                    float(message["start"]),
-                    float(message["end"]),
-                    str(message.get("text", "")),
-                    float(message.get("lag", 0.0)),
-                )
+                caption = _caption(message)
             except (KeyError, TypeError, ValueError):
                 logger.warning("session %d: malformed caption %.200s", self.id, message)
             else:

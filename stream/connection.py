@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed
 
 from framestream.stream import protocol
 from framestream.stream.backend import SessionBackend
+from framestream.stream.commentary import Commentary
 from framestream.stream.config import ServerConfig
 from framestream.stream.delivery import FrameEncoder, Recorder, decode_input_frame
 from framestream.stream.errors import EngineBusy, SessionRefused
@@ -79,6 +80,7 @@ class _Stream:
     session: Session
     encoder: FrameEncoder
     recorder: Recorder | None = None
+    commentary: Commentary | None = None  # the understanding session watching its frames
     tasks: list[asyncio.Task] = field(default_factory=list)
     last_timestamp: float = 0.0  # of the last input frame (understanding sessions)
     frames_received: int = 0  # input frames taken (understanding sessions)
@@ -232,10 +234,13 @@ class ConnectionHandler:
         config = self.config
         if self.context.draining():
             raise ProtocolError("server_shutdown", "the server is stopping")
-        if len(self.streams) >= config.max_sessions_per_connection:
+        # a commentary is a session of its own: it counts
+        running = sum(1 + (s.commentary is not None) for s in self.streams.values())
+        if running + 1 + (message.commentary is not None) > config.max_sessions_per_connection:
             raise ProtocolError(
                 "too_many_sessions",
-                f"a connection runs at most {config.max_sessions_per_connection} sessions",
+                f"a connection runs at most {config.max_sessions_per_connection} sessions"
+                + (" (a commentary counts as one)" if message.commentary is not None else ""),
             )
         if not self.start_limiter.allow():
             rate = config.max_session_starts_per_second_per_connection
@@ -252,6 +257,9 @@ class ConnectionHandler:
             return
         output, request = message.output, message.request
         session = await self._open(message.pipeline, request, output.realtime)
+        commentary = None
+        if message.commentary is not None:
+            commentary = await self._attach_commentary(session, message.commentary, output)
         recorder = None
         if output.record:
             try:
@@ -259,15 +267,22 @@ class ConnectionHandler:
             except (OSError, av.FFmpegError) as exc:
                 logger.error("session %d: cannot open its recording: %r", session.id, exc)
                 self.engine.close(session, "disconnected")  # never announced: nobody to tell
+                if commentary is not None:
+                    commentary.close()
                 raise ProtocolError(
                     "recording_failed", "the server cannot write a recording now"
                 ) from None
         encoder = FrameEncoder(output.format, session.fps, output.quality)
-        stream_ = _Stream(session, encoder, recorder)
+        stream_ = _Stream(session, encoder, recorder, commentary)
         self.streams[session.id] = stream_
         try:
-            if recorder is not None:
-                session.output.set_tap(recorder.add)
+            session.output.set_tap(_taps(recorder, commentary))
+            started: dict[str, Any] = {}
+            if commentary is not None:
+                started["commentary"] = {
+                    "pipeline": commentary.understanding.pipeline,
+                    "fps": commentary.sample_fps,
+                }
             await self.send(
                 encode(
                     "session.started",
@@ -278,6 +293,7 @@ class ConnectionHandler:
                     height=request.height,
                     format=output.format.name.lower(),
                     request_id=message.request_id,
+                    **started,
                 )
             )
         finally:
@@ -287,6 +303,10 @@ class ConnectionHandler:
                 asyncio.create_task(self.forward_events(session), name=f"events-{session.id}"),
                 asyncio.create_task(self.report(stream_), name=f"metrics-{session.id}"),
             ]
+            if commentary is not None:
+                stream_.tasks.append(
+                    asyncio.create_task(commentary.relay(), name=f"commentary-{session.id}")
+                )
         logger.info(
             "session %d started: %s %dx%d %s",
             session.id,
@@ -295,6 +315,28 @@ class ConnectionHandler:
             request.height,
             output.format.name,
         )
+
+    async def _attach_commentary(
+        self,
+        session: Session,
+        commentary: protocol.CommentaryRequest,
+        output: protocol.OutputOptions,
+    ) -> Commentary:
+        """Admit the understanding session that watches ``session``; refused, the generation
+        session is closed unannounced and the refusal (its code, the message saying it was the
+        commentary's) answers the ``session.start``. It is paced as its generation session
+        (a background one's commentary is background too)."""
+        try:
+            watcher = await self._open(commentary.pipeline, commentary.request, output.realtime)
+        except (SessionRefused, ProtocolError) as exc:
+            self.engine.close(session, "disconnected")  # never announced: nobody to tell
+            error = _wire_error(exc)
+            raise ProtocolError(error.code, f"commentary: {error.message}") from None
+        except BaseException:
+            self.engine.close(session, "disconnected")
+            raise
+        # an understanding session's fps is its feed's sampling rate
+        return Commentary(self.engine, session, watcher, float(watcher.fps))
 
     async def _open(self, pipeline: str, request: Any, realtime: bool = True) -> Session:
         """Ask the backend for a session, within the server's ``session_open_timeout``."""
@@ -407,10 +449,14 @@ class ConnectionHandler:
             recording = await self.context.recordings.finish(stream_.recorder)
             if recording is not None:  # else recording_failed was posted when it failed
                 fields["recording"] = recording
-        for task in stream_.tasks[1:]:  # events and metrics: flushed here, in order
+        if stream_.commentary is not None:
+            stream_.commentary.close()
+        for task in stream_.tasks[1:]:  # events, metrics, commentary: flushed here, in order
             task.cancel()
         await asyncio.gather(*stream_.tasks[1:], return_exceptions=True)
         await asyncio.sleep(0)  # let events posted at the end (call_soon) land
+        if stream_.commentary is not None:
+            stream_.commentary.drain()
         while not session.events.empty():
             await self.send(_json(session.events.get_nowait()))
         if (code := _FAILURES.get(session.end_reason)) is not None:
@@ -454,6 +500,8 @@ class ConnectionHandler:
                         "fps": round(fps, 2),
                         "queue": len(session.output),
                     }
+                    if stream_.commentary is not None:
+                        fields["captions"] = stream_.commentary.captions
                 await self.send(encode("metrics", session=session.id, step_ms=step_ms, **fields))
 
     # -- teardown --------------------------------------------------------------------------
@@ -466,6 +514,8 @@ class ConnectionHandler:
                 self.engine.close(stream_.session, reason)
             except EngineBusy:  # the engine's command queue is full: leave it to shutdown
                 logger.warning("session %d: could not queue its close", stream_.session.id)
+            if stream_.commentary is not None:
+                stream_.commentary.close()
         for stream_ in streams:
             for task in stream_.tasks:
                 task.cancel()
@@ -474,6 +524,19 @@ class ConnectionHandler:
             if stream_.recorder is not None:
                 await self.context.recordings.finish(stream_.recorder)
         self.streams.clear()
+
+
+def _taps(recorder: Recorder | None, commentary: Commentary | None) -> Any:
+    """The output queue's tap: the recorder's, the commentary's, both, or none."""
+    taps = [tap for tap in (recorder and recorder.add, commentary and commentary.tap) if tap]
+    if len(taps) < 2:
+        return taps[0] if taps else None
+
+    def both(frames: list) -> None:
+        for tap in taps:
+            tap(frames)
+
+    return both
 
 
 def _wire_error(exc: ProtocolError | SessionRefused | EngineBusy) -> ProtocolError:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from framestream.stream.media import Mp4Writer
@@ -42,8 +44,10 @@ def generate_video(
     seconds: float,
     out: str | Path,
     progress: bool = True,
+    on_frames: Callable[[np.ndarray, int], None] | None = None,
 ) -> int:
     """Generate ``seconds`` of video, switching prompts on schedule; returns frames written.
+    ``on_frames(frames, first_index)`` also sees each chunk's written frames (a commentary).
 
     A switch takes effect at the first chunk that starts at or after its time; one whose chunk
     would start after the last frame is logged as not applied. Exactly ``round(seconds * fps)``
@@ -77,6 +81,8 @@ def generate_video(
                     pipeline.switch_prompt(state, switch.prompt, switch.transition_chunks)
                 chunk = pipeline.step(state)
                 frames = chunk.frames[: total - writer.frames_written]
+                if on_frames is not None:
+                    on_frames(frames, writer.frames_written)
                 writer.write(frames)
                 bar.update(len(frames))
             for switch in pending:

@@ -42,6 +42,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SAMPLING_LIMITS",
     "ClientMessage",
+    "CommentaryRequest",
     "Connection",
     "ConnectionState",
     "FrameFormat",
@@ -218,6 +219,15 @@ class OutputOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class CommentaryRequest:
+    """A generation session's ``params.commentary``: the understanding pipeline that watches
+    its frames, and that session's request (``true`` takes the defaults)."""
+
+    pipeline: str
+    request: UnderstandingRequest = UnderstandingRequest()
+
+
+@dataclass(frozen=True, slots=True)
 class SessionStart:
     """A validated ``session.start``: the pipeline, its typed request, the delivery options."""
 
@@ -225,6 +235,7 @@ class SessionStart:
     request: GenerationRequest | UnderstandingRequest
     output: OutputOptions = OutputOptions()
     request_id: str | None = None  # echoed in session.started / error so clients can match
+    commentary: CommentaryRequest | None = None  # generation sessions only
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +350,32 @@ def _parse_start(obj: dict, catalog: Catalog) -> SessionStart:
     if info.kind == "understanding":
         return SessionStart(pipeline, _understanding_request(params), request_id=request_id)
     request = _generation_request(params, info, catalog.max_frame_pixels)
-    return SessionStart(pipeline, request, _output_options(params), request_id)
+    commentary = _commentary(params, catalog)
+    return SessionStart(pipeline, request, _output_options(params), request_id, commentary)
+
+
+def _commentary(params: dict, catalog: Catalog) -> CommentaryRequest | None:
+    """``params.commentary`` of a generation session: absent, null or ``false`` for none,
+    ``true`` for the defaults, or an object of understanding params (``instruction``,
+    ``previous_text`` and the sampler's)."""
+    value = params.get("commentary")
+    if value is None or value is False:
+        return None
+    if value is not True and not isinstance(value, dict):
+        raise ProtocolError(
+            "invalid_message",
+            f"params.commentary must be true, false or an object, got {value!r:.50}",
+        )
+    watchers = [name for name, info in catalog.pipelines.items() if info.kind == "understanding"]
+    if not watchers:
+        raise ProtocolError(
+            "unknown_pipeline", "this server runs no understanding pipeline for commentary"
+        )
+    if isinstance(value, dict):
+        request = _understanding_request(value, "params.commentary")
+    else:
+        request = UnderstandingRequest()
+    return CommentaryRequest(watchers[0], request)
 
 
 def _generation_request(
@@ -366,21 +402,21 @@ def _generation_request(
     return GenerationRequest(prompt, seed, height, width)
 
 
-def _understanding_request(params: dict) -> UnderstandingRequest:
+def _understanding_request(params: dict, where: str = "params") -> UnderstandingRequest:
     texts = {}
     for name, limit in (("instruction", MAX_PROMPT), ("previous_text", MAX_PREVIOUS_TEXT)):
         value = params.get(name)
         value = "" if value is None else value
         if not isinstance(value, str) or len(value) > limit:
             raise ProtocolError(
-                "invalid_message", f"params.{name} must be a string of <= {limit} chars"
+                "invalid_message", f"{where}.{name} must be a string of <= {limit} chars"
             )
-        _check_unicode(value, f"params.{name}")
+        _check_unicode(value, f"{where}.{name}")
         texts[name] = value
     return UnderstandingRequest(
         texts["instruction"] or UnderstandingRequest().instruction,
         texts["previous_text"],
-        **_sampling(params),
+        **_sampling(params, where),
     )
 
 
@@ -439,7 +475,7 @@ SAMPLING_LIMITS: dict[str, tuple[float, float, type]] = {
 }
 
 
-def _sampling(params: dict[str, Any]) -> dict[str, float | int]:
+def _sampling(params: dict[str, Any], where: str = "params") -> dict[str, float | int]:
     """The sampler fields of an understanding ``session.start``'s params, validated; fields
     absent or null are left out (the server's default for the model). Raises
     :class:`ProtocolError` ``invalid_message`` naming the field."""
@@ -460,7 +496,7 @@ def _sampling(params: dict[str, Any]) -> dict[str, float | int]:
             what = f"an integer in {low}..{high}"
         if not ok:
             raise ProtocolError(
-                "invalid_message", f"params.{name} must be {what}, got {value!r:.50}"
+                "invalid_message", f"{where}.{name} must be {what}, got {value!r:.50}"
             )
         out[name] = kind(value)
     return out

@@ -240,7 +240,13 @@ function onMessage(msg) {
     // the engine's acknowledgements: the state shown is the server's, not the button's
     case "session.paused": if (msg.session === gen.session) genState(`paused at frame ${msg.frame}`); break;
     case "session.resumed": if (msg.session === gen.session) genResumed(); break;
-    case "caption": if (msg.session === watch.session) watchCaption(msg); break;
+    case "caption":
+      if (msg.session === watch.session) watchCaption(msg);
+      else if (msg.session === gen.session) genCaption(msg);
+      break;
+    case "commentary.ended":
+      if (msg.session === gen.session) showNotice(`the commentary stopped (${msg.reason}): ${msg.message || ""}`);
+      break;
     default: break;
   }
 }
@@ -263,6 +269,10 @@ function fillPipelines(names) {
   const previous = select.value;
   select.replaceChildren();
   for (const name of names.filter(GENERATION)) select.add(new Option(name, name));
+  // commentary needs the server's understanding pipeline
+  const watcher = names.some((name) => !GENERATION(name));
+  $("gen-commentary").disabled = !watcher;
+  if (!watcher) $("gen-commentary").checked = false;
   if (names.includes(previous)) select.value = previous;
   genSizes();
   genButtons();
@@ -279,6 +289,7 @@ const gen = {
   decoding: false,
   next: null, // the newest frame waiting to be drawn
   switches: [], // {sentAt, entry, frame} waiting to become visible
+  captions: [], // commentary {frame, end_frame, text}, in video order; ahead of the frames
   paused: false,
   stopping: false, // Stop was pressed; session.ended confirms it
   label: "", // "session N · pipeline HxW", as the state shows it while running
@@ -319,6 +330,7 @@ $("gen-form").addEventListener("submit", (event) => {
     prompt, seed: Math.max(0, parseInt($("gen-seed").value, 10) || 0),
     format: "jpeg", realtime: true, record: $("gen-record").checked,
   };
+  if ($("gen-commentary").checked) params.commentary = true;
   if ($("gen-size").value) { // else the server's default size for the pipeline's model
     [params.height, params.width] = $("gen-size").value.split("x").map(Number);
   }
@@ -333,7 +345,7 @@ $("gen-form").addEventListener("submit", (event) => {
 function genStarted(msg) {
   Object.assign(gen, {
     session: msg.session, starting: false, fps: msg.fps || 16, frames: 0, arrivals: [],
-    next: null, switches: [], paused: false, stopping: false,
+    next: null, switches: [], captions: [], paused: false, stopping: false,
     // height x width, as the size picker and session.start put them
     label: `session ${msg.session} · ${msg.pipeline} ${msg.height}×${msg.width}`,
   });
@@ -342,6 +354,7 @@ function genStarted(msg) {
   canvas.height = msg.height;
   canvas.style.aspectRatio = `${msg.width} / ${msg.height}`;
   $("gen-timeline").replaceChildren();
+  $("gen-overlay").textContent = "";
   timelineEntry(gen.prompt, "frame 0 · 0.00 s");
   $("gen-frames").textContent = "0";
   $("gen-dropped").textContent = "0";
@@ -388,11 +401,31 @@ async function drawNext() {
       canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
       canvas.dataset.index = String(frame.index);
       bitmap.close();
+      genOverlay(frame.index);
     } catch (err) {
       console.warn("frame", frame.index, "could not be decoded", err, FORMAT_NAMES[frame.format]);
     }
   }
   gen.decoding = false;
+}
+
+// Generation runs ahead of playback, so captions come before their frames: each is shown
+// while the frames it describes are on screen, and forgotten once they have passed.
+const MAX_CAPTIONS = 64;
+
+function genCaption(msg) {
+  gen.captions.push({ frame: msg.frame, end: msg.end_frame, text: msg.text });
+  while (gen.captions.length > MAX_CAPTIONS) gen.captions.shift();
+}
+
+function genOverlay(index) {
+  while (gen.captions.length && gen.captions[0].end <= index) gen.captions.shift();
+  const now = gen.captions[0];
+  if (now && now.frame <= index) {
+    const overlay = $("gen-overlay");
+    overlay.textContent = now.text; // a silent second clears it
+    overlay.dataset.frame = String(now.frame);
+  }
 }
 
 // After a pause the first gap would be the pause itself: jitter is measured from the resume.
