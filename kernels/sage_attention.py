@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from framestream.kernels.attention import AttentionMetadata, attend_sequence, attend_sequences
+from framestream.kernels.attention import AttentionMetadata, attend_sequence
 from framestream.kernels.rope import RopeSpec
 
 __all__ = ["available", "paged_attention_sage", "sage_or_sdpa"]
@@ -74,18 +74,6 @@ def paged_attention_sage(
 ) -> torch.Tensor:
     """:func:`kernels.triton_gather.paged_attention_sdpa_fused` with SageAttention as the
     per-sequence kernel; same arguments, 8-bit Q.K rounding on top of bf16's."""
-    from framestream.kernels.triton_gather import gather_rotate, sequence_view
+    from framestream.kernels.triton_gather import attend_gathered
 
-    queries, keys, values = gather_rotate(q, k_cache, v_cache, meta, rope)
-    num_q_heads, num_kv_heads, head_dim = q.shape[1], k_cache.shape[1], q.shape[2]
-    qi, ki = meta.q_indptr_host, meta.kv_indptr_host
-
-    def sequence(s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (
-            sequence_view(queries, qi, s, num_q_heads, head_dim),
-            sequence_view(keys, ki, s, num_kv_heads, head_dim),
-            sequence_view(values, ki, s, num_kv_heads, head_dim),
-        )
-
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    return attend_sequences(out, meta, sequence, scale, attend=sage_or_sdpa)
+    return attend_gathered(q, k_cache, v_cache, meta, rope, scale, attend=sage_or_sdpa)

@@ -24,6 +24,8 @@ cache is read the same way: its rows are converted when loaded, so SDPA sees ``q
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -34,7 +36,7 @@ from framestream.kernels.triton_attention import _rope_tables, check_operands
 from framestream.kernels.triton_kernels import _load_rotated
 from framestream.kernels.varlen import attend_packed, use_varlen
 
-__all__ = ["gather_rotate", "paged_attention_sdpa_fused", "sequence_view"]
+__all__ = ["attend_gathered", "gather_rotate", "paged_attention_sdpa_fused", "sequence_view"]
 
 
 @triton.jit
@@ -209,7 +211,7 @@ def paged_attention_sdpa_fused(
     :func:`gather_rotate`: same arguments, same result up to rounding (both rotate in float32
     and round once to ``q.dtype``). Where :func:`kernels.varlen.use_varlen` says so, the
     operands are packed token-major and every sequence is attended in one varlen call."""
-    num_q_heads, num_kv_heads, head_dim = q.shape[1], k_cache.shape[1], q.shape[2]
+    num_kv_heads, head_dim = k_cache.shape[1], q.shape[2]
     if use_varlen(q, q, meta):  # the keys are gathered into q's dtype
         queries, keys, values = gather_rotate(q, k_cache, v_cache, meta, rope, token_major=True)
         return attend_packed(
@@ -219,6 +221,21 @@ def paged_attention_sdpa_fused(
             meta,
             scale,
         )
+    return attend_gathered(q, k_cache, v_cache, meta, rope, scale)
+
+
+def attend_gathered(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    rope: RopeSpec,
+    scale: float | None = None,
+    attend: Callable[..., torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``attend`` (SDPA unless given; :func:`kernels.attention.attend_sequence`'s signature)
+    per sequence, over the operands :func:`gather_rotate` prepares head-major."""
+    num_q_heads, num_kv_heads, head_dim = q.shape[1], k_cache.shape[1], q.shape[2]
     queries, keys, values = gather_rotate(q, k_cache, v_cache, meta, rope)
     qi, ki = meta.q_indptr_host, meta.kv_indptr_host
 
@@ -230,4 +247,4 @@ def paged_attention_sdpa_fused(
         )
 
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    return attend_sequences(out, meta, sequence, scale)
+    return attend_sequences(out, meta, sequence, scale, attend)
