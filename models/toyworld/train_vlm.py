@@ -1,12 +1,22 @@
 """Train the toy-world Qwen2.5-VL to commentate the toy world live, in StreamingVLM's format.
 
-Retrain the shipped model from scratch (one NVIDIA H200, one device call; the shipped run's
-times and peak memory are in its ``train.json``)::
+Retrain the shipped model's base from scratch (one NVIDIA H200, one device call; that run's
+times and peak memory are in the shipped folder's ``train_base.json``)::
 
     python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 420 \
-        --out models/toyworld/checkpoints/vlm
+        --out .runs/vlm
 
-A CPU check: ``python -m framestream.models.toyworld.train_vlm --out DIR --smoke`` (seconds), or
+The shipped model then learnt questions about the world (:mod:`models.toyworld.questions`) in
+a CPU fine-tune of its decoder, half of the later rounds asking one, mixed with commentary so
+that commentary holds (its ``train.json``; the run it started from is ``train_base.json``)::
+
+    python -m framestream.models.toyworld.train_vlm --init .runs/vlm --threads 2 \
+        --seconds-budget 1200 --batch 8 --window 5 --feeds 256 --horizon 24 --qa-rate 0.5 \
+        --lr 1e-3 --warmup 20 --aux-weight 0 --freeze-vision --eval-every 0 --out OUT
+
+The schedule follows the time budget, so a rerun on another CPU takes another number of steps
+(the record has them). A CPU check: ``python -m framestream.models.toyworld.train_vlm --out DIR
+--smoke`` (seconds), or
 ``--seconds-budget 300 --batch 8 --window 4 --feeds 64 --horizon 64`` (colours and events
 well above chance in minutes).
 
