@@ -19,6 +19,8 @@ from framestream.cli.options import (
     check_model_arguments,
     decoder,
     device_and_dtype,
+    embedded_generator,
+    toyworld_note,
     wan_paths,
 )
 
@@ -125,6 +127,9 @@ def _generate(args: argparse.Namespace) -> int:
     from framestream.stream.requests import GenerationRequest
 
     device, dtype = device_and_dtype(args)
+    note = toyworld_note(embedded_generator(args), understanding=False)
+    if note:
+        print(note, file=sys.stderr)
     try:
         if args.pipeline == "longlive":
             config = LongLiveConfig(

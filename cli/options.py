@@ -79,6 +79,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+TOYWORLD_NOTE = (
+    "toy-world models: they know coloured shapes, not the real world; "
+    "load real checkpoints with {flags}"
+)
+
+
+def toyworld_note(generator: bool, understanding: bool) -> str | None:
+    """The one line a command prints when it runs the embedded toy-world models (the page
+    shows the same warning): ``generator`` / ``understanding`` say which of them it runs;
+    None when neither."""
+    flags = [f for f, used in (("--model-dir", generator), ("--vlm-dir", understanding)) if used]
+    return TOYWORLD_NOTE.format(flags=" and ".join(flags)) if flags else None
+
+
+def embedded_generator(args: argparse.Namespace) -> bool:
+    """Whether the model arguments leave the generator on the shipped toy-world one."""
+    return args.preset == DEFAULT_PRESET and wan_paths(args) is None
+
+
 def _vae_argument(text: str) -> str | Path:
     return VAE_TINY if text == VAE_TINY else Path(text)
 

@@ -22,7 +22,9 @@ from framestream.cli.options import (
     check_model_arguments,
     decoder,
     device_and_dtype,
+    embedded_generator,
     env,
+    toyworld_note,
     wan_paths,
 )
 from framestream.models.toyworld.embedded import DEFAULT_PRESET
@@ -316,6 +318,13 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"stream serve: {exc}", file=sys.stderr)
         return 2
+    served = set(spec.pipelines)
+    note = toyworld_note(
+        embedded_generator(args) and bool({"longlive", "rolling_forcing"} & served),
+        args.vlm_dir is None and "streaming_vlm" in served,
+    )
+    if note:
+        print(note, file=sys.stderr, flush=True)
     if cluster is not None:
         return _serve_cluster(args, config, spec, engine_config, cluster)
     try:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 
 from framestream.cli.checks import ArgumentChecks, UsageError, check, check_device, check_preset
-from framestream.cli.options import DTYPES, device_and_dtype
+from framestream.cli.options import DTYPES, device_and_dtype, toyworld_note
 
 __all__ = [
     "add_bench_parser",
@@ -216,6 +217,9 @@ def _caption(args: argparse.Namespace) -> int:
     from framestream.stream.service import ServiceModels, build_pipelines
 
     device, dtype = device_and_dtype(args)
+    note = toyworld_note(generator=False, understanding=args.vlm_dir is None)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     spec = ServiceModels(
         vlm_dir=args.vlm_dir, device=device, dtype=dtype, pipelines=("streaming_vlm",)
     )

@@ -2,6 +2,7 @@
 
     python -m framestream.evals.toyworld_quality --out quality.json [--drift-minutes 10]
         [--parts switch] [--dtype bf16] [--kv-cache-dtype fp8_e4m3]
+        [--parts captions,questions --vlm-dir DIR]
 
 - **Prompt adherence** of generated clips (LongLive and Rolling Forcing): the fraction of frames
   whose measured colour and shape match the prompt (:func:`models.toyworld.adherence`), over
@@ -15,6 +16,11 @@
 - **Caption accuracy** of the understanding model on a held-out feed: per second, precision and
   recall of the (colour, shape) pairs its caption names against the ground truth caption, and
   whether both agree on silence.
+- **Question answering** of the understanding model on held-out feeds: questions asked mid-stream
+  as a client asks them (``question`` messages join the next second's round), about that second:
+  a named shape's colour, a named colour's shape, how many shapes, which way a shape moves
+  (:mod:`models.toyworld.questions`); an answer is right when it names the true value and no
+  other of its kind. Accuracy per kind and overall.
 
 Everything runs through the real pipelines on the shipped toy-world models, on the CPU.
 ``--kv-cache-dtype fp8_e4m3`` runs every pipeline on the FP8 KV cache; against a run without it
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import statistics
 import sys
@@ -47,6 +54,7 @@ from framestream.models.toyworld import (
     sample_clip,
     switch_clip,
 )
+from framestream.models.toyworld.questions import KINDS, Question, answer_is_right, ask
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
 from framestream.stream.pipelines.rolling_forcing import (
@@ -193,11 +201,74 @@ def caption_accuracy(pipe: StreamingVLMPipeline, seconds: int, seed: int, size) 
     }
 
 
-PARTS = ("adherence", "switch", "drift", "captions")
+def _next_question(clip, rng: random.Random, turn: int) -> Question | None:
+    """A question about ``clip``, of the kind whose turn it is (the next one that has one), so
+    that the kinds come about equally often."""
+    for j in range(len(KINDS)):
+        question = ask(clip, rng, KINDS[(turn + j) % len(KINDS)])
+        if question is not None:
+            return question
+    return None
+
+
+def question_accuracy(
+    pipe: StreamingVLMPipeline, seconds: int, seeds: list[int], size, every: int = 2
+) -> dict:
+    """Ask a question every ``every`` seconds of held-out feeds ``seeds``, through the pipeline
+    as a session does (``ask`` before the round of the second it is about); score each answer
+    against the world's ground truth of that second."""
+    rows: list[tuple[Question, str, int, int]] = []  # question, reply, seed, second
+    for seed in seeds:
+        frames, truth = Feed(seed, size, fps=8), Feed(seed, size, fps=2)  # 2 fps: the model's
+        rng, turn = random.Random(seed), seed
+        asked: dict[int, Question] = {}
+        state = pipe.open(UnderstandingRequest())
+        try:
+            for t, frame in frames.frames():
+                if t > seconds + 1:
+                    break
+                pipe.push_frame(state, t, frame)
+                while pipe.ready(state):
+                    second = state.feed.next_second
+                    if second >= 1 and second % every == 0:  # round 0 carries the instruction
+                        question = _next_question(truth.second(second), rng, turn)
+                        if question is not None:
+                            pipe.ask(state, question.text)
+                            asked[second] = question
+                            turn += 1
+                    pipe.prefill(state)
+                    while state.decoding:
+                        for caption in pipe.decode([state]):
+                            if caption is not None and int(caption.start) in asked:
+                                k = int(caption.start)
+                                rows.append((asked.pop(k), caption.text, seed, k))
+        finally:
+            pipe.close(state)
+    right = [answer_is_right(q, reply) for q, reply, _, _ in rows]
+    per_kind = {}
+    for kind in KINDS:
+        got = [r for r, (q, _, _, _) in zip(right, rows, strict=True) if q.kind == kind]
+        per_kind[kind] = {"accuracy": float(np.mean(got)) if got else None, "asked": len(got)}
+    return {
+        "accuracy": float(np.mean(right)) if right else 0.0,
+        "asked": len(rows),
+        "per_kind": per_kind,
+        "seeds": list(seeds),
+        "seconds": seconds,
+        "every": every,
+        "examples": [
+            {"seed": s, "second": k, "question": q.text, "truth": q.truth, "answer": a, "right": r}
+            for (q, a, s, k), r in list(zip(rows, right, strict=True))[:16]
+        ],
+    }
+
+
+PARTS = ("adherence", "switch", "drift", "captions", "questions")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def main() -> None:
+    from framestream.models.qwen_vl_tiny import load_toy_qwen_vl
     from framestream.models.registry import load_wan_models
     from framestream.models.toyworld.embedded import load_vlm
 
@@ -216,6 +287,11 @@ def main() -> None:
     )
     parser.add_argument("--drift-minutes", type=float, default=10.0)
     parser.add_argument("--caption-seconds", type=int, default=120)
+    parser.add_argument("--qa-seconds", type=int, default=40, help="per question feed")
+    parser.add_argument("--qa-feeds", type=int, default=8, help="held-out feeds asked about")
+    parser.add_argument(
+        "--vlm-dir", type=Path, default=None, help="understanding model (default: the embedded)"
+    )
     parser.add_argument("--seed", type=int, default=10_000, help="held out from training seeds")
     parser.add_argument(
         "--dtype",
@@ -242,7 +318,8 @@ def main() -> None:
     except ValueError as exc:
         parser.error(str(exc))
     dtype = _DTYPES[args.dtype]
-    wan = load_wan_models(dtype=dtype)  # the shipped toy-world generator
+    generation = parts & {"adherence", "switch", "drift"}
+    wan = load_wan_models(dtype=dtype) if generation else None  # the shipped generator
     manager = KVCacheManager()
     results = {
         "benchmark": "toyworld_quality",
@@ -252,7 +329,8 @@ def main() -> None:
         "kv_cache_dtype": kv,
         "command": " ".join(["python -m framestream.evals.toyworld_quality", *sys.argv[1:]]),
     }
-    for name, cls in (("longlive", LongLivePipeline), ("rolling_forcing", RollingForcingPipeline)):
+    generators = (("longlive", LongLivePipeline), ("rolling_forcing", RollingForcingPipeline))
+    for name, cls in generators if generation else ():
         pipe = cls(wan, manager, 256 << 20, configs[name])
         results[name] = {}
         if "adherence" in parts:
@@ -278,8 +356,11 @@ def main() -> None:
         print(f"drift, adherence per minute: {stream['adherence_per_minute']}")
         print(f"drift, colour adherence per minute: {stream['color_adherence_per_minute']}")
         print(f"drift, background per minute: {stream['background_adherence_per_minute']}")
+    if parts & {"captions", "questions"}:
+        model = load_toy_qwen_vl(args.vlm_dir, dtype, "cpu") if args.vlm_dir else load_vlm(dtype)
+        vlm = StreamingVLMPipeline(model, manager, 128 << 20, configs["streaming_vlm"])
+        results["vlm_dir"] = str(args.vlm_dir) if args.vlm_dir else "embedded"
     if "captions" in parts:
-        vlm = StreamingVLMPipeline(load_vlm(dtype), manager, 128 << 20, configs["streaming_vlm"])
         results["streaming_vlm"] = c = caption_accuracy(
             vlm, args.caption_seconds, args.seed + 300, (SIZE, SIZE)
         )
@@ -287,6 +368,17 @@ def main() -> None:
             f"captions: pair precision {c['pair_precision']:.2f}, recall {c['pair_recall']:.2f}, "
             f"silence agreement {c['silence_agreement']:.2f} over {c['seconds']} s"
         )
+    if "questions" in parts:
+        seeds = [args.seed + 400 + i for i in range(args.qa_feeds)]
+        results["streaming_vlm_qa"] = q = question_accuracy(
+            vlm, args.qa_seconds, seeds, (SIZE, SIZE)
+        )
+        kinds = ", ".join(
+            f"{k} {v['accuracy']:.2f} ({v['asked']})"
+            for k, v in q["per_kind"].items()
+            if v["asked"]
+        )
+        print(f"questions: accuracy {q['accuracy']:.2f} over {q['asked']}: {kinds}")
     args.out.write_text(json.dumps(results, indent=2))
     if "drift" in parts:
         _plot(results, args.out.with_suffix(".png"))

@@ -69,7 +69,8 @@ def _estimate(
 
 def model_sources(pipelines: Mapping[str, Any]) -> dict[str, str]:
     """Understanding pipeline name -> ``"embedded"`` when it runs the shipped toy-world model
-    (it names shapes and colours; it does not answer free questions well), ``"checkpoint"``
+    (it names shapes and colours and answers simple questions about them, not free ones),
+    ``"checkpoint"``
     when it runs another model folder; pipelines whose model came from no folder, or that run
     elsewhere, are left out."""
     out = {}

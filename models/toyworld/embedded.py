@@ -8,7 +8,9 @@ each folder with the ``train.json`` of the run that made it (command, config, se
                              run's codec under "codec_run"), sampling.json
                              (the shift and ODE opening steps the pipelines sample it with)
     checkpoints/vlm/         a Hugging Face Qwen2.5-VL folder (config, weights, tokenizer,
-                             preprocessor), train.json
+                             preprocessor), train.json (the CPU fine-tune that taught it
+                             questions, models/toyworld/questions.py) and train_base.json
+                             (the accelerator run it started from)
     checkpoints/tiny_decoder/  decoder.safetensors: a tiny streaming decoder distilled from the
                              generator's VAE (models.vae_tiny, the published TAEHV key layout;
                              ``--vae tiny``), train.json
@@ -47,7 +49,12 @@ RETRAIN = {
     "--device cuda --codec .runs/codec --seconds-budget 460 --out .runs/teacher && "
     "python -m framestream.models.toyworld.train_generator --device cuda --teacher .runs/teacher "
     "--seconds-budget 470 --eval-clips 16 --out models/toyworld/checkpoints/generator",
-    VLM_DIR: "python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 480 "
+    # commentary on an accelerator, then questions mixed in on two CPU threads (20 minutes)
+    VLM_DIR: "python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 420 "
+    "--out .runs/vlm && python -m framestream.models.toyworld.train_vlm --init .runs/vlm "
+    "--threads 2 --seconds-budget 1200 --batch 8 --window 5 --feeds 256 --horizon 24 "
+    "--qa-rate 0.5 --lr 1e-3 --warmup 20 --aux-weight 0 --freeze-vision --eval-every 0 "
+    "--eval-seconds 24 --eval-seeds 2 --log-every 10 --seed 0 "
     "--out models/toyworld/checkpoints/vlm",
     # distilled from GENERATOR_DIR's VAE on one CPU thread in a few minutes
     TINY_DECODER_DIR: "python -m framestream.models.toyworld.train_tiny_decoder --threads 1 "

@@ -1,12 +1,22 @@
 """Train the toy-world Qwen2.5-VL to commentate the toy world live, in StreamingVLM's format.
 
-Retrain the shipped model from scratch (one NVIDIA H200, one device call; the shipped run's
-times and peak memory are in its ``train.json``)::
+Retrain the shipped model's base from scratch (one NVIDIA H200, one device call; that run's
+times and peak memory are in the shipped folder's ``train_base.json``)::
 
     python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 420 \
-        --out models/toyworld/checkpoints/vlm
+        --out .runs/vlm
 
-A CPU check: ``python -m framestream.models.toyworld.train_vlm --out DIR --smoke`` (seconds), or
+The shipped model then learnt questions about the world (:mod:`models.toyworld.questions`) in
+a CPU fine-tune of its decoder, half of the later rounds asking one, mixed with commentary so
+that commentary holds (its ``train.json``; the run it started from is ``train_base.json``)::
+
+    python -m framestream.models.toyworld.train_vlm --init .runs/vlm --threads 2 \
+        --seconds-budget 1200 --batch 8 --window 5 --feeds 256 --horizon 24 --qa-rate 0.5 \
+        --lr 1e-3 --warmup 20 --aux-weight 0 --freeze-vision --eval-every 0 --out OUT
+
+The schedule follows the time budget, so a rerun on another CPU takes another number of steps
+(the record has them). A CPU check: ``python -m framestream.models.toyworld.train_vlm --out DIR
+--smoke`` (seconds), or
 ``--seconds-budget 300 --batch 8 --window 4 --feeds 64 --horizon 64`` (colours and events
 well above chance in minutes).
 
@@ -153,6 +163,8 @@ def train(
         args.window,
         args.seed,
         model.special.endoftext,
+        pool.questions,
+        args.qa_rate,
     )
     cuda = device.type == "cuda"
     loader = torch.utils.data.DataLoader(
@@ -163,6 +175,8 @@ def train(
         prefetch_factor=4 if args.workers else None,
     )
     hf = model.hf.train().requires_grad_(True)
+    if args.freeze_vision:  # its features are kept as they are: no backward through the tower
+        hf.model.visual.requires_grad_(False)
     aux_head = None
     if args.aux_weight > 0:  # training only: never saved
         aux_head = torch.nn.Linear(model.args.hidden_size, sum(AUX_CLASSES)).to(device)
@@ -280,6 +294,23 @@ def check_reload(model: QwenVL, out: Path) -> float:
     return float((diffs[0] - diffs[1]).abs().max())
 
 
+def _init_record(folder: Path | None) -> dict | None:
+    """What a fine-tune started from: its folder and that run's command and step count."""
+    if folder is None:
+        return None
+    path = folder / "train.json"
+    if not path.is_file():
+        return {"folder": str(folder)}
+    before = json.loads(path.read_text())
+    return {
+        "folder": str(folder),
+        "command": before.get("command"),
+        "steps": before.get("steps"),
+        "git_commit": before.get("git_commit"),
+        "init": before.get("init"),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m framestream.models.toyworld.train_vlm",
@@ -311,6 +342,19 @@ def main(argv: list[str] | None = None) -> dict:
         "--eval-every", type=float, default=120.0, help="training s between quick evals (0: off)"
     )
     parser.add_argument("--eval-every-seconds", type=int, default=24, help="quick eval length")
+    parser.add_argument(
+        "--qa-rate",
+        type=float,
+        default=0.0,
+        help="chance a later round asks a question about its second (its target: the answer)",
+    )
+    parser.add_argument(
+        "--init", type=Path, default=None, help="fine-tune this model folder (default: fresh)"
+    )
+    parser.add_argument(
+        "--freeze-vision", action="store_true", help="train the decoder only (fine-tuning)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--smoke", action="store_true", help="a few steps on tiny data (CPU)")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -322,8 +366,15 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
     t0 = time.monotonic()
-    model = toy_qwen_vl(args.seed)  # on the CPU: the pool's workers fork before CUDA starts
+    # on the CPU: the pool's workers fork before CUDA starts
+    if args.init is not None:
+        model = load_toy_qwen_vl(args.init, torch.float32, "cpu")
+    else:
+        model = toy_qwen_vl(args.seed)
     pool = SecondPool.render(model, args.feeds, args.horizon, min(12, cores))
     held_out = SecondPool.render(model, 16, 16, min(12, cores), first_seed=EVAL_SEED)
     render_seconds = time.monotonic() - t0
@@ -359,6 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
             ]
         ),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "init": _init_record(args.init),
         "seed": args.seed,
         "git_commit": _git_commit(),
         "model": "framestream.models.qwen_vl_tiny.toy_config",

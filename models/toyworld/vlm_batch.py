@@ -35,6 +35,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from framestream.kernels.rope import RopeSpec
 from framestream.models.qwen_vl import QwenVL
 from framestream.models.toyworld import COLORS, DIRECTIONS, SHAPES, Clip, Feed, render
+from framestream.models.toyworld.questions import PHRASINGS, questions
 from framestream.models.toyworld.vlm_layout import DEFAULT_INSTRUCTION, FPS, FRAME_SIZE, TokenLayout
 
 __all__ = [
@@ -90,15 +91,24 @@ def _cell_labels(clip: Clip, frames: np.ndarray, cells: int) -> np.ndarray:
     return out
 
 
+def _questions(clip: Clip) -> list[tuple[str, str]]:
+    """(question, answer) of every question about ``clip`` in every phrasing."""
+    return [
+        (q.text, q.answer)
+        for phrasing in range(max(len(p) for p in PHRASINGS.values()))
+        for q in questions(clip, phrasing)
+    ]
+
+
 def _render_feed(job: tuple[int, int, Qwen2VLImageProcessorPil, int, int]):
     """Seconds ``0..horizon-1`` of ``Feed(seed)``: resized frames as uint8 patches
-    ``[horizon, FPS, P, C*p*p]`` (one temporal copy), cell labels ``[horizon, 3, cells]``
-    and the captions."""
+    ``[horizon, FPS, P, C*p*p]`` (one temporal copy), cell labels ``[horizon, 3, cells]``,
+    the captions and the (question, answer) pairs about each second."""
     seed, horizon, processor, min_pixels, max_pixels = job
     feed = Feed(seed, FRAME_SIZE, float(FPS))
     size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     tps, p, m = processor.temporal_patch_size, processor.patch_size, processor.merge_size
-    out, labels, captions = None, None, []
+    out, labels, captions, asked = None, None, [], []
     for k in range(horizon):
         clip = feed.second(k)
         frames = render(clip)
@@ -117,7 +127,8 @@ def _render_feed(job: tuple[int, int, Qwen2VLImageProcessorPil, int, int]):
         out[k] = patches
         labels[k] = _cell_labels(clip, frames, cells)
         captions.append(feed.caption(k).text)
-    return out, labels, captions
+        asked.append(_questions(clip))
+    return out, labels, captions, asked
 
 
 class SecondPool:
@@ -130,6 +141,8 @@ class SecondPool:
             per merged token (:data:`AUX_CLASSES`; 0 = no sprite), for the auxiliary loss.
         captions: ``[feeds][horizon]`` ground-truth captions.
         model: supplies the processor's rescale factor, mean and std.
+        questions: ``[feeds][horizon]`` (question, answer) pairs about each second, from the
+            world's ground truth (:mod:`models.toyworld.questions`); None: none.
     """
 
     def __init__(
@@ -138,8 +151,10 @@ class SecondPool:
         labels: torch.Tensor,
         captions: list[list[str]],
         model: QwenVL,
+        questions: list[list[list[tuple[str, str]]]] | None = None,
     ) -> None:
         self.frames, self.labels, self.captions = frames, labels, captions
+        self.questions = questions
         self.feeds, self.horizon = len(captions), len(captions[0])
         ip = model.image_processor
         self.patch, self.tps = model.patch_size, model.temporal_patch_size
@@ -167,9 +182,9 @@ class SecondPool:
                 done = pool.map(_render_feed, jobs, chunksize=max(1, feeds // (4 * workers)))
         else:
             done = [_render_feed(job) for job in jobs]
-        frames = torch.from_numpy(np.concatenate([f for f, _, _ in done]))
-        labels = torch.from_numpy(np.concatenate([y for _, y, _ in done]))
-        return cls(frames, labels, [c for _, _, c in done], model)
+        frames = torch.from_numpy(np.concatenate([f for f, _, _, _ in done]))
+        labels = torch.from_numpy(np.concatenate([y for _, y, _, _ in done]))
+        return cls(frames, labels, [c for _, _, c, _ in done], model, [q for *_, q in done])
 
     def to(self, device: torch.device) -> SecondPool:
         self.frames, self.labels = self.frames.to(device), self.labels.to(device)
@@ -227,6 +242,8 @@ class Pick(NamedTuple):
     clock: int  # the "Time=" of its first round (a live stream runs for hours)
     instruction: str | None  # the first round's instruction, or laid out as a later round
     previous: str  # previous text
+    asks: tuple[str, ...] = ()  # per round: a question asked in it ("" none; empty: no round)
+    replies: tuple[str, ...] = ()  # per round: its target (a caption, or the answer)
 
 
 class WindowSampler(torch.utils.data.IterableDataset):
@@ -237,6 +254,9 @@ class WindowSampler(torch.utils.data.IterableDataset):
     seconds before them as previous text half the time (StreamingVLM's overlapped chunks).
     Half of those read a later clock (``Time=`` up to :data:`MAX_CLOCK` s on): the world is
     stationary, and the service's streams outlive the pool's horizon.
+    With ``questions`` (the pool's), a later round carries a question about its second with
+    probability ``qa_rate``, and its target is the answer instead of the caption (a question
+    joins the next round's user turn, as in the pipeline).
     Each DataLoader worker draws from its own generator seeded by ``(seed, worker)``.
     """
 
@@ -249,12 +269,17 @@ class WindowSampler(torch.utils.data.IterableDataset):
         window: int,
         seed: int,
         pad_id: int,
+        questions: list[list[list[tuple[str, str]]]] | None = None,
+        qa_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if len(captions[0]) < window + 1:
             raise ValueError(f"pool horizon {len(captions[0])} is shorter than window {window}+1")
+        if not 0.0 <= qa_rate <= 1.0 or (qa_rate > 0 and questions is None):
+            raise ValueError(f"qa_rate must be in [0, 1] and needs questions, got {qa_rate}")
         self.layout, self.captions, self.grid = layout, captions, merged_grid
         self.batch, self.window, self.seed, self.pad_id = batch, window, seed, pad_id
+        self.questions, self.qa_rate = questions, qa_rate
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -266,7 +291,7 @@ class WindowSampler(torch.utils.data.IterableDataset):
         """One random window."""
         feed = rng.randrange(len(self.captions))
         if rng.random() < 0.25:
-            return Pick(feed, 0, 0, DEFAULT_INSTRUCTION, "")
+            return self._ask(rng, Pick(feed, 0, 0, DEFAULT_INSTRUCTION, ""))
         start = rng.randrange(1, len(self.captions[feed]) - self.window + 1)
         clock = start if rng.random() < 0.5 else start + rng.randrange(MAX_CLOCK)
         instruction = DEFAULT_INSTRUCTION if rng.random() < 0.5 else None
@@ -274,18 +299,37 @@ class WindowSampler(torch.utils.data.IterableDataset):
         if rng.random() < 0.5:
             lines = self.captions[feed][max(0, start - 6) : start]
             previous = " ".join(line for line in lines if line)
-        return Pick(feed, start, clock, instruction, previous)
+        return self._ask(rng, Pick(feed, start, clock, instruction, previous))
+
+    def _ask(self, rng: random.Random, pick: Pick) -> Pick:
+        """``pick`` with questions in some of its later rounds (none without ``qa_rate``)."""
+        if not self.qa_rate:
+            return pick
+        seconds = range(pick.start, pick.start + self.window)
+        asks, replies = [], []
+        for j, second in enumerate(seconds):
+            pairs = self.questions[pick.feed][second]
+            later = j > 0 or pick.instruction is None
+            if later and pairs and rng.random() < self.qa_rate:
+                question, answer = rng.choice(pairs)
+                asks.append(question)
+                replies.append(answer)
+            else:
+                asks.append("")
+                replies.append(self.captions[pick.feed][second])
+        return pick._replace(asks=tuple(asks), replies=tuple(replies))
 
     def sample(self, rng: random.Random) -> PackedBatch:
         picks = [self.pick(rng) for _ in range(self.batch)]
         horizon = len(self.captions[0])
         built = [
             self.layout.window(
-                self.captions[p.feed][p.start : p.start + self.window],
+                list(p.replies) or self.captions[p.feed][p.start : p.start + self.window],
                 p.clock,
                 self.grid,
                 p.instruction,
                 p.previous,
+                list(p.asks) or None,
             )
             for p in picks
         ]

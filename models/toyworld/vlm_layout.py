@@ -204,11 +204,13 @@ class TokenLayout:
         grid: tuple[int, int, int],
         instruction: str | None = DEFAULT_INSTRUCTION,
         previous: str = "",
+        asks: list[str] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Seconds ``start, start + 1, ...`` (one per caption) as one conversation.
 
         ``instruction`` None lays the first round out as a later one (what the cache holds
-        once the instruction round is evicted).
+        once the instruction round is evicted). ``asks`` (one per caption) puts a question in
+        later rounds' user turns ("" none), as the pipeline does; its caption is the answer.
 
         Returns:
             ``(ids int64 [n], positions int32 [n, 3], labels bool [n])``, the positions of
@@ -217,7 +219,7 @@ class TokenLayout:
         parts = [self._part(("prefix", previous), self.prefix, previous)]
         for j, caption in enumerate(captions):
             first = j == 0 and instruction is not None
-            extra = instruction if first else ""
+            extra = instruction if first else asks[j] if asks else ""
             second = start + j
             key = ("round", second, first, extra, grid)
             parts.append(self._part(key, self.round, second, first, extra, grid))

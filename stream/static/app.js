@@ -524,10 +524,11 @@ function watchButtons() {
 }
 
 // What the model behind Ask can do: the embedded toy-world model was trained to commentate
-// its world, not to answer; the server says which model it runs where it can tell.
+// its world and answer a few kinds of questions about it, nothing more; the server says which model it runs where it can tell.
 const MODEL_NOTES = {
   embedded: "The embedded toy-world model names the shapes and colours it sees each second " +
-    "and when they appear, bounce or leave; it does not answer free questions well. A real " +
+    "and when they appear, bounce or leave, and answers simple questions about them (what " +
+    "colour, which shape, how many, which way); it does not answer free questions well. A real " +
     "StreamingVLM checkpoint (stream serve --vlm-dir) answers them.",
   checkpoint: "",
   unknown: "Questions are answered as well as the server's model can: a small model may only " +

@@ -39,3 +39,19 @@ def test_the_fp8_cache_run_records_its_cache_and_refuses_unknown_ones(tmp_path) 
     )
     assert refused.returncode == 2
     assert "kv_cache_dtype must be one of auto, fp8_e4m3, got 'fp16'" in refused.stderr
+
+
+def test_a_questions_run_writes_accuracy_per_kind(tmp_path) -> None:
+    """Only the understanding model loads; every asked question is scored under its kind."""
+    out = tmp_path / "qa.json"
+    command = [sys.executable, "-m", "framestream.evals.toyworld_quality", "--out", str(out)]
+    run = [*command, "--parts", "questions", "--qa-feeds", "1", "--qa-seconds", "8"]
+    subprocess.run(run, check=True, timeout=600)
+    result = json.loads(out.read_text())
+    qa = result["streaming_vlm_qa"]
+    assert "longlive" not in result and "streaming_vlm" not in result
+    assert result["vlm_dir"] == "embedded" and qa["seeds"] == [10_400]
+    assert qa["asked"] == sum(k["asked"] for k in qa["per_kind"].values()) >= 3
+    assert set(qa["per_kind"]) == {"colour", "shape", "count", "direction"}
+    right = [e["right"] for e in qa["examples"]]
+    assert len(right) == qa["asked"] and qa["accuracy"] == sum(right) / len(right)

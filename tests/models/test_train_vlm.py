@@ -33,9 +33,11 @@ def model():
     return tiny_qwen_vl()
 
 
-def test_layout_matches_pipeline(model):
-    """Prefix, a first round, its reply and a later round: the ids the pipeline embeds, in
-    order, equal the training layout with the same reply."""
+@pytest.mark.parametrize("question", ["", "what colour is the circle?"])
+def test_layout_matches_pipeline(model, question):
+    """Prefix, a first round, its reply and a later round (asking ``question`` as a client
+    does): the ids the pipeline embeds, in order, equal the training layout with the same
+    reply and the question in the later round."""
     pipe = StreamingVLMPipeline(model, KVCacheManager(), 64 << 20)
     seen: list[int] = []
     embed = model.embed
@@ -52,8 +54,10 @@ def test_layout_matches_pipeline(model):
         for second in range(3):  # a second is complete once the next one starts
             for j, frame in enumerate(render(feed.second(second))):
                 pipe.push_frame(state, second + j / 2, frame)
-        for _ in range(2):
+        for second in range(2):
             assert pipe.ready(state)
+            if second == 1 and question:
+                pipe.ask(state, question)
             pipe.prefill(state)
             while state.decoding:
                 pipe.decode([state])
@@ -65,7 +69,7 @@ def test_layout_matches_pipeline(model):
     tl = TokenLayout.from_model(model)
     segs = [Segment.text(tl.tokens(before) + tl.tokens(after))]
     for second, reply in enumerate(replies):
-        extra = DEFAULT_INSTRUCTION if second == 0 else ""
+        extra = DEFAULT_INSTRUCTION if second == 0 else question
         segs += tl.round(second, second == 0, extra, grid)
         segs.append(Segment.text(reply + [model.special.im_end]))
     ours = [i for s in segs for i in s.ids]

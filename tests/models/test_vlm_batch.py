@@ -233,3 +233,32 @@ def test_aux_accuracy_counts_sprite_tokens(pool):
         none.bias[[0, AUX_CLASSES[0], AUX_CLASSES[0] + AUX_CLASSES[1]]] = 1.0  # class 0 each
     blind = aux_accuracy(lambda px: torch.zeros(px.shape[0] // 4, 1), pool, none)
     assert all(blind[f"probe_{name}_acc"] == 0.0 for name in ("color", "shape", "motion"))
+
+
+def test_sampler_asks_questions_about_the_window_seconds(toy, pool):
+    """With ``qa_rate`` 1 every later round asks one of its second's ground-truth questions
+    and its target is that question's answer; the batch is the layout of those rounds."""
+    layout = TokenLayout.from_model(toy)
+    sampler = WindowSampler(
+        layout, pool.captions, pool.merged, 4, 3, 2, toy.special.endoftext, pool.questions, 1.0
+    )
+    rng, replay = random.Random(7), random.Random(7)
+    batch = sampler.sample(rng)
+    picks = [sampler.pick(replay) for _ in range(4)]
+    asked = 0
+    for b, p in enumerate(picks):
+        for j, (ask, reply) in enumerate(zip(p.asks, p.replies, strict=True)):
+            pairs = pool.questions[p.feed][p.start + j]
+            if ask:
+                asked += 1
+                assert (ask, reply) in pairs and (j > 0 or p.instruction is None)
+            else:
+                assert reply == pool.captions[p.feed][p.start + j]
+                assert not pairs or (j == 0 and p.instruction is not None)
+        w_ids, _, _ = layout.window(
+            list(p.replies), p.clock, pool.merged, p.instruction, p.previous, list(p.asks)
+        )
+        assert (batch.ids[b, : len(w_ids)].numpy() == w_ids).all()
+    assert asked > 0
+    with pytest.raises(ValueError, match="qa_rate"):
+        WindowSampler(layout, pool.captions, pool.merged, 1, 3, 0, 0, None, 0.5)
