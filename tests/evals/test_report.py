@@ -59,7 +59,8 @@ def test_the_readme_quotes_its_records() -> None:
     service = _result("service_h100_2026-12-06")
     cluster = _result("cluster_h200x2_2026-11-29")
 
-    vlm = quality["streaming_vlm"]
+    qa = _result("toyworld_qa_cpu_2026-12-06")
+    vlm, answers = qa["after"]["streaming_vlm"], qa["after"]["streaming_vlm_qa"]
     drift = quality["longlive"]["drift"]
     colours = [quality[p]["adherence"]["color_mean"] for p in ("longlive", "rolling_forcing")]
     backgrounds = {
@@ -86,6 +87,8 @@ def test_the_readme_quotes_its_records() -> None:
 
     expected = [
         f"precision {vlm['pair_precision']:.2f} and recall {vlm['pair_recall']:.2f}",
+        f"{answers['accuracy']:.2f} of held-out\nquestions right, up from "
+        f"{qa['before']['streaming_vlm_qa']['accuracy']:.2f} before it learnt them",
         f"background in {backgrounds.pop():.2f} of frames",
         f"prompt's colours in {min(colours):.2f}-{max(colours):.2f}",
         f"between {min(drift['color_adherence_per_minute']):.2f} and "
