@@ -127,9 +127,6 @@ def _generate(args: argparse.Namespace) -> int:
     from framestream.stream.requests import GenerationRequest
 
     device, dtype = device_and_dtype(args)
-    note = toyworld_note(embedded_generator(args), understanding=False)
-    if note:
-        print(note, file=sys.stderr)
     try:
         if args.pipeline == "longlive":
             config = LongLiveConfig(
@@ -141,6 +138,9 @@ def _generate(args: argparse.Namespace) -> int:
             )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    note = toyworld_note(embedded_generator(args), understanding=False)  # once the args hold
+    if note:
+        print(note, file=sys.stderr)
     try:
         models = load_wan_models(
             args.preset, wan_paths(args), device=device, dtype=dtype, decoder=decoder(args)
