@@ -12,6 +12,8 @@ import pytest
 
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.service import ServiceModels, build_pipelines
 
 from .conftest import ADMIT_ALL, STATIC_DIR, ServerThread
 
@@ -180,12 +182,17 @@ def test_token_from_the_url_fragment_connects(browser, pipelines) -> None:
             context.close()
 
 
-def test_the_toy_world_feed_plays_on_a_server_with_a_token(browser, pipelines) -> None:
+def test_the_toy_world_feed_plays_on_a_server_with_a_token(browser) -> None:
     """The feed is behind the token too: the page passes it, and commentary follows."""
     from playwright.sync_api import expect
 
+    # pipelines of its own: an engine owns its pipelines, and the package's live server's
+    # engine is still running on the shared ones
+    watching = build_pipelines(
+        ServiceModels(cache_bytes=64 << 20, pipelines=("streaming_vlm",)), KVCacheManager()
+    )
     config = ServerConfig(port=0, static_dir=STATIC_DIR, token="s3cret")
-    with ServerThread(config, Engine(pipelines, ADMIT_ALL)) as server:
+    with ServerThread(config, Engine(watching, ADMIT_ALL)) as server:
         context = browser.new_context()
         context.add_init_script("navigator.mediaDevices.enumerateDevices = async () => [];")
         try:
