@@ -37,6 +37,7 @@ from framestream.models.text import PromptCache, TextEncoder, UMT5TextEncoder, t
 from framestream.models.toyworld.embedded import (
     DEFAULT_PRESET,
     GENERATOR_DIR,
+    TEXT_ENCODER_FILE,
     TINY_DECODER_DIR,
     require,
 )
@@ -183,6 +184,7 @@ def load_wan_models(
     config = wan_config(spec["dit"])
     small = preset in ("tiny", "toyworld")
     sample_shift, opening = None, None
+    given_encoder = text_encoder
     if small:
         text_encoder = text_encoder or tiny_umt5_encoder(_SMALL_TEXT_SEED, config.text_len)
     if random_weights or (preset == "tiny" and paths is None):
@@ -202,6 +204,11 @@ def load_wan_models(
             vae_path = (paths.vae if paths else None) or folder / "vae"
             paths = WanPaths(dit=folder / "dit.safetensors", dit_layout="wan", vae=vae_path)
             sample_shift, opening = _sampling(folder)
+        if small and given_encoder is None and paths and paths.dit:
+            # a toy-world run trains its text encoder with its DiT and saves it beside it
+            trained = Path(paths.dit).parent / TEXT_ENCODER_FILE
+            if trained.is_file():
+                text_encoder = tiny_umt5_encoder(_SMALL_TEXT_SEED, config.text_len, trained)
         paths = paths or WanPaths()
         with torch.device("meta"):
             dit = CausalWanModel(config)

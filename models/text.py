@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
+from safetensors.torch import load_model
 from torch import nn
 from transformers import AutoTokenizer, BatchEncoding, UMT5Config, UMT5EncoderModel
 
@@ -193,6 +194,11 @@ class UMT5TextEncoder(nn.Module):
         Returns:
             ``[B, text_len, dim]`` in the model's dtype, zero at padding positions.
         """
+        ids, mask = self.tokenize(prompts)
+        return self.forward(ids, mask)
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask, ``[B, text_len]`` each, on the model's device."""
         if isinstance(prompts, str):
             raise TypeError(f"prompts must be a list of strings, got the string {prompts!r}")
         tokens = self.tokenizer(
@@ -205,8 +211,11 @@ class UMT5TextEncoder(nn.Module):
             return_tensors="pt",
         )
         device = self.model.device
-        ids = tokens["input_ids"].to(device)
-        mask = tokens["attention_mask"].to(device)
+        return tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, text_len, dim]`` states of tokenized prompts, zero at padding positions (with
+        gradients: the toy-world generator trains its encoder through this)."""
         states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return states * mask.unsqueeze(-1).to(states.dtype)
 
@@ -260,10 +269,13 @@ class PromptCache:
         return out
 
 
-def tiny_umt5_encoder(seed: int = 0, text_len: int = 16) -> UMT5TextEncoder:
+def tiny_umt5_encoder(
+    seed: int = 0, text_len: int = 16, weights: str | Path | None = None
+) -> UMT5TextEncoder:
     """A 2-layer umT5 (d_model 32, 2 heads, d_ff 64, vocab 384) with seeded random weights and
-    a :class:`ByteTokenizer`; fp32, no files. Matches the tiny Wan DiT (text_dim 32, text_len 16).
-    The global RNG is left untouched.
+    a :class:`ByteTokenizer`; fp32. Matches the tiny Wan DiT (text_dim 32, text_len 16).
+    ``weights``: a safetensors file of trained weights (the toy-world generator trains its
+    encoder with its DiT) to load over the seeded ones. The global RNG is left untouched.
     """
     config = UMT5Config(
         vocab_size=384,
@@ -283,6 +295,8 @@ def tiny_umt5_encoder(seed: int = 0, text_len: int = 16) -> UMT5TextEncoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = UMT5EncoderModel(config)
+    if weights is not None:
+        load_model(model, weights, strict=True)
     return UMT5TextEncoder(model.eval(), ByteTokenizer(), text_len=text_len)
 
 

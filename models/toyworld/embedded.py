@@ -4,6 +4,7 @@ The repository carries two small trained models (safetensors, a few MB each) nex
 each folder with the ``train.json`` of the run that made it (command, config, seeds, metrics)::
 
     checkpoints/generator/   dit.safetensors (Wan keys, "toyworld" preset), vae/ (diffusers),
+                             text_encoder.safetensors (the tiny umT5 trained with the DiT),
                              train.json (its teacher's run under "teacher_run", and that
                              run's codec under "codec_run"), sampling.json
                              (the shift and ODE opening steps the pipelines sample it with)
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_PRESET",
     "GENERATOR_DIR",
     "RETRAIN",
+    "TEXT_ENCODER_FILE",
     "TINY_DECODER_DIR",
     "VLM_DIR",
     "load_vlm",
@@ -38,6 +40,7 @@ CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 GENERATOR_DIR = CHECKPOINTS / "generator"
 VLM_DIR = CHECKPOINTS / "vlm"
 TINY_DECODER_DIR = CHECKPOINTS / "tiny_decoder"
+TEXT_ENCODER_FILE = "text_encoder.safetensors"  # a generator run's trained text encoder
 
 # one command each, from the repository root, on an accelerator (a CPU works, slowly); the
 # generator's three stages ran as three 10-minute calls: the codec, the DiT on that codec, and

@@ -52,6 +52,9 @@ class TrainConfig:
         vae_image_fraction: share of the codec stage on single frames (the first-frame path;
             colours and shapes learn in far cheaper steps) before clips.
         vae_image_batch: frames per single-frame step.
+        vae_edge_weight: weight of an L1 loss on the spatial gradients of sprite pixels (the
+            codec rounded corners, so squares and diamonds read as circles: run 5's codec kept
+            the shapes of 0.53 of the clips it reconstructed).
         vae_foreground_weight: extra loss weight of pixels off the background: sprites cover
             a few percent of a frame, and an unweighted loss learns the background first and
             leaves grey blobs for sprites (what the second H200 run showed).
@@ -80,6 +83,11 @@ class TrainConfig:
             ``sampling.json``). Four re-noised steps of this undistilled model leave the first
             chunk at the mean, without sprites; an ODE opening lets a layout form, and more
             steps than the default gave no more (BENCHMARKS.md, "Why the ODE opening").
+        train_text_encoder: train the tiny umT5 with the DiT (saved beside it as
+            ``text_encoder.safetensors``) instead of keeping its seeded random weights frozen:
+            a random byte-level encoder leaves the DiT to untangle which colour word belongs to
+            which sprite and which to the background, and runs 6-8 followed their prompts' colours
+            in about half the frames.
         text_dropout: chance a clip trains under the empty prompt, so the model also learns the
             unconditional velocity that classifier-free guidance needs.
         guidance_scales: the guidance scales tried on the teacher (the best by colour adherence
@@ -110,6 +118,7 @@ class TrainConfig:
     vae_image_fraction: float = 0.3
     vae_image_batch: int = 128
     vae_foreground_weight: float = 9.0
+    vae_edge_weight: float = 0.0
     vae_batch: int = 32
     vae_lr: float = 1.5e-3
     kl_weight: float = 1e-4
@@ -129,6 +138,7 @@ class TrainConfig:
     rolling_window: int = 5
     shift: float = 1.0
     opening_steps: int = 16
+    train_text_encoder: bool = True
     text_dropout: float = 0.1
     guidance_scales: tuple[float, ...] = (1.0, 3.0, 4.5, 6.0, 8.0, 10.0)
     distill_fraction: float = 0.5

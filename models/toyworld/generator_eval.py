@@ -25,6 +25,7 @@ from framestream.kernels.rope import wan_rope
 from framestream.models.attention import DenseAttention
 from framestream.models.positions import frame_positions
 from framestream.models.schedule import FlowSchedule, opening_schedule
+from framestream.models.text import UMT5TextEncoder
 from framestream.models.toyworld.generator_attention import frame_mask, token_mask
 from framestream.models.toyworld.generator_config import (
     EVAL_SEED,
@@ -34,7 +35,11 @@ from framestream.models.toyworld.generator_config import (
     SPATIAL,
     TEMPORAL,
 )
-from framestream.models.toyworld.generator_data import encode_prompts, to_signed
+from framestream.models.toyworld.generator_data import (
+    encode_prompts,
+    to_signed,
+    toy_text_encoder,
+)
 from framestream.models.toyworld.measure import adherence, color_adherence
 from framestream.models.toyworld.render import render
 from framestream.models.toyworld.scenarios import sample_clip
@@ -180,10 +185,10 @@ def evaluate_codec(vae: WanVAE, n_clips: int = 8, latent_frames: int = 12) -> di
 def grade_samples(
     dit: CausalWanModel,
     vae: WanVAE,
+    encoder: UMT5TextEncoder,
     n_clips: int = 8,
     latent_frames: int = 12,
     seed: int = 0,
-    preset: str = "toyworld",
     shift: float = 1.0,
     opening_steps: int | None = None,
     guidance: float = 1.0,
@@ -197,7 +202,7 @@ def grade_samples(
     """
     device = vae.latents_mean.device
     prompts = [prompt(c) for c in _eval_clips(n_clips, 1 + TEMPORAL * (latent_frames - 1))]
-    context = encode_prompts([*prompts, ""], device, preset)
+    context = encode_prompts([*prompts, ""], encoder, device)
     generator = torch.Generator(device).manual_seed(seed)
     result: dict = {"prompts": prompts, "latent_frames": latent_frames, "guidance": guidance}
     strict, colors = [], []
@@ -237,7 +242,8 @@ def evaluate(
     out_dir, device = Path(out_dir), torch.device(device)
     vae = WanVAE.from_pretrained(out_dir / "vae", device=device)
     dit = load_dit(out_dir / "dit.safetensors", device, preset)
-    graded = grade_samples(dit, vae, n_clips, latent_frames, seed, preset, shift, opening_steps)
+    encoder = toy_text_encoder(preset, out_dir)
+    graded = grade_samples(dit, vae, encoder, n_clips, latent_frames, seed, shift, opening_steps)
     return graded | evaluate_codec(vae, n_clips, latent_frames)
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from framestream.kernels.rope import wan_rope
 from framestream.models.schedule import FlowSchedule
+from framestream.models.text import UMT5TextEncoder
 from framestream.models.toyworld.generator_attention import (
     ClipBatchAttention,
     clip_attention,
@@ -34,7 +35,7 @@ from framestream.models.toyworld.generator_eval import grade_samples
 from framestream.models.vae import WanVAE
 from framestream.models.wan import CausalWanModel, wan_config
 
-__all__ = ["Guide", "guidance_stage", "train_dit"]
+__all__ = ["Guide", "PromptEncoder", "guidance_stage", "train_dit"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +174,21 @@ def _shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+class PromptEncoder:
+    """A text encoder trained with the DiT over the pool's tokenized prompts: each step encodes
+    only the prompts its rows use."""
+
+    def __init__(self, encoder: UMT5TextEncoder, prompts: list[str]) -> None:
+        self.encoder = encoder
+        self.module = encoder.model
+        self.ids, self.mask = encoder.tokenize(prompts)
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[R, L, D]`` states of the prompts ``rows`` index."""
+        used, inverse = torch.unique(rows, return_inverse=True)
+        return self.encoder(self.ids[used], self.mask[used])[inverse]
+
+
 @dataclass(frozen=True)
 class Guide:
     """Classifier-free guidance of a trained teacher: its guided velocity
@@ -196,6 +212,7 @@ def train_dit(
     null: int,
     init: CausalWanModel | None = None,
     guide: Guide | None = None,
+    prompt_encoder: PromptEncoder | None = None,
 ) -> tuple[CausalWanModel, dict]:
     """Flow matching over normalised ``latents [N, 16, F, h, w]`` in both pipelines' layouts:
     LongLive's (clean + noisy copies, per-chunk levels) and, a ``rolling_fraction`` of the
@@ -210,6 +227,8 @@ def train_dit(
         init: start from these weights (at ``finetune_lr``) instead of a seeded init.
         guide: distil this teacher's guided velocity instead of the data's (no dropout: the
             student learns the guided, conditional velocity only).
+        prompt_encoder: train this text encoder with the DiT (``text`` is then unused; the
+            encoder's EMA weights are written back into it at the end).
 
     Returns:
         The EMA weights in a fresh model, and the stage's statistics.
@@ -225,8 +244,11 @@ def train_dit(
     dropout = cfg.text_dropout if guide is None else 0.0
     names = [k for k, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
+    if prompt_encoder is not None:
+        prompt_encoder.module.train().requires_grad_(True)
+        params += list(prompt_encoder.module.parameters())
     ema = [p.detach().clone().float() for p in params]
-    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.99))
     grid = (latents.shape[3] // PATCH, latents.shape[4] // PATCH)
     rope = wan_rope(config.head_dim)
     b = cfg.gen_batch
@@ -267,14 +289,18 @@ def train_dit(
         for group in opt.param_groups:
             group["lr"] = peak_lr * lr_factor(step, cfg.warmup_steps, progress)
         with autocast(device):
-            cond = model.encode_text(text[batch.prompt_rows])
+            if prompt_encoder is None:
+                context = text[batch.prompt_rows]
+            else:
+                context = prompt_encoder(batch.prompt_rows)
+            cond = model.encode_text(context)
             pred = model(batch.rows, batch.t, cond, batch.attention).float()
         target = batch.target if guide is None else _guided_velocity(guide, batch, text, null)
         error = (pred[batch.loss_rows] - target).square()
         loss = (batch.weight * error).mean() / batch.weight.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
@@ -288,7 +314,15 @@ def train_dit(
             bar.set_postfix(loss=f"{recent:.4f}")
     bar.close()
     final_model = CausalWanModel(config)
-    final_model.load_state_dict({k: v.cpu() for k, v in zip(names, ema, strict=True)}, strict=True)
+    weights = dict(zip(names, ema[: len(names)], strict=True))
+    final_model.load_state_dict({k: v.cpu() for k, v in weights.items()}, strict=True)
+    if prompt_encoder is not None:
+        with torch.no_grad():
+            for p, averaged in zip(
+                prompt_encoder.module.parameters(), ema[len(names) :], strict=True
+            ):
+                p.copy_(averaged)
+        prompt_encoder.module.eval().requires_grad_(False)
     final = torch.stack(losses[-cfg.log_every :]).mean().item() if losses else float("nan")
     return final_model.eval(), {
         "steps": step,
@@ -338,6 +372,7 @@ def guidance_stage(
     null: int,
     codec: WanVAE,
     teacher: CausalWanModel,
+    encoder: UMT5TextEncoder,
     deadline: float,
 ) -> tuple[CausalWanModel, dict]:
     """Guidance distillation of a trained DiT (its flow-matching run learned no unconditional
@@ -345,6 +380,8 @@ def guidance_stage(
     sample held-out prompts at each of ``guidance_scales``, and distil the teacher guided at the
     scale whose clips carry the prompt's colours most often. If no scale beats unguided
     sampling, the fine-tuned teacher is the result.
+
+    ``encoder`` is the teacher's text encoder, frozen here (``text`` holds its states).
 
     Returns:
         The student (or teacher), and ``{"finetune", "guidance_sweep", "guidance", "distill"}``.
@@ -358,8 +395,8 @@ def guidance_stage(
     sweep = {}
     for scale in tqdm(cfg.guidance_scales, desc="guidance sweep", file=sys.stderr):
         graded = grade_samples(
-            teacher, codec, cfg.eval_clips, cfg.latent_frames, cfg.seed, cfg.dit_preset,
-            cfg.shift, cfg.opening_steps, guidance=scale,
+            teacher, codec, encoder, cfg.eval_clips, cfg.latent_frames, cfg.seed, cfg.shift,
+            cfg.opening_steps, guidance=scale,
         )  # fmt: skip
         sweep[str(scale)] = {k: graded[k] for k in ("color_adherence", "adherence")}
         logger.info("guidance %.1f: colours %.3f", scale, graded["color_adherence"])

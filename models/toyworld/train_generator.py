@@ -69,8 +69,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save_file, save_model
 
+from framestream.models.toyworld.embedded import TEXT_ENCODER_FILE
 from framestream.models.toyworld.generator_config import (
     FPS,
     SIZE,
@@ -82,10 +83,11 @@ from framestream.models.toyworld.generator_data import (
     encode_prompts,
     latent_foreground,
     render_pool,
+    toy_text_encoder,
 )
 from framestream.models.toyworld.generator_eval import evaluate, evaluate_codec, load_dit
 from framestream.models.toyworld.train_codec import encode_pool, set_latent_stats, train_codec
-from framestream.models.toyworld.train_dit import guidance_stage, train_dit
+from framestream.models.toyworld.train_dit import PromptEncoder, guidance_stage, train_dit
 from framestream.models.vae import WanVAE
 from framestream.models.wan import wan_config
 
@@ -178,29 +180,45 @@ def train(
     sd = torch.tensor(std, device=device)[None, :, None, None, None]
     latents = (raw - m) / sd
     del raw
-    text = encode_prompts([*pool.prompts, ""], device, cfg.dit_preset)
+    # a guidance run keeps its teacher's encoder (frozen); a fresh DiT trains its own
+    encoder = toy_text_encoder(cfg.dit_preset, teacher_from).to(device)
+    prompts = [*pool.prompts, ""]
+    text = encode_prompts(prompts, encoder, device)
     null = len(pool.prompts)  # the empty prompt's row
     report["encode_seconds"] = time.perf_counter() - t_encode
     logger.info("encoded the pool to %s in %.1fs", tuple(latents.shape), report["encode_seconds"])
 
     foreground = latent_foreground(pool, device)
+    trains_encoder = teacher_from is None and cfg.train_text_encoder
     if teacher_from is None:
         dit, report["generator"] = train_dit(
-            cfg, latents, foreground, pool.chunk_prompt, text, device, budget_end, null=null
-        )
+            cfg, latents, foreground, pool.chunk_prompt, text, device, budget_end, null=null,
+            prompt_encoder=PromptEncoder(encoder, prompts) if trains_encoder else None,
+        )  # fmt: skip
     else:
         codec = WanVAE.from_pretrained(out / "vae", device=device)
         teacher = load_dit(teacher_from / "dit.safetensors", device, cfg.dit_preset)
         dit, report["generator"] = guidance_stage(
-            cfg, latents, foreground, pool.chunk_prompt, text, null, codec, teacher, budget_end
-        )
+            cfg, latents, foreground, pool.chunk_prompt, text, null, codec, teacher, encoder,
+            budget_end,
+        )  # fmt: skip
     state = {k: v.detach().float().contiguous() for k, v in dit.state_dict().items()}
     save_file(state, out / "dit.safetensors", metadata={"format": "pt", "layout": "wan"})
+    trained = trains_encoder or (
+        teacher_from is not None and (teacher_from / TEXT_ENCODER_FILE).is_file()
+    )
+    if trained:  # its token embedding is tied to umT5's shared one: save_model keeps one
+        save_model(encoder.model.float().cpu(), str(out / TEXT_ENCODER_FILE))
     report["text_encoder"] = {
         "builder": "framestream.models.text.tiny_umt5_encoder",
         "seed": TEXT_SEED,
         "text_len": wan_config(cfg.dit_preset).text_len,
-        "note": "not saved: the frozen seeded encoder is rebuilt in memory",
+        "weights": TEXT_ENCODER_FILE if trained else None,
+        "note": "trained with the DiT"
+        if trains_encoder
+        else (
+            "the teacher's, frozen" if trained else "the frozen seeded encoder, rebuilt in memory"
+        ),
     }
     report["train_seconds"] = time.perf_counter() - t0
 
@@ -241,6 +259,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="generator clips per step")
     p.add_argument("--eval-clips", type=int, default=None)
     p.add_argument("--vae-dim", type=int, default=None, help="the codec's base width")
+    p.add_argument("--vae-edge-weight", type=float, default=None, help="codec corner loss")
+    p.add_argument("--dit-preset", default=None, help="the generator's Wan preset")
+    p.add_argument(
+        "--frozen-text-encoder", action="store_true", help="keep the seeded text encoder frozen"
+    )
     stage = p.add_mutually_exclusive_group()
     stage.add_argument(
         "--codec-only", action="store_true", help="train only the codec, with the whole budget"
@@ -273,6 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
         "gen_batch": args.batch,
         "eval_clips": args.eval_clips,
         "vae_dim": args.vae_dim,
+        "vae_edge_weight": args.vae_edge_weight,
+        "dit_preset": args.dit_preset,
+        "train_text_encoder": False if args.frozen_text_encoder else None,
     }
     cfg = replace(cfg, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
     argv = sys.argv[1:] if argv is None else argv

@@ -63,6 +63,10 @@ WAN_PRESETS: dict[str, WanConfig] = {
     "toyworld": WanConfig(
         dim=128, ffn_dim=512, num_heads=4, num_layers=4, freq_dim=64, text_dim=32, text_len=160
     ),
+    # a wider, deeper candidate for the toy-world generator (issue 26's training runs)
+    "toyworld-m": WanConfig(
+        dim=192, ffn_dim=768, num_heads=3, num_layers=6, freq_dim=64, text_dim=32, text_len=160
+    ),
 }
 
 

@@ -24,11 +24,14 @@ from framestream.models.toyworld.generator_attention import (
     token_mask,
 )
 from framestream.models.toyworld.generator_config import SMOKE, TrainConfig
+from framestream.models.registry import WanPaths, load_wan_models
+from framestream.models.toyworld.embedded import TEXT_ENCODER_FILE
 from framestream.models.toyworld.generator_data import (
     foreground_mask,
     latent_foreground,
     render_pool,
     to_signed,
+    toy_text_encoder,
 )
 from framestream.models.toyworld.generator_eval import generate
 from framestream.models.toyworld.train_codec import per_frame_init
@@ -56,6 +59,15 @@ def test_smoke_run_writes_loadable_weights(tmp_path):
     saved = json.loads((tmp_path / "train.json").read_text())
     assert saved["command"].endswith(f"--smoke --out {tmp_path}")
     assert saved["text_encoder"]["seed"] == 0 and saved["text_encoder"]["text_len"] == 64
+    assert saved["text_encoder"]["weights"] == TEXT_ENCODER_FILE
+
+    # the encoder trained with the DiT is what the pipelines encode prompts with
+    prompt = ["a red circle moves right on a black background"]
+    trained = toy_text_encoder("tiny", tmp_path).encode(prompt)
+    assert not torch.equal(trained, toy_text_encoder("tiny").encode(prompt))
+    paths = WanPaths(dit=tmp_path / "dit.safetensors", dit_layout="wan", vae=tmp_path / "vae")
+    models = load_wan_models("tiny", paths)
+    assert torch.equal(models.text.encode(prompt), trained)
 
     vae = WanVAE.from_pretrained(tmp_path / "vae")
     assert vae.latents_mean.flatten().tolist() == report["latents_mean"]
