@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from framestream.kernels.rope import wan_rope
 from framestream.models.attention import DenseAttention
 from framestream.models.positions import frame_positions
+from framestream.models.registry import WanPaths, load_wan_models
 from framestream.models.toyworld import train_generator as tg
+from framestream.models.toyworld.embedded import TEXT_ENCODER_FILE
 from framestream.models.toyworld.generator_attention import (
     ClipBatchAttention,
     clip_attention,
@@ -24,8 +26,6 @@ from framestream.models.toyworld.generator_attention import (
     token_mask,
 )
 from framestream.models.toyworld.generator_config import SMOKE, TrainConfig
-from framestream.models.registry import WanPaths, load_wan_models
-from framestream.models.toyworld.embedded import TEXT_ENCODER_FILE
 from framestream.models.toyworld.generator_data import (
     foreground_mask,
     latent_foreground,
