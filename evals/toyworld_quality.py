@@ -2,7 +2,7 @@
 
     python -m framestream.evals.toyworld_quality --out quality.json [--drift-minutes 10]
         [--parts switch] [--dtype bf16] [--kv-cache-dtype fp8_e4m3]
-        [--parts captions,questions --vlm-dir DIR]
+        [--parts captions,questions --vlm-dir DIR] [--generator-dir RUN]
 
 - **Prompt adherence** of generated clips (LongLive and Rolling Forcing): the fraction of frames
   whose measured colour and shape match the prompt (:func:`models.toyworld.adherence`), over
@@ -269,7 +269,7 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def main() -> None:
     from framestream.models.qwen_vl_tiny import load_toy_qwen_vl
-    from framestream.models.registry import load_wan_models
+    from framestream.models.registry import WanPaths, load_wan_models
     from framestream.models.toyworld.embedded import load_vlm
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -291,6 +291,12 @@ def main() -> None:
     parser.add_argument("--qa-feeds", type=int, default=8, help="held-out feeds asked about")
     parser.add_argument(
         "--vlm-dir", type=Path, default=None, help="understanding model (default: the embedded)"
+    )
+    parser.add_argument(
+        "--generator-dir",
+        type=Path,
+        default=None,
+        help="a generator training run's folder (default: the embedded generator)",
     )
     parser.add_argument("--seed", type=int, default=10_000, help="held out from training seeds")
     parser.add_argument(
@@ -319,7 +325,11 @@ def main() -> None:
         parser.error(str(exc))
     dtype = _DTYPES[args.dtype]
     generation = parts & {"adherence", "switch", "drift"}
-    wan = load_wan_models(dtype=dtype) if generation else None  # the shipped generator
+    paths = None
+    if args.generator_dir is not None:
+        run = args.generator_dir
+        paths = WanPaths(dit=run / "dit.safetensors", dit_layout="wan", vae=run / "vae")
+    wan = load_wan_models(paths=paths, dtype=dtype) if generation else None
     manager = KVCacheManager()
     results = {
         "benchmark": "toyworld_quality",
@@ -328,6 +338,7 @@ def main() -> None:
         "dtype": args.dtype,
         "kv_cache_dtype": kv,
         "command": " ".join(["python -m framestream.evals.toyworld_quality", *sys.argv[1:]]),
+        "generator_dir": str(args.generator_dir) if args.generator_dir else "embedded",
     }
     generators = (("longlive", LongLivePipeline), ("rolling_forcing", RollingForcingPipeline))
     for name, cls in generators if generation else ():

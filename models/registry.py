@@ -50,7 +50,7 @@ from framestream.models.vae_tiny import (
     load_tiny_decoder,
     random_tiny_decoder,
 )
-from framestream.models.wan import CausalWanModel, load_wan_weights, wan_config
+from framestream.models.wan import CausalWanModel, WanConfig, load_wan_weights, wan_config
 
 __all__ = [
     "DECODERS",
@@ -203,12 +203,16 @@ def load_wan_models(
             folder = require(spec["embedded"], "dit.safetensors")
             vae_path = (paths.vae if paths else None) or folder / "vae"
             paths = WanPaths(dit=folder / "dit.safetensors", dit_layout="wan", vae=vae_path)
-            sample_shift, opening = _sampling(folder)
-        if small and given_encoder is None and paths and paths.dit:
-            # a toy-world run trains its text encoder with its DiT and saves it beside it
-            trained = Path(paths.dit).parent / TEXT_ENCODER_FILE
-            if trained.is_file():
-                text_encoder = tiny_umt5_encoder(_SMALL_TEXT_SEED, config.text_len, trained)
+        if small and paths and paths.dit:
+            # a toy-world training run's folder says how its DiT is built and sampled, and
+            # holds the text encoder it trained with it
+            run = Path(paths.dit).parent
+            config = _run_dit_config(run, config)
+            sample_shift, opening = _sampling(run)
+            trained = run / TEXT_ENCODER_FILE
+            if given_encoder is None:
+                weights = trained if trained.is_file() else None
+                text_encoder = tiny_umt5_encoder(_SMALL_TEXT_SEED, config.text_len, weights)
         paths = paths or WanPaths()
         with torch.device("meta"):
             dit = CausalWanModel(config)
@@ -277,6 +281,15 @@ def _decoder(
     if decoder == "tiny":
         return tiny_decoder_of(preset, dtype=dtype, device=device)
     return WanVAE.from_pretrained(paths.resolve("vae", "vae"), dtype=dtype, device=device)
+
+
+def _run_dit_config(folder: Path, default: WanConfig) -> WanConfig:
+    """The DiT preset a toy-world run trained (its ``train.json``), else ``default``."""
+    record = folder / "train.json"
+    if not record.is_file():
+        return default
+    name = json.loads(record.read_text()).get("config", {}).get("dit_preset")
+    return default if name is None else wan_config(name)
 
 
 def _sampling(folder: Path) -> tuple[float | None, FlowSchedule | None]:
