@@ -43,6 +43,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -60,7 +61,7 @@ from framestream.stream.pipelines.rolling_forcing import (
     RollingForcingPipeline,
 )
 from framestream.stream.pipelines.wan import WanStreamPipeline, WanStreamState
-from framestream.stream.requests import GenerationRequest
+from framestream.stream.requests import GenerationRequest, RestyleRequest
 
 __all__ = [
     "GENERATION_PIPELINES",
@@ -329,6 +330,23 @@ def build_pipeline(
     return RollingForcingPipeline(models, manager, pool_bytes, config, block_size=rows * cols)
 
 
+class _InputFeed:
+    """A restyle stream's synthetic input at the session's size: colour bands drifting one
+    pixel a frame (the encoder's cost does not depend on what it sees), stamped at ``fps``."""
+
+    def __init__(self, size: tuple[int, int], fps: float, period: int = 24) -> None:
+        height, width = size
+        x = np.arange(width)[None, :, None] + np.arange(3)[None, None, :] * 40
+        bands = (((x + np.arange(height)[:, None, None]) // 16) % 2 * 200 + 28).astype(np.uint8)
+        self._frames = [np.roll(bands, k, axis=1) for k in range(period)]
+        self._fps, self._index = fps, 0
+
+    def next(self) -> tuple[float, np.ndarray]:
+        """The next frame's ``(timestamp, frame)``."""
+        index, self._index = self._index, self._index + 1
+        return index / self._fps, self._frames[index % len(self._frames)]
+
+
 class _Stream:
     """One variant's measured stream, advanced a step at a time, and what was timed."""
 
@@ -351,14 +369,29 @@ class _Stream:
         self.switch_to_frame: list[float] = []
         self.first_frame: list[float] = []
         self.overlap_period: list[float] = []
+        self._inputs: dict[int, _InputFeed] = {}  # id(state) -> a restyle stream's input
 
     def open(self) -> None:
+        self._state = self._open(self._prompts.next(), 0)
+
+    def _open(self, prompt: str, seed: int) -> WanStreamState:
         height, width = self.settings.size
-        request = GenerationRequest(self._prompts.next(), 0, height, width)
-        self._state = self.pipe.open(request)
+        restyle = None if self.spec.restyle is None else RestyleRequest(self.spec.restyle)
+        state = self.pipe.open(GenerationRequest(prompt, seed, height, width, restyle=restyle))
+        if restyle is not None:
+            self._inputs[id(state)] = _InputFeed(self.settings.size, self.pipe.config.fps)
+        return state
+
+    def _feed(self, state: WanStreamState) -> None:
+        """A restyle stream's input for its next step, pushed before the step is timed (a
+        client's frames arrive while the device works on earlier ones)."""
+        feed = self._inputs.get(id(state))
+        while feed is not None and not self.pipe.input_ready(state):
+            self.pipe.push_frame(state, *feed.next())
 
     def step(self) -> None:
         clock, state = self._clock, self._state
+        self._feed(state)
         start = clock.now()
         latents = self.pipe.denoise(state)
         middle = clock.now()
@@ -373,10 +406,12 @@ class _Stream:
         chunk's frames are awaited. The period is the time between successive chunks' frames
         (host clock only: a device-wide synchronize would serialise what is measured)."""
         pipe, state = self.pipe, self._state
+        self._feed(state)
         pending = pipe.decode_async(state, pipe.denoise(state))
         pending.result()
         last = time.perf_counter()
         for _ in range(steps + 1):  # the first period still starts from a drained device
+            self._feed(state)
             ahead = pipe.decode_async(state, pipe.denoise(state))
             pending.result()
             now = time.perf_counter()
@@ -387,6 +422,7 @@ class _Stream:
 
     def switch(self) -> None:
         clock, state = self._clock, self._state
+        self._feed(state)
         start = clock.now()
         self.pipe.switch_prompt(state, self._prompts.next())
         latents = self.pipe.denoise(state)
@@ -395,16 +431,17 @@ class _Stream:
         self.switch_to_frame.append(clock.now() - start)
 
     def close(self) -> None:
+        self._inputs.pop(id(self._state), None)
         self.pipe.close(self._state)
         self._state = None
 
     def new_session(self) -> None:
-        height, width = self.settings.size
         start = self._clock.now()
-        seed = 1 + len(self.first_frame)
-        fresh = self.pipe.open(GenerationRequest(self._prompts.next(), seed, height, width))
+        fresh = self._open(self._prompts.next(), 1 + len(self.first_frame))
+        self._feed(fresh)  # its first chunk's input, already in as a client's would be
         self.pipe.step(fresh)
         self.first_frame.append(self._clock.now() - start)
+        self._inputs.pop(id(fresh), None)
         self.pipe.close(fresh)
 
     def summary(self) -> Variant:

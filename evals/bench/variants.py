@@ -15,6 +15,10 @@ baseline name is either
 * ``fp8gemm``: the service as shipped with the DiT blocks' linear layers as FP8 GEMMs
   (:mod:`kernels.fp8_linear`: e4m3 weights per row, activations per token; CUDA only), on a
   quantized copy of the same DiT,
+* ``restyle`` (or ``restyle<strength>``, e.g. ``restyle0.9``): ours as a restyle stream
+  (generation only): a synthetic input video is fed ahead of each step, encoded by the causal
+  VAE encoder and denoised from the strength (default 1.0: every level runs, the worst case:
+  generation's DiT plus the encode); its ``dit_ms`` holds the encode,
 * ``published``: the published LongLive / Rolling Forcing loops from checkouts the user names
   (generation only; :mod:`evals.bench.published`), or
 * an attention backend name (``sdpa``: torch's fused SDPA over keys gathered and rotated from
@@ -44,6 +48,7 @@ __all__ = [
     "GROWING",
     "OURS",
     "PUBLISHED",
+    "RESTYLE",
     "TINYVAE",
     "VariantSpec",
     "variant_models",
@@ -56,6 +61,7 @@ FP8KV = "fp8kv"
 FP8GEMM = "fp8gemm"
 PUBLISHED = "published"
 TINYVAE = "tinyvae"
+RESTYLE = "restyle"
 
 
 @dataclass(frozen=True)
@@ -68,18 +74,19 @@ class VariantSpec:
     fp8_linear: bool = False  # the DiT blocks' linear layers as FP8 GEMMs
     published: bool = False  # the published loop, not our pipeline (generation only)
     decoder: str = "wan"  # the generation pipelines' decoder (models.registry.DECODERS)
+    restyle: float | None = None  # a restyle stream at this strength; None: plain generation
 
     @property
     def generation_only(self) -> bool:
         """Whether it differs from ours only in what the understanding suite does not run
         (the Wan pipelines' decoder or DiT, or the published generation loops)."""
-        return self.decoder != "wan" or self.fp8_linear or self.published
+        return self.decoder != "wan" or self.fp8_linear or self.published or bool(self.restyle)
 
     @property
     def shares_cache(self) -> bool:
         """Whether it runs on a cache like ours (layout and rows), only its kernel differing,
         so it can take over streams that ours opened."""
-        plain = not (self.growing or self.fp8_linear or self.published)
+        plain = not (self.growing or self.fp8_linear or self.published or self.restyle)
         return plain and self.kv_cache_dtype == "auto"
 
 
@@ -141,9 +148,32 @@ def variant_specs(baselines: Sequence[str], device: torch.device) -> list[Varian
                 )
             )
             continue
+        if name.startswith(RESTYLE):
+            strength = _restyle_strength(name)
+            specs.append(
+                VariantSpec(
+                    name,
+                    f"the service as shipped as a restyle stream at strength {strength:g}: input "
+                    f"frames encoded by the causal VAE encoder each step, {default} attention",
+                    restyle=strength,
+                )
+            )
+            continue
         select_backend(device, name)  # raises ValueError naming the known backends
         specs.append(VariantSpec(name, f"rolling cache, {name} attention", backend=name))
     return specs
+
+
+def _restyle_strength(name: str) -> float:
+    """``restyle`` -> 1.0, ``restyle0.9`` -> 0.9; ValueError otherwise."""
+    tail = name[len(RESTYLE) :]
+    try:
+        strength = float(tail) if tail else 1.0
+    except ValueError:
+        raise ValueError(f"baseline {name!r}: restyle takes a strength, e.g. restyle0.9") from None
+    if not 0 < strength <= 1:
+        raise ValueError(f"baseline {name!r}: the strength must be in (0, 1]")
+    return strength
 
 
 _fp8_copy: list[tuple[WanModels, WanModels]] = []  # (bundle, its FP8 copy): the last one

@@ -30,7 +30,7 @@ from framestream.stream.pipelines.streaming_vlm import StreamingVLMPipeline
 from framestream.stream.requests import UnderstandingRequest
 
 SUITES = ("generation", "understanding", "service")
-BASELINES = "sdpa,growing,fp8kv,tinyvae"  # tinyvae: generation only
+BASELINES = "sdpa,growing,fp8kv,tinyvae,restyle0.9"  # tinyvae, restyle: generation only
 GENERATION_SERIES = {
     "step_ms",
     "dit_ms",
@@ -86,7 +86,14 @@ def test_the_record_holds_the_run(run) -> None:
 def test_generation_series_and_figures(run) -> None:
     _, record = run
     for workload in record.suites["generation"].values():
-        assert list(workload.variants) == ["ours", "sdpa", "growing", "fp8kv", "tinyvae"]
+        assert list(workload.variants) == [
+            "ours",
+            "sdpa",
+            "growing",
+            "fp8kv",
+            "tinyvae",
+            "restyle0.9",
+        ]
         for variant in workload.variants.values():
             assert set(variant.series) == GENERATION_SERIES
             assert len(variant.series["step_ms"].y) == 6
@@ -143,8 +150,9 @@ def test_side_by_side_gives_every_figure_a_ratio(run) -> None:
                         ratios[baseline][name], ours.value(name) / theirs.value(name)
                     )
     written = json.loads(run[0].read_text())["suites"]["generation"]["longlive"]["ratios"]
-    assert set(written) == {"sdpa", "growing", "fp8kv", "tinyvae"}
+    assert set(written) == {"sdpa", "growing", "fp8kv", "tinyvae", "restyle0.9"}
     assert written["sdpa"]["dit_ms"] > 0 and written["tinyvae"]["decode_ms"] > 0
+    assert written["restyle0.9"]["fps"] > 0  # a restyle stream's steps: encode + DiT + decode
 
 
 def test_understanding_and_service(run) -> None:
