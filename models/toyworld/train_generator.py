@@ -114,6 +114,7 @@ def train(
     codec_from: Path | None = None,
     codec_only: bool = False,
     teacher_from: Path | None = None,
+    resume_from: Path | None = None,
 ) -> dict:
     """Render the pool, then the stages; writes ``vae/``, ``dit.safetensors`` and
     ``train.json`` into ``out``.
@@ -123,12 +124,16 @@ def train(
             on; the whole budget then goes to the generator, and that run's ``train.json``
             is kept in this one's under ``codec_run``.
         codec_only: train (and grade) only the codec, with the whole budget.
+        resume_from: the folder of an earlier generator run whose codec, DiT and text encoder
+            go on training by flow matching (at ``finetune_lr``), with the whole budget; that
+            run's ``train.json`` is kept under ``resumed_run``.
         teacher_from: the folder of an earlier generator run: its codec is kept, its DiT
             fine-tuned with ``text_dropout`` and then distilled at the best of
             ``guidance_scales`` (:func:`guidance_stage`), with the whole budget.
     """
-    if sum((codec_from is not None, codec_only, teacher_from is not None)) > 1:
-        raise ValueError("codec_from, codec_only and teacher_from exclude each other")
+    starts = (codec_from, teacher_from, resume_from)
+    if sum(x is not None for x in starts) + codec_only > 1:
+        raise ValueError("codec_from, codec_only, teacher_from and resume_from exclude each other")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,14 +160,15 @@ def train(
         "fps": FPS,
         "pool": {"clips": len(pool.video), "prompts": len(pool.prompts)},
     }
-    if codec_from is None and teacher_from is None:
+    earlier = codec_from or teacher_from or resume_from
+    if earlier is None:
         codec_end = budget_end if codec_only else t0 + cfg.vae_fraction * cfg.seconds_budget
         vae, report["codec"] = train_codec(cfg, pool, device, codec_end)
     else:
-        earlier = codec_from or teacher_from
         vae = WanVAE.from_pretrained(earlier / "vae", device=device).vae
         run = json.loads((earlier / "train.json").read_text())
-        report["codec_run" if codec_from else "teacher_run"] = run
+        key = "codec_run" if codec_from else "teacher_run" if teacher_from else "resumed_run"
+        report[key] = run
 
     t_encode = time.perf_counter()
     raw = encode_pool(vae, pool, device)
@@ -181,7 +187,7 @@ def train(
     latents = (raw - m) / sd
     del raw
     # a guidance run keeps its teacher's encoder (frozen); a fresh DiT trains its own
-    encoder = toy_text_encoder(cfg.dit_preset, teacher_from).to(device)
+    encoder = toy_text_encoder(cfg.dit_preset, teacher_from or resume_from).to(device)
     prompts = [*pool.prompts, ""]
     text = encode_prompts(prompts, encoder, device)
     null = len(pool.prompts)  # the empty prompt's row
@@ -191,9 +197,12 @@ def train(
     foreground = latent_foreground(pool, device)
     trains_encoder = teacher_from is None and cfg.train_text_encoder
     if teacher_from is None:
+        init = None
+        if resume_from is not None:
+            init = load_dit(resume_from / "dit.safetensors", device, cfg.dit_preset)
         dit, report["generator"] = train_dit(
             cfg, latents, foreground, pool.chunk_prompt, text, device, budget_end, null=null,
-            prompt_encoder=PromptEncoder(encoder, prompts) if trains_encoder else None,
+            init=init, prompt_encoder=PromptEncoder(encoder, prompts) if trains_encoder else None,
         )  # fmt: skip
     else:
         codec = WanVAE.from_pretrained(out / "vae", device=device)
@@ -276,6 +285,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="train the generator on the codec of an earlier run's output folder",
     )
     stage.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="go on training an earlier generator run's DiT and text encoder",
+    )
+    stage.add_argument(
         "--teacher",
         type=Path,
         default=None,
@@ -311,6 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
         codec_from=args.codec,
         codec_only=args.codec_only,
         teacher_from=args.teacher,
+        resume_from=args.resume,
     )
     codec_eval = report["codec_eval"] if args.codec_only else report["eval"]
     logger.info(
