@@ -117,7 +117,7 @@ async def no_frame_of(ws: ClientConnection, session: int, seconds: float = 1.0) 
 # -- streaming -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pipeline", ["longlive"])
+@pytest.mark.parametrize("pipeline", ["longlive", "rolling_forcing"])
 def test_input_frames_come_back_restyled_with_their_slots_indices(models, pipeline: str):
     async def main():
         async with running(models) as server, connect(server.url) as ws:
