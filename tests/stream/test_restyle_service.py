@@ -179,6 +179,16 @@ def test_strength_and_prompt_change_mid_stream(models):
             got = await outputs(ws, session, 2 * LATER)
             assert [h.index for h, _ in got] == list(range(21, 45))
 
+            # paused, its input still comes in (bounded) and waits; resumed, it is restyled
+            await ws.send(json.dumps({"type": "pause", "session": session}))
+            assert (await recv(ws, "session.paused"))["frame"] == 45
+            for i in range(45, 57):
+                await send_input(ws, session, i, i / FPS)
+            await no_frame_of(ws, session)
+            await ws.send(json.dumps({"type": "resume", "session": session}))
+            got = await outputs(ws, session, LATER)
+            assert [h.index for h, _ in got] == list(range(45, 57))
+
     run(main())
 
 
