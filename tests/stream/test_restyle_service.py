@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from websockets.asyncio.client import ClientConnection
 
 from framestream.clients.client import RestyleSession, ServerError, StreamClient
 from framestream.models.registry import load_wan_models
+from framestream.stream.backend import describe_pipeline
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
@@ -278,6 +280,10 @@ def test_admission_refuses_a_restyle_session_like_any_other(models):
     restyle = pipeline.step_cost(GenerationRequest("x", **size, restyle=RestyleRequest()))
     assert plain.load <= 0.9 < restyle.load  # the premise: the encoder's time counts
     assert restyle.step_seconds <= 1.0  # and a step of it is not too long to run at all
+    assert describe_pipeline(pipeline).restyles  # the Wan VAE encodes
+    no_encoder = SimpleNamespace(vae=object(), default_size=(64, 64))  # as a tiny decoder
+    tiny = SimpleNamespace(kind="generation", config=pipeline.config, models=no_encoder)
+    assert not describe_pipeline(tiny).restyles
     engine = Engine({"longlive": pipeline}, EngineConfig(lookahead_seconds=0.5))
 
     async def main():
