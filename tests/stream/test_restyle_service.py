@@ -231,7 +231,7 @@ def test_the_python_client_restyles_a_source_and_changes_strength(models):
         async with running(models) as server:
             async with StreamClient.connect(server.url) as client:
                 session = await client.restyle(
-                    source, "a watercolour", strength=0.7, format="raw", **SIZE
+                    source, "a watercolour", strength=0.7, format="raw", record=True, **SIZE
                 )
                 assert isinstance(session, RestyleSession) and session.strength == 0.7
                 assert session.feeding is not None
@@ -248,6 +248,8 @@ def test_the_python_client_restyles_a_source_and_changes_strength(models):
                 assert indices == list(range(39))
                 assert session.strength == 0.3
                 await session.stop()
+                assert session.recording is not None  # recorded as any generation session
+                assert session.recording.startswith("/recordings/")
 
     run(main())
 
