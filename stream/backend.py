@@ -31,7 +31,10 @@ def describe_pipeline(pipeline: Any) -> PipelineInfo:
         return pipeline
     models = getattr(pipeline, "models", None)  # generation pipelines: the Wan models
     height, width = getattr(models, "default_size", (0, 0))
-    return PipelineInfo(pipeline.kind, float(pipeline.config.fps), (int(height), int(width)))
+    # restyling encodes the input with the VAE: the full Wan VAE can, a tiny decoder cannot
+    restyles = hasattr(getattr(models, "vae", None), "new_encode_state")
+    size = (int(height), int(width))
+    return PipelineInfo(pipeline.kind, float(pipeline.config.fps), size, restyles)
 
 
 class SessionBackend(Protocol):
@@ -71,6 +74,10 @@ class SessionBackend(Protocol):
         at_frame: int | None = None,
     ) -> None:
         """At the next chunk, or at the first chunk starting at or after ``at_frame``."""
+        ...
+
+    def set_strength(self, session: Session, strength: float) -> None:
+        """A restyle session's strength, from its next chunk."""
         ...
 
     def push_frame(self, session: Session, timestamp: float, frame: Any) -> None: ...

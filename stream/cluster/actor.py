@@ -190,6 +190,8 @@ class EngineActor:
                 engine.close(session, *args)
             case Action.FRAME:
                 engine.push_frame(session, *args)
+            case Action.STRENGTH:
+                engine.set_strength(session, *args)
 
     async def _collect(self, front: str, credits: dict[int, int]) -> list[SessionUpdate]:
         updates = []
@@ -251,6 +253,8 @@ async def _drain(session: Session, credit: int) -> SessionUpdate | None:
         stats.steps,
         _recent(stats.step_seconds),
         ended,
+        stats.input_skipped,
+        time.monotonic(),
     )
 
 

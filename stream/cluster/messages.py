@@ -34,6 +34,7 @@ class Action(enum.Enum):
     RESUME = "resume"  # ()
     CLOSE = "close"  # (reason,)
     FRAME = "frame"  # (timestamp in seconds, uint8 [H, W, 3])
+    STRENGTH = "strength"  # (restyle strength,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,10 @@ class SessionUpdate:
     steps: int
     step_seconds: list[float]  # the recent step durations, newest last
     ended: tuple[str, str | None] | None = None  # (reason, message) once it has ended
+    input_skipped: int = 0  # restyle: input slots the engine skipped
+    # time.monotonic() on the engine's host when the update was made: a restyle frame's
+    # input_arrival (that host's clock) is rebased on the front's by its age at that moment
+    made_at: float = 0.0
 
 
 @dataclass(slots=True)

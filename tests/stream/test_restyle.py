@@ -207,6 +207,18 @@ def test_slots_take_the_last_frame_at_or_before_their_time() -> None:
     np.testing.assert_array_equal(slots.take().frames[:, 0, 0, 0], [4] * 6 + [5] * 5 + [9])
 
 
+def test_a_timestamp_far_ahead_skips_whole_chunks_in_one_go() -> None:
+    slots = InputSlots(FPS, 8, 8, max_frames=24, first_chunk=9, chunk=12)
+    slots.push(0.0, np.zeros((8, 8, 3), np.uint8), arrival=0.0)
+    slots.push(1e6, np.full((8, 8, 3), 7, np.uint8), arrival=1.0)  # slot 16e6
+    # 16e6 + 1 slots complete; the oldest whole 9-slot chunks go until at most 24 are left
+    assert slots.skipped_frames == 15_999_984 == slots.next_index
+    np.testing.assert_array_equal(slots.take().frames[:, 0, 0, 0], [0] * 9)
+    assert not slots.ready()  # 8 slots of the next 12
+    slots.push(1e6 + 11 / FPS, np.full((8, 8, 3), 9, np.uint8), arrival=2.0)
+    np.testing.assert_array_equal(slots.take().frames[:, 0, 0, 0], [0] * 7 + [7] * 5)
+
+
 def test_fit_frame_crops_the_centre_then_resizes() -> None:
     frame = np.zeros((40, 80, 3), np.uint8)
     frame[:, 20:60] = 200  # the centre square; the sides are cropped off
