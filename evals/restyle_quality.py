@@ -18,6 +18,9 @@ restyles input frame ``i``.
 - **Prompt colours**: :func:`models.toyworld.color_adherence` of the output to the restyle
   prompt (the new colours), and to the input's own prompt (the old ones).
 
+Figures are over the frames that came out, weighed by their count (``frames_out``): Rolling
+Forcing still holds the blocks in its window when a clip's input ends.
+
 Rows ``input`` (the rendered clip itself: the output-mask rule on the input, so its IoU is the
 measure's own ceiling) and ``reconstruction`` (the input through the VAE alone) frame the
 strengths. The toy world's levels are 1, 0.75, 0.5 and 0.25 (trained unshifted): a strength
@@ -106,7 +109,9 @@ def motion_kept(truth: np.ndarray, got: np.ndarray) -> dict:
 
 
 def restyle(pipe, frames: np.ndarray, text: str, strength: float, seed: int) -> np.ndarray:
-    """``frames`` through a restyle stream at ``strength``: one output frame per input frame."""
+    """``frames`` through a restyle stream at ``strength``: output frame ``i`` restyles input
+    frame ``i``. Rolling Forcing holds back the blocks still in its window when the input ends
+    (at strength 1.0 the last four), so its output can be shorter than the input."""
     request = GenerationRequest(text, seed, SIZE, SIZE, RestyleRequest(strength))
     state = pipe.open(request)
     out = []
@@ -119,7 +124,7 @@ def restyle(pipe, frames: np.ndarray, text: str, strength: float, seed: int) -> 
                 out.append(chunk.frames)
     finally:
         pipe.close(state)
-    return np.concatenate(out)
+    return np.concatenate(out) if out else frames[:0]
 
 
 def reconstruction(vae, frames: np.ndarray) -> np.ndarray:
@@ -149,22 +154,33 @@ def evaluate(pipe, vae, args: argparse.Namespace) -> dict:
         for strength in args.strengths:
             outputs[f"{strength:g}"] = restyle(pipe, frames, new, strength, args.seed + i)
         for name, out in outputs.items():
-            row = motion_kept(truth, output_masks(out, args.mask_distance))
+            if not len(out):
+                rows[name].append({"frames_out": 0})
+                continue
+            row = motion_kept(truth[: len(out)], output_masks(out, args.mask_distance))
             row["restyle_colours"] = color_adherence(out, new)
             row["input_colours"] = color_adherence(out, old)
+            row["frames_out"] = len(out)
             rows[name].append(row)
         print(f"clip {i}: {old!r} -> {new!r}")
     summary = {}
     for name, per_clip in rows.items():
-        keys = ("iou", "restyle_colours", "input_colours")
-        summary[name] = {k: float(np.mean([r[k] for r in per_clip])) for k in keys}
-        errors = [r["centroid_error_px"] for r in per_clip if r["centroid_error_px"] is not None]
-        summary[name]["centroid_error_px"] = float(np.mean(errors)) if errors else None
-        summary[name]["per_clip"] = per_clip
-        s = summary[name]
+        measured = [r for r in per_clip if r["frames_out"]]  # weighed by the frames out
+        weights = [r["frames_out"] for r in measured]
+        s = summary[name] = {"frames_out": int(sum(r["frames_out"] for r in per_clip))}
+        for key in ("iou", "restyle_colours", "input_colours"):
+            values = [r[key] for r in measured]
+            s[key] = float(np.average(values, weights=weights)) if values else None
+        errors = [r.get("centroid_error_px") for r in measured]
+        errors = [e for e in errors if e is not None]
+        s["centroid_error_px"] = float(np.mean(errors)) if errors else None
+        s["per_clip"] = per_clip
+        if not measured:
+            print(f"{name:>14}: no frame out")
+            continue
         print(
             f"{name:>14}: IoU {s['iou']:.2f}, restyle colours {s['restyle_colours']:.2f}, "
-            f"input colours {s['input_colours']:.2f}"
+            f"input colours {s['input_colours']:.2f} over {s['frames_out']} frames"
         )
     return {"clips": clips, "frames_per_clip": frames_per_clip, "results": summary}
 

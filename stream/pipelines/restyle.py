@@ -43,6 +43,7 @@ __all__ = [
     "levels_over",
 ]
 
+_LEVEL_TOLERANCE = 1e-6  # a float32 table's rounding of a level, with room to spare
 # Slot times are compared within this many slots: a feed stamped i / fps by a client lands on
 # slot i whatever the float rounding of its clock.
 _SLOT_TOLERANCE = 1e-6
@@ -54,8 +55,12 @@ class NotRestyleError(InputError):
 
 def levels_over(sigmas: tuple[float, ...], strength: float) -> int:
     """How many of ``sigmas`` are over ``strength``: the levels that take the input as their
-    clean estimate (for a schedule's descending sigmas, the index of the first level run)."""
-    return sum(sigma > strength for sigma in sigmas)
+    clean estimate (for a schedule's descending sigmas, the index of the first level run).
+
+    A level within ``_LEVEL_TOLERANCE`` of the strength counts as at it: levels are read from
+    a float32 table, where 0.8 is 0.800000012, and a strength of 0.8 means that level too.
+    """
+    return sum(sigma > strength + _LEVEL_TOLERANCE for sigma in sigmas)
 
 
 def fit_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:

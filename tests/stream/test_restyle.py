@@ -12,13 +12,19 @@ import pytest
 import torch
 
 from framestream.models.registry import load_wan_models
+from framestream.models.schedule import FlowSchedule
 from framestream.models.toyworld import render, sample_clip
 from framestream.models.vae import from_uint8, to_uint8
 from framestream.stream.errors import InputError
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.feed import TimestampsBackwardsError
 from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
-from framestream.stream.pipelines.restyle import InputSlots, NotRestyleError, fit_frame
+from framestream.stream.pipelines.restyle import (
+    InputSlots,
+    NotRestyleError,
+    fit_frame,
+    levels_over,
+)
 from framestream.stream.pipelines.rolling_forcing import (
     RollingForcingConfig,
     RollingForcingPipeline,
@@ -361,3 +367,10 @@ def test_rolling_forcing_blocks_over_a_dropped_strength_take_their_input(tiny) -
     assert state.levels == [0] and not pipe.input_ready(state)  # now one block a step enters
     feeder.step()
     assert state.levels == [0]
+
+
+def test_a_strength_at_a_level_runs_that_level() -> None:
+    """The float32 table holds 0.8 as 0.800000012: a strength of 0.8 still runs it."""
+    sigmas = FlowSchedule((1000, 800, 600, 400, 200), shift=1.0).sigmas
+    assert sigmas[1] > 0.8
+    assert [levels_over(sigmas, s) for s in (1.0, 0.8, 0.79, 0.6, 0.2, 0.1)] == [0, 1, 2, 2, 4, 5]
