@@ -79,6 +79,11 @@ def test_the_readme_quotes_its_records() -> None:
         record = _result("vae_tiny_toyworld_cpu_2026-12-06")
         return _figure(record, "vae", "vae_stream_decode", figure, variant)
 
+    restyle = _result("restyle_h100_2026-12-06")
+
+    def rs(pipeline: str, figure: str, variant: str = "ours") -> float:
+        return _figure(restyle, "generation", pipeline, figure, variant)
+
     def commentary(figure: str) -> float:
         return _figure(service, "service", "commentary_websocket", figure, "websocket")
 
@@ -132,6 +137,14 @@ def test_the_readme_quotes_its_records() -> None:
         "StreamingVLM\nstreams run in real time",
         f"deliver {engines('fps_2', 'ray_2') / engines('fps_2', 'ray_1'):.2f}× one with 2 clients "
         f"and {engines('fps_4', 'ray_2') / engines('fps_4', 'ray_1'):.2f}× with 4",
+        f"LongLive restyles at {rs('longlive', 'fps', 'restyle'):.1f} FPS at strength 1.0",
+        f"the encoder adds "
+        f"{rs('longlive', 'dit_ms', 'restyle') - rs('longlive', 'dit_ms'):.0f} ms a chunk",
+        f"{rs('longlive', 'fps', 'restyle0.9'):.1f} FPS at 0.9, beside "
+        f"{rs('longlive', 'fps'):.1f} FPS generating only",
+        f"Rolling Forcing at {rs('rolling_forcing', 'fps', 'restyle'):.1f} and\n"
+        f"{rs('rolling_forcing', 'fps', 'restyle0.9'):.1f} FPS beside "
+        f"{rs('rolling_forcing', 'fps'):.1f}",
     ]
     assert gen("longlive", "fps") == pytest.approx(gen("longlive", "fps_overlap"), abs=0.05)
     missing = [e for e in expected if e not in readme]
