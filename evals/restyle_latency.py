@@ -115,7 +115,8 @@ class PipelineLatency:
     frames_received: int  # their restyled frames that came back
     frames_skipped: int  # input slots the server skipped (its last metrics.frames_skipped)
     latency_ms: Spread | None  # input sent -> restyled frame received, client clock
-    # the same from the second chunk on: the first step of a session is slower (it opens it)
+    # the same from the second chunk on, leaving out the wait for the session's first step (the
+    # slowest of the runs recorded so far)
     latency_after_first_chunk_ms: Spread | None
     latency_from_capture_ms: Spread | None  # captured by the source -> received
     server_latency_ms: dict[str, float] | None  # metrics.latency_ms, as last reported
