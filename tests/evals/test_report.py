@@ -80,6 +80,7 @@ def test_the_readme_quotes_its_records() -> None:
         return _figure(record, "vae", "vae_stream_decode", figure, variant)
 
     restyle = _result("restyle_h100_2026-12-06")
+    latency = {p["pipeline"]: p for p in _result("restyle_latency_cpu_2026-12-06")["pipelines"]}
 
     def rs(pipeline: str, figure: str, variant: str = "ours") -> float:
         return _figure(restyle, "generation", pipeline, figure, variant)
@@ -142,6 +143,10 @@ def test_the_readme_quotes_its_records() -> None:
         f"{rs('longlive', 'dit_ms', 'restyle') - rs('longlive', 'dit_ms'):.0f} ms a chunk",
         f"{rs('longlive', 'fps', 'restyle0.9'):.1f} FPS at 0.9, beside "
         f"{rs('longlive', 'fps'):.1f} FPS generating only",
+        f"a LongLive frame arrives a median\n{latency['longlive']['latency_ms']['p50']:.0f} ms "
+        f"after its input was sent, {latency['longlive']['within_bound']:.2f} of frames within",
+        f"{latency['rolling_forcing']['latency_ms']['p50']:.0f} ms at "
+        f"{latency['rolling_forcing']['strength']}",
         f"Rolling Forcing at {rs('rolling_forcing', 'fps', 'restyle'):.1f} and\n"
         f"{rs('rolling_forcing', 'fps', 'restyle0.9'):.1f} FPS beside "
         f"{rs('rolling_forcing', 'fps'):.1f}",
