@@ -52,7 +52,7 @@ from framestream.clients.client import (
     StreamClient,
     UnderstandingSession,
 )
-from framestream.clients.interrupt import first_interrupt
+from framestream.clients.interrupt import first_interrupt, tool_main
 from framestream.clients.video import Mp4Writer
 
 __all__ = [
@@ -763,17 +763,14 @@ def _on_interrupt(stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m framestream.clients.caption",
-        description="Live captions of a video file, network stream or camera, from a "
+    return tool_main(
+        "python -m framestream.clients.caption",
+        "Live captions of a video file, network stream or camera, from a "
         "streaming understanding server.",
+        add_caption_arguments,
+        run_caption,
+        argv,
     )
-    add_caption_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return asyncio.run(run_caption(args))
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

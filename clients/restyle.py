@@ -61,7 +61,7 @@ from framestream.clients.client import (
     SessionEnded,
     StreamClient,
 )
-from framestream.clients.interrupt import first_interrupt
+from framestream.clients.interrupt import first_interrupt, tool_main
 from framestream.clients.restyle_session import DEFAULT_STRENGTH
 from framestream.clients.video import Mp4Writer
 
@@ -427,17 +427,14 @@ def _on_interrupt(stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m framestream.clients.restyle",
-        description="Restyle a video file, network stream, camera or the toy-world feed "
+    return tool_main(
+        "python -m framestream.clients.restyle",
+        "Restyle a video file, network stream, camera or the toy-world feed "
         "through a streaming generation server, to MP4.",
+        add_restyle_arguments,
+        run_restyle,
+        argv,
     )
-    add_restyle_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return asyncio.run(run_restyle(args))
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from framestream.clients.client import (
     ServerError,
     StreamClient,
 )
-from framestream.clients.interrupt import first_interrupt
+from framestream.clients.interrupt import first_interrupt, tool_main
 from framestream.clients.schedule import (
     LONGLIVE_FPS,
     LONGLIVE_SEGMENT_LATENTS,
@@ -539,17 +539,14 @@ def _on_interrupt(recorder: _Recorder) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m framestream.clients.timeline",
-        description="Generate a video from a timeline of prompts through a streaming server, "
+    return tool_main(
+        "python -m framestream.clients.timeline",
+        "Generate a video from a timeline of prompts through a streaming server, "
         "and write it as an MP4 with a JSON sidecar of when each prompt took effect.",
+        add_timeline_arguments,
+        run_timeline,
+        argv,
     )
-    add_timeline_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return asyncio.run(run_timeline(args))
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":
