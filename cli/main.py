@@ -1,5 +1,5 @@
 """The ``stream`` command, above every layer: it builds its subcommands from the service
-(``serve``, ``generate``), the clients (``caption``, ``timeline``) and the evaluations
+(``serve``, ``generate``), the clients (``caption``, ``restyle``, ``timeline``) and the evaluations
 (``eval``, ``bench``)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from framestream.cli.tools import (
     add_bench_parser,
     add_caption_parser,
     add_eval_parser,
+    add_restyle_parser,
     add_timeline_parser,
 )
 from framestream.stream.version import __version__
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(commands)
     add_serve_parser(commands)
     add_caption_parser(commands)
+    add_restyle_parser(commands)
     add_timeline_parser(commands)
     add_eval_parser(commands)
     add_bench_parser(commands)

@@ -1,21 +1,32 @@
 """The commands that run clients, evaluations and benchmarks: ``stream caption``,
-``stream timeline``, ``stream eval``, ``stream bench``. The command line is the one place
-where the service, its clients and its evaluations meet."""
+``stream restyle``, ``stream timeline``, ``stream eval``, ``stream bench``. The command line is
+the one place where the service, its clients and its evaluations meet."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 from pathlib import Path
 
 from framestream.cli.checks import ArgumentChecks, UsageError, check, check_device, check_preset
-from framestream.cli.options import DTYPES, device_and_dtype, toyworld_note
+from framestream.cli.options import (
+    DTYPES,
+    add_model_arguments,
+    check_model_arguments,
+    decoder,
+    device_and_dtype,
+    embedded_generator,
+    toyworld_note,
+    wan_paths,
+)
 
 __all__ = [
     "add_bench_parser",
     "add_caption_parser",
     "add_eval_parser",
+    "add_restyle_parser",
     "add_timeline_parser",
 ]
 
@@ -229,5 +240,80 @@ def _caption(args: argparse.Namespace) -> int:
         async with build_server(ServerConfig(port=0), engine) as server:
             args.url = server.url
             return await run_caption(args)
+
+    return asyncio.run(run())
+
+
+def add_restyle_parser(commands: argparse._SubParsersAction) -> None:
+    from framestream.clients.restyle import add_restyle_arguments
+
+    restyle = commands.add_parser(
+        "restyle",
+        help="restyle a video file, stream URL, camera or the toy-world feed under a prompt, "
+        "to MP4",
+        description="Without --url, a server with the generation pipeline is started here "
+        "(the embedded toy-world models unless model flags say otherwise). A network video "
+        "(rtsp://, http://) goes in --video; --url names the server.",
+    )
+    add_restyle_arguments(restyle)
+    add_model_arguments(restyle)
+    restyle.add_argument(
+        "--cache-gb", type=float, default=1.0, help="the KV-cache pool of the server started here"
+    )
+    restyle.set_defaults(run=_restyle, url=None)
+
+
+_RESTYLE_CHECKS = ArgumentChecks(
+    outputs=("out",), positive=("cache_gb",), non_negative=("camera",), texts=("prompt",)
+)
+
+
+def _restyle(args: argparse.Namespace) -> int:
+    """The restyle tool of clients/, through the server at --url, or else through one started
+    here on a free loopback port for this one session (so admitted whatever the device's
+    speed: a slow device restyles a live source with more latency, skipping input); the
+    arguments and the video file are checked before either."""
+    from framestream.clients.restyle import argument_problem, run_restyle
+
+    check(args, _RESTYLE_CHECKS)
+    check_model_arguments(args)
+    problem = argument_problem(args)
+    if problem is not None:
+        raise UsageError(problem)
+    if args.url is not None:
+        _websocket_url(args.url)
+        return asyncio.run(run_restyle(args))
+    check_device(args.device)
+    check_preset(args.preset)
+    from framestream.stream.config import ServerConfig
+    from framestream.stream.engine import Engine, EngineConfig
+    from framestream.stream.server import build_server
+    from framestream.stream.service import ServiceModels, build_pipelines
+
+    device, dtype = device_and_dtype(args)
+    note = toyworld_note(generator=embedded_generator(args), understanding=False)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    spec = ServiceModels(
+        preset=args.preset,
+        paths=wan_paths(args),
+        decoder=decoder(args),
+        device=device,
+        dtype=dtype,
+        cache_bytes=int(args.cache_gb * (1 << 30)),
+        pipelines=(args.pipeline,),
+        calibrate=False,  # nothing to admit by compute: the one session runs, however slowly
+    )
+    try:
+        pipelines = build_pipelines(spec)
+    except Exception as exc:  # a missing, corrupt or mismatched checkpoint: say which, no trace
+        print(f"stream restyle: cannot load the models: {exc}", file=sys.stderr)
+        return 2
+    engine = Engine(pipelines, EngineConfig(max_load=math.inf, max_step_seconds=math.inf))
+
+    async def run() -> int:
+        async with build_server(ServerConfig(port=0), engine) as server:
+            args.url = server.url
+            return await run_restyle(args)
 
     return asyncio.run(run())

@@ -57,14 +57,20 @@ from framestream.clients.video import Mp4Writer
 
 __all__ = [
     "MIN_CAPTIONED_WIDTH",
+    "CameraSource",
     "CaptionLayout",
     "Question",
+    "VideoSource",
     "add_caption_arguments",
     "caption_frame",
     "fit_size",
     "format_timestamp",
+    "in_range",
+    "is_url",
     "main",
+    "open_source",
     "parse_question",
+    "positive",
     "run_caption",
     "subtitle_cues",
     "video_problem",
@@ -101,7 +107,7 @@ def parse_question(value: str) -> Question:
     return Question(at, text.strip())
 
 
-def _in_range(kind: type, low: float, high: float, open_low: bool = False) -> Any:
+def in_range(kind: type, low: float, high: float, open_low: bool = False) -> Any:
     """An argparse type: a ``kind`` in ``[low, high]`` (``(low, high]`` with ``open_low``)."""
 
     def parse(value: str) -> Any:
@@ -118,7 +124,7 @@ def _in_range(kind: type, low: float, high: float, open_low: bool = False) -> An
     return parse
 
 
-def _positive(kind: type) -> Any:
+def positive(kind: type) -> Any:
     def parse(value: str) -> Any:
         try:
             number = kind(value)
@@ -157,19 +163,19 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
         "for the embedded toy model)"
     )
     sampler.add_argument(
-        "--temperature", type=_in_range(float, 0, 10), help="0 for greedy replies (0..10)"
+        "--temperature", type=in_range(float, 0, 10), help="0 for greedy replies (0..10)"
     )
     sampler.add_argument(
         "--repetition-penalty",
-        type=_in_range(float, 0, 10, open_low=True),
+        type=in_range(float, 0, 10, open_low=True),
         help="divides the scores of tokens the session's cache holds (> 0, <= 10; 1 is none)",
     )
     sampler.add_argument(
-        "--top-k", type=_in_range(int, 1, 1000), help="sample among the best K tokens (1..1000)"
+        "--top-k", type=in_range(int, 1, 1000), help="sample among the best K tokens (1..1000)"
     )
     sampler.add_argument(
         "--seed",
-        type=_in_range(int, 0, 2**63 - 1),
+        type=in_range(int, 0, 2**63 - 1),
         help="the session's sampling seed: the same seed and feed give the same captions",
     )
     parser.add_argument(
@@ -183,12 +189,12 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     feed = parser.add_argument_group("feed")
     feed.add_argument(
         "--fps",
-        type=_positive(float),
+        type=positive(float),
         help="frames per second sent (default: the rate the server samples, 2)",
     )
     feed.add_argument(
         "--max-pixels",
-        type=_positive(int),
+        type=positive(int),
         default=DEFAULT_MAX_PIXELS,
         help=f"downscale frames to width*height <= this (default {DEFAULT_MAX_PIXELS})",
     )
@@ -208,16 +214,16 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     )
     feed.add_argument(
         "--max-lead",
-        type=_positive(float),
+        type=positive(float),
         default=2.0,
         help="without --realtime: seconds of feed sent ahead of the captions received (default 2)",
     )
     feed.add_argument(
-        "--duration", type=_positive(float), help="stop the source after SECONDS of feed"
+        "--duration", type=positive(float), help="stop the source after SECONDS of feed"
     )
     feed.add_argument(
         "--timeout",
-        type=_positive(float),
+        type=positive(float),
         default=60.0,
         help="seconds to wait for a caption before giving up (default 60)",
     )
@@ -239,7 +245,7 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
 # -- sources -------------------------------------------------------------------------------
 
 
-def _is_url(location: str) -> bool:
+def is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
@@ -247,7 +253,7 @@ def video_problem(location: str) -> str | None:
     """What keeps a local video file from being read (it is missing, not a video, or has no
     video stream), in words naming it; None when it opens with a video stream, or for a URL
     (a network stream is opened only when the run starts)."""
-    if _is_url(location):
+    if is_url(location):
         return None
     path = Path(location.removeprefix("file://"))
     if not path.exists():
@@ -264,7 +270,7 @@ def video_problem(location: str) -> str | None:
     return None
 
 
-class _VideoSource:
+class VideoSource:
     """Frames of a file or network stream, decoded with PyAV, timed by their presentation
     timestamps (from 0 at the first frame, never going backwards)."""
 
@@ -297,7 +303,7 @@ class _VideoSource:
         self.container.close()
 
 
-class _CameraSource:
+class CameraSource:
     """Frames of an OpenCV camera, timed by a monotonic clock from the first frame."""
 
     def __init__(self, index: int) -> None:
@@ -532,7 +538,7 @@ class _Captioner:
 
     args: argparse.Namespace
     session: UnderstandingSession
-    source: Any  # _VideoSource | _CameraSource
+    source: Any  # VideoSource | CameraSource
     realtime: bool
     max_pixels: int
     out: TextIO
@@ -595,7 +601,7 @@ class _Captioner:
             timestamp, frame = item
             if duration is not None and timestamp >= duration:
                 break
-            if self.realtime and isinstance(self.source, _VideoSource):
+            if self.realtime and isinstance(self.source, VideoSource):
                 await asyncio.sleep(max(0.0, wall_start + timestamp - time.monotonic()))
             last = timestamp
             if self.writer is not None:
@@ -604,7 +610,7 @@ class _Captioner:
                 await self.send(*sample)
         if last is None:
             return None
-        end = last + float(1 / self.source.rate) if isinstance(self.source, _VideoSource) else last
+        end = last + float(1 / self.source.rate) if isinstance(self.source, VideoSource) else last
         if duration is not None:
             end = min(end, duration)
         closing = max(1, math.ceil(end - 1e-6))
@@ -689,10 +695,10 @@ def _write_all(writer: Mp4Writer, frames: list[np.ndarray]) -> None:
         writer.write(frame)
 
 
-def _open_source(args: argparse.Namespace) -> Any:
+def open_source(args: argparse.Namespace) -> Any:
     if args.video is not None:
-        return _VideoSource(args.video, args.timeout)
-    return _CameraSource(args.camera)
+        return VideoSource(args.video, args.timeout)
+    return CameraSource(args.camera)
 
 
 async def run_caption(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -710,14 +716,14 @@ async def run_caption(args: argparse.Namespace, out: TextIO | None = None) -> in
         print(f"stream caption: {problem}", file=sys.stderr)
         return 2
     try:
-        source = await asyncio.to_thread(_open_source, args)
+        source = await asyncio.to_thread(open_source, args)
     except (ClientError, OSError, av.FFmpegError) as exc:
         where = args.video if args.video is not None else f"camera {args.camera}"
         print(f"stream caption: cannot open {where}: {exc}", file=sys.stderr)
         return 1
     realtime = args.realtime
     if realtime is None or args.camera is not None:  # a camera is live whatever is asked
-        realtime = args.camera is not None or _is_url(args.video)
+        realtime = args.camera is not None or is_url(args.video)
     try:
         async with StreamClient.connect(args.url, token=args.token) as client:
             session = await client.understand(

@@ -55,6 +55,12 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from framestream.clients.restyle_session import (
+    DEFAULT_STRENGTH,
+    RestyleSession,
+    Source,
+    check_strength,
+)
 from framestream.clients.sessions import (
     Caption,
     Frame,
@@ -86,6 +92,7 @@ __all__ = [
     "FrameHeader",
     "FrameKind",
     "GenerationSession",
+    "RestyleSession",
     "ServerError",
     "Session",
     "SessionEnded",
@@ -251,33 +258,66 @@ class StreamClient:
             ServerError: the server refused (``cache_full``, ``too_many_sessions``,
                 ``unknown_pipeline``, ``invalid_message``, ...).
         """
-        if not prompt.strip() or len(prompt) > 2000:
-            raise ValueError(f"prompt must be 1..2000 non-blank characters, got {prompt!r:.80}")
-        if format not in ("jpeg", "png", "raw", "h264"):
-            raise ValueError(f"format must be jpeg, png, raw or h264, got {format!r}")
-        if not 1 <= quality <= 100:
-            raise ValueError(f"quality must be 1..100, got {quality}")
-        for name, value in (("height", height), ("width", width)):
-            if value is not None and (value <= 0 or value % 16):
-                raise ValueError(f"{name} must be a positive multiple of 16, got {value}")
-        params: dict[str, Any] = {
-            "prompt": prompt,
-            "seed": seed,
-            "format": format,
-            "quality": quality,
-            "realtime": realtime,
-            "record": record,
-        }
-        if height is not None:
-            params["height"] = height
-        if width is not None:
-            params["width"] = width
+        params = _generation_params(prompt, seed, height, width, format, quality, realtime, record)
         if not isinstance(commentary, bool | dict):
             raise ValueError(f"commentary must be a bool or a dict, got {commentary!r:.80}")
         if commentary:
             params["commentary"] = commentary
         session = await self.start(pipeline, params, preset=preset, timeout=timeout)
         return await self._expect(session, GenerationSession)
+
+    async def restyle(
+        self,
+        source_frames: Source | None,
+        prompt: str,
+        *,
+        strength: float = DEFAULT_STRENGTH,
+        pipeline: str = "longlive",
+        preset: str | None = None,
+        seed: int = 0,
+        height: int | None = None,
+        width: int | None = None,
+        format: str = "jpeg",
+        quality: int = 85,
+        realtime: bool = True,
+        record: bool = False,
+        max_lead: float | None = 1.0,
+        timeout: float | None = 120.0,
+    ) -> RestyleSession:
+        """Start a restyle session (a generation session whose input is a video feed) and wait
+        for ``session.started``.
+
+        Args:
+            source_frames: ``(timestamp, pixels)`` frames (an iterable or async iterable) that a
+                task of the session sends (:meth:`RestyleSession.feed` with ``max_lead``; its
+                task is ``session.feeding``, whose result is the number of output frames the
+                source covers); ``None`` to send them yourself with
+                :meth:`RestyleSession.send`.
+            prompt: the style, as for :meth:`generate`.
+            strength: how much of the input is redrawn, in (0, 1]; 1 ignores the input.
+            max_lead: see :meth:`RestyleSession.feed` (``None`` for a live source).
+            realtime: the session claims its share of the device's realtime budget
+                (``compute_full`` when it does not fit) and a slow reader loses the oldest
+                frames; ``False``: it runs in the time realtime sessions leave, waiting for its
+                reader. Either way frames are sent as soon as they are made: the input paces
+                them.
+            pipeline, preset, seed, height, width, format, quality, record, timeout: as
+                :meth:`generate`; ``height`` x ``width`` is the output's size, the input is
+                cropped to its aspect and resized.
+
+        Raises:
+            ValueError: an argument is out of range (checked before sending).
+            ServerError: the server refused (``cache_full``, ``compute_full``, ...).
+            ClientError: ``pipeline`` does not restyle.
+        """
+        strength = check_strength(strength)
+        params = _generation_params(prompt, seed, height, width, format, quality, realtime, record)
+        params["restyle"] = {"strength": strength}
+        session = await self.start(pipeline, params, preset=preset, timeout=timeout)
+        restyle = await self._expect(session, RestyleSession)
+        if source_frames is not None:
+            restyle.start_feeding(source_frames, max_lead=max_lead, timeout=timeout)
+        return restyle
 
     async def understand(
         self,
@@ -443,6 +483,10 @@ class StreamClient:
             session = UnderstandingSession(
                 self, message, self._max_queued_captions, self._max_queued_events
             )
+        elif message.get("restyle"):
+            session = RestyleSession(
+                self, message, self._max_queued_frames, self._max_queued_events
+            )
         else:  # generation servers predate ``kind``
             session = GenerationSession(
                 self, message, self._max_queued_frames, self._max_queued_events
@@ -474,6 +518,41 @@ class StreamClient:
         task = asyncio.get_running_loop().create_task(stop())
         self._tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(self._tasks.discard)
+
+
+def _generation_params(
+    prompt: str,
+    seed: int,
+    height: int | None,
+    width: int | None,
+    format: str,
+    quality: int,
+    realtime: bool,
+    record: bool,
+) -> dict[str, Any]:
+    """A generation ``session.start``'s params, checked; ValueError names a bad one."""
+    if not prompt.strip() or len(prompt) > 2000:
+        raise ValueError(f"prompt must be 1..2000 non-blank characters, got {prompt!r:.80}")
+    if format not in ("jpeg", "png", "raw", "h264"):
+        raise ValueError(f"format must be jpeg, png, raw or h264, got {format!r}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be 1..100, got {quality}")
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (value <= 0 or value % 16):
+            raise ValueError(f"{name} must be a positive multiple of 16, got {value}")
+    params: dict[str, Any] = {
+        "prompt": prompt,
+        "seed": seed,
+        "format": format,
+        "quality": quality,
+        "realtime": realtime,
+        "record": record,
+    }
+    if height is not None:
+        params["height"] = height
+    if width is not None:
+        params["width"] = width
+    return params
 
 
 # the server's limits on an understanding session's sampler (docs/protocol.md, session.start)

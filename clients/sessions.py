@@ -412,6 +412,51 @@ class GenerationSession(Session):
             _resolve_oldest(self._switches, SessionEnded(f"session {self.id} ended: {reason}"))
 
 
+class _InputFeed:
+    """Input frames of one session (understanding or restyle) onto the wire: checked, encoded
+    (JPEG/PNG in a worker thread) and sent in index and timestamp order."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self.frames_sent = 0  # the next frame's index
+        self.last_timestamp = 0.0
+        self._sending = asyncio.Lock()  # frames leave in index (and timestamp) order
+
+    async def send(self, pixels: np.ndarray, timestamp: float, format: str, quality: int) -> None:
+        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
+            raise TypeError(f"pixels must be a uint8 numpy array, got {type(pixels).__name__}")
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
+            raise ValueError(f"pixels must be [H, W, 3], got shape {pixels.shape}")
+        height, width = pixels.shape[:2]
+        if height > 0xFFFF or width > 0xFFFF:
+            raise ValueError(f"pixels of {width}x{height} do not fit the header's u16 sizes")
+        if not math.isfinite(timestamp) or timestamp < 0:
+            raise ValueError(f"timestamp must be a finite number >= 0, got {timestamp}")
+        fmt = _INPUT_FORMATS.get(format)
+        if fmt is None:
+            raise ValueError(f"format must be jpeg, png or raw, got {format!r}")
+        if not 1 <= quality <= 100:
+            raise ValueError(f"quality must be 1..100, got {quality}")
+        session = self._session
+        session._check_running()
+        async with self._sending:
+            if timestamp < self.last_timestamp:
+                raise ValueError(
+                    f"timestamp {timestamp} is before the previous frame's {self.last_timestamp}"
+                )
+            if fmt is FrameFormat.RAW:
+                payload = np.ascontiguousarray(pixels).tobytes()
+            else:
+                payload = await asyncio.to_thread(encode_image, fmt, pixels, quality)
+            header = FrameHeader(
+                FrameKind.INPUT, session.id, self.frames_sent, timestamp, fmt, width, height
+            )
+            session._check_running()
+            await session._client._send_binary(header.pack() + payload)
+            self.frames_sent += 1
+            self.last_timestamp = timestamp
+
+
 class UnderstandingSession(Session):
     """One understanding stream on a :class:`StreamClient` (made by
     :meth:`StreamClient.understand`): frames go in with :meth:`send_frame`, captions come out
@@ -434,10 +479,8 @@ class UnderstandingSession(Session):
         max_queued_events: int,
     ) -> None:
         super().__init__(client, started, max_queued_events)
-        self.frames_sent = 0
         self._captions = _DropOldest(max_queued_captions)
-        self._last_timestamp = 0.0
-        self._sending = asyncio.Lock()  # frames leave in index (and timestamp) order
+        self._input = _InputFeed(self)
 
     def __repr__(self) -> str:
         state = self.ended_reason or "running"
@@ -446,6 +489,10 @@ class UnderstandingSession(Session):
     @property
     def captions_dropped(self) -> int:
         return self._captions.dropped
+
+    @property
+    def frames_sent(self) -> int:
+        return self._input.frames_sent
 
     async def send_frame(
         self,
@@ -468,37 +515,7 @@ class UnderstandingSession(Session):
             ValueError, TypeError: a bad argument (checked before sending).
             SessionEnded: the session has ended.
         """
-        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
-            raise TypeError(f"pixels must be a uint8 numpy array, got {type(pixels).__name__}")
-        if pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
-            raise ValueError(f"pixels must be [H, W, 3], got shape {pixels.shape}")
-        height, width = pixels.shape[:2]
-        if height > 0xFFFF or width > 0xFFFF:
-            raise ValueError(f"pixels of {width}x{height} do not fit the header's u16 sizes")
-        if not math.isfinite(timestamp) or timestamp < 0:
-            raise ValueError(f"timestamp must be a finite number >= 0, got {timestamp}")
-        fmt = _INPUT_FORMATS.get(format)
-        if fmt is None:
-            raise ValueError(f"format must be jpeg, png or raw, got {format!r}")
-        if not 1 <= quality <= 100:
-            raise ValueError(f"quality must be 1..100, got {quality}")
-        self._check_running()
-        async with self._sending:
-            if timestamp < self._last_timestamp:
-                raise ValueError(
-                    f"timestamp {timestamp} is before the previous frame's {self._last_timestamp}"
-                )
-            if fmt is FrameFormat.RAW:
-                payload = np.ascontiguousarray(pixels).tobytes()
-            else:
-                payload = await asyncio.to_thread(encode_image, fmt, pixels, quality)
-            header = FrameHeader(
-                FrameKind.INPUT, self.id, self.frames_sent, timestamp, fmt, width, height
-            )
-            self._check_running()
-            await self._client._send_binary(header.pack() + payload)
-            self.frames_sent += 1
-            self._last_timestamp = timestamp
+        await self._input.send(pixels, timestamp, format, quality)
 
     async def ask(self, question: str) -> None:
         """Send a ``question`` about the video; it is answered in the next second's caption.

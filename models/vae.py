@@ -1,4 +1,5 @@
-"""Streaming decode with the Wan2.1 VAE (diffusers' ``AutoencoderKLWan``), caller-owned state.
+"""Streaming decode and encode with the Wan2.1 VAE (diffusers' ``AutoencoderKLWan``),
+caller-owned state.
 
 diffusers decodes a whole video in one call and keeps the causal-convolution feature cache on
 the module (``self._feat_map``), so one instance can serve only one stream at a time, and it
@@ -14,6 +15,14 @@ concatenated latents::
 
 Latents come in the generator's normalised space and are de-normalised here
 (``z * latents_std + latents_mean``, per channel, from the diffusers config) before decoding.
+
+Encoding streams the same way, with an :class:`EncodeState` per stream (a restyle session's
+input): the causal encoder takes a stream's first ``1 + 4k`` frames, then ``4k`` at a time
+(:func:`~models.vae_causal.encode_frames`), and the posterior means of any chunking equal a
+whole-clip ``encode``'s, normalised (``(mean - latents_mean) / latents_std``)::
+
+    input frames      9 | 12 | 12 | ...      (a LongLive / Rolling Forcing chunk's frames)
+    latent frames     3 |  3 |  3 | ...      first frame -> 1, then 4 frames -> 1
 
 On CUDA every convolution runs channels-last (weights ``channels_last_3d`` / ``channels_last``,
 latents ``channels_last_3d``, so every activation, history frame and per-frame 2D view stays
@@ -38,9 +47,9 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from safetensors.torch import load_file
 from torch import nn
 
-from framestream.models.vae_causal import History, check_wan21_layout, decode_frames
+from framestream.models.vae_causal import History, check_wan21_layout, decode_frames, encode_frames
 
-__all__ = ["DecodeState", "WanVAE", "tiny_wan_vae", "to_uint8"]
+__all__ = ["DecodeState", "EncodeState", "WanVAE", "from_uint8", "tiny_wan_vae", "to_uint8"]
 
 _ORIGINAL_SUFFIXES = (".pth", ".pt", ".safetensors")
 # local files only; without accelerate installed diffusers would warn about low_cpu_mem_usage
@@ -61,8 +70,22 @@ class DecodeState:
     """``(B, h, w)`` of the latents this state was started with; later chunks must match."""
 
 
+@dataclass(slots=True)
+class EncodeState:
+    """One stream's causal-encoder state; owned by the session, never by the model.
+
+    Create it with :meth:`WanVAE.new_encode_state`; reset a stream by creating a new one.
+    """
+
+    history: History = field(default_factory=list)
+    """Per temporal convolution (and temporal down-sampling) of the encoder, its last input
+    frames; empty before the stream's first frame."""
+    frame_shape: tuple[int, int, int] | None = field(default=None)
+    """``(B, H, W)`` of the frames this state was started with; later chunks must match."""
+
+
 class WanVAE(nn.Module):
-    """Shared Wan VAE weights with per-stream streaming decode.
+    """Shared Wan VAE weights with per-stream streaming decode and encode.
 
     The convolution weights' memory layout follows the device: channels-last on the device
     types in :attr:`channels_last_devices`, the default layout elsewhere, set at construction
@@ -226,6 +249,65 @@ class WanVAE(nn.Module):
         x = self.denormalize(latents).to(dtype).contiguous(memory_format=self.memory_format)
         x = self.vae.post_quant_conv(x)
         return decode_frames(self.vae.decoder, x, state.history).clamp(-1.0, 1.0)
+
+    # ------------------------------------------------------------------ encode
+
+    def normalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Map VAE latents to generator latents: ``(z - latents_mean) / latents_std``; the
+        inverse of :meth:`denormalize`, in fp32."""
+        return (latents.float() - self.latents_mean.float()) / self.latents_std.float()
+
+    def new_encode_state(self) -> EncodeState:
+        """A fresh encoder state for one stream (nothing encoded yet)."""
+        return EncodeState()
+
+    @torch.no_grad()
+    def encode_chunk(self, frames: torch.Tensor, state: EncodeState) -> torch.Tensor:
+        """Encode the next frames of one stream, continuing its causal cache.
+
+        Args:
+            frames: ``[B, 3, T, H, W]`` in ``[-1, 1]`` (:func:`from_uint8` of pixels), ``H`` and
+                ``W`` multiples of 8; ``T = 1 + 4k`` for the stream's first chunk, then ``4k``.
+            state: the stream's :class:`EncodeState`; updated in place.
+
+        Returns:
+            ``[B, z_dim, T', H / 8, W / 8]`` fp32 posterior means in the generator's normalised
+            space, ``T' = 1 + (T - 1) / 4`` for the first chunk and ``T / 4`` afterwards.
+        """
+        stride = self.spatial_stride
+        if (
+            frames.ndim != 5
+            or frames.shape[1] != 3
+            or frames.shape[3] % stride
+            or (frames.shape[4] % stride)
+        ):
+            raise ValueError(
+                f"frames must be [B, 3, T, H, W] with H and W multiples of {stride}, got "
+                f"{tuple(frames.shape)}"
+            )
+        shape = (frames.shape[0], frames.shape[3], frames.shape[4])
+        if state.frame_shape is None:
+            state.frame_shape = shape
+        elif state.frame_shape != shape:
+            raise ValueError(
+                f"frames (B, H, W) = {shape} do not match the stream's {state.frame_shape}"
+            )
+        dtype = self.vae.quant_conv.weight.dtype
+        x = frames.to(dtype).contiguous(memory_format=self.memory_format)
+        moments = self.vae.quant_conv(encode_frames(self.vae, x, state.history))
+        return self.normalize(moments[:, : self.z_dim])
+
+
+def from_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Turn displayable frames into encoder input; the inverse of :func:`to_uint8`.
+
+    Args:
+        pixels: uint8 ``[B, T, H, W, 3]`` (RGB, channels last).
+
+    Returns:
+        fp32 ``[B, 3, T, H, W]`` in ``[-1, 1]``, on the same device.
+    """
+    return pixels.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:

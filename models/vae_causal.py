@@ -16,12 +16,16 @@ Temporal resampling follows diffusers exactly:
 
 * decoder (``upsample3d``): the stream's first frame skips the temporal up-convolution and stays
   one frame; every later frame becomes two, the convolution seeing zeros before frame 1;
-* encoder (``downsample3d``): the first frame is kept; stride-2 windows over all frames follow.
+* encoder (``downsample3d``): the stream's first frame is kept; stride-2 windows over all frames
+  follow, a later chunk's starting at the frame before it.
 
-The encoder runs on whole clips of ``1 + 4k`` frames only (training and offline encoding), so it
-needs no history. Everything else (norms, activations, the per-frame attention block, spatial
-resampling) acts frame by frame and is called as diffusers' own modules, except where a causal
-convolution reads ``silu(norm(x))``: there one buffer holds the history frames and then
+The encoder walks the same way: :func:`encode_frames` takes a stream's first ``1 + 4k`` frames, then
+``4k`` at a time, each call continuing the history (a restyle stream's input, 9 frames then 12 per
+chunk); :func:`encode_video` encodes a whole clip in one call (training and offline encoding). The
+temporal down-sampling's history is the last frame it saw, so every later chunk's stride-2 windows
+line up with a whole clip's. Everything else (norms, activations, the per-frame attention block,
+spatial resampling) acts frame by frame and is called as diffusers' own modules, except where a
+causal convolution reads ``silu(norm(x))``: there one buffer holds the history frames and then
 ``silu(norm(x))``, written in one pass (:func:`kernels.triton_vae.rms_norm_silu_into` where
 :func:`kernels.fused_kernels` says so, else its torch twin), and the convolution pads H and W
 itself, so no ``torch.cat`` / ``F.pad`` copies are made::
@@ -51,7 +55,7 @@ from torch import nn
 from framestream.kernels.attention import fused_kernels
 from framestream.kernels.norms import rms_norm_silu_into_ref
 
-__all__ = ["History", "check_wan21_layout", "decode_frames", "encode_video"]
+__all__ = ["History", "check_wan21_layout", "decode_frames", "encode_frames", "encode_video"]
 
 _CONTEXT = 2  # input frames of history a temporal-kernel-3 causal convolution needs
 # The fused kernel computes in float32; float64 (the exactness tests) stays on the torch twin.
@@ -145,6 +149,19 @@ class _Walk:
             x = self.norm_silu_conv(block.norm2, block.nonlinearity, block.conv2, x)
         return x + skip
 
+    def downsample(self, resample: WanResample, x: torch.Tensor) -> torch.Tensor:
+        x = _per_frame(resample.resample, x)
+        if resample.mode != "downsample3d":
+            return x
+        slot = self._slot()
+        past = self.history[slot]
+        self.history[slot] = x[:, :, -1:].detach().clone()
+        if past is None:  # the stream's first frame is kept; the windows start at it
+            if x.shape[2] == 1:
+                return x
+            return torch.cat([x[:, :, :1], resample.time_conv(x)], dim=2)
+        return resample.time_conv(torch.cat([past, x], dim=2))
+
     def mid(self, block: WanMidBlock, x: torch.Tensor) -> torch.Tensor:
         x = self.residual(block.resnets[0], x)
         for attention, resnet in zip(block.attentions, block.resnets[1:], strict=True):
@@ -217,13 +234,6 @@ def _per_frame(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y.unflatten(0, (b, t)).transpose(1, 2)
 
 
-def _downsample(resample: WanResample, x: torch.Tensor) -> torch.Tensor:
-    x = _per_frame(resample.resample, x)
-    if resample.mode == "downsample3d" and x.shape[2] > 1:
-        x = torch.cat([x[:, :, :1], resample.time_conv(x)], dim=2)
-    return x
-
-
 def check_wan21_layout(vae: AutoencoderKLWan) -> None:
     """Raise ``ValueError`` unless ``vae`` has the Wan2.1 layout this module walks."""
     if vae.config.patch_size is not None or vae.config.is_residual:
@@ -245,10 +255,29 @@ def encode_video(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
         parameters diffusers' ``DiagonalGaussianDistribution`` takes.
     """
     check_wan21_layout(vae)
-    frames = video.shape[2]
-    if video.ndim != 5 or (frames - 1) % vae.config.scale_factor_temporal:
-        raise ValueError(f"video must be [B, 3, 1 + 4k, H, W], got {tuple(video.shape)}")
-    encoder, walk = vae.encoder, _Walk([], fused_kernels(video.device))
+    return vae.quant_conv(encode_frames(vae, video, []))
+
+
+def encode_frames(vae: AutoencoderKLWan, video: torch.Tensor, history: History) -> torch.Tensor:
+    """Encode the next frames of one stream in one pass, continuing ``history``.
+
+    Args:
+        vae: a Wan2.1-layout ``AutoencoderKLWan``.
+        video: ``[B, 3, T, H, W]`` in ``[-1, 1]``: ``T = 1 + 4k`` for a stream's first call
+            (``history == []``), ``T = 4k`` (``k >= 1``) afterwards.
+        history: the stream's :data:`History`, ``[]`` for a new stream; updated in place.
+
+    Returns:
+        ``[B, 2 z_dim, T', H/8, W/8]`` before ``quant_conv``, ``T' = 1 + k`` for the first call
+        and ``k`` afterwards: concatenated, what :func:`encode_video` computes of all the frames
+        before its ``quant_conv``.
+    """
+    stride, first = vae.config.scale_factor_temporal, not history
+    frames = video.shape[2] if video.ndim == 5 else 0
+    if frames < (1 if first else stride) or (frames - first) % stride:
+        expected = "1 + 4k" if first else "4k (k >= 1) after the first call"
+        raise ValueError(f"video must be [B, 3, {expected}, H, W], got {tuple(video.shape)}")
+    encoder, walk = vae.encoder, _Walk(history, fused_kernels(video.device))
     x = walk.causal(encoder.conv_in, video)
     for layer in encoder.down_blocks:
         if isinstance(layer, WanResidualBlock):
@@ -256,10 +285,9 @@ def encode_video(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
         elif isinstance(layer, WanAttentionBlock):
             x = layer(x)
         else:
-            x = _downsample(layer, x)
+            x = walk.downsample(layer, x)
     x = walk.mid(encoder.mid_block, x)
-    x = walk.norm_silu_conv(encoder.norm_out, encoder.nonlinearity, encoder.conv_out, x)
-    return vae.quant_conv(x)
+    return walk.norm_silu_conv(encoder.norm_out, encoder.nonlinearity, encoder.conv_out, x)
 
 
 def decode_frames(decoder: WanDecoder3d, x: torch.Tensor, history: History) -> torch.Tensor:

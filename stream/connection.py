@@ -37,7 +37,7 @@ from framestream.stream import protocol
 from framestream.stream.backend import SessionBackend
 from framestream.stream.commentary import Commentary
 from framestream.stream.config import ServerConfig
-from framestream.stream.delivery import FrameEncoder, Recorder, decode_input_frame
+from framestream.stream.delivery import FrameEncoder, InputLatency, Recorder, decode_input_frame
 from framestream.stream.errors import EngineBusy, SessionRefused
 from framestream.stream.metrics import ServiceCounters
 from framestream.stream.protocol import FrameFormat, FrameHeader, FrameKind, ProtocolError, encode
@@ -82,8 +82,9 @@ class _Stream:
     recorder: Recorder | None = None
     commentary: Commentary | None = None  # the understanding session watching its frames
     tasks: list[asyncio.Task] = field(default_factory=list)
-    last_timestamp: float = 0.0  # of the last input frame (understanding sessions)
-    frames_received: int = 0  # input frames taken (understanding sessions)
+    last_timestamp: float = 0.0  # of the last input frame (understanding, restyle sessions)
+    frames_received: int = 0  # input frames taken (understanding, restyle sessions)
+    latency: InputLatency | None = None  # restyle sessions: input to output
     paused: bool = False  # a pause was asked: no metrics until a resume is
     stopping: bool = False  # a stop was asked: no more frames are sent
 
@@ -169,7 +170,15 @@ class ConnectionHandler:
             stream_ = self.stream(message.session)
             session = stream_.session
             understanding = isinstance(session.request, UnderstandingRequest)
-            if isinstance(message, protocol.PromptUpdate):
+            if isinstance(message, protocol.RestyleUpdate):
+                if not session.restyle:
+                    raise ProtocolError(
+                        "wrong_direction",
+                        "only a restyle session (params.restyle) takes restyle.update",
+                        session.id,
+                    )
+                self.engine.set_strength(session, message.strength)
+            elif isinstance(message, protocol.PromptUpdate):
                 if understanding:
                     raise ProtocolError(
                         "wrong_direction", "understanding sessions take questions", session.id
@@ -196,13 +205,17 @@ class ConnectionHandler:
                 stream_.stopping = True
 
     async def feed(self, message: protocol.InputFrame) -> None:
-        """An understanding session's input frame: checked here, decoded off the loop."""
+        """An understanding or restyle session's input frame: checked here, decoded off the
+        loop."""
         header = message.header
         stream_ = self.stream(header.session)
         session = stream_.session
-        if not isinstance(session.request, UnderstandingRequest):
+        if not isinstance(session.request, UnderstandingRequest) and not session.restyle:
             raise ProtocolError(
-                "wrong_direction", "generation sessions take no input frames", session.id
+                "wrong_direction",
+                "this generation session takes no input frames (a restyle one does: "
+                "params.restyle)",
+                session.id,
             )
         if not math.isfinite(header.timestamp) or header.timestamp < stream_.last_timestamp:
             raise ProtocolError(
@@ -274,6 +287,8 @@ class ConnectionHandler:
                 ) from None
         encoder = FrameEncoder(output.format, session.fps, output.quality)
         stream_ = _Stream(session, encoder, recorder, commentary)
+        if request.restyle is not None:
+            stream_.latency = InputLatency()
         self.streams[session.id] = stream_
         try:
             session.output.set_tap(_taps(recorder, commentary))
@@ -283,6 +298,8 @@ class ConnectionHandler:
                     "pipeline": commentary.understanding.pipeline,
                     "fps": commentary.sample_fps,
                 }
+            if request.restyle is not None:
+                started["restyle"] = {"strength": request.restyle.strength}
             await self.send(
                 encode(
                     "session.started",
@@ -398,15 +415,17 @@ class ConnectionHandler:
             await self.send(encode("error", **fields))
 
     async def deliver(self, stream_: _Stream) -> None:
-        """The session's sender: paced frames, then ``session.ended``."""
+        """The session's sender: paced frames (a restyle session's as soon as they are made:
+        its input paces them), then ``session.ended``."""
         session, encoder = stream_.session, stream_.encoder
+        paced = session.realtime and not session.restyle
         loop = asyncio.get_running_loop()
         t0, first = 0.0, -1
         try:
             while (frame := await session.output.get()) is not None:
                 if session.finished or stream_.stopping:
                     break  # stopped: what is still buffered is not wanted any more
-                if session.realtime:
+                if paced:
                     now = loop.time()
                     if first < 0:
                         t0, first = now, frame.index
@@ -430,6 +449,8 @@ class ConnectionHandler:
                     height,
                 )
                 await self.send(header.pack() + payload)
+                if stream_.latency is not None:
+                    stream_.latency.sent(frame.input_arrival, time.monotonic())
                 session.stats.frames_sent += 1
                 self.context.counters.frames_sent += 1
             await session.ended.wait()
@@ -476,7 +497,8 @@ class ConnectionHandler:
 
     async def report(self, stream_: _Stream) -> None:
         """Every second while the session runs and is not paused: generation, delivery rate,
-        step time and queue depth; understanding, frames taken, captions made and step time."""
+        step time and queue depth (restyle: also input frames taken and skipped, and the
+        input-to-output latency); understanding, frames taken, captions made and step time."""
         session = stream_.session
         sent, last = session.stats.frames_sent, time.monotonic()
         with contextlib.suppress(ConnectionClosed):
@@ -502,6 +524,10 @@ class ConnectionHandler:
                     }
                     if stream_.commentary is not None:
                         fields["captions"] = stream_.commentary.captions
+                    if stream_.latency is not None:
+                        fields["frames_received"] = stream_.frames_received
+                        fields["frames_skipped"] = session.stats.input_skipped
+                        fields["latency_ms"] = stream_.latency.percentiles()
                 await self.send(encode("metrics", session=session.id, step_ms=step_ms, **fields))
 
     # -- teardown --------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Frame delivery helpers of the server: per-session frame encoders, MP4 recorders, and the
-decoding of understanding sessions' input frames.
+"""Frame delivery helpers of the server: per-session frame encoders, MP4 recorders, the
+decoding of input frames, and a restyle session's input-to-output latency.
 
 Both run off the event loop. An encoder is used by one session's sender, one frame at a time;
 a recorder takes frames from any thread without blocking and writes them on its own single
@@ -11,6 +11,7 @@ worker, dropping (and counting) frames when more than ``max_pending`` wait for t
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -27,7 +28,7 @@ from framestream.stream.media import Mp4Writer
 from framestream.stream.protocol import FrameFormat, FrameHeader, ProtocolError
 from framestream.stream.session import OutputFrame
 
-__all__ = ["FrameEncoder", "Recorder", "decode_input_frame"]
+__all__ = ["FrameEncoder", "InputLatency", "Recorder", "decode_input_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +222,34 @@ def decode_input_frame(header: FrameHeader, payload: bytes, max_pixels: int) -> 
     if image is None or image.shape[:2] != (height, width):
         raise ProtocolError("bad_frame", f"the {name} payload does not decode", header.session)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class InputLatency:
+    """A restyle session's input-to-output latency over its recent frames: each frame's send
+    time minus the arrival of the input frame its slot took (``OutputFrame.input_arrival``,
+    both ``time.monotonic()``).
+
+    Args:
+        window: latencies kept for the percentiles.
+    """
+
+    def __init__(self, window: int = 256) -> None:
+        if window <= 0:
+            raise ValueError(f"window must be positive, got {window}")
+        self._latencies: collections.deque[float] = collections.deque(maxlen=window)
+
+    def sent(self, arrival: float | None, now: float) -> None:
+        """A frame whose input arrived at ``arrival`` (None: unknown) left at ``now``."""
+        if arrival is not None:
+            self._latencies.append(now - arrival)
+
+    def percentiles(self) -> dict[str, float] | None:
+        """``{"p50": ms, "p95": ms}`` over the recent frames; None before the first."""
+        if not self._latencies:
+            return None
+        ordered = sorted(self._latencies)
+        last = len(ordered) - 1
+        return {
+            "p50": round(1000 * ordered[round(0.50 * last)], 1),
+            "p95": round(1000 * ordered[round(0.95 * last)], 1),
+        }

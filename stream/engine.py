@@ -2,10 +2,12 @@
 device thread. What runs next is :class:`~stream.scheduler.Scheduler`'s decision; the engine
 executes it (the split of vLLM v1: the scheduler touches no tensor, the engine decides nothing)::
 
-    commands (open, switch, frames, questions, pause, resume, close) drained between steps;
-                 a switch with ``at_frame`` waits in its session until the chunk it starts
+    commands (open, switch, strength, frames, questions, pause, resume, close) drained
+                 between steps; a switch with ``at_frame`` waits in its session until the
+                 chunk it starts
     schedule():  the scheduler's plan: a generation step, a batched understanding prefill,
-                 batched decode steps, or a short sleep (see stream.scheduler for the order)
+                 batched decode steps, or a short sleep (see stream.scheduler for the order);
+                 a restyle session is eligible once its next chunk's input frames are all in
     execute():   pipeline.step_async(state) (one chunk: 12 frames for LongLive), or the
                  batched VLM prefill (vision tower + the second's round, packed over the
                  streams), or the batched decode step
@@ -80,6 +82,13 @@ class GenerationPipeline(Protocol):
     def step_async(self, state: Any) -> PendingChunk: ...
     def switch_prompt(self, state: Any, prompt: str, transition_chunks: int = 0) -> None: ...
     def close(self, state: Any) -> None: ...
+    # a restyle stream (request.restyle set): its input feed, and what it says of its pacing
+    def push_frame(
+        self, state: Any, timestamp: float, frame: Any, arrival: float | None = None
+    ) -> None: ...  # arrival: time.monotonic() the frame came, for its latency
+    def input_ready(self, state: Any) -> bool: ...  # the next chunk's input slots are all in
+    def input_arrival(self, state: Any) -> float | None: ...  # monotonic time they were
+    def set_strength(self, state: Any, strength: float) -> None: ...  # from the next chunk
 
 
 class UnderstandingPipeline(Protocol):
@@ -184,6 +193,9 @@ class _Live:
     # switches waiting for their frame, in the order they came: one never overtakes another, so
     # prompt.applied follows the order of the prompt.update messages
     switches: collections.deque[_Switch] = field(default_factory=collections.deque)
+    # generation: the index of the first frame of its next chunk (one past the chunk launched
+    # last; a restyle session's chunks may skip input slots, so not a count of frames made)
+    next_frame: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +231,9 @@ class Engine:
         self._calibrated = {id(p): clock() for p in self.pipelines.values()}
         self._live: dict[int, _Live] = {}
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
-        # session id -> (timestamp, frame) input frames not yet pushed (guarded by _wakeup)
-        self._inboxes: dict[int, collections.deque[tuple[float, Any]]] = {}
+        # session id -> (timestamp, frame, time.monotonic() it arrived) input frames not yet
+        # pushed (guarded by _wakeup)
+        self._inboxes: dict[int, collections.deque[tuple[float, Any, float]]] = {}
         self._wakeup = threading.Condition()
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -315,6 +328,7 @@ class Engine:
                         realtime,
                         cost,
                         queued_frames=session.output.__len__,
+                        input_paced=session.restyle,
                     )
                     self.scheduler.add(entry)
                     with self._stats_lock:
@@ -382,8 +396,7 @@ class Engine:
 
     def _apply_switches(self, live: _Live) -> None:
         """Apply the waiting switches due at the session's next chunk, in order."""
-        # frames made and in flight: the index of the first frame of the next chunk
-        frame = live.entry.frames_generated + live.entry.in_flight_frames
+        frame = live.next_frame
         while live.switches and (
             live.switches[0].at_frame is None or live.switches[0].at_frame <= frame
         ):
@@ -399,8 +412,31 @@ class Engine:
                 }
             )
 
+    def set_strength(self, session: Session, strength: float) -> None:
+        """Change a restyle session's strength from its next chunk; ``restyle.applied`` says
+        from which frame."""
+
+        def set_() -> None:
+            live = self._live.get(session.id)
+            if live is None:
+                return
+            try:
+                live.pipeline.set_strength(live.state, strength)
+            except ValueError as exc:  # the protocol checked it: a pipeline's stricter range
+                session.post(_error_event(session, "invalid_message", str(exc)))
+                return
+            event = {
+                "type": "restyle.applied",
+                "session": session.id,
+                "strength": strength,
+                "frame": live.next_frame,
+            }
+            session.post(event)
+
+        self._submit(set_)
+
     def push_frame(self, session: Session, timestamp: float, frame: Any) -> None:
-        """Feed an understanding session one uint8 ``[H, W, 3]`` frame.
+        """Feed an understanding or restyle session one uint8 ``[H, W, 3]`` frame.
 
         Frames wait for the engine thread in the session's inbox of ``input_queue_frames``;
         when it is full the oldest is dropped (the newest win, as in the feed itself), so a
@@ -410,7 +446,7 @@ class Engine:
             inbox = self._inboxes.setdefault(
                 session.id, collections.deque(maxlen=self.config.input_queue_frames)
             )
-            inbox.append((timestamp, frame))
+            inbox.append((timestamp, frame, time.monotonic()))
             if len(inbox) > 1:
                 return  # its drain is queued already
         try:
@@ -426,9 +462,12 @@ class Engine:
         live = self._live.get(session.id)
         if live is None:
             return
-        for timestamp, frame in inbox:
+        for timestamp, frame, arrival in inbox:
             try:
-                live.pipeline.push_frame(live.state, timestamp, frame)
+                if live.entry.input_paced:  # its latency counts from the frame's arrival here
+                    live.pipeline.push_frame(live.state, timestamp, frame, arrival)
+                else:
+                    live.pipeline.push_frame(live.state, timestamp, frame)
             except TimestampsBackwardsError as exc:
                 session.post(_error_event(session, "timestamps_backwards", str(exc)))
             except (InputError, ValueError) as exc:
@@ -458,7 +497,7 @@ class Engine:
                 if live.pipeline.kind == "understanding":
                     frame = session.stats.steps
                 else:
-                    frame = session.stats.frames_generated + live.entry.in_flight_frames
+                    frame = live.next_frame
                 session.post({"type": "session.paused", "session": session.id, "frame": frame})
 
         self._submit(pause)
@@ -541,7 +580,7 @@ class Engine:
                 logger.exception("engine command")
         if self._stopping:
             return
-        plan = self.scheduler.schedule(self._understanding())
+        plan = self.scheduler.schedule(self._understanding(), self._inputs())
         if plan.generation is not None:
             self._execute(self._live[plan.generation.id])
             return
@@ -566,6 +605,15 @@ class Engine:
                 tokens = pipeline.prefill_tokens(live.state) if ready else 0
                 limit = pipeline.config.max_prefill_tokens
                 out[live.session.id] = Understanding(ready, decoding, tokens, limit)
+        return out
+
+    def _inputs(self) -> dict[int, float]:
+        """Each restyle stream whose next chunk's input is all in: when it became so."""
+        out = {}
+        for live in self._live.values():
+            if live.entry.input_paced and live.pipeline.input_ready(live.state):
+                arrival = live.pipeline.input_arrival(live.state)
+                out[live.session.id] = self._clock() if arrival is None else arrival
         return out
 
     def _prefill(self, lives: list[_Live]) -> None:
@@ -630,6 +678,7 @@ class Engine:
         self._collect()
         if pending is not None and live.session.id in self._live:
             self.scheduler.launched(live.entry, len(pending))
+            live.next_frame = pending.first_index + len(pending)
             self._in_flight = _InFlight(live, pending, start)
 
     def _collect(self) -> None:
@@ -656,8 +705,14 @@ class Engine:
         self.scheduler.collected(live.entry, len(chunk))
         height, width = chunk.frames.shape[1:3]
         session.height, session.width = height, width
+        arrivals = chunk.input_arrivals
         frames = [
-            OutputFrame(chunk.first_index + i, float(t), chunk.frames[i])
+            OutputFrame(
+                chunk.first_index + i,
+                float(t),
+                chunk.frames[i],
+                None if arrivals is None else float(arrivals[i]),
+            )
             for i, t in enumerate(chunk.timestamps)
         ]
         dropped = session.output.put(frames)
@@ -665,6 +720,8 @@ class Engine:
         session.stats.frames_dropped += dropped
         session.stats.steps += 1
         session.stats.step_seconds.append(elapsed)
+        if session.restyle:
+            session.stats.input_skipped = live.state.restyle.skipped_frames
         self._record_step(elapsed, len(frames), dropped)
 
     def _end(self, live: _Live, reason: str, message: str | None) -> None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from framestream.stream.errors import StreamError
-from framestream.stream.requests import GenerationRequest, UnderstandingRequest
+from framestream.stream.requests import GenerationRequest, RestyleRequest, UnderstandingRequest
 
 __all__ = [
     "ERROR_CODES",
@@ -56,6 +56,7 @@ __all__ = [
     "PromptUpdate",
     "ProtocolError",
     "Question",
+    "RestyleUpdate",
     "Resume",
     "SessionStart",
     "Stop",
@@ -90,7 +91,8 @@ ERROR_CODES = {
     "rate_limited": "the connection sends messages faster than allowed",
     "bad_frame": "a media frame that cannot be decoded, or with a bad header",
     "frame_too_large": "a media frame over the server's max_frame_pixels",
-    "wrong_direction": "a message the session's pipeline does not take (e.g. a prompt to a VLM)",
+    "wrong_direction": "a message the session does not take (e.g. a prompt to a VLM, an input "
+    "frame to a session that is not a restyle one)",
     "timestamps_backwards": "an input frame older than the previous one",
     "recording_failed": "the session's recording cannot be written; the session goes on",
     "internal": "the session's step failed; the session has ended",
@@ -250,6 +252,14 @@ class PromptUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class RestyleUpdate:
+    """A validated ``restyle.update``: a restyle session's strength from its next chunk."""
+
+    session: int
+    strength: float  # 0 < strength <= 1
+
+
+@dataclass(frozen=True, slots=True)
 class Question:
     session: int
     text: str
@@ -276,7 +286,17 @@ class InputFrame:
     payload: bytes
 
 
-ClientMessage = Hello | SessionStart | PromptUpdate | Question | Pause | Resume | Stop | InputFrame
+ClientMessage = (
+    Hello
+    | SessionStart
+    | PromptUpdate
+    | RestyleUpdate
+    | Question
+    | Pause
+    | Resume
+    | Stop
+    | InputFrame
+)
 
 
 def _field(obj: dict, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
@@ -399,7 +419,41 @@ def _generation_request(
         raise ProtocolError(
             "frame_too_large", f"{width}x{height} is over max_frame_pixels={max_frame_pixels}"
         )
-    return GenerationRequest(prompt, seed, height, width)
+    return GenerationRequest(prompt, seed, height, width, _restyle(params))
+
+
+def _restyle(params: dict) -> RestyleRequest | None:
+    """``params.restyle`` of a generation session: absent, null or ``false`` for none (plain
+    generation), ``true`` for the defaults, or ``{"strength": s}``."""
+    value = params.get("restyle")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return RestyleRequest()
+    if not isinstance(value, dict):
+        raise ProtocolError(
+            "invalid_message",
+            f"params.restyle must be true, false or an object, got {value!r:.50}",
+        )
+    if value.get("strength") is None:
+        return RestyleRequest()
+    return RestyleRequest(_strength(value["strength"], "params.restyle.strength"))
+
+
+def _strength(value: Any, where: str) -> float:
+    """A restyle strength: a number with 0 < strength <= 1."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not 0 < value <= 1:  # NaN compares false; no float() of a huge int
+        raise ProtocolError(
+            "invalid_message", f"{where} must be a number > 0 and <= 1, got {value!r:.50}"
+        )
+    return float(value)
+
+
+def _parse_restyle_update(obj: dict) -> RestyleUpdate:
+    if "strength" not in obj:
+        raise ProtocolError("invalid_message", "restyle.update: missing field 'strength'")
+    return RestyleUpdate(_session(obj), _strength(obj["strength"], "restyle.update: strength"))
 
 
 def _understanding_request(params: dict, where: str = "params") -> UnderstandingRequest:
@@ -506,6 +560,7 @@ _PARSERS = {
     "hello": _parse_hello,
     "session.start": _parse_start,  # with the connection's catalog
     "prompt.update": _parse_prompt,
+    "restyle.update": _parse_restyle_update,
     "question": lambda o: Question(_session(o), _text(o, "text", MAX_PROMPT)),
     "pause": lambda o: Pause(_session(o)),
     "resume": lambda o: Resume(_session(o)),

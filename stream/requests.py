@@ -5,9 +5,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_INSTRUCTION", "GenerationRequest", "UnderstandingRequest"]
+__all__ = ["DEFAULT_INSTRUCTION", "GenerationRequest", "RestyleRequest", "UnderstandingRequest"]
 
 DEFAULT_INSTRUCTION = "Commentate on this video."
+
+
+@dataclass(frozen=True, slots=True)
+class RestyleRequest:
+    """A generation session whose input is a feed: its frames, encoded and noised to
+    ``strength``, are denoised under the prompt (video-to-video)."""
+
+    strength: float = 0.6  # 0 < strength <= 1; 1.0 = the input is ignored (plain generation)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.strength <= 1.0:  # NaN fails too
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +30,7 @@ class GenerationRequest:
     seed: int = 0
     height: int | None = None  # pixels; the preset's default when None
     width: int | None = None
+    restyle: RestyleRequest | None = None  # set: the session restyles input frames
 
     def __post_init__(self) -> None:
         if not self.prompt.strip():

@@ -15,6 +15,10 @@ generation and understanding::
                  5. a background generation session (``realtime: false``): only when nothing
                     realtime is due, so it never delays a realtime one; when its output queue
                     has room (it waits for its consumer rather than dropping frames)
+    A restyle session is paced by its input feed, not by a playback clock: it is eligible only
+    once its next chunk's input frames are all in, and then due at once, its deadline being the
+    moment that input became complete (``inputs`` of :meth:`Scheduler.schedule`), so it is ordered
+    among the realtime sessions by how long its input has waited.
     Overdue generation never runs twice in a row while understanding waits: an overloaded
     device slows every stream, it starves none. And a reply under way keeps the device for up
     to ``reply_slice_seconds`` of decode steps before an overdue chunk cuts in: one chunk
@@ -29,7 +33,8 @@ step seconds / media seconds a step makes) would pass ``max_load``. The step cos
 the engine's calibration at warm-up.
 
 Health (:meth:`Scheduler.health`): ``degraded`` while realtime sessions missed their deadlines
-by more than ``late_seconds`` within the last ``health_window_seconds``.
+by more than ``late_seconds`` within the last ``health_window_seconds`` (a restyle chunk's
+deadline: its input's completion plus one step).
 """
 
 from __future__ import annotations
@@ -139,9 +144,16 @@ class Entry:
     in_flight_frames: int = 0  # frames of its chunk still being made
     chunk_frames: int = 1  # frames of its last step
     queued_frames: Callable[[], int] = lambda: 0  # undelivered frames in its output queue
+    # restyle: paced by its input feed, not by a playback clock (see Scheduler.schedule)
+    input_paced: bool = False
+    input_complete: float = math.nan  # clock time its next chunk's input was all in; nan: not yet
+    launched_input: float = math.nan  # the same, of the chunk in flight
 
     def deadline(self) -> float:
-        """When its next frame is due on the client's clock; -inf before its first step."""
+        """When its next frame is due on the client's clock; -inf before its first step. An
+        input-paced session's is when its next chunk's input was complete (nan: not yet)."""
+        if self.input_paced:
+            return self.input_complete
         if math.isnan(self.t0):
             return -math.inf
         return self.t0 + (self.frames_generated + self.in_flight_frames) / self.fps
@@ -241,11 +253,18 @@ class Scheduler:
     def launched(self, entry: Entry, frames: int) -> None:
         """A step of ``entry`` making ``frames`` frames is in flight."""
         entry.in_flight_frames = frames
+        entry.launched_input = entry.input_complete
 
     def collected(self, entry: Entry, frames: int) -> None:
-        """Its frames arrived: the first chunk anchors its playback clock."""
+        """Its frames arrived: the first chunk anchors its playback clock; an input-paced
+        chunk is late when it took more than a step past its input's completion."""
         now = self._clock()
-        if math.isnan(entry.t0):
+        if entry.input_paced:
+            step = entry.cost.step_seconds if entry.cost is not None else 0.0
+            waited = now - entry.launched_input - step  # nan (never) compares false
+            if entry.realtime and waited > self.config.late_seconds:
+                self._late.append(now)
+        elif math.isnan(entry.t0):
             entry.t0 = now
         elif entry.realtime and now - entry.deadline() > self.config.late_seconds:
             self._late.append(now)
@@ -264,9 +283,20 @@ class Scheduler:
 
     # -- the decision ----------------------------------------------------------------------
 
-    def schedule(self, understanding: Mapping[int, Understanding]) -> Plan:
-        """The next unit of work; ``understanding`` holds each understanding stream's status."""
+    def schedule(
+        self,
+        understanding: Mapping[int, Understanding],
+        inputs: Mapping[int, float] | None = None,
+    ) -> Plan:
+        """The next unit of work; ``understanding`` holds each understanding stream's status,
+        ``inputs`` each input-paced session whose next chunk's input is all in: the clock time
+        it became so. An input-paced session absent from ``inputs`` waits for its input (the
+        engine wakes when a frame arrives)."""
         now = self._clock()
+        inputs = inputs or {}
+        for entry in self.entries.values():
+            if entry.input_paced:
+                entry.input_complete = inputs.get(entry.id, math.nan)
         realtime = self._earliest(now, realtime=True)
         overdue = realtime is not None and realtime.deadline() <= now
         ready = self._ready(understanding)
@@ -299,6 +329,8 @@ class Scheduler:
             if entry.kind != "generation" or not entry.running or entry.realtime != realtime:
                 continue
             deadline = entry.deadline()
+            if math.isnan(deadline):
+                continue  # input-paced, its next chunk's input not all in
             if realtime and deadline - now > self.config.lookahead_seconds:
                 continue
             if not realtime and (
@@ -345,10 +377,11 @@ class Scheduler:
     def _idle_timeout(self, now: float) -> float:
         """Sleep until the earliest realtime session needs its next chunk, or at most
         ``_MAX_IDLE_SECONDS``: background sessions' consumers free room in their queues
-        without telling the scheduler."""
+        without telling the scheduler. Input-paced sessions are not waited for: their input
+        frames wake the engine."""
         waits = [
             e.deadline() - now - self.config.lookahead_seconds
             for e in self.entries.values()
-            if e.running and e.realtime and e.kind == "generation"
+            if e.running and e.realtime and e.kind == "generation" and not e.input_paced
         ]
         return min([_MAX_IDLE_SECONDS, *(w for w in waits if w > 0)])

@@ -43,6 +43,7 @@ class OutputFrame:
     index: int  # frame index in the stream
     timestamp: float  # seconds since the stream's start
     pixels: np.ndarray  # uint8 [H, W, 3]
+    input_arrival: float | None = None  # restyle: time.monotonic() its slot's input arrived
 
 
 @dataclass(slots=True)
@@ -50,6 +51,7 @@ class SessionStats:
     frames_generated: int = 0
     frames_sent: int = 0
     frames_dropped: int = 0  # undelivered frames a slow client lost
+    input_skipped: int = 0  # restyle: input slots skipped, the feed coming faster than restyled
     steps: int = 0
     step_seconds: collections.deque = field(default_factory=lambda: collections.deque(maxlen=256))
 
@@ -157,6 +159,11 @@ class Session:
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=256)
         self.width = 0
         self.height = 0
+
+    @property
+    def restyle(self) -> bool:
+        """A restyle session: a generation session paced by the input feed it restyles."""
+        return isinstance(self.request, GenerationRequest) and self.request.restyle is not None
 
     @property
     def finished(self) -> bool:

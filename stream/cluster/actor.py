@@ -190,6 +190,8 @@ class EngineActor:
                 engine.close(session, *args)
             case Action.FRAME:
                 engine.push_frame(session, *args)
+            case Action.STRENGTH:
+                engine.set_strength(session, *args)
 
     async def _collect(self, front: str, credits: dict[int, int]) -> list[SessionUpdate]:
         updates = []

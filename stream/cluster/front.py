@@ -240,6 +240,9 @@ class ClusterEngine:
     ) -> None:
         self._send(session, Action.PROMPT, prompt, transition_chunks, at_frame)
 
+    def set_strength(self, session: Session, strength: float) -> None:
+        self._send(session, Action.STRENGTH, strength)
+
     def push_frame(self, session: Session, timestamp: float, frame: Any) -> None:
         self._send(session, Action.FRAME, timestamp, frame)
 

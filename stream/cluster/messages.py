@@ -34,6 +34,7 @@ class Action(enum.Enum):
     RESUME = "resume"  # ()
     CLOSE = "close"  # (reason,)
     FRAME = "frame"  # (timestamp in seconds, uint8 [H, W, 3])
+    STRENGTH = "strength"  # (restyle strength,)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,16 @@ One step produces one chunk of latent frames::
     frames = vae.decode_chunk(x0)           streamed: 9 frames for the first chunk, then 12
     dit(x0, t=0)                            the clean K/V the next chunks attend to
 
+A restyle stream (strength s) runs the same loop on its input; the step waits for the chunk's
+input slots (9 frames for the first chunk, then 12)::
+
+    z_in = vae.encode_chunk(input frames)   streamed causal encode: 3 latent frames
+    levels with sigma > s                   x0 = z_in, no DiT forward
+    x = (1 - sigma) * z_in + sigma * noise  at the first level <= s, then the loop above from it
+                                            (s = 1.0: x = noise, plain generation bit for bit;
+                                            s under every level: x0 = z_in, no forward at all)
+    frames = vae.decode_chunk(x0)           the same slots' indices; dit(x0, t=0) as above
+
 The t=0 refresh is the first thing the *next* step does, before its switch and before its
 ``begin_chunk`` can evict anything: only the next chunk reads that K/V, so the chunk's frames
 leave one DiT forward sooner (a new session's first frame too) and the refresh runs on the
@@ -47,6 +57,7 @@ from framestream.stream.kvcache import (
     KVCacheManager,
     check_kv_cache_dtype,
 )
+from framestream.stream.pipelines.restyle import levels_over
 from framestream.stream.pipelines.wan import WanStreamPipeline, WanStreamState
 
 __all__ = ["LongLiveConfig", "LongLivePipeline", "LongLiveState"]
@@ -68,6 +79,7 @@ class LongLiveConfig:
     attention_backend: str | None = None  # None: the device's default (see kernels.attention)
     # pool rows: "auto" (the model's dtype) or "fp8_e4m3" (half of bf16's bytes, unscaled)
     kv_cache_dtype: KVCacheDtype = "auto"
+    max_input_frames: int = 96  # a restyle stream's input slots waiting; more skip whole chunks
 
     def __post_init__(self) -> None:
         check_kv_cache_dtype(self.kv_cache_dtype)
@@ -118,6 +130,9 @@ class LongLivePipeline(WanStreamPipeline):
         context = cfg.sink_frames + cfg.window_frames
         return [(cfg.chunk_frames, context)] * (len(self.schedule.steps) + 1)  # + the refresh
 
+    def _chunk_latent_frames(self) -> int:
+        return self.config.chunk_frames
+
     @torch.inference_mode()
     def denoise(self, state: LongLiveState) -> torch.Tensor:
         """Generate the next chunk; returns its clean latents ``[1, C, chunk_frames, h, w]``.
@@ -126,12 +141,21 @@ class LongLivePipeline(WanStreamPipeline):
         self._refresh(state)
         if self._advance_text(state):
             self._recache(state)
+        sigmas, timesteps = self.schedule.sigmas, self.schedule.timesteps
+        first, x0 = 0, None
+        if state.restyle is not None:  # the levels over the strength take the input as x0
+            x0 = self._take_input(state)
+            first = levels_over(sigmas, state.restyle.strength)
         ranges = state.cache.begin_chunk(cfg.chunk_frames)
         view = self._view(state, ranges)
-        x = self._noise(state, cfg.chunk_frames)
-        sigmas, timesteps = self.schedule.sigmas, self.schedule.timesteps
+        if first < len(sigmas):
+            x = self._noise(state, cfg.chunk_frames)
+            if first > 0:  # the input noised to the first level run
+                x = FlowSchedule.add_noise(x0.float(), x.float(), sigmas[first])
+                x = x.to(self.models.dtype)
         opening = state.history is None and self.models.opening is not None
-        for i, (sigma, t) in enumerate(zip(sigmas, timesteps, strict=True)):
+        for i in range(first, len(sigmas)):
+            sigma, t = sigmas[i], timesteps[i]
             if i == 0 and opening:
                 x0 = self._open(state, x, view)
             else:

@@ -44,6 +44,7 @@ from framestream.stream.kvcache import (
     check_kv_cache_dtype,
 )
 from framestream.stream.pipelines.wan import WanStreamPipeline, WanStreamState
+from framestream.stream.requests import GenerationRequest
 
 __all__ = [
     "PendingCachePass",
@@ -66,6 +67,7 @@ class RollingForcingConfig:
     attention_backend: str | None = None
     # pool rows: "auto" (the model's dtype) or "fp8_e4m3" (half of bf16's bytes, unscaled)
     kv_cache_dtype: KVCacheDtype = "auto"
+    max_input_frames: int = 96  # a restyle stream's input slots waiting; more skip whole blocks
 
     def __post_init__(self) -> None:
         check_kv_cache_dtype(self.kv_cache_dtype)
@@ -128,6 +130,14 @@ class RollingForcingPipeline(WanStreamPipeline):
         window = cfg.window_blocks * cfg.block_frames
         # the window pass reads the attention span; the exiting block's clean pass too
         return [(window, cfg.attention_frames), (cfg.block_frames, cfg.attention_frames)]
+
+    def _chunk_latent_frames(self) -> int:
+        return self.config.block_frames
+
+    def open(self, request: GenerationRequest) -> RollingForcingState:
+        if request.restyle is not None:
+            raise ValueError("Rolling Forcing does not restyle yet")
+        return super().open(request)
 
     @torch.inference_mode()
     def denoise(self, state: RollingForcingState) -> torch.Tensor:

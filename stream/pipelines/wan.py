@@ -1,8 +1,17 @@
 """What the Wan generation pipelines share: a pool per DiT geometry, per-stream text state with
-prompt switches and transitions, noise, plans and the streamed VAE decode.
+prompt switches and transitions, noise, plans, the streamed VAE decode, and a restyle stream's
+input (frames in slots, the streamed VAE encode, the strength).
 
 A pipeline subclass says how a stream's cache is laid out (``_cache_config``) and how a step
 runs (``denoise``); everything a stream owns lives in its :class:`WanStreamState`.
+
+A restyle stream (``GenerationRequest.restyle``) takes input frames (:meth:`push_frame`) into
+slots at the pipeline's fps (:mod:`stream.pipelines.restyle`); a step runs only once its input
+is in (:meth:`input_ready`), encodes it chunk by chunk with the causal VAE encoder, and its
+frames carry their input slots' indices and arrival times::
+
+    push_frame -> slots [9 | 12 | 12 ...] -> encode_chunk -> z_in -> denoise (levels over the
+    strength take z_in as x0) -> decode_chunk -> frames, first_index = the slots' first
 """
 
 from __future__ import annotations
@@ -11,12 +20,13 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from framestream.models.attention import AttentionContext
 from framestream.models.registry import WanModels
 from framestream.models.schedule import FlowSchedule
-from framestream.models.vae import to_uint8
+from framestream.models.vae import WanVAE, from_uint8, to_uint8
 from framestream.models.wan import TextConditioning
 from framestream.stream.kvcache import (
     CacheGeometry,
@@ -30,7 +40,8 @@ from framestream.stream.kvcache import (
     cache_dtype,
 )
 from framestream.stream.pipelines.base import FrameChunk, PendingChunk
-from framestream.stream.requests import GenerationRequest
+from framestream.stream.pipelines.restyle import InputSlots, NotRestyleError, RestyleState
+from framestream.stream.requests import GenerationRequest, RestyleRequest
 from framestream.stream.scheduler import StepCost
 
 __all__ = ["WanCalibration", "WanStreamPipeline", "WanStreamState"]
@@ -43,6 +54,7 @@ class WanCalibration:
     dit_seconds: float  # the DiT's passes
     decode_seconds: float  # the streamed VAE decode of its latents
     frames: int  # video frames the step made
+    encode_seconds: float | None = None  # a restyle step's input encode; None: cannot encode
 
 
 @dataclass(eq=False)
@@ -59,6 +71,7 @@ class WanStreamState:
     frames_emitted: int = 0
     transition: list[torch.Tensor] = field(default_factory=list)  # embeddings of coming steps
     recache_pending: bool = False
+    restyle: RestyleState | None = None  # a restyle stream's input; None: plain generation
 
 
 class WanStreamPipeline(ABC):
@@ -72,7 +85,8 @@ class WanStreamPipeline(ABC):
             None (a frame per block keeps eviction exact and waste at zero).
     """
 
-    config: object  # the subclass's frozen config; has fps, attention_backend, kv_cache_dtype
+    # the subclass's frozen config; has fps, attention_backend, kv_cache_dtype, max_input_frames
+    config: object
     kind = "generation"
     calibration: WanCalibration | None = None  # set by calibrate()
 
@@ -96,6 +110,17 @@ class WanStreamPipeline(ABC):
         except ValueError:
             rows, cols = models.token_grid(*models.default_size)
             self.pool = manager.add_pool(self.geometry, block_size or rows * cols, cache_bytes)
+        most = self._input_chunks_most() + 1  # a step's input and the chunk arriving behind it
+        if self.config.max_input_frames < most * self.chunk_input_frames:
+            raise ValueError(
+                f"max_input_frames={self.config.max_input_frames} must hold {most} chunks of "
+                f"input ({self.chunk_input_frames} frames each)"
+            )
+
+    @property
+    def chunk_input_frames(self) -> int:
+        """Input frames of a chunk after a stream's first (12): what its latents decode to."""
+        return self.models.vae.temporal_stride * self._chunk_latent_frames()
 
     @abstractmethod
     def _cache_config(self, grid: tuple[int, int]) -> PolicyConfig:
@@ -112,6 +137,18 @@ class WanStreamPipeline(ABC):
     @abstractmethod
     def _passes(self) -> list[tuple[int, int]]:
         """A steady step's DiT passes as (query frames, key frames), for :meth:`step_cost`."""
+
+    @abstractmethod
+    def _chunk_latent_frames(self) -> int:
+        """Latent frames a step emits (and a restyle stream encodes at a time)."""
+
+    def _input_chunks(self, state: WanStreamState) -> int:
+        """Input chunks a restyle stream's next step takes (LongLive: its own)."""
+        return 1
+
+    def _input_chunks_most(self) -> int:
+        """The most input chunks one step can take."""
+        return 1
 
     # -- what a step costs -----------------------------------------------------------------
 
@@ -134,7 +171,27 @@ class WanStreamPipeline(ABC):
                 decode.append(time.perf_counter() - middle)
         finally:
             self.close(state)
-        self.calibration = WanCalibration(min(dit), min(decode), frames)
+        self.calibration = WanCalibration(min(dit), min(decode), frames, self._time_encode(steps))
+
+    def _time_encode(self, steps: int) -> float | None:
+        """The fastest of ``steps`` encodes of a later chunk's input at the default size, after
+        a stream's first chunk; None where the decoder has no encoder."""
+        vae = self.models.vae
+        if not isinstance(vae, WanVAE):
+            return None
+        height, width = self.models.default_size
+        first, later = self.chunk_input_frames - vae.temporal_stride + 1, self.chunk_input_frames
+        video = torch.zeros((1, 3, first + steps * later, height, width), device=self.models.device)
+        encode_state, times = vae.new_encode_state(), []
+        vae.encode_chunk(video[:, :, :first], encode_state)
+        for i in range(steps):
+            start = time.perf_counter()
+            chunk = video[:, :, first + i * later : first + (i + 1) * later]
+            z = vae.encode_chunk(chunk, encode_state)
+            if z.is_cuda:
+                torch.cuda.synchronize(z.device)
+            times.append(time.perf_counter() - start)
+        return min(times)
 
     def step_cost(self, request: GenerationRequest) -> StepCost | None:
         """A step of ``request``'s size on this device: the calibrated step scaled by the DiT's
@@ -147,6 +204,9 @@ class WanStreamPipeline(ABC):
         dit = calibration.dit_seconds * self._dit_work(*size) / self._dit_work(*default)
         pixels = (size[0] * size[1]) / (default[0] * default[1])
         seconds = dit + calibration.decode_seconds * pixels
+        if request.restyle is not None and calibration.encode_seconds is not None:
+            # the DiT's share is plain generation's: a strength can rise to 1.0 mid-stream
+            seconds += calibration.encode_seconds * pixels
         return StepCost(seconds, calibration.frames / self.config.fps)
 
     def _dit_work(self, height: int, width: int) -> float:
@@ -164,10 +224,14 @@ class WanStreamPipeline(ABC):
     # -- session lifecycle -----------------------------------------------------------------
 
     def open(self, request: GenerationRequest) -> WanStreamState:
-        """Admit a stream (raises ``CacheFullError`` when its cache does not fit)."""
+        """Admit a stream (raises ``CacheFullError`` when its cache does not fit, ValueError
+        for a restyle request where the decoder has no encoder)."""
         height = request.height or self.models.default_size[0]
         width = request.width or self.models.default_size[1]
         latent_shape = self.models.latent_shape(height, width)
+        restyle = None
+        if request.restyle is not None:
+            restyle = self._new_restyle(request.restyle, height, width)
         cache = self.manager.open(
             self.geometry, self._cache_config(self.models.token_grid(height, width))
         )
@@ -181,10 +245,29 @@ class WanStreamPipeline(ABC):
                 text=self.models.dit.encode_text(embedding),
                 decode_state=self.models.vae.new_decode_state(),
                 prompt=request.prompt,
+                restyle=restyle,
             )
         except BaseException:
             cache.cache.close()
             raise
+
+    def _new_restyle(self, request: RestyleRequest, height: int, width: int) -> RestyleState:
+        vae = self.models.vae
+        if not isinstance(vae, WanVAE):
+            raise ValueError(
+                "restyle needs the Wan VAE's encoder; this pipeline decodes with the tiny "
+                "decoder, which has none"
+            )
+        later = self.chunk_input_frames
+        slots = InputSlots(
+            self.config.fps,
+            height,
+            width,
+            self.config.max_input_frames,
+            first_chunk=later - vae.temporal_stride + 1,
+            chunk=later,
+        )
+        return RestyleState(request.strength, slots, vae.new_encode_state())
 
     def close(self, state: WanStreamState) -> None:
         state.cache.cache.close()
@@ -199,6 +282,67 @@ class WanStreamPipeline(ABC):
         state.transition = [torch.lerp(start, target, (i + 1) / steps) for i in range(steps)]
         state.prompt = prompt
         state.recache_pending = True
+
+    # -- a restyle stream's input ---------------------------------------------------------
+
+    def push_frame(
+        self,
+        state: WanStreamState,
+        timestamp: float,
+        frame: np.ndarray,
+        arrival: float | None = None,
+    ) -> None:
+        """Feed a restyle stream one uint8 ``[H, W, 3]`` input frame of any size.
+
+        Args:
+            timestamp: seconds on the input's own clock, non-decreasing.
+            arrival: ``time.monotonic()`` when it arrived (now when None), for latency.
+
+        Raises:
+            NotRestyleError: the stream is not a restyle stream.
+            InputError: not a uint8 ``[H, W, 3]`` frame, or a bad timestamp;
+                :class:`~stream.pipelines.feed.TimestampsBackwardsError` when it is older than
+                the frame before it.
+        """
+        if state.restyle is None:
+            raise NotRestyleError("this generation session takes no input frames")
+        arrival = time.monotonic() if arrival is None else arrival
+        state.restyle.slots.push(timestamp, frame, arrival)
+
+    def input_ready(self, state: WanStreamState) -> bool:
+        """Whether the next step can run: always for plain generation; for a restyle stream,
+        once the input slots it takes are all in."""
+        if state.restyle is None:
+            return True
+        return state.restyle.slots.ready(self._input_chunks(state))
+
+    def input_arrival(self, state: WanStreamState) -> float | None:
+        """``time.monotonic()`` when the next step's input became complete; None while it is
+        not (or for plain generation, which takes none)."""
+        if state.restyle is None:
+            return None
+        return state.restyle.slots.completed_at(self._input_chunks(state))
+
+    def set_strength(self, state: WanStreamState, strength: float) -> None:
+        """A restyle stream's new strength, from its next step on.
+
+        Raises:
+            NotRestyleError: the stream is not a restyle stream.
+            ValueError: ``strength`` not in (0, 1].
+        """
+        if state.restyle is None:
+            raise NotRestyleError("this generation session is not a restyle session")
+        state.restyle.strength = RestyleRequest(float(strength)).strength
+
+    def _take_input(self, state: WanStreamState) -> torch.Tensor:
+        """Encode the next input chunk of a restyle stream: ``[1, C, T, h, w]`` normalised
+        latents in the model's dtype; its indices and arrivals wait for its frames."""
+        restyle = state.restyle
+        taken = restyle.slots.take()
+        restyle.outputs.append(taken)
+        pixels = torch.from_numpy(taken.frames).to(self.models.device)[None]
+        z = self.models.vae.encode_chunk(from_uint8(pixels), restyle.encode_state)
+        return z.to(self.models.dtype)
 
     def _advance_text(self, state: WanStreamState) -> bool:
         """Apply the next transition embedding; True when a switch has just begun."""
@@ -233,12 +377,15 @@ class WanStreamPipeline(ABC):
         pipeline runs on that stream, so a stream's VAE history never changes stream and the
         allocator never hands its memory to the DiT while a decode still reads it.
         """
-        start, fps = state.frames_emitted, self.config.fps
+        start, fps, arrivals = state.frames_emitted, self.config.fps, None
+        if state.restyle is not None:  # the frames of the oldest input chunk not yet out
+            taken = state.restyle.outputs.popleft()
+            start, arrivals = taken.first_index, taken.arrivals
         device = self.models.device
         if device.type != "cuda":
             frames = to_uint8(self.models.vae.decode_chunk(latents, state.decode_state))[0]
             state.frames_emitted += len(frames)
-            return PendingChunk(frames.numpy(), start, fps)
+            return PendingChunk(frames.numpy(), start, fps, None, arrivals)
         if self._decode_stream is None:
             self._decode_stream = torch.cuda.Stream(device)
         side = self._decode_stream
@@ -251,7 +398,7 @@ class WanStreamPipeline(ABC):
             done = torch.cuda.Event()
             done.record(side)
         state.frames_emitted += len(host)
-        return PendingChunk(host.numpy(), start, fps, done)
+        return PendingChunk(host.numpy(), start, fps, done, arrivals)
 
     # -- helpers ---------------------------------------------------------------------------
 

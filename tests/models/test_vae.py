@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan
 
-from framestream.models.vae import DecodeState, WanVAE, tiny_wan_vae, to_uint8
+from framestream.models.vae import DecodeState, WanVAE, from_uint8, tiny_wan_vae, to_uint8
 
 ATOL = 1e-5  # fp32; the streamed and whole decodes run the same convs on the same inputs
 
@@ -187,3 +187,63 @@ def test_layout_follows_the_device_on_every_move(vae: WanVAE) -> None:
     assert all(p.is_contiguous() for p in forced.parameters())
     for a, b in zip(vae.parameters(), forced.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def _video(seed: int, frames: int, batch: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, frames, 32, 48, generator=gen) * 2 - 1
+
+
+@pytest.mark.parametrize("chunks", [(9, 12, 12), (1, 8, 24), (33,)])
+def test_streamed_encode_equals_whole_clip_encode_means(
+    vae: WanVAE, chunks: tuple[int, ...]
+) -> None:
+    """9-then-12 frame chunks (a LongLive chunk's input), and other chunkings, encoded
+    chunk by chunk equal diffusers' whole-clip ``encode`` means, normalised."""
+    video = _video(5, sum(chunks), batch=2)
+    state = vae.new_encode_state()
+    parts = [vae.encode_chunk(part, state) for part in video.split(list(chunks), dim=2)]
+    assert [p.shape[2] for p in parts] == [
+        (c - (i == 0)) // 4 + (i == 0) for i, c in enumerate(chunks)
+    ]
+    with torch.no_grad():
+        means = vae.vae.encode(video).latent_dist.mean
+    expected = (means - vae.latents_mean) / vae.latents_std
+    streamed = torch.cat(parts, dim=2)
+    assert streamed.shape == (2, 16, 9, 4, 6)
+    torch.testing.assert_close(streamed, expected, atol=ATOL, rtol=0)
+
+
+def test_interleaved_encodes_equal_each_encoded_alone(vae: WanVAE) -> None:
+    va, vb = _video(6, 21), _video(7, 21)
+    alone = [
+        torch.cat([vae.encode_chunk(p, s) for p in v.split([9, 12], 2)], 2)
+        for v, s in ((va, vae.new_encode_state()), (vb, vae.new_encode_state()))
+    ]
+    sa, sb = vae.new_encode_state(), vae.new_encode_state()
+    mixed_a, mixed_b = [], []
+    for pa, pb in zip(va.split([9, 12], 2), vb.split([9, 12], 2), strict=True):
+        mixed_a.append(vae.encode_chunk(pa, sa))
+        mixed_b.append(vae.encode_chunk(pb, sb))
+    torch.testing.assert_close(torch.cat(mixed_a, 2), alone[0], atol=0, rtol=0)
+    torch.testing.assert_close(torch.cat(mixed_b, 2), alone[1], atol=0, rtol=0)
+
+
+def test_encode_refuses_off_stride_chunks_and_other_geometry(vae: WanVAE) -> None:
+    state = vae.new_encode_state()
+    with pytest.raises(ValueError, match=r"1 \+ 4k"):
+        vae.encode_chunk(_video(8, 8), state)
+    vae.encode_chunk(_video(8, 9), state)
+    with pytest.raises(ValueError, match=r"4k \(k >= 1\)"):
+        vae.encode_chunk(_video(8, 5), state)
+    with pytest.raises(ValueError, match="do not match"):
+        vae.encode_chunk(_video(8, 4)[..., :16], state)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        vae.encode_chunk(_video(8, 4)[..., :12], vae.new_encode_state())
+
+
+def test_from_uint8_inverts_to_uint8() -> None:
+    pixels = torch.randint(0, 256, (1, 2, 8, 8, 3), dtype=torch.uint8)
+    signed = from_uint8(pixels)
+    assert signed.shape == (1, 3, 2, 8, 8) and signed.min() >= -1 and signed.max() <= 1
+    torch.testing.assert_close(to_uint8(signed), pixels, atol=0, rtol=0)

@@ -29,12 +29,13 @@ from framestream.stream.protocol import (
     PromptUpdate,
     ProtocolError,
     Question,
+    RestyleUpdate,
     Resume,
     SessionStart,
     Stop,
     encode,
 )
-from framestream.stream.requests import GenerationRequest, UnderstandingRequest
+from framestream.stream.requests import GenerationRequest, RestyleRequest, UnderstandingRequest
 
 WIRE_HEADER = "<2sBBIQdB3xHH"  # docs/protocol.md
 
@@ -528,3 +529,107 @@ def test_sampler_limits_are_the_sampler_s() -> None:
         "seed": (0, sampling.MAX_SEED, int),
     }
     assert ours == SAMPLING_LIMITS
+
+
+# -- restyle -----------------------------------------------------------------------------------
+
+
+def start_message(request_id: str | None = None, **params: Any) -> str:
+    params = {"prompt": "x", **params}
+    return message("session.start", pipeline="longlive", params=params, request_id=request_id)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        (False, None),
+        (True, RestyleRequest()),
+        ({}, RestyleRequest()),
+        ({"strength": None}, RestyleRequest()),
+        ({"strength": 0.25}, RestyleRequest(0.25)),
+        ({"strength": 1}, RestyleRequest(1.0)),
+        ({"strength": 1e-9, "later": "ignored"}, RestyleRequest(1e-9)),
+    ],
+)
+def test_params_restyle_parses(value: Any, expected: RestyleRequest | None) -> None:
+    params = {} if value is None else {"restyle": value}
+    start = ready().receive(start_message(**params))
+    assert isinstance(start, SessionStart)
+    assert isinstance(start.request, GenerationRequest)
+    assert start.request.restyle == expected
+    assert start.request.prompt == "x" and (start.request.height, start.request.width) == (64, 96)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"strength": 0},
+        {"strength": -0.5},
+        {"strength": 1.0000001},
+        {"strength": 10**400},
+        {"strength": True},
+        {"strength": "0.5"},
+        {"strength": [0.5]},
+        "yes",
+        1,
+        0.5,
+        [],
+    ],
+)
+def test_bad_params_restyle_is_invalid_naming_the_field(value: Any) -> None:
+    with pytest.raises(ProtocolError) as info:
+        ready().receive(start_message(restyle=value, request_id="r9"))
+    assert info.value.code == "invalid_message" and info.value.request_id == "r9"
+    assert "params.restyle" in info.value.message
+
+
+def test_a_nan_strength_is_invalid() -> None:
+    # json.dumps writes NaN, which Python's json reads back: the check must not let it through
+    data = '{"type":"session.start","pipeline":"longlive","params":{"prompt":"x",' + (
+        '"restyle":{"strength":NaN}}}'
+    )
+    assert refused(ready(), data) == "invalid_message"
+
+
+def test_an_understanding_session_ignores_restyle() -> None:
+    start = ready().receive(
+        message("session.start", pipeline="streaming_vlm", params={"restyle": {"strength": 9}})
+    )
+    assert isinstance(start, SessionStart) and isinstance(start.request, UnderstandingRequest)
+
+
+def test_restyle_update_parses() -> None:
+    connection = ready()
+    update = connection.receive(message("restyle.update", session=3, strength=0.4))
+    assert update == RestyleUpdate(3, 0.4)
+    assert connection.receive(message("restyle.update", session=3, strength=1)) == RestyleUpdate(
+        3, 1.0
+    )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"session": 3},
+        {"session": 3, "strength": 0},
+        {"session": 3, "strength": 2},
+        {"session": 3, "strength": None},
+        {"session": 3, "strength": False},
+        {"session": 3, "strength": "0.5"},
+        {"strength": 0.5},
+        {"session": 0, "strength": 0.5},
+        {"session": "3", "strength": 0.5},
+    ],
+)
+def test_bad_restyle_update_is_invalid(fields: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError) as info:
+        ready().receive(message("restyle.update", **fields))
+    assert info.value.code == "invalid_message"
+    if fields.get("session") == 3:  # a refusal names the session it was about
+        assert info.value.session == 3
+
+
+def test_restyle_update_before_hello_is_not_ready() -> None:
+    connection = Connection(catalog=CATALOG)
+    assert refused(connection, message("restyle.update", session=1, strength=0.5)) == "not_ready"

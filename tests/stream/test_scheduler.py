@@ -198,6 +198,82 @@ def test_late_realtime_steps_degrade_the_health_for_a_while() -> None:
     assert s.health() is Health.OK
 
 
+def restyle(id_: int, cost: StepCost | None = None, realtime: bool = True) -> Entry:
+    return Entry(id_, "generation", 0, 16.0, realtime, cost, input_paced=True)
+
+
+def test_a_restyle_session_waits_for_its_input_then_is_due_at_once() -> None:
+    s, clock = scheduler(lookahead_seconds=1.0)
+    entry = restyle(1)
+    s.add(entry)
+    plan = s.schedule({})  # no input yet: nothing to do, however long it has been
+    assert plan.generation is None and 0 < plan.sleep <= 0.05
+    clock.now += 30.0
+    assert s.schedule({}, {}).generation is None
+    assert s.schedule({}, {1: clock.now - 0.1}).generation is entry
+    s.launched(entry, 9)
+    s.collected(entry, 9)
+    # no playback clock: with its next chunk's input in, it runs again at once, never "ahead"
+    assert s.schedule({}, {1: clock.now}).generation is entry
+    s.pause(entry)
+    assert s.schedule({}, {1: clock.now}).generation is None
+
+
+def test_restyle_and_realtime_sessions_are_ordered_by_how_long_their_input_waited() -> None:
+    s, clock = scheduler(lookahead_seconds=1.0)
+    plain, early, late = generation(1), restyle(2), restyle(3)
+    for entry in (plain, early, late):
+        s.add(entry)
+    s.collected(plain, 12)  # t0 = now: its next frame is due 0.75 s from now
+    assert s.schedule({}, {2: clock.now - 0.2, 3: clock.now - 0.1}).generation is early
+    assert s.schedule({}, {3: clock.now - 0.1}).generation is late
+    assert s.schedule({}, {}).generation is plain  # within its lookahead: the device is free
+    clock.now += 2.0  # the plain session is 1.25 s overdue; an input complete since 0.5 s
+    assert s.schedule({}, {3: clock.now - 0.5}).generation is plain
+
+
+def test_a_restyle_session_yields_to_waiting_understanding_as_overdue_generation_does() -> None:
+    s, clock = scheduler()
+    entry, watcher = restyle(1), understanding(2)
+    s.add(entry)
+    s.add(watcher)
+    inputs = {1: clock.now}
+    assert s.schedule({2: READY}, inputs).generation is entry
+    assert s.schedule({2: READY}, inputs).prefill == [watcher]
+    assert s.schedule({2: READY}, inputs).generation is entry
+
+
+def test_a_background_restyle_session_waits_for_room_and_for_realtime_work() -> None:
+    s, clock = scheduler(output_queue_frames=30)
+    live, offline = restyle(1), restyle(2, realtime=False)
+    queued = [0]
+    offline.queued_frames = lambda: queued[0]
+    s.add(live)
+    s.add(offline)
+    both = {1: clock.now - 1.0, 2: clock.now - 5.0}
+    assert s.schedule({}, both).generation is live  # realtime first, whatever waited longer
+    assert s.schedule({}, {2: clock.now}).generation is offline
+    queued[0] = 20
+    offline.chunk_frames = 12
+    assert s.schedule({}, {2: clock.now}).generation is None  # its consumer is behind
+
+
+def test_a_restyle_chunk_is_late_a_step_past_its_input() -> None:
+    s, clock = scheduler(late_seconds=0.5)
+    entry = restyle(1, StepCost(step_seconds=0.4, media_seconds=0.75))
+    s.add(entry)
+    s.schedule({}, {1: clock.now})
+    s.launched(entry, 12)
+    clock.now += 0.8  # a step (0.4 s) and 0.4 s more: within late_seconds
+    s.collected(entry, 12)
+    assert s.health() is Health.OK
+    s.schedule({}, {1: clock.now})
+    s.launched(entry, 12)
+    clock.now += 1.0  # 0.6 s past a step
+    s.collected(entry, 12)
+    assert s.health() is Health.DEGRADED and s.late_steps() == 1
+
+
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_load"):
         SchedulerConfig(max_load=0)
