@@ -6,8 +6,6 @@
 "use strict";
 
 const STRENGTH_THROTTLE_MS = 150; // a dragged slider sends at most one restyle.update this often
-const SENT_WINDOW = 512; // input frames remembered to match restyled frames with (32 s at 16 fps)
-const LATENCY_WINDOW = 32; // restyled frames the latency's median is taken over
 
 const restyle = {
   session: null,
@@ -22,13 +20,8 @@ const restyle = {
   output: new FrameCanvas($("restyle-canvas"), () => {}),
   timer: null, // the input frames' capture
   index: 0, // input frames sent
-  // [timestamp, performance.now()] of the input frames sent, oldest first: restyled frame i is
-  // the input at firstTs + i / fps (the server's slot i), which says when its input left here
-  sent: [],
-  firstTs: null,
   frames: 0, // restyled frames received
   arrivals: [], // performance.now() of recent restyled frames
-  latencies: [], // ms from sending an input frame to its restyled frame's arrival, recent ones
   strengthSent: null, // the strength the server was last asked for
   strengthTimer: null,
   switches: [], // prompt switches {prompt, entry} waiting for prompt.applied
@@ -110,15 +103,15 @@ function restyleStarted(msg) {
   }
   Object.assign(restyle, {
     session: msg.session, starting: false, stopping: false, fps: msg.fps || 16,
-    width: msg.width, height: msg.height, index: 0, sent: [], firstTs: null, frames: 0,
-    arrivals: [], latencies: [], switches: [],
+    width: msg.width, height: msg.height, index: 0, frames: 0, arrivals: [], switches: [],
     label: `session ${msg.session} · ${msg.pipeline} ${msg.height}×${msg.width}`,
   });
   restyle.output.resize(msg.width, msg.height);
   // the server crops the input to the output's aspect (centred): the video shows that crop
   $("restyle-video").style.aspectRatio = `${msg.width} / ${msg.height}`;
   $("restyle-timeline").replaceChildren();
-  for (const id of ["restyle-sent", "restyle-frames", "restyle-dropped"]) $(id).textContent = "0";
+  for (const id of ["restyle-sent", "restyle-taken", "restyle-skipped", "restyle-frames",
+    "restyle-dropped"]) $(id).textContent = "0";
   for (const id of ["restyle-fps", "restyle-latency", "restyle-step"]) $(id).textContent = "–";
   showNotice("");
   if (!msg.restyle) { // a server without restyle ignores the param and would just generate
@@ -155,25 +148,7 @@ async function restyleCapture() {
   const { timestamp, width, height, payload } = shot;
   if (!send(packFrame(restyle.session, restyle.index, timestamp, width, height, payload))) return;
   restyle.index += 1;
-  if (restyle.firstTs === null) restyle.firstTs = timestamp;
-  restyle.sent.push([timestamp, performance.now()]);
-  if (restyle.sent.length > SENT_WINDOW) restyle.sent.shift();
   $("restyle-sent").textContent = String(restyle.index);
-}
-
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
-}
-
-// When the input of restyled frame `index` left the page: the last frame sent at or before its
-// slot's time (the server takes that one), or null when it is no longer remembered
-function inputSentAt(index) {
-  const at = restyle.firstTs + index / restyle.fps + 1e-6;
-  for (let i = restyle.sent.length - 1; i >= 0; i -= 1) {
-    if (restyle.sent[i][0] <= at) return restyle.sent[i][1];
-  }
-  return null;
 }
 
 function restyleFrame(frame) {
@@ -183,12 +158,6 @@ function restyleFrame(frame) {
   while (restyle.arrivals.length > 48) restyle.arrivals.shift();
   $("restyle-frames").textContent = String(restyle.frames);
   $("restyle-fps").textContent = `${restyle.arrivals.filter((t) => now - t <= 1000).length} fps`;
-  const sentAt = restyle.firstTs === null ? null : inputSentAt(frame.index);
-  if (sentAt !== null) {
-    restyle.latencies.push(now - sentAt);
-    while (restyle.latencies.length > LATENCY_WINDOW) restyle.latencies.shift();
-    $("restyle-latency").textContent = `${median(restyle.latencies).toFixed(0)} ms`;
-  }
   restyle.output.push(frame);
 }
 
@@ -215,10 +184,17 @@ function restyleMessage(msg) {
       entry.classList.remove("waiting");
       break;
     }
-    case "metrics":
+    case "metrics": {
       $("restyle-step").textContent = msg.step_ms == null ? "–" : `${msg.step_ms.toFixed(0)} ms`;
+      $("restyle-taken").textContent = String(msg.frames_received);
+      $("restyle-skipped").textContent = String(msg.frames_skipped);
       $("restyle-dropped").textContent = String(msg.frames_dropped);
+      // the server's: from an input frame's arrival to the sending of its restyled frame
+      const latency = msg.latency_ms;
+      $("restyle-latency").textContent = latency == null ? "–"
+        : `${latency.p50.toFixed(0)} / ${latency.p95.toFixed(0)} ms`;
       break;
+    }
     default: break;
   }
 }
