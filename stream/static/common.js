@@ -232,6 +232,11 @@ class VideoSource {
     this.objectUrl = null;
   }
 
+  // a file or the toy world has played to its end (a camera never ends)
+  ended() {
+    return this.mediaClock && this.video.ended;
+  }
+
   // the feed's clock starts now (a camera's timestamps count from here)
   restartClock() {
     this.startedAt = performance.now();
@@ -243,8 +248,7 @@ class VideoSource {
   // Timestamps never go backwards.
   async grab(maxPixels) {
     const video = this.video;
-    if (this.encoding || video.readyState < 2 || !video.videoWidth) return null;
-    if (this.mediaClock && video.ended) return null;
+    if (this.encoding || video.readyState < 2 || !video.videoWidth || this.ended()) return null;
     const raw = this.mediaClock ? video.currentTime : (performance.now() - this.startedAt) / 1000;
     const timestamp = Math.max(this.lastTs, raw);
     const { width, height } = fitPixels(video.videoWidth, video.videoHeight, maxPixels);

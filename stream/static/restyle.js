@@ -6,6 +6,10 @@
 "use strict";
 
 const STRENGTH_THROTTLE_MS = 150; // a dragged slider sends at most one restyle.update this often
+// A chunk is restyled once its input slots are all in, so a feed's last chunk waits for a later
+// frame (docs/protocol.md): when a file ends, its last frame goes once more this much later
+// (longer than a chunk of the feed: 12 frames at 16 fps are 0.75 s)
+const FEED_END_PAD_SECONDS = 1;
 
 const restyle = {
   session: null,
@@ -20,6 +24,9 @@ const restyle = {
   output: new FrameCanvas($("restyle-canvas"), () => {}),
   timer: null, // the input frames' capture
   index: 0, // input frames sent
+  first: null, // the first input frame sent {timestamp, ...}: slot i is at its timestamp + i / fps
+  last: null, // the last one {timestamp, width, height, payload}
+  lastFrame: null, // when the feed has ended: the index of the last frame it covers
   frames: 0, // restyled frames received
   arrivals: [], // performance.now() of recent restyled frames
   strengthSent: null, // the strength the server was last asked for
@@ -103,7 +110,8 @@ function restyleStarted(msg) {
   }
   Object.assign(restyle, {
     session: msg.session, starting: false, stopping: false, fps: msg.fps || 16,
-    width: msg.width, height: msg.height, index: 0, frames: 0, arrivals: [], switches: [],
+    width: msg.width, height: msg.height, index: 0, first: null, last: null, lastFrame: null,
+    frames: 0, arrivals: [], switches: [],
     label: `session ${msg.session} · ${msg.pipeline} ${msg.height}×${msg.width}`,
   });
   restyle.output.resize(msg.width, msg.height);
@@ -141,14 +149,38 @@ function restyleInputPixels() {
   return Math.min(need, conn.welcome.limits.max_frame_pixels || Infinity);
 }
 
-async function restyleCapture() {
-  if (restyle.session === null || restyle.stopping || !conn.welcome) return;
-  const shot = await restyle.source.grab(restyleInputPixels());
-  if (!shot || restyle.session === null || restyle.stopping) return;
+function sendInput(shot) {
   const { timestamp, width, height, payload } = shot;
   if (!send(packFrame(restyle.session, restyle.index, timestamp, width, height, payload))) return;
   restyle.index += 1;
+  restyle.first = restyle.first || shot;
+  restyle.last = shot;
   $("restyle-sent").textContent = String(restyle.index);
+}
+
+async function restyleCapture() {
+  if (restyle.session === null || restyle.stopping || !conn.welcome) return;
+  if (restyle.source.ended()) {
+    restyleFeedEnded();
+    return;
+  }
+  const shot = await restyle.source.grab(restyleInputPixels());
+  if (shot && restyle.session !== null && !restyle.stopping) sendInput(shot);
+}
+
+// A file (or the toy world's feed) has played to its end: its last frame goes once more a
+// chunk later so that its last chunk is restyled, and the session stops once the frame of the
+// feed's last slot is back (the pad's own slots restyle nothing new).
+function restyleFeedEnded() {
+  clearInterval(restyle.timer);
+  restyle.timer = null;
+  if (restyle.last === null) { // it ended before a frame could be sent
+    restyleStop();
+    return;
+  }
+  restyle.lastFrame = Math.floor((restyle.last.timestamp - restyle.first.timestamp) * restyle.fps);
+  sendInput({ ...restyle.last, timestamp: restyle.last.timestamp + FEED_END_PAD_SECONDS });
+  restyleState(`the feed ended · restyling up to frame ${restyle.lastFrame} · ${restyle.label}`);
 }
 
 function restyleFrame(frame) {
@@ -159,6 +191,9 @@ function restyleFrame(frame) {
   $("restyle-frames").textContent = String(restyle.frames);
   $("restyle-fps").textContent = `${restyle.arrivals.filter((t) => now - t <= 1000).length} fps`;
   restyle.output.push(frame);
+  if (restyle.lastFrame !== null && frame.index >= restyle.lastFrame && !restyle.stopping) {
+    restyleStop();
+  }
 }
 
 function restyleStrengthApplied(strength, frame) {
@@ -246,7 +281,7 @@ $("restyle-switch-form").addEventListener("submit", (event) => {
 });
 
 // As on Generate, session.ended may trail a step: the state says so at once, the input stops.
-$("restyle-stop").addEventListener("click", () => {
+function restyleStop() {
   if (restyle.session === null) {
     restyleEnded("cancelled");
     return;
@@ -256,7 +291,8 @@ $("restyle-stop").addEventListener("click", () => {
   clearInterval(restyle.timer);
   restyleState("stopping…");
   restyleButtons();
-});
+}
+$("restyle-stop").addEventListener("click", restyleStop);
 
 tabs.restyle = {
   state: restyle, welcome: restyleWelcome, started: restyleStarted, ended: restyleEnded,

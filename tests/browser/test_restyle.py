@@ -122,6 +122,43 @@ def test_restyle_the_toy_world_with_live_strength_and_prompt(page, live_server) 
         assert reply.read()[4:8] == b"ftyp"  # an MP4
 
 
+def test_a_local_file_is_restyled_to_its_end_and_the_session_stops(page, tmp_path) -> None:
+    """A file's last chunk waits for a later frame: the page sends its last frame once more and
+    stops the session once the frame of the file's last slot is back. Its frames go out as
+    small as the 64x64 output needs (the server crops to the aspect, then resizes)."""
+    import av
+    import numpy as np
+    from playwright.sync_api import expect
+
+    clip = tmp_path / "clip.webm"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("libvpx", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for i in range(8 * 2):  # two seconds
+            rgb = np.full((120, 160, 3), 40, np.uint8)
+            rgb[40:80, (8 * i) % 120 : (8 * i) % 120 + 40] = (230, 40, 40)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode(None))
+
+    open_tab(page, source="file")
+    page.get_by_test_id("restyle-file").set_input_files(str(clip))
+    page.get_by_test_id("restyle-start").click()
+    state = page.get_by_test_id("restyle-state")
+    expect(state).to_contain_text("running · session", timeout=WAIT)
+    expect(state).to_have_text("ended (stopped)", timeout=WAIT)  # by itself, at the file's end
+    shown = page.evaluate(
+        """() => { const r = window.streamApp.restyle;
+                   return {last: r.lastFrame, size: [r.last.width, r.last.height],
+                           first: r.first.timestamp, end: r.last.timestamp,
+                           index: Number(document.querySelector(
+                             '[data-testid=restyle-canvas]').dataset.index)}; }"""
+    )
+    assert shown["size"] == [85, 64], shown  # 160x120 scaled to cover 64x64, no larger
+    assert 1.0 <= shown["end"] - 1.0 - shown["first"] <= 2.0, shown  # the pad a second on
+    assert shown["last"] >= 16 and shown["index"] >= shown["last"], shown
+    expect(page.get_by_test_id("error-banner")).to_have_count(0)
+
+
 def test_a_refused_restyle_reads_as_one_banner_and_closes_the_feed(page) -> None:
     from playwright.sync_api import expect
 
