@@ -122,6 +122,23 @@ def test_restyle_the_toy_world_with_live_strength_and_prompt(page, live_server) 
         assert reply.read()[4:8] == b"ftyp"  # an MP4
 
 
+def test_the_webcam_is_restyled_on_the_wall_clock(page) -> None:
+    """Chromium's fake camera (the fixture's clip): timestamps count seconds since the start."""
+    from playwright.sync_api import expect
+
+    open_tab(page, source="camera")
+    page.get_by_test_id("restyle-start").click()
+    expect(page.get_by_test_id("restyle-state")).to_contain_text("running", timeout=WAIT)
+    wait_count(page, "restyle-frames", 12)
+    first, last = page.evaluate(
+        "() => [window.streamApp.restyle.first.timestamp, window.streamApp.restyle.last.timestamp]"
+    )
+    assert 0 <= first < last, (first, last)
+    page.get_by_test_id("restyle-stop").click()
+    expect(page.get_by_test_id("restyle-state")).to_have_text("ended (stopped)", timeout=WAIT)
+    expect(page.get_by_test_id("error-banner")).to_have_count(0)
+
+
 def test_a_local_file_is_restyled_to_its_end_and_the_session_stops(page, tmp_path) -> None:
     """A file's last chunk waits for a later frame: the page sends its last frame once more and
     stops the session once the frame of the file's last slot is back. Its frames go out as
