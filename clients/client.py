@@ -55,6 +55,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from framestream.clients.params import check_sampling, generation_params
 from framestream.clients.restyle_session import (
     DEFAULT_STRENGTH,
     RestyleSession,
@@ -258,7 +259,7 @@ class StreamClient:
             ServerError: the server refused (``cache_full``, ``too_many_sessions``,
                 ``unknown_pipeline``, ``invalid_message``, ...).
         """
-        params = _generation_params(prompt, seed, height, width, format, quality, realtime, record)
+        params = generation_params(prompt, seed, height, width, format, quality, realtime, record)
         if not isinstance(commentary, bool | dict):
             raise ValueError(f"commentary must be a bool or a dict, got {commentary!r:.80}")
         if commentary:
@@ -311,7 +312,7 @@ class StreamClient:
             ClientError: ``pipeline`` does not restyle.
         """
         strength = check_strength(strength)
-        params = _generation_params(prompt, seed, height, width, format, quality, realtime, record)
+        params = generation_params(prompt, seed, height, width, format, quality, realtime, record)
         params["restyle"] = {"strength": strength}
         session = await self.start(pipeline, params, preset=preset, timeout=timeout)
         restyle = await self._expect(session, RestyleSession)
@@ -373,7 +374,7 @@ class StreamClient:
             "top_k": top_k,
             "seed": seed,
         }
-        params.update(_check_sampling({k: v for k, v in sampler.items() if v is not None}))
+        params.update(check_sampling({k: v for k, v in sampler.items() if v is not None}))
         session = await self.start(pipeline, params, preset=preset, timeout=timeout)
         return await self._expect(session, UnderstandingSession)
 
@@ -518,67 +519,6 @@ class StreamClient:
         task = asyncio.get_running_loop().create_task(stop())
         self._tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(self._tasks.discard)
-
-
-def _generation_params(
-    prompt: str,
-    seed: int,
-    height: int | None,
-    width: int | None,
-    format: str,
-    quality: int,
-    realtime: bool,
-    record: bool,
-) -> dict[str, Any]:
-    """A generation ``session.start``'s params, checked; ValueError names a bad one."""
-    if not prompt.strip() or len(prompt) > 2000:
-        raise ValueError(f"prompt must be 1..2000 non-blank characters, got {prompt!r:.80}")
-    if format not in ("jpeg", "png", "raw", "h264"):
-        raise ValueError(f"format must be jpeg, png, raw or h264, got {format!r}")
-    if not 1 <= quality <= 100:
-        raise ValueError(f"quality must be 1..100, got {quality}")
-    for name, value in (("height", height), ("width", width)):
-        if value is not None and (value <= 0 or value % 16):
-            raise ValueError(f"{name} must be a positive multiple of 16, got {value}")
-    params: dict[str, Any] = {
-        "prompt": prompt,
-        "seed": seed,
-        "format": format,
-        "quality": quality,
-        "realtime": realtime,
-        "record": record,
-    }
-    if height is not None:
-        params["height"] = height
-    if width is not None:
-        params["width"] = width
-    return params
-
-
-# the server's limits on an understanding session's sampler (docs/protocol.md, session.start)
-SAMPLING_LIMITS = {
-    "temperature": (0.0, 10.0),  # 0: greedy
-    "repetition_penalty": (0.0, 10.0),  # the low bound excluded
-    "top_k": (1, 1000),
-    "seed": (0, 2**63 - 1),
-}
-
-
-def _check_sampling(values: dict[str, Any]) -> dict[str, Any]:
-    """Sampler arguments checked against :data:`SAMPLING_LIMITS`; ValueError names one."""
-    for name, value in values.items():
-        low, high = SAMPLING_LIMITS[name]
-        integer = name in ("top_k", "seed")
-        if integer:
-            ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-        else:
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            ok = ok and (value > low if name == "repetition_penalty" else value >= low)
-            ok = ok and value <= high
-        if not ok:
-            kind = "an integer" if integer else "a number"
-            raise ValueError(f"{name} must be {kind} in {low}..{high}, got {value!r}")
-    return values
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:

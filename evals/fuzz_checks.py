@@ -43,6 +43,10 @@ def _is_number(value: Any, low: float = 0.0) -> bool:
     return type(value) in (int, float) and math.isfinite(value) and value >= low
 
 
+def _strength(value: Any) -> bool:
+    return _is_number(value) and 0 < value <= 1
+
+
 def _session_id(value: Any) -> bool:
     return _is_int(value, 1, 2**32 - 1)
 
@@ -128,10 +132,14 @@ class Transcript:
             self._fields(message, {"session", "pipeline", "kind", "fps", "request_id"})
         else:
             required = {"session", "pipeline", "fps", "width", "height", "format", "request_id"}
-            self._fields(message, required)
+            self._fields(message, required, {"restyle"})
             size = _is_int(message["width"], 1) and _is_int(message["height"], 1)
             _require(size, "bad size", message)
             _require(message["format"] in FORMATS, "bad format", message)
+            if "restyle" in message:
+                restyle = message["restyle"]
+                ok = isinstance(restyle, dict) and set(restyle) == {"strength"}
+                _require(ok and _strength(restyle["strength"]), "bad restyle", message)
         session = message["session"]
         _require(self.welcomed, "session.started before welcome", message)
         _require(_session_id(session), "bad session id", message)
@@ -154,8 +162,26 @@ class Transcript:
         _require(_is_int(message["frame"]), "bad frame index", message)
         _require(_is_int(message["transition_chunks"], 0, 64), "bad transition", message)
 
+    def _restyle_applied(self, message: dict) -> None:
+        self._fields(message, {"session", "strength", "frame"})
+        self._event_of_live_session(message)
+        _require(_strength(message["strength"]), "bad strength", message)
+        _require(_is_int(message["frame"]), "bad frame index", message)
+
     def _metrics(self, message: dict) -> None:
-        if "frames_received" in message:  # an understanding session's
+        if "frames_skipped" in message:  # a restyle session's
+            names = {"session", "frames_sent", "frames_dropped", "fps", "step_ms", "queue"}
+            names |= {"frames_received", "frames_skipped", "latency_ms"}
+            self._fields(message, names)
+            counts = ("frames_sent", "frames_dropped", "queue", "frames_received", "frames_skipped")
+            latency = message["latency_ms"]
+            good = latency is None or (
+                isinstance(latency, dict)
+                and set(latency) == {"p50", "p95"}
+                and all(_is_number(v) for v in latency.values())
+            )
+            _require(good, "bad latency_ms", message)
+        elif "frames_received" in message:  # an understanding session's
             self._fields(message, {"session", "frames_received", "captions", "step_ms"})
             counts = ("frames_received", "captions")
         else:
@@ -230,6 +256,7 @@ _CHECKS = {
     "welcome": Transcript._welcome,
     "session.started": Transcript._started,
     "prompt.applied": Transcript._applied,
+    "restyle.applied": Transcript._restyle_applied,
     "metrics": Transcript._metrics,
     "session.paused": Transcript._paused,
     "session.resumed": Transcript._resumed,

@@ -144,6 +144,8 @@ def _generation_params(choose: Chooser) -> dict[str, object]:
         "quality": choose.integer(1, 100),
         "realtime": _chance(choose, 3) is False,
         "record": _chance(choose, 6),
+        # a restyle session: the input frames sent to it are restyled
+        "restyle": _pick(choose, [False, True, {"strength": choose.integer(1, 10) / 10}]),
     }
     return {k: v for k, v in params.items() if not _chance(choose, 4) or k == "prompt"}
 
@@ -156,7 +158,8 @@ def _start(choose: Chooser, targets: Targets) -> str:
         params = _generation_params(choose)
     if _chance(choose, 4):  # one broken parameter, inside params
         key = _pick(choose, ["prompt", "seed", "height", "width", "format", "quality",
-                             "realtime", "record", "instruction", "previous_text"])  # fmt: skip
+                             "realtime", "record", "restyle", "instruction",
+                             "previous_text"])  # fmt: skip
         fragment = _pick(choose, HOSTILE)
         inner = {k: json.dumps(v) for k, v in params.items()} | {key: fragment}
         fields = [("type", "session.start"), ("pipeline", pipeline), ("request_id", "r")]
@@ -169,10 +172,12 @@ def _start(choose: Chooser, targets: Targets) -> str:
 
 
 def _control(choose: Chooser, targets: Targets) -> str:
-    kind = _pick(choose, ["prompt.update", "question", "pause", "resume", "stop"])
+    kind = _pick(choose, ["prompt.update", "restyle.update", "question", "pause", "resume", "stop"])
     fields: list[tuple[str, object]] = [("type", kind), ("session", _session_id(choose, targets))]
     if kind == "prompt.update":
         fields += [("prompt", "a green star"), ("transition_chunks", choose.integer(0, 70))]
+    elif kind == "restyle.update":
+        fields.append(("strength", _pick(choose, [0.5, 1, 0, 2, choose.integer(1, 9) / 10])))
     elif kind == "question":
         fields.append(("text", _pick(choose, ["what colour?", choose.text(30)])))
     return _mutated(choose, fields)

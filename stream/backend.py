@@ -31,7 +31,10 @@ def describe_pipeline(pipeline: Any) -> PipelineInfo:
         return pipeline
     models = getattr(pipeline, "models", None)  # generation pipelines: the Wan models
     height, width = getattr(models, "default_size", (0, 0))
-    return PipelineInfo(pipeline.kind, float(pipeline.config.fps), (int(height), int(width)))
+    # restyling encodes the input with the VAE: the full Wan VAE can, a tiny decoder cannot
+    restyles = hasattr(getattr(models, "vae", None), "new_encode_state")
+    size = (int(height), int(width))
+    return PipelineInfo(pipeline.kind, float(pipeline.config.fps), size, restyles)
 
 
 class SessionBackend(Protocol):

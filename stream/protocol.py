@@ -188,6 +188,7 @@ class PipelineInfo:
     kind: str  # "generation" or "understanding"
     fps: float  # frames per second out (generation) or sampled from the feed (understanding)
     default_size: tuple[int, int] = (0, 0)  # (height, width) of generation; (0, 0) otherwise
+    restyles: bool = False  # generation: takes params.restyle (its VAE can encode input)
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +371,12 @@ def _parse_start(obj: dict, catalog: Catalog) -> SessionStart:
     if info.kind == "understanding":
         return SessionStart(pipeline, _understanding_request(params), request_id=request_id)
     request = _generation_request(params, info, catalog.max_frame_pixels)
+    if request.restyle is not None and not info.restyles:
+        raise ProtocolError(
+            "unknown_pipeline",
+            f"{pipeline} on this server does not restyle (its VAE has no encoder, e.g. a tiny "
+            "decoder)",
+        )
     commentary = _commentary(params, catalog)
     return SessionStart(pipeline, request, _output_options(params), request_id, commentary)
 

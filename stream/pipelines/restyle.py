@@ -89,7 +89,7 @@ class TakenInput:
 @dataclass(slots=True)
 class _Frame:
     timestamp: float
-    pixels: np.ndarray  # as pushed
+    pixels: np.ndarray | None  # as pushed, until it is fitted
     arrival: float
     fitted: np.ndarray | None = None  # at the session's size, made when a slot first takes it
 
@@ -150,16 +150,17 @@ class InputSlots:
             self.t0 = timestamp
         new = _Frame(timestamp, frame, arrival)
         position = (timestamp - self.t0) * self.fps  # in slots
-        index = self.next_index + len(self._slots)  # the first incomplete slot
-        while index <= position + _SLOT_TOLERANCE:
+        first = self.next_index + len(self._slots)  # the first incomplete slot
+        stop = math.floor(position + _SLOT_TOLERANCE) + 1  # slots before it are now complete
+        first += self._skip_overflow(stop - first)
+        for index in range(first, stop):
             # an earlier slot's frame is the last one before it: the previous frame
             source = new if index >= position - _SLOT_TOLERANCE or last is None else last
             if source.fitted is None:
                 source.fitted = fit_frame(source.pixels, self.height, self.width)
+                source.pixels = None  # only the fitted frame is kept
             self._slots.append((source, arrival))
-            index += 1
         self._last = new
-        self._skip_overflow()
 
     def chunk_sizes(self, chunks: int) -> list[int]:
         """Slots of each of the next ``chunks`` chunks."""
@@ -192,13 +193,22 @@ class InputSlots:
         self.frames_taken += size
         return taken
 
-    def _skip_overflow(self) -> None:
-        while len(self._slots) > self.max_frames:
-            (size,) = self.chunk_sizes(1)  # a skipped chunk is never encoded: sizes stay
-            for _ in range(size):
-                self._slots.popleft()
-            self.next_index += size
-            self.skipped_frames += size
+    def _skip_overflow(self, coming: int) -> int:
+        """Skip the oldest whole chunks that would leave more than ``max_frames`` complete
+        slots once ``coming`` more are; returns how many of the coming ones were skipped."""
+        over = len(self._slots) + coming - self.max_frames
+        if over <= 0:
+            return 0
+        # a skipped chunk is never encoded, so the chunk size stays: a timestamp far ahead
+        # skips its chunks in one go
+        (size,) = self.chunk_sizes(1)
+        skip = math.ceil(over / size) * size
+        self.next_index += skip
+        self.skipped_frames += skip
+        held = min(skip, len(self._slots))
+        for _ in range(held):
+            self._slots.popleft()
+        return skip - held
 
 
 @dataclass(eq=False)

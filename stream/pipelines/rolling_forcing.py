@@ -22,6 +22,21 @@ its cache pass runs. It cannot leave sooner with the same frames: attention insi
 is full, as published, so the first block's x0 reads every block that entered before it exits,
 the fifth block's fresh noise included.
 
+A restyle stream (strength s) enters each block at the highest level at or under s, its input
+noised to that level (pure noise at the top level: s = 1.0 is plain generation bit for bit); a
+block whose level is over s takes its input as x0 in the joint pass (after a strength drop)::
+
+    s = 0.6: levels [555.6]               a block enters with x = 0.444 z_in + 0.556 noise, one
+                                          pass (sink + newest clean frames + it), exits: the step
+                                          waits only for its own input
+    s = 0.9: levels [555.6, 769.2, 882.4] a block enters at 882.4 and exits 3 passes later: a
+                                          step waits for the input of the block 2 behind it
+    s < 0.556                             no pass: the block's x0 is its input; cache pass only
+
+The blocks a step enters (:meth:`RollingForcingPipeline._input_chunks`) are the input it waits
+for, and the window holds only the levels at or under s, so a step reads no input from later
+than those blocks.
+
 A prompt switch (the published code has none) re-encodes the text, replaces the
 cross-attention K/V, and optionally recaches the retained clean blocks under the new prompt,
 each reading what its own cache pass read; the blocks already in the window continue under it.
@@ -30,7 +45,7 @@ A recache rewrites every retained block, so a cache pass still waiting is then s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,8 +58,8 @@ from framestream.stream.kvcache import (
     TokenRange,
     check_kv_cache_dtype,
 )
+from framestream.stream.pipelines.restyle import levels_over
 from framestream.stream.pipelines.wan import WanStreamPipeline, WanStreamState
-from framestream.stream.requests import GenerationRequest
 
 __all__ = [
     "PendingCachePass",
@@ -89,6 +104,8 @@ class PendingCachePass:
 @dataclass(eq=False)
 class RollingForcingState(WanStreamState):
     window: torch.Tensor | None = None  # [1, C, n * block_frames, h, w] noisy latents
+    levels: list[int] = field(default_factory=list)  # each window block's level, oldest first
+    inputs: torch.Tensor | None = None  # a restyle stream's: the window blocks' encoded input
     clean: torch.Tensor | None = None  # [1, C, frames, h, w] x0 of the retained clean blocks
     passes: int = 0  # window passes so far
     pending: PendingCachePass | None = None  # the last exited block's t=0 pass, not yet run
@@ -134,10 +151,29 @@ class RollingForcingPipeline(WanStreamPipeline):
     def _chunk_latent_frames(self) -> int:
         return self.config.block_frames
 
-    def open(self, request: GenerationRequest) -> RollingForcingState:
-        if request.restyle is not None:
-            raise ValueError("Rolling Forcing does not restyle yet")
-        return super().open(request)
+    def _input_chunks(self, state: RollingForcingState) -> int:
+        """Blocks entering the window until the next one exits, each taking its input."""
+        entry, levels, entering = self._entry_level(state), list(state.levels), 0
+        while True:
+            if entry >= 0 and (not levels or levels[-1] < entry):
+                levels.append(entry)
+                entering += 1
+            if not levels:  # every level is over the strength: a block exits as it enters
+                return entering + 1
+            if levels[0] == 0:
+                return entering
+            levels = [level - 1 for level in levels]
+
+    def _input_chunks_most(self) -> int:
+        return self.config.window_blocks  # the first step at strength 1.0 fills the window
+
+    def _entry_level(self, state: RollingForcingState) -> int:
+        """The level a block enters the window at: the top one, or for a restyle stream the
+        highest at or under its strength (-1: none, the input is the block's x0)."""
+        top = len(self._sigmas) - 1
+        if state.restyle is None:
+            return top
+        return top - levels_over(self._sigmas, state.restyle.strength)
 
     @torch.inference_mode()
     def denoise(self, state: RollingForcingState) -> torch.Tensor:
@@ -149,7 +185,8 @@ class RollingForcingPipeline(WanStreamPipeline):
 
     @torch.inference_mode()
     def window_step(self, state: RollingForcingState) -> torch.Tensor | None:
-        """One joint pass over the window; the exiting block's x0 once the window is full."""
+        """One joint pass over the window; the exiting block's x0 once it is at the lowest
+        level (a restyle stream's block under no level of its strength exits at once)."""
         cfg, dit, frames = self.config, self.models.dit, self.config.block_frames
         pending, state.pending = state.pending, None
         recache = cfg.recache_on_switch and state.recache_pending  # a switch begins here
@@ -157,37 +194,69 @@ class RollingForcingPipeline(WanStreamPipeline):
             self._cache_pass(state, pending)  # before the text moves on: the block's own text
         if self._advance_text(state) and recache:
             self._recache(state)  # every retained block, the pending one included
-        if state.cache.window_blocks < cfg.window_blocks:
+        entry, top = self._entry_level(state), len(self._sigmas) - 1
+        if entry >= 0 and (not state.levels or state.levels[-1] < entry):
+            self._enter(state, entry)
+        elif not state.levels:  # every level is over the strength: the input is the x0
             state.cache.enter_block()
-            fresh = self._noise(state, frames)
-            state.window = fresh if state.window is None else torch.cat([state.window, fresh], 2)
-        blocks = state.cache.window_blocks
-        levels = list(range(cfg.window_blocks - blocks, cfg.window_blocks))  # tail while ramping
+            exited = self._take_input(state)
+            self._exit(state, exited)
+            return exited
+        levels = state.levels
         sigma = self._per_frame([self._sigmas[i] for i in levels])
         timestep = self._per_frame([self._timesteps[i] for i in levels])[None]
+        over = None  # a restyle stream's frames whose level is over its strength
+        if state.restyle is not None and sigma.max() > state.restyle.strength:
+            over = (sigma > state.restyle.strength)[None, None, :, None, None]
         write, context = state.cache.window_pass()
         view = self._view(state, write, context)
-        if state.passes == 0 and self.models.opening is not None:  # one block, pure noise
-            x0 = self._open(state, state.window, view)
+        if over is not None and bool(over.all()):  # no block's x0 comes from the DiT
+            x0 = state.inputs.float()
+        elif state.passes == 0 and levels == [top] and self.models.opening is not None:
+            x0 = self._open(state, state.window, view)  # one block, pure noise
         else:
             velocity = dit(state.window, timestep, state.text, view)
             x0 = FlowSchedule.to_x0(state.window, velocity, sigma[None, None, :, None, None])
+        if over is not None:
+            x0 = torch.where(over, state.inputs.float(), x0)
         state.passes += 1
         exited = None
-        if blocks == cfg.window_blocks:  # the oldest block is at the lowest level: it is done
+        if levels[0] == 0:  # the oldest block is at the lowest level: it is done
             exited = x0[:, :, :frames].to(self.models.dtype)
-            write, context = state.cache.exit_block()
-            state.pending = PendingCachePass(exited, write, context)  # its clean K/V: next step
-            self._keep_clean(state, exited)
+            self._exit(state, exited)
             x0, levels = x0[:, :, frames:], levels[1:]
+            if state.inputs is not None:
+                state.inputs = state.inputs[:, :, frames:]
+        state.levels = [level - 1 for level in levels]
         if not levels:
-            state.window = None
+            state.window, state.inputs = None, None
             return exited
         # every remaining block goes one level down, with fresh noise
         lower = self._per_frame([self._sigmas[i - 1] for i in levels])[None, None, :, None, None]
         noise = self._noise(state, x0.shape[2]).float()
         state.window = FlowSchedule.add_noise(x0, noise, lower).to(self.models.dtype)
         return exited
+
+    def _enter(self, state: RollingForcingState, level: int) -> None:
+        """A block enters the window at ``level``: fresh noise, or for a restyle stream its
+        input noised to the level (pure noise at the top one, as in plain generation)."""
+        state.cache.enter_block()
+        fresh = self._noise(state, self.config.block_frames)
+        if state.restyle is not None:
+            z = self._take_input(state)
+            state.inputs = z if state.inputs is None else torch.cat([state.inputs, z], 2)
+            if level < len(self._sigmas) - 1:
+                fresh = FlowSchedule.add_noise(z.float(), fresh.float(), self._sigmas[level])
+                fresh = fresh.to(self.models.dtype)
+        state.window = fresh if state.window is None else torch.cat([state.window, fresh], 2)
+        state.levels.append(level)
+
+    def _exit(self, state: RollingForcingState, block: torch.Tensor) -> None:
+        """The oldest block leaves the window clean; its t=0 cache pass waits for the next
+        step."""
+        write, context = state.cache.exit_block()
+        state.pending = PendingCachePass(block, write, context)
+        self._keep_clean(state, block)
 
     def _cache_pass(self, state: RollingForcingState, pending: PendingCachePass) -> None:
         """Write an exited block's clean K/V, reading what the published cache pass reads."""

@@ -18,7 +18,8 @@ COMMAND = [sys.executable, "-m", "framestream.cli"]
 def test_help_and_version() -> None:
     out = subprocess.run([*COMMAND, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
-    for command in ("serve", "generate", "caption", "timeline", "eval", "bench", "version"):
+    commands = ("serve", "generate", "caption", "restyle", "timeline", "eval", "bench", "version")
+    for command in commands:
         assert command in out.stdout
     version = subprocess.run([*COMMAND, "version"], capture_output=True, text=True, timeout=60)
     assert version.stdout.strip() == f"stream {__version__}"

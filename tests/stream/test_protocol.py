@@ -42,7 +42,8 @@ WIRE_HEADER = "<2sBBIQdB3xHH"  # docs/protocol.md
 
 CATALOG = Catalog(
     {
-        "longlive": PipelineInfo("generation", 16.0, (64, 96)),
+        "longlive": PipelineInfo("generation", 16.0, (64, 96), restyles=True),
+        "tiny_decoded": PipelineInfo("generation", 16.0, (64, 96)),
         "streaming_vlm": PipelineInfo("understanding", 2.0),
     },
     preset="tiny",
@@ -590,6 +591,15 @@ def test_a_nan_strength_is_invalid() -> None:
         '"restyle":{"strength":NaN}}}'
     )
     assert refused(ready(), data) == "invalid_message"
+
+
+def test_a_pipeline_that_cannot_encode_refuses_restyle() -> None:
+    start = message("session.start", pipeline="tiny_decoded", params={"prompt": "x"})
+    assert isinstance(ready().receive(start), SessionStart)
+    restyle = message(
+        "session.start", pipeline="tiny_decoded", params={"prompt": "x", "restyle": True}
+    )
+    assert refused(ready(), restyle) == "unknown_pipeline"
 
 
 def test_an_understanding_session_ignores_restyle() -> None:

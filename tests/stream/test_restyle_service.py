@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from websockets.asyncio.client import ClientConnection
 
 from framestream.clients.client import RestyleSession, ServerError, StreamClient
 from framestream.models.registry import load_wan_models
+from framestream.stream.backend import describe_pipeline
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
@@ -117,7 +119,7 @@ async def no_frame_of(ws: ClientConnection, session: int, seconds: float = 1.0) 
 # -- streaming -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pipeline", ["longlive"])
+@pytest.mark.parametrize("pipeline", ["longlive", "rolling_forcing"])
 def test_input_frames_come_back_restyled_with_their_slots_indices(models, pipeline: str):
     async def main():
         async with running(models) as server, connect(server.url) as ws:
@@ -178,6 +180,16 @@ def test_strength_and_prompt_change_mid_stream(models):
                 await send_input(ws, session, i, i / FPS)
             got = await outputs(ws, session, 2 * LATER)
             assert [h.index for h, _ in got] == list(range(21, 45))
+
+            # paused, its input still comes in (bounded) and waits; resumed, it is restyled
+            await ws.send(json.dumps({"type": "pause", "session": session}))
+            assert (await recv(ws, "session.paused"))["frame"] == 45
+            for i in range(45, 57):
+                await send_input(ws, session, i, i / FPS)
+            await no_frame_of(ws, session)
+            await ws.send(json.dumps({"type": "resume", "session": session}))
+            got = await outputs(ws, session, LATER)
+            assert [h.index for h, _ in got] == list(range(45, 57))
 
     run(main())
 
@@ -268,6 +280,10 @@ def test_admission_refuses_a_restyle_session_like_any_other(models):
     restyle = pipeline.step_cost(GenerationRequest("x", **size, restyle=RestyleRequest()))
     assert plain.load <= 0.9 < restyle.load  # the premise: the encoder's time counts
     assert restyle.step_seconds <= 1.0  # and a step of it is not too long to run at all
+    assert describe_pipeline(pipeline).restyles  # the Wan VAE encodes
+    no_encoder = SimpleNamespace(vae=object(), default_size=(64, 64))  # as a tiny decoder
+    tiny = SimpleNamespace(kind="generation", config=pipeline.config, models=no_encoder)
+    assert not describe_pipeline(tiny).restyles
     engine = Engine({"longlive": pipeline}, EngineConfig(lookahead_seconds=0.5))
 
     async def main():
