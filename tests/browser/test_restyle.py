@@ -33,7 +33,7 @@ def canvas_pixels(page) -> tuple[int, list[int]]:
     return index, data
 
 
-def open_tab(page, source: str = "toyworld", size: str = "") -> None:
+def open_tab(page, source: str = "toyworld", size: str = "", pipeline: str = "longlive") -> None:
     from playwright.sync_api import expect
 
     page.get_by_test_id("tab-restyle").click()
@@ -42,7 +42,7 @@ def open_tab(page, source: str = "toyworld", size: str = "") -> None:
     assert "longlive" in pipelines and "rolling_forcing" in pipelines, pipelines
     assert "streaming_vlm" not in pipelines  # understanding restyles nothing
     page.get_by_test_id("restyle-source").select_option(source)
-    page.get_by_test_id("restyle-pipeline").select_option("longlive")
+    page.get_by_test_id("restyle-pipeline").select_option(pipeline)
     page.get_by_test_id("restyle-size").select_option(size)
     page.get_by_test_id("restyle-seed").fill("5")
     page.get_by_test_id("restyle-prompt").fill("a red circle on a black background")
@@ -122,20 +122,24 @@ def test_restyle_the_toy_world_with_live_strength_and_prompt(page, live_server) 
         assert reply.read()[4:8] == b"ftyp"  # an MP4
 
 
-def test_the_webcam_is_restyled_on_the_wall_clock(page) -> None:
-    """Chromium's fake camera (the fixture's clip): timestamps count seconds since the start."""
+@pytest.mark.parametrize("pipeline", ["longlive", "rolling_forcing"])
+def test_the_webcam_is_restyled_on_the_wall_clock(page, pipeline: str) -> None:
+    """Chromium's fake camera (the fixture's clip), by either pipeline: timestamps count seconds
+    since the start."""
     from playwright.sync_api import expect
 
-    open_tab(page, source="camera")
+    open_tab(page, source="camera", pipeline=pipeline)
     page.get_by_test_id("restyle-start").click()
-    expect(page.get_by_test_id("restyle-state")).to_contain_text("running", timeout=WAIT)
+    state = page.get_by_test_id("restyle-state")
+    expect(state).to_contain_text("running · session", timeout=WAIT)
+    expect(state).to_contain_text(pipeline)
     wait_count(page, "restyle-frames", 12)
     first, last = page.evaluate(
         "() => [window.streamApp.restyle.first.timestamp, window.streamApp.restyle.last.timestamp]"
     )
     assert 0 <= first < last, (first, last)
     page.get_by_test_id("restyle-stop").click()
-    expect(page.get_by_test_id("restyle-state")).to_have_text("ended (stopped)", timeout=WAIT)
+    expect(state).to_have_text("ended (stopped)", timeout=WAIT)
     expect(page.get_by_test_id("error-banner")).to_have_count(0)
 
 
