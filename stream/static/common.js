@@ -117,7 +117,7 @@ function timelineEntry(list, text, where) {
 // -- a canvas showing a stream of frames: each is decoded (createImageBitmap) and drawn as it
 // arrives; when decoding falls behind, only the newest waiting frame is drawn ------------------
 class FrameCanvas {
-  constructor(canvas, onDrawn) {
+  constructor(canvas, onDrawn = () => {}) {
     this.canvas = canvas;
     this.onDrawn = onDrawn; // (index) after a frame is on the canvas
     this.next = null;

@@ -21,7 +21,7 @@ const restyle = {
   label: "", // "session N · pipeline HxW"
   prompt: "", // the prompt it started with
   source: new VideoSource($("restyle-video")),
-  output: new FrameCanvas($("restyle-canvas"), () => {}),
+  output: new FrameCanvas($("restyle-canvas")),
   timer: null, // the input frames' capture
   index: 0, // input frames sent
   first: null, // the first input frame sent {timestamp, ...}: slot i is at its timestamp + i / fps
@@ -122,15 +122,6 @@ function restyleStarted(msg) {
     "restyle-dropped"]) $(id).textContent = "0";
   for (const id of ["restyle-fps", "restyle-latency", "restyle-step"]) $(id).textContent = "–";
   showNotice("");
-  if (!msg.restyle) { // a server without restyle ignores the param and would just generate
-    send({ type: "stop", session: msg.session });
-    restyle.stopping = true;
-    restyleState("stopping…");
-    showNotice("This server does not restyle video (it is older than the page): it started " +
-               "a plain generation session, which the page stopped.");
-    restyleButtons();
-    return;
-  }
   timelineEntry($("restyle-timeline"), restyle.prompt, "frame 0 · 0.00 s");
   restyleStrengthApplied(msg.restyle.strength, 0);
   restyleState(`running · ${restyle.label}`);
