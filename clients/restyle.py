@@ -32,6 +32,7 @@ import contextlib
 import math
 import os
 import sys
+import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -288,8 +289,10 @@ class _Restyler:
         return 0
 
     async def frames(self) -> AsyncIterator[tuple[float, np.ndarray]]:
-        """The source's frames until it ends, ``--duration`` or Ctrl-C."""
+        """The source's frames until it ends, ``--duration`` or Ctrl-C; live, a file's at their
+        presentation times."""
         duration = self.args.duration
+        wall_start = time.monotonic()
         while not self.stop.is_set() and not self.session.ended:
             item = await asyncio.to_thread(self.source.read)
             if item is None:
@@ -297,6 +300,8 @@ class _Restyler:
             timestamp, frame = item
             if duration is not None and timestamp >= duration:
                 return
+            if self.live and isinstance(self.source, VideoSource):  # as a live feed would come
+                await asyncio.sleep(max(0.0, wall_start + timestamp - time.monotonic()))
             if self.args.side_by_side:
                 self.slots.add(timestamp, frame)
             yield timestamp, _downscale(frame, self.max_pixels)

@@ -253,6 +253,8 @@ async def _drain(session: Session, credit: int) -> SessionUpdate | None:
         stats.steps,
         _recent(stats.step_seconds),
         ended,
+        stats.input_skipped,
+        time.monotonic(),
     )
 
 

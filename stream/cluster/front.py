@@ -25,9 +25,10 @@ import collections
 import contextlib
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ray.exceptions import RayActorError, RayError
@@ -40,7 +41,7 @@ from framestream.stream.engine import EngineStats
 from framestream.stream.errors import EngineBusy, SessionRefused
 from framestream.stream.kvcache import PoolStats
 from framestream.stream.requests import GenerationRequest, UnderstandingRequest
-from framestream.stream.session import OutputQueue, Session, SessionState
+from framestream.stream.session import OutputFrame, OutputQueue, Session, SessionState
 
 __all__ = ["ClusterEngine", "EngineStatus"]
 
@@ -447,8 +448,10 @@ class ClusterEngine:
                 continue  # ended here already (its engine went down and came back)
             session = route.session
             if update.frames:
-                route.dropped_here += session.output.put(update.frames)
+                frames = _rebased(update.frames, time.monotonic() - update.made_at)
+                route.dropped_here += session.output.put(frames)
             stats = session.stats
+            stats.input_skipped = update.input_skipped
             stats.frames_generated = update.frames_generated
             stats.frames_dropped = update.frames_dropped + route.dropped_here
             stats.steps = update.steps
@@ -482,6 +485,16 @@ class ClusterEngine:
         route.remote.routes.pop(route.engine_session, None)
         self._routes.pop(route.session.id, None)
         route.session.finish(reason, message)
+
+
+def _rebased(frames: list[OutputFrame], offset: float) -> list[OutputFrame]:
+    """Frames whose input arrival (a restyle session's, on the engine host's monotonic clock)
+    is moved onto this host's: ``offset`` is this clock minus that one, measured as the
+    update's age here (so the update's own travel is left out of the latency)."""
+    return [
+        f if f.input_arrival is None else replace(f, input_arrival=f.input_arrival + offset)
+        for f in frames
+    ]
 
 
 def _first_line(exc: Exception) -> str:

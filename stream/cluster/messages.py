@@ -79,6 +79,10 @@ class SessionUpdate:
     steps: int
     step_seconds: list[float]  # the recent step durations, newest last
     ended: tuple[str, str | None] | None = None  # (reason, message) once it has ended
+    input_skipped: int = 0  # restyle: input slots the engine skipped
+    # time.monotonic() on the engine's host when the update was made: a restyle frame's
+    # input_arrival (that host's clock) is rebased on the front's by its age at that moment
+    made_at: float = 0.0
 
 
 @dataclass(slots=True)

@@ -186,7 +186,7 @@ class RollingForcingPipeline(WanStreamPipeline):
     @torch.inference_mode()
     def window_step(self, state: RollingForcingState) -> torch.Tensor | None:
         """One joint pass over the window; the exiting block's x0 once it is at the lowest
-        level (a restyle stream's block under no level of its strength exits at once)."""
+        level (a restyle stream whose strength is under every level: at once, its input)."""
         cfg, dit, frames = self.config, self.models.dit, self.config.block_frames
         pending, state.pending = state.pending, None
         recache = cfg.recache_on_switch and state.recache_pending  # a switch begins here
@@ -205,20 +205,22 @@ class RollingForcingPipeline(WanStreamPipeline):
         levels = state.levels
         sigma = self._per_frame([self._sigmas[i] for i in levels])
         timestep = self._per_frame([self._timesteps[i] for i in levels])[None]
-        over = None  # a restyle stream's frames whose level is over its strength
-        if state.restyle is not None and sigma.max() > state.restyle.strength:
-            over = (sigma > state.restyle.strength)[None, None, :, None, None]
+        # a restyle stream's blocks whose level is over its strength (on the host: no sync)
+        over = [
+            state.restyle is not None and self._sigmas[i] > state.restyle.strength for i in levels
+        ]
         write, context = state.cache.window_pass()
         view = self._view(state, write, context)
-        if over is not None and bool(over.all()):  # no block's x0 comes from the DiT
+        if all(over):  # no block's x0 comes from the DiT
             x0 = state.inputs.float()
         elif state.passes == 0 and levels == [top] and self.models.opening is not None:
             x0 = self._open(state, state.window, view)  # one block, pure noise
         else:
             velocity = dit(state.window, timestep, state.text, view)
             x0 = FlowSchedule.to_x0(state.window, velocity, sigma[None, None, :, None, None])
-        if over is not None:
-            x0 = torch.where(over, state.inputs.float(), x0)
+        if any(over) and not all(over):
+            mask = self._per_frame([float(o) for o in over]).bool()[None, None, :, None, None]
+            x0 = torch.where(mask, state.inputs.float(), x0)
         state.passes += 1
         exited = None
         if levels[0] == 0:  # the oldest block is at the lowest level: it is done

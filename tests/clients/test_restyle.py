@@ -189,3 +189,22 @@ def test_run_restyle_reports_a_refused_session(models, tmp_path: Path, capsys) -
 
     assert asyncio.run(asyncio.wait_for(main(), TIMEOUT)) == 1
     assert "server error unknown_pipeline" in capsys.readouterr().err
+
+
+def test_run_restyle_of_a_file_sent_live(models, tmp_path: Path, capsys) -> None:
+    """--realtime: the file is sent at its presentation times, as a live feed (no lead kept),
+    and restyled in real time; every slot still comes back."""
+    video = tmp_path / "in.mp4"
+    write_video(video, frames=8)  # 1 s at 8 fps: 16 slots
+
+    async def main() -> int:
+        async with running(models) as srv:
+            args = parse_args(
+                "--video", str(video), "--url", srv.url, "--prompt", "a red ball",
+                "--height", "32", "--width", "32", "--realtime", "--out", str(tmp_path / "o.mp4"),
+            )  # fmt: skip
+            return await run_restyle(args)
+
+    assert asyncio.run(asyncio.wait_for(main(), TIMEOUT)) == 0
+    frames, rate = read_video(tmp_path / "o.mp4")
+    assert rate == 16 and len(frames) == 16

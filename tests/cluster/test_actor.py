@@ -12,10 +12,17 @@ import pytest
 
 pytest.importorskip("ray")  # stream.cluster needs it
 
+import numpy as np
+
+from framestream.models.registry import load_wan_models
 from framestream.stream.cluster.actor import EngineActor
+from framestream.stream.cluster.front import _rebased
 from framestream.stream.cluster.messages import Action, Command, SessionUpdate
 from framestream.stream.engine import EngineConfig
-from framestream.stream.requests import GenerationRequest
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.pipelines.longlive import LongLivePipeline
+from framestream.stream.requests import GenerationRequest, RestyleRequest
+from framestream.stream.session import OutputFrame
 from tests.stream.test_engine import FakeGeneration
 
 PARAMS = GenerationRequest("a red ball", 3)
@@ -144,3 +151,41 @@ def test_a_silent_front_loses_its_sessions_after_its_lease() -> None:
             assert report.incarnation == actor.describe().incarnation
 
     run(main())
+
+
+def test_a_restyle_session_s_input_strength_skips_and_arrivals_travel() -> None:
+    """Input frames and strength changes reach a restyle session on its engine; its frames
+    come back with their input's arrival (the engine host's clock, rebased on the front's by
+    the update's age) and its skipped input with them."""
+    models = load_wan_models("tiny")
+
+    def pipelines() -> dict:
+        return {"ll": LongLivePipeline(models, KVCacheManager(), 64 << 20)}
+
+    async def main():
+        config = EngineConfig(max_sessions=2, output_queue_frames=96)
+        actor = EngineActor(pipelines, config, 30.0)
+        try:
+            request = GenerationRequest("a red ball", 0, 32, 32, RestyleRequest(0.5))
+            session = (await actor.open("f", "ll", request, True)).session
+            picture = np.zeros((32, 32, 3), np.uint8)
+            commands = [Command(session, Action.FRAME, (i / 16, picture)) for i in range(10)]
+            actor.apply("f", [*commands, Command(session, Action.STRENGTH, (0.8,))])
+            frames, events = [], []
+            while len(frames) < 9 or not events:
+                update = await news(actor, "f", session)
+                frames += update.frames
+                events += [e for e in update.events if e["type"] == "restyle.applied"]
+                assert update.input_skipped == 0
+            assert [f.index for f in frames] == list(range(9))
+            assert all(f.input_arrival is not None for f in frames)
+            assert all(f.input_arrival <= update.made_at for f in update.frames)
+            assert events[0]["strength"] == 0.8 and events[0]["frame"] in (0, 9)
+        finally:
+            await actor._engine.shutdown()
+
+    run(main())
+
+    pixels = np.zeros((2, 2, 3), np.uint8)
+    frames = [OutputFrame(0, 0.0, pixels, 5.0), OutputFrame(1, 0.0625, pixels)]
+    assert [f.input_arrival for f in _rebased(frames, 2.0)] == [7.0, None]

@@ -9,7 +9,13 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanResidualBlock
 
 from framestream.kernels import triton_vae
 from framestream.models.vae import tiny_wan_vae
-from framestream.models.vae_causal import _interleave, _per_frame, decode_frames, encode_video
+from framestream.models.vae_causal import (
+    _interleave,
+    _per_frame,
+    decode_frames,
+    encode_frames,
+    encode_video,
+)
 
 CL = torch.channels_last_3d
 
@@ -27,6 +33,21 @@ def test_encode_video_equals_diffusers_encode(vae: AutoencoderKLWan, frames: int
         expected = vae.encode(video).latent_dist.parameters
         got = encode_video(vae, video)
     assert got.shape == (2, 32, 1 + (frames - 1) // 4, 4, 6)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("chunks", [(9, 12), (1, 4, 8), (5, 16)])
+def test_encode_frames_in_chunks_equals_diffusers_encode(
+    vae: AutoencoderKLWan, chunks: tuple[int, ...]
+) -> None:
+    gen = torch.Generator().manual_seed(sum(chunks))
+    video = torch.rand(2, 3, sum(chunks), 32, 48, generator=gen, dtype=torch.float64) * 2 - 1
+    history: list = []
+    with torch.no_grad():
+        expected = vae.encode(video).latent_dist.parameters
+        parts = [encode_frames(vae, part, history) for part in video.split(list(chunks), 2)]
+        got = vae.quant_conv(torch.cat(parts, 2))
+    assert [p.shape[2] for p in parts] == [c // 4 + (i == 0) for i, c in enumerate(chunks)]
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
 
 

@@ -23,7 +23,7 @@ from framestream.stream.backend import describe_pipeline
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
-from framestream.stream.pipelines.longlive import LongLivePipeline
+from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
 from framestream.stream.pipelines.rolling_forcing import RollingForcingPipeline
 from framestream.stream.pipelines.wan import WanCalibration
 from framestream.stream.protocol import HEADER, FrameFormat, FrameHeader, FrameKind
@@ -194,6 +194,35 @@ def test_strength_and_prompt_change_mid_stream(models):
     run(main())
 
 
+def test_input_faster_than_it_is_restyled_skips_the_oldest_slots(models):
+    """A feed that jumps 20 s ahead completes 321 slots at once; the pipeline keeps at most the
+    newest ``max_input_frames`` of them, skips the others (``metrics.frames_skipped``, their
+    indices missing), and goes on."""
+    kept = LongLiveConfig().max_input_frames
+
+    async def main():
+        async with running(models) as server, connect(server.url) as ws:
+            await hello(ws)
+            session = (await start(ws, restyle=True))["session"]
+            await send_input(ws, session, 0, 0.0)
+            await send_input(ws, session, 1, 20.0)  # slots 0..320 are all in
+            slots = int(20.0 * FPS) + 1
+            got = await outputs(ws, session, FIRST)
+            first = got[0][0].index
+            assert first > 0 and slots - first <= kept
+            assert [h.index for h, _ in got] == list(range(first, first + FIRST))
+            metrics = await recv(ws, "metrics")
+            assert metrics["frames_skipped"] == first and metrics["frames_received"] == 2
+
+            for i in range(1, 25):  # it goes on: frames of the input sent after the jump
+                await send_input(ws, session, 1 + i, 20.0 + i / FPS)
+            async with asyncio.timeout(TIMEOUT):
+                while (await outputs(ws, session, 1))[0][0].index < slots:
+                    pass
+
+    run(main())
+
+
 def test_the_python_client_restyles_a_source_and_changes_strength(models):
     # 20 frames at 8 fps; the last lasts one slot (frame_seconds unset): slots 0..38
     source = [(i / 8, picture(i)) for i in range(20)]
@@ -202,7 +231,7 @@ def test_the_python_client_restyles_a_source_and_changes_strength(models):
         async with running(models) as server:
             async with StreamClient.connect(server.url) as client:
                 session = await client.restyle(
-                    source, "a watercolour", strength=0.7, format="raw", **SIZE
+                    source, "a watercolour", strength=0.7, format="raw", record=True, **SIZE
                 )
                 assert isinstance(session, RestyleSession) and session.strength == 0.7
                 assert session.feeding is not None
@@ -219,6 +248,8 @@ def test_the_python_client_restyles_a_source_and_changes_strength(models):
                 assert indices == list(range(39))
                 assert session.strength == 0.3
                 await session.stop()
+                assert session.recording is not None  # recorded as any generation session
+                assert session.recording.startswith("/recordings/")
 
     run(main())
 
