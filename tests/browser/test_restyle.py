@@ -219,3 +219,21 @@ def test_the_arrow_keys_reach_the_restyle_tab(page) -> None:
     expect(page.get_by_test_id("tab-generate")).to_have_attribute("aria-selected", "true")
     page.keyboard.press("ArrowLeft")
     expect(page.get_by_test_id("tab-restyle")).to_have_attribute("aria-selected", "true")
+
+
+def test_a_lost_connection_ends_the_restyle_and_closes_its_feed(page) -> None:
+    from playwright.sync_api import expect
+
+    open_tab(page)
+    page.get_by_test_id("restyle-start").click()
+    state = page.get_by_test_id("restyle-state")
+    expect(state).to_contain_text("running", timeout=WAIT)
+    page.evaluate("window.streamApp.conn.ws.close(4000)")  # as if the network dropped
+    expect(state).to_have_text("ended (disconnected)")
+    expect(page.get_by_test_id("notice")).to_contain_text("start the session again")
+    assert page.get_by_test_id("restyle-video").get_attribute("src") is None
+    sent = page.get_by_test_id("restyle-sent").inner_text()
+    status = page.get_by_test_id("conn-status")
+    expect(status).to_have_attribute("data-state", "connected", timeout=WAIT)
+    expect(page.get_by_test_id("restyle-start")).to_be_enabled()
+    assert page.get_by_test_id("restyle-sent").inner_text() == sent  # nothing sent since
