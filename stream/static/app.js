@@ -1,109 +1,9 @@
 // The browser page of the streaming video service: one WebSocket to /ws (docs/protocol.md),
-// two tabs. Generate: prompt -> frames on a canvas. Watch: camera, file or toy world -> captions.
-// Plain JS, no build step, no dependencies.
+// three tabs. Generate: prompt -> frames on a canvas. Watch: camera, file or toy world ->
+// captions. Restyle (restyle.js): a feed -> restyled frames. The connection here routes each
+// session's messages to the tab that started it (`tabs`). Plain JS, no build step, no
+// dependencies; common.js holds what the tabs share.
 "use strict";
-
-const $ = (id) => document.getElementById(id);
-
-// el("li", {className: "x", testid: "y"}, "text", child): a new element; text stays text
-function el(tag, props, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props || {})) {
-    if (key === "testid") node.dataset.testid = value;
-    else node[key] = value;
-  }
-  node.append(...children);
-  return node;
-}
-
-// -- binary frames: a 32-byte little-endian header, then the payload ---------------------------
-const HEADER_BYTES = 32;
-const KIND_VIDEO = 1;
-const KIND_INPUT = 2;
-const FORMAT_JPEG = 1;
-const FORMAT_NAMES = { 1: "jpeg", 2: "png", 3: "raw", 4: "h264" };
-const MAX_INPUT_PIXELS = 768 * 28 * 28; // the VLM's own budget per frame
-
-function packFrame(session, index, timestamp, width, height, payload) {
-  const buffer = new ArrayBuffer(HEADER_BYTES + payload.byteLength);
-  const view = new DataView(buffer);
-  view.setUint8(0, 0x53); // "S"
-  view.setUint8(1, 0x56); // "V"
-  view.setUint8(2, 1); // version
-  view.setUint8(3, KIND_INPUT);
-  view.setUint32(4, session, true);
-  view.setBigUint64(8, BigInt(index), true);
-  view.setFloat64(16, timestamp, true);
-  view.setUint8(24, FORMAT_JPEG); // bytes 25..27 stay zero
-  view.setUint16(28, width, true);
-  view.setUint16(30, height, true);
-  new Uint8Array(buffer, HEADER_BYTES).set(new Uint8Array(payload));
-  return buffer;
-}
-
-function unpackFrame(buffer) {
-  if (buffer.byteLength < HEADER_BYTES) return null;
-  const view = new DataView(buffer);
-  if (view.getUint8(0) !== 0x53 || view.getUint8(1) !== 0x56 || view.getUint8(2) !== 1) return null;
-  return {
-    kind: view.getUint8(3),
-    session: view.getUint32(4, true),
-    index: Number(view.getBigUint64(8, true)),
-    timestamp: view.getFloat64(16, true),
-    format: view.getUint8(24),
-    width: view.getUint16(28, true),
-    height: view.getUint16(30, true),
-    payload: new Uint8Array(buffer, HEADER_BYTES),
-  };
-}
-
-// -- errors: every server code gets a sentence a person can act on ------------------------------
-const ERROR_TEXT = {
-  bad_json: "the page sent a message the server could not read (a bug in this page)",
-  unknown_type: "the server does not know a message this page sent (version mismatch?)",
-  invalid_message: "the server refused the request: a field is missing or out of range",
-  message_too_large: "a message was larger than the server accepts",
-  unsupported_version: "the server speaks a different protocol version than this page",
-  unauthorized: "the token is missing or wrong: enter the server's token and press Connect",
-  not_ready: "the connection was not ready yet; try again in a moment",
-  unknown_session: "that session has already ended on the server",
-  unknown_pipeline: "the server does not run that pipeline",
-  too_many_sessions: "too many sessions are running (on this connection or the server); stop one first",
-  cache_full: "the server's memory for sessions is full, try again later",
-  compute_full: "the server cannot make this session in real time now; choose a smaller size or try again later",
-  rate_limited: "the page sent messages too fast; some were dropped",
-  bad_frame: "a video frame could not be decoded by the server",
-  frame_too_large: "the frame size is larger than the server allows; choose a smaller size",
-  wrong_direction: "this session does not take that kind of message",
-  timestamps_backwards: "a video frame was older than the previous one",
-  recording_failed: "the server could not write the recording; the video goes on without it",
-  internal: "the session failed on the server and has ended",
-  engine_lost: "the server's engine running the session stopped; start the session again",
-  server_shutdown: "the server is shutting down; it will reconnect when it is back",
-};
-
-function showError(code, detail) {
-  const human = ERROR_TEXT[code] || "the server reported an error";
-  const text = el("p", {},
-    el("strong", { testid: "error-message" }, human[0].toUpperCase() + human.slice(1) + "."), " ",
-    el("code", { testid: "error-code" }, code));
-  if (detail) text.append(" ", el("span", { className: "detail", testid: "error-detail" }, detail));
-  const close = el("button", { type: "button", className: "dismiss", testid: "error-dismiss" }, "×");
-  close.setAttribute("aria-label", "Dismiss");
-  const banner = el("div", { className: "banner", testid: "error-banner" }, text, close);
-  banner.setAttribute("role", "alert");
-  banner.dataset.code = code;
-  close.addEventListener("click", () => banner.remove());
-  const banners = $("banners");
-  banners.prepend(banner);
-  while (banners.children.length > 4) banners.lastElementChild.remove();
-}
-
-function showNotice(text) {
-  const notice = $("notice");
-  notice.textContent = text;
-  notice.hidden = !text;
-}
 
 // -- connection: hello/welcome, automatic reconnect with backoff --------------------------------
 const conn = {
@@ -114,9 +14,14 @@ const conn = {
   countdown: null,
   wanted: true, // false after unauthorized: a wrong token would fail again
   nextRequest: 1,
-  pending: new Map(), // request_id -> "generate" | "watch"
-  sessions: new Map(), // session id -> "generate" | "watch"
+  pending: new Map(), // request_id -> the name of the tab that asked, a key of `tabs`
+  sessions: new Map(), // session id -> the name of its tab
 };
+
+// The tabs that run sessions, by name; each is {state (its .session and .starting), welcome(msg),
+// started(msg), ended(reason, recording), message(msg) (a message of its session), frame(frame)
+// (a video frame of its session), buttons()}. Generate and Watch are below, Restyle in restyle.js.
+const tabs = {};
 
 function setStatus(state, text) {
   const el = $("conn-status");
@@ -165,8 +70,7 @@ function onClose(ws, event) {
   const hadSessions = conn.sessions.size > 0 || conn.pending.size > 0;
   for (const [id, tab] of conn.sessions) endSession(tab, id, { reason: "disconnected" });
   conn.pending.clear();
-  if (gen.starting) genEnded("disconnected");
-  if (watch.starting) watchEnded("disconnected");
+  for (const tab of Object.values(tabs)) if (tab.state.starting) tab.ended("disconnected");
   if (hadSessions) {
     showNotice("The connection was lost and the running sessions ended. " +
                "After it reconnects, start the session again.");
@@ -209,15 +113,14 @@ function onMessage(msg) {
       conn.welcome = msg;
       conn.attempt = 0;
       setStatus("connected", `connected · ${msg.server}`);
-      fillPipelines(msg.pipelines);
-      watchModelNote();
+      for (const tab of Object.values(tabs)) tab.welcome(msg);
       break;
     case "session.started": {
       const tab = conn.pending.get(msg.request_id);
       conn.pending.delete(msg.request_id);
       if (!tab) return;
       conn.sessions.set(msg.session, tab);
-      if (tab === "generate") genStarted(msg); else watchStarted(msg);
+      tabs[tab].started(msg);
       break;
     }
     case "session.ended": {
@@ -230,53 +133,49 @@ function onMessage(msg) {
       const tab = conn.pending.get(msg.request_id);
       if (tab) {
         conn.pending.delete(msg.request_id);
-        if (tab === "generate") genEnded(`refused: ${msg.code}`);
-        else watchEnded(`refused: ${msg.code}`);
+        tabs[tab].ended(`refused: ${msg.code}`);
       }
       break;
     }
-    case "prompt.applied": if (msg.session === gen.session) genApplied(msg); break;
-    case "metrics": if (msg.session === gen.session) genMetrics(msg); break;
-    // the engine's acknowledgements: the state shown is the server's, not the button's
-    case "session.paused": if (msg.session === gen.session) genState(`paused at frame ${msg.frame}`); break;
-    case "session.resumed": if (msg.session === gen.session) genResumed(); break;
-    case "caption":
-      if (msg.session === watch.session) watchCaption(msg);
-      else if (msg.session === gen.session) genCaption(msg);
+    default: { // the messages of a running session go to its tab
+      const tab = tabs[conn.sessions.get(msg.session)];
+      if (tab && msg.session === tab.state.session) tab.message(msg);
       break;
-    case "commentary.ended":
-      if (msg.session === gen.session) showNotice(`the commentary stopped (${msg.reason}): ${msg.message || ""}`);
-      break;
-    default: break;
+    }
   }
 }
 
-function endSession(tab, id, msg) {
+function endSession(name, id, msg) {
   conn.sessions.delete(id);
-  if (tab === "generate" && id === gen.session) genEnded(msg.reason, msg.recording);
-  if (tab === "watch" && id === watch.session) watchEnded(msg.reason);
+  const tab = tabs[name];
+  if (id === tab.state.session) tab.ended(msg.reason, msg.recording);
 }
 
 function onBinary(buffer) {
   const frame = unpackFrame(buffer);
-  if (frame && frame.kind === KIND_VIDEO && frame.session === gen.session) genFrame(frame);
+  if (!frame || frame.kind !== KIND_VIDEO) return;
+  const tab = tabs[conn.sessions.get(frame.session)];
+  if (tab && frame.session === tab.state.session) tab.frame(frame);
 }
 
 const GENERATION = (name) => !/vlm|understand|caption/i.test(name);
 
-function fillPipelines(names) {
-  const select = $("gen-pipeline");
+// a pipeline picker of the generation pipelines the server runs; keeps the choice it had
+function fillGenerationPipelines(select, names) {
   const previous = select.value;
   select.replaceChildren();
   for (const name of names.filter(GENERATION)) select.add(new Option(name, name));
+  if (names.includes(previous)) select.value = previous;
+}
+
+function genWelcome(msg) {
+  fillGenerationPipelines($("gen-pipeline"), msg.pipelines);
   // commentary needs the server's understanding pipeline
-  const watcher = names.some((name) => !GENERATION(name));
+  const watcher = msg.pipelines.some((name) => !GENERATION(name));
   $("gen-commentary").disabled = !watcher;
   if (!watcher) $("gen-commentary").checked = false;
-  if (names.includes(previous)) select.value = previous;
   genSizes();
   genButtons();
-  watchButtons();
 }
 
 // -- Generate tab --------------------------------------------------------------------------------
@@ -286,8 +185,7 @@ const gen = {
   fps: 16,
   frames: 0,
   arrivals: [], // performance.now() of recent frames
-  decoding: false,
-  next: null, // the newest frame waiting to be drawn
+  output: new FrameCanvas($("gen-canvas"), (index) => genOverlay(index)),
   switches: [], // {sentAt, entry, frame} waiting to become visible
   captions: [], // commentary {frame, end_frame, text}, in video order; ahead of the frames
   paused: false,
@@ -314,14 +212,6 @@ function genSizes() {
 }
 $("gen-pipeline").addEventListener("change", genSizes);
 
-function timelineEntry(prompt, where) {
-  const li = el("li", { testid: "timeline-entry" }, el("span", { className: "prompt" }, prompt),
-    el("span", { className: "at", testid: "timeline-at" }, where));
-  $("gen-timeline").append(li);
-  li.scrollIntoView({ block: "nearest" });
-  return li;
-}
-
 $("gen-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const prompt = $("gen-prompt").value.trim();
@@ -345,17 +235,14 @@ $("gen-form").addEventListener("submit", (event) => {
 function genStarted(msg) {
   Object.assign(gen, {
     session: msg.session, starting: false, fps: msg.fps || 16, frames: 0, arrivals: [],
-    next: null, switches: [], captions: [], paused: false, stopping: false,
+    switches: [], captions: [], paused: false, stopping: false,
     // height x width, as the size picker and session.start put them
     label: `session ${msg.session} · ${msg.pipeline} ${msg.height}×${msg.width}`,
   });
-  const canvas = $("gen-canvas");
-  canvas.width = msg.width;
-  canvas.height = msg.height;
-  canvas.style.aspectRatio = `${msg.width} / ${msg.height}`;
+  gen.output.resize(msg.width, msg.height);
   $("gen-timeline").replaceChildren();
   $("gen-overlay").textContent = "";
-  timelineEntry(gen.prompt, "frame 0 · 0.00 s");
+  timelineEntry($("gen-timeline"), gen.prompt, "frame 0 · 0.00 s");
   $("gen-frames").textContent = "0";
   $("gen-dropped").textContent = "0";
   genState(`running · ${gen.label}`);
@@ -384,29 +271,7 @@ function genFrame(frame) {
     }
   }
   gen.switches = gen.switches.filter((s) => !s.seen);
-  gen.next = frame;
-  if (!gen.decoding) drawNext();
-}
-
-async function drawNext() {
-  gen.decoding = true;
-  while (gen.next) {
-    const frame = gen.next;
-    gen.next = null;
-    if (frame.format !== FORMAT_JPEG && frame.format !== 2) continue; // jpeg/png only here
-    const type = frame.format === FORMAT_JPEG ? "image/jpeg" : "image/png";
-    try {
-      const bitmap = await createImageBitmap(new Blob([frame.payload], { type }));
-      const canvas = $("gen-canvas");
-      canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
-      canvas.dataset.index = String(frame.index);
-      bitmap.close();
-      genOverlay(frame.index);
-    } catch (err) {
-      console.warn("frame", frame.index, "could not be decoded", err, FORMAT_NAMES[frame.format]);
-    }
-  }
-  gen.decoding = false;
+  gen.output.push(frame);
 }
 
 // Generation runs ahead of playback, so captions come before their frames: each is shown
@@ -444,7 +309,7 @@ function genApplied(msg) {
     pending.entry.querySelector(".at").textContent = where;
     pending.entry.classList.remove("waiting");
   } else {
-    timelineEntry(msg.prompt, where);
+    timelineEntry($("gen-timeline"), msg.prompt, where);
   }
 }
 
@@ -492,24 +357,40 @@ $("switch-form").addEventListener("submit", (event) => {
   const chunks = Math.min(64, Math.max(0, parseInt($("gen-transition").value, 10) || 0));
   if (!prompt || gen.session === null) return;
   if (!send({ type: "prompt.update", session: gen.session, prompt, transition_chunks: chunks })) return;
-  const entry = timelineEntry(prompt, "waiting for the next chunk…");
+  const entry = timelineEntry($("gen-timeline"), prompt, "waiting for the next chunk…");
   entry.classList.add("waiting");
   gen.switches.push({ prompt, entry, frame: null, sentAt: performance.now(), seen: false });
 });
 
+function genMessage(msg) {
+  switch (msg.type) {
+    case "prompt.applied": genApplied(msg); break;
+    case "metrics": genMetrics(msg); break;
+    // the engine's acknowledgements: the state shown is the server's, not the button's
+    case "session.paused": genState(`paused at frame ${msg.frame}`); break;
+    case "session.resumed": genResumed(); break;
+    case "caption": genCaption(msg); break;
+    case "commentary.ended":
+      showNotice(`the commentary stopped (${msg.reason}): ${msg.message || ""}`);
+      break;
+    default: break;
+  }
+}
+
+tabs.generate = {
+  state: gen, welcome: genWelcome, started: genStarted, ended: genEnded, message: genMessage,
+  frame: genFrame, buttons: genButtons,
+};
+
 // -- Watch tab -----------------------------------------------------------------------------------
+const MAX_INPUT_PIXELS = 768 * 28 * 28; // the VLM's own budget per frame
+
 const watch = {
   session: null,
   starting: false,
-  stream: null, // MediaStream of the camera
-  objectUrl: null,
-  mediaClock: false, // timestamps from the video's currentTime (file, toy world) or the wall
+  source: new VideoSource($("watch-video")),
   timer: null,
   index: 0,
-  startedAt: 0,
-  lastTs: 0,
-  encoding: false,
-  canvas: document.createElement("canvas"),
 };
 
 function watchState(text) { $("watch-state").textContent = text; }
@@ -549,57 +430,12 @@ $("watch-source").addEventListener("change", () => {
   $("watch-file-label").hidden = $("watch-source").value !== "file";
 });
 
-// A machine with no camera watches the toy world by default.
-if (navigator.mediaDevices && navigator.mediaDevices.enumerateDevices) {
-  navigator.mediaDevices.enumerateDevices().then((devices) => {
-    if (!devices.some((d) => d.kind === "videoinput")) $("watch-source").value = "toyworld";
-  }, () => {});
-} else {
-  $("watch-source").value = "toyworld";
-}
-
-const TOYWORLD_SECONDS = 300;
-
-async function openSource() {
-  const video = $("watch-video");
-  const source = $("watch-source").value;
-  watch.mediaClock = source !== "camera";
-  if (source === "toyworld") {
-    const seed = Math.floor(Math.random() * 2 ** 31);
-    video.srcObject = null;
-    // a <video> sends no headers of ours: the token travels in the query, as the server asks
-    const token = tokenValue() ? `&token=${encodeURIComponent(tokenValue())}` : "";
-    video.src = `toyworld/feed.mp4?seed=${seed}&seconds=${TOYWORLD_SECONDS}${token}`;
-  } else if (source === "camera") {
-    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      throw new Error("this browser offers no camera here (a camera needs https or localhost)");
-    }
-    watch.stream = await navigator.mediaDevices.getUserMedia({ video: true });
-    video.srcObject = watch.stream;
-  } else {
-    const file = $("watch-file").files[0];
-    if (!file) throw new Error("choose a video file first");
-    watch.objectUrl = URL.createObjectURL(file);
-    video.srcObject = null;
-    video.src = watch.objectUrl;
-  }
-  await video.play();
-}
+preferToyWorldWithoutCamera($("watch-source"));
 
 function closeSource() {
   clearInterval(watch.timer);
   watch.timer = null;
-  const video = $("watch-video");
-  video.pause();
-  if (watch.stream) watch.stream.getTracks().forEach((t) => t.stop());
-  watch.stream = null;
-  video.srcObject = null;
-  if (video.getAttribute("src")) {
-    video.removeAttribute("src");
-    video.load();
-  }
-  if (watch.objectUrl) URL.revokeObjectURL(watch.objectUrl);
-  watch.objectUrl = null;
+  watch.source.close();
 }
 
 $("watch-form").addEventListener("submit", async (event) => {
@@ -608,7 +444,7 @@ $("watch-form").addEventListener("submit", async (event) => {
   watchButtons();
   watchState("opening the source");
   try {
-    await openSource();
+    await watch.source.open($("watch-source").value, $("watch-file").files[0], tokenValue());
   } catch (err) {
     watch.starting = false;
     closeSource();
@@ -627,9 +463,8 @@ $("watch-form").addEventListener("submit", async (event) => {
 });
 
 function watchStarted(msg) {
-  Object.assign(watch, {
-    session: msg.session, starting: false, index: 0, lastTs: 0, startedAt: performance.now(),
-  });
+  Object.assign(watch, { session: msg.session, starting: false, index: 0 });
+  watch.source.restartClock();
   $("watch-captions").replaceChildren();
   $("watch-overlay").textContent = "";
   $("watch-sent").textContent = "0";
@@ -640,40 +475,17 @@ function watchStarted(msg) {
   watchButtons();
 }
 
-function captureFrame() {
-  const video = $("watch-video");
-  if (watch.session === null || watch.encoding || video.readyState < 2 || !video.videoWidth) return;
-  if (watch.mediaClock && video.ended) return;
-  const raw = watch.mediaClock ? video.currentTime : (performance.now() - watch.startedAt) / 1000;
-  const timestamp = Math.max(watch.lastTs, raw); // never backwards
+async function captureFrame() {
+  if (watch.session === null || !conn.welcome) return;
   const limit = Math.min(MAX_INPUT_PIXELS, conn.welcome.limits.max_frame_pixels || Infinity);
-  let width = video.videoWidth;
-  let height = video.videoHeight;
-  if (width * height > limit) {
-    const scale = Math.sqrt(limit / (width * height));
-    width = Math.max(1, Math.floor(width * scale));
-    height = Math.max(1, Math.min(Math.floor(height * scale), Math.floor(limit / width)));
+  const shot = await watch.source.grab(limit);
+  if (!shot || watch.session === null) return;
+  const { timestamp, width, height, payload } = shot;
+  if (send(packFrame(watch.session, watch.index, timestamp, width, height, payload))) {
+    watch.index += 1;
+    $("watch-sent").textContent = String(watch.index);
+    $("watch-time").textContent = `${timestamp.toFixed(1)} s`;
   }
-  const canvas = watch.canvas;
-  canvas.width = width;
-  canvas.height = height;
-  canvas.getContext("2d").drawImage(video, 0, 0, width, height);
-  watch.encoding = true;
-  canvas.toBlob(async (blob) => {
-    try {
-      if (!blob || watch.session === null) return;
-      const payload = await blob.arrayBuffer();
-      const frame = packFrame(watch.session, watch.index, timestamp, width, height, payload);
-      if (send(frame)) {
-        watch.index += 1;
-        watch.lastTs = timestamp;
-        $("watch-sent").textContent = String(watch.index);
-        $("watch-time").textContent = `${timestamp.toFixed(1)} s`;
-      }
-    } finally {
-      watch.encoding = false;
-    }
-  }, "image/jpeg", 0.85);
 }
 
 function watchCaption(msg) {
@@ -707,6 +519,16 @@ $("watch-stop").addEventListener("click", () => {
   }
 });
 
+tabs.watch = {
+  state: watch,
+  welcome: () => { watchModelNote(); watchButtons(); },
+  started: watchStarted,
+  ended: watchEnded,
+  message: (msg) => { if (msg.type === "caption") watchCaption(msg); },
+  frame: () => {}, // an understanding session sends no video
+  buttons: watchButtons,
+};
+
 $("question-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const text = $("watch-question").value.trim();
@@ -717,19 +539,22 @@ $("question-form").addEventListener("submit", (event) => {
 });
 
 // -- tabs, token, start ----------------------------------------------------------------------------
+const TAB_NAMES = [...document.querySelectorAll(".tabs [role=tab]")].map((t) => t.id.slice(4));
+
 function selectTab(name) {
-  for (const tab of ["generate", "watch"]) {
+  for (const tab of TAB_NAMES) {
     const on = tab === name;
     $(`tab-${tab}`).setAttribute("aria-selected", String(on));
     $(`tab-${tab}`).tabIndex = on ? 0 : -1;
     $(`panel-${tab}`).hidden = !on;
   }
 }
-$("tab-generate").addEventListener("click", () => selectTab("generate"));
-$("tab-watch").addEventListener("click", () => selectTab("watch"));
+for (const name of TAB_NAMES) $(`tab-${name}`).addEventListener("click", () => selectTab(name));
 document.querySelector(".tabs").addEventListener("keydown", (event) => {
   if (event.key !== "ArrowLeft" && event.key !== "ArrowRight") return;
-  const next = $("tab-generate").getAttribute("aria-selected") === "true" ? "watch" : "generate";
+  const now = TAB_NAMES.findIndex((t) => $(`tab-${t}`).getAttribute("aria-selected") === "true");
+  const step = event.key === "ArrowRight" ? 1 : TAB_NAMES.length - 1;
+  const next = TAB_NAMES[(now + step) % TAB_NAMES.length];
   selectTab(next);
   $(`tab-${next}`).focus();
 });
@@ -745,6 +570,9 @@ $("connect-form").addEventListener("submit", (event) => {
 const urlToken = new URLSearchParams(location.hash.slice(1)).get("token")
   ?? new URLSearchParams(location.search).get("token");
 $("token").value = urlToken !== null ? urlToken : localStorage.getItem("stream.token") || "";
-setInterval(() => { genButtons(); watchButtons(); }, 500); // keeps buttons in step with the socket
-window.streamApp = { conn, gen, watch, packFrame, unpackFrame, connect }; // for tests and debugging
-connect();
+// keeps buttons in step with the socket
+setInterval(() => { for (const tab of Object.values(tabs)) tab.buttons(); }, 500);
+window.streamApp = { conn, tabs, gen, watch, packFrame, unpackFrame, connect }; // tests, debugging
+// after every script has run (restyle.js registers its tab), so that every tab hears the welcome
+document.addEventListener("DOMContentLoaded", connect);
+

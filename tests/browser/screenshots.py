@@ -4,8 +4,9 @@
 
 Starts the real server in process (every pipeline, tiny CPU models, the page from
 stream/static) and Debian's chromium with a fake camera, runs a generation session with a prompt
-switch and an understanding session from the camera, and saves docs/screenshot-generate.png,
-docs/screenshot-watch.png and docs/screenshot-error.png.
+switch, an understanding session of the toy-world feed and a restyle session of it with a
+strength change, and saves docs/screenshot-generate.png, docs/screenshot-watch.png,
+docs/screenshot-restyle.png and docs/screenshot-error.png.
 """
 
 from __future__ import annotations
@@ -89,6 +90,26 @@ def main() -> None:
             page.get_by_test_id("watch-stop").click()
             expect(page.get_by_test_id("watch-state")).to_contain_text("ended")
 
+            # Restyle: the toy world in, restyled beside it, the strength lowered mid-stream
+            page.get_by_test_id("tab-restyle").click()
+            page.get_by_test_id("restyle-source").select_option("toyworld")
+            page.get_by_test_id("restyle-pipeline").select_option("longlive")
+            page.get_by_test_id("restyle-start").click()
+            page.wait_for_function(
+                "() => Number(document.querySelector('[data-testid=restyle-frames]')"
+                ".textContent) > 24"
+            )
+            slider = page.get_by_test_id("restyle-strength")
+            slider.focus()
+            for _ in range(4):
+                slider.press("ArrowLeft")
+            expect(page.get_by_test_id("restyle-applied")).to_have_attribute("data-strength", "0.4")
+            expect(page.get_by_test_id("restyle-step")).to_contain_text("ms")
+            page.wait_for_timeout(1500)
+            page.screenshot(path=args.out / "screenshot-restyle.png", full_page=True)
+            page.get_by_test_id("restyle-stop").click()
+            expect(page.get_by_test_id("restyle-state")).to_contain_text("ended")
+
             # An error as the user sees it
             page.get_by_test_id("tab-generate").click()
             page.get_by_test_id("gen-size").select_option("480x832")
@@ -97,7 +118,7 @@ def main() -> None:
             expect(page.get_by_test_id("gen-state")).to_contain_text(re.compile("refused"))
             page.screenshot(path=args.out / "screenshot-error.png", full_page=False)
             browser.close()
-    for name in ("generate", "watch", "error"):
+    for name in ("generate", "watch", "restyle", "error"):
         print(args.out / f"screenshot-{name}.png")
 
 
