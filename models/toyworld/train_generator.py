@@ -4,8 +4,11 @@ Run ``python -m framestream.models.toyworld.train_generator --out DIR [--device 
 [--seconds-budget 150] [--smoke]``. Everything is seeded; the wall-clock budget decides how many
 steps each stage gets.
 The stages also run one at a time, each with a whole budget (the form for a machine lent in
-10-minute calls): ``--codec-only --out A``, then ``--codec A --out B``, then ``--teacher B --out
-C`` (guidance distillation, below).
+10-minute calls): ``--codec-only --out A``, then ``--codec A --out B`` (``--resume B --out B2``
+goes on training B's DiT and text encoder), then ``--teacher B --out C`` (guidance
+distillation, below). ``--dit-preset`` picks the DiT's Wan preset; the tiny umT5 text encoder
+trains with the DiT (``train_text_encoder``; saved as ``text_encoder.safetensors``, which the
+registry loads beside the DiT) unless ``--frozen-text-encoder`` keeps its seeded weights.
 
 Stages (fractions of the training budget; evaluation runs after it)::
 
