@@ -54,6 +54,9 @@ class RestyleSession(GenerationSession):
 
     Attributes (beyond :class:`GenerationSession`'s):
         strength: the strength last applied (``session.started``, then ``restyle.applied``).
+        input_lead_frames: input frames the server takes in beyond the frames it has sent at
+            that strength (``session.started``, then ``restyle.applied``; 0 when a server does
+            not say): :meth:`feed` keeps at least that much ahead.
         frames_sent: input frames sent so far (the next input frame's index).
         frames_received: one past the highest output frame index received (frames the client
             dropped count: it says how far the restyling has come).
@@ -71,6 +74,7 @@ class RestyleSession(GenerationSession):
         super().__init__(client, started, max_queued_frames, max_queued_events)
         restyle = started.get("restyle")
         self.strength = float(restyle.get("strength", DEFAULT_STRENGTH)) if restyle else 0.0
+        self.input_lead_frames = _lead(restyle)
         self.frames_received = 0
         self._input = _InputFeed(self)
         self._strengths: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
@@ -133,17 +137,20 @@ class RestyleSession(GenerationSession):
 
         Of each slot only the newest frame is sent (what the server would take), so a source
         faster than the session's fps costs no more. At the end the last frame is sent once
-        more, ``pad_seconds`` (at least a chunk) later, so that the chunk holding the last
-        slot completes; frames past ``n - 1`` restyle that padding.
+        more, ``pad_seconds`` (at least a chunk, and at least the input the server holds)
+        later, so that every chunk up to the last slot's completes and leaves; frames past
+        ``n - 1`` restyle that padding.
 
         Args:
             source: an iterable or async iterable of ``(timestamp, pixels)``, timestamps in
                 seconds and never going back.
             max_lead: send at most this many seconds of feed ahead of the frames received (a
                 file is sent as fast as the server restyles it; more would wait in the
-                server's bounded input queues, which drop the oldest); more than a chunk
-                (0.75 s for the Wan pipelines: 12 frames at 16 fps), else the chunk it waits
-                for cannot complete; ``None`` for a live source, which paces itself.
+                server's bounded input queues, which drop the oldest), and never less than
+                the input the server holds (:attr:`input_lead_frames` and the frame that
+                completes it: a chunk for LongLive, a chunk per window level under the
+                strength for Rolling Forcing), else its next chunk could not complete;
+                ``None`` for a live source, which paces itself.
             frame_seconds: how long the source's last frame lasts (its frame interval);
                 ``None``: one slot.
             pad_seconds: how far after the last frame the padding frame goes.
@@ -169,7 +176,8 @@ class RestyleSession(GenerationSession):
         async def put(timestamp: float, pixels: np.ndarray) -> None:
             if max_lead is not None:
                 assert t0 is not None
-                ahead = timestamp - t0 - max_lead
+                lead = max(max_lead, (self.input_lead_frames + 1) / fps)
+                ahead = timestamp - t0 - lead
                 await self._wait(lambda: ahead <= self.frames_received / fps, timeout)
             await self.send(pixels, timestamp, format=format, quality=quality)
 
@@ -184,7 +192,8 @@ class RestyleSession(GenerationSession):
         await put(*pending)
         end = pending[0] + (frame_seconds if frame_seconds is not None else 1 / fps)
         count = max(1, math.ceil((end - t0) * fps - 1e-9))
-        await self.send(pending[1], t0 + (count - 1) / fps + pad_seconds, format=format)
+        pad = max(pad_seconds, (self.input_lead_frames + 1) / fps)  # all it holds completes
+        await self.send(pending[1], t0 + (count - 1) / fps + pad, format=format)
         return count
 
     def start_feeding(self, source: Source, **feed_args: Any) -> asyncio.Task[int]:
@@ -232,6 +241,7 @@ class RestyleSession(GenerationSession):
             strength = message.get("strength")
             if isinstance(strength, int | float):
                 self.strength = float(strength)
+            self.input_lead_frames = _lead(message)
             _resolve_oldest(self._strengths, message)
         elif kind == "error" and message.get("code") in _INPUT_ERRORS:
             logger.warning("session %d: input frame refused: %s", self.id, message.get("message"))
@@ -270,3 +280,9 @@ async def _iterate(source: Source) -> Any:
     else:
         for item in source:
             yield item
+
+
+def _lead(message: dict[str, Any] | None) -> int:
+    """A message's ``input_lead_frames`` (0 where it has none)."""
+    lead = (message or {}).get("input_lead_frames")
+    return lead if isinstance(lead, int) and not isinstance(lead, bool) and lead > 0 else 0

@@ -138,8 +138,13 @@ class Transcript:
             _require(message["format"] in FORMATS, "bad format", message)
             if "restyle" in message:
                 restyle = message["restyle"]
-                ok = isinstance(restyle, dict) and set(restyle) == {"strength"}
-                _require(ok and _strength(restyle["strength"]), "bad restyle", message)
+                ok = isinstance(restyle, dict) and set(restyle) == {"strength", "input_lead_frames"}
+                ok = (
+                    ok
+                    and _strength(restyle["strength"])
+                    and _is_int(restyle["input_lead_frames"], 1)
+                )
+                _require(ok, "bad restyle", message)
         session = message["session"]
         _require(self.welcomed, "session.started before welcome", message)
         _require(_session_id(session), "bad session id", message)
@@ -163,10 +168,11 @@ class Transcript:
         _require(_is_int(message["transition_chunks"], 0, 64), "bad transition", message)
 
     def _restyle_applied(self, message: dict) -> None:
-        self._fields(message, {"session", "strength", "frame"})
+        self._fields(message, {"session", "strength", "frame", "input_lead_frames"})
         self._event_of_live_session(message)
         _require(_strength(message["strength"]), "bad strength", message)
         _require(_is_int(message["frame"]), "bad frame index", message)
+        _require(_is_int(message["input_lead_frames"], 1), "bad input lead", message)
 
     def _metrics(self, message: dict) -> None:
         if "frames_skipped" in message:  # a restyle session's

@@ -299,7 +299,10 @@ class ConnectionHandler:
                     "fps": commentary.sample_fps,
                 }
             if request.restyle is not None:
-                started["restyle"] = {"strength": request.restyle.strength}
+                started["restyle"] = {
+                    "strength": request.restyle.strength,
+                    "input_lead_frames": session.input_lead_frames,
+                }
             await self.send(
                 encode(
                     "session.started",

@@ -89,6 +89,7 @@ class GenerationPipeline(Protocol):
     def input_ready(self, state: Any) -> bool: ...  # the next chunk's input slots are all in
     def input_arrival(self, state: Any) -> float | None: ...  # monotonic time they were
     def set_strength(self, state: Any, strength: float) -> None: ...  # from the next chunk
+    def input_lead_frames(self, strength: float) -> int: ...  # restyle: input held ahead
 
 
 class UnderstandingPipeline(Protocol):
@@ -334,6 +335,9 @@ class Engine:
                     with self._stats_lock:
                         self._live[session.id] = _Live(session, target, state, entry)
                     session.state = SessionState.RUNNING
+                    if session.restyle:
+                        strength = request.restyle.strength
+                        session.input_lead_frames = target.input_lead_frames(strength)
                     loop.call_soon_threadsafe(self._hand_over, result, session)
                     return
             loop.call_soon_threadsafe(_reject, result, error)
@@ -430,6 +434,7 @@ class Engine:
                 "session": session.id,
                 "strength": strength,
                 "frame": live.next_frame,
+                "input_lead_frames": live.pipeline.input_lead_frames(strength),
             }
             session.post(event)
 

@@ -151,6 +151,8 @@ class Session:
         self.output = output
         self.fps = fps
         self.realtime = realtime
+        # restyle: input frames the stream takes in beyond its output (its pipeline says)
+        self.input_lead_frames: int | None = None
         self.state = SessionState.STARTING
         self.stats = SessionStats()
         self.end_reason: str | None = None

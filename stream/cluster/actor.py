@@ -120,7 +120,7 @@ class EngineActor:
         self._hosted[session.id] = _Hosted(session, front)
         # wake the front's waiting take as soon as a step's frames land (from the device thread)
         session.output.set_tap(lambda _frames: session.output.call_soon(waker.wake.set))
-        return Opened(session.id, self._info.incarnation, session.fps)
+        return Opened(session.id, self._info.incarnation, session.fps, session.input_lead_frames)
 
     def apply(self, front: str, commands: list[Command]) -> None:
         """Apply a front's commands in their order (each reaches the engine between steps)."""

@@ -376,6 +376,7 @@ class ClusterEngine:
         assert opened.session is not None
         queue = OutputQueue(self.config.output_queue_frames, asyncio.get_running_loop())
         session = Session(next(self._ids), pipeline, request, queue, opened.fps, realtime)
+        session.input_lead_frames = opened.input_lead_frames
         session.state = SessionState.RUNNING
         route = _Route(session, remote, opened.session, opened.incarnation)
         remote.routes[opened.session] = route

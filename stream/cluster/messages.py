@@ -51,6 +51,7 @@ class Opened:
     session: int | None  # the engine's session id; None when refused
     incarnation: str = ""  # of the engine that opened it
     fps: float = 0.0  # the session's nominal frame rate
+    input_lead_frames: int | None = None  # restyle: as Session.input_lead_frames
     code: str | None = None  # refusal: a reason of stream.errors.SessionRefused
     message: str = ""
 

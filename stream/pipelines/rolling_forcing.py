@@ -167,6 +167,13 @@ class RollingForcingPipeline(WanStreamPipeline):
     def _input_chunks_most(self) -> int:
         return self.config.window_blocks  # the first step at strength 1.0 fills the window
 
+    def input_lead_frames(self, strength: float) -> int:
+        """A block stays in the window a pass per level at or under ``strength`` and each pass
+        takes in the next block's input: that many chunks of input are in before its frames
+        leave."""
+        held = len(self._sigmas) - levels_over(self._sigmas, strength)
+        return max(1, held) * self.chunk_input_frames
+
     def _entry_level(self, state: RollingForcingState) -> int:
         """The level a block enters the window at: the top one, or for a restyle stream the
         highest at or under its strength (-1: none, the input is the block's x0)."""

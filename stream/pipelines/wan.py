@@ -323,6 +323,13 @@ class WanStreamPipeline(ABC):
             return None
         return state.restyle.slots.completed_at(self._input_chunks(state))
 
+    def input_lead_frames(self, strength: float) -> int:
+        """Input frames a restyle stream at ``strength`` takes in beyond the frames it has
+        output, at most: a client that sends a file must keep at least this much (and the chunk
+        after it) ahead of what it received, or the stream waits for input that never comes.
+        A LongLive step restyles the chunk it takes in."""
+        return self.chunk_input_frames
+
     def set_strength(self, state: WanStreamState, strength: float) -> None:
         """A restyle stream's new strength, from its next step on.
 

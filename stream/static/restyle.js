@@ -7,8 +7,9 @@
 
 const STRENGTH_THROTTLE_MS = 150; // a dragged slider sends at most one restyle.update this often
 // A chunk is restyled once its input slots are all in, so a feed's last chunk waits for a later
-// frame (docs/protocol.md): when a file ends, its last frame goes once more this much later
-// (longer than a chunk of the feed: 12 frames at 16 fps are 0.75 s)
+// frame (docs/protocol.md): when a file ends, its last frame goes once more at least this much
+// later (longer than a chunk of the feed: 12 frames at 16 fps are 0.75 s), and past all the
+// input the server holds (input_lead_frames: Rolling Forcing keeps a chunk a window level)
 const FEED_END_PAD_SECONDS = 1;
 
 const restyle = {
@@ -27,6 +28,7 @@ const restyle = {
   first: null, // the first input frame sent {timestamp, ...}: slot i is at its timestamp + i / fps
   last: null, // the last one {timestamp, width, height, payload}
   lastFrame: null, // when the feed has ended: the index of the last frame it covers
+  inputLead: 0, // input frames the server takes in beyond those it has sent (its last word)
   frames: 0, // restyled frames received
   arrivals: [], // performance.now() of recent restyled frames
   strengthSent: null, // the strength the server was last asked for
@@ -111,7 +113,7 @@ function restyleStarted(msg) {
   Object.assign(restyle, {
     session: msg.session, starting: false, stopping: false, fps: msg.fps || 16,
     width: msg.width, height: msg.height, index: 0, first: null, last: null, lastFrame: null,
-    frames: 0, arrivals: [], switches: [],
+    frames: 0, arrivals: [], switches: [], inputLead: msg.restyle?.input_lead_frames || 0,
     label: `session ${msg.session} · ${msg.pipeline} ${msg.height}×${msg.width}`,
   });
   restyle.output.resize(msg.width, msg.height);
@@ -170,7 +172,8 @@ function restyleFeedEnded() {
     return;
   }
   restyle.lastFrame = Math.floor((restyle.last.timestamp - restyle.first.timestamp) * restyle.fps);
-  sendInput({ ...restyle.last, timestamp: restyle.last.timestamp + FEED_END_PAD_SECONDS });
+  const pad = Math.max(FEED_END_PAD_SECONDS, (restyle.inputLead + 1) / restyle.fps);
+  sendInput({ ...restyle.last, timestamp: restyle.last.timestamp + pad });
   restyleState(`the feed ended · restyling up to frame ${restyle.lastFrame} · ${restyle.label}`);
 }
 
@@ -197,7 +200,10 @@ function restyleStrengthApplied(strength, frame) {
 
 function restyleMessage(msg) {
   switch (msg.type) {
-    case "restyle.applied": restyleStrengthApplied(msg.strength, msg.frame); break;
+    case "restyle.applied":
+      restyle.inputLead = msg.input_lead_frames || restyle.inputLead;
+      restyleStrengthApplied(msg.strength, msg.frame);
+      break;
     case "prompt.applied": {
       const where = `frame ${msg.frame} · ${(msg.frame / restyle.fps).toFixed(2)} s`;
       const pending = restyle.switches.findIndex((s) => s.prompt === msg.prompt);

@@ -29,6 +29,7 @@ from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.longlive import LongLivePipeline
+from framestream.stream.pipelines.rolling_forcing import RollingForcingPipeline
 from framestream.stream.server import Server, build_server
 from tests.admission import ANY_COMPUTE
 
@@ -128,14 +129,24 @@ def models():
 
 
 @contextlib.asynccontextmanager
-async def running(models) -> AsyncIterator[Server]:
-    pipeline = LongLivePipeline(models, KVCacheManager(), 64 << 20)
-    engine = Engine({"longlive": pipeline}, EngineConfig(lookahead_seconds=0.5, **ANY_COMPUTE))
+async def running(models, names=("longlive", "rolling_forcing")) -> AsyncIterator[Server]:
+    manager = KVCacheManager()
+    kinds = {"longlive": LongLivePipeline, "rolling_forcing": RollingForcingPipeline}
+    pipelines = {name: kinds[name](models, manager, 64 << 20) for name in names}
+    engine = Engine(pipelines, EngineConfig(lookahead_seconds=0.5, **ANY_COMPUTE))
     async with build_server(ServerConfig(port=0), engine) as srv:
         yield srv
 
 
-def test_run_restyle_on_a_file_side_by_side(models, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("pipeline", "strength"),
+    # Rolling Forcing at 1.0 holds a chunk of input a window level (five) before its frames
+    # leave: a file sent a second ahead of what came back would wait for it forever
+    [("longlive", "0.5"), ("rolling_forcing", "1.0")],
+)
+def test_run_restyle_on_a_file_side_by_side(
+    models, tmp_path: Path, capsys, pipeline: str, strength: str
+) -> None:
     video = tmp_path / "in.mp4"
     pictures = write_video(video)  # 16 frames at 8 fps: 2 s, 32 slots at 16 fps
     out = tmp_path / "out.mp4"
@@ -144,7 +155,8 @@ def test_run_restyle_on_a_file_side_by_side(models, tmp_path: Path, capsys) -> N
         async with running(models) as srv:
             args = parse_args(
                 "--video", str(video), "--url", srv.url, "--prompt", "a red ball",
-                "--strength", "0.5", "--height", "32", "--width", "32", "--side-by-side",
+                "--pipeline", pipeline, "--strength", strength, "--height", "32", "--width",
+                "32", "--side-by-side",
                 "--out", str(out), "--timeout", "60",
             )  # fmt: skip
             return await run_restyle(args)
@@ -180,7 +192,7 @@ def test_run_restyle_reports_a_refused_session(models, tmp_path: Path, capsys) -
     write_video(video, frames=4)
 
     async def main() -> int:
-        async with running(models) as srv:
+        async with running(models, names=("longlive",)) as srv:
             args = parse_args(
                 "--video", str(video), "--url", srv.url, "--prompt", "x",
                 "--pipeline", "rolling_forcing", "--out", str(tmp_path / "o.mp4"),

@@ -374,3 +374,14 @@ def test_a_strength_at_a_level_runs_that_level() -> None:
     sigmas = FlowSchedule((1000, 800, 600, 400, 200), shift=1.0).sigmas
     assert sigmas[1] > 0.8
     assert [levels_over(sigmas, s) for s in (1.0, 0.8, 0.79, 0.6, 0.2, 0.1)] == [0, 1, 2, 2, 4, 5]
+
+
+def test_input_lead_is_a_chunk_a_level_held(tiny) -> None:
+    """What a client must keep ahead of what it received: LongLive restyles the chunk it takes;
+    a Rolling Forcing block stays a pass per window level at or under the strength."""
+    assert longlive(tiny).input_lead_frames(1.0) == 12
+    pipe = rolling(tiny)
+    held = {s: sum(sigma <= s for sigma in pipe._sigmas) for s in (0.3, 0.6, 0.9, 1.0)}
+    assert held[1.0] == 5 and held[0.3] == 0
+    for strength, levels in held.items():
+        assert pipe.input_lead_frames(strength) == max(1, levels) * 12

@@ -126,7 +126,9 @@ def test_input_frames_come_back_restyled_with_their_slots_indices(models, pipeli
             await hello(ws)
             started = await start(ws, pipeline, request_id="r1", restyle={"strength": 0.5})
             session = started["session"]
-            assert started["restyle"] == {"strength": 0.5} and started["request_id"] == "r1"
+            lead = {"longlive": 12, "rolling_forcing": 12}[pipeline]  # 0.5: one level at most
+            assert started["restyle"] == {"strength": 0.5, "input_lead_frames": lead}
+            assert started["request_id"] == "r1"
             assert (started["width"], started["height"], started["fps"]) == (32, 32, FPS)
             await no_frame_of(ws, session)  # paced by its input: nothing before it
 
@@ -169,7 +171,8 @@ def test_strength_and_prompt_change_mid_stream(models):
             await ws.send(json.dumps(update))
             applied = await recv(ws, "restyle.applied")
             assert applied == {
-                "type": "restyle.applied", "session": session, "strength": 0.9, "frame": 21
+                "type": "restyle.applied", "session": session, "strength": 0.9, "frame": 21,
+                "input_lead_frames": 12,
             }  # fmt: skip
             prompt = {"type": "prompt.update", "session": session, "prompt": "a blue cube"}
             await ws.send(json.dumps(prompt))
@@ -329,7 +332,7 @@ def test_admission_refuses_a_restyle_session_like_any_other(models):
             await recv(ws, "session.ended")
             # in the background (realtime false) it claims no realtime share, and is admitted
             background = await start(ws, **size, restyle=True, realtime=False)
-            assert background["restyle"] == {"strength": 0.6}
+            assert background["restyle"] == {"strength": 0.6, "input_lead_frames": 12}
 
     run(main())
 
