@@ -54,6 +54,7 @@ from framestream.clients.client import (
 )
 from framestream.clients.interrupt import first_interrupt, tool_main
 from framestream.clients.video import Mp4Writer
+from framestream.clients.wire import input_frame_pixels
 
 __all__ = [
     "MIN_CAPTIONED_WIDTH",
@@ -736,11 +737,7 @@ async def run_caption(args: argparse.Namespace, out: TextIO | None = None) -> in
                 seed=args.seed,
                 timeout=args.timeout,
             )
-            limits = client.limits
-            max_pixels = min(args.max_pixels, int(limits.get("max_frame_pixels") or 1 << 62))
-            if args.format == "raw":  # a raw frame must also fit one message
-                max_bytes = int(limits.get("max_message_bytes") or 1 << 62)
-                max_pixels = min(max_pixels, (max_bytes - 32) // 3)
+            max_pixels = input_frame_pixels(client.limits, args.format, args.max_pixels)
             captioner = _Captioner(
                 args, session, source, realtime, max_pixels, out=out or sys.stdout
             )

@@ -64,6 +64,7 @@ from framestream.clients.client import (
 from framestream.clients.interrupt import first_interrupt, tool_main
 from framestream.clients.restyle_session import DEFAULT_STRENGTH
 from framestream.clients.video import Mp4Writer
+from framestream.clients.wire import input_frame_pixels
 
 __all__ = ["add_restyle_arguments", "centre_crop", "main", "run_restyle", "toy_feed_url"]
 
@@ -401,11 +402,7 @@ async def run_restyle(args: argparse.Namespace) -> int:
                 realtime=live,
                 timeout=args.timeout,
             )
-            limits = client.limits
-            max_pixels = int(limits.get("max_frame_pixels") or 1 << 62)
-            if args.format == "raw":  # a raw frame must also fit one message
-                max_bytes = int(limits.get("max_message_bytes") or 1 << 62)
-                max_pixels = min(max_pixels, (max_bytes - 32) // 3)
+            max_pixels = input_frame_pixels(client.limits, args.format)
             writer = Mp4Writer(args.out, session.fps)
             restyler = _Restyler(args, session, source, live, writer, max_pixels)
             # the first Ctrl-C ends the feed (what was sent is still restyled); a second quits

@@ -34,6 +34,7 @@ __all__ = [
     "SessionEnded",
     "decode_image",
     "encode_image",
+    "input_frame_pixels",
 ]
 
 
@@ -169,3 +170,13 @@ def encode_image(fmt: FrameFormat, pixels: np.ndarray, quality: int = 90) -> byt
     if not ok:
         raise ClientError(f"cannot encode a {pixels.shape} frame as {fmt.name}")
     return data.tobytes()
+
+
+def input_frame_pixels(limits: dict[str, Any], fmt: str, cap: int | None = None) -> int:
+    """The most pixels an input frame may have on a server with these ``welcome`` limits
+    (``max_frame_pixels``; a raw frame must also fit one message), and ``cap`` if smaller."""
+    pixels = int(limits.get("max_frame_pixels") or 1 << 62)
+    if fmt == "raw":
+        max_bytes = int(limits.get("max_message_bytes") or 1 << 62)
+        pixels = min(pixels, (max_bytes - HEADER.size) // 3)
+    return pixels if cap is None else min(cap, pixels)
