@@ -33,7 +33,6 @@ import collections
 import contextlib
 import fractions
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,7 +51,8 @@ from framestream.clients.client import (
     StreamClient,
     UnderstandingSession,
 )
-from framestream.clients.interrupt import first_interrupt, tool_main
+from framestream.clients.interrupt import first_interrupt
+from framestream.clients.tool import add_server_arguments, tool_main
 from framestream.clients.video import Mp4Writer
 from framestream.clients.wire import input_frame_pixels
 
@@ -79,7 +79,6 @@ __all__ = [
     "write_vtt",
 ]
 
-DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 DEFAULT_MAX_PIXELS = 768 * 28 * 28  # StreamingVLM's per-frame budget
 _MAX_PENDING_OVERLAY_SECONDS = 30  # --out-mp4 frames kept waiting for their caption
 
@@ -147,14 +146,7 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
         "--video", metavar="PATH_OR_URL", help="a video file or a network URL (rtsp://, http://)"
     )
     source.add_argument("--camera", type=int, metavar="INDEX", help="an OpenCV camera index")
-    parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"the server's WebSocket URL (default {DEFAULT_URL})"
-    )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("STREAM_TOKEN"),
-        help="the server's token (default: $STREAM_TOKEN)",
-    )
+    add_server_arguments(parser)
     parser.add_argument("--pipeline", default="streaming_vlm", help="default streaming_vlm")
     parser.add_argument("--instruction", help="what to say about the video (server default)")
     parser.add_argument("--previous-text", help="commentary said before this feed starts")

@@ -1,15 +1,13 @@
-"""Ctrl-C for the command-line tools: the first one asks the tool to wrap up, a second quits;
-and the ``main`` they share."""
+"""Ctrl-C for the command-line tools: the first one asks the tool to wrap up, a second quits."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 
-__all__ = ["first_interrupt", "tool_main"]
+__all__ = ["first_interrupt"]
 
 # where asyncio cannot own SIGINT (not the main thread, Windows), Ctrl-C just quits
 _UNSUPPORTED = (NotImplementedError, RuntimeError, ValueError)
@@ -32,20 +30,3 @@ def first_interrupt(on_first: Callable[[], None]) -> Iterator[None]:
     finally:
         with contextlib.suppress(*_UNSUPPORTED):
             loop.remove_signal_handler(signal.SIGINT)
-
-
-def tool_main(
-    prog: str,
-    description: str,
-    add_arguments: Callable[[argparse.ArgumentParser], object],
-    run: Callable[[argparse.Namespace], Awaitable[int]],
-    argv: list[str] | None,
-) -> int:
-    """Parse ``argv`` and run the tool; a Ctrl-C that gets through (the second) exits 130."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return asyncio.run(run(args))
-    except KeyboardInterrupt:
-        return 130

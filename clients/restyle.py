@@ -30,7 +30,6 @@ import asyncio
 import collections
 import contextlib
 import math
-import os
 import sys
 import time
 import urllib.parse
@@ -61,14 +60,14 @@ from framestream.clients.client import (
     SessionEnded,
     StreamClient,
 )
-from framestream.clients.interrupt import first_interrupt, tool_main
+from framestream.clients.interrupt import first_interrupt
 from framestream.clients.restyle_session import DEFAULT_STRENGTH
+from framestream.clients.tool import add_server_arguments, tool_main
 from framestream.clients.video import Mp4Writer
 from framestream.clients.wire import input_frame_pixels
 
 __all__ = ["add_restyle_arguments", "centre_crop", "main", "run_restyle", "toy_feed_url"]
 
-DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 DEFAULT_TOY_SECONDS = 10
 # input frames kept for --side-by-side while their slot's output has not come (a live source)
 _MAX_KEPT_SECONDS = 30
@@ -92,14 +91,7 @@ def add_restyle_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SEED",
         help="the server's toy-world feed of that seed (64x64, 16 fps; /toyworld/feed.mp4)",
     )
-    parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"the server's WebSocket URL (default {DEFAULT_URL})"
-    )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("STREAM_TOKEN"),
-        help="the server's token (default: $STREAM_TOKEN)",
-    )
+    add_server_arguments(parser)
     parser.add_argument("--prompt", required=True, help="the style to restyle the video in")
     parser.add_argument(
         "--strength",

@@ -40,7 +40,6 @@ import collections
 import contextlib
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -58,7 +57,7 @@ from framestream.clients.client import (
     ServerError,
     StreamClient,
 )
-from framestream.clients.interrupt import first_interrupt, tool_main
+from framestream.clients.interrupt import first_interrupt
 from framestream.clients.schedule import (
     LONGLIVE_FPS,
     LONGLIVE_SEGMENT_LATENTS,
@@ -73,6 +72,7 @@ from framestream.clients.schedule import (
 )
 from framestream.clients.schedule import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
 from framestream.clients.schedule import MAX_TRANSITION_CHUNKS as MAX_TRANSITION_CHUNKS
+from framestream.clients.tool import add_server_arguments, tool_main
 from framestream.clients.video import Mp4Writer
 
 __all__ = [
@@ -92,7 +92,6 @@ __all__ = [
     "sidecar_path",
 ]
 
-DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 _MAX_QUEUED_FRAMES = 1024  # encoded frames the client keeps for a slow writer (64 s at 16 fps)
 _MAX_PENDING_WRITES = 32  # decoded frames waiting for the MP4 encoder
 # switches sent ahead and not yet applied: under the server's max_pending_switches default
@@ -154,14 +153,7 @@ def add_timeline_arguments(parser: argparse.ArgumentParser) -> None:
         help="the video to write (default: SCHEDULE's name with .mp4, in the current folder); "
         "the sidecar goes next to it as NAME.timeline.json",
     )
-    parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"the server's WebSocket URL (default {DEFAULT_URL})"
-    )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("STREAM_TOKEN"),
-        help="the server's token (default: $STREAM_TOKEN)",
-    )
+    add_server_arguments(parser)
     video = parser.add_argument_group("video")
     video.add_argument(
         "--pipeline", help="generation pipeline (default: the schedule's, else longlive)"
