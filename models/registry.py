@@ -63,9 +63,6 @@ __all__ = [
     "tiny_decoder_of",
 ]
 
-# Pixels per DiT token side: the VAE's spatial stride 8 times the patch's 2.
-_PIXELS_PER_TOKEN = 16
-
 GENERATION_PRESETS = {
     "toyworld": {"dit": "toyworld", "size": (64, 64), "embedded": GENERATOR_DIR},
     "tiny": {"dit": "tiny", "size": (128, 128)},
@@ -131,11 +128,20 @@ class WanModels:
         """One spec per bundle, so its device tables are built once."""
         return wan_rope(self.dit.config.head_dim)
 
+    @property
+    def pixels_per_token(self) -> int:
+        """Pixels per DiT token side: the VAE's spatial stride times the DiT's patch (Wan2.1:
+        8 x 2)."""
+        patch = self.dit.config.patch_size
+        if patch[1] != patch[2]:
+            raise ValueError(f"a DiT patch must be square, got {patch}")
+        return self.vae.spatial_stride * patch[1]
+
     def check_size(self, height: int, width: int) -> None:
-        if height <= 0 or width <= 0 or height % _PIXELS_PER_TOKEN or width % _PIXELS_PER_TOKEN:
+        step = self.pixels_per_token
+        if height <= 0 or width <= 0 or height % step or width % step:
             raise ValueError(
-                f"height and width must be positive multiples of {_PIXELS_PER_TOKEN}, "
-                f"got {height}x{width}"
+                f"height and width must be positive multiples of {step}, got {height}x{width}"
             )
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
@@ -147,7 +153,8 @@ class WanModels:
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         """DiT tokens per latent frame, as (rows, columns)."""
         self.check_size(height, width)
-        return (height // _PIXELS_PER_TOKEN, width // _PIXELS_PER_TOKEN)
+        stride = self.vae.spatial_stride
+        return self.dit.config.token_grid(height // stride, width // stride)
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """``[1, text_len, text_dim]`` embedding on the DiT's device and dtype (cached)."""

@@ -77,10 +77,12 @@ class ClipBatchAttention:
         def heads(x: torch.Tensor) -> torch.Tensor:  # [B*T, H, D] -> [B, H, T, D]
             return x.unflatten(0, (b, -1)).transpose(1, 2)
 
-        qr = heads(apply_rope(q, self._pos, self._rope))
-        kr = heads(apply_rope(k, self._pos, self._rope))
-        out = F.scaled_dot_product_attention(qr, kr, heads(v.float()), attn_mask=self._mask)
-        return out.transpose(1, 2).flatten(0, 1).to(q.dtype)
+        # rotated in fp32, attended in the projections' dtype: under bf16 autocast the masked
+        # attention is most of a step, and fp32 runs it several times slower
+        qr = heads(apply_rope(q, self._pos, self._rope).to(q.dtype))
+        kr = heads(apply_rope(k, self._pos, self._rope).to(q.dtype))
+        out = F.scaled_dot_product_attention(qr, kr, heads(v.to(q.dtype)), attn_mask=self._mask)
+        return out.transpose(1, 2).flatten(0, 1)
 
 
 def clip_attention(

@@ -16,7 +16,6 @@ import torch
 __all__ = [
     "EVAL_SEED",
     "FPS",
-    "PATCH",
     "SIZE",
     "SMOKE",
     "SPATIAL",
@@ -31,7 +30,6 @@ FPS = 16.0  # video frames per second
 SIZE = (64, 64)  # video frame (height, width)
 SPATIAL = 8  # VAE pixels per latent pixel
 TEMPORAL = 4  # VAE frames per latent frame after the first
-PATCH = 2  # DiT latent pixels per token side
 TEXT_SEED = 0  # the frozen tiny umT5 encoder's seed
 EVAL_SEED = 1_000_003  # held-out clips: no training rng stream uses this entropy
 

@@ -30,7 +30,6 @@ from framestream.models.toyworld.generator_attention import frame_mask, token_ma
 from framestream.models.toyworld.generator_config import (
     EVAL_SEED,
     FPS,
-    PATCH,
     SIZE,
     SPATIAL,
     TEMPORAL,
@@ -91,7 +90,7 @@ def generate(
     schedule = schedule or FlowSchedule((1000, 750, 500, 250), shift=5.0)
     device = context.device
     h, w = latent_hw
-    grid = (h // PATCH, w // PATCH)
+    grid = dit.config.token_grid(h, w)
     rope = wan_rope(dit.config.head_dim)
     if guidance != 1.0 and null is None:
         raise ValueError("guided sampling needs the empty prompt's encoding (null)")

@@ -30,7 +30,7 @@ from framestream.models.toyworld.generator_attention import (
     rolling_attention,
     rolling_layout,
 )
-from framestream.models.toyworld.generator_config import PATCH, TrainConfig, autocast, lr_factor
+from framestream.models.toyworld.generator_config import TrainConfig, autocast, lr_factor
 from framestream.models.toyworld.generator_eval import grade_samples
 from framestream.models.vae import WanVAE
 from framestream.models.wan import CausalWanModel, wan_config
@@ -248,8 +248,10 @@ def train_dit(
         prompt_encoder.module.train().requires_grad_(True)
         params += list(prompt_encoder.module.parameters())
     ema = [p.detach().clone().float() for p in params]
-    opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.99))
-    grid = (latents.shape[3] // PATCH, latents.shape[4] // PATCH)
+    opt = torch.optim.AdamW(
+        params, lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.99), fused=device.type == "cuda"
+    )
+    grid = config.token_grid(latents.shape[3], latents.shape[4])
     rope = wan_rope(config.head_dim)
     b = cfg.gen_batch
     longlive = clip_attention(cfg, grid, rope, b, device)

@@ -50,6 +50,10 @@ class WanConfig:
     def head_dim(self) -> int:
         return self.dim // self.num_heads
 
+    def token_grid(self, rows: int, columns: int) -> tuple[int, int]:
+        """Tokens per latent frame of ``rows`` x ``columns`` latent pixels, as (rows, columns)."""
+        return (rows // self.patch_size[1], columns // self.patch_size[2])
+
 
 WAN_PRESETS: dict[str, WanConfig] = {
     "wan2.1-t2v-1.3b": WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
@@ -67,6 +71,28 @@ WAN_PRESETS: dict[str, WanConfig] = {
     "toyworld-m": WanConfig(
         dim=192, ffn_dim=768, num_heads=3, num_layers=6, freq_dim=64, text_dim=32, text_len=160
     ),
+    # the same two with a token per latent pixel: 64x64 video is an 8x8 latent, so Wan's 2x2
+    # patch leaves 4x4 tokens a frame, each wider than a sprite
+    "toyworld-p1": WanConfig(
+        dim=128,
+        ffn_dim=512,
+        num_heads=4,
+        num_layers=4,
+        freq_dim=64,
+        patch_size=(1, 1, 1),
+        text_dim=32,
+        text_len=160,
+    ),  # fmt: skip
+    "toyworld-m-p1": WanConfig(
+        dim=192,
+        ffn_dim=768,
+        num_heads=3,
+        num_layers=6,
+        freq_dim=64,
+        patch_size=(1, 1, 1),
+        text_dim=32,
+        text_len=160,
+    ),  # fmt: skip
 }
 
 
