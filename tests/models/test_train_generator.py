@@ -9,14 +9,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from framestream.kernels.rope import wan_rope
 from framestream.models.attention import DenseAttention
 from framestream.models.positions import frame_positions
 from framestream.models.registry import WanPaths, load_wan_models
 from framestream.models.toyworld import train_generator as tg
-from framestream.models.toyworld.embedded import TEXT_ENCODER_FILE
+from framestream.models.toyworld.embedded import GENERATOR_DIR, TEXT_ENCODER_FILE
 from framestream.models.toyworld.generator_attention import (
     ClipBatchAttention,
     clip_attention,
@@ -46,6 +46,9 @@ from framestream.models.toyworld.train_dit import (
 )
 from framestream.models.vae import WanVAE, tiny_wan_vae
 from framestream.models.wan import CausalWanModel, wan_config
+from framestream.stream.kvcache import KVCacheManager
+from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
+from framestream.stream.requests import GenerationRequest
 
 
 @pytest.mark.slow
@@ -320,3 +323,25 @@ def test_every_toyworld_prompt_fits_the_generator_text_length():
     texts += [t for _ in range(200) for t in (lambda s: (s.before, s.after))(switch_clip(rng))]
     longest = max(len(t.encode()) for t in texts)
     assert longest + 1 <= text_len, longest  # + eos: the byte tokenizer's tokens
+
+
+def test_a_patch_one_run_streams_a_token_per_latent_pixel(tmp_path):
+    """A run whose ``train.json`` names a patch-1 preset loads with an 8x8 token grid at 64x64
+    (sizes in multiples of 8 pixels), and LongLive's cache holds 64 tokens a frame."""
+    config = wan_config("toyworld-p1")
+    dit = CausalWanModel(config)
+    dit.init_weights(torch.Generator().manual_seed(0))
+    save_file(dit.state_dict(), tmp_path / "dit.safetensors")
+    (tmp_path / "train.json").write_text(json.dumps({"config": {"dit_preset": "toyworld-p1"}}))
+    paths = WanPaths(dit=tmp_path / "dit.safetensors", dit_layout="wan", vae=GENERATOR_DIR / "vae")
+    models = load_wan_models("toyworld", paths)
+
+    assert models.dit.config.patch_size == (1, 1, 1)
+    assert models.token_grid(64, 64) == (8, 8) and models.token_grid(56, 64) == (7, 8)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        models.check_size(60, 64)
+    pipe = LongLivePipeline(models, KVCacheManager(), 16 << 20, LongLiveConfig())
+    state = pipe.open(GenerationRequest("a red circle is still on a black background", 0, 64, 64))
+    frames = pipe.step(state).frames
+    assert state.cache.config.tokens_per_frame == 64
+    assert frames.shape[1:] == (64, 64, 3) and len(frames) > 0
