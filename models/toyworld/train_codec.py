@@ -28,14 +28,29 @@ __all__ = ["encode_pool", "per_frame_init", "set_latent_stats", "train_codec"]
 
 
 def train_codec(
-    cfg: TrainConfig, pool: Pool, device: torch.device, deadline: float
+    cfg: TrainConfig,
+    pool: Pool,
+    device: torch.device,
+    deadline: float,
+    decoder_of: AutoencoderKLWan | None = None,
 ) -> tuple[AutoencoderKLWan, dict]:
     """Train a small Wan VAE: single frames first (colours and shapes, cheaply), then clips
-    with the decoder as persistent streams (motion, and an endless stream's steady state)."""
-    vae = tiny_wan_vae(seed=cfg.seed, base_dim=cfg.vae_dim).vae
-    per_frame_init(vae)
+    with the decoder as persistent streams (motion, and an endless stream's steady state).
+
+    ``decoder_of``: fine-tune only this trained codec's decoder (at ``finetune_lr``); its
+    encoder stays frozen, so its latents, and any DiT trained on them, stay valid.
+    """
+    if decoder_of is None:
+        vae = tiny_wan_vae(seed=cfg.seed, base_dim=cfg.vae_dim).vae
+        per_frame_init(vae)
+        peak_lr = cfg.vae_lr
+    else:
+        vae, peak_lr = decoder_of, cfg.finetune_lr
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
     vae = vae.to(device).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     n, t = pool.video.shape[:2]
     start, step, curve, losses = time.perf_counter(), 0, [], []
@@ -61,9 +76,10 @@ def train_codec(
         if restart:
             history = []
         for group in opt.param_groups:
-            group["lr"] = cfg.vae_lr * lr_factor(step, 20, progress)
+            group["lr"] = peak_lr * lr_factor(step, 20, progress)
         with autocast(device, cfg.vae_bf16):
-            mean, logvar = encode_video(vae, batch).float().chunk(2, dim=1)
+            with torch.set_grad_enabled(decoder_of is None):
+                mean, logvar = encode_video(vae, batch).float().chunk(2, dim=1)
             logvar = logvar.clamp(-30.0, 20.0)  # as diffusers' DiagonalGaussianDistribution
             z = mean + cfg.vae_noise * torch.exp(0.5 * logvar) * torch.randn_like(mean)
             x = vae.post_quant_conv(z)
@@ -79,7 +95,7 @@ def train_codec(
             loss = loss + cfg.vae_edge_weight * _edge_loss(recon, target, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(loss.detach())
         step += 1

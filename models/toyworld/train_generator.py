@@ -6,9 +6,11 @@ steps each stage gets.
 The stages also run one at a time, each with a whole budget (the form for a machine lent in
 10-minute calls): ``--codec-only --out A``, then ``--codec A --out B`` (``--resume B --out B2``
 goes on training B's DiT and text encoder), then ``--teacher B --out C`` (guidance
-distillation, below). ``--dit-preset`` picks the DiT's Wan preset; the tiny umT5 text encoder
-trains with the DiT (``train_text_encoder``; saved as ``text_encoder.safetensors``, which the
-registry loads beside the DiT) unless ``--frozen-text-encoder`` keeps its seeded weights.
+distillation, below). ``--sharpen A --out A2`` trains only A's decoder (``--vae-edge-weight``:
+corners), keeping the latents every DiT on A was trained on. ``--dit-preset`` picks the DiT's
+Wan preset; the tiny umT5 text encoder trains with the DiT (``train_text_encoder``; saved as
+``text_encoder.safetensors``, which the registry loads beside the DiT) unless
+``--frozen-text-encoder`` keeps its seeded weights.
 
 Stages (fractions of the training budget; evaluation runs after it)::
 
@@ -118,6 +120,7 @@ def train(
     codec_only: bool = False,
     teacher_from: Path | None = None,
     resume_from: Path | None = None,
+    sharpen_from: Path | None = None,
 ) -> dict:
     """Render the pool, then the stages; writes ``vae/``, ``dit.safetensors`` and
     ``train.json`` into ``out``.
@@ -133,10 +136,15 @@ def train(
         teacher_from: the folder of an earlier generator run: its codec is kept, its DiT
             fine-tuned with ``text_dropout`` and then distilled at the best of
             ``guidance_scales`` (:func:`guidance_stage`), with the whole budget.
+        sharpen_from: the folder of an earlier run whose codec's decoder alone trains on, with
+            the whole budget (its encoder frozen: the latents, and a DiT trained on them, stay
+            valid); writes and grades only ``vae/``, as ``codec_only`` does.
     """
-    starts = (codec_from, teacher_from, resume_from)
+    starts = (codec_from, teacher_from, resume_from, sharpen_from)
     if sum(x is not None for x in starts) + codec_only > 1:
-        raise ValueError("codec_from, codec_only, teacher_from and resume_from exclude each other")
+        raise ValueError(
+            "codec_from, codec_only, teacher_from, resume_from and sharpen_from exclude each other"
+        )
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,22 +171,25 @@ def train(
         "fps": FPS,
         "pool": {"clips": len(pool.video), "prompts": len(pool.prompts)},
     }
-    earlier = codec_from or teacher_from or resume_from
+    earlier = codec_from or teacher_from or resume_from or sharpen_from
     if earlier is None:
         codec_end = budget_end if codec_only else t0 + cfg.vae_fraction * cfg.seconds_budget
         vae, report["codec"] = train_codec(cfg, pool, device, codec_end)
     else:
         vae = WanVAE.from_pretrained(earlier / "vae", device=device).vae
-        run = json.loads((earlier / "train.json").read_text())
         key = "codec_run" if codec_from else "teacher_run" if teacher_from else "resumed_run"
-        report[key] = run
+        key = "sharpened_run" if sharpen_from else key
+        report[key] = json.loads((earlier / "train.json").read_text())
+    if sharpen_from is not None:
+        vae, report["codec"] = train_codec(cfg, pool, device, budget_end, decoder_of=vae)
+    vae_only = codec_only or sharpen_from is not None
 
     t_encode = time.perf_counter()
     raw = encode_pool(vae, pool, device)
     mean, std = set_latent_stats(vae, raw)
     report |= {"latents_mean": mean, "latents_std": std}
     vae.to("cpu").save_pretrained(out / "vae", safe_serialization=True)
-    if codec_only:
+    if vae_only:
         report["train_seconds"] = time.perf_counter() - t0
         t_eval = time.perf_counter()
         codec = WanVAE.from_pretrained(out / "vae", device=device)
@@ -295,6 +306,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="go on training an earlier generator run's DiT and text encoder",
     )
     stage.add_argument(
+        "--sharpen",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="fine-tune only the decoder of an earlier run's codec (its latents stay valid)",
+    )
+    stage.add_argument(
         "--teacher",
         type=Path,
         default=None,
@@ -331,8 +349,10 @@ def main(argv: list[str] | None = None) -> dict:
         codec_only=args.codec_only,
         teacher_from=args.teacher,
         resume_from=args.resume,
+        sharpen_from=args.sharpen,
     )
-    codec_eval = report["codec_eval"] if args.codec_only else report["eval"]
+    codec_only = args.codec_only or args.sharpen is not None
+    codec_eval = report["codec_eval"] if codec_only else report["eval"]
     logger.info(
         "codec PSNR %.1f dB (stream: first %.1f, last %.1f), reconstructed adherence %.3f",
         codec_eval["recon_psnr"],
@@ -340,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
         codec_eval["recon_psnr_stream"]["last"],
         codec_eval["recon_adherence"],
     )
-    if not args.codec_only:
+    if not codec_only:
         logger.info(
             "generator %d steps, loss %.4f, adherence %.3f",
             report["generator"]["steps"],

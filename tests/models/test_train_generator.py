@@ -216,6 +216,19 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
         torch.testing.assert_close(shipped[name], weight)
     assert report["latents_mean"] == codec_report["latents_mean"]  # same pool, same codec
 
+    # sharpening trains the decoder alone: the encoder, so every latent, stays as it was
+    sharp_run = tmp_path / "sharp"
+    argv = ["--smoke", "--sharpen", str(codec_run), "--vae-edge-weight", "1.0"]
+    sharp = tg.main([*argv, "--out", str(sharp_run)])
+    assert sharp["codec"]["steps"] == SMOKE.max_vae_steps and "generator" not in sharp
+    assert sharp["sharpened_run"]["command"] == codec_report["command"]
+    assert sharp["latents_mean"] == codec_report["latents_mean"]
+    sharpened = WanVAE.from_pretrained(sharp_run / "vae").vae.state_dict()
+    for name, weight in trained.items():
+        if name.startswith(("encoder.", "quant_conv.")):
+            assert torch.equal(sharpened[name], weight), name
+    assert any(not torch.equal(sharpened[k], trained[k]) for k in trained if "decoder." in k)
+
     # one scale, so distillation runs whatever the smoke teacher's sweep says
     cfg = replace(SMOKE, guidance_scales=(2.0,))
     guided_run = tmp_path / "guided"
