@@ -164,6 +164,10 @@ class TrainConfig:
             )
         if not 0 < self.vae_fraction < 1:
             raise ValueError(f"vae_fraction must be in (0, 1), got {self.vae_fraction}")
+        if not 0 <= self.distill_fraction <= 1:
+            raise ValueError(f"distill_fraction must be in [0, 1], got {self.distill_fraction}")
+        if not self.guidance_scales:
+            raise ValueError("guidance_scales must name at least one scale")
 
     @property
     def video_frames(self) -> int:

@@ -285,6 +285,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vae-edge-weight", type=float, default=None, help="codec corner loss")
     p.add_argument("--dit-preset", default=None, help="the generator's Wan preset")
     p.add_argument(
+        "--guidance-scales",
+        type=lambda text: tuple(float(x) for x in text.split(",")),
+        default=None,
+        help="comma-separated scales a --teacher run sweeps before distilling the best",
+    )
+    p.add_argument(
+        "--distill-fraction", type=float, default=None, help="share of a --teacher run distilling"
+    )
+    p.add_argument(
         "--frozen-text-encoder", action="store_true", help="keep the seeded text encoder frozen"
     )
     stage = p.add_mutually_exclusive_group()
@@ -335,6 +344,8 @@ def main(argv: list[str] | None = None) -> dict:
         "vae_dim": args.vae_dim,
         "vae_edge_weight": args.vae_edge_weight,
         "dit_preset": args.dit_preset,
+        "guidance_scales": args.guidance_scales,
+        "distill_fraction": args.distill_fraction,
         "train_text_encoder": False if args.frozen_text_encoder else None,
     }
     cfg = replace(cfg, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
