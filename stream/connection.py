@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import av
+import numpy as np
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -40,6 +42,7 @@ from framestream.stream.config import ServerConfig
 from framestream.stream.delivery import FrameEncoder, InputLatency, Recorder, decode_input_frame
 from framestream.stream.errors import EngineBusy, SessionRefused
 from framestream.stream.metrics import ServiceCounters
+from framestream.stream.pipelines.restyle import fit_frame
 from framestream.stream.protocol import FrameFormat, FrameHeader, FrameKind, ProtocolError, encode
 from framestream.stream.ratelimit import RateLimiter
 from framestream.stream.recordings import Recordings
@@ -224,12 +227,12 @@ class ConnectionHandler:
                 session.id,
             )
         loop = asyncio.get_running_loop()
+        decode = decode_input_frame
+        if session.restyle:  # cropped and resized here, off the thread that drives the device
+            request = session.request
+            decode = functools.partial(_restyle_input, height=request.height, width=request.width)
         frame = await loop.run_in_executor(
-            self.context.encoders,
-            decode_input_frame,
-            header,
-            message.payload,
-            self.config.max_frame_pixels,
+            self.context.encoders, decode, header, message.payload, self.config.max_frame_pixels
         )
         stream_.last_timestamp = header.timestamp
         self.engine.push_frame(session, header.timestamp, frame)
@@ -553,6 +556,13 @@ class ConnectionHandler:
             if stream_.recorder is not None:
                 await self.context.recordings.finish(stream_.recorder)
         self.streams.clear()
+
+
+def _restyle_input(
+    header: FrameHeader, payload: bytes, max_pixels: int, *, height: int, width: int
+) -> np.ndarray:
+    """A restyle session's input frame, decoded and fitted to the session's size."""
+    return fit_frame(decode_input_frame(header, payload, max_pixels), height, width)
 
 
 def _taps(recorder: Recorder | None, commentary: Commentary | None) -> Any:

@@ -123,6 +123,9 @@ async def no_frame_of(ws: ClientConnection, session: int, seconds: float = 1.0) 
 def test_input_frames_come_back_restyled_with_their_slots_indices(models, pipeline: str):
     async def main():
         async with running(models) as server, connect(server.url) as ws:
+            # frames reach the engine already fitted: cropped and resized in a decode thread
+            pushed, push = [], server.engine.push_frame
+            server.engine.push_frame = lambda *args: (pushed.append(args[2].shape), push(*args))
             await hello(ws)
             started = await start(ws, pipeline, request_id="r1", restyle={"strength": 0.5})
             session = started["session"]
@@ -150,6 +153,7 @@ def test_input_frames_come_back_restyled_with_their_slots_indices(models, pipeli
 
             metrics = await recv(ws, "metrics")
             assert metrics["frames_received"] == 33 and metrics["frames_skipped"] == 0
+            assert pushed == [(32, 32, 3)] * 33  # sent at 48 x 64
             assert metrics["latency_ms"]["p50"] > 0
             assert metrics["latency_ms"]["p95"] >= metrics["latency_ms"]["p50"]
             await ws.send(json.dumps({"type": "stop", "session": session}))
