@@ -34,7 +34,7 @@ the engine's calibration at warm-up.
 
 Health (:meth:`Scheduler.health`): ``degraded`` while realtime sessions missed their deadlines
 by more than ``late_seconds`` within the last ``health_window_seconds`` (a restyle chunk's
-deadline: its input's completion plus one step).
+deadline: its input's completion, or the session's resume if later, plus one step).
 """
 
 from __future__ import annotations
@@ -140,6 +140,7 @@ class Entry:
     running: bool = True  # False while paused
     t0: float = math.nan  # clock time of frame 0 on the client's clock (set at the first step)
     paused_at: float | None = None
+    resumed_at: float = -math.inf  # clock time of its last resume
     frames_generated: int = 0
     in_flight_frames: int = 0  # frames of its chunk still being made
     chunk_frames: int = 1  # frames of its last step
@@ -151,7 +152,8 @@ class Entry:
 
     def deadline(self) -> float:
         """When its next frame is due on the client's clock; -inf before its first step. An
-        input-paced session's is when its next chunk's input was complete (nan: not yet)."""
+        input-paced session's is when its next chunk's input was complete, or its last resume
+        if that came later (nan: not yet)."""
         if self.input_paced:
             return self.input_complete
         if math.isnan(self.t0):
@@ -246,9 +248,10 @@ class Scheduler:
         entry.running, entry.paused_at = False, self._clock()
 
     def resume(self, entry: Entry) -> None:
+        now = self._clock()
         if entry.paused_at is not None and not math.isnan(entry.t0):
-            entry.t0 += self._clock() - entry.paused_at  # playback stood still too
-        entry.running, entry.paused_at = True, None
+            entry.t0 += now - entry.paused_at  # playback stood still too
+        entry.running, entry.paused_at, entry.resumed_at = True, None, now
 
     def launched(self, entry: Entry, frames: int) -> None:
         """A step of ``entry`` making ``frames`` frames is in flight."""
@@ -295,8 +298,11 @@ class Scheduler:
         now = self._clock()
         inputs = inputs or {}
         for entry in self.entries.values():
-            if entry.input_paced:
-                entry.input_complete = inputs.get(entry.id, math.nan)
+            if entry.input_paced:  # input complete before a resume waited for it, not the device
+                complete = inputs.get(entry.id)
+                entry.input_complete = (
+                    math.nan if complete is None else max(complete, entry.resumed_at)
+                )
         realtime = self._earliest(now, realtime=True)
         overdue = realtime is not None and realtime.deadline() <= now
         ready = self._ready(understanding)

@@ -230,6 +230,46 @@ def test_input_faster_than_it_is_restyled_skips_the_oldest_slots(models):
     run(main())
 
 
+def test_input_held_by_a_pause_is_restyled_on_resume_and_not_counted_late(models):
+    """A chunk whose input completes while the session is paused waits for the resume, and the
+    time it waited is the pause's, not the device's: no late step, the health stays ok. Input
+    far past the bounds while paused skips its oldest chunks (counted), and the session goes on."""
+    kept = LongLiveConfig().max_input_frames
+
+    async def main():
+        async with running(models) as server, connect(server.url) as ws:
+            await hello(ws)
+            session = (await start(ws, restyle=True))["session"]
+            for i in range(10):
+                await send_input(ws, session, i, i / FPS)
+            await outputs(ws, session, FIRST)
+
+            await ws.send(json.dumps({"type": "pause", "session": session}))
+            assert (await recv(ws, "session.paused"))["frame"] == FIRST
+            for i in range(10, 22):  # slot 21 in: the second chunk, held by the pause
+                await send_input(ws, session, i, i / FPS)
+            await no_frame_of(ws, session, 1.5)  # longer than late_seconds
+            await ws.send(json.dumps({"type": "resume", "session": session}))
+            got = await outputs(ws, session, LATER)
+            assert [h.index for h, _ in got] == list(range(FIRST, FIRST + LATER))
+            stats = server.engine.stats()
+            assert stats.late_steps == 0 and stats.health == "ok"
+
+            await ws.send(json.dumps({"type": "pause", "session": session}))
+            await recv(ws, "session.paused")
+            await send_input(ws, session, 22, 20.0)  # slots up to 320 in at once
+            await no_frame_of(ws, session)
+            await ws.send(json.dumps({"type": "resume", "session": session}))
+            first = (await outputs(ws, session, 1))[0][0].index
+            assert first > 21 and int(20.0 * FPS) + 1 - first <= kept
+            metrics = await recv(ws, "metrics")
+            assert metrics["frames_skipped"] == first - 21 and metrics["frames_received"] == 23
+            await ws.send(json.dumps({"type": "stop", "session": session}))
+            assert (await recv(ws, "session.ended"))["reason"] == "stopped"
+
+    run(main())
+
+
 def test_the_python_client_restyles_a_source_and_changes_strength(models):
     # 20 frames at 8 fps; the last lasts one slot (frame_seconds unset): slots 0..38
     source = [(i / 8, picture(i)) for i in range(20)]

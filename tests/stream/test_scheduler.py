@@ -274,6 +274,25 @@ def test_a_restyle_chunk_is_late_a_step_past_its_input() -> None:
     assert s.health() is Health.DEGRADED and s.late_steps() == 1
 
 
+def test_a_restyle_chunk_held_by_a_pause_is_due_from_the_resume() -> None:
+    s, clock = scheduler(late_seconds=0.5)
+    entry = restyle(1, StepCost(step_seconds=0.4, media_seconds=0.75))
+    s.add(entry)
+    s.pause(entry)
+    complete = clock.now  # its input was all in as it paused
+    assert s.schedule({}, {1: complete}).generation is None
+    clock.now += 10.0
+    s.resume(entry)
+    assert s.schedule({}, {1: complete}).generation is entry
+    assert entry.deadline() == clock.now
+    s.launched(entry, 12)
+    clock.now += 0.4  # a step after the resume: on time, however long the pause was
+    s.collected(entry, 12)
+    assert s.health() is Health.OK and s.late_steps() == 0
+    assert s.schedule({}, {1: clock.now + 1.0}).generation is entry  # later input: its own time
+    assert entry.deadline() == clock.now + 1.0
+
+
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_load"):
         SchedulerConfig(max_load=0)
