@@ -188,6 +188,7 @@ class VideoSource {
     this.objectUrl = null;
     this.mediaClock = false; // timestamps from the video's currentTime (file, toy world) or the wall
     this.startedAt = 0;
+    this.pausedAt = 0;
     this.lastTs = 0;
     this.encoding = false;
     this.canvas = document.createElement("canvas");
@@ -241,6 +242,22 @@ class VideoSource {
   restartClock() {
     this.startedAt = performance.now();
     this.lastTs = 0;
+  }
+
+  // The feed stands still until resume(): a file or the toy world stops where it is (its
+  // currentTime with it), and a camera's clock does not count the time paused.
+  pause() {
+    this.video.pause();
+    this.pausedAt = performance.now();
+  }
+
+  // plays on from where it paused; a pause() before the picture is back cuts play() short,
+  // which is no error
+  resume() {
+    this.startedAt += performance.now() - this.pausedAt;
+    return this.video.play().catch((err) => {
+      if (err.name !== "AbortError") throw err;
+    });
   }
 
   // The current picture, scaled to at most maxPixels, as {timestamp, width, height, payload

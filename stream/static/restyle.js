@@ -1,7 +1,8 @@
 // The Restyle tab: a feed (webcam, local file or the server's toy world) goes to the server as
 // the input frames of a generation session started with params.restyle (docs/protocol.md); the
 // server restyles it under the prompt, and the restyled frames come back and are drawn beside
-// the input. Strength (restyle.update) and prompt (prompt.update) change while it runs.
+// the input. Strength (restyle.update) and prompt (prompt.update) change while it runs; Pause
+// holds the feed and the restyling (pause), Resume plays the feed on from where it stood (resume).
 // Loaded after common.js and app.js, whose connection routes this tab's sessions here.
 "use strict";
 
@@ -15,6 +16,7 @@ const FEED_END_PAD_SECONDS = 1;
 const restyle = {
   session: null,
   starting: false,
+  paused: false, // Pause was pressed: no input goes out until Resume
   stopping: false, // Stop was pressed; session.ended confirms it
   fps: 16,
   width: 0,
@@ -46,6 +48,8 @@ function restyleButtons() {
   const busy = restyle.session !== null || restyle.starting;
   const live = restyle.session !== null && !restyle.stopping;
   $("restyle-start").disabled = busy || !conn.welcome || !$("restyle-pipeline").options.length;
+  $("restyle-pause").disabled = !live || restyle.paused;
+  $("restyle-resume").disabled = !live || !restyle.paused;
   $("restyle-stop").disabled = !live && !(restyle.starting && restyle.session === null);
   $("restyle-switch").disabled = !live;
   for (const id of ["restyle-source", "restyle-pipeline", "restyle-size", "restyle-file"]) {
@@ -111,7 +115,7 @@ function restyleStarted(msg) {
     return;
   }
   Object.assign(restyle, {
-    session: msg.session, starting: false, stopping: false, fps: msg.fps || 16,
+    session: msg.session, starting: false, paused: false, stopping: false, fps: msg.fps || 16,
     width: msg.width, height: msg.height, index: 0, first: null, last: null, lastFrame: null,
     frames: 0, arrivals: [], switches: [], inputLead: msg.restyle?.input_lead_frames || 0,
     label: `session ${msg.session} · ${msg.pipeline} ${msg.height}×${msg.width}`,
@@ -126,10 +130,16 @@ function restyleStarted(msg) {
   showNotice("");
   timelineEntry($("restyle-timeline"), restyle.prompt, "frame 0 · 0.00 s");
   restyleStrengthApplied(msg.restyle.strength, 0);
-  restyleState(`running · ${restyle.label}`);
+  restyleRunning();
   restyle.source.restartClock();
   restyle.timer = setInterval(restyleCapture, 1000 / restyle.fps); // at the pipeline's own rate
   restyleButtons();
+}
+
+// the state while it runs: before the feed's end, or after it, waiting for its last frames
+function restyleRunning() {
+  restyleState(restyle.lastFrame === null ? `running · ${restyle.label}`
+    : `the feed ended · restyling up to frame ${restyle.lastFrame} · ${restyle.label}`);
 }
 
 // Input frames as large as the session's picture needs (the server crops them to its aspect
@@ -158,7 +168,7 @@ async function restyleCapture() {
     return;
   }
   const shot = await restyle.source.grab(restyleInputPixels());
-  if (shot && restyle.session !== null && !restyle.stopping) sendInput(shot);
+  if (shot && restyle.session !== null && !restyle.stopping && !restyle.paused) sendInput(shot);
 }
 
 // A file (or the toy world's feed) has played to its end: its last frame goes once more a
@@ -174,7 +184,7 @@ function restyleFeedEnded() {
   restyle.lastFrame = Math.floor((restyle.last.timestamp - restyle.first.timestamp) * restyle.fps);
   const pad = Math.max(FEED_END_PAD_SECONDS, (restyle.inputLead + 1) / restyle.fps);
   sendInput({ ...restyle.last, timestamp: restyle.last.timestamp + pad });
-  restyleState(`the feed ended · restyling up to frame ${restyle.lastFrame} · ${restyle.label}`);
+  restyleRunning();
 }
 
 function restyleFrame(frame) {
@@ -216,6 +226,9 @@ function restyleMessage(msg) {
       entry.classList.remove("waiting");
       break;
     }
+    // the engine's acknowledgements: the state shown is the server's, not the button's
+    case "session.paused": restyleState(`paused at frame ${msg.frame}`); break;
+    case "session.resumed": restyleRunning(); break;
     case "metrics": {
       $("restyle-step").textContent = msg.step_ms == null ? "–" : `${msg.step_ms.toFixed(0)} ms`;
       $("restyle-taken").textContent = String(msg.frames_received);
@@ -233,7 +246,7 @@ function restyleMessage(msg) {
 
 function restyleEnded(reason, recording) {
   const id = restyle.session;
-  Object.assign(restyle, { session: null, starting: false, stopping: false });
+  Object.assign(restyle, { session: null, starting: false, paused: false, stopping: false });
   clearInterval(restyle.timer);
   restyle.timer = null;
   clearTimeout(restyle.strengthTimer);
@@ -290,6 +303,30 @@ function restyleStop() {
   restyleButtons();
 }
 $("restyle-stop").addEventListener("click", restyleStop);
+
+// A paused file does not play on, so its timestamps (its currentTime) go on from where it
+// paused; a camera's clock skips the pause. A feed that has ended has nothing more to send.
+$("restyle-pause").addEventListener("click", () => {
+  if (!send({ type: "pause", session: restyle.session })) return;
+  restyle.paused = true;
+  clearInterval(restyle.timer);
+  restyle.timer = null;
+  restyle.source.pause();
+  restyleState("pausing…");
+  restyleButtons();
+});
+$("restyle-resume").addEventListener("click", () => {
+  if (!send({ type: "resume", session: restyle.session })) return;
+  restyle.paused = false;
+  if (restyle.lastFrame === null) {
+    restyle.source.resume().catch((err) => {
+      showNotice(`Could not resume the video source: ${err.message || err}`);
+    });
+    restyle.timer = setInterval(restyleCapture, 1000 / restyle.fps);
+  }
+  restyleState("resuming…");
+  restyleButtons();
+});
 
 tabs.restyle = {
   state: restyle, welcome: restyleWelcome, started: restyleStarted, ended: restyleEnded,

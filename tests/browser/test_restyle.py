@@ -122,6 +122,78 @@ def test_restyle_the_toy_world_with_live_strength_and_prompt(page, live_server) 
         assert reply.read()[4:8] == b"ftyp"  # an MP4
 
 
+def test_pause_holds_the_feed_and_the_restyling_and_resume_goes_on(page) -> None:
+    """Pause stops the input (the toy world's video stands still, nothing more is sent) and the
+    restyling (the state says where, no restyled frame from there on comes); Resume plays the
+    feed on from where it stood, its timestamps going on from there, and restyled frames come
+    again with later indices. Stop while paused resets the buttons."""
+    from playwright.sync_api import expect
+
+    open_tab(page)
+    pause, resume = page.get_by_test_id("restyle-pause"), page.get_by_test_id("restyle-resume")
+    expect(pause).to_be_disabled()
+    expect(resume).to_be_disabled()
+    page.get_by_test_id("restyle-start").click()
+    state = page.get_by_test_id("restyle-state")
+    expect(state).to_contain_text("running · session", timeout=WAIT)
+    expect(pause).to_be_enabled()
+    expect(resume).to_be_disabled()
+    wait_count(page, "restyle-frames", 12)
+
+    pause.click()
+    expect(pause).to_be_disabled()
+    expect(resume).to_be_enabled()
+    expect(state).to_have_text(re.compile(r"^paused at frame \d+$"), timeout=WAIT)
+    held = int(state.inner_text().rsplit(" ", 1)[1])
+    video = page.get_by_test_id("restyle-video")
+    assert video.evaluate("v => v.paused")
+    page.wait_for_timeout(3000)  # frames made before the pause took hold land meanwhile
+    standing = page.evaluate(
+        """() => ({time: document.querySelector('[data-testid=restyle-video]').currentTime,
+                   sent: window.streamApp.restyle.index, last: window.streamApp.restyle.last,
+                   frames: window.streamApp.restyle.frames})"""
+    )
+    page.wait_for_timeout(2000)
+    assert video.evaluate("v => v.currentTime") == standing["time"]  # its timeline stood still
+    assert int(page.get_by_test_id("restyle-sent").inner_text()) == standing["sent"]
+    assert int(page.get_by_test_id("restyle-frames").inner_text()) == standing["frames"]
+    index, _ = canvas_pixels(page)
+    assert index < held, (index, held)
+    expect(state).to_have_text(f"paused at frame {held}")
+
+    resume.click()
+    expect(pause).to_be_enabled()
+    expect(resume).to_be_disabled()
+    expect(state).to_contain_text("running · session", timeout=WAIT)
+    assert not video.evaluate("v => v.paused")
+    wait_count(page, "restyle-frames", standing["frames"] + 12)
+    page.wait_for_function(
+        "i => Number(document.querySelector('[data-testid=restyle-canvas]').dataset.index) >= i",
+        arg=held,
+        timeout=WAIT,
+    )
+    after, _ = canvas_pixels(page)
+    page.wait_for_function(
+        "i => Number(document.querySelector('[data-testid=restyle-canvas]').dataset.index) > i",
+        arg=after,
+        timeout=WAIT,
+    )
+    # its timestamps are the video's currentTime, which stood still while paused: they go on
+    # from where it paused, never back
+    resumed = page.evaluate("() => window.streamApp.restyle.last.timestamp")
+    played = video.evaluate("v => v.currentTime")
+    assert standing["last"]["timestamp"] <= resumed <= played, (standing, resumed, played)
+
+    pause.click()
+    expect(state).to_have_text(re.compile(r"^paused at frame \d+$"), timeout=WAIT)
+    page.get_by_test_id("restyle-stop").click()
+    expect(state).to_have_text("ended (stopped)", timeout=WAIT)
+    expect(pause).to_be_disabled()
+    expect(resume).to_be_disabled()
+    expect(page.get_by_test_id("restyle-start")).to_be_enabled()
+    expect(page.get_by_test_id("error-banner")).to_have_count(0)
+
+
 @pytest.mark.parametrize("pipeline", ["longlive", "rolling_forcing"])
 def test_the_webcam_is_restyled_on_the_wall_clock(page, pipeline: str) -> None:
     """Chromium's fake camera (the fixture's clip), by either pipeline: timestamps count seconds
@@ -138,6 +210,33 @@ def test_the_webcam_is_restyled_on_the_wall_clock(page, pipeline: str) -> None:
         "() => [window.streamApp.restyle.first.timestamp, window.streamApp.restyle.last.timestamp]"
     )
     assert 0 <= first < last, (first, last)
+    page.get_by_test_id("restyle-stop").click()
+    expect(state).to_have_text("ended (stopped)", timeout=WAIT)
+    expect(page.get_by_test_id("error-banner")).to_have_count(0)
+
+
+def test_a_paused_webcam_s_clock_skips_the_pause(page) -> None:
+    """A camera's timestamps count the wall clock since the start, less the time paused: the
+    input sent after a pause of five seconds goes on from where it paused (checked with that
+    much room)."""
+    from playwright.sync_api import expect
+
+    open_tab(page, source="camera")
+    page.get_by_test_id("restyle-start").click()
+    state = page.get_by_test_id("restyle-state")
+    expect(state).to_contain_text("running · session", timeout=WAIT)
+    wait_count(page, "restyle-sent", 9)
+    page.get_by_test_id("restyle-pause").click()
+    expect(state).to_have_text(re.compile(r"^paused at frame \d+$"), timeout=WAIT)
+    sent, before = page.evaluate(
+        "() => [window.streamApp.restyle.index, window.streamApp.restyle.last.timestamp]"
+    )
+    page.wait_for_timeout(5000)
+    page.get_by_test_id("restyle-resume").click()
+    wait_count(page, "restyle-sent", sent + 1)
+    after = page.evaluate("() => window.streamApp.restyle.last.timestamp")
+    assert before <= after < before + 5.0, (before, after)
+    expect(state).to_contain_text("running · session", timeout=WAIT)
     page.get_by_test_id("restyle-stop").click()
     expect(state).to_have_text("ended (stopped)", timeout=WAIT)
     expect(page.get_by_test_id("error-banner")).to_have_count(0)
