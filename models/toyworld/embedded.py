@@ -3,11 +3,12 @@
 The repository carries two small trained models (safetensors, a few MB each) next to this file,
 each folder with the ``train.json`` of the run that made it (command, config, seeds, metrics)::
 
-    checkpoints/generator/   dit.safetensors (Wan keys, "toyworld" preset), vae/ (diffusers),
-                             text_encoder.safetensors (the tiny umT5 trained with the DiT),
-                             train.json (its teacher's run under "teacher_run", and that
-                             run's codec under "codec_run"), sampling.json
-                             (the shift and ODE opening steps the pipelines sample it with)
+    checkpoints/generator/   dit.safetensors (Wan keys, "toyworld" preset), vae/ (diffusers;
+                             its decoder sharpened after the DiT was trained, its encoder and
+                             so the latents unchanged: vae/train.json), train.json (its
+                             teacher's run under "teacher_run", and that run's codec under
+                             "codec_run"), sampling.json (the shift and ODE opening steps the
+                             pipelines sample it with)
     checkpoints/vlm/         a Hugging Face Qwen2.5-VL folder (config, weights, tokenizer,
                              preprocessor), train.json (the CPU fine-tune that taught it
                              questions, models/toyworld/questions.py) and train_base.json
@@ -43,15 +44,22 @@ TINY_DECODER_DIR = CHECKPOINTS / "tiny_decoder"
 TEXT_ENCODER_FILE = "text_encoder.safetensors"  # a generator run's trained text encoder
 
 # one command each, from the repository root, on an accelerator (a CPU works, slowly); the
-# generator's three stages ran as three 10-minute calls: the codec, the DiT on that codec, and
-# the DiT's guidance distillation (train_generator's docstring)
+# generator's stages ran as 10-minute calls: the codec, the DiT on that codec, the DiT's
+# guidance distillation (train_generator's docstring), then its decoder sharpened twice
 RETRAIN = {
     GENERATOR_DIR: "python -m framestream.models.toyworld.train_generator --device cuda "
     "--codec-only --seconds-budget 505 --out .runs/codec && "
     "python -m framestream.models.toyworld.train_generator "
     "--device cuda --codec .runs/codec --seconds-budget 460 --out .runs/teacher && "
     "python -m framestream.models.toyworld.train_generator --device cuda --teacher .runs/teacher "
-    "--seconds-budget 470 --eval-clips 16 --out models/toyworld/checkpoints/generator",
+    "--seconds-budget 470 --eval-clips 16 --out .runs/generator && "
+    "python -m framestream.models.toyworld.train_generator --device cuda --seconds-budget 450 "
+    "--sharpen .runs/generator --vae-edge-weight 1.0 --eval-clips 16 --out .runs/sharp && "
+    "python -m framestream.models.toyworld.train_generator --device cuda --seconds-budget 290 "
+    "--sharpen .runs/sharp --vae-edge-weight 3.0 --eval-clips 16 --out .runs/sharp2 && "
+    "cp .runs/sharp2/vae/diffusion_pytorch_model.safetensors .runs/generator/vae/ && "
+    "cp .runs/sharp2/train.json .runs/generator/vae/ && "
+    "cp -r .runs/generator/. models/toyworld/checkpoints/generator",
     # commentary on an accelerator, then questions mixed in on two CPU threads (20 minutes)
     VLM_DIR: "python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 420 "
     "--out .runs/vlm && python -m framestream.models.toyworld.train_vlm --init .runs/vlm "

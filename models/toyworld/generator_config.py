@@ -51,8 +51,8 @@ class TrainConfig:
             colours and shapes learn in far cheaper steps) before clips.
         vae_image_batch: frames per single-frame step.
         vae_edge_weight: weight of an L1 loss on the spatial gradients of sprite pixels (the
-            codec rounded corners, so squares and diamonds read as circles: run 5's codec kept
-            the shapes of 0.53 of the clips it reconstructed).
+            codec rounded corners, so squares and diamonds read as circles; BENCHMARKS.md's
+            runs 5 and 10).
         vae_foreground_weight: extra loss weight of pixels off the background: sprites cover
             a few percent of a frame, and an unweighted loss learns the background first and
             leaves grey blobs for sprites (what the second H200 run showed).
@@ -95,7 +95,8 @@ class TrainConfig:
         distill_switch_fraction: share of a distillation batch drawn from the pool's
             prompt-switch clips (a quarter of the pool): following a switch, against a context
             that still shows the old prompt, is where a guided student was weakest.
-        finetune_lr: peak learning rate when a stage starts from trained weights.
+        finetune_lr: peak learning rate when a stage starts from trained weights (a resumed or
+            distilled DiT, a sharpened decoder).
         max_vae_steps, max_gen_steps: step caps (``None``: the budget decides).
         fixed_batch: reuse the first batch every step (smoke runs: loss must fall).
         log_every: steps between logged losses.

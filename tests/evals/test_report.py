@@ -79,6 +79,14 @@ def test_the_readme_quotes_its_records() -> None:
         record = _result("vae_tiny_toyworld_cpu_2026-12-06")
         return _figure(record, "vae", "vae_stream_decode", figure, variant)
 
+    attempt10 = _result("toyworld_attempt10_generator_h100_2026-12-06")
+    sharpened, before = attempt10["pipelines"], attempt10["pipelines_shipped"]
+
+    def strict(run: dict) -> str:
+        return " / ".join(
+            f"{run[p]['adherence']['mean']:.2f}" for p in ("longlive", "rolling_forcing")
+        )
+
     restyle = _result("restyle_h100_2026-12-06")
     latency = {p["pipeline"]: p for p in _result("restyle_latency_cpu_2026-12-06")["pipelines"]}
 
@@ -102,6 +110,9 @@ def test_the_readme_quotes_its_records() -> None:
         f"shows in {longlive_switches['followed']} of {longlive_switches['switches']} switches "
         f"in LongLive and {switches['followed']} of {switches['switches']} in Rolling Forcing",
         f"a median of {switches['frames_until_followed_median']:g} frames at 16 fps",
+        f"shapes in {attempt10['runs']['s3']['codec_eval']['recon_adherence']:.2f} of clips, up "
+        f"from\n{attempt10['runs']['p1']['eval']['recon_adherence']:.2f}",
+        f"rose\nfrom {strict(before)} to {strict(sharpened)} (LongLive / Rolling Forcing",
         f"| LongLive DiT alone | {r4('longlive', 'fps_dit'):.1f} FPS | "
         f"{r4('longlive', 'fps_dit', 'published'):.1f} FPS |",
         f"| Rolling Forcing DiT alone | {r4('rolling_forcing', 'fps_dit'):.1f} FPS | "
