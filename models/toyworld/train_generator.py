@@ -140,8 +140,15 @@ def train(
             the whole budget (its encoder frozen: the latents, and a DiT trained on them, stay
             valid); writes and grades only ``vae/``, as ``codec_only`` does.
     """
-    starts = (codec_from, teacher_from, resume_from, sharpen_from)
-    if sum(x is not None for x in starts) + codec_only > 1:
+    # the earlier run a stage starts from, under the key its train.json is kept by in this one's
+    starts = {
+        "codec_run": codec_from,
+        "teacher_run": teacher_from,
+        "resumed_run": resume_from,
+        "sharpened_run": sharpen_from,
+    }
+    starts = {key: run for key, run in starts.items() if run is not None}
+    if len(starts) + codec_only > 1:
         raise ValueError(
             "codec_from, codec_only, teacher_from, resume_from and sharpen_from exclude each other"
         )
@@ -171,22 +178,23 @@ def train(
         "fps": FPS,
         "pool": {"clips": len(pool.video), "prompts": len(pool.prompts)},
     }
-    earlier = codec_from or teacher_from or resume_from or sharpen_from
-    if earlier is None:
+    if not starts:
         codec_end = budget_end if codec_only else t0 + cfg.vae_fraction * cfg.seconds_budget
         vae, report["codec"] = train_codec(cfg, pool, device, codec_end)
     else:
+        ((key, earlier),) = starts.items()
         vae = WanVAE.from_pretrained(earlier / "vae", device=device).vae
-        key = "codec_run" if codec_from else "teacher_run" if teacher_from else "resumed_run"
-        key = "sharpened_run" if sharpen_from else key
         report[key] = json.loads((earlier / "train.json").read_text())
     if sharpen_from is not None:
         vae, report["codec"] = train_codec(cfg, pool, device, budget_end, decoder_of=vae)
     vae_only = codec_only or sharpen_from is not None
 
     t_encode = time.perf_counter()
-    raw = encode_pool(vae, pool, device)
-    mean, std = set_latent_stats(vae, raw)
+    if sharpen_from is None:
+        raw = encode_pool(vae, pool, device)
+        mean, std = set_latent_stats(vae, raw)
+    else:  # its encoder was frozen: the latents, so their statistics, are the earlier run's
+        mean, std = list(vae.config.latents_mean), list(vae.config.latents_std)
     report |= {"latents_mean": mean, "latents_std": std}
     vae.to("cpu").save_pretrained(out / "vae", safe_serialization=True)
     if vae_only:
