@@ -253,11 +253,9 @@ function genStarted(msg) {
 function genFrame(frame) {
   const now = performance.now();
   gen.frames += 1;
-  gen.arrivals.push(now);
-  while (gen.arrivals.length > 48) gen.arrivals.shift();
+  const fps = frameArrived(gen.arrivals, now);
   $("gen-frames").textContent = String(gen.frames);
-  const recent = gen.arrivals.filter((t) => now - t <= 1000);
-  $("gen-fps").textContent = `${recent.length} fps`;
+  $("gen-fps").textContent = `${fps} fps`;
   if (gen.arrivals.length > 2) {
     const gaps = gen.arrivals.slice(1).map((t, i) => t - gen.arrivals[i]);
     const mean = gaps.reduce((a, b) => a + b, 0) / gaps.length;

@@ -114,6 +114,14 @@ function timelineEntry(list, text, where) {
   return li;
 }
 
+// Records a frame's arrival (performance.now()) in a tab's recent arrivals, the newest 48 kept,
+// and returns how many came within the last second: the tab's fps readout
+function frameArrived(arrivals, now) {
+  arrivals.push(now);
+  while (arrivals.length > 48) arrivals.shift();
+  return arrivals.filter((t) => now - t <= 1000).length;
+}
+
 // -- a canvas showing a stream of frames: each is decoded (createImageBitmap) and drawn as it
 // arrives; when decoding falls behind, only the newest waiting frame is drawn ------------------
 class FrameCanvas {

@@ -188,12 +188,9 @@ function restyleFeedEnded() {
 }
 
 function restyleFrame(frame) {
-  const now = performance.now();
   restyle.frames += 1;
-  restyle.arrivals.push(now);
-  while (restyle.arrivals.length > 48) restyle.arrivals.shift();
   $("restyle-frames").textContent = String(restyle.frames);
-  $("restyle-fps").textContent = `${restyle.arrivals.filter((t) => now - t <= 1000).length} fps`;
+  $("restyle-fps").textContent = `${frameArrived(restyle.arrivals, performance.now())} fps`;
   restyle.output.push(frame);
   if (restyle.lastFrame !== null && frame.index >= restyle.lastFrame && !restyle.stopping) {
     restyleStop();

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,6 +131,20 @@ class ServerThread:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.server.port}/"
+
+
+def fetch_recording(page, server: ServerThread, testid: str, timeout_ms: float) -> bytes:
+    """What a tab's download link (``testid``) offers once it shows: a file under /recordings/
+    that the server sends as video/mp4."""
+    from playwright.sync_api import expect
+
+    link = page.get_by_test_id(testid)
+    expect(link).to_be_visible(timeout=timeout_ms)
+    href = link.get_attribute("href")
+    assert re.fullmatch(r"/recordings/\d+-[0-9a-f]{32}\.mp4", href), href
+    with urllib.request.urlopen(server.http_url.rstrip("/") + href, timeout=30) as reply:
+        assert reply.headers["Content-Type"] == "video/mp4"
+        return reply.read()
 
 
 @pytest.fixture(scope="package")

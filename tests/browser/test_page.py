@@ -15,7 +15,7 @@ from framestream.stream.engine import Engine
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.service import ServiceModels, build_pipelines
 
-from .conftest import ADMIT_ALL, STATIC_DIR, ServerThread
+from .conftest import ADMIT_ALL, STATIC_DIR, ServerThread, fetch_recording
 
 pytestmark = pytest.mark.browser
 
@@ -209,22 +209,13 @@ def test_the_toy_world_feed_plays_on_a_server_with_a_token(browser) -> None:
 
 
 def test_record_then_download(page, live_server) -> None:
-    from playwright.sync_api import expect
-
     start_generation(page, record=True)
     page.wait_for_function(
         "() => Number(document.querySelector('[data-testid=gen-frames]').textContent) >= 8",
         timeout=WAIT,
     )
     page.get_by_test_id("gen-stop").click()
-    link = page.get_by_test_id("gen-download")
-    expect(link).to_be_visible(timeout=WAIT)
-    href = link.get_attribute("href")
-    assert re.fullmatch(r"/recordings/\d+-[0-9a-f]{32}\.mp4", href), href
-    with urllib.request.urlopen(live_server.http_url.rstrip("/") + href, timeout=30) as reply:
-        assert reply.headers["Content-Type"] == "video/mp4"
-        body = reply.read()
-    assert body[4:8] == b"ftyp"  # an MP4
+    assert fetch_recording(page, live_server, "gen-download", WAIT)[4:8] == b"ftyp"  # an MP4
 
 
 def test_reconnects_after_an_unexpected_close(page) -> None:
