@@ -37,9 +37,9 @@ from framestream.models.text import PromptCache, TextEncoder, UMT5TextEncoder, t
 from framestream.models.toyworld.embedded import (
     DEFAULT_PRESET,
     GENERATOR_DIR,
-    TEXT_ENCODER_FILE,
     TINY_DECODER_DIR,
     require,
+    toy_text_encoder,
 )
 from framestream.models.vae import WanVAE, tiny_wan_vae
 from framestream.models.vae_tiny import (
@@ -216,10 +216,8 @@ def load_wan_models(
             run = Path(paths.dit).parent
             config = _run_dit_config(run, config)
             sample_shift, opening = _sampling(run)
-            trained = run / TEXT_ENCODER_FILE
             if given_encoder is None:
-                weights = trained if trained.is_file() else None
-                text_encoder = tiny_umt5_encoder(_SMALL_TEXT_SEED, config.text_len, weights)
+                text_encoder = toy_text_encoder(config.text_len, run, seed=_SMALL_TEXT_SEED)
         paths = paths or WanPaths()
         with torch.device("meta"):
             dit = CausalWanModel(config)

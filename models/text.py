@@ -10,7 +10,7 @@ the states at padding positions are then set to zero::
 
 :class:`PromptCache` sits in front of any :class:`TextEncoder`, so switching back to an earlier
 prompt costs no encoder pass. :func:`tiny_umt5_encoder` is a file-free tiny umT5 with a byte
-tokenizer for tests and the embedded default (``text_len`` 16, ``dim`` 32).
+(or closed word) tokenizer for tests and the embedded default (``text_len`` 16, ``dim`` 32).
 
 Weights load from local folders only (``local_files_only=True``); nothing is downloaded.
 """
@@ -18,8 +18,10 @@ Weights load from local folders only (``local_files_only=True``); nothing is dow
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -33,6 +35,7 @@ __all__ = [
     "PromptCache",
     "TextEncoder",
     "UMT5TextEncoder",
+    "WordTokenizer",
     "clean_prompt",
     "tiny_umt5_encoder",
 ]
@@ -68,17 +71,18 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-class ByteTokenizer:
-    """A file-free tokenizer: UTF-8 bytes offset past three special ids, HF-style output.
-
-    Ids: ``pad = 0``, ``eos = 1``, ``unk = 2`` (unused), byte ``b`` -> ``b + 3``; vocabulary 259.
-    Like T5's tokenizer, ``eos`` is appended and survives truncation.
-    """
+class _PaddedTokenizer:
+    """A file-free tokenizer with the Hugging Face call signature: ids ``pad = 0``, ``eos = 1``,
+    ``unk = 2``, then a subclass's own from 3. Like T5's tokenizer, ``eos`` is appended and
+    survives truncation."""
 
     pad_token_id = 0
     eos_token_id = 1
+    unk_token_id = 2
     offset = 3
-    vocab_size = 256 + offset
+
+    def _ids(self, text: str) -> list[int]:
+        raise NotImplementedError
 
     def __call__(
         self,
@@ -98,13 +102,13 @@ class ByteTokenizer:
         """
         if padding != "max_length" or not truncation or return_tensors != "pt":
             raise ValueError(
-                "ByteTokenizer supports only padding='max_length', truncation=True, "
+                f"{type(self).__name__} supports only padding='max_length', truncation=True, "
                 f"return_tensors='pt'; got {padding=}, {truncation=}, {return_tensors=}"
             )
         ids = torch.full((len(texts), max_length), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(texts), max_length), dtype=torch.long)
         for row, text in enumerate(texts):
-            tokens = [b + self.offset for b in text.encode("utf-8")]
+            tokens = self._ids(text)
             if add_special_tokens:
                 tokens = tokens[: max_length - 1] + [self.eos_token_id]
             tokens = tokens[:max_length]
@@ -114,6 +118,52 @@ class ByteTokenizer:
         if return_attention_mask:
             out["attention_mask"] = mask
         return BatchEncoding(out)
+
+
+class ByteTokenizer(_PaddedTokenizer):
+    """UTF-8 bytes: byte ``b`` -> ``b + 3`` (``unk`` unused); vocabulary 259."""
+
+    vocab_size = 256 + _PaddedTokenizer.offset
+
+    def _ids(self, text: str) -> list[int]:
+        return [b + self.offset for b in text.encode("utf-8")]
+
+
+class WordTokenizer(_PaddedTokenizer):
+    """A closed vocabulary of lower-case words: ``words[i]`` -> ``i + 3``, any other word ->
+    ``unk``. Text splits into runs of letters, case folded, so punctuation drops out.
+
+    A small model reads a word as one token, as umT5's sentencepiece reads ``red``; from bytes
+    it must first learn where words are (the toy-world generator's runs 6-10, BENCHMARKS.md).
+
+    Args:
+        words: the vocabulary, distinct lower-case words.
+    """
+
+    def __init__(self, words: Sequence[str]) -> None:
+        words = tuple(words)
+        bad = [w for w in words if not re.fullmatch(r"[a-z]+", w)]
+        if bad or len(set(words)) != len(words):
+            raise ValueError(f"words must be distinct lower-case letter runs; bad: {bad[:5]}")
+        self.words = words
+        self.vocab_size = len(words) + self.offset
+        self._index = {w: i + self.offset for i, w in enumerate(words)}
+
+    def _ids(self, text: str) -> list[int]:
+        return [self._index.get(w, self.unk_token_id) for w in re.findall(r"[a-z]+", text.lower())]
+
+    def unknown(self, text: str) -> list[str]:
+        """The words of ``text`` outside the vocabulary, in order."""
+        return [w for w in re.findall(r"[a-z]+", text.lower()) if w not in self._index]
+
+    def save(self, path: str | Path) -> None:
+        """Write ``{"words": [...]}`` to ``path``."""
+        Path(path).write_text(json.dumps({"words": list(self.words)}, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> WordTokenizer:
+        """Read a file :meth:`save` wrote."""
+        return cls(json.loads(Path(path).read_text())["words"])
 
 
 class UMT5TextEncoder(nn.Module):
@@ -270,12 +320,16 @@ class PromptCache:
 
 
 def tiny_umt5_encoder(
-    seed: int = 0, text_len: int = 16, weights: str | Path | None = None
+    seed: int = 0,
+    text_len: int = 16,
+    weights: str | Path | None = None,
+    tokenizer: WordTokenizer | None = None,
 ) -> UMT5TextEncoder:
     """A 2-layer umT5 (d_model 32, 2 heads, d_ff 64, vocab 384) with seeded random weights and
-    a :class:`ByteTokenizer`; fp32. Matches the tiny Wan DiT (text_dim 32, text_len 16).
-    ``weights``: a safetensors file of trained weights (the toy-world generator trains its
-    encoder with its DiT) to load over the seeded ones. The global RNG is left untouched.
+    a :class:`ByteTokenizer` (or ``tokenizer``); fp32. Matches the tiny Wan DiT (text_dim 32,
+    text_len 16). ``weights``: a safetensors file of trained weights (the toy-world generator
+    trains its encoder with its DiT) to load over the seeded ones. The global RNG is left
+    untouched.
     """
     config = UMT5Config(
         vocab_size=384,
@@ -297,7 +351,9 @@ def tiny_umt5_encoder(
         model = UMT5EncoderModel(config)
     if weights is not None:
         load_model(model, weights, strict=True)
-    return UMT5TextEncoder(model.eval(), ByteTokenizer(), text_len=text_len)
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{tokenizer.vocab_size} words do not fit umT5's {config.vocab_size}")
+    return UMT5TextEncoder(model.eval(), tokenizer or ByteTokenizer(), text_len=text_len)
 
 
 # Original Wan umT5 names (wan/modules/t5.py, encoder only) -> transformers' UMT5EncoderModel.

@@ -31,8 +31,10 @@ __all__ = [
     "TEXT_ENCODER_FILE",
     "TINY_DECODER_DIR",
     "VLM_DIR",
+    "WORDS_FILE",
     "load_vlm",
     "require",
+    "toy_text_encoder",
 ]
 
 DEFAULT_PRESET = "toyworld"  # the generation preset of the shipped generator (models.registry)
@@ -42,6 +44,7 @@ GENERATOR_DIR = CHECKPOINTS / "generator"
 VLM_DIR = CHECKPOINTS / "vlm"
 TINY_DECODER_DIR = CHECKPOINTS / "tiny_decoder"
 TEXT_ENCODER_FILE = "text_encoder.safetensors"  # a generator run's trained text encoder
+WORDS_FILE = "words.json"  # its closed vocabulary, where it reads words rather than bytes
 
 # one command each, from the repository root, on an accelerator (a CPU works, slowly); the
 # generator's stages ran as 10-minute calls: the codec, the DiT on that codec, the DiT's
@@ -81,6 +84,23 @@ def require(folder: Path, marker: str) -> Path:
             f"{RETRAIN.get(folder, 'the training scripts in models/toyworld/')}"
         )
     return folder
+
+
+def toy_text_encoder(text_len: int, run: Path | None = None, words=None, seed: int = 0):
+    """The tiny umT5 (:func:`models.text.tiny_umt5_encoder`) of a generator run folder: its
+    trained weights (:data:`TEXT_ENCODER_FILE`) and its vocabulary (:data:`WORDS_FILE`) where
+    ``run`` holds them, else the ``seed``'s weights reading bytes, or ``words`` when given."""
+    from framestream.models.text import WordTokenizer, tiny_umt5_encoder
+
+    weights = None if run is None else Path(run) / TEXT_ENCODER_FILE
+    vocabulary = None if run is None else Path(run) / WORDS_FILE
+    if vocabulary is not None and vocabulary.is_file():
+        tokenizer = WordTokenizer.load(vocabulary)
+    else:
+        tokenizer = None if words is None else WordTokenizer(words)
+    if weights is not None and not weights.is_file():
+        weights = None
+    return tiny_umt5_encoder(seed, text_len, weights, tokenizer)
 
 
 def load_vlm(dtype=None, device="cpu"):

@@ -86,6 +86,11 @@ class TrainConfig:
             a random byte-level encoder leaves the DiT to untangle which colour word belongs to
             which sprite and which to the background, and runs 6-8 followed their prompts' colours
             in about half the frames.
+        tokenizer: what a fresh DiT's text encoder reads a prompt as: ``"bytes"`` (UTF-8, the
+            shipped generator's) or ``"words"`` (the toy world's closed vocabulary, a token a
+            word: a colour or a background is then one token the cross-attention can find,
+            not a run of bytes it must first learn to delimit; a ``text_len`` of 32 holds the
+            longest prompt).
         text_dropout: chance a clip trains under the empty prompt, so the model also learns the
             unconditional velocity that classifier-free guidance needs.
         guidance_scales: the guidance scales tried on the teacher (the best by colour adherence
@@ -138,6 +143,7 @@ class TrainConfig:
     shift: float = 1.0
     opening_steps: int = 16
     train_text_encoder: bool = True
+    tokenizer: str = "bytes"
     text_dropout: float = 0.1
     guidance_scales: tuple[float, ...] = (1.0, 3.0, 4.5, 6.0, 8.0, 10.0)
     distill_fraction: float = 0.5
@@ -167,6 +173,8 @@ class TrainConfig:
             raise ValueError(f"vae_fraction must be in (0, 1), got {self.vae_fraction}")
         if not 0 <= self.distill_fraction <= 1:
             raise ValueError(f"distill_fraction must be in [0, 1], got {self.distill_fraction}")
+        if self.tokenizer not in ("bytes", "words"):
+            raise ValueError(f"tokenizer must be 'bytes' or 'words', got {self.tokenizer!r}")
         if not self.guidance_scales:
             raise ValueError("guidance_scales must name at least one scale")
 

@@ -3,33 +3,29 @@
 :func:`render_pool` renders the clips once (a share of them switch prompt at a chunk
 boundary); :func:`to_signed` gives their pixels as the codec reads them;
 :func:`foreground_mask` and :func:`latent_foreground` mark the sprite pixels and latent cells
-the losses weight up; :func:`toy_text_encoder` builds the text encoder the pipelines build (a
-run's trained weights, or the seeded ones) and :func:`encode_prompts` runs it over prompts.
+the losses weight up; :func:`encode_prompts` runs a text encoder
+(:func:`~models.toyworld.embedded.toy_text_encoder`) over prompts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from framestream.models.text import UMT5TextEncoder, tiny_umt5_encoder
-from framestream.models.toyworld.embedded import TEXT_ENCODER_FILE
+from framestream.models.text import UMT5TextEncoder
 from framestream.models.toyworld.generator_config import (
     FPS,
     SIZE,
     SPATIAL,
     TEMPORAL,
-    TEXT_SEED,
     TrainConfig,
 )
 from framestream.models.toyworld.render import render
 from framestream.models.toyworld.scenarios import sample_clip, switch_clip
 from framestream.models.toyworld.text import prompt
-from framestream.models.wan import wan_config
 
 __all__ = [
     "Pool",
@@ -38,7 +34,6 @@ __all__ = [
     "latent_foreground",
     "render_pool",
     "to_signed",
-    "toy_text_encoder",
 ]
 
 
@@ -112,20 +107,11 @@ def latent_foreground(pool: Pool, device: torch.device, batch: int = 64) -> torc
     return torch.cat(out)
 
 
-def toy_text_encoder(preset: str, run: Path | None = None) -> UMT5TextEncoder:
-    """The tiny umT5 the pipelines build for ``preset``: a run folder's trained weights
-    (:data:`TEXT_ENCODER_FILE`) when ``run`` holds them, else the seeded frozen ones."""
-    weights = None if run is None else Path(run) / TEXT_ENCODER_FILE
-    if weights is not None and not weights.is_file():
-        weights = None
-    return tiny_umt5_encoder(TEXT_SEED, wan_config(preset).text_len, weights)
-
-
 @torch.no_grad()
 def encode_prompts(
     prompts: list[str], encoder: UMT5TextEncoder, device: torch.device, batch: int = 256
 ) -> torch.Tensor:
-    """``[P, text_len, 32]``: ``encoder`` (:func:`toy_text_encoder`) over ``prompts``."""
+    """``[P, text_len, 32]``: ``encoder`` over ``prompts``."""
     encoder = encoder.to(device)
     out = [encoder.encode(prompts[i : i + batch]) for i in range(0, len(prompts), batch)]
     return torch.cat(out).float()  # [P, L, 32]

@@ -26,6 +26,7 @@ from framestream.models.attention import DenseAttention
 from framestream.models.positions import frame_positions
 from framestream.models.schedule import FlowSchedule, opening_schedule
 from framestream.models.text import UMT5TextEncoder
+from framestream.models.toyworld.embedded import toy_text_encoder
 from framestream.models.toyworld.generator_attention import frame_mask, token_mask
 from framestream.models.toyworld.generator_config import (
     EVAL_SEED,
@@ -34,11 +35,7 @@ from framestream.models.toyworld.generator_config import (
     SPATIAL,
     TEMPORAL,
 )
-from framestream.models.toyworld.generator_data import (
-    encode_prompts,
-    to_signed,
-    toy_text_encoder,
-)
+from framestream.models.toyworld.generator_data import encode_prompts, to_signed
 from framestream.models.toyworld.measure import adherence, color_adherence
 from framestream.models.toyworld.render import render
 from framestream.models.toyworld.scenarios import sample_clip
@@ -241,7 +238,7 @@ def evaluate(
     out_dir, device = Path(out_dir), torch.device(device)
     vae = WanVAE.from_pretrained(out_dir / "vae", device=device)
     dit = load_dit(out_dir / "dit.safetensors", device, preset)
-    encoder = toy_text_encoder(preset, out_dir)
+    encoder = toy_text_encoder(wan_config(preset).text_len, out_dir)
     graded = grade_samples(dit, vae, encoder, n_clips, latent_frames, seed, shift, opening_steps)
     return graded | evaluate_codec(vae, n_clips, latent_frames)
 

@@ -10,7 +10,8 @@ distillation, below). ``--sharpen A --out A2`` trains only A's decoder (``--vae-
 corners), keeping the latents every DiT on A was trained on. ``--dit-preset`` picks the DiT's
 Wan preset; the tiny umT5 text encoder trains with the DiT (``train_text_encoder``; saved as
 ``text_encoder.safetensors``, which the registry loads beside the DiT) unless
-``--frozen-text-encoder`` keeps its seeded weights.
+``--frozen-text-encoder`` keeps its seeded weights; ``--tokenizer words`` has it read the toy
+world's closed vocabulary, a word a token (saved as ``words.json``), instead of bytes.
 
 Stages (fractions of the training budget; evaluation runs after it)::
 
@@ -25,7 +26,8 @@ Stages (fractions of the training budget; evaluation runs after it)::
                        mean/std of the encoder means over the pool go into the VAE config
                        (latents_mean / latents_std), so latents are ~N(0, 1)
     2. generator  rest CausalWanModel ("toyworld" preset), flow matching + diffusion forcing
-    3. save       vae/ (diffusers), dit.safetensors (original Wan keys), train.json
+    3. save       vae/ (diffusers), dit.safetensors (original Wan keys), train.json,
+                       text_encoder.safetensors and words.json (when trained, when it reads words)
     4. evaluate   LongLive-style sampling, decode, adherence + codec PSNR into train.json
 
 Generator training ("teacher-forced" diffusion forcing). Each clip of 21 latent frames is split
@@ -76,7 +78,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file, save_model
 
-from framestream.models.toyworld.embedded import TEXT_ENCODER_FILE
+from framestream.models.text import WordTokenizer
+from framestream.models.toyworld.embedded import TEXT_ENCODER_FILE, WORDS_FILE, toy_text_encoder
 from framestream.models.toyworld.generator_config import (
     FPS,
     SIZE,
@@ -88,9 +91,9 @@ from framestream.models.toyworld.generator_data import (
     encode_prompts,
     latent_foreground,
     render_pool,
-    toy_text_encoder,
 )
 from framestream.models.toyworld.generator_eval import evaluate, evaluate_codec, load_dit
+from framestream.models.toyworld.text import VOCABULARY
 from framestream.models.toyworld.train_codec import encode_pool, set_latent_stats, train_codec
 from framestream.models.toyworld.train_dit import PromptEncoder, guidance_stage, train_dit
 from framestream.models.vae import WanVAE
@@ -208,8 +211,12 @@ def train(
     sd = torch.tensor(std, device=device)[None, :, None, None, None]
     latents = (raw - m) / sd
     del raw
-    # a guidance run keeps its teacher's encoder (frozen); a fresh DiT trains its own
-    encoder = toy_text_encoder(cfg.dit_preset, teacher_from or resume_from).to(device)
+    # a guidance run keeps its teacher's encoder (frozen) and a resumed one its own, with the
+    # tokenizer each was trained with; a fresh DiT trains its own
+    text_len = wan_config(cfg.dit_preset).text_len
+    words = VOCABULARY if cfg.tokenizer == "words" else None
+    encoder = toy_text_encoder(text_len, teacher_from or resume_from, words).to(device)
+    reads_words = isinstance(encoder.tokenizer, WordTokenizer)
     prompts = [*pool.prompts, ""]
     text = encode_prompts(prompts, encoder, device)
     null = len(pool.prompts)  # the empty prompt's row
@@ -240,11 +247,14 @@ def train(
     )
     if trained:  # its token embedding is tied to umT5's shared one: save_model keeps one
         save_model(encoder.model.float().cpu(), str(out / TEXT_ENCODER_FILE))
+    if reads_words:
+        encoder.tokenizer.save(out / WORDS_FILE)
     report["text_encoder"] = {
         "builder": "framestream.models.text.tiny_umt5_encoder",
         "seed": TEXT_SEED,
-        "text_len": wan_config(cfg.dit_preset).text_len,
+        "text_len": text_len,
         "weights": TEXT_ENCODER_FILE if trained else None,
+        "tokenizer": WORDS_FILE if reads_words else "bytes",
         "note": "trained with the DiT"
         if trains_encoder
         else (
@@ -288,10 +298,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pool-clips", type=int, default=None)
     p.add_argument("--vae-batch", type=int, default=None)
     p.add_argument("--batch", type=int, default=None, help="generator clips per step")
+    p.add_argument("--lr", type=float, default=None, help="a fresh generator's peak learning rate")
     p.add_argument("--eval-clips", type=int, default=None)
     p.add_argument("--vae-dim", type=int, default=None, help="the codec's base width")
     p.add_argument("--vae-edge-weight", type=float, default=None, help="codec corner loss")
     p.add_argument("--dit-preset", default=None, help="the generator's Wan preset")
+    p.add_argument(
+        "--tokenizer",
+        choices=("bytes", "words"),
+        default=None,
+        help="what a fresh DiT's text encoder reads prompts as (a run started from keeps its own)",
+    )
     p.add_argument(
         "--guidance-scales",
         type=lambda text: tuple(float(x) for x in text.split(",")),
@@ -348,10 +365,12 @@ def main(argv: list[str] | None = None) -> dict:
         "pool_clips": args.pool_clips,
         "vae_batch": args.vae_batch,
         "gen_batch": args.batch,
+        "gen_lr": args.lr,
         "eval_clips": args.eval_clips,
         "vae_dim": args.vae_dim,
         "vae_edge_weight": args.vae_edge_weight,
         "dit_preset": args.dit_preset,
+        "tokenizer": args.tokenizer,
         "guidance_scales": args.guidance_scales,
         "distill_fraction": args.distill_fraction,
         "train_text_encoder": False if args.frozen_text_encoder else None,

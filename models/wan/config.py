@@ -71,6 +71,14 @@ WAN_PRESETS: dict[str, WanConfig] = {
     "toyworld-m": WanConfig(
         dim=192, ffn_dim=768, num_heads=3, num_layers=6, freq_dim=64, text_dim=32, text_len=160
     ),
+    # the two reading a prompt as words (a closed vocabulary, models.text.WordTokenizer): the
+    # longest toy-world prompt is 27 words and its eos
+    "toyworld-words": WanConfig(
+        dim=128, ffn_dim=512, num_heads=4, num_layers=4, freq_dim=64, text_dim=32, text_len=32
+    ),
+    "toyworld-m-words": WanConfig(
+        dim=192, ffn_dim=768, num_heads=3, num_layers=6, freq_dim=64, text_dim=32, text_len=32
+    ),
     # the same two with a token per latent pixel: 64x64 video is an 8x8 latent, so Wan's 2x2
     # patch leaves 4x4 tokens a frame, each wider than a sprite
     "toyworld-p1": WanConfig(

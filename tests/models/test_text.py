@@ -12,6 +12,7 @@ from framestream.models.text import (
     PromptCache,
     TextEncoder,
     UMT5TextEncoder,
+    WordTokenizer,
     clean_prompt,
     tiny_umt5_encoder,
 )
@@ -59,6 +60,25 @@ def test_byte_tokenizer_matches_hf_contract() -> None:
     assert tokens["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
     with pytest.raises(ValueError, match="padding='longest'"):
         ByteTokenizer()(["ab"], max_length=4, padding="longest")
+
+
+def test_word_tokenizer_matches_a_hugging_face_word_level_tokenizer(tmp_path) -> None:
+    ours, reference = WordTokenizer(WORDS), _word_tokenizer()
+    texts = ["a red ball rolls", "the blue square jumps over a cat", "", "a red " * 10]
+    kwargs = {"max_length": 8, "padding": "max_length", "truncation": True}
+    got, want = ours(texts, **kwargs), reference(texts, return_tensors="pt", **kwargs)
+    assert torch.equal(got["input_ids"], want["input_ids"])  # "cat" is unk, eos kept when cut
+    assert torch.equal(got["attention_mask"], want["attention_mask"])
+    assert ours.unknown("The blue CAT, jumps!") == ["cat"]  # case folded, punctuation dropped
+    assert ours(["The blue, square!"], max_length=4)["input_ids"].tolist() == [[11, 7, 8, 1]]
+
+    ours.save(tmp_path / "words.json")
+    assert WordTokenizer.load(tmp_path / "words.json").words == tuple(WORDS)
+    for bad in (["a", "a"], ["Red"], ["two words"]):
+        with pytest.raises(ValueError, match="distinct lower-case"):
+            WordTokenizer(bad)
+    with pytest.raises(ValueError, match="do not fit"):
+        tiny_umt5_encoder(tokenizer=WordTokenizer(["w" + "a" * i for i in range(400)]))
 
 
 def test_clean_prompt_collapses_whitespace() -> None:

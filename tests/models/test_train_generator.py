@@ -9,14 +9,20 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save_file, save_model
 
 from framestream.kernels.rope import wan_rope
 from framestream.models.attention import DenseAttention
 from framestream.models.positions import frame_positions
 from framestream.models.registry import WanPaths, load_wan_models
+from framestream.models.text import ByteTokenizer, WordTokenizer
 from framestream.models.toyworld import train_generator as tg
-from framestream.models.toyworld.embedded import GENERATOR_DIR, TEXT_ENCODER_FILE
+from framestream.models.toyworld.embedded import (
+    GENERATOR_DIR,
+    TEXT_ENCODER_FILE,
+    WORDS_FILE,
+    toy_text_encoder,
+)
 from framestream.models.toyworld.generator_attention import (
     ClipBatchAttention,
     clip_attention,
@@ -31,7 +37,6 @@ from framestream.models.toyworld.generator_data import (
     latent_foreground,
     render_pool,
     to_signed,
-    toy_text_encoder,
 )
 from framestream.models.toyworld.generator_eval import generate
 from framestream.models.toyworld.train_codec import per_frame_init
@@ -66,8 +71,9 @@ def test_smoke_run_writes_loadable_weights(tmp_path):
 
     # the encoder trained with the DiT is what the pipelines encode prompts with
     prompt = ["a red circle moves right on a black background"]
-    trained = toy_text_encoder("tiny", tmp_path).encode(prompt)
-    assert not torch.equal(trained, toy_text_encoder("tiny").encode(prompt))
+    text_len = wan_config("tiny").text_len
+    trained = toy_text_encoder(text_len, tmp_path).encode(prompt)
+    assert not torch.equal(trained, toy_text_encoder(text_len).encode(prompt))
     paths = WanPaths(dit=tmp_path / "dit.safetensors", dit_layout="wan", vae=tmp_path / "vae")
     models = load_wan_models("tiny", paths)
     assert torch.equal(models.text.encode(prompt), trained)
@@ -324,18 +330,22 @@ def test_latent_foreground_marks_the_cells_a_sprite_crosses():
 
 
 def test_every_toyworld_prompt_fits_the_generator_text_length():
-    from framestream.models.toyworld import prompt, sample_clip, switch_clip
+    from framestream.models.toyworld import VOCABULARY, prompt, sample_clip, switch_clip
     from framestream.models.wan import wan_config
 
     rng = np.random.default_rng(0)
-    text_len = wan_config("toyworld").text_len
     texts = [
         prompt(sample_clip(rng, seconds=5.0, fps=16, size=(64, 64), max_objects=2, transient=0.5))
         for _ in range(2000)
     ]
     texts += [t for _ in range(200) for t in (lambda s: (s.before, s.after))(switch_clip(rng))]
-    longest = max(len(t.encode()) for t in texts)
-    assert longest + 1 <= text_len, longest  # + eos: the byte tokenizer's tokens
+    for preset, tokenizer in (("toyworld", ByteTokenizer()), ("toyworld-words", None)):
+        tokenizer = tokenizer or WordTokenizer(VOCABULARY)
+        text_len = wan_config(preset).text_len
+        mask = tokenizer(texts, max_length=text_len)["attention_mask"]
+        assert (mask[:, -1] == 0).all(), preset  # room to spare: nothing was cut
+        if isinstance(tokenizer, WordTokenizer):
+            assert not any(tokenizer.unknown(t) for t in texts)
 
 
 def test_a_patch_one_run_streams_a_token_per_latent_pixel(tmp_path):
@@ -358,3 +368,27 @@ def test_a_patch_one_run_streams_a_token_per_latent_pixel(tmp_path):
     frames = pipe.step(state).frames
     assert state.cache.config.tokens_per_frame == 64
     assert frames.shape[1:] == (64, 64, 3) and len(frames) > 0
+
+
+def test_a_run_that_reads_words_loads_its_vocabulary_and_encoder(tmp_path):
+    """A run folder with ``words.json`` is encoded by the pipelines as it trained: a word a
+    token, under its trained encoder weights, at its preset's text length."""
+    from framestream.models.toyworld import VOCABULARY
+
+    config = wan_config("toyworld-words")
+    dit = CausalWanModel(config)
+    dit.init_weights(torch.Generator().manual_seed(0))
+    save_file(dit.state_dict(), tmp_path / "dit.safetensors")
+    (tmp_path / "train.json").write_text(json.dumps({"config": {"dit_preset": "toyworld-words"}}))
+    trained = toy_text_encoder(config.text_len, words=VOCABULARY)
+    with torch.no_grad():
+        trained.model.shared.weight.mul_(2.0)  # unlike the seeded weights
+    save_model(trained.model, str(tmp_path / TEXT_ENCODER_FILE))
+    trained.tokenizer.save(tmp_path / WORDS_FILE)
+
+    paths = WanPaths(dit=tmp_path / "dit.safetensors", dit_layout="wan", vae=GENERATOR_DIR / "vae")
+    models = load_wan_models("toyworld", paths)
+    prompt = ["a red circle is still on a black background"]
+    assert models.text.text_len == 32 and isinstance(models.text.encoder.tokenizer, WordTokenizer)
+    torch.testing.assert_close(models.text.encode(prompt), trained.encode(prompt), rtol=0, atol=0)
+    assert not torch.equal(models.text.encode(prompt), toy_text_encoder(32).encode(prompt))
