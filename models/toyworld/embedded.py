@@ -3,10 +3,11 @@
 The repository carries two small trained models (safetensors, a few MB each) next to this file,
 each folder with the ``train.json`` of the run that made it (command, config, seeds, metrics)::
 
-    checkpoints/generator/   dit.safetensors (Wan keys, "toyworld" preset), vae/ (diffusers;
-                             its decoder sharpened after the DiT was trained, its encoder and
-                             so the latents unchanged: vae/train.json), train.json (its
-                             teacher's run under "teacher_run", and that run's codec under
+    checkpoints/generator/   dit.safetensors (Wan keys, the preset its train.json names),
+                             text_encoder.safetensors and words.json (the tiny umT5 trained
+                             with it, reading a prompt a word a token), vae/ (diffusers; its
+                             decoder sharpened with a corner loss, vae/train.json), train.json
+                             (the runs before it nested: "teacher_run", "resumed_run",
                              "codec_run"), sampling.json (the shift and ODE opening steps the
                              pipelines sample it with)
     checkpoints/vlm/         a Hugging Face Qwen2.5-VL folder (config, weights, tokenizer,
@@ -47,21 +48,25 @@ TEXT_ENCODER_FILE = "text_encoder.safetensors"  # a generator run's trained text
 WORDS_FILE = "words.json"  # its closed vocabulary, where it reads words rather than bytes
 
 # one command each, from the repository root, on an accelerator (a CPU works, slowly); the
-# generator's stages ran as 10-minute calls: the codec, the DiT on that codec, the DiT's
-# guidance distillation (train_generator's docstring), then its decoder sharpened twice
+# generator's stages ran as 10-minute calls: the codec, its decoder sharpened twice, the DiT
+# (reading words) on that codec, the DiT trained on, then its guidance distillation at the
+# scale an earlier sweep chose (train_generator's docstring; BENCHMARKS.md's run 11)
 RETRAIN = {
     GENERATOR_DIR: "python -m framestream.models.toyworld.train_generator --device cuda "
     "--codec-only --seconds-budget 505 --out .runs/codec && "
-    "python -m framestream.models.toyworld.train_generator "
-    "--device cuda --codec .runs/codec --seconds-budget 460 --out .runs/teacher && "
-    "python -m framestream.models.toyworld.train_generator --device cuda --teacher .runs/teacher "
-    "--seconds-budget 470 --eval-clips 16 --out .runs/generator && "
     "python -m framestream.models.toyworld.train_generator --device cuda --seconds-budget 450 "
-    "--sharpen .runs/generator --vae-edge-weight 1.0 --eval-clips 16 --out .runs/sharp && "
+    "--sharpen .runs/codec --vae-edge-weight 1.0 --eval-clips 16 --out .runs/sharp && "
     "python -m framestream.models.toyworld.train_generator --device cuda --seconds-budget 290 "
     "--sharpen .runs/sharp --vae-edge-weight 3.0 --eval-clips 16 --out .runs/sharp2 && "
-    "cp .runs/sharp2/vae/diffusion_pytorch_model.safetensors .runs/generator/vae/ && "
-    "cp .runs/sharp2/train.json .runs/generator/vae/ && "
+    "python -m framestream.models.toyworld.train_generator --device cuda --codec .runs/sharp2 "
+    "--dit-preset toyworld-m-words --tokenizer words --batch 256 --seconds-budget 490 "
+    "--eval-clips 16 --out .runs/teacher && "
+    "python -m framestream.models.toyworld.train_generator --device cuda --resume .runs/teacher "
+    "--dit-preset toyworld-m-words --batch 256 --seconds-budget 275 --eval-clips 16 "
+    "--out .runs/teacher2 && "
+    "python -m framestream.models.toyworld.train_generator --device cuda --teacher .runs/teacher2 "
+    "--dit-preset toyworld-m-words --batch 256 --guidance-scales 4.5 --distill-fraction 1.0 "
+    "--seconds-budget 190 --eval-clips 16 --out .runs/generator && "
     "cp -r .runs/generator/. models/toyworld/checkpoints/generator",
     # commentary on an accelerator, then questions mixed in on two CPU threads (20 minutes)
     VLM_DIR: "python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 420 "

@@ -25,7 +25,7 @@ Stages (fractions of the training budget; evaluation runs after it)::
                        endless stream, not only a stream's first frames. Then per-channel
                        mean/std of the encoder means over the pool go into the VAE config
                        (latents_mean / latents_std), so latents are ~N(0, 1)
-    2. generator  rest CausalWanModel ("toyworld" preset), flow matching + diffusion forcing
+    2. generator  rest CausalWanModel (--dit-preset; "toyworld"), flow matching + diffusion forcing
     3. save       vae/ (diffusers), dit.safetensors (original Wan keys), train.json,
                        text_encoder.safetensors and words.json (when trained, when it reads words)
     4. evaluate   LongLive-style sampling, decode, adherence + codec PSNR into train.json

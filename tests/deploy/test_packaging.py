@@ -33,6 +33,8 @@ CHECKOUT_ONLY = ("evals/devtools",)
 DATA = (
     "framestream/stream/static/index.html",
     "framestream/models/toyworld/checkpoints/generator/dit.safetensors",
+    "framestream/models/toyworld/checkpoints/generator/text_encoder.safetensors",
+    "framestream/models/toyworld/checkpoints/generator/words.json",
     "framestream/models/toyworld/checkpoints/generator/vae/config.json",
     "framestream/models/toyworld/checkpoints/vlm/model.safetensors",
     "framestream/evals/report_template.md",

@@ -13,6 +13,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from framestream.cli import main as cli
 from framestream.evals.fuzz_checks import ServerLog
-from framestream.models.toyworld.embedded import GENERATOR_DIR
+from framestream.models.toyworld.embedded import GENERATOR_DIR, TEXT_ENCODER_FILE, WORDS_FILE
 from framestream.stream.config import ServerConfig
 from framestream.stream.engine import Engine, EngineConfig
 from framestream.stream.kvcache import KVCacheManager
@@ -109,6 +110,8 @@ def _serve_with(dit: Path, capsys) -> tuple[int, str]:
 
 def test_a_corrupt_or_mismatched_checkpoint_is_refused_naming_it(tmp_path, capsys):
     weights = GENERATOR_DIR / "dit.safetensors"
+    for name in ("train.json", "sampling.json", TEXT_ENCODER_FILE, WORDS_FILE):
+        shutil.copy(GENERATOR_DIR / name, tmp_path)  # the run folder the DiT is read with
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     code, err = _serve_with(truncated, capsys)
