@@ -21,6 +21,7 @@ from framestream.cli.options import (
     device_and_dtype,
     embedded_generator,
     toyworld_note,
+    unknown_words_note,
     wan_paths,
 )
 
@@ -138,9 +139,13 @@ def _generate(args: argparse.Namespace) -> int:
             )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    note = toyworld_note(embedded_generator(args), understanding=False)  # once the args hold
+    embedded = embedded_generator(args)
+    note = toyworld_note(embedded, understanding=False)  # once the args hold
     if note:
         print(note, file=sys.stderr)
+    words = embedded and unknown_words_note([args.prompt, *(s.prompt for s in switches)])
+    if words:
+        print(words, file=sys.stderr)
     try:
         models = load_wan_models(
             args.preset, wan_paths(args), device=device, dtype=dtype, decoder=decoder(args)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from framestream.cli.checks import ArgumentChecks, check
-from framestream.models.toyworld.embedded import DEFAULT_PRESET
+from framestream.models.toyworld.embedded import DEFAULT_PRESET, GENERATOR_DIR, WORDS_FILE
 
 __all__ = [
     "DTYPES",
@@ -91,6 +91,25 @@ def toyworld_note(generator: bool, understanding: bool) -> str | None:
     None when neither."""
     flags = [f for f, used in (("--model-dir", generator), ("--vlm-dir", understanding)) if used]
     return TOYWORLD_NOTE.format(flags=" and ".join(flags)) if flags else None
+
+
+def unknown_words_note(prompts: list[str]) -> str | None:
+    """The line ``stream generate`` prints when the embedded generator, which reads a closed
+    vocabulary (its ``words.json``), will not read some words of ``prompts``; None when it
+    reads them all."""
+    from framestream.models.text import WordTokenizer  # transformers: only when generating
+
+    vocabulary = GENERATOR_DIR / WORDS_FILE
+    if not vocabulary.is_file():
+        return None
+    tokenizer = WordTokenizer.load(vocabulary)
+    unknown = list(dict.fromkeys(w for p in prompts for w in tokenizer.unknown(p)))
+    if not unknown:
+        return None
+    return (
+        f"the toy-world generator does not know the words {', '.join(unknown)}, and skips them "
+        f"(it knows: {' '.join(tokenizer.words)})"
+    )
 
 
 def embedded_generator(args: argparse.Namespace) -> bool:

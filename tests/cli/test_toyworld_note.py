@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from framestream.cli.main import main
-from framestream.cli.options import TOYWORLD_NOTE, toyworld_note
+from framestream.cli.options import TOYWORLD_NOTE, toyworld_note, unknown_words_note
 
 HEAD = TOYWORLD_NOTE.split("{")[0]
 
@@ -51,6 +51,22 @@ def test_generate_notes_the_embedded_generator(tmp_path: Path, capsys, no_models
     assert _notes(capsys.readouterr().err) == []
     assert main([*argv, "--preset", "tiny"]) == 2  # random weights, not the toy world's
     assert _notes(capsys.readouterr().err) == []
+
+
+def test_generate_names_the_words_the_embedded_generator_skips(
+    tmp_path: Path, capsys, no_models
+) -> None:
+    """The shipped generator reads a closed vocabulary: words outside it are named, once."""
+    argv = ["generate", "--prompt", "a red dog moves right on a black beach", "--seconds", "2"]
+    argv += ["--switch", "t=1s:a Dog is still", "--out", str(tmp_path / "v.mp4")]
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "does not know" in line]
+    assert lines == [unknown_words_note(["dog beach"])]
+    assert lines[0].startswith("the toy-world generator does not know the words dog, beach,")
+    assert "circle" in lines[0].split("it knows: ")[1]
+    assert unknown_words_note(["a red circle moves right on a black background"]) is None
+    assert main([*argv, "--model-dir", str(tmp_path)]) == 2  # another model: no such line
+    assert "does not know" not in capsys.readouterr().err
 
 
 def test_serve_notes_the_embedded_models_it_serves(tmp_path: Path, capsys, no_models) -> None:
