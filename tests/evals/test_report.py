@@ -60,6 +60,8 @@ def test_the_readme_quotes_its_records() -> None:
 
     qa = _result("toyworld_qa_cpu_2026-12-06")
     vlm, answers = qa["after"]["streaming_vlm"], qa["after"]["streaming_vlm_qa"]
+    switches = _result("toyworld_switches_cpu_2026-12-06")
+    switches_before = _result("toyworld_switches_cpu_2026-11-28")
     backgrounds = {
         quality[p]["adherence"]["background_mean"] for p in ("longlive", "rolling_forcing")
     }
@@ -97,9 +99,14 @@ def test_the_readme_quotes_its_records() -> None:
         f"prompt's in {backgrounds.pop():.2f} of frames",
         f"prompt's colours in {both(quality, 'adherence', 'color_mean')} of frames",
         f"shapes as well in only {both(quality, 'adherence', 'mean')}",
-        f"of {quality['longlive']['switch']['switches']} switches watched for 3 s, LongLive "
-        f"follows {quality['longlive']['switch']['followed']} and\nRolling Forcing "
+        f"Of {quality['longlive']['switch']['switches']}\nswitches watched for 3 s, LongLive "
+        f"follows {quality['longlive']['switch']['followed']} and Rolling Forcing "
         f"{quality['rolling_forcing']['switch']['followed']}",
+        f"Over {switches['longlive']['switch']['switches']} switches on other seeds, each "
+        f"watched for 5 s, LongLive follows {switches['longlive']['switch']['followed']} and "
+        f"Rolling Forcing\n{switches['rolling_forcing']['switch']['followed']}, where the one "
+        f"before followed {switches_before['longlive']['switch']['followed']} and "
+        f"{switches_before['rolling_forcing']['switch']['followed']}",
         f"scored {both(before, 'adherence', 'background_mean')}, "
         f"{both(before, 'adherence', 'color_mean')}, {both(before, 'adherence', 'mean')} and "
         f"{both(before, 'switch', 'followed', 'd')}",
