@@ -60,6 +60,8 @@ def test_the_readme_quotes_its_records() -> None:
 
     qa = _result("toyworld_qa_cpu_2026-12-06")
     vlm, answers = qa["after"]["streaming_vlm"], qa["after"]["streaming_vlm_qa"]
+    drift = _result("toyworld_drift_cpu_2026-12-06")["longlive"]["drift"]
+    assert min(drift["background_adherence_per_minute"]) == 1.0  # "keeps its background"
     switches = _result("toyworld_switches_cpu_2026-12-06")
     switches_before = _result("toyworld_switches_cpu_2026-11-28")
     backgrounds = {
@@ -107,6 +109,8 @@ def test_the_readme_quotes_its_records() -> None:
         f"Rolling Forcing\n{switches['rolling_forcing']['switch']['followed']}, where the one "
         f"before followed {switches_before['longlive']['switch']['followed']} and "
         f"{switches_before['rolling_forcing']['switch']['followed']}",
+        f"in {min(drift['adherence_per_minute']):.2f}-{max(drift['adherence_per_minute']):.2f} "
+        "of a minute's frames",
         f"scored {both(before, 'adherence', 'background_mean')}, "
         f"{both(before, 'adherence', 'color_mean')}, {both(before, 'adherence', 'mean')} and "
         f"{both(before, 'switch', 'followed', 'd')}",
