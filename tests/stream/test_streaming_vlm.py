@@ -1,4 +1,4 @@
-"""StreamingVLM on the tiny model: the feed's sampling, a 600-second stream within the policy's
+"""StreamingVLM on the tiny model: the feed's sampling, a long stream within the policy's
 bound, batched decode and batched prefill equal to streams run alone, prefill forwards split by
 max_prefill_tokens, a failing round left out of its batch, questions joining the next round,
 sampled replies that replay from their seed whatever their batch, the repetition penalty's
@@ -69,13 +69,17 @@ def test_feed_keeps_the_newest_seconds_and_bounded_memory() -> None:
     assert feed.lag_seconds < 1
 
 
-def test_600_seconds_stay_within_the_policy_bound(model) -> None:
-    pipe = pipeline(model, max_new_tokens=6)
+def test_a_long_stream_stays_within_the_policy_bound(model) -> None:
+    """The previous text fills from the replies the rounds evict, then everything is flat. Its
+    caps here are 128 + 127 tokens (512 + 511 by default: full after ~350 seconds), so that it
+    is full after ~100 seconds and the last 200 of 320 seconds check the flat stretch."""
+    pipe = pipeline(model, max_new_tokens=6, prev_sink_tokens=128, prev_window_tokens=128)
+    seconds = 320
     state = pipe.open(UnderstandingRequest("Say what moves.", "earlier: a red ball"))
     rng = np.random.default_rng(0)
     bound = pipe._policy.worst_case_blocks(pipe.pool.block_size)
     sizes, captions = [], []
-    for second in range(600):
+    for second in range(seconds):
         feed_second(pipe, state, second, rng)
         if second:  # second k is complete once a frame of k + 1 has arrived
             pipe.prefill(state)
@@ -83,11 +87,11 @@ def test_600_seconds_stay_within_the_policy_bound(model) -> None:
             sizes.append(len(state.cache.cache))
             assert pipe.pool.stats().used_blocks <= bound
             assert len(state.cache.rounds) <= 16
-    assert [c.start for c in captions] == [float(s) for s in range(599)]
+    assert [c.start for c in captions] == [float(s) for s in range(seconds - 1)]
     assert all(c.end == c.start + 1 for c in captions)
-    # the previous text fills (512 + 511 tokens at ~5 a second), then everything is flat
-    assert state.cache.cache.length("prev_head") == 512
-    assert state.cache.cache.length("prev_tail") == 511
+    # the previous text fills (128 + 127 tokens at ~3 a second), then everything is flat
+    assert state.cache.cache.length("prev_head") == 128
+    assert state.cache.cache.length("prev_tail") == 127
     assert max(sizes[-200:]) - min(sizes[-200:]) <= 6 + 2  # only the reply lengths vary
     pipe.close(state)
     assert pipe.pool.stats().used_blocks == 0
