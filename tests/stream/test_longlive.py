@@ -38,11 +38,16 @@ def kv_of(pipe: LongLivePipeline, slots: np.ndarray) -> torch.Tensor:
     return pipe.pool.kv[:, :, torch.from_numpy(slots).long()].clone()
 
 
-def test_500_chunks_flat_memory_exact_frame_count(tiny) -> None:
+def test_a_stream_past_position_1024_keeps_flat_memory_and_exact_frame_count(tiny) -> None:
+    """As many chunks as it takes to pass Wan's 1024 temporal positions (342 chunks of 3
+    latent frames: 1026 frames), so the window is re-based: memory is flat from the window on,
+    every frame is counted, and no position reaches 1024."""
+    config = LongLiveConfig()
+    chunks = config.max_position // config.chunk_frames + 1  # the first that passes 1024
     pipe = pipeline(tiny)
     state = pipe.open(GenerationRequest("a red ball", seed=0, **SIZE))
     frames, indices, used = 0, [], set()
-    for chunk in range(500):
+    for chunk in range(chunks):
         out = pipe.step(state)
         assert out.frames.shape[1:] == (32, 32, 3) and out.frames.dtype == np.uint8
         assert len(out) == (9 if chunk == 0 else 12)
@@ -51,11 +56,17 @@ def test_500_chunks_flat_memory_exact_frame_count(tiny) -> None:
         if chunk >= 4:
             used.add(pipe.pool.stats().used_blocks)
             assert state.history.shape[2] == 12
-    assert frames == 9 + 12 * 499 == state.frames_emitted
+    assert frames == 9 + 12 * (chunks - 1) == state.frames_emitted
     assert indices == [0, *range(9, frames, 12)]
     assert used == {12}  # sink 3 + window 9 frames, one block each, from the window on
-    np.testing.assert_array_equal(state.cache.window_frames(), np.arange(1491, 1500))
-    assert state.cache.cache.positions("window")[:, 0].max() == 1023  # re-based, never past 1024
+    window = state.cache.window_frames()
+    np.testing.assert_array_equal(window, np.arange(3 * chunks - 9, 3 * chunks))
+    assert window[-1] >= config.max_position  # the stream did pass 1024 frames
+    positions = state.cache.cache.positions("window")[:, 0]
+    assert positions.max() == 1023  # re-based, never past 1024
+    shift = 3 * chunks - config.max_position  # 2
+    np.testing.assert_array_equal(np.unique(positions), window - shift)
+    np.testing.assert_array_equal(np.unique(state.cache.cache.positions("sink")[:, 0]), [0, 1, 2])
     pipe.close(state)
     assert pipe.pool.stats().used_blocks == 0
 

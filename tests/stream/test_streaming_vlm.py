@@ -1,4 +1,4 @@
-"""StreamingVLM on the tiny model: the feed's sampling, a 600-second stream within the policy's
+"""StreamingVLM on the tiny model: the feed's sampling, a long stream within the policy's
 bound, batched decode and batched prefill equal to streams run alone, prefill forwards split by
 max_prefill_tokens, a failing round left out of its batch, questions joining the next round,
 sampled replies that replay from their seed whatever their batch, the repetition penalty's
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from framestream.models.qwen_vl_tiny import tiny_qwen_vl, toy_qwen_vl
+from framestream.models import qwen_vl_tiny
+from framestream.models.qwen_vl_tiny import tiny_qwen_vl, toy_config, toy_qwen_vl
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.feed import FrameFeed, TimestampsBackwardsError
 from framestream.stream.pipelines.sampling import GREEDY, PUBLISHED
@@ -69,13 +70,17 @@ def test_feed_keeps_the_newest_seconds_and_bounded_memory() -> None:
     assert feed.lag_seconds < 1
 
 
-def test_600_seconds_stay_within_the_policy_bound(model) -> None:
-    pipe = pipeline(model, max_new_tokens=6)
+def test_a_long_stream_stays_within_the_policy_bound(model) -> None:
+    """The previous text fills from the replies the rounds evict, then everything is flat. Its
+    caps here are 128 + 127 tokens (512 + 511 by default: full after ~350 seconds), so that it
+    is full after ~100 seconds and the last 200 of 320 seconds check the flat stretch."""
+    pipe = pipeline(model, max_new_tokens=6, prev_sink_tokens=128, prev_window_tokens=128)
+    seconds = 320
     state = pipe.open(UnderstandingRequest("Say what moves.", "earlier: a red ball"))
     rng = np.random.default_rng(0)
     bound = pipe._policy.worst_case_blocks(pipe.pool.block_size)
     sizes, captions = [], []
-    for second in range(600):
+    for second in range(seconds):
         feed_second(pipe, state, second, rng)
         if second:  # second k is complete once a frame of k + 1 has arrived
             pipe.prefill(state)
@@ -83,11 +88,11 @@ def test_600_seconds_stay_within_the_policy_bound(model) -> None:
             sizes.append(len(state.cache.cache))
             assert pipe.pool.stats().used_blocks <= bound
             assert len(state.cache.rounds) <= 16
-    assert [c.start for c in captions] == [float(s) for s in range(599)]
+    assert [c.start for c in captions] == [float(s) for s in range(seconds - 1)]
     assert all(c.end == c.start + 1 for c in captions)
-    # the previous text fills (512 + 511 tokens at ~5 a second), then everything is flat
-    assert state.cache.cache.length("prev_head") == 512
-    assert state.cache.cache.length("prev_tail") == 511
+    # the previous text fills (128 + 127 tokens at ~3 a second), then everything is flat
+    assert state.cache.cache.length("prev_head") == 128
+    assert state.cache.cache.length("prev_tail") == 127
     assert max(sizes[-200:]) - min(sizes[-200:]) <= 6 + 2  # only the reply lengths vary
     pipe.close(state)
     assert pipe.pool.stats().used_blocks == 0
@@ -408,11 +413,32 @@ def toy_model():
     return toy_qwen_vl()  # heads of 32: the Triton decode kernel's smallest
 
 
+@pytest.fixture(scope="module")
+def two_layer_toy_model():
+    """toy_qwen_vl() with 2 text layers instead of 4 (heads of 32 still): every kernel of a
+    step runs in Triton's interpreter off CUDA, a layer at a time."""
+
+    def two_layers(tokenizer):
+        config = toy_config(tokenizer)
+        text = config.text_config
+        text.num_hidden_layers, text.layer_types = 2, text.layer_types[:2]
+        return config
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(qwen_vl_tiny, "toy_config", two_layers)
+        model = toy_qwen_vl()
+    assert len(model.decoder.layers) == 2
+    return model
+
+
 @pytest.mark.parametrize("sampling", [GREEDY, PUBLISHED], ids=["greedy", "sampled"])
-def test_decode_graphs_static_step_equals_the_plain_decode(toy_model, sampling) -> None:
+def test_decode_graphs_static_step_equals_the_plain_decode(two_layer_toy_model, sampling) -> None:
     """The graphs' static, padded step (run eagerly off CUDA) gives the plain decode's replies
-    and cache: three streams, so the bucket of four carries a padding sequence."""
-    _compare_decode_graphs(toy_model, max_new_tokens=4, sampling=sampling)
+    and cache: three streams, so the bucket of four carries a padding sequence. Two steps (a
+    reply of three tokens, the first from the prefill): the second refills the bucket the first
+    left, which is all a longer reply repeats (each step costs seconds in Triton's
+    interpreter)."""
+    _compare_decode_graphs(two_layer_toy_model, max_new_tokens=3, sampling=sampling)
 
 
 @pytest.mark.gpu
@@ -456,6 +482,8 @@ def _compare_decode_graphs(
             feed_second(pipe, state, 1, np.random.default_rng(i), SIZES[i])
         assert pipe.prefill(states) == [None] * 3
         captions = _ordered(pipe, states)
+        if config.get("decode_graphs", True):  # the three streams stepped in the bucket of four
+            assert 4 in pipe._graphs._buckets
         return [(*cached_kv(pipe, s), c.text) for s, c in zip(states, captions, strict=True)]
 
     for (kv_a, pos_a, text_a), (kv_b, pos_b, text_b) in zip(
