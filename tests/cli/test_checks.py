@@ -37,13 +37,16 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     import importlib
 
     called: list[str] = []
-    for module, name in LOADERS:
+    # every module imported before any is patched: one that imports a loader by name (the
+    # service imports load_wan_models) would otherwise keep the stand-in past this test
+    modules = [importlib.import_module(module) for module, _ in LOADERS]
+    for (module, name), loaded in zip(LOADERS, modules, strict=True):
 
         def stand_in(*args, _name=f"{module}.{name}", **kwargs):
             called.append(_name)
             raise SystemExit(99)
 
-        monkeypatch.setattr(importlib.import_module(module), name, stand_in)
+        monkeypatch.setattr(loaded, name, stand_in)
     return called
 
 
