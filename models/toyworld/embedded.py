@@ -1,6 +1,6 @@
 """Where the shipped toy-world models live, and how to rebuild them.
 
-The repository carries two small trained models (safetensors, a few MB each) next to this file,
+The repository carries small trained models (safetensors) next to this file,
 each folder with the ``train.json`` of the run that made it (command, config, seeds, metrics)::
 
     checkpoints/generator/   dit.safetensors (Wan keys, the preset its train.json names),
