@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,7 +72,7 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-class _PaddedTokenizer:
+class _PaddedTokenizer(ABC):
     """A file-free tokenizer with the Hugging Face call signature: ids ``pad = 0``, ``eos = 1``,
     ``unk = 2``, then a subclass's own from 3. Like T5's tokenizer, ``eos`` is appended and
     survives truncation."""
@@ -81,8 +82,9 @@ class _PaddedTokenizer:
     unk_token_id = 2
     offset = 3
 
+    @abstractmethod
     def _ids(self, text: str) -> list[int]:
-        raise NotImplementedError
+        """The ids of ``text``, before eos, padding and truncation."""
 
     def __call__(
         self,
@@ -150,11 +152,11 @@ class WordTokenizer(_PaddedTokenizer):
         self._index = {w: i + self.offset for i, w in enumerate(words)}
 
     def _ids(self, text: str) -> list[int]:
-        return [self._index.get(w, self.unk_token_id) for w in re.findall(r"[a-z]+", text.lower())]
+        return [self._index.get(w, self.unk_token_id) for w in _letter_runs(text)]
 
     def unknown(self, text: str) -> list[str]:
         """The words of ``text`` outside the vocabulary, in order."""
-        return [w for w in re.findall(r"[a-z]+", text.lower()) if w not in self._index]
+        return [w for w in _letter_runs(text) if w not in self._index]
 
     def save(self, path: str | Path) -> None:
         """Write ``{"words": [...]}`` to ``path``."""
@@ -164,6 +166,11 @@ class WordTokenizer(_PaddedTokenizer):
     def load(cls, path: str | Path) -> WordTokenizer:
         """Read a file :meth:`save` wrote."""
         return cls(json.loads(Path(path).read_text())["words"])
+
+
+def _letter_runs(text: str) -> list[str]:
+    """``text``'s words as :class:`WordTokenizer` reads them: runs of letters, case folded."""
+    return re.findall(r"[a-z]+", text.lower())
 
 
 class UMT5TextEncoder(nn.Module):
