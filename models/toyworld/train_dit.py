@@ -376,6 +376,7 @@ def guidance_stage(
     teacher: CausalWanModel,
     encoder: UMT5TextEncoder,
     deadline: float,
+    student: CausalWanModel | None = None,
 ) -> tuple[CausalWanModel, dict]:
     """Guidance distillation of a trained DiT (its flow-matching run learned no unconditional
     velocity): fine-tune it with ``text_dropout`` for ``1 - distill_fraction`` of the time left,
@@ -384,6 +385,8 @@ def guidance_stage(
     sampling, the fine-tuned teacher is the result.
 
     ``encoder`` is the teacher's text encoder, frozen here (``text`` holds its states).
+    ``student``, an earlier student of this teacher, goes on distilling instead of a fresh copy
+    of the teacher: distillation is checkpointed between calls like flow matching.
 
     Returns:
         The student (or teacher), and ``{"finetune", "guidance_sweep", "guidance", "distill"}``.
@@ -407,6 +410,7 @@ def guidance_stage(
     if best == 1.0:
         return teacher.cpu(), report | finetune
     student, report["distill"] = train_dit(
-        *args, deadline, null=null, init=teacher, guide=Guide(teacher.eval(), best)
-    )
+        *args, deadline, null=null, init=teacher if student is None else student,
+        guide=Guide(teacher.eval(), best),
+    )  # fmt: skip
     return student, report | report["distill"]

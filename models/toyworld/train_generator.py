@@ -122,6 +122,7 @@ def train(
     codec_from: Path | None = None,
     codec_only: bool = False,
     teacher_from: Path | None = None,
+    student_from: Path | None = None,
     resume_from: Path | None = None,
     sharpen_from: Path | None = None,
 ) -> dict:
@@ -139,6 +140,9 @@ def train(
         teacher_from: the folder of an earlier generator run: its codec is kept, its DiT
             fine-tuned with ``text_dropout`` and then distilled at the best of
             ``guidance_scales`` (:func:`guidance_stage`), with the whole budget.
+        student_from: with ``teacher_from``, the folder of an earlier run distilled from that
+            teacher: its DiT goes on distilling; its ``train.json`` is kept under
+            ``student_run``.
         sharpen_from: the folder of an earlier run whose codec's decoder alone trains on, with
             the whole budget (its encoder frozen: the latents, and a DiT trained on them, stay
             valid); writes and grades only ``vae/``, as ``codec_only`` does.
@@ -155,6 +159,8 @@ def train(
         raise ValueError(
             "codec_from, codec_only, teacher_from, resume_from and sharpen_from exclude each other"
         )
+    if student_from is not None and teacher_from is None:
+        raise ValueError("student_from goes on distilling from a teacher_from, which is missing")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,9 +242,13 @@ def train(
     else:
         codec = WanVAE.from_pretrained(out / "vae", device=device)
         teacher = load_dit(teacher_from / "dit.safetensors", device, cfg.dit_preset)
+        student = None
+        if student_from is not None:
+            student = load_dit(student_from / "dit.safetensors", device, cfg.dit_preset)
+            report["student_run"] = json.loads((student_from / "train.json").read_text())
         dit, report["generator"] = guidance_stage(
             cfg, latents, foreground, pool.chunk_prompt, text, null, codec, teacher, encoder,
-            budget_end,
+            budget_end, student,
         )  # fmt: skip
     state = {k: v.detach().float().contiguous() for k, v in dit.state_dict().items()}
     save_file(state, out / "dit.safetensors", metadata={"format": "pt", "layout": "wan"})
@@ -353,7 +363,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="RUN",
         help="distil an earlier generator run's DiT under classifier-free guidance",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--student",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="with --teacher: go on distilling an earlier student of that teacher",
+    )
+    args = p.parse_args(argv)
+    if args.student is not None and args.teacher is None:
+        p.error("--student goes on distilling from a --teacher")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -386,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
         codec_from=args.codec,
         codec_only=args.codec_only,
         teacher_from=args.teacher,
+        student_from=args.student,
         resume_from=args.resume,
         sharpen_from=args.sharpen,
     )

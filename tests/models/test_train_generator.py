@@ -250,6 +250,29 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
     assert any(not torch.equal(student[k], teacher[k]) for k in student)
     assert 0.0 <= guided["eval"]["color_adherence"] <= 1.0
 
+    # distillation goes on from that student, not from a fresh copy of the teacher
+    more_run = tmp_path / "more"
+    more = tg.train(
+        cfg, more_run, torch.device("cpu"), "test", teacher_from=generator_run,
+        student_from=guided_run,
+    )  # fmt: skip
+    assert more["student_run"]["command"] == guided["command"]
+    assert more["teacher_run"]["command"] == report["command"]
+    continued = load_file(more_run / "dit.safetensors")
+
+    def distance(a: dict, b: dict) -> float:
+        return sum(float((a[k] - b[k]).square().sum()) for k in a) ** 0.5
+
+    assert 0 < distance(continued, student) < distance(continued, teacher)
+
+
+def test_a_student_without_its_teacher_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        tg.main(["--smoke", "--student", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "--student goes on distilling from a --teacher" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="teacher_from"):
+        tg.train(SMOKE, tmp_path / "out", torch.device("cpu"), "test", student_from=tmp_path)
+
 
 def test_distillation_batches_draw_their_share_from_switch_clips():
     switches = torch.tensor([3, 7])
