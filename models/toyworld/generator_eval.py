@@ -150,13 +150,15 @@ def _eval_clips(n: int, video_frames: int, max_objects: int = 2) -> list:
 
 
 @torch.no_grad()
-def evaluate_codec(vae: WanVAE, n_clips: int = 8, latent_frames: int = 12) -> dict:
+def evaluate_codec(
+    vae: WanVAE, n_clips: int = 8, latent_frames: int = 12, stream_seconds: float = 10.0
+) -> dict:
     """How well the codec carries the held-out clips: the ceiling of any generator on it.
 
     Returns:
         ``truth_adherence`` / ``recon_adherence`` (:func:`~models.toyworld.adherence` of the
         rendered and the codec-reconstructed clips), ``recon_psnr`` (dB), and
-        ``recon_psnr_stream`` (:func:`stream_psnr`).
+        ``recon_psnr_stream`` (:func:`stream_psnr` over ``stream_seconds``).
     """
     device = vae.latents_mean.device
     clips = _eval_clips(n_clips, 1 + TEMPORAL * (latent_frames - 1))
@@ -173,7 +175,7 @@ def evaluate_codec(vae: WanVAE, n_clips: int = 8, latent_frames: int = 12) -> di
         "truth_adherence": float(np.mean(truth)),
         "recon_adherence": float(np.mean(recon_adh)),
         "recon_psnr": _psnr(float(np.mean(mses))),
-        "recon_psnr_stream": stream_psnr(vae, n_clips=min(4, n_clips)),
+        "recon_psnr_stream": stream_psnr(vae, min(4, n_clips), stream_seconds),
     }
 
 
@@ -232,6 +234,7 @@ def evaluate(
     preset: str = "toyworld",
     shift: float = 1.0,
     opening_steps: int | None = None,
+    stream_seconds: float = 10.0,
 ) -> dict:
     """Grade the trained weights in ``out_dir``: :func:`grade_samples` (unguided, as the
     pipelines sample) and :func:`evaluate_codec`."""
@@ -240,7 +243,7 @@ def evaluate(
     dit = load_dit(out_dir / "dit.safetensors", device, preset)
     encoder = toy_text_encoder(wan_config(preset).text_len, out_dir)
     graded = grade_samples(dit, vae, encoder, n_clips, latent_frames, seed, shift, opening_steps)
-    return graded | evaluate_codec(vae, n_clips, latent_frames)
+    return graded | evaluate_codec(vae, n_clips, latent_frames, stream_seconds)
 
 
 @torch.no_grad()
