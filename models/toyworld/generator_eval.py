@@ -36,7 +36,7 @@ from framestream.models.toyworld.generator_config import (
     TEMPORAL,
 )
 from framestream.models.toyworld.generator_data import encode_prompts, to_signed
-from framestream.models.toyworld.measure import adherence, color_adherence
+from framestream.models.toyworld.measure import adherence, color_adherence, measure
 from framestream.models.toyworld.render import render
 from framestream.models.toyworld.scenarios import sample_clip
 from framestream.models.toyworld.text import prompt
@@ -212,8 +212,9 @@ def grade_samples(
             guidance=guidance, null=context[-1:],
         )  # fmt: skip
         video = to_uint8(vae.decode_chunk(latents, vae.new_decode_state()))[0].cpu().numpy()
-        strict.append(adherence(video, text))
-        colors.append(color_adherence(video, text))
+        measured = [measure(frame) for frame in video]  # scored 2 ways
+        strict.append(adherence(measured, text))
+        colors.append(color_adherence(measured, text))
         if i == 0:
             result["sample_shape"] = list(video.shape)
     return result | {
