@@ -50,6 +50,7 @@ from framestream.models.toyworld import (
     adherence,
     background_adherence,
     color_adherence,
+    measure,
     prompt,
     sample_clip,
     switch_clip,
@@ -88,10 +89,10 @@ def prompt_adherence(pipe, n: int, seconds: float, seed: int) -> dict:
     scores, colors, backgrounds = [], [], []
     for i in range(n):
         text = prompt(sample_clip(rng, seconds=seconds, fps=FPS, size=(SIZE, SIZE)))
-        frames = generate(pipe, text, seconds, seed + i)
-        scores.append(adherence(frames, text))
-        colors.append(color_adherence(frames, text))
-        backgrounds.append(background_adherence(frames, text))
+        measured = [measure(f) for f in generate(pipe, text, seconds, seed + i)]  # scored 3 ways
+        scores.append(adherence(measured, text))
+        colors.append(color_adherence(measured, text))
+        backgrounds.append(background_adherence(measured, text))
     return {
         "mean": float(np.mean(scores)),
         "per_prompt": scores,
@@ -111,14 +112,15 @@ def switch_behaviour(pipe, n: int, seed: int, switch_at: float = 2.0, seconds: f
             rng, seconds=seconds, switch_at=switch_at, fps=FPS, size=(SIZE, SIZE)
         )
         frames = generate(pipe, scenario.before, seconds, seed + i, [(switch_at, scenario.after)])
+        measured = [measure(f) for f in frames]  # each frame is scored several ways
         cut = round(switch_at * FPS)
-        before.append(adherence(frames[:cut], scenario.before))
-        after.append(adherence(frames[cut + FPS :], scenario.after))
-        color_before.append(color_adherence(frames[:cut], scenario.before))
-        color_after.append(color_adherence(frames[cut + FPS :], scenario.after))
-        bg_before.append(background_adherence(frames[:cut], scenario.before))
-        bg_after.append(background_adherence(frames[cut + FPS :], scenario.after))
-        per_frame = np.array([color_adherence(f[None], scenario.after) for f in frames[cut:]])
+        before.append(adherence(measured[:cut], scenario.before))
+        after.append(adherence(measured[cut + FPS :], scenario.after))
+        color_before.append(color_adherence(measured[:cut], scenario.before))
+        color_after.append(color_adherence(measured[cut + FPS :], scenario.after))
+        bg_before.append(background_adherence(measured[:cut], scenario.before))
+        bg_after.append(background_adherence(measured[cut + FPS :], scenario.after))
+        per_frame = np.array([color_adherence([m], scenario.after) for m in measured[cut:]])
         window = np.convolve(per_frame, np.ones(FPS) / FPS, mode="valid")
         hits = np.flatnonzero(window >= 0.5)
         delays.append(int(hits[0]) if len(hits) else None)
@@ -150,9 +152,10 @@ def drift(pipe, minutes: float, seed: int) -> dict:
                 bar.update(len(chunk))
                 if sum(len(b) for b in buffer) >= 60 * FPS:
                     frames = np.concatenate(buffer)
-                    per_minute.append(adherence(frames, text))
-                    colors.append(color_adherence(frames, text))
-                    backgrounds.append(background_adherence(frames, text))
+                    measured = [measure(f) for f in frames]  # scored 3 ways
+                    per_minute.append(adherence(measured, text))
+                    colors.append(color_adherence(measured, text))
+                    backgrounds.append(background_adherence(measured, text))
                     stats.append((float(frames.mean()), float(frames.std())))
                     buffer = []
     finally:

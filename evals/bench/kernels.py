@@ -36,8 +36,9 @@ of q and k, RMSNorm of the cross-attention q, the affine LayerNorm, two gated re
 fused Triton kernels (``fused``, ours: :mod:`kernels.triton_norms`) against their torch twins
 (``torch``: :mod:`kernels.norms`, the model's code on CPU).
 
-Times are medians of ``triton.testing.do_bench`` on CUDA, of a few wall-clock runs elsewhere
-(there Triton runs in its interpreter: ``TRITON_INTERPRET=1`` is set before triton loads).
+Times are medians of ``triton.testing.do_bench`` on CUDA, of three wall-clock runs elsewhere
+(there Triton runs in its interpreter: ``TRITON_INTERPRET=1`` is set before triton loads); the
+small cases of a preset other than the full-size one time one run, a smoke run of each variant.
 FLOPs are ``4 * q * k * H * D`` per sequence.
 """
 
@@ -199,13 +200,14 @@ def dense_sdpa(case: Case) -> Callable[[], torch.Tensor]:
     return lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
 
 
-def bench_ms(fn: Callable[[], object]) -> float:
-    """Median milliseconds: ``do_bench`` on CUDA, a few wall-clock runs elsewhere."""
+def bench_ms(fn: Callable[[], object], runs: int) -> float:
+    """Median milliseconds: ``do_bench`` on CUDA, elsewhere of ``runs`` wall-clock runs after
+    a warm one."""
     if torch.cuda.is_available():
         return triton.testing.do_bench(fn, return_mode="median")
     fn()
     times = []
-    for _ in range(3):
+    for _ in range(runs):
         start = time.perf_counter()
         fn()
         times.append(1e3 * (time.perf_counter() - start))
@@ -219,11 +221,14 @@ def run_kernels(
     unknown = set(cases) - set(CASES)
     if unknown:
         raise ValueError(f"unknown kernel cases {sorted(unknown)}; known: {CASES}")
+    # the small cases are a smoke run of each variant, not a measurement (off CUDA, Triton
+    # kernels run in its interpreter): one timed call; full size, the median of three
+    runs = 3 if full_size else 1
     for case in build_cases(quick=not full_size, device=device):
         if not cases or case.name in cases:
-            yield case.name, _run_case(case)
+            yield case.name, _run_case(case, runs)
     if not cases or "wan_norms" in cases:
-        yield "wan_norms", _run_norms(device, full_size)
+        yield "wan_norms", _run_norms(device, full_size, runs)
 
 
 def _rel_err(
@@ -240,7 +245,7 @@ def _rel_err(
     return rel_err
 
 
-def _run_case(case: Case) -> Workload:
+def _run_case(case: Case, runs: int) -> Workload:
     args = (case.q, case.k_cache, case.v_cache, case.meta, case.rope)
     ref = paged_attention_ref(*args).float()
     rel_err = _rel_err(paged_attention_triton, args, ref, f"{case.name}: Triton")
@@ -292,7 +297,7 @@ def _run_case(case: Case) -> Workload:
         ),
         *sage,
     ]:
-        ms = bench_ms(fn)
+        ms = bench_ms(fn, runs)
         variant = variants[name] = Variant(description)
         variant.add_figure("ms", ms, "ms", "per call, median")
         variant.add_figure("tflops", case.flops / ms / 1e9, "TFLOP/s", "achieved")
@@ -310,7 +315,7 @@ def _run_case(case: Case) -> Workload:
     return Workload(f"{case.name}: {case.shape}", config, variants, "triton")
 
 
-def _run_norms(device: torch.device, full_size: bool) -> Workload:
+def _run_norms(device: torch.device, full_size: bool, runs: int) -> Workload:
     """One block's elementwise work over a LongLive chunk (3 frames x 1560 tokens, dim 1536)."""
     frames, tokens, dim = (3, 1560, 1536) if full_size else (3, 12, 64)
     dtype, eps = torch.bfloat16, 1e-6
@@ -358,7 +363,7 @@ def _run_norms(device: torch.device, full_size: bool) -> Workload:
         ("torch", "the torch code (float32 intermediates)", twins),
     ]:
         variant = variants[name] = Variant(description)
-        variant.add_figure("ms", bench_ms(block(ops)), "ms", "per block, median")
+        variant.add_figure("ms", bench_ms(block(ops), runs), "ms", "per block, median")
     shape = f"{frames * tokens} tokens x {dim}"
     config = {"shape": shape, "dtype": "bfloat16", "rel_err_vs_twin": rel_err}
     return Workload(f"wan_norms: {shape}", config, variants, "fused")

@@ -36,7 +36,7 @@ from framestream.models.toyworld.generator_config import (
     TEMPORAL,
 )
 from framestream.models.toyworld.generator_data import encode_prompts, to_signed
-from framestream.models.toyworld.measure import adherence, color_adherence
+from framestream.models.toyworld.measure import adherence, color_adherence, measure
 from framestream.models.toyworld.render import render
 from framestream.models.toyworld.scenarios import sample_clip
 from framestream.models.toyworld.text import prompt
@@ -150,13 +150,15 @@ def _eval_clips(n: int, video_frames: int, max_objects: int = 2) -> list:
 
 
 @torch.no_grad()
-def evaluate_codec(vae: WanVAE, n_clips: int = 8, latent_frames: int = 12) -> dict:
+def evaluate_codec(
+    vae: WanVAE, n_clips: int = 8, latent_frames: int = 12, stream_seconds: float = 10.0
+) -> dict:
     """How well the codec carries the held-out clips: the ceiling of any generator on it.
 
     Returns:
         ``truth_adherence`` / ``recon_adherence`` (:func:`~models.toyworld.adherence` of the
         rendered and the codec-reconstructed clips), ``recon_psnr`` (dB), and
-        ``recon_psnr_stream`` (:func:`stream_psnr`).
+        ``recon_psnr_stream`` (:func:`stream_psnr` over ``stream_seconds``).
     """
     device = vae.latents_mean.device
     clips = _eval_clips(n_clips, 1 + TEMPORAL * (latent_frames - 1))
@@ -173,7 +175,7 @@ def evaluate_codec(vae: WanVAE, n_clips: int = 8, latent_frames: int = 12) -> di
         "truth_adherence": float(np.mean(truth)),
         "recon_adherence": float(np.mean(recon_adh)),
         "recon_psnr": _psnr(float(np.mean(mses))),
-        "recon_psnr_stream": stream_psnr(vae, n_clips=min(4, n_clips)),
+        "recon_psnr_stream": stream_psnr(vae, min(4, n_clips), stream_seconds),
     }
 
 
@@ -210,8 +212,9 @@ def grade_samples(
             guidance=guidance, null=context[-1:],
         )  # fmt: skip
         video = to_uint8(vae.decode_chunk(latents, vae.new_decode_state()))[0].cpu().numpy()
-        strict.append(adherence(video, text))
-        colors.append(color_adherence(video, text))
+        measured = [measure(frame) for frame in video]  # scored 2 ways
+        strict.append(adherence(measured, text))
+        colors.append(color_adherence(measured, text))
         if i == 0:
             result["sample_shape"] = list(video.shape)
     return result | {
@@ -232,6 +235,7 @@ def evaluate(
     preset: str = "toyworld",
     shift: float = 1.0,
     opening_steps: int | None = None,
+    stream_seconds: float = 10.0,
 ) -> dict:
     """Grade the trained weights in ``out_dir``: :func:`grade_samples` (unguided, as the
     pipelines sample) and :func:`evaluate_codec`."""
@@ -240,7 +244,7 @@ def evaluate(
     dit = load_dit(out_dir / "dit.safetensors", device, preset)
     encoder = toy_text_encoder(wan_config(preset).text_len, out_dir)
     graded = grade_samples(dit, vae, encoder, n_clips, latent_frames, seed, shift, opening_steps)
-    return graded | evaluate_codec(vae, n_clips, latent_frames)
+    return graded | evaluate_codec(vae, n_clips, latent_frames, stream_seconds)
 
 
 @torch.no_grad()

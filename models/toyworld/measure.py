@@ -24,7 +24,15 @@ import numpy as np
 from framestream.models.toyworld.text import PromptObject, parse_prompt
 from framestream.models.toyworld.world import BACKGROUNDS, COLORS
 
-__all__ = ["Blob", "Measurement", "adherence", "background_adherence", "color_adherence", "measure"]
+__all__ = [
+    "Blob",
+    "Frames",
+    "Measurement",
+    "adherence",
+    "background_adherence",
+    "color_adherence",
+    "measure",
+]
 
 _NAMES = tuple(COLORS)
 _PALETTE = np.array([COLORS[n] for n in _NAMES], np.float32)  # [K, 3]
@@ -160,7 +168,16 @@ def _shows(m: Measurement, obj: PromptObject, shape: bool) -> bool:
     return blob is not None and (not shape or blob.shape in (None, obj.shape))
 
 
-def _follows(frames: np.ndarray | Sequence[np.ndarray], text: str, shape: bool) -> float:
+Frames = np.ndarray | Sequence[np.ndarray | Measurement]
+"""``[T, H, W, 3]`` uint8 RGB frames, or what :func:`measure` read from them: a caller that
+scores the same frames several ways measures each once."""
+
+
+def _measured(frame: np.ndarray | Measurement) -> Measurement:
+    return frame if isinstance(frame, Measurement) else measure(frame)
+
+
+def _follows(frames: Frames, text: str, shape: bool) -> float:
     if len(frames) == 0:
         raise ValueError("frames must hold at least one frame, got 0")
     parsed = parse_prompt(text)
@@ -168,13 +185,13 @@ def _follows(frames: np.ndarray | Sequence[np.ndarray], text: str, shape: bool) 
     wanted = [o for o in parsed.objects if not o.transient]
     hits = 0
     for frame in frames:
-        m = measure(frame)
+        m = _measured(frame)
         shown = all(_shows(m, o, shape) for o in wanted)
         hits += shown and (m.color is None or m.color in colors)
     return hits / len(frames)
 
 
-def adherence(frames: np.ndarray | Sequence[np.ndarray], text: str) -> float:
+def adherence(frames: Frames, text: str) -> float:
     """Fraction of frames that show what the prompt ``text`` names.
 
     A frame matches when every non-transient sprite of the prompt is found in its colour with
@@ -183,13 +200,13 @@ def adherence(frames: np.ndarray | Sequence[np.ndarray], text: str) -> float:
     motion are not checked.
 
     Args:
-        frames: ``[T, H, W, 3]`` uint8 RGB, ``T >= 1``.
+        frames: ``[T, H, W, 3]`` uint8 RGB, ``T >= 1``, or their measurements (:data:`Frames`).
         text: a prompt of the :mod:`models.toyworld.text` grammar.
     """
     return _follows(frames, text, shape=True)
 
 
-def color_adherence(frames: np.ndarray | Sequence[np.ndarray], text: str) -> float:
+def color_adherence(frames: Frames, text: str) -> float:
     """:func:`adherence` without the shapes: every sprite the prompt names is there in its
     colour, and no other colour dominates (chance about 1/8 for one sprite). Shapes of 64x64
     video through a codec that rounds corners (a square's fill 1.0 read as 0.82, a circle's
@@ -197,7 +214,7 @@ def color_adherence(frames: np.ndarray | Sequence[np.ndarray], text: str) -> flo
     return _follows(frames, text, shape=False)
 
 
-def background_adherence(frames: np.ndarray | Sequence[np.ndarray], text: str) -> float:
+def background_adherence(frames: Frames, text: str) -> float:
     """Fraction of frames whose measured background is the one the prompt ``text`` names
     (chance: 1/4 over the four backgrounds).
 
@@ -209,4 +226,4 @@ def background_adherence(frames: np.ndarray | Sequence[np.ndarray], text: str) -
     wanted = parse_prompt(text).background
     if wanted is None:
         raise ValueError(f"the prompt names no background: {text!r}")
-    return sum(measure(frame).background == wanted for frame in frames) / len(frames)
+    return sum(_measured(frame).background == wanted for frame in frames) / len(frames)

@@ -210,7 +210,9 @@ def train(
         report["train_seconds"] = time.perf_counter() - t0
         t_eval = time.perf_counter()
         codec = WanVAE.from_pretrained(out / "vae", device=device)
-        report["codec_eval"] = evaluate_codec(codec, cfg.eval_clips, cfg.latent_frames)
+        report["codec_eval"] = evaluate_codec(
+            codec, cfg.eval_clips, cfg.latent_frames, cfg.eval_stream_seconds
+        )
         return _finish(report, out, t0, t_eval)
 
     m = torch.tensor(mean, device=device)[None, :, None, None, None]
@@ -285,6 +287,7 @@ def train(
         cfg.dit_preset,
         cfg.shift,
         cfg.opening_steps,
+        cfg.eval_stream_seconds,
     )
     return _finish(report, out, t0, t_eval)
 

@@ -224,16 +224,18 @@ def test_run_rejects_a_schedule_before_connecting(tmp_path: Path, capsys) -> Non
 # -- end to end ------------------------------------------------------------------------------
 
 
+# Admission by compute is left out: it reads step times measured at warm-up, which a busy
+# shared machine inflates, and a refused start says nothing about timelines; so the pipelines
+# skip the warm-up's timed steps (seconds on a CPU), which nothing else here reads
+ADMIT_ALL = EngineConfig(lookahead_seconds=0.5, **ANY_COMPUTE)
+
+
 @pytest.fixture(scope="module")
 def pipelines():
-    return build_pipelines(
-        ServiceModels(cache_bytes=64 << 20, pipelines=("longlive", "rolling_forcing"))
+    spec = ServiceModels(
+        cache_bytes=64 << 20, pipelines=("longlive", "rolling_forcing"), calibrate=False
     )
-
-
-# Admission by compute is left out: it reads step times measured at warm-up, which a busy
-# shared machine inflates, and a refused start says nothing about timelines
-ADMIT_ALL = EngineConfig(lookahead_seconds=0.5, **ANY_COMPUTE)
+    return build_pipelines(spec)
 
 
 @contextlib.asynccontextmanager

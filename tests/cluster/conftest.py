@@ -47,11 +47,17 @@ def cluster_config(ray_cluster):
 
 @pytest.fixture(scope="package")
 def engines(cluster_config) -> list[Any]:
-    """The two engine actors (named engine-0 and engine-1)."""
+    """The two engine actors (named engine-0 and engine-1), uncalibrated: these tests admit by
+    session count, and an engine's timed warm-up steps (seconds on a CPU, paid again at the
+    killed engine's restart) would only let a busy machine refuse a session by compute;
+    calibration has tests of its own."""
     from framestream.stream.cluster import start_engines
 
     models = ServiceModels(
-        pipelines=("longlive", "streaming_vlm"), cache_bytes=64 << 20, vlm_cache_bytes=64 << 20
+        pipelines=("longlive", "streaming_vlm"),
+        cache_bytes=64 << 20,
+        vlm_cache_bytes=64 << 20,
+        calibrate=False,
     )
     return start_engines(functools.partial(build_pipelines, models), ENGINE, cluster_config)
 

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from framestream.evals import restyle_latency
 from framestream.evals.restyle_latency import chunks_held, window_levels
 from framestream.models.registry import load_wan_models
 from framestream.stream.kvcache import KVCacheManager
@@ -58,11 +59,11 @@ def test_a_short_run_records_every_pipeline(tmp_path) -> None:
         assert set(r["server_latency_ms"]) == {"p50", "p95"} and r["why"]
 
 
-def test_a_strength_out_of_range_is_refused_before_loading(tmp_path) -> None:
-    refused = subprocess.run(
-        [*COMMAND, "--out", str(tmp_path / "x.json"), "--strength", "1.5"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert refused.returncode == 2 and "strength must be a number in (0, 1]" in refused.stderr
+def test_a_strength_out_of_range_is_refused_before_loading(tmp_path, monkeypatch, capsys) -> None:
+    """In this process (a second interpreter would only import everything again), with the run,
+    which loads the models, made to fail if it is reached."""
+    monkeypatch.setattr(restyle_latency, "run", lambda args: pytest.fail("the run began"))
+    with pytest.raises(SystemExit) as refused:
+        restyle_latency.main(["--out", str(tmp_path / "x.json"), "--strength", "1.5"])
+    assert refused.value.code == 2
+    assert "strength must be a number in (0, 1]" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """``python -m framestream.evals.toyworld_quality --parts``: a partial run writes only what it
-measured."""
+measured. Its refusals are the parser's, checked in this process (``refused``): a second
+interpreter would only import everything again."""
 
 from __future__ import annotations
 
@@ -7,8 +8,21 @@ import json
 import subprocess
 import sys
 
+import pytest
 
-def test_a_switch_only_run_writes_the_switch_figures(tmp_path) -> None:
+from framestream.evals.toyworld_quality import main
+
+
+def refused(monkeypatch, capsys, *argv: str) -> str:
+    """What ``python -m framestream.evals.toyworld_quality *argv`` says on stderr as it exits 2."""
+    monkeypatch.setattr(sys, "argv", ["toyworld_quality", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_a_switch_only_run_writes_the_switch_figures(tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "switch.json"
     command = [sys.executable, "-m", "framestream.evals.toyworld_quality", "--out", str(out)]
     subprocess.run([*command, "--parts", "switch", "--switches", "1"], check=True, timeout=600)
@@ -19,11 +33,13 @@ def test_a_switch_only_run_writes_the_switch_figures(tmp_path) -> None:
     assert "streaming_vlm" not in result and not out.with_suffix(".png").exists()
     assert (result["dtype"], result["kv_cache_dtype"]) == ("fp32", "auto")
 
-    refused = subprocess.run([*command, "--parts", "speed"], capture_output=True, text=True)
-    assert refused.returncode == 2 and "--parts must be a subset" in refused.stderr
+    stderr = refused(monkeypatch, capsys, *command[3:], "--parts", "speed")
+    assert "--parts must be a subset" in stderr
 
 
-def test_the_fp8_cache_run_records_its_cache_and_refuses_unknown_ones(tmp_path) -> None:
+def test_the_fp8_cache_run_records_its_cache_and_refuses_unknown_ones(
+    tmp_path, monkeypatch, capsys
+) -> None:
     out = tmp_path / "fp8.json"
     command = [sys.executable, "-m", "framestream.evals.toyworld_quality", "--out", str(out)]
     fp8 = ["--dtype", "bf16", "--kv-cache-dtype", "fp8_e4m3"]
@@ -34,11 +50,8 @@ def test_the_fp8_cache_run_records_its_cache_and_refuses_unknown_ones(tmp_path) 
     for name in ("longlive", "rolling_forcing"):
         assert len(result[name]["adherence"]["per_prompt"]) == 1
 
-    refused = subprocess.run(
-        [*command, "--kv-cache-dtype", "fp16"], capture_output=True, text=True, timeout=120
-    )
-    assert refused.returncode == 2
-    assert "kv_cache_dtype must be one of auto, fp8_e4m3, got 'fp16'" in refused.stderr
+    stderr = refused(monkeypatch, capsys, *command[3:], "--kv-cache-dtype", "fp16")
+    assert "kv_cache_dtype must be one of auto, fp8_e4m3, got 'fp16'" in stderr
 
 
 def test_a_questions_run_writes_accuracy_per_kind(tmp_path) -> None:

@@ -94,6 +94,8 @@ def test_smoke_run_writes_loadable_weights(tmp_path):
     assert len(clip_losses) >= 2 and clip_losses[-1] < clip_losses[0]  # one batch, falling
     assert 0.0 <= report["eval"]["adherence"] <= 1.0
     assert math.isfinite(report["eval"]["recon_psnr"])
+    stream = report["eval"]["recon_psnr_stream"]  # its first and last 45 frames apart
+    assert stream["frames"] > 90 and math.isfinite(stream["first"] - stream["last"])
 
 
 def test_frame_mask_is_longlive_sink_and_window():
