@@ -49,8 +49,8 @@ WORDS_FILE = "words.json"  # its closed vocabulary, where it reads words rather 
 
 # one command each, from the repository root, on an accelerator (a CPU works, slowly); the
 # generator's stages ran as 10-minute calls: the codec, its decoder sharpened twice, the DiT
-# (reading words) on that codec, the DiT trained on, then its guidance distillation at the
-# scale an earlier sweep chose (train_generator's docstring; BENCHMARKS.md's run 11)
+# (reading words) on that codec, the DiT trained on twice, then its guidance distillation at
+# the scale an earlier sweep chose (train_generator's docstring; BENCHMARKS.md's runs 11, 12)
 RETRAIN = {
     GENERATOR_DIR: "python -m framestream.models.toyworld.train_generator --device cuda "
     "--codec-only --seconds-budget 505 --out .runs/codec && "
@@ -64,9 +64,12 @@ RETRAIN = {
     "python -m framestream.models.toyworld.train_generator --device cuda --resume .runs/teacher "
     "--dit-preset toyworld-m-words --batch 256 --seconds-budget 275 --eval-clips 16 "
     "--out .runs/teacher2 && "
-    "python -m framestream.models.toyworld.train_generator --device cuda --teacher .runs/teacher2 "
+    "python -m framestream.models.toyworld.train_generator --device cuda --resume .runs/teacher2 "
+    "--dit-preset toyworld-m-words --batch 256 --seconds-budget 535 --eval-clips 16 "
+    "--out .runs/teacher3 && "
+    "python -m framestream.models.toyworld.train_generator --device cuda --teacher .runs/teacher3 "
     "--dit-preset toyworld-m-words --batch 256 --guidance-scales 4.5 --distill-fraction 1.0 "
-    "--seconds-budget 190 --eval-clips 16 --out .runs/generator && "
+    "--seconds-budget 400 --eval-clips 16 --out .runs/generator && "
     "cp -r .runs/generator/. models/toyworld/checkpoints/generator",
     # commentary on an accelerator, then questions mixed in on two CPU threads (20 minutes)
     VLM_DIR: "python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 420 "

@@ -51,8 +51,8 @@ def test_the_readme_quotes_its_records() -> None:
     what its record holds (the published ones as transcribed into the anchors record, or derived
     from them as BENCHMARKS.md derives them)."""
     readme = (ROOT / "README.md").read_text()
-    attempt11 = _result("toyworld_attempt11_generator_h200_2026-12-06")
-    quality, before = attempt11["pipelines"], attempt11["pipelines_shipped"]
+    attempt12 = _result("toyworld_attempt12_generator_h100_2026-12-07")
+    quality, before = attempt12["prompts24"], attempt12["prompts24_shipped"]
     r3 = _result("bench_h200_round3_2026-11-29")
     round4 = _result("bench_h100_round4_2026-12-06")
     service = _result("service_h100_2026-12-06")
@@ -60,14 +60,24 @@ def test_the_readme_quotes_its_records() -> None:
 
     qa = _result("toyworld_qa_cpu_2026-12-06")
     vlm, answers = qa["after"]["streaming_vlm"], qa["after"]["streaming_vlm_qa"]
-    drift = _result("toyworld_drift_cpu_2026-12-06")["longlive"]["drift"]
+    drift = _result("toyworld_drift_cpu_2026-12-07")["longlive"]["drift"]
+    drift_before = _result("toyworld_drift_cpu_2026-12-06")["longlive"]["drift"]
+    drift_more = list(attempt12["drift_more"].values())
+
+    def span(stream: dict) -> str:
+        per_minute = stream["adherence_per_minute"]
+        return f"{min(per_minute):.2f}-{max(per_minute):.2f}"
+
     assert min(drift["background_adherence_per_minute"]) == 1.0  # "keeps its background"
-    switches = _result("toyworld_switches_cpu_2026-12-06")
-    switches_before = _result("toyworld_switches_cpu_2026-11-28")
-    backgrounds = {
-        quality[p]["adherence"]["background_mean"] for p in ("longlive", "rolling_forcing")
-    }
-    assert len({f"{b:.2f}" for b in backgrounds}) == 1
+    switches = _result("toyworld_switches_cpu_2026-12-07")
+    switches_before = _result("toyworld_switches_cpu_2026-12-06")
+
+    def background(run: dict) -> str:
+        shown = {
+            f"{run[p]['adherence']['background_mean']:.2f}" for p in ("longlive", "rolling_forcing")
+        }
+        assert len(shown) == 1  # quoted once for both pipelines
+        return shown.pop()
 
     def both(run: dict, part: str, figure: str, fmt: str = ".2f") -> str:
         return " / ".join(f"{run[p][part][figure]:{fmt}}" for p in ("longlive", "rolling_forcing"))
@@ -98,22 +108,23 @@ def test_the_readme_quotes_its_records() -> None:
         f"precision {vlm['pair_precision']:.2f} and recall {vlm['pair_recall']:.2f}",
         f"{answers['accuracy']:.2f} of held-out\nquestions right, up from "
         f"{qa['before']['streaming_vlm_qa']['accuracy']:.2f} before it learnt them",
-        f"prompt's in {backgrounds.pop():.2f} of frames",
+        f"On {len(quality['longlive']['adherence']['per_prompt'])} held-out prompts its "
+        f"background is the prompt's in\n{background(quality)} of frames",
         f"prompt's colours in {both(quality, 'adherence', 'color_mean')} of frames",
-        f"shapes as well in only {both(quality, 'adherence', 'mean')}",
-        f"Of {quality['longlive']['switch']['switches']}\nswitches watched for 3 s, LongLive "
-        f"follows {quality['longlive']['switch']['followed']} and Rolling Forcing "
-        f"{quality['rolling_forcing']['switch']['followed']}",
-        f"Over {switches['longlive']['switch']['switches']} switches on other seeds, each "
-        f"watched for 5 s, LongLive follows {switches['longlive']['switch']['followed']} and "
-        f"Rolling Forcing\n{switches['rolling_forcing']['switch']['followed']}, where the one "
-        f"before followed {switches_before['longlive']['switch']['followed']} and "
+        f"shapes as well in\n{both(quality, 'adherence', 'mean')}.",
+        f"scored {background(before)},\n{both(before, 'adherence', 'color_mean')} and "
+        f"{both(before, 'adherence', 'mean')}",
+        f"Over {switches['longlive']['switch']['switches']} switches, each watched for 5 s, "
+        f"LongLive follows {switches['longlive']['switch']['followed']} and Rolling Forcing "
+        f"{switches['rolling_forcing']['switch']['followed']}, where\nthe one before followed "
+        f"{switches_before['longlive']['switch']['followed']} and "
         f"{switches_before['rolling_forcing']['switch']['followed']}",
-        f"in {min(drift['adherence_per_minute']):.2f}-{max(drift['adherence_per_minute']):.2f} "
-        "of a minute's frames",
-        f"scored {both(before, 'adherence', 'background_mean')}, "
-        f"{both(before, 'adherence', 'color_mean')}, {both(before, 'adherence', 'mean')} and "
-        f"{both(before, 'switch', 'followed', 'd')}",
+        f"in {span(drift)} of a minute's frames",
+        f"held it ({span(drift_before)})",
+        "on two more prompts, in "
+        + " and ".join(span(pair["run12"]["longlive"]["drift"]) for pair in drift_more)
+        + "\nwhere the one before scored "
+        + " and ".join(span(pair["run11"]["longlive"]["drift"]) for pair in drift_more),
         f"| LongLive DiT alone | {r4('longlive', 'fps_dit'):.1f} FPS | "
         f"{r4('longlive', 'fps_dit', 'published'):.1f} FPS |",
         f"| Rolling Forcing DiT alone | {r4('rolling_forcing', 'fps_dit'):.1f} FPS | "
