@@ -201,8 +201,11 @@ def train(
     t_encode = time.perf_counter()
     if sharpen_from is None:
         raw = encode_pool(vae, pool, device)
+    if not starts:
         mean, std = set_latent_stats(vae, raw)
-    else:  # its encoder was frozen: the latents, so their statistics, are the earlier run's
+    else:  # an earlier run's DiT (or one trained on its codec) learnt latents normalised by
+        # that run's statistics: a pool of another seed must not shift them (its encoder, when
+        # sharpened, is frozen: the latents are the earlier run's too)
         mean, std = list(vae.config.latents_mean), list(vae.config.latents_std)
     report |= {"latents_mean": mean, "latents_std": std}
     vae.to("cpu").save_pretrained(out / "vae", safe_serialization=True)
