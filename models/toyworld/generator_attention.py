@@ -66,10 +66,19 @@ class ClipBatchAttention:
     """
 
     def __init__(self, pos: torch.Tensor, mask: torch.Tensor, rope: RopeSpec, clips: int) -> None:
+        self._clip_pos = pos
         self._pos = pos.repeat(clips, 1)
         self._mask = mask
         self._rope = rope
         self._clips = clips
+
+    def with_sink_gap(self, gap: int, sink_frames: int) -> ClipBatchAttention:
+        """The same layout with every frame after the first ``sink_frames`` ``gap`` positions
+        later: the sink as far behind the window as it is ``gap`` frames into a stream. Built on
+        the device from a host int, so choosing a gap never syncs a step."""
+        pos = self._clip_pos.clone()
+        pos[:, 0] += gap * (pos[:, 0] >= sink_frames)
+        return ClipBatchAttention(pos, self._mask, self._rope, self._clips)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b = self._clips

@@ -215,7 +215,8 @@ def train_dit(
     prompt_encoder: PromptEncoder | None = None,
 ) -> tuple[CausalWanModel, dict]:
     """Flow matching over normalised ``latents [N, 16, F, h, w]`` in both pipelines' layouts:
-    LongLive's (clean + noisy copies, per-chunk levels) and, a ``rolling_fraction`` of the
+    LongLive's (clean + noisy copies, per-chunk levels; a ``far_sink_fraction`` of them with the
+    sink as far behind as a long stream has it) and, a ``rolling_fraction`` of the
     steps, Rolling Forcing's (a window at rising noise after a clean sink and history).
 
     Args:
@@ -286,7 +287,11 @@ def train_dit(
             end = layouts.randint(1, cfg.num_chunks)
             batch = _rolling_batch(cfg, x0, weight, prompts, end, rolling[end], rolling_levels, gen)
         else:
-            batch = _longlive_batch(cfg, x0, weight, prompts, levels, longlive, gen)
+            attention = longlive
+            if layouts.random() < cfg.far_sink_fraction:
+                gap = layouts.randint(1, cfg.max_position - cfg.latent_frames)
+                attention = longlive.with_sink_gap(gap, cfg.sink_frames)
+            batch = _longlive_batch(cfg, x0, weight, prompts, levels, attention, gen)
         progress = (time.perf_counter() - start) / max(1e-6, deadline - start)
         for group in opt.param_groups:
             group["lr"] = peak_lr * lr_factor(step, cfg.warmup_steps, progress)

@@ -132,6 +132,27 @@ def test_clip_batch_attention_matches_block_diagonal_dense():
     torch.testing.assert_close(batched.attend(0, q, k, v), dense.attend(0, q, k, v))
 
 
+def test_far_sink_layout_moves_only_the_frames_after_the_sink():
+    torch.manual_seed(0)
+    clips, frames, grid, heads, dim, sink, gap = 2, 6, (2, 2), 2, 32, 2, 500
+    fr = np.concatenate([np.arange(frames)] * 2)
+    clean = np.arange(2 * frames) < frames
+    mask = torch.from_numpy(token_mask(frame_mask(fr, clean, 2, sink, 4), grid[0] * grid[1]))
+    rope = wan_rope(dim)
+    near = ClipBatchAttention(torch.from_numpy(frame_positions(fr, grid)), mask, rope, clips)
+    far = near.with_sink_gap(gap, sink)
+    streamed = np.where(fr >= sink, fr + gap, fr)  # a stream `gap` frames on: the sink stays
+    stream = ClipBatchAttention(
+        torch.from_numpy(frame_positions(streamed, grid)), mask, rope, clips
+    )
+    q, k, v = (torch.randn(clips * mask.shape[0], heads, dim) for _ in range(3))
+    torch.testing.assert_close(far.attend(0, q, k, v), stream.attend(0, q, k, v))
+    # rotations are relative: the sink's own tokens attend as before, every later one anew
+    in_sink = torch.from_numpy(np.repeat(fr < sink, grid[0] * grid[1])).repeat(clips)
+    moved = (far.attend(0, q, k, v) - near.attend(0, q, k, v)).abs().amax((1, 2))
+    assert moved[in_sink].max() < 1e-5 and moved[~in_sink].min() > 1e-3
+
+
 @pytest.mark.parametrize(
     ("end", "context", "window"),
     [(1, [], [0]), (3, [], [0, 1, 2]), (5, [], [0, 1, 2, 3, 4]), (6, [0], [1, 2, 3, 4, 5]),
