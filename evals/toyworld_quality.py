@@ -2,6 +2,7 @@
 
     python -m framestream.evals.toyworld_quality --out quality.json [--drift-minutes 10]
         [--parts switch] [--dtype bf16] [--kv-cache-dtype fp8_e4m3]
+        [--parts drift --longlive-positions contiguous --longlive-max-position 65536]
         [--parts captions,questions --vlm-dir DIR] [--generator-dir RUN]
 
 - **Prompt adherence** of generated clips (LongLive and Rolling Forcing): the fraction of frames
@@ -25,7 +26,9 @@
 Everything runs through the real pipelines on the shipped toy-world models, on the CPU.
 ``--kv-cache-dtype fp8_e4m3`` runs every pipeline on the FP8 KV cache; against a run without it
 (same seeds, same prompts) that is the cache's quality delta. ``--dtype bf16`` runs the models
-(and an ``auto`` cache) in bfloat16, as the service does on a GPU.
+(and an ``auto`` cache) in bfloat16, as the service does on a GPU. ``--longlive-positions`` and
+``--longlive-max-position`` set LongLive's cache positions (``LongLiveConfig``): a long stream's
+quality against the layout its sink and window are given.
 """
 
 from __future__ import annotations
@@ -313,6 +316,18 @@ def main() -> None:
         default="auto",
         help="every pipeline's KV cache: auto (the models' dtype) or fp8_e4m3",
     )
+    parser.add_argument(
+        "--longlive-positions",
+        choices=("absolute", "contiguous"),
+        default=LongLiveConfig.positions,
+        help="LongLive's cache positions (default: the service's)",
+    )
+    parser.add_argument(
+        "--longlive-max-position",
+        type=int,
+        default=LongLiveConfig.max_position,
+        help="with absolute positions, where the window stops counting on (default: the service's)",
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     if not parts or parts - set(PARTS):
@@ -320,7 +335,11 @@ def main() -> None:
     kv = args.kv_cache_dtype
     try:
         configs = {
-            "longlive": LongLiveConfig(kv_cache_dtype=kv),
+            "longlive": LongLiveConfig(
+                kv_cache_dtype=kv,
+                positions=args.longlive_positions,
+                max_position=args.longlive_max_position,
+            ),
             "rolling_forcing": RollingForcingConfig(kv_cache_dtype=kv),
             "streaming_vlm": UnderstandingConfig(kv_cache_dtype=kv),
         }
@@ -340,6 +359,8 @@ def main() -> None:
         "size": f"{SIZE}x{SIZE}",
         "dtype": args.dtype,
         "kv_cache_dtype": kv,
+        "longlive_positions": args.longlive_positions,
+        "longlive_max_position": args.longlive_max_position,
         "command": " ".join(["python -m framestream.evals.toyworld_quality", *sys.argv[1:]]),
         "generator_dir": str(args.generator_dir) if args.generator_dir else "embedded",
     }

@@ -32,21 +32,24 @@ def test_a_switch_only_run_writes_the_switch_figures(tmp_path, monkeypatch, caps
         assert set(result[name]) == {"switch"} and result[name]["switch"]["switches"] == 1
     assert "streaming_vlm" not in result and not out.with_suffix(".png").exists()
     assert (result["dtype"], result["kv_cache_dtype"]) == ("fp32", "auto")
+    assert (result["longlive_positions"], result["longlive_max_position"]) == ("absolute", 1024)
 
     stderr = refused(monkeypatch, capsys, *command[3:], "--parts", "speed")
     assert "--parts must be a subset" in stderr
 
 
-def test_the_fp8_cache_run_records_its_cache_and_refuses_unknown_ones(
+def test_the_fp8_cache_run_records_its_cache_and_positions_and_refuses_unknown_ones(
     tmp_path, monkeypatch, capsys
 ) -> None:
     out = tmp_path / "fp8.json"
     command = [sys.executable, "-m", "framestream.evals.toyworld_quality", "--out", str(out)]
     fp8 = ["--dtype", "bf16", "--kv-cache-dtype", "fp8_e4m3"]
-    run = [*command, "--parts", "adherence", "--prompts", "1", *fp8]
+    positions = ["--longlive-positions", "contiguous"]
+    run = [*command, "--parts", "adherence", "--prompts", "1", *fp8, *positions]
     subprocess.run(run, check=True, timeout=600)
     result = json.loads(out.read_text())
     assert (result["dtype"], result["kv_cache_dtype"]) == ("bf16", "fp8_e4m3")
+    assert result["longlive_positions"] == "contiguous"
     for name in ("longlive", "rolling_forcing"):
         assert len(result[name]["adherence"]["per_prompt"]) == 1
 
