@@ -1,5 +1,8 @@
-"""The ``stream`` command as a user runs it: help, version, and ``stream serve`` started as its
-own process on the embedded default, answering health checks, stopped with SIGINT."""
+"""The ``stream`` command: help, version, and ``stream serve`` started as its own process on the
+embedded default, as a user runs it, answering health checks, stopped with SIGINT. Help and
+version are read from main() in this process: a second interpreter for each would only import
+torch and the models' stack again (the serve test and tests/cli/test_checks.py run the command
+as a process)."""
 
 from __future__ import annotations
 
@@ -9,31 +12,39 @@ import subprocess
 import sys
 import urllib.request
 
+from framestream.cli.main import main
 from framestream.stream.version import __version__
 from tests.processes import health_url
 
 COMMAND = [sys.executable, "-m", "framestream.cli"]
 
 
-def test_help_and_version() -> None:
-    out = subprocess.run([*COMMAND, "--help"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0
+def exit_code(argv: list[str]) -> int:
+    """``stream ARGV``'s exit code, argparse's own exits (--help, a refusal) included."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_help_and_version(capsys) -> None:
+    assert exit_code(["--help"]) == 0
+    out = capsys.readouterr().out
     commands = ("serve", "generate", "caption", "restyle", "timeline", "eval", "bench", "version")
     for command in commands:
-        assert command in out.stdout
-    version = subprocess.run([*COMMAND, "version"], capture_output=True, text=True, timeout=60)
-    assert version.stdout.strip() == f"stream {__version__}"
+        assert command in out
+    assert exit_code(["version"]) == 0
+    assert capsys.readouterr().out.strip() == f"stream {__version__}"
 
 
-def test_caption_offers_no_window() -> None:
+def test_caption_offers_no_window(capsys) -> None:
     """The OpenCV dependency is the headless build: no --show (the page's Watch tab shows the
     captions over the video)."""
-    help_ = subprocess.run([*COMMAND, "caption", "--help"], capture_output=True, text=True)
-    assert help_.returncode == 0 and "--show" not in help_.stdout and "Watch" in help_.stdout
-    shown = subprocess.run(
-        [*COMMAND, "caption", "--video", "x.mp4", "--show"], capture_output=True, text=True
-    )
-    assert shown.returncode == 2 and "unrecognized arguments: --show" in shown.stderr
+    assert exit_code(["caption", "--help"]) == 0
+    help_ = capsys.readouterr().out
+    assert "--show" not in help_ and "Watch" in help_
+    assert exit_code(["caption", "--video", "x.mp4", "--show"]) == 2
+    assert "unrecognized arguments: --show" in capsys.readouterr().err
 
 
 def test_serve_starts_on_the_default_and_stops_on_sigint() -> None:

@@ -27,8 +27,11 @@ SIZE = {"height": 32, "width": 32}
 
 @pytest.fixture(scope="module")
 def pipelines():
+    """Uncalibrated: every engine here admits any compute (ANY_COMPUTE), so the warm-up's timed
+    steps at the default size were read by nothing; the warm-up test calls warm_up itself."""
     manager = KVCacheManager()
-    return manager, build_pipelines(ServiceModels(cache_bytes=64 << 20), manager)
+    models = ServiceModels(cache_bytes=64 << 20, calibrate=False)
+    return manager, build_pipelines(models, manager)
 
 
 def run(coro) -> None:
@@ -138,7 +141,10 @@ def test_a_checkpoint_folder_samples_as_published(pipelines, tmp_path) -> None:
     tiny = tiny_qwen_vl()
     for part in (tiny.hf, tiny.tokenizer, tiny.image_processor):
         part.save_pretrained(tmp_path)
-    spec = ServiceModels(vlm_dir=tmp_path, pipelines=("streaming_vlm",), vlm_cache_bytes=16 << 20)
+    # uncalibrated: the sampler is what is checked, a timed round would be read by nothing
+    spec = ServiceModels(
+        vlm_dir=tmp_path, pipelines=("streaming_vlm",), vlm_cache_bytes=16 << 20, calibrate=False
+    )
     assert build_pipelines(spec)["streaming_vlm"].config.sampling == PUBLISHED
     (tmp_path / "generation_config.json").write_text(json.dumps({"top_k": 20}))
     assert build_pipelines(spec)["streaming_vlm"].config.sampling.top_k == 20
