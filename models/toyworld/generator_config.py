@@ -75,7 +75,8 @@ class TrainConfig:
         far_sink_fraction: share of LongLive's steps whose frames after the sink are moved a
             random distance (1 to ``max_position`` minus a clip) away from it, as a stream has
             them: its sink keeps positions 0-2 while the window counts on to ``max_position``
-            (a clip alone only ever puts the sink within 20 frames of the chunk).
+            (a clip alone only ever puts the sink within 20 frames of the chunk). Off by
+            default, so the shipped generator's recorded commands train what they trained.
         max_position: LongLive's (``LongLiveConfig.max_position``): past it the window's
             positions stop growing, so the sink is at most this far from a chunk.
         rolling_window: Rolling Forcing's window, in chunks (one per denoising step).
@@ -148,7 +149,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     inference_level_prob: float = 0.5
     rolling_fraction: float = 0.4
-    far_sink_fraction: float = 0.5
+    far_sink_fraction: float = 0.0
     max_position: int = 1024
     rolling_window: int = 5
     shift: float = 1.0

@@ -335,6 +335,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--distill-fraction", type=float, default=None, help="share of a --teacher run distilling"
     )
     p.add_argument(
+        "--far-sink-fraction",
+        type=float,
+        default=None,
+        help="share of LongLive's steps with the sink as far behind as a long stream has it",
+    )
+    p.add_argument(
         "--frozen-text-encoder", action="store_true", help="keep the seeded text encoder frozen"
     )
     stage = p.add_mutually_exclusive_group()
@@ -399,6 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tokenizer": args.tokenizer,
         "guidance_scales": args.guidance_scales,
         "distill_fraction": args.distill_fraction,
+        "far_sink_fraction": args.far_sink_fraction,
         "train_text_encoder": False if args.frozen_text_encoder else None,
     }
     cfg = replace(cfg, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})

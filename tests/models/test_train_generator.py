@@ -236,8 +236,10 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
     assert "generator" not in codec_report and not (codec_run / "dit.safetensors").exists()
     assert 0.0 <= codec_report["codec_eval"]["recon_adherence"] <= 1.0
 
-    report = tg.main(["--smoke", "--codec", str(codec_run), "--out", str(generator_run)])
+    far = ["--far-sink-fraction", "1.0"]  # every LongLive step in a long stream's layout
+    report = tg.main(["--smoke", "--codec", str(codec_run), *far, "--out", str(generator_run)])
     assert "codec" not in report and report["codec_run"]["command"] == codec_report["command"]
+    assert report["config"]["far_sink_fraction"] == 1.0
     assert report["generator"]["steps"] == SMOKE.max_gen_steps
     trained = WanVAE.from_pretrained(codec_run / "vae").vae.state_dict()
     shipped = WanVAE.from_pretrained(generator_run / "vae").vae.state_dict()
