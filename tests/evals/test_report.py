@@ -79,8 +79,8 @@ def test_the_readme_quotes_its_records() -> None:
         assert len(shown) == 1  # quoted once for both pipelines
         return shown.pop()
 
-    def both(run: dict, part: str, figure: str, fmt: str = ".2f") -> str:
-        return " / ".join(f"{run[p][part][figure]:{fmt}}" for p in ("longlive", "rolling_forcing"))
+    def both(run: dict, part: str, figure: str) -> str:
+        return " / ".join(f"{run[p][part][figure]:.2f}" for p in ("longlive", "rolling_forcing"))
 
     def gen(pipeline: str, figure: str, variant: str = "ours") -> float:
         return _figure(r3, "generation", pipeline, figure, variant)
