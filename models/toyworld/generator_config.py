@@ -76,7 +76,9 @@ class TrainConfig:
             random distance (1 to ``max_position`` minus a clip) away from it, as a stream has
             them: its sink keeps positions 0-2 while the window counts on to ``max_position``
             (a clip alone only ever puts the sink within 20 frames of the chunk). Off by
-            default, so the shipped generator's recorded commands train what they trained.
+            default, so the shipped generator's recorded commands train what they trained. In
+            a ``--teacher`` run the teacher reads those batches with the sink near
+            (:class:`~models.toyworld.train_dit.Guide`), even at guidance scale 1.
         max_position: LongLive's (``LongLiveConfig.max_position``): past it the window's
             positions stop growing, so the sink is at most this far from a chunk.
         rolling_window: Rolling Forcing's window, in chunks (one per denoising step).

@@ -53,6 +53,9 @@ class _Batch:
     t: torch.Tensor  # [R, chunk] timesteps
     prompt_rows: torch.Tensor  # [R] prompt index of each row
     attention: ClipBatchAttention
+    # the layout a guide reads the same rows in: the near-sink one of a far-sink batch, whose
+    # velocity the student must give however far behind the stream has left the sink
+    guide_attention: ClipBatchAttention
     loss_rows: torch.Tensor  # [R] bool, rows whose velocity is trained
     target: torch.Tensor  # [R_loss, C, chunk, h, w] velocity ``noise - x0`` of those rows
     weight: torch.Tensor  # [R_loss, 1, chunk, h, w] loss weight of each latent cell
@@ -66,10 +69,11 @@ def _longlive_batch(
     levels: torch.Tensor,
     attention: ClipBatchAttention,
     gen: torch.Generator,
+    guide_attention: ClipBatchAttention | None = None,
 ) -> _Batch:
     """Clean copy + noisy copy of every clip, one noise level per chunk (the picture in
     ``train_generator``'s docstring). ``weight [B, 1, F, h, w]`` is every latent cell's loss
-    weight."""
+    weight; ``guide_attention`` (default ``attention``) is the layout a guide reads."""
     b, nc, ch = x0.shape[0], cfg.num_chunks, cfg.chunk_frames
     device = x0.device
     noise = torch.randn(x0.shape, generator=gen, device=device)
@@ -87,6 +91,7 @@ def _longlive_batch(
         t=t,
         prompt_rows=prompts[:, None, :].expand(b, 2, nc).flatten(),
         attention=attention,
+        guide_attention=attention if guide_attention is None else guide_attention,
         loss_rows=noisy.flatten(),
         target=_chunk_rows(noise - x0, ch),
         weight=_chunk_rows(weight, ch),
@@ -129,6 +134,7 @@ def _rolling_batch(
         t=t.flatten().repeat_interleave(ch).view(-1, ch),
         prompt_rows=prompts[:, end - 1 : end].expand(b, len(context) + n).flatten(),
         attention=attention,
+        guide_attention=attention,
         loss_rows=loss_rows.flatten(),
         target=(noise - target_x0).flatten(0, 1),
         weight=weight.unflatten(2, (cfg.num_chunks, ch))[:, :, window]
@@ -194,7 +200,10 @@ class Guide:
     """Classifier-free guidance of a trained teacher: its guided velocity
     ``v(empty) + scale * (v(prompt) - v(empty))`` is the student's target (guidance
     distillation), so the pipelines sample the student with one forward a step, as they sample
-    the published distilled checkpoints."""
+    the published distilled checkpoints. The teacher reads every batch with the sink where a
+    training clip has it, so a student trained with ``far_sink_fraction`` learns to read a sink
+    a long stream has left far behind as the teacher reads a near one; at scale 1 that is all
+    it learns (a generator distilled into itself, position-invariant behind the sink)."""
 
     teacher: CausalWanModel
     scale: float
@@ -291,7 +300,9 @@ def train_dit(
             if layouts.random() < cfg.far_sink_fraction:
                 gap = layouts.randint(1, cfg.max_position - cfg.latent_frames)
                 attention = longlive.with_sink_gap(gap, cfg.sink_frames)
-            batch = _longlive_batch(cfg, x0, weight, prompts, levels, attention, gen)
+            batch = _longlive_batch(
+                cfg, x0, weight, prompts, levels, attention, gen, guide_attention=longlive
+            )
         progress = (time.perf_counter() - start) / max(1e-6, deadline - start)
         for group in opt.param_groups:
             group["lr"] = peak_lr * lr_factor(step, cfg.warmup_steps, progress)
@@ -354,13 +365,19 @@ def _draw_clips(
 
 @torch.no_grad()
 def _guided_velocity(guide: Guide, batch: _Batch, text: torch.Tensor, null: int) -> torch.Tensor:
-    """The teacher's guided velocity on ``batch``'s loss rows (``[R_loss, C, chunk, h, w]``)."""
+    """The teacher's guided velocity on ``batch``'s loss rows (``[R_loss, C, chunk, h, w]``),
+    read in the batch's near-sink layout. At scale 1 that is the conditional velocity alone."""
     teacher, device = guide.teacher, batch.rows.device
     velocities = []
-    for prompts in (batch.prompt_rows, torch.full_like(batch.prompt_rows, null)):
+    prompt_sets = [batch.prompt_rows]
+    if guide.scale != 1.0:
+        prompt_sets.append(torch.full_like(batch.prompt_rows, null))
+    for prompts in prompt_sets:
         with autocast(device):
             cond = teacher.encode_text(text[prompts])
-            velocities.append(teacher(batch.rows, batch.t, cond, batch.attention).float())
+            velocities.append(teacher(batch.rows, batch.t, cond, batch.guide_attention).float())
+    if guide.scale == 1.0:
+        return velocities[0][batch.loss_rows]
     cond, uncond = (v[batch.loss_rows] for v in velocities)
     return uncond + guide.scale * (cond - uncond)
 
@@ -387,7 +404,8 @@ def guidance_stage(
     velocity): fine-tune it with ``text_dropout`` for ``1 - distill_fraction`` of the time left,
     sample held-out prompts at each of ``guidance_scales``, and distil the teacher guided at the
     scale whose clips carry the prompt's colours most often. If no scale beats unguided
-    sampling, the fine-tuned teacher is the result.
+    sampling, the fine-tuned teacher is the result, unless ``far_sink_fraction`` asks for its
+    far-sink lesson (:class:`Guide`): then it is distilled at scale 1.
 
     ``encoder`` is the teacher's text encoder, frozen here (``text`` holds its states).
     ``student``, an earlier student of this teacher, goes on distilling instead of a fresh copy
@@ -412,7 +430,7 @@ def guidance_stage(
         logger.info("guidance %.1f: colours %.3f", scale, graded["color_adherence"])
     best = max(cfg.guidance_scales, key=lambda s: sweep[str(s)]["color_adherence"])
     report = {"finetune": finetune, "guidance_sweep": sweep, "guidance": best, "distill": None}
-    if best == 1.0:
+    if best == 1.0 and not cfg.far_sink_fraction:
         return teacher.cpu(), report | finetune
     student, report["distill"] = train_dit(
         *args, deadline, null=null, init=teacher if student is None else student,

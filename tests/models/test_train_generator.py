@@ -275,6 +275,15 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
     assert any(not torch.equal(student[k], teacher[k]) for k in student)
     assert 0.0 <= guided["eval"]["color_adherence"] <= 1.0
 
+    # a far-sink run distils even at scale 1: the student learns to read a far sink as its
+    # teacher reads a near one
+    cfg_far = replace(SMOKE, guidance_scales=(1.0,), far_sink_fraction=1.0, seed=1)
+    itself = tg.train(
+        cfg_far, tmp_path / "itself", torch.device("cpu"), "test", teacher_from=guided_run
+    )
+    assert itself["generator"]["guidance"] == 1.0
+    assert itself["generator"]["distill"]["steps"] == cfg.max_gen_steps
+
     # distillation goes on from that student, not from a fresh copy of the teacher; a pool of
     # another seed leaves the latents' statistics the teacher and student learnt on as they were
     more_run = tmp_path / "more"
@@ -346,6 +355,26 @@ def test_guided_velocity_interpolates_conditional_and_empty_prompt_velocities():
     for scale in (0.0, 1.0, 3.0):
         guided = _guided_velocity(Guide(model, scale), batch, text, null=2)
         torch.testing.assert_close(guided, empty + scale * (conditional - empty))
+
+
+def test_the_guide_reads_a_far_sink_batch_with_the_sink_near():
+    text = torch.randn(
+        3, wan_config("tiny").text_len, 32, generator=torch.Generator().manual_seed(3)
+    )
+    model, near = _tiny_batch(torch.tensor([[0, 1]]))
+    far = replace(near, attention=near.attention.with_sink_gap(700, SMOKE.sink_frames))
+
+    def velocity(attention: ClipBatchAttention, prompts: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = model(near.rows, near.t, model.encode_text(text[prompts]), attention)
+        return out[near.loss_rows]
+
+    conditional = velocity(near.attention, near.prompt_rows)
+    assert not torch.allclose(conditional, velocity(far.attention, near.prompt_rows), atol=1e-4)
+    torch.testing.assert_close(_guided_velocity(Guide(model, 1.0), far, text, null=2), conditional)
+    empty = velocity(near.attention, torch.full_like(near.prompt_rows, 2))
+    guided = _guided_velocity(Guide(model, 3.0), far, text, null=2)
+    torch.testing.assert_close(guided, empty + 3.0 * (conditional - empty))
 
 
 def test_guided_sampling_at_scale_one_is_unguided_and_at_zero_ignores_the_prompt():
