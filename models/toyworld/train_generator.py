@@ -55,7 +55,10 @@ So, as the published few-step checkpoints bake guidance in, the stage fine-tunes
 with ``text_dropout`` (a tenth of the clips under the empty prompt, so it learns the
 unconditional velocity), samples held-out prompts at each of ``guidance_scales``, and trains a
 student on the same batches to output the teacher's velocity guided at the best scale. The
-student is sampled like any other checkpoint, one forward a step.
+student is sampled like any other checkpoint, one forward a step. With ``--far-sink-fraction``
+the student reads those batches with the sink up to ``max_position`` frames behind while the
+teacher reads them with it near, so ``--teacher`` of an already distilled generator with
+``--guidance-scales 1.0`` distils it into itself, unchanged but for how it reads a far sink.
 
 Sampling (:func:`evaluate`) is the LongLive loop without ``stream/`` (``models/`` must not import
 it): per chunk, noise, 4 warped steps ``[1000, 750, 500, 250]`` (shift 5) with re-noising, over a
