@@ -318,6 +318,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vae-batch", type=int, default=None)
     p.add_argument("--batch", type=int, default=None, help="generator clips per step")
     p.add_argument("--lr", type=float, default=None, help="a fresh generator's peak learning rate")
+    p.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=None,
+        help="peak learning rate of a DiT that starts trained (--resume, --teacher, --student)",
+    )
     p.add_argument("--eval-clips", type=int, default=None)
     p.add_argument("--vae-dim", type=int, default=None, help="the codec's base width")
     p.add_argument("--vae-edge-weight", type=float, default=None, help="codec corner loss")
@@ -401,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
         "vae_batch": args.vae_batch,
         "gen_batch": args.batch,
         "gen_lr": args.lr,
+        "finetune_lr": args.finetune_lr,
         "eval_clips": args.eval_clips,
         "vae_dim": args.vae_dim,
         "vae_edge_weight": args.vae_edge_weight,

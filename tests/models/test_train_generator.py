@@ -277,10 +277,10 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
 
     # a far-sink run distils even at scale 1: the student learns to read a far sink as its
     # teacher reads a near one
-    cfg_far = replace(SMOKE, guidance_scales=(1.0,), far_sink_fraction=1.0, seed=1)
-    itself = tg.train(
-        cfg_far, tmp_path / "itself", torch.device("cpu"), "test", teacher_from=guided_run
-    )
+    argv = ["--smoke", "--teacher", str(guided_run), "--guidance-scales", "1.0", "--seed", "1"]
+    argv += [*far, "--finetune-lr", "3e-5", "--out", str(tmp_path / "itself")]
+    itself = tg.main(argv)
+    assert itself["config"]["finetune_lr"] == 3e-5
     assert itself["generator"]["guidance"] == 1.0
     assert itself["generator"]["distill"]["steps"] == cfg.max_gen_steps
 
