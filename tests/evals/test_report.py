@@ -52,7 +52,8 @@ def test_the_readme_quotes_its_records() -> None:
     from them as BENCHMARKS.md derives them)."""
     readme = (ROOT / "README.md").read_text()
     attempt12 = _result("toyworld_attempt12_generator_h100_2026-12-07")
-    quality, before = attempt12["prompts24"], attempt12["prompts24_shipped"]
+    attempt13 = _result("toyworld_attempt13_generator_cpu_2026-12-07")
+    quality, before = attempt13["prompts24"], attempt12["prompts24"]
     r3 = _result("bench_h200_round3_2026-11-29")
     round4 = _result("bench_h100_round4_2026-12-06")
     service = _result("service_h100_2026-12-06")
@@ -60,17 +61,17 @@ def test_the_readme_quotes_its_records() -> None:
 
     qa = _result("toyworld_qa_cpu_2026-12-06")
     vlm, answers = qa["after"]["streaming_vlm"], qa["after"]["streaming_vlm_qa"]
-    drift = _result("toyworld_drift_cpu_2026-12-07")["longlive"]["drift"]
-    drift_before = _result("toyworld_drift_cpu_2026-12-06")["longlive"]["drift"]
-    drift_more = list(attempt12["drift_more"].values())
+    drift = attempt13["drift"]["10000"]["longlive"]["drift"]
+    drift_before = _result("toyworld_drift_cpu_2026-12-07")["longlive"]["drift"]
+    more_seeds = ("10001", "10002")
 
     def span(stream: dict) -> str:
         per_minute = stream["adherence_per_minute"]
         return f"{min(per_minute):.2f}-{max(per_minute):.2f}"
 
     assert min(drift["background_adherence_per_minute"]) == 1.0  # "keeps its background"
-    switches = _result("toyworld_switches_cpu_2026-12-07")
-    switches_before = _result("toyworld_switches_cpu_2026-12-06")
+    switches = attempt13["switches24"]
+    switches_before = _result("toyworld_switches_cpu_2026-12-07")
 
     def background(run: dict) -> str:
         shown = {
@@ -119,12 +120,14 @@ def test_the_readme_quotes_its_records() -> None:
         f"{switches['rolling_forcing']['switch']['followed']}, where\nthe one before followed "
         f"{switches_before['longlive']['switch']['followed']} and "
         f"{switches_before['rolling_forcing']['switch']['followed']}",
-        f"in {span(drift)} of a minute's frames",
-        f"held it ({span(drift_before)})",
+        f"colour and shape in {span(drift)} of a\nminute's frames",
+        f"lost the diamond after minute 5 ({span(drift_before)},",
         "on two more prompts, in "
-        + " and ".join(span(pair["run12"]["longlive"]["drift"]) for pair in drift_more)
-        + "\nwhere the one before scored "
-        + " and ".join(span(pair["run11"]["longlive"]["drift"]) for pair in drift_more),
+        + " and ".join(span(attempt13["drift"][seed]["longlive"]["drift"]) for seed in more_seeds)
+        + ", where the one before scored "
+        + span(attempt12["drift_more"]["10001"]["run12"]["longlive"]["drift"])
+        + " and\n"
+        + span(attempt12["drift_more"]["10002"]["run12"]["longlive"]["drift"]),
         f"| LongLive DiT alone | {r4('longlive', 'fps_dit'):.1f} FPS | "
         f"{r4('longlive', 'fps_dit', 'published'):.1f} FPS |",
         f"| Rolling Forcing DiT alone | {r4('rolling_forcing', 'fps_dit'):.1f} FPS | "
