@@ -71,6 +71,9 @@ class ClipBatchAttention:
         self._mask = mask
         self._rope = rope
         self._clips = clips
+        # the layout with the sink where a training clip has it (a guide reads the batch in
+        # it): this one, or the one a far-sink layout was moved from
+        self.near = self
 
     def with_sink_gap(self, gap: int, sink_frames: int) -> ClipBatchAttention:
         """The same layout with every frame after the first ``sink_frames`` ``gap`` positions
@@ -78,7 +81,9 @@ class ClipBatchAttention:
         the device from a host int, so choosing a gap never syncs a step."""
         pos = self._clip_pos.clone()
         pos[:, 0] += gap * (pos[:, 0] >= sink_frames)
-        return ClipBatchAttention(pos, self._mask, self._rope, self._clips)
+        far = ClipBatchAttention(pos, self._mask, self._rope, self._clips)
+        far.near = self.near
+        return far
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b = self._clips

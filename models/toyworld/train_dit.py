@@ -53,9 +53,6 @@ class _Batch:
     t: torch.Tensor  # [R, chunk] timesteps
     prompt_rows: torch.Tensor  # [R] prompt index of each row
     attention: ClipBatchAttention
-    # the layout a guide reads the same rows in: the near-sink one of a far-sink batch, whose
-    # velocity the student must give however far behind the stream has left the sink
-    guide_attention: ClipBatchAttention
     loss_rows: torch.Tensor  # [R] bool, rows whose velocity is trained
     target: torch.Tensor  # [R_loss, C, chunk, h, w] velocity ``noise - x0`` of those rows
     weight: torch.Tensor  # [R_loss, 1, chunk, h, w] loss weight of each latent cell
@@ -69,11 +66,10 @@ def _longlive_batch(
     levels: torch.Tensor,
     attention: ClipBatchAttention,
     gen: torch.Generator,
-    guide_attention: ClipBatchAttention | None = None,
 ) -> _Batch:
     """Clean copy + noisy copy of every clip, one noise level per chunk (the picture in
     ``train_generator``'s docstring). ``weight [B, 1, F, h, w]`` is every latent cell's loss
-    weight; ``guide_attention`` (default ``attention``) is the layout a guide reads."""
+    weight."""
     b, nc, ch = x0.shape[0], cfg.num_chunks, cfg.chunk_frames
     device = x0.device
     noise = torch.randn(x0.shape, generator=gen, device=device)
@@ -91,7 +87,6 @@ def _longlive_batch(
         t=t,
         prompt_rows=prompts[:, None, :].expand(b, 2, nc).flatten(),
         attention=attention,
-        guide_attention=attention if guide_attention is None else guide_attention,
         loss_rows=noisy.flatten(),
         target=_chunk_rows(noise - x0, ch),
         weight=_chunk_rows(weight, ch),
@@ -134,7 +129,6 @@ def _rolling_batch(
         t=t.flatten().repeat_interleave(ch).view(-1, ch),
         prompt_rows=prompts[:, end - 1 : end].expand(b, len(context) + n).flatten(),
         attention=attention,
-        guide_attention=attention,
         loss_rows=loss_rows.flatten(),
         target=(noise - target_x0).flatten(0, 1),
         weight=weight.unflatten(2, (cfg.num_chunks, ch))[:, :, window]
@@ -300,9 +294,7 @@ def train_dit(
             if layouts.random() < cfg.far_sink_fraction:
                 gap = layouts.randint(1, cfg.max_position - cfg.latent_frames)
                 attention = longlive.with_sink_gap(gap, cfg.sink_frames)
-            batch = _longlive_batch(
-                cfg, x0, weight, prompts, levels, attention, gen, guide_attention=longlive
-            )
+            batch = _longlive_batch(cfg, x0, weight, prompts, levels, attention, gen)
         progress = (time.perf_counter() - start) / max(1e-6, deadline - start)
         for group in opt.param_groups:
             group["lr"] = peak_lr * lr_factor(step, cfg.warmup_steps, progress)
@@ -366,19 +358,20 @@ def _draw_clips(
 @torch.no_grad()
 def _guided_velocity(guide: Guide, batch: _Batch, text: torch.Tensor, null: int) -> torch.Tensor:
     """The teacher's guided velocity on ``batch``'s loss rows (``[R_loss, C, chunk, h, w]``),
-    read in the batch's near-sink layout. At scale 1 that is the conditional velocity alone."""
+    read in the batch's near-sink layout (a student's far-sink batch reads as the teacher's
+    near one). At scale 1 that is the conditional velocity alone."""
     teacher, device = guide.teacher, batch.rows.device
-    velocities = []
-    prompt_sets = [batch.prompt_rows]
-    if guide.scale != 1.0:
-        prompt_sets.append(torch.full_like(batch.prompt_rows, null))
-    for prompts in prompt_sets:
+
+    def velocity(prompts: torch.Tensor) -> torch.Tensor:
         with autocast(device):
-            cond = teacher.encode_text(text[prompts])
-            velocities.append(teacher(batch.rows, batch.t, cond, batch.guide_attention).float())
+            context = teacher.encode_text(text[prompts])
+            out = teacher(batch.rows, batch.t, context, batch.attention.near)
+        return out.float()[batch.loss_rows]
+
+    cond = velocity(batch.prompt_rows)
     if guide.scale == 1.0:
-        return velocities[0][batch.loss_rows]
-    cond, uncond = (v[batch.loss_rows] for v in velocities)
+        return cond
+    uncond = velocity(torch.full_like(batch.prompt_rows, null))
     return uncond + guide.scale * (cond - uncond)
 
 
