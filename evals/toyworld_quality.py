@@ -3,6 +3,7 @@
     python -m framestream.evals.toyworld_quality --out quality.json [--drift-minutes 10]
         [--parts switch] [--dtype bf16] [--kv-cache-dtype fp8_e4m3]
         [--parts drift --longlive-positions contiguous --longlive-max-position 65536]
+        [--parts drift --drift-pipelines longlive,rolling_forcing]
         [--parts captions,questions --vlm-dir DIR] [--generator-dir RUN]
 
 - **Prompt adherence** of generated clips (LongLive and Rolling Forcing): the fraction of frames
@@ -13,7 +14,8 @@
 - **Prompt switch**: adherence to the old prompt before and to the new one after a switch, and
   how many frames after the switch it takes until a one-second window shows the new prompt's
   colours (the switch scenarios change a sprite's colour and shape, not the background).
-- **Drift**: adherence and frame statistics per minute over a long stream: they must not decay.
+- **Drift**: adherence and frame statistics per minute over a long stream: they must not decay
+  (LongLive's by default; ``--drift-pipelines`` names the generators that stream).
 - **Caption accuracy** of the understanding model on a held-out feed: per second, precision and
   recall of the (colour, shape) pairs its caption names against the ground truth caption, and
   whether both agree on silence.
@@ -270,6 +272,8 @@ def question_accuracy(
 
 
 PARTS = ("adherence", "switch", "drift", "captions", "questions")
+GENERATORS = {"longlive": LongLivePipeline, "rolling_forcing": RollingForcingPipeline}
+_TITLES = {"longlive": "LongLive", "rolling_forcing": "Rolling Forcing"}
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -292,6 +296,11 @@ def main() -> None:
         help="length of a switch clip; the switch comes at 2 s, the rest is watched",
     )
     parser.add_argument("--drift-minutes", type=float, default=10.0)
+    parser.add_argument(
+        "--drift-pipelines",
+        default="longlive",
+        help=f"the generators a drift run streams, a subset of {','.join(GENERATORS)}",
+    )
     parser.add_argument("--caption-seconds", type=int, default=120)
     parser.add_argument("--qa-seconds", type=int, default=40, help="per question feed")
     parser.add_argument("--qa-feeds", type=int, default=8, help="held-out feeds asked about")
@@ -332,6 +341,12 @@ def main() -> None:
     parts = set(args.parts.split(","))
     if not parts or parts - set(PARTS):
         parser.error(f"--parts must be a subset of {','.join(PARTS)}, got {args.parts!r}")
+    streamed = args.drift_pipelines.split(",")
+    if not streamed or set(streamed) - set(GENERATORS):
+        parser.error(
+            f"--drift-pipelines must be a subset of {','.join(GENERATORS)}, "
+            f"got {args.drift_pipelines!r}"
+        )
     kv = args.kv_cache_dtype
     try:
         configs = {
@@ -364,8 +379,7 @@ def main() -> None:
         "command": " ".join(["python -m framestream.evals.toyworld_quality", *sys.argv[1:]]),
         "generator_dir": str(args.generator_dir) if args.generator_dir else "embedded",
     }
-    generators = (("longlive", LongLivePipeline), ("rolling_forcing", RollingForcingPipeline))
-    for name, cls in generators if generation else ():
+    for name, cls in GENERATORS.items() if generation else ():
         pipe = cls(wan, manager, 256 << 20, configs[name])
         results[name] = {}
         if "adherence" in parts:
@@ -384,13 +398,12 @@ def main() -> None:
                 f"{s['color_after_mean']:.2f}, followed in {s['followed']} of {s['switches']}, "
                 f"after {s['frames_until_followed_median']} frames"
             )
-    if "drift" in parts:
-        longlive = LongLivePipeline(wan, manager, 256 << 20, configs["longlive"])
-        stream = drift(longlive, args.drift_minutes, args.seed + 200)
-        results["longlive"]["drift"] = stream
-        print(f"drift, adherence per minute: {stream['adherence_per_minute']}")
-        print(f"drift, colour adherence per minute: {stream['color_adherence_per_minute']}")
-        print(f"drift, background per minute: {stream['background_adherence_per_minute']}")
+    for name in streamed if "drift" in parts else ():
+        pipe = GENERATORS[name](wan, manager, 256 << 20, configs[name])
+        results[name]["drift"] = stream = drift(pipe, args.drift_minutes, args.seed + 200)
+        print(f"{name}: drift, adherence per minute: {stream['adherence_per_minute']}")
+        print(f"{name}: drift, colours per minute: {stream['color_adherence_per_minute']}")
+        print(f"{name}: drift, background per minute: {stream['background_adherence_per_minute']}")
     if parts & {"captions", "questions"}:
         model = load_toy_qwen_vl(args.vlm_dir, dtype, "cpu") if args.vlm_dir else load_vlm(dtype)
         vlm = StreamingVLMPipeline(model, manager, 128 << 20, configs["streaming_vlm"])
@@ -425,20 +438,21 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stream = results["longlive"]["drift"]
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for key, label in (
-        ("adherence_per_minute", "sprites (colour and shape)"),
-        ("color_adherence_per_minute", "sprites' colours"),
-        ("background_adherence_per_minute", "background"),
-    ):
-        values = stream[key]
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
-    ax.set_ylim(0, 1)
-    ax.legend()
-    ax.set_xlabel("minute of the stream")
-    ax.set_ylabel("fraction of frames following the prompt")
-    ax.set_title("LongLive on the toy world over a long stream")
+    streams = {n: results[n]["drift"] for n in GENERATORS if "drift" in results.get(n, {})}
+    fig, axes = plt.subplots(1, len(streams), figsize=(6 * len(streams), 3), squeeze=False)
+    for ax, (name, stream) in zip(axes[0], streams.items(), strict=True):
+        for key, label in (
+            ("adherence_per_minute", "sprites (colour and shape)"),
+            ("color_adherence_per_minute", "sprites' colours"),
+            ("background_adherence_per_minute", "background"),
+        ):
+            values = stream[key]
+            ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.set_xlabel("minute of the stream")
+        ax.set_ylabel("fraction of frames following the prompt")
+        ax.set_title(f"{_TITLES[name]} on the toy world over a long stream")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

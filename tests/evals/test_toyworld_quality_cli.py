@@ -71,3 +71,21 @@ def test_a_questions_run_writes_accuracy_per_kind(tmp_path) -> None:
     assert set(qa["per_kind"]) == {"colour", "shape", "count", "direction"}
     right = [e["right"] for e in qa["examples"]]
     assert len(right) == qa["asked"] and qa["accuracy"] == sum(right) / len(right)
+
+
+def test_a_drift_run_streams_the_named_generators_and_plots_each(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    out = tmp_path / "drift.json"
+    command = [sys.executable, "-m", "framestream.evals.toyworld_quality", "--out", str(out)]
+    run = [*command, "--parts", "drift", "--drift-minutes", "1"]
+    subprocess.run([*run, "--drift-pipelines", "rolling_forcing"], check=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["longlive"] == {} and set(result["rolling_forcing"]) == {"drift"}
+    stream = result["rolling_forcing"]["drift"]
+    for key in ("adherence", "color_adherence", "background_adherence"):
+        assert len(stream[f"{key}_per_minute"]) == 1 and 0 <= stream[f"{key}_per_minute"][0] <= 1
+    assert out.with_suffix(".png").stat().st_size > 0
+
+    stderr = refused(monkeypatch, capsys, *run[3:], "--drift-pipelines", "longlive,self_forcing")
+    assert "--drift-pipelines must be a subset of longlive,rolling_forcing" in stderr
