@@ -72,6 +72,10 @@ class TrainConfig:
             (else a continuous shifted level); for a Rolling Forcing window, chance its levels
             are the published ones (else sorted continuous levels).
         rolling_fraction: share of the steps in Rolling Forcing's layout.
+        rollout_fraction: share of Rolling Forcing's steps whose window holds the model's own
+            blocks, from its pass a level up, as a stream feeds it
+            (:func:`~models.toyworld.train_dit._own_rollout`), not data noised to each level;
+            an extra forward without gradients a step. Off by default, as ``far_sink_fraction``.
         far_sink_fraction: share of LongLive's steps whose frames after the sink are moved a
             random distance (1 to ``max_position`` minus a clip) away from it, as a stream has
             them: its sink keeps positions 0-2 while the window counts on to ``max_position``
@@ -151,6 +155,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     inference_level_prob: float = 0.5
     rolling_fraction: float = 0.4
+    rollout_fraction: float = 0.0
     far_sink_fraction: float = 0.0
     max_position: int = 1024
     rolling_window: int = 5

@@ -16,7 +16,8 @@ import logging
 import random
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm import tqdm
@@ -56,6 +57,9 @@ class _Batch:
     loss_rows: torch.Tensor  # [R] bool, rows whose velocity is trained
     target: torch.Tensor  # [R_loss, C, chunk, h, w] velocity ``noise - x0`` of those rows
     weight: torch.Tensor  # [R_loss, 1, chunk, h, w] loss weight of each latent cell
+    # the rows as data noised to the same levels, where a rollout (:func:`_own_rollout`) put
+    # the model's own blocks in their place: a teacher reads these
+    ideal: torch.Tensor | None = None
 
 
 def _longlive_batch(
@@ -135,6 +139,54 @@ def _rolling_batch(
         .transpose(1, 2)
         .flatten(0, 1),
     )
+
+
+@torch.no_grad()
+def _own_rollout(
+    batch: _Batch,
+    clips: int,
+    model: CausalWanModel,
+    prompt_states: Callable[[torch.Tensor], torch.Tensor],
+    gen: torch.Generator,
+) -> _Batch:
+    """``batch`` (Rolling Forcing's layout) with its window as a stream feeds it: every block
+    the model's own x0 from its pass one level up (the newest block's from pure noise, as it
+    entered), noised back down to its level with the batch's noise. A teacher-forced window
+    holds data there instead, so a model trained only on it meets its own, softer blocks
+    first in a stream and passes their errors on down the window (exposure bias; Self Forcing
+    trains on its own rollouts for this). The target moves with the input
+    (:func:`_rollout_shortfall`): the x0 it implies is still the data's.
+
+    ``prompt_states(prompt_rows)`` are the text encoder's states of those prompts.
+    """
+    window = batch.loss_rows
+    sigma = batch.t[window, :1].view(clips, -1) / 1000  # [B, n], oldest block first
+    above = torch.cat([sigma[:, 1:], torch.ones_like(sigma[:, :1])], 1).flatten()
+    sigma, above = sigma.flatten()[:, None, None, None, None], above[:, None, None, None, None]
+    ideal = batch.rows[window].float()
+    x0 = ideal - sigma * batch.target
+    fresh = torch.randn(x0.shape, generator=gen, device=x0.device)
+    earlier_window = (1 - above) * x0 + above * fresh
+    earlier, t = batch.rows.clone(), batch.t.clone()
+    earlier[window] = earlier_window.to(earlier.dtype)
+    t[window] = above.flatten()[:, None] * 1000
+    with autocast(earlier.device):
+        cond = model.encode_text(prompt_states(batch.prompt_rows))
+        velocity = model(earlier, t, cond, batch.attention)[window].float()
+    own_x0 = earlier_window - above * velocity
+    rows = batch.rows.clone()  # (1 - sigma) own_x0 + sigma noise, the newest block exactly
+    rows[window] = (ideal + (1 - sigma) * (own_x0 - x0)).to(rows.dtype)
+    return replace(batch, rows=rows, ideal=batch.rows)
+
+
+def _rollout_shortfall(batch: _Batch) -> torch.Tensor | float:
+    """What a rollout's loss rows add to the velocity of their ideal rows (data's or a
+    teacher's): ``(rows - ideal) / sigma``, so the x0 the model's velocity implies,
+    ``rows - sigma v``, is the ideal rows' x0. Nothing for a batch of data."""
+    if batch.ideal is None:
+        return 0.0
+    sigma = batch.t[batch.loss_rows][:, None, :, None, None] / 1000
+    return (batch.rows - batch.ideal)[batch.loss_rows].float() / sigma
 
 
 def _chunk_rows(x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -275,6 +327,10 @@ def train_dit(
     from_switches = round(b * cfg.distill_switch_fraction) if guide is not None else 0
     start, step, curve, losses = time.perf_counter(), 0, [], []
     idx = None
+
+    def prompt_states(rows: torch.Tensor) -> torch.Tensor:
+        return text[rows] if prompt_encoder is None else prompt_encoder(rows)
+
     bar = tqdm(desc="generator", unit="step", mininterval=2.0, file=sys.stderr)
     while time.perf_counter() < deadline and (
         cfg.max_gen_steps is None or step < cfg.max_gen_steps
@@ -289,6 +345,8 @@ def train_dit(
         if layouts.random() < cfg.rolling_fraction:
             end = layouts.randint(1, cfg.num_chunks)
             batch = _rolling_batch(cfg, x0, weight, prompts, end, rolling[end], rolling_levels, gen)
+            if layouts.random() < cfg.rollout_fraction:
+                batch = _own_rollout(batch, b, model, prompt_states, gen)
         else:
             attention = longlive
             if layouts.random() < cfg.far_sink_fraction:
@@ -299,13 +357,10 @@ def train_dit(
         for group in opt.param_groups:
             group["lr"] = peak_lr * lr_factor(step, cfg.warmup_steps, progress)
         with autocast(device):
-            if prompt_encoder is None:
-                context = text[batch.prompt_rows]
-            else:
-                context = prompt_encoder(batch.prompt_rows)
-            cond = model.encode_text(context)
+            cond = model.encode_text(prompt_states(batch.prompt_rows))
             pred = model(batch.rows, batch.t, cond, batch.attention).float()
         target = batch.target if guide is None else _guided_velocity(guide, batch, text, null)
+        target = target + _rollout_shortfall(batch)
         error = (pred[batch.loss_rows] - target).square()
         loss = (batch.weight * error).mean() / batch.weight.mean()
         opt.zero_grad(set_to_none=True)
@@ -359,13 +414,15 @@ def _draw_clips(
 def _guided_velocity(guide: Guide, batch: _Batch, text: torch.Tensor, null: int) -> torch.Tensor:
     """The teacher's guided velocity on ``batch``'s loss rows (``[R_loss, C, chunk, h, w]``),
     read in the batch's near-sink layout (a student's far-sink batch reads as the teacher's
-    near one). At scale 1 that is the conditional velocity alone."""
+    near one) and on its ideal rows (a student's rollout reads as data). At scale 1 that is the
+    conditional velocity alone."""
     teacher, device = guide.teacher, batch.rows.device
 
     def velocity(prompts: torch.Tensor) -> torch.Tensor:
         with autocast(device):
             context = teacher.encode_text(text[prompts])
-            out = teacher(batch.rows, batch.t, context, batch.attention.near)
+            rows = batch.rows if batch.ideal is None else batch.ideal
+            out = teacher(rows, batch.t, context, batch.attention.near)
         return out.float()[batch.loss_rows]
 
     cond = velocity(batch.prompt_rows)

@@ -350,6 +350,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="share of LongLive's steps with the sink as far behind as a long stream has it",
     )
     p.add_argument(
+        "--rolling-fraction",
+        type=float,
+        default=None,
+        help="share of the steps in Rolling Forcing's layout",
+    )
+    p.add_argument(
+        "--rollout-fraction",
+        type=float,
+        default=None,
+        help="share of Rolling Forcing's steps whose window holds the model's own blocks",
+    )
+    p.add_argument(
         "--frozen-text-encoder", action="store_true", help="keep the seeded text encoder frozen"
     )
     stage = p.add_mutually_exclusive_group()
@@ -416,6 +428,8 @@ def main(argv: list[str] | None = None) -> dict:
         "guidance_scales": args.guidance_scales,
         "distill_fraction": args.distill_fraction,
         "far_sink_fraction": args.far_sink_fraction,
+        "rolling_fraction": args.rolling_fraction,
+        "rollout_fraction": args.rollout_fraction,
         "train_text_encoder": False if args.frozen_text_encoder else None,
     }
     cfg = replace(cfg, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})

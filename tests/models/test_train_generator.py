@@ -46,8 +46,10 @@ from framestream.models.toyworld.train_dit import (
     _draw_clips,
     _guided_velocity,
     _longlive_batch,
+    _own_rollout,
     _rolling_batch,
     _rolling_levels,
+    _rollout_shortfall,
 )
 from framestream.models.vae import WanVAE, tiny_wan_vae
 from framestream.models.wan import CausalWanModel, wan_config
@@ -237,9 +239,13 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
     assert 0.0 <= codec_report["codec_eval"]["recon_adherence"] <= 1.0
 
     far = ["--far-sink-fraction", "1.0"]  # every LongLive step in a long stream's layout
-    report = tg.main(["--smoke", "--codec", str(codec_run), *far, "--out", str(generator_run)])
+    rollout = ["--rolling-fraction", "0.5", "--rollout-fraction", "1.0"]
+    argv = ["--smoke", "--codec", str(codec_run), *far, *rollout]
+    report = tg.main([*argv, "--out", str(generator_run)])
     assert "codec" not in report and report["codec_run"]["command"] == codec_report["command"]
     assert report["config"]["far_sink_fraction"] == 1.0
+    assert (report["config"]["rolling_fraction"], report["config"]["rollout_fraction"]) == (0.5, 1)
+    assert all(math.isfinite(loss) for _, loss in report["generator"]["curve"])
     assert report["generator"]["steps"] == SMOKE.max_gen_steps
     trained = WanVAE.from_pretrained(codec_run / "vae").vae.state_dict()
     shipped = WanVAE.from_pretrained(generator_run / "vae").vae.state_dict()
@@ -278,11 +284,12 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
     # a far-sink run distils even at scale 1: the student learns to read a far sink as its
     # teacher reads a near one
     argv = ["--smoke", "--teacher", str(guided_run), "--guidance-scales", "1.0", "--seed", "1"]
-    argv += [*far, "--finetune-lr", "3e-5", "--out", str(tmp_path / "itself")]
+    argv += [*far, *rollout, "--finetune-lr", "3e-5", "--out", str(tmp_path / "itself")]
     itself = tg.main(argv)
     assert itself["config"]["finetune_lr"] == 3e-5
     assert itself["generator"]["guidance"] == 1.0
     assert itself["generator"]["distill"]["steps"] == cfg.max_gen_steps
+    assert all(math.isfinite(loss) for _, loss in itself["generator"]["distill"]["curve"])
 
     # distillation goes on from that student, not from a fresh copy of the teacher; a pool of
     # another seed leaves the latents' statistics the teacher and student learnt on as they were
@@ -375,6 +382,76 @@ def test_the_guide_reads_a_far_sink_batch_with_the_sink_near():
     empty = velocity(near.attention, torch.full_like(near.prompt_rows, 2))
     guided = _guided_velocity(Guide(model, 3.0), far, text, null=2)
     torch.testing.assert_close(guided, empty + 3.0 * (conditional - empty))
+
+
+def _tiny_rolling_batch() -> tuple[CausalWanModel, _Batch, torch.Tensor, torch.Tensor]:
+    """The tiny DiT of :func:`_tiny_batch`, a Rolling Forcing batch of 2 clips at the published
+    levels (sink, history, then a full window of 5 blocks), its clips' x0 and prompt states."""
+    model, _ = _tiny_batch(torch.tensor([[0, 0]]))
+    cfg = replace(TrainConfig(), inference_level_prob=1.0)
+    gen = torch.Generator().manual_seed(6)
+    x0 = torch.randn(2, 16, cfg.latent_frames, 8, 8, generator=gen)
+    prompts = torch.tensor([[0] * cfg.num_chunks, [1] * cfg.num_chunks])
+    attention = rolling_attention(cfg, 7, (4, 4), wan_rope(model.config.head_dim), 2, "cpu")
+    weight = torch.ones(2, 1, cfg.latent_frames, 8, 8)
+    batch = _rolling_batch(cfg, x0, weight, prompts, 7, attention, _rolling_levels(cfg, "cpu"), gen)
+    text = torch.randn(2, model.config.text_len, 32, generator=torch.Generator().manual_seed(7))
+    return model, batch, x0, text
+
+
+def test_a_rollout_window_holds_the_models_own_blocks_a_level_down():
+    """Each window block is the model's x0 from the pass a level up (the next block's level,
+    pure noise for the newest), noised back to its own level with the batch's noise; the sink
+    and history stay data, and the target still implies the data's x0."""
+    model, batch, x0, text = _tiny_rolling_batch()
+    gen = torch.Generator().manual_seed(8)
+    fresh = torch.randn((10, 16, 3, 8, 8), generator=torch.Generator().set_state(gen.get_state()))
+    rollout = _own_rollout(batch, 2, model, lambda rows: text[rows], gen)
+
+    assert rollout.ideal is batch.rows and torch.equal(rollout.t, batch.t)
+    sigma = batch.t.view(2, 7, 3)[:, 2:, 0] / 1000  # [clip, window block]
+    assert sigma[:, -1].eq(1).all() and (sigma.diff(dim=1) > 0).all()
+    above = torch.cat([sigma[:, 1:], torch.ones(2, 1)], 1)
+    data = x0.unflatten(2, (7, 3)).transpose(1, 2)[:, 2:]  # [clip, block, C, 3, h, w]
+    noise = batch.target.view(2, 5, 16, 3, 8, 8) + data
+    earlier = batch.rows.clone().view(2, 7, 16, 3, 8, 8)
+    t = batch.t.clone().view(2, 7, 3)
+    for clip in range(2):
+        for k in range(5):
+            u = above[clip, k]
+            earlier[clip, 2 + k] = (1 - u) * data[clip, k] + u * fresh.view(2, 5, 16, 3, 8, 8)[
+                clip, k
+            ]
+            t[clip, 2 + k] = u * 1000
+    with torch.no_grad():
+        cond = model.encode_text(text[batch.prompt_rows])
+        velocity = model(earlier.flatten(0, 1), t.view(-1, 3), cond, batch.attention)
+    velocity = velocity.view(2, 7, 16, 3, 8, 8)
+    rows = rollout.rows.view(2, 7, 16, 3, 8, 8)
+    torch.testing.assert_close(rows[:, :2], batch.rows.view(2, 7, 16, 3, 8, 8)[:, :2])
+    for clip in range(2):
+        for k in range(5):
+            u, s = above[clip, k], sigma[clip, k]
+            own = earlier[clip, 2 + k] - u * velocity[clip, 2 + k]
+            expected = (1 - s) * own + s * noise[clip, k]
+            torch.testing.assert_close(rows[clip, 2 + k], expected, atol=1e-5, rtol=1e-4)
+    assert torch.equal(rows[:, -1], batch.rows.view(2, 7, 16, 3, 8, 8)[:, -1])  # fresh noise
+    assert not torch.allclose(rows[:, 2:-1], batch.rows.view(2, 7, 16, 3, 8, 8)[:, 2:-1])
+
+    implied = rollout.rows[rollout.loss_rows] - sigma.flatten()[:, None, None, None, None] * (
+        rollout.target + _rollout_shortfall(rollout)
+    )
+    torch.testing.assert_close(implied, data.flatten(0, 1), atol=1e-4, rtol=1e-4)
+    assert _rollout_shortfall(batch) == 0.0
+
+
+def test_the_guide_reads_a_rollout_as_data():
+    model, batch, _, text = _tiny_rolling_batch()
+    rollout = _own_rollout(batch, 2, model, lambda rows: text[rows], torch.Generator())
+    with torch.no_grad():
+        cond = model.encode_text(text[batch.prompt_rows])
+        on_data = model(batch.rows, batch.t, cond, batch.attention)[batch.loss_rows]
+    torch.testing.assert_close(_guided_velocity(Guide(model, 1.0), rollout, text, 0), on_data)
 
 
 def test_guided_sampling_at_scale_one_is_unguided_and_at_zero_ignores_the_prompt():
