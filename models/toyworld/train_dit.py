@@ -106,10 +106,12 @@ def _rolling_batch(
     attention: ClipBatchAttention,
     levels: torch.Tensor,
     gen: torch.Generator,
+    at_published_levels: bool = False,
 ) -> _Batch:
     """A Rolling Forcing pass: noise rising from the window's oldest block to its newest, every
     row under the prompt of the newest block (the stream's current prompt). ``levels`` are
-    :func:`_rolling_levels`."""
+    :func:`_rolling_levels`; ``at_published_levels`` puts every clip at them, not only an
+    ``inference_level_prob`` share."""
     context, window = rolling_layout(cfg, end)
     b, ch, n = x0.shape[0], cfg.chunk_frames, len(window)
     device = x0.device
@@ -121,6 +123,7 @@ def _rolling_batch(
     u = torch.rand((b, n), generator=gen, device=device)
     random_levels = _shifted(u, cfg.shift).sort(dim=1).values
     use_published = torch.rand((b, 1), generator=gen, device=device) < cfg.inference_level_prob
+    use_published |= at_published_levels
     sigma = torch.where(use_published, published.expand(b, n), random_levels)  # [B, n]
     s = sigma[:, :, None, None, None, None]
     noisy = (1 - s) * target_x0 + s * noise
@@ -155,7 +158,9 @@ def _own_rollout(
     holds data there instead, so a model trained only on it meets its own, softer blocks
     first in a stream and passes their errors on down the window (exposure bias; Self Forcing
     trains on its own rollouts for this). The target moves with the input
-    (:func:`_rollout_shortfall`): the x0 it implies is still the data's.
+    (:func:`_rollout_shortfall`): the x0 it implies is still the data's. A stream's window
+    holds the published levels, and so must ``batch``'s: the target's move grows as
+    ``1 / sigma``, which the continuous levels take near 0 (the loss rose to thousands).
 
     ``prompt_states(prompt_rows)`` are the text encoder's states of those prompts.
     """
@@ -248,8 +253,10 @@ class Guide:
     distillation), so the pipelines sample the student with one forward a step, as they sample
     the published distilled checkpoints. The teacher reads every batch with the sink where a
     training clip has it, so a student trained with ``far_sink_fraction`` learns to read a sink
-    a long stream has left far behind as the teacher reads a near one; at scale 1 that is all
-    it learns (a generator distilled into itself, position-invariant behind the sink)."""
+    a long stream has left far behind as the teacher reads a near one, and reads a rollout's
+    window (``rollout_fraction``) on the data it replaced, so the student learns to take its
+    own blocks back to where the teacher takes data; at scale 1 those are all it learns (a
+    generator distilled into itself)."""
 
     teacher: CausalWanModel
     scale: float
@@ -272,7 +279,8 @@ def train_dit(
     """Flow matching over normalised ``latents [N, 16, F, h, w]`` in both pipelines' layouts:
     LongLive's (clean + noisy copies, per-chunk levels; a ``far_sink_fraction`` of them with the
     sink as far behind as a long stream has it) and, a ``rolling_fraction`` of the
-    steps, Rolling Forcing's (a window at rising noise after a clean sink and history).
+    steps, Rolling Forcing's (a window at rising noise after a clean sink and history; a
+    ``rollout_fraction`` of them holding the model's own window, :func:`_own_rollout`).
 
     Args:
         foreground: bool ``[N, 1, F, h, w]``, latent cells that hold a sprite
@@ -344,8 +352,12 @@ def train_dit(
         weight = 1.0 + cfg.gen_foreground_weight * foreground[idx].float()
         if layouts.random() < cfg.rolling_fraction:
             end = layouts.randint(1, cfg.num_chunks)
-            batch = _rolling_batch(cfg, x0, weight, prompts, end, rolling[end], rolling_levels, gen)
-            if layouts.random() < cfg.rollout_fraction:
+            # drawn only when asked for, so runs without rollouts keep their recorded layouts
+            rollout = cfg.rollout_fraction > 0 and layouts.random() < cfg.rollout_fraction
+            batch = _rolling_batch(
+                cfg, x0, weight, prompts, end, rolling[end], rolling_levels, gen, rollout
+            )
+            if rollout:
                 batch = _own_rollout(batch, b, model, prompt_states, gen)
         else:
             attention = longlive
@@ -454,8 +466,8 @@ def guidance_stage(
     velocity): fine-tune it with ``text_dropout`` for ``1 - distill_fraction`` of the time left,
     sample held-out prompts at each of ``guidance_scales``, and distil the teacher guided at the
     scale whose clips carry the prompt's colours most often. If no scale beats unguided
-    sampling, the fine-tuned teacher is the result, unless ``far_sink_fraction`` asks for its
-    far-sink lesson (:class:`Guide`): then it is distilled at scale 1.
+    sampling, the fine-tuned teacher is the result, unless ``far_sink_fraction`` or
+    ``rollout_fraction`` asks for its lesson (:class:`Guide`): then it is distilled at scale 1.
 
     ``encoder`` is the teacher's text encoder, frozen here (``text`` holds its states).
     ``student``, an earlier student of this teacher, goes on distilling instead of a fresh copy
@@ -480,7 +492,8 @@ def guidance_stage(
         logger.info("guidance %.1f: colours %.3f", scale, graded["color_adherence"])
     best = max(cfg.guidance_scales, key=lambda s: sweep[str(s)]["color_adherence"])
     report = {"finetune": finetune, "guidance_sweep": sweep, "guidance": best, "distill": None}
-    if best == 1.0 and not cfg.far_sink_fraction:
+    lessons = cfg.far_sink_fraction or cfg.rolling_fraction * cfg.rollout_fraction
+    if best == 1.0 and not lessons:
         return teacher.cpu(), report | finetune
     student, report["distill"] = train_dit(
         *args, deadline, null=null, init=teacher if student is None else student,

@@ -59,6 +59,9 @@ student is sampled like any other checkpoint, one forward a step. With ``--far-s
 the student reads those batches with the sink up to ``max_position`` frames behind while the
 teacher reads them with it near, so ``--teacher`` of an already distilled generator with
 ``--guidance-scales 1.0`` distils it into itself, unchanged but for how it reads a far sink.
+With ``--rollout-fraction`` a share of Rolling Forcing's batches holds the student's own window
+(each block its x0 from the pass a level up, noised back down, as a stream feeds it) where the
+teacher reads data, and the student learns to take its own blocks where the teacher takes data.
 
 Sampling (:func:`evaluate`) is the LongLive loop without ``stream/`` (``models/`` must not import
 it): per chunk, noise, 4 warped steps ``[1000, 750, 500, 250]`` (shift 5) with re-noising, over a

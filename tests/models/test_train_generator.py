@@ -388,13 +388,15 @@ def _tiny_rolling_batch() -> tuple[CausalWanModel, _Batch, torch.Tensor, torch.T
     """The tiny DiT of :func:`_tiny_batch`, a Rolling Forcing batch of 2 clips at the published
     levels (sink, history, then a full window of 5 blocks), its clips' x0 and prompt states."""
     model, _ = _tiny_batch(torch.tensor([[0, 0]]))
-    cfg = replace(TrainConfig(), inference_level_prob=1.0)
+    cfg = replace(TrainConfig(), inference_level_prob=0.0)  # overridden below
     gen = torch.Generator().manual_seed(6)
     x0 = torch.randn(2, 16, cfg.latent_frames, 8, 8, generator=gen)
     prompts = torch.tensor([[0] * cfg.num_chunks, [1] * cfg.num_chunks])
     attention = rolling_attention(cfg, 7, (4, 4), wan_rope(model.config.head_dim), 2, "cpu")
     weight = torch.ones(2, 1, cfg.latent_frames, 8, 8)
-    batch = _rolling_batch(cfg, x0, weight, prompts, 7, attention, _rolling_levels(cfg, "cpu"), gen)
+    levels = _rolling_levels(cfg, "cpu")
+    batch = _rolling_batch(cfg, x0, weight, prompts, 7, attention, levels, gen, True)
+    assert torch.equal(batch.t.view(2, 7, 3)[:, 2:, 0], (levels * 1000).expand(2, 5))
     text = torch.randn(2, model.config.text_len, 32, generator=torch.Generator().manual_seed(7))
     return model, batch, x0, text
 
