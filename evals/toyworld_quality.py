@@ -439,7 +439,9 @@ def _plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     streams = {n: results[n]["drift"] for n in GENERATORS if "drift" in results.get(n, {})}
-    fig, axes = plt.subplots(1, len(streams), figsize=(6 * len(streams), 3), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(streams), figsize=(6 * len(streams), 3.6), squeeze=False, sharey=True
+    )
     for ax, (name, stream) in zip(axes[0], streams.items(), strict=True):
         for key, label in (
             ("adherence_per_minute", "sprites (colour and shape)"),
@@ -448,12 +450,12 @@ def _plot(results: dict, path: Path) -> None:
         ):
             values = stream[key]
             ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
-        ax.set_ylim(0, 1)
-        ax.legend()
+        ax.set_ylim(0, 1.02)
         ax.set_xlabel("minute of the stream")
-        ax.set_ylabel("fraction of frames following the prompt")
-        ax.set_title(f"{_TITLES[name]} on the toy world over a long stream")
-    fig.tight_layout()
+        ax.set_title(f'{_TITLES[name]}: "{stream["prompt"]}"', fontsize=9)
+    axes[0, 0].set_ylabel("share of frames following the prompt")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=3)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
