@@ -50,8 +50,9 @@ WORDS_FILE = "words.json"  # its closed vocabulary, where it reads words rather 
 # one command each, from the repository root, on an accelerator (a CPU works, slowly); the
 # generator's stages ran as 10-minute calls: the codec, its decoder sharpened twice, the DiT
 # (reading words) on that codec, the DiT trained on twice, then its guidance distillation at
-# the scale an earlier sweep chose; the last, that student distilled into itself with the sink
-# far behind, on a 2-core CPU (train_generator's docstring; BENCHMARKS.md's runs 11-13)
+# the scale an earlier sweep chose; that student distilled into itself with the sink far
+# behind, on a 2-core CPU; then trained on as a teacher again on a fresh pool and distilled once
+# more (train_generator's docstring; BENCHMARKS.md's runs 11-14)
 RETRAIN = {
     GENERATOR_DIR: "python -m framestream.models.toyworld.train_generator --device cuda "
     "--codec-only --seconds-budget 505 --out .runs/codec && "
@@ -75,7 +76,15 @@ RETRAIN = {
     "--dit-preset toyworld-m-words --batch 16 --pool-clips 256 --eval-clips 4 --seed 1 "
     "--guidance-scales 1.0 --distill-fraction 1.0 --far-sink-fraction 0.9 --finetune-lr 3e-5 "
     "--seconds-budget 2400 --out .runs/generator_far && "
-    "cp -r .runs/generator_far/. models/toyworld/checkpoints/generator",
+    "python -m framestream.models.toyworld.train_generator --device cuda "
+    "--resume .runs/generator_far --dit-preset toyworld-m-words --batch 256 --eval-clips 16 "
+    "--seed 14 --pool-clips 4096 --far-sink-fraction 0.5 --seconds-budget 200 "
+    "--out .runs/teacher4 && "
+    "python -m framestream.models.toyworld.train_generator --device cuda --teacher .runs/teacher4 "
+    "--dit-preset toyworld-m-words --batch 256 --eval-clips 16 --seed 14 --pool-clips 4096 "
+    "--guidance-scales 3.0,4.5 --distill-fraction 1.0 --far-sink-fraction 0.9 "
+    "--seconds-budget 215 --out .runs/generator14 && "
+    "cp -r .runs/generator14/. models/toyworld/checkpoints/generator",
     # commentary on an accelerator, then questions mixed in on two CPU threads (20 minutes)
     VLM_DIR: "python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 420 "
     "--out .runs/vlm && python -m framestream.models.toyworld.train_vlm --init .runs/vlm "
