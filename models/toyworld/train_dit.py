@@ -160,7 +160,7 @@ def _own_rollout(
     trains on its own rollouts for this). The target moves with the input
     (:func:`_rollout_shortfall`): the x0 it implies is still the data's. A stream's window
     holds the published levels, and so must ``batch``'s: the target's move grows as
-    ``1 / sigma``, which the continuous levels take near 0 (the loss rose to thousands).
+    ``1 / sigma``, which the continuous levels take near 0 (BENCHMARKS.md, run 14's first call).
 
     ``prompt_states(prompt_rows)`` are the text encoder's states of those prompts.
     """
