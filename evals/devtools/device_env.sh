@@ -4,10 +4,10 @@
 #
 #   run(command=". evals/devtools/device_env.sh && python3 -m pytest -m gpu ...", carry=[".whl"])
 # one wheel at a time: a compiled wheel built for another Python (the image moved from 3.11 to
-# 3.12 on 2026-12-07) is named and skipped, not allowed to stop the pure-Python ones
+# 3.12 on 2026-12-07) is skipped with pip's reason, not allowed to stop the pure-Python ones
 for wheel in .whl/*.whl; do
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site "$wheel" 2>/dev/null || echo "device_env: skipped $wheel (not for $(python3 -V))"
+        --target /tmp/site "$wheel" || echo "device_env: skipped $wheel"
 done
 mkdir -p /tmp/ns/framestream /tmp/ns/framestream-0.dist-info
 for folder in stream models kernels clients cli evals; do
