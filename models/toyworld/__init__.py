@@ -12,6 +12,8 @@ generated ones included (:func:`measure`, :func:`adherence`). Modules, one job e
 """
 
 from framestream.models.toyworld.measure import (
+    FIT_IOU,
+    IRREGULAR,
     Blob,
     Measurement,
     adherence,
@@ -45,6 +47,8 @@ from framestream.models.toyworld.world import (
 )
 
 __all__ = [
+    "FIT_IOU",
+    "IRREGULAR",
     "BACKGROUNDS",
     "COLORS",
     "DIRECTIONS",
