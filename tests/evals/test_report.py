@@ -51,9 +51,11 @@ def test_the_readme_quotes_its_records() -> None:
     what its record holds (the published ones as transcribed into the anchors record, or derived
     from them as BENCHMARKS.md derives them)."""
     readme = (ROOT / "README.md").read_text()
-    attempt13 = _result("toyworld_attempt13_generator_cpu_2026-12-07")
     attempt14 = _result("toyworld_attempt14_generator_h100_2026-12-07")
-    quality, before = attempt14["prompts24"], attempt13["prompts24"]
+    attempt16 = _result("toyworld_attempt16_generator_h100_2026-12-07")
+    shipped = attempt16["run14"]  # run 14 read by the template shape measure
+    run17 = attempt16["run17"]
+    quality, by_fill = shipped["prompts24"], attempt14["prompts24"]
     r3 = _result("bench_h200_round3_2026-11-29")
     round4 = _result("bench_h100_round4_2026-12-06")
     service = _result("service_h100_2026-12-06")
@@ -61,25 +63,23 @@ def test_the_readme_quotes_its_records() -> None:
 
     qa = _result("toyworld_qa_cpu_2026-12-06")
     vlm, answers = qa["after"]["streaming_vlm"], qa["after"]["streaming_vlm_qa"]
-    drift = attempt14["drift"]["10000"]["longlive"]["drift"]
-    drift_before = attempt13["drift"]["10000"]["longlive"]["drift"]
     drift_run12 = _result("toyworld_drift_cpu_2026-12-07")["longlive"]["drift"]
-    more_seeds = ("10001", "10002")
 
     def span(stream: dict) -> str:
         per_minute = stream["adherence_per_minute"]
         return f"{min(per_minute):.2f}-{max(per_minute):.2f}"
 
-    for seed in ("10000", *more_seeds):  # "every minute keeps the prompt's background"
+    seeds = ("10000", "10001", "10002")
+    for seed in seeds:  # "every minute keeps the prompt's background"
         for pipeline in ("longlive", "rolling_forcing"):
             assert (
-                min(attempt14["drift"][seed][pipeline]["drift"]["background_adherence_per_minute"])
+                min(shipped["drift"][seed][pipeline]["drift"]["background_adherence_per_minute"])
                 == 1.0
             )
-    switches, switches_before = attempt14["switches24"], attempt13["switches24"]
+    switches = shipped["switches24"]
 
-    def rolling(record: dict, seed: str) -> str:
-        return span(record[seed]["rolling_forcing"]["drift"])
+    def streams(pipeline: str) -> list[str]:
+        return [span(shipped["drift"][seed][pipeline]["drift"]) for seed in seeds]
 
     def both(run: dict, part: str, figure: str) -> str:
         return " / ".join(f"{run[p][part][figure]:.2f}" for p in ("longlive", "rolling_forcing"))
@@ -114,32 +114,17 @@ def test_the_readme_quotes_its_records() -> None:
         f"background is the prompt's in\n{both(quality, 'adherence', 'background_mean')} of frames",
         f"colours in {both(quality, 'adherence', 'color_mean')} of frames",
         f"shapes as well in\n{both(quality, 'adherence', 'mean')}.",
-        f"scored {both(before, 'adherence', 'background_mean')},\n"
-        f"{both(before, 'adherence', 'color_mean')} and {both(before, 'adherence', 'mean')}",
+        f"scored the same frames {both(by_fill, 'adherence', 'mean')}",
         f"Over {switches['longlive']['switch']['switches']} switches, each watched for 5 s, "
         f"LongLive follows {switches['longlive']['switch']['followed']} and Rolling Forcing "
-        f"{switches['rolling_forcing']['switch']['followed']}, where\nthe one before followed "
-        f"{switches_before['longlive']['switch']['followed']} and "
-        f"{switches_before['rolling_forcing']['switch']['followed']}",
-        f"colour and shape in\n{span(drift)} of a minute's frames, where the one before scored "
-        f"{span(drift_before)} and run 12 lost the\ndiamond after minute 5 ({span(drift_run12)},",
-        "on two more prompts, in "
-        + " and ".join(span(attempt14["drift"][seed]["longlive"]["drift"]) for seed in more_seeds)
-        + ", where the one before scored "
-        + span(attempt13["drift"]["10001"]["longlive"]["drift"])
-        + " and\n"
-        + span(attempt13["drift"]["10002"]["longlive"]["drift"]),
-        "better than the shapes:\n"
-        + ", ".join(rolling(attempt14["drift"], seed) for seed in ("10000", "10001"))
-        + " and "
-        + rolling(attempt14["drift"], "10002")
-        + " (the one before: "
-        + ", ".join(
-            rolling(attempt14["drift_run13_rolling_forcing"], seed) for seed in ("10000", "10001")
-        )
-        + " and "
-        + rolling(attempt14["drift_run13_rolling_forcing"], "10002")
-        + ")",
+        f"{switches['rolling_forcing']['switch']['followed']}.",
+        "colour and shape in\n{} of a minute's frames, and on two more prompts in {} (a white "
+        "triangle) and\n{} (a red circle".format(*streams("longlive")),
+        "better than the shapes: {}, {} and {}.".format(*streams("rolling_forcing")),
+        f"after minute 5 ({span(drift_run12)} by the fill ratio",
+        f"run 17 followed {run17['switches24']['rolling_forcing']['switch']['followed']} of "
+        "Rolling Forcing's switches, but drew its backgrounds\nin "
+        f"{run17['prompts24']['rolling_forcing']['adherence']['background_mean']:.2f} of frames",
         f"| LongLive DiT alone | {r4('longlive', 'fps_dit'):.1f} FPS | "
         f"{r4('longlive', 'fps_dit', 'published'):.1f} FPS |",
         f"| Rolling Forcing DiT alone | {r4('rolling_forcing', 'fps_dit'):.1f} FPS | "
