@@ -7,8 +7,8 @@ The first row is the README's example ("a red circle moves right on a black back
 switched at 4 s to "a yellow triangle is still on a brown background"); the others are held-out
 prompts (the toy world's own sampler, seeds apart from training's). Every frame is measured as
 the quality eval measures it (:func:`models.toyworld.color_adherence`,
-:func:`models.toyworld.background_adherence`) against the prompt in force, and a JSON record
-beside the PNG holds those scores and the command.
+:func:`models.toyworld.adherence`, :func:`models.toyworld.background_adherence`) against the
+prompt in force, and a JSON record beside the PNG holds those scores and the command.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from framestream.evals.toyworld_quality import FPS, SIZE, generate
-from framestream.models.toyworld import background_adherence, color_adherence, prompt, sample_clip
+from framestream.models.toyworld import (
+    adherence,
+    background_adherence,
+    color_adherence,
+    measure,
+    prompt,
+    sample_clip,
+)
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.longlive import LongLivePipeline
 from framestream.stream.pipelines.rolling_forcing import RollingForcingPipeline
@@ -81,8 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
     for i, (first, switches) in enumerate(rows(args.prompts, args.seconds, args.seed)):
         frames = generate(pipe, first, args.seconds, args.seed + i, switches)
         texts = [in_force(first, switches, k / FPS) for k in range(len(frames))]
-        colours = [color_adherence(f[None], t) for f, t in zip(frames, texts, strict=True)]
-        backgrounds = [background_adherence(f[None], t) for f, t in zip(frames, texts, strict=True)]
+        measured = [[measure(f)] for f in frames]  # scored 3 ways
+        colours = [color_adherence(m, t) for m, t in zip(measured, texts, strict=True)]
+        shapes = [adherence(m, t) for m, t in zip(measured, texts, strict=True)]
+        backgrounds = [background_adherence(m, t) for m, t in zip(measured, texts, strict=True)]
         picked = [frames[round(t * FPS)] for t in times]
         pictures.append(picked)
         record["rows"].append(
@@ -90,10 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
                 "prompt": first,
                 "switches": [{"t": at, "prompt": after} for at, after in switches],
                 "color_adherence": float(np.mean(colours)),
+                "adherence": float(np.mean(shapes)),
                 "background_adherence": float(np.mean(backgrounds)),
             }
         )
-        print(f"{first!r}: colours {np.mean(colours):.2f}, background {np.mean(backgrounds):.2f}")
+        print(
+            f"{first!r}: colours {np.mean(colours):.2f}, colours and shapes {np.mean(shapes):.2f}, "
+            f"background {np.mean(backgrounds):.2f}"
+        )
     _plot(pictures, record, args.out)
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
     return record
