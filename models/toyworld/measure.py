@@ -48,7 +48,7 @@ above it, and lumps with a limb or a bite out of them, which a fill ratio would 
 diamond, fall below (tests/models/test_toyworld.py holds both)."""
 IRREGULAR = "irregular"
 """The shape of a blob that fits no template: never the shape a prompt asks for."""
-_MAX_ASPECT = 1.3  # every shape fills a square box; clean renders stay under 1.1
+_MAX_ASPECT = 1.3  # every shape fills a square box: a much taller or wider region is none of them
 _SUPERSAMPLE = 4  # template coverage per pixel from 4x4 samples, kept where >= 0.5
 
 
