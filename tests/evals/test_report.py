@@ -54,7 +54,12 @@ def test_the_readme_quotes_its_records() -> None:
     attempt14 = _result("toyworld_attempt14_generator_h100_2026-12-07")
     attempt16 = _result("toyworld_attempt16_generator_h100_2026-12-07")
     shipped = attempt16["run14"]  # run 14 read by the template shape measure
-    run17 = attempt16["run17"]
+    run17, run18 = attempt16["run17"], attempt16["run18"]
+    backgrounds = {
+        f"{run['prompts24']['rolling_forcing']['adherence']['background_mean']:.2f}"
+        for run in (run17, run18)
+    }
+    assert len(backgrounds) == 1  # "both drew Rolling Forcing's backgrounds in" one figure
     grid = [f"{row['adherence']:.2f}" for row in _result("toyworld_grid_cpu_2026-12-07")["rows"]]
     grid_shapes = ", ".join(grid[:-1]) + f" and {grid[-1]}"
     quality, by_fill = shipped["prompts24"], attempt14["prompts24"]
@@ -128,7 +133,9 @@ def test_the_readme_quotes_its_records() -> None:
         + grid_shapes
         + " of their frames",
         f"run 17 followed {run17['switches24']['rolling_forcing']['switch']['followed']} of "
-        "Rolling Forcing's switches, but drew its backgrounds\nin "
+        "Rolling Forcing's switches, and run 18 drew the prompt's shapes in "
+        f"{both(run18['prompts24'], 'adherence', 'mean')} of frames",
+        "both drew Rolling Forcing's backgrounds in "
         f"{run17['prompts24']['rolling_forcing']['adherence']['background_mean']:.2f} of frames",
         f"| LongLive DiT alone | {r4('longlive', 'fps_dit'):.1f} FPS | "
         f"{r4('longlive', 'fps_dit', 'published'):.1f} FPS |",
