@@ -126,10 +126,10 @@ def _templates(height: int, width: int) -> dict[str, np.ndarray]:
     }
 
 
-def _shape(mask: np.ndarray) -> tuple[str, float]:
-    """The best-fitting shape of a blob's ``[h, w]`` bool mask cut to its box, and its IoU."""
+def _shape(mask: np.ndarray, area: int) -> tuple[str, float]:
+    """The best-fitting shape of a blob's ``[h, w]`` bool mask cut to its box (``area`` pixels),
+    and its IoU."""
     height, width = mask.shape
-    area = int(mask.sum())
     fits = {
         shape: (inter := int((mask & t).sum())) / (area + int(t.sum()) - inter)
         for shape, t in _templates(height, width).items()
@@ -177,7 +177,7 @@ def measure(frame: np.ndarray, min_fraction: float = 0.004, shape_pixels: int = 
         cx, cy = (float(v) for v in centroids[big])
         shape, fit = None, 0.0
         if area >= shape_pixels:
-            shape, fit = _shape(components[y0 : y0 + bh, x0 : x0 + bw] == big)
+            shape, fit = _shape(components[y0 : y0 + bh, x0 : x0 + bw] == big, area)
         blobs.append(
             Blob(_NAMES[k], area / (h * w), (cy, cx), (y0, x0, y0 + bh, x0 + bw), fit, shape)
         )

@@ -153,15 +153,15 @@ def test_measure_recovers_color_and_shape_on_clean_renders() -> None:
     assert shapes / total >= 0.97
 
 
+_GRAY = BACKGROUNDS["gray"]
+_DIAMOND = np.array([(32, 20), (44, 32), (32, 44), (20, 32)], np.int32)  # (x, y) corners
+
+
 def _lump(draw) -> np.ndarray:
     """A 64x64 gray frame with one purple region drawn by ``draw(canvas, rgb)``."""
     frame = np.full((64, 64, 3), _GRAY, np.uint8)
     draw(frame, COLORS["purple"])
     return frame
-
-
-_GRAY = BACKGROUNDS["gray"]
-_DIAMOND = np.array([(32, 20), (44, 32), (32, 44), (20, 32)], np.int32)  # (x, y) corners
 
 
 @pytest.mark.parametrize(
