@@ -11,8 +11,11 @@ Nothing here uses the simulation, so it works on generated frames as well as ren
 4. Shape by template: each of the four shapes is drawn into the blob's box the way the world
    draws it, and the one with the highest intersection over union with the blob wins. A blob
    no template fits (IoU below :data:`FIT_IOU`, or a box too far from square) is
-   ``"irregular"``: a ragged blob is not a diamond because its centroid is central. A blob whose
-   box touches another blob's box may be occluded: its shape is left untold.
+   ``"irregular"``: a ragged blob is not a diamond because its centroid is central.
+5. A blob whose box touches another's may be occluded, so it lists the colours it touches;
+   the adherence measures leave its shape untold only when one of them is a colour the prompt
+   names (two of the prompt's sprites crossing), not for a stray blob of some other colour
+   beside a lump.
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ class Blob:
         bbox: ``(y0, x0, y1, x1)``, end-exclusive.
         fit: IoU with the best-fitting shape template in its box (0 when not measured).
         shape: the best-fitting shape, :data:`IRREGULAR` when none fits, or ``None`` when the
-            blob is too small or touches another.
+            blob is too small to tell.
+        touching: the colours of the blobs whose boxes overlap or adjoin this one's (any of
+            them may hide part of it).
     """
 
     color: str
@@ -72,6 +77,7 @@ class Blob:
     bbox: tuple[int, int, int, int]
     fit: float
     shape: str | None
+    touching: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,7 @@ def measure(frame: np.ndarray, min_fraction: float = 0.004, shape_pixels: int = 
             Blob(_NAMES[k], area / (h * w), (cy, cx), (y0, x0, y0 + bh, x0 + bw), fit, shape)
         )
     blobs = [
-        replace(b, shape=None) if any(_touch(b, o) for o in blobs if o is not b) else b
+        replace(b, touching=tuple(o.color for o in blobs if o is not b and _touch(b, o)))
         for b in blobs
     ]
     blobs.sort(key=lambda b: -b.fraction)
@@ -190,11 +196,14 @@ def measure(frame: np.ndarray, min_fraction: float = 0.004, shape_pixels: int = 
     return Measurement(background, tuple(blobs))
 
 
-def _shows(m: Measurement, obj: PromptObject, shape: bool) -> bool:
-    """Whether ``m`` holds a blob of ``obj``'s colour whose shape (when told, and ``shape``
-    asks) is ``obj``'s."""
+def _shows(m: Measurement, obj: PromptObject, shape: bool, colors: set[str]) -> bool:
+    """Whether ``m`` holds a blob of ``obj``'s colour whose shape (when ``shape`` asks) is
+    ``obj``'s, or cannot be told: too small, or touching a sprite of the prompt's ``colors``."""
     blob = m.find(obj.color)
-    return blob is not None and (not shape or blob.shape in (None, obj.shape))
+    if blob is None or not shape:
+        return blob is not None
+    untold = blob.shape is None or not colors.isdisjoint(blob.touching)
+    return untold or blob.shape == obj.shape
 
 
 Frames = np.ndarray | Sequence[np.ndarray | Measurement]
@@ -215,7 +224,7 @@ def _follows(frames: Frames, text: str, shape: bool) -> float:
     hits = 0
     for frame in frames:
         m = _measured(frame)
-        shown = all(_shows(m, o, shape) for o in wanted)
+        shown = all(_shows(m, o, shape, colors) for o in wanted)
         hits += shown and (m.color is None or m.color in colors)
     return hits / len(frames)
 
@@ -224,7 +233,8 @@ def adherence(frames: Frames, text: str) -> float:
     """Fraction of frames that show what the prompt ``text`` names.
 
     A frame matches when every non-transient sprite of the prompt is found in its colour with
-    its shape (shape checked only when measurable), and the frame's dominant colour, if any, is
+    its shape (checked unless the blob is too small, or touches a blob of a colour the prompt
+    names, which may hide part of it), and the frame's dominant colour, if any, is
     one the prompt names. A prompt naming no sprites matches only empty frames. Background and
     motion are not checked.
 

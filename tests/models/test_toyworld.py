@@ -157,6 +157,12 @@ _GRAY = BACKGROUNDS["gray"]
 _DIAMOND = np.array([(32, 20), (44, 32), (32, 44), (20, 32)], np.int32)  # (x, y) corners
 
 
+def _lobes(frame: np.ndarray, rgb) -> None:
+    """The kind of blob generators drew: round lobes, centroid near the box centre."""
+    for xy in ((26, 28), (38, 26), (32, 38)):
+        cv2.circle(frame, xy, 7, rgb, -1)
+
+
 def _lump(draw) -> np.ndarray:
     """A 64x64 gray frame with one purple region drawn by ``draw(canvas, rgb)``."""
     frame = np.full((64, 64, 3), _GRAY, np.uint8)
@@ -167,8 +173,7 @@ def _lump(draw) -> np.ndarray:
 @pytest.mark.parametrize(
     "draw",
     [
-        # the kind of blob generators drew: round lobes, centroid near the box centre
-        lambda f, c: [cv2.circle(f, (x, y), 7, c, -1) for x, y in ((26, 28), (38, 26), (32, 38))],
+        _lobes,
         # a diamond with a limb
         lambda f, c: (cv2.fillConvexPoly(f, _DIAMOND, c), cv2.line(f, (38, 38), (50, 50), c, 4)),
         # a diamond with a quarter bitten out
@@ -191,6 +196,28 @@ def test_blobs_that_fit_no_shape_are_irregular_and_fail_strict_adherence(draw) -
         text = f"a purple {shape} is still on a gray background"
         assert adherence(frame[None], text) == 0.0
         assert color_adherence(frame[None], text) == 1.0
+
+
+def test_a_stray_blob_beside_a_lump_does_not_excuse_its_shape() -> None:
+    # lobes with a small yellow blob against them: the yellow is no sprite the prompt names,
+    # so it hides nothing the prompt asks for and the lump is judged (and fails)
+    frame = _lump(_lobes)
+    cv2.rectangle(frame, (44, 30), (49, 35), COLORS["yellow"], -1)
+    blob = measure(frame).find("purple")
+    assert blob is not None and blob.touching == ("yellow",) and blob.shape == IRREGULAR
+    assert adherence(frame[None], "a purple diamond is still on a gray background") == 0.0
+
+
+def test_two_crossing_sprites_of_the_prompt_leave_their_shapes_untold() -> None:
+    # a square over part of a diamond: the diamond's visible region fits no template, but the
+    # square the prompt names may hide the rest of it
+    frame = _lump(lambda f, c: cv2.fillConvexPoly(f, _DIAMOND, c))
+    cv2.rectangle(frame, (30, 30), (50, 50), COLORS["yellow"], -1)
+    diamond = measure(frame).find("purple")
+    assert diamond is not None and diamond.touching == ("yellow",)
+    assert diamond.shape != "diamond"
+    text = "a purple diamond is still and a yellow square is still on a gray background"
+    assert adherence(frame[None], text) == 1.0
 
 
 def test_clean_shapes_fit_their_templates() -> None:
