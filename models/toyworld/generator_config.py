@@ -94,6 +94,13 @@ class TrainConfig:
             ``sampling.json``). Four re-noised steps of this undistilled model leave the first
             chunk at the mean, without sprites; an ODE opening lets a layout form, and more
             steps than the default gave no more (BENCHMARKS.md, "Why the ODE opening").
+        decoded_weight: weight of :class:`~models.toyworld.decoded_loss.DecodedLoss`, the
+            DiT's x0 decoded by the frozen codec and compared with the decoded data in pixels
+            (sprite-weighted, with a corner term): the flow loss weighs every latent direction
+            alike, the decoder draws corners from a few of them. Off by default, so the
+            shipped generator's recorded commands train what they trained.
+        decoded_frames: latent frames decoded a step for that loss.
+        decoded_sigma_max: the noisiest level a latent frame may be at to take part in it.
         train_text_encoder: train the tiny umT5 with the DiT (saved beside it as
             ``text_encoder.safetensors``) instead of keeping its seeded random weights frozen:
             a random byte-level encoder leaves the DiT to untangle which colour word belongs to
@@ -161,6 +168,9 @@ class TrainConfig:
     rolling_window: int = 5
     shift: float = 1.0
     opening_steps: int = 16
+    decoded_weight: float = 0.0
+    decoded_frames: int = 256
+    decoded_sigma_max: float = 0.5
     train_text_encoder: bool = True
     tokenizer: str = "bytes"
     text_dropout: float = 0.1

@@ -24,7 +24,7 @@ from framestream.models.toyworld.generator_data import Pool, foreground_mask, to
 from framestream.models.vae import tiny_wan_vae
 from framestream.models.vae_causal import decode_frames, encode_video
 
-__all__ = ["encode_pool", "per_frame_init", "set_latent_stats", "train_codec"]
+__all__ = ["edge_loss", "encode_pool", "per_frame_init", "set_latent_stats", "train_codec"]
 
 
 def train_codec(
@@ -92,7 +92,7 @@ def train_codec(
         kl = 0.5 * (mean**2 + logvar.exp() - 1.0 - logvar).mean()
         loss = mse + l1 + cfg.kl_weight * kl
         if cfg.vae_edge_weight:
-            loss = loss + cfg.vae_edge_weight * _edge_loss(recon, target, weight)
+            loss = loss + cfg.vae_edge_weight * edge_loss(recon, target, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -116,14 +116,14 @@ def train_codec(
     }
 
 
-def _edge_loss(recon: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def edge_loss(recon: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Weighted L1 between the spatial differences of ``[B, 3, T, H, W]`` clips: a corner is
     where both differences turn, which a plain pixel loss smooths away at a sprite's size."""
     loss = recon.new_zeros(())
     for dim in (-1, -2):
         d_recon, d_target = recon.diff(dim=dim), target.diff(dim=dim)
         w = weight.narrow(dim, 1, weight.shape[dim] - 1)
-        loss = loss + (w * (d_recon - d_target).abs()).mean() / w.mean()
+        loss = loss + (w * (d_recon - d_target).abs()).mean() / w.mean().clamp_min(1e-6)
     return loss
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from framestream.kernels.rope import wan_rope
 from framestream.models.schedule import FlowSchedule
 from framestream.models.text import UMT5TextEncoder
+from framestream.models.toyworld.decoded_loss import DecodedLoss
 from framestream.models.toyworld.generator_attention import (
     ClipBatchAttention,
     clip_attention,
@@ -275,6 +276,7 @@ def train_dit(
     init: CausalWanModel | None = None,
     guide: Guide | None = None,
     prompt_encoder: PromptEncoder | None = None,
+    decoded: DecodedLoss | None = None,
 ) -> tuple[CausalWanModel, dict]:
     """Flow matching over normalised ``latents [N, 16, F, h, w]`` in both pipelines' layouts:
     LongLive's (clean + noisy copies, per-chunk levels; a ``far_sink_fraction`` of them with the
@@ -293,6 +295,7 @@ def train_dit(
             student learns the guided, conditional velocity only).
         prompt_encoder: train this text encoder with the DiT (``text`` is then unused; the
             encoder's EMA weights are written back into it at the end).
+        decoded: add this loss on the decoded x0 (``decoded_weight`` of it) to the flow loss.
 
     Returns:
         The EMA weights in a fresh model, and the stage's statistics.
@@ -333,7 +336,7 @@ def train_dit(
     n = latents.shape[0]
     switches = torch.nonzero((chunk_prompt != chunk_prompt[:, :1]).any(1)).flatten()
     from_switches = round(b * cfg.distill_switch_fraction) if guide is not None else 0
-    start, step, curve, losses = time.perf_counter(), 0, [], []
+    start, step, curve, losses, decoded_losses = time.perf_counter(), 0, [], [], []
     idx = None
 
     def prompt_states(rows: torch.Tensor) -> torch.Tensor:
@@ -375,6 +378,10 @@ def train_dit(
         target = target + _rollout_shortfall(batch)
         error = (pred[batch.loss_rows] - target).square()
         loss = (batch.weight * error).mean() / batch.weight.mean()
+        if decoded is not None:
+            shape_loss = _decoded_loss(decoded, batch, pred[batch.loss_rows], gen)
+            decoded_losses.append(shape_loss.detach())
+            loss = loss + cfg.decoded_weight * shape_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -401,13 +408,28 @@ def train_dit(
                 p.copy_(averaged)
         prompt_encoder.module.eval().requires_grad_(False)
     final = torch.stack(losses[-cfg.log_every :]).mean().item() if losses else float("nan")
-    return final_model.eval(), {
+    report = {
         "steps": step,
         "seconds": time.perf_counter() - start,
         "final_loss": final,
         "first_loss": losses[0].item() if losses else float("nan"),
         "curve": curve,
     }
+    if decoded_losses:  # the loss on the decoded x0 (in ``final_loss``, at its weight)
+        report["decoded_first_loss"] = decoded_losses[0].item()
+        report["decoded_final_loss"] = torch.stack(decoded_losses[-cfg.log_every :]).mean().item()
+    return final_model.eval(), report
+
+
+def _decoded_loss(
+    decoded: DecodedLoss, batch: _Batch, velocity: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    """``decoded`` over ``batch``'s loss rows: the data's x0 is the ideal rows' (a rollout's
+    are the model's own blocks) less ``sigma`` times the data's velocity ``noise - x0``."""
+    sigma = batch.t[batch.loss_rows][:, 0] / 1000
+    ideal = batch.rows if batch.ideal is None else batch.ideal
+    x0 = ideal[batch.loss_rows].float() - sigma[:, None, None, None, None] * batch.target
+    return decoded(batch.rows[batch.loss_rows], x0, velocity, sigma, gen)
 
 
 def _draw_clips(
@@ -461,6 +483,7 @@ def guidance_stage(
     encoder: UMT5TextEncoder,
     deadline: float,
     student: CausalWanModel | None = None,
+    decoded: DecodedLoss | None = None,
 ) -> tuple[CausalWanModel, dict]:
     """Guidance distillation of a trained DiT (its flow-matching run learned no unconditional
     velocity): fine-tune it with ``text_dropout`` for ``1 - distill_fraction`` of the time left,
@@ -472,6 +495,7 @@ def guidance_stage(
     ``encoder`` is the teacher's text encoder, frozen here (``text`` holds its states).
     ``student``, an earlier student of this teacher, goes on distilling instead of a fresh copy
     of the teacher: distillation is checkpointed between calls like flow matching.
+    ``decoded`` joins both the fine-tuning's and the distillation's loss (:func:`train_dit`).
 
     Returns:
         The student (or teacher), and ``{"finetune", "guidance_sweep", "guidance", "distill"}``.
@@ -480,7 +504,7 @@ def guidance_stage(
     start = time.perf_counter()
     split = start + (1 - cfg.distill_fraction) * (deadline - start)
     args = (cfg, latents, foreground, chunk_prompt, text, device)
-    teacher, finetune = train_dit(*args, split, null=null, init=teacher)
+    teacher, finetune = train_dit(*args, split, null=null, init=teacher, decoded=decoded)
     teacher = teacher.to(device)
     sweep = {}
     for scale in tqdm(cfg.guidance_scales, desc="guidance sweep", file=sys.stderr):
@@ -497,6 +521,6 @@ def guidance_stage(
         return teacher.cpu(), report | finetune
     student, report["distill"] = train_dit(
         *args, deadline, null=null, init=teacher if student is None else student,
-        guide=Guide(teacher.eval(), best),
+        guide=Guide(teacher.eval(), best), decoded=decoded,
     )  # fmt: skip
     return student, report | report["distill"]

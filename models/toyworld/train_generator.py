@@ -63,6 +63,13 @@ With ``--rollout-fraction`` a share of Rolling Forcing's batches holds the stude
 (each block its x0 from the pass a level up, noised back down, as a stream feeds it) where the
 teacher reads data, and the student learns to take its own blocks where the teacher takes data.
 
+A loss through the decoder (``--decoded-weight``, in any DiT stage;
+:class:`~models.toyworld.decoded_loss.DecodedLoss`). The flow loss weighs every latent direction
+alike; the sharpened decoder draws a sprite's corners from a few of them. With a weight, a stage
+also decodes the x0 the DiT's velocity implies at low noise (``--decoded-sigma-max``) with the
+frozen decoder, and adds the codec's own sprite-weighted pixel and corner loss against the
+decoded data.
+
 Sampling (:func:`evaluate`) is the LongLive loop without ``stream/`` (``models/`` must not import
 it): per chunk, noise, 4 warped steps ``[1000, 750, 500, 250]`` (shift 5) with re-noising, over a
 :class:`~models.attention.DenseAttention` of the clean frames generated so far plus the chunk, under
@@ -85,6 +92,7 @@ import torch
 from safetensors.torch import save_file, save_model
 
 from framestream.models.text import WordTokenizer
+from framestream.models.toyworld.decoded_loss import DecodedLoss
 from framestream.models.toyworld.embedded import TEXT_ENCODER_FILE, WORDS_FILE, toy_text_encoder
 from framestream.models.toyworld.generator_config import (
     FPS,
@@ -241,6 +249,12 @@ def train(
     logger.info("encoded the pool to %s in %.1fs", tuple(latents.shape), report["encode_seconds"])
 
     foreground = latent_foreground(pool, device)
+    codec = WanVAE.from_pretrained(out / "vae", device=device)
+    decoded = None
+    if cfg.decoded_weight:
+        decoded = DecodedLoss(
+            codec, cfg.decoded_frames, cfg.decoded_sigma_max, cfg.gen_foreground_weight
+        )
     trains_encoder = teacher_from is None and cfg.train_text_encoder
     if teacher_from is None:
         init = None
@@ -249,9 +263,9 @@ def train(
         dit, report["generator"] = train_dit(
             cfg, latents, foreground, pool.chunk_prompt, text, device, budget_end, null=null,
             init=init, prompt_encoder=PromptEncoder(encoder, prompts) if trains_encoder else None,
+            decoded=decoded,
         )  # fmt: skip
     else:
-        codec = WanVAE.from_pretrained(out / "vae", device=device)
         teacher = load_dit(teacher_from / "dit.safetensors", device, cfg.dit_preset)
         student = None
         if student_from is not None:
@@ -259,7 +273,7 @@ def train(
             report["student_run"] = json.loads((student_from / "train.json").read_text())
         dit, report["generator"] = guidance_stage(
             cfg, latents, foreground, pool.chunk_prompt, text, null, codec, teacher, encoder,
-            budget_end, student,
+            budget_end, student, decoded,
         )  # fmt: skip
     state = {k: v.detach().float().contiguous() for k, v in dit.state_dict().items()}
     save_file(state, out / "dit.safetensors", metadata={"format": "pt", "layout": "wan"})
@@ -365,6 +379,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="share of Rolling Forcing's steps whose window holds the model's own blocks",
     )
     p.add_argument(
+        "--decoded-weight",
+        type=float,
+        default=None,
+        help="weight of the loss on the DiT's x0 through the frozen decoder (sprite shapes)",
+    )
+    p.add_argument(
+        "--decoded-frames", type=int, default=None, help="latent frames that loss decodes a step"
+    )
+    p.add_argument(
+        "--decoded-sigma-max",
+        type=float,
+        default=None,
+        help="the noisiest level a latent frame may be at to take part in that loss",
+    )
+    p.add_argument(
         "--frozen-text-encoder", action="store_true", help="keep the seeded text encoder frozen"
     )
     stage = p.add_mutually_exclusive_group()
@@ -433,6 +462,9 @@ def main(argv: list[str] | None = None) -> dict:
         "far_sink_fraction": args.far_sink_fraction,
         "rolling_fraction": args.rolling_fraction,
         "rollout_fraction": args.rollout_fraction,
+        "decoded_weight": args.decoded_weight,
+        "decoded_frames": args.decoded_frames,
+        "decoded_sigma_max": args.decoded_sigma_max,
         "train_text_encoder": False if args.frozen_text_encoder else None,
     }
     cfg = replace(cfg, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
