@@ -45,6 +45,7 @@ from framestream.models.vae_causal import encode_video
 from framestream.models.wan import CausalWanModel, wan_config
 
 __all__ = [
+    "eval_clips",
     "evaluate",
     "evaluate_codec",
     "generate",
@@ -141,7 +142,8 @@ def load_dit(path: Path, device: torch.device, preset: str) -> CausalWanModel:
     return dit.to(device).float().eval()
 
 
-def _eval_clips(n: int, video_frames: int, max_objects: int = 2) -> list:
+def eval_clips(n: int, video_frames: int, max_objects: int = 2) -> list:
+    """The first ``n`` held-out clips of ``video_frames`` frames (seeded by ``EVAL_SEED``)."""
     rng = np.random.default_rng(EVAL_SEED)
     return [
         sample_clip(rng, seconds=video_frames / FPS, fps=FPS, size=SIZE, max_objects=max_objects)
@@ -161,7 +163,7 @@ def evaluate_codec(
         ``recon_psnr_stream`` (:func:`stream_psnr` over ``stream_seconds``).
     """
     device = vae.latents_mean.device
-    clips = _eval_clips(n_clips, 1 + TEMPORAL * (latent_frames - 1))
+    clips = eval_clips(n_clips, 1 + TEMPORAL * (latent_frames - 1))
     truth, recon_adh, mses = [], [], []
     for clip in clips:
         frames, text = render(clip), prompt(clip)
@@ -199,7 +201,7 @@ def grade_samples(
         per-clip values, and the prompts.
     """
     device = vae.latents_mean.device
-    prompts = [prompt(c) for c in _eval_clips(n_clips, 1 + TEMPORAL * (latent_frames - 1))]
+    prompts = [prompt(c) for c in eval_clips(n_clips, 1 + TEMPORAL * (latent_frames - 1))]
     context = encode_prompts([*prompts, ""], encoder, device)
     generator = torch.Generator(device).manual_seed(seed)
     result: dict = {"prompts": prompts, "latent_frames": latent_frames, "guidance": guidance}

@@ -1,0 +1,89 @@
+"""Probe: the ceiling a toy-world codec puts on any generator's strict (colour and shape) figure.
+
+    python -m framestream.evals.devtools.probe_codec_shapes \
+        --generator-dir models/toyworld/checkpoints/generator --out FILE.json
+
+Held-out clips are rendered, encoded and decoded by the folder's codec; the record holds the
+strict adherence (:func:`~models.toyworld.adherence`) of the rendered and of the reconstructed
+clips, and per prompted shape how the reconstructions' sprites read (the template measure's
+verdict, ``untold`` when the measure leaves it, ``missing`` when the colour is gone). A
+generator on this codec cannot score above the reconstructions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from framestream.models.toyworld import adherence, measure, prompt, render
+from framestream.models.toyworld.generator_data import to_signed
+from framestream.models.toyworld.generator_eval import eval_clips
+from framestream.models.toyworld.text import parse_prompt
+from framestream.models.vae import WanVAE, to_uint8
+from framestream.models.vae_causal import encode_video
+
+
+def _verdicts(frames, text: str) -> Counter:
+    """How each frame's sprites of the prompt read: ``(prompted shape, verdict)`` counts."""
+    parsed = parse_prompt(text)
+    colors = {o.color for o in parsed.objects}
+    counts = Counter()
+    for frame in frames:
+        m = measure(frame)
+        for obj in (o for o in parsed.objects if not o.transient):
+            blob = m.find(obj.color)
+            if blob is None:
+                verdict = "missing"
+            elif blob.shape is None or not colors.isdisjoint(blob.touching):
+                verdict = "untold"
+            else:
+                verdict = blob.shape
+            counts[obj.shape, verdict] += 1
+    return counts
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--generator-dir", type=Path, required=True)
+    parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--latent-frames", type=int, default=12)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    codec = WanVAE.from_pretrained(args.generator_dir / "vae", device=torch.device("cpu"))
+    truth, recon, verdicts = [], [], Counter()
+    for clip in tqdm(eval_clips(args.clips, 1 + 4 * (args.latent_frames - 1)), desc="clips"):
+        frames, text = render(clip), prompt(clip)
+        z = encode_video(codec.vae, to_signed(torch.from_numpy(frames)[None]))[:, : codec.z_dim]
+        decoded = codec.decode_chunk(codec.normalize(z), codec.new_decode_state())
+        decoded = to_uint8(decoded)[0].numpy()
+        truth.append(adherence(frames, text))
+        recon.append(adherence(decoded, text))
+        verdicts += _verdicts(decoded, text)
+    by_shape = defaultdict(dict)
+    for (shape, verdict), n in sorted(verdicts.items()):
+        by_shape[shape][verdict] = n
+    record = {
+        "benchmark": "toyworld_codec_shapes",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python -m framestream.evals.devtools.probe_codec_shapes "
+        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "generator_dir": str(args.generator_dir),
+        "clips": args.clips,
+        "truth_adherence": sum(truth) / len(truth),
+        "recon_adherence": sum(recon) / len(recon),
+        "recon_verdicts": by_shape,
+    }
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k != "recon_verdicts"}, indent=1))
+    return record
+
+
+if __name__ == "__main__":
+    main()
