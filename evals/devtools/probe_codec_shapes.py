@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "toyworld_codec_shapes",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m framestream.evals.devtools.probe_codec_shapes "
-        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "generator_dir": str(args.generator_dir),
         "clips": args.clips,
         "truth_adherence": sum(truth) / len(truth),
