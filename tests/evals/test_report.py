@@ -142,6 +142,7 @@ def test_the_readme_quotes_its_records() -> None:
         f"run 17 followed {run17['switches24']['rolling_forcing']['switch']['followed']} of "
         "Rolling Forcing's switches, and run 18 drew the prompt's shapes in "
         f"{both(run18['prompts24'], 'adherence', 'mean')} of frames",
+        f"were ({both(attempt19['run19']['prompts24'], 'adherence', 'mean')} on the 24 prompts)",
         "both drew Rolling Forcing's backgrounds in "
         f"{run17['prompts24']['rolling_forcing']['adherence']['background_mean']:.2f} of frames",
         f"| LongLive DiT alone | {r4('longlive', 'fps_dit'):.1f} FPS | "
