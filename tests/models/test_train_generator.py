@@ -240,10 +240,13 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
 
     far = ["--far-sink-fraction", "1.0"]  # every LongLive step in a long stream's layout
     rollout = ["--rolling-fraction", "0.5", "--rollout-fraction", "1.0"]
-    argv = ["--smoke", "--codec", str(codec_run), *far, *rollout]
+    decoded = ["--decoded-weight", "1.0", "--decoded-frames", "8"]  # x0 through the decoder
+    argv = ["--smoke", "--codec", str(codec_run), *far, *rollout, *decoded]
     report = tg.main([*argv, "--out", str(generator_run)])
     assert "codec" not in report and report["codec_run"]["command"] == codec_report["command"]
     assert report["config"]["far_sink_fraction"] == 1.0
+    assert report["config"]["decoded_weight"] == 1.0
+    assert math.isfinite(report["generator"]["decoded_final_loss"])
     assert (report["config"]["rolling_fraction"], report["config"]["rollout_fraction"]) == (0.5, 1)
     assert all(math.isfinite(loss) for _, loss in report["generator"]["curve"])
     assert report["generator"]["steps"] == SMOKE.max_gen_steps
