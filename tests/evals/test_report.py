@@ -58,6 +58,8 @@ def test_the_readme_quotes_its_records() -> None:
     lenient = attempt16["run14"]  # the same frames while any touching blob excused a shape
     run17, run18 = attempt16["run17"], attempt16["run18"]
     codec = _result("toyworld_codec_shapes_cpu_2026-12-07")
+    rereads = [attempt19["reread"][f"run{n}"]["prompts24"] for n in (16, 17, 18)]  # by the
+    best_reread = max(rereads, key=lambda r: r["longlive"]["adherence"]["mean"])  # measure now
     backgrounds = {
         f"{run['prompts24']['rolling_forcing']['adherence']['background_mean']:.2f}"
         for run in (run17, run18)
@@ -139,11 +141,11 @@ def test_the_readme_quotes_its_records() -> None:
         "Read by the template, the rows show the prompt's colours and shapes in "
         + grid_shapes
         + " of their frames",
+        f"shapes in at most {both(best_reread, 'adherence', 'mean')}\nof frames (runs 17 and 18",
         f"run 17 followed {run17['switches24']['rolling_forcing']['switch']['followed']} of "
-        "Rolling Forcing's switches, and run 18 drew the prompt's shapes in "
-        f"{both(run18['prompts24'], 'adherence', 'mean')} of frames",
+        "Rolling Forcing's switches",
         f"were ({both(attempt19['run19']['prompts24'], 'adherence', 'mean')} on the 24 prompts)",
-        "both drew Rolling Forcing's backgrounds in "
+        "runs 17 and 18 both drew Rolling Forcing's backgrounds in "
         f"{run17['prompts24']['rolling_forcing']['adherence']['background_mean']:.2f} of frames",
         f"| LongLive DiT alone | {r4('longlive', 'fps_dit'):.1f} FPS | "
         f"{r4('longlive', 'fps_dit', 'published'):.1f} FPS |",
