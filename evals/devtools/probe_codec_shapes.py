@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from framestream.models.toyworld import adherence, measure, prompt, render
 from framestream.models.toyworld.generator_data import to_signed
-from framestream.models.toyworld.generator_eval import eval_clips
+from framestream.models.toyworld.generator_eval import eval_clips, reconstruct
+from framestream.models.toyworld.measure import told_shape
 from framestream.models.toyworld.text import parse_prompt
 from framestream.models.vae import WanVAE, to_uint8
-from framestream.models.vae_causal import encode_video
 
 
 def _verdicts(frames, text: str) -> Counter:
@@ -39,12 +39,7 @@ def _verdicts(frames, text: str) -> Counter:
         m = measure(frame)
         for obj in (o for o in parsed.objects if not o.transient):
             blob = m.find(obj.color)
-            if blob is None:
-                verdict = "missing"
-            elif blob.shape is None or not colors.isdisjoint(blob.touching):
-                verdict = "untold"
-            else:
-                verdict = blob.shape
+            verdict = "missing" if blob is None else told_shape(blob, colors) or "untold"
             counts[obj.shape, verdict] += 1
     return counts
 
@@ -61,8 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     truth, recon, verdicts = [], [], Counter()
     for clip in tqdm(eval_clips(args.clips, 1 + 4 * (args.latent_frames - 1)), desc="clips"):
         frames, text = render(clip), prompt(clip)
-        z = encode_video(codec.vae, to_signed(torch.from_numpy(frames)[None]))[:, : codec.z_dim]
-        decoded = codec.decode_chunk(codec.normalize(z), codec.new_decode_state())
+        decoded = reconstruct(codec, to_signed(torch.from_numpy(frames)[None]))
         decoded = to_uint8(decoded)[0].numpy()
         truth.append(adherence(frames, text))
         recon.append(adherence(decoded, text))

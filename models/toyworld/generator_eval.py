@@ -51,6 +51,7 @@ __all__ = [
     "generate",
     "grade_samples",
     "load_dit",
+    "reconstruct",
     "stream_psnr",
 ]
 
@@ -152,6 +153,14 @@ def eval_clips(n: int, video_frames: int, max_objects: int = 2) -> list:
 
 
 @torch.no_grad()
+def reconstruct(vae: WanVAE, video: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, T, H, W]`` frames in ``[-1, 1]`` through the codec and back, each clip one
+    decoder stream: what any generator on this codec can at best show."""
+    z = encode_video(vae.vae, video)[:, : vae.z_dim]
+    return vae.decode_chunk(vae.normalize(z), vae.new_decode_state())
+
+
+@torch.no_grad()
 def evaluate_codec(
     vae: WanVAE, n_clips: int = 8, latent_frames: int = 12, stream_seconds: float = 10.0
 ) -> dict:
@@ -169,8 +178,7 @@ def evaluate_codec(
         frames, text = render(clip), prompt(clip)
         truth.append(adherence(frames, text))
         x = to_signed(torch.from_numpy(frames)[None]).to(device)
-        z = encode_video(vae.vae, x)[:, : vae.z_dim]
-        recon = vae.decode_chunk((z - vae.latents_mean) / vae.latents_std, vae.new_decode_state())
+        recon = reconstruct(vae, x)
         mses.append(F.mse_loss(recon.float(), x).item())
         recon_adh.append(adherence(to_uint8(recon)[0].cpu().numpy(), text))
     return {

@@ -21,7 +21,7 @@ Nothing here uses the simulation, so it works on generated frames as well as ren
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
 import cv2
@@ -40,6 +40,7 @@ __all__ = [
     "background_adherence",
     "color_adherence",
     "measure",
+    "told_shape",
 ]
 
 _NAMES = tuple(COLORS)
@@ -196,14 +197,20 @@ def measure(frame: np.ndarray, min_fraction: float = 0.004, shape_pixels: int = 
     return Measurement(background, tuple(blobs))
 
 
+def told_shape(blob: Blob, colors: Collection[str]) -> str | None:
+    """``blob``'s shape as the adherence measures judge it against a prompt naming ``colors``:
+    ``None`` when it cannot be told (too small, or touching a blob of one of ``colors``, which
+    may hide part of it)."""
+    return None if not set(colors).isdisjoint(blob.touching) else blob.shape
+
+
 def _shows(m: Measurement, obj: PromptObject, shape: bool, colors: set[str]) -> bool:
     """Whether ``m`` holds a blob of ``obj``'s colour whose shape (when ``shape`` asks) is
-    ``obj``'s, or cannot be told: too small, or touching a sprite of the prompt's ``colors``."""
+    ``obj``'s or cannot be told (:func:`told_shape`)."""
     blob = m.find(obj.color)
     if blob is None or not shape:
         return blob is not None
-    untold = blob.shape is None or not colors.isdisjoint(blob.touching)
-    return untold or blob.shape == obj.shape
+    return told_shape(blob, colors) in (None, obj.shape)
 
 
 Frames = np.ndarray | Sequence[np.ndarray | Measurement]

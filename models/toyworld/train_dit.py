@@ -376,10 +376,11 @@ def train_dit(
             pred = model(batch.rows, batch.t, cond, batch.attention).float()
         target = batch.target if guide is None else _guided_velocity(guide, batch, text, null)
         target = target + _rollout_shortfall(batch)
-        error = (pred[batch.loss_rows] - target).square()
+        pred = pred[batch.loss_rows]
+        error = (pred - target).square()
         loss = (batch.weight * error).mean() / batch.weight.mean()
         if decoded is not None:
-            shape_loss = _decoded_loss(decoded, batch, pred[batch.loss_rows], gen)
+            shape_loss = _decoded_loss(decoded, batch, pred, gen)
             decoded_losses.append(shape_loss.detach())
             loss = loss + cfg.decoded_weight * shape_loss
         opt.zero_grad(set_to_none=True)

@@ -249,8 +249,9 @@ def train(
     logger.info("encoded the pool to %s in %.1fs", tuple(latents.shape), report["encode_seconds"])
 
     foreground = latent_foreground(pool, device)
-    codec = WanVAE.from_pretrained(out / "vae", device=device)
-    decoded = None
+    codec, decoded = None, None  # the codec as saved, for the stages that decode with it
+    if teacher_from is not None or cfg.decoded_weight:
+        codec = WanVAE.from_pretrained(out / "vae", device=device)
     if cfg.decoded_weight:
         decoded = DecodedLoss(
             codec, cfg.decoded_frames, cfg.decoded_sigma_max, cfg.gen_foreground_weight
