@@ -93,6 +93,7 @@ from safetensors.torch import save_file, save_model
 
 from framestream.models.text import WordTokenizer
 from framestream.models.toyworld.decoded_loss import DecodedLoss
+from framestream.models.toyworld.deepen import deepened_dit
 from framestream.models.toyworld.embedded import TEXT_ENCODER_FILE, WORDS_FILE, toy_text_encoder
 from framestream.models.toyworld.generator_config import (
     FPS,
@@ -150,7 +151,8 @@ def train(
         codec_only: train (and grade) only the codec, with the whole budget.
         resume_from: the folder of an earlier generator run whose codec, DiT and text encoder
             go on training by flow matching (at ``finetune_lr``), with the whole budget; that
-            run's ``train.json`` is kept under ``resumed_run``.
+            run's ``train.json`` is kept under ``resumed_run``. A DiT of fewer layers than
+            ``dit_preset`` is deepened (:func:`~models.toyworld.deepen.deepened_dit`).
         teacher_from: the folder of an earlier generator run: its codec is kept, its DiT
             fine-tuned with ``text_dropout`` and then distilled at the best of
             ``guidance_scales`` (:func:`guidance_stage`), with the whole budget.
@@ -260,7 +262,10 @@ def train(
     if teacher_from is None:
         init = None
         if resume_from is not None:
-            init = load_dit(resume_from / "dit.safetensors", device, cfg.dit_preset)
+            init, grown = deepened_dit(resume_from / "dit.safetensors", cfg.dit_preset)
+            init = init.to(device)
+            if grown["to_layers"] > grown["from_layers"]:
+                report["deepened"] = grown
         dit, report["generator"] = train_dit(
             cfg, latents, foreground, pool.chunk_prompt, text, device, budget_end, null=null,
             init=init, prompt_encoder=PromptEncoder(encoder, prompts) if trains_encoder else None,

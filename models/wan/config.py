@@ -79,6 +79,10 @@ WAN_PRESETS: dict[str, WanConfig] = {
     "toyworld-m-words": WanConfig(
         dim=192, ffn_dim=768, num_heads=3, num_layers=6, freq_dim=64, text_dim=32, text_len=32
     ),
+    # twice as deep, grown from a trained toyworld-m-words (models/toyworld/deepen.py)
+    "toyworld-l-words": WanConfig(
+        dim=192, ffn_dim=768, num_heads=3, num_layers=12, freq_dim=64, text_dim=32, text_len=32
+    ),
     # the same two with a token per latent pixel: 64x64 video is an 8x8 latent, so Wan's 2x2
     # patch leaves 4x4 tokens a frame, each wider than a sprite
     "toyworld-p1": WanConfig(
