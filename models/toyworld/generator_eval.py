@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from framestream.kernels.rope import wan_rope
+from framestream.kernels.rope import RopeSpec, wan_rope
 from framestream.models.attention import DenseAttention
 from framestream.models.positions import frame_positions
 from framestream.models.schedule import FlowSchedule, opening_schedule
@@ -42,7 +42,7 @@ from framestream.models.toyworld.scenarios import sample_clip
 from framestream.models.toyworld.text import prompt
 from framestream.models.vae import WanVAE, to_uint8
 from framestream.models.vae_causal import encode_video
-from framestream.models.wan import CausalWanModel, wan_config
+from framestream.models.wan import CausalWanModel, TextConditioning, wan_config
 
 __all__ = [
     "eval_clips",
@@ -53,6 +53,7 @@ __all__ = [
     "load_dit",
     "reconstruct",
     "stream_psnr",
+    "teacher_forced_x0",
 ]
 
 
@@ -97,18 +98,9 @@ def generate(
     channels = dit.config.in_channels
     clean: list[torch.Tensor] = []  # [1, C, chunk, h, w] each
     for c in range(latent_frames // chunk):
-        frames = np.arange((c + 1) * chunk)
-        is_clean = frames < c * chunk
-        mask = token_mask(frame_mask(frames, is_clean, chunk, sink, window), grid[0] * grid[1])
-        pos = torch.from_numpy(frame_positions(frames, grid)).to(device)
-        attention = DenseAttention(
-            pos, (0, pos.shape[0]), rope, causal=False, mask=torch.from_numpy(mask).to(device)
-        )
+        attention = _chunk_attention(c, chunk, sink, window, grid, rope, device)
         rows = c + 1
-        texts = [
-            type(a)(a.k.expand(-1, rows, -1, -1, -1), a.v.expand(-1, rows, -1, -1, -1))
-            for a in conds
-        ]
+        texts = [_rows_of(a, rows) for a in conds]
         x = torch.randn((1, channels, chunk, h, w), generator=generator, device=device)
 
         def predict(x: torch.Tensor, t: float, sigma: float, rows=rows, texts=texts, att=attention):
@@ -134,6 +126,78 @@ def generate(
                 x = FlowSchedule.add_noise(x0, noise, schedule.sigmas[i + 1])
         clean.append(x0)
     return torch.cat(clean, dim=2)
+
+
+@torch.no_grad()
+def teacher_forced_x0(
+    dit: CausalWanModel,
+    context: torch.Tensor,
+    latents: torch.Tensor,
+    sigma: float,
+    generator: torch.Generator,
+    *,
+    chunk: int = 3,
+    sink: int = 3,
+    window: int = 9,
+) -> torch.Tensor:
+    """Each chunk of ``latents`` noised to ``sigma`` and denoised in one step, with the true
+    chunks before it as its clean context (LongLive's layout, as :func:`generate` attends).
+
+    What a stream would draw if every context it read were right: a sampler's shortfall is
+    what :func:`generate` loses beyond this.
+
+    Args:
+        context: ``[1, L, 32]`` text-encoder output of the clip's prompt.
+        latents: ``[1, C, F, h, w]`` normalised clean latents, ``F`` a multiple of ``chunk``.
+        sigma: the noise level in ``(0, 1]``.
+
+    Returns:
+        ``[1, C, F, h, w]``: the one-step x0 of every chunk.
+    """
+    if not 0 < sigma <= 1:
+        raise ValueError(f"sigma must be in (0, 1], got {sigma}")
+    device = latents.device
+    grid = dit.config.token_grid(*latents.shape[-2:])
+    rope = wan_rope(dit.config.head_dim)
+    cond = dit.encode_text(context)
+    out = []
+    for c in range(latents.shape[2] // chunk):
+        rows = c + 1
+        truth = latents[:, :, c * chunk : (c + 1) * chunk]
+        noise = torch.randn(truth.shape, generator=generator, device=device)
+        x = FlowSchedule.add_noise(truth, noise, sigma)
+        timestep = torch.zeros((rows, chunk), device=device)
+        timestep[-1] = sigma * 1000  # shift 1: the toy world's training levels
+        context_rows = [latents[:, :, k * chunk : (k + 1) * chunk] for k in range(c)]
+        inputs = torch.cat([*context_rows, x])  # a row per chunk, as generate() stacks them
+        attention = _chunk_attention(c, chunk, sink, window, grid, rope, device)
+        velocity = dit(inputs, timestep, _rows_of(cond, rows), attention)[-1:]
+        out.append(FlowSchedule.to_x0(x, velocity, sigma))
+    return torch.cat(out, dim=2)
+
+
+def _chunk_attention(
+    c: int,
+    chunk: int,
+    sink: int,
+    window: int,
+    grid: tuple[int, int],
+    rope: RopeSpec,
+    device: torch.device,
+) -> DenseAttention:
+    """Chunk ``c`` noisy after ``c`` clean chunks, under the DiT's sink/window mask."""
+    frames = np.arange((c + 1) * chunk)
+    frame_level = frame_mask(frames, frames < c * chunk, chunk, sink, window)
+    mask = token_mask(frame_level, grid[0] * grid[1])
+    pos = torch.from_numpy(frame_positions(frames, grid)).to(device)
+    return DenseAttention(
+        pos, (0, pos.shape[0]), rope, causal=False, mask=torch.from_numpy(mask).to(device)
+    )
+
+
+def _rows_of(text: TextConditioning, rows: int) -> TextConditioning:
+    """A prompt's cross-attention K/V repeated for ``rows`` chunk rows."""
+    return type(text)(text.k.expand(-1, rows, -1, -1, -1), text.v.expand(-1, rows, -1, -1, -1))
 
 
 def load_dit(path: Path, device: torch.device, preset: str) -> CausalWanModel:

@@ -38,7 +38,7 @@ from framestream.models.toyworld.generator_data import (
     render_pool,
     to_signed,
 )
-from framestream.models.toyworld.generator_eval import generate
+from framestream.models.toyworld.generator_eval import generate, teacher_forced_x0
 from framestream.models.toyworld.train_codec import per_frame_init
 from framestream.models.toyworld.train_dit import (
     Guide,
@@ -475,6 +475,27 @@ def test_guided_sampling_at_scale_one_is_unguided_and_at_zero_ignores_the_prompt
     assert not torch.allclose(sample(prompt, guidance=3.0, null=empty), sample(prompt))
     with pytest.raises(ValueError, match="empty prompt"):
         sample(prompt, guidance=3.0)
+
+
+def test_teacher_forcing_reads_the_true_chunks_before_each_chunk_and_none_after():
+    model, _ = _tiny_batch(torch.tensor([[0, 0]]))
+    context = torch.randn(1, wan_config("tiny").text_len, 32)
+    latents = torch.randn(1, model.config.in_channels, 9, 8, 8)
+
+    def forced(latents: torch.Tensor) -> torch.Tensor:
+        return teacher_forced_x0(model, context, latents, 0.5, torch.Generator().manual_seed(6))
+
+    before = forced(latents)
+    later = latents.clone()
+    later[:, :, 6:] += 1.0  # the last chunk's truth changes
+    after = forced(later)
+    torch.testing.assert_close(after[:, :, :6], before[:, :, :6])  # no chunk reads a later one
+    earlier = latents.clone()
+    earlier[:, :, :3] += 1.0  # the first chunk's truth changes
+    changed = forced(earlier)
+    assert not torch.allclose(changed[:, :, 3:6], before[:, :, 3:6])  # the next reads it
+    with pytest.raises(ValueError, match="sigma"):
+        teacher_forced_x0(model, context, latents, 0.0, torch.Generator())
 
 
 def test_latent_foreground_marks_the_cells_a_sprite_crosses():
