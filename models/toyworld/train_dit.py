@@ -488,10 +488,11 @@ def guidance_stage(
 ) -> tuple[CausalWanModel, dict]:
     """Guidance distillation of a trained DiT (its flow-matching run learned no unconditional
     velocity): fine-tune it with ``text_dropout`` for ``1 - distill_fraction`` of the time left,
-    sample held-out prompts at each of ``guidance_scales``, and distil the teacher guided at the
-    scale whose clips carry the prompt's colours most often. If no scale beats unguided
-    sampling, the fine-tuned teacher is the result, unless ``far_sink_fraction`` or
-    ``rollout_fraction`` asks for its lesson (:class:`Guide`): then it is distilled at scale 1.
+    sample held-out prompts at each of ``guidance_scales`` (not when there is one), and distil
+    the teacher guided at the scale whose clips carry the prompt's colours most often. If no
+    scale beats unguided sampling, the fine-tuned teacher is the result, unless
+    ``far_sink_fraction`` or ``rollout_fraction`` asks for its lesson (:class:`Guide`): then it
+    is distilled at scale 1.
 
     ``encoder`` is the teacher's text encoder, frozen here (``text`` holds its states).
     ``student``, an earlier student of this teacher, goes on distilling instead of a fresh copy
@@ -508,14 +509,17 @@ def guidance_stage(
     teacher, finetune = train_dit(*args, split, null=null, init=teacher, decoded=decoded)
     teacher = teacher.to(device)
     sweep = {}
-    for scale in tqdm(cfg.guidance_scales, desc="guidance sweep", file=sys.stderr):
+    # a single scale leaves nothing to choose, and grading it would cost guided sampling of
+    # every eval clip out of the distillation's budget
+    scales = cfg.guidance_scales if len(cfg.guidance_scales) > 1 else ()
+    for scale in tqdm(scales, desc="guidance sweep", file=sys.stderr):
         graded = grade_samples(
             teacher, codec, encoder, cfg.eval_clips, cfg.latent_frames, cfg.seed, cfg.shift,
             cfg.opening_steps, guidance=scale,
         )  # fmt: skip
         sweep[str(scale)] = {k: graded[k] for k in ("color_adherence", "adherence")}
         logger.info("guidance %.1f: colours %.3f", scale, graded["color_adherence"])
-    best = max(cfg.guidance_scales, key=lambda s: sweep[str(s)]["color_adherence"])
+    best = max(cfg.guidance_scales, key=lambda s: sweep[str(s)]["color_adherence"] if sweep else 0)
     report = {"finetune": finetune, "guidance_sweep": sweep, "guidance": best, "distill": None}
     lessons = cfg.far_sink_fraction or cfg.rolling_fraction * cfg.rollout_fraction
     if best == 1.0 and not lessons:

@@ -269,14 +269,14 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
             assert torch.equal(sharpened[name], weight), name
     assert any(not torch.equal(sharpened[k], trained[k]) for k in trained if "decoder." in k)
 
-    # one scale, so distillation runs whatever the smoke teacher's sweep says
-    cfg = replace(SMOKE, guidance_scales=(2.0,))
+    # two scales above 1, so distillation runs whichever the smoke teacher's sweep picks
+    cfg = replace(SMOKE, guidance_scales=(2.0, 3.0))
     guided_run = tmp_path / "guided"
     guided = tg.train(cfg, guided_run, torch.device("cpu"), "test", teacher_from=generator_run)
     gen = guided["generator"]
     assert guided["teacher_run"]["command"] == report["command"] and "codec" not in guided
     assert gen["finetune"]["steps"] == gen["distill"]["steps"] == cfg.max_gen_steps
-    assert gen["guidance"] == 2.0 and set(gen["guidance_sweep"]) == {"2.0"}
+    assert gen["guidance"] in (2.0, 3.0) and set(gen["guidance_sweep"]) == {"2.0", "3.0"}
     assert all(math.isfinite(loss) for _, loss in gen["distill"]["curve"])
     student = load_file(guided_run / "dit.safetensors")
     teacher = load_file(generator_run / "dit.safetensors")
@@ -291,6 +291,7 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
     itself = tg.main(argv)
     assert itself["config"]["finetune_lr"] == 3e-5
     assert itself["generator"]["guidance"] == 1.0
+    assert itself["generator"]["guidance_sweep"] == {}  # one scale: nothing to choose, no sampling
     assert itself["generator"]["distill"]["steps"] == cfg.max_gen_steps
     assert all(math.isfinite(loss) for _, loss in itself["generator"]["distill"]["curve"])
 
