@@ -46,6 +46,9 @@ def _span(pair: list[float]) -> str:
     return f"{pair[0]:.1f}–{pair[1]:.1f}"
 
 
+PIPELINES = ("longlive", "rolling_forcing")
+
+
 def test_the_readme_quotes_its_records() -> None:
     """README.md is written by hand, so nothing renders its figures: each one it quotes must be
     what its record holds (the published ones as transcribed into the anchors record, or derived
@@ -57,6 +60,8 @@ def test_the_readme_quotes_its_records() -> None:
     shipped = attempt19["run14"]  # run 14 read by the template shape measure
     lenient = attempt16["run14"]  # the same frames while any touching blob excused a shape
     run17, run18 = attempt16["run17"], attempt16["run18"]
+    run20 = _result("toyworld_attempt20_generator_h100_2026-12-07")["run20"]
+    run20_ll, run20_rf = (run20["prompts24"][p]["adherence"] for p in PIPELINES)
     codec = _result("toyworld_codec_shapes_cpu_2026-12-07")
     rereads = [attempt19["reread"][f"run{n}"]["prompts24"] for n in (16, 17, 18)]  # by the
     best_reread = max(rereads, key=lambda r: r["longlive"]["adherence"]["mean"])  # measure now
@@ -145,6 +150,10 @@ def test_the_readme_quotes_its_records() -> None:
         f"run 17 followed {run17['switches24']['rolling_forcing']['switch']['followed']} of "
         "Rolling Forcing's switches",
         f"were ({both(attempt19['run19']['prompts24'], 'adherence', 'mean')} on the 24 prompts)",
+        f"it drew the shapes in {both(run20['prompts24'], 'adherence', 'mean')} of frames and "
+        f"Rolling Forcing's colours in {run20_rf['color_mean']:.2f}, but LongLive's colours fell "
+        f"to {run20_ll['color_mean']:.2f} and it followed "
+        f"{run20['switches24']['longlive']['switch']['followed']} of 24 switches",
         "runs 17 and 18 both drew Rolling Forcing's backgrounds in "
         f"{run17['prompts24']['rolling_forcing']['adherence']['background_mean']:.2f} of frames",
         f"| LongLive DiT alone | {r4('longlive', 'fps_dit'):.1f} FPS | "
