@@ -3,10 +3,10 @@
 More rounds of the same training stopped sharpening the toy-world generator's shapes
 (BENCHMARKS.md, runs 16-18): teacher-forced with the true frames as context, the 6-layer DiT
 keeps a sprite's shape from noise level 0.75 in no more of its frames after three more rounds.
-Depth is the cheap capacity to add: at this size a GPU step is launch-bound, and a block whose
-three output projections (self-attention, cross-attention, FFN) are zero is the identity, so
-the deeper model starts as the trained one and its new blocks learn only what the old ones
-could not. The trained blocks keep their order, spread evenly among the new ones.
+Depth is capacity that can be added without losing what was trained: a block whose three
+output projections (self-attention, cross-attention, FFN) are zero is the identity, so the
+deeper model starts as the trained one and its new blocks learn only what the old ones could
+not. The trained blocks keep their order, spread evenly among the new ones.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def deepened_dit(
     """The DiT saved at ``path`` inside ``preset``'s deeper architecture, in fp32 on the CPU.
 
     Every parameter outside the blocks, and each trained block, is copied; the other blocks get
-    fresh weights (``init_weights``) with their output projections zeroed. Any other
-    difference between the two architectures is an error (``load_state_dict``'s message).
+    fresh weights (``init_weights`` from ``generator``, seed 0 by default: the global RNG a run
+    seeds is left as it was) with their output projections zeroed. Any other difference between
+    the two architectures is an error (``load_state_dict``'s message).
 
     Returns:
         the model and ``{"from_layers", "to_layers", "kept_at"}`` for the run's record.
@@ -44,7 +45,7 @@ def deepened_dit(
     state = load_file(path)
     old_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     model = CausalWanModel(wan_config(preset))
-    model.init_weights(generator)
+    model.init_weights(generator or torch.Generator().manual_seed(0))
     kept = kept_positions(old_layers, model.config.num_layers)
     moved = {
         _renumbered(key, kept) if key.startswith("blocks.") else key: value

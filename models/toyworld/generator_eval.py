@@ -6,6 +6,9 @@ chunk, noise, 4 warped steps ``[1000, 750, 500, 250]`` with re-noising, over a
 under the same block-causal sink/window mask the DiT trained under. Recomputing the clean frames
 in every forward is the t=0 refresh: their keys and values equal what the cache would hold.
 
+:func:`teacher_forced_x0` denoises each chunk of true latents in one step with the true chunks
+before it as context: what the DiT keeps with no sampler in between.
+
 :func:`grade_samples` generates held-out prompts and grades the decoded clips;
 :func:`evaluate_codec` and :func:`stream_psnr` measure the codec, the ceiling of any generator
 on it; :func:`evaluate` does both for a run's output folder.
