@@ -20,6 +20,9 @@ from framestream.models.wan import CausalWanModel, wan_config
 
 __all__ = ["deepened_dit", "kept_positions"]
 
+# the last layer of each residual branch of a WanBlock: zeroed, the block is the identity
+_BRANCH_OUTPUTS = ("self_attn.o", "cross_attn.o", "ffn.2")
+
 
 def kept_positions(old_layers: int, new_layers: int) -> list[int]:
     """Where each of ``old_layers`` trained blocks goes among ``new_layers``, in order."""
@@ -53,11 +56,9 @@ def deepened_dit(
     }
     for i, block in enumerate(model.blocks):
         if i not in kept:
-            for out in (block.self_attn.o, block.cross_attn.o, block.ffn[2]):
-                moved[f"blocks.{i}.{_name_in(block, out)}.weight"] = torch.zeros_like(out.weight)
-                moved[f"blocks.{i}.{_name_in(block, out)}.bias"] = torch.zeros_like(out.bias)
             for name, value in block.state_dict().items():
-                moved.setdefault(f"blocks.{i}.{name}", value)
+                output = name.rsplit(".", 1)[0] in _BRANCH_OUTPUTS
+                moved[f"blocks.{i}.{name}"] = torch.zeros_like(value) if output else value
     model.load_state_dict(moved, strict=True)
     record = {"from_layers": old_layers, "to_layers": model.config.num_layers, "kept_at": kept}
     return model.float().eval(), record
@@ -66,7 +67,3 @@ def deepened_dit(
 def _renumbered(key: str, kept: list[int]) -> str:
     _, index, rest = key.split(".", 2)
     return f"blocks.{kept[int(index)]}.{rest}"
-
-
-def _name_in(block: torch.nn.Module, module: torch.nn.Module) -> str:
-    return next(name for name, m in block.named_modules() if m is module)
