@@ -114,6 +114,7 @@ class WanModels:
     default_size: tuple[int, int]  # (height, width) in pixels
     sample_shift: float | None = None  # the sigma shift the DiT was trained for, when known
     opening: FlowSchedule | None = None  # ODE steps of a stream's first, context-free chunk
+    dit_path: Path | None = None  # the file or folder the DiT was loaded from; None if random
 
     def schedule_for(self, schedule: FlowSchedule) -> FlowSchedule:
         """A pipeline's step list at this DiT's shift: a model is sampled at the shift it was
@@ -194,6 +195,7 @@ def load_wan_models(
     given_encoder = text_encoder
     if small:
         text_encoder = text_encoder or tiny_umt5_encoder(_SMALL_TEXT_SEED, config.text_len)
+    dit_path = None
     if random_weights or (preset == "tiny" and paths is None):
         generator = torch.Generator(device).manual_seed(0)
         with torch.device(device):
@@ -243,6 +245,7 @@ def load_wan_models(
         default_size=spec["size"],
         sample_shift=sample_shift,
         opening=opening,
+        dit_path=dit_path,
     )
 
 

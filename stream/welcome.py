@@ -1,6 +1,6 @@
 """What ``welcome`` tells a client about this device beyond the limits: which frame sizes each
-generation pipeline runs in real time, and which understanding models are the embedded toy
-ones. Both are read off the pipelines the server was built with (calibrated at warm-up); a
+generation pipeline runs in real time, and which pipelines run the embedded toy-world
+models. Both are read off the pipelines the server was built with (calibrated at warm-up); a
 backend whose pipelines are remote descriptions (a cluster) has neither, and the fields are
 left out.
 
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from framestream.models.toyworld.embedded import VLM_DIR
+from framestream.models.toyworld.embedded import GENERATOR_DIR, VLM_DIR
 from framestream.stream.backend import describe_pipeline
 from framestream.stream.requests import GenerationRequest
 from framestream.stream.scheduler import Scheduler, SchedulerConfig
@@ -68,17 +68,23 @@ def _estimate(
 
 
 def model_sources(pipelines: Mapping[str, Any]) -> dict[str, str]:
-    """Understanding pipeline name -> ``"embedded"`` when it runs the shipped toy-world model
-    (it names shapes and colours and answers simple questions about them, not free ones),
-    ``"checkpoint"``
-    when it runs another model folder; pipelines whose model came from no folder, or that run
-    elsewhere, are left out."""
+    """Pipeline name -> ``"embedded"`` when it runs a shipped toy-world model (the generator
+    draws coloured shapes; the understanding model names them and answers simple questions
+    about them, not free ones), ``"checkpoint"`` when it runs a model loaded from elsewhere;
+    pipelines whose model came from no file (random weights), or that run elsewhere, are left
+    out."""
     out = {}
     for name, pipeline in pipelines.items():
-        if getattr(pipeline, "kind", None) != "understanding":
+        kind = getattr(pipeline, "kind", None)
+        if kind == "understanding":
+            hf = getattr(getattr(pipeline, "model", None), "hf", None)
+            source, shipped = getattr(hf, "name_or_path", ""), VLM_DIR
+        elif kind == "generation":
+            source = getattr(getattr(pipeline, "models", None), "dit_path", None)
+            shipped = GENERATOR_DIR
+        else:
             continue
-        folder = getattr(getattr(getattr(pipeline, "model", None), "hf", None), "name_or_path", "")
-        if folder:
-            embedded = Path(folder).resolve() == VLM_DIR.resolve()
+        if source:
+            embedded = Path(source).resolve().is_relative_to(shipped.resolve())
             out[name] = "embedded" if embedded else "checkpoint"
     return out

@@ -175,6 +175,7 @@ function genWelcome(msg) {
   $("gen-commentary").disabled = !watcher;
   if (!watcher) $("gen-commentary").checked = false;
   genSizes();
+  genModelNote();
   genButtons();
 }
 
@@ -210,7 +211,21 @@ function genSizes() {
   const sizes = conn.welcome && conn.welcome.sizes;
   markSizes($("gen-size"), sizes ? sizes[$("gen-pipeline").value] : undefined);
 }
-$("gen-pipeline").addEventListener("change", genSizes);
+$("gen-pipeline").addEventListener("change", () => { genSizes(); genModelNote(); });
+
+// the embedded generator knows the toy world only; the server says which pipelines run it
+const TOYWORLD_GENERATOR_NOTE = "Toy-world models: they know coloured shapes, not the real " +
+  "world. Prompts read like \"a red circle moves right on a black background\"; load real " +
+  "checkpoints with stream serve --model-dir.";
+
+function genModelNote() {
+  const models = (conn.welcome && conn.welcome.models) || {};
+  const source = models[$("gen-pipeline").value] || "unknown";
+  const note = $("gen-model-note");
+  note.textContent = source === "embedded" ? TOYWORLD_GENERATOR_NOTE : "";
+  note.dataset.model = source;
+  note.hidden = !note.textContent;
+}
 
 $("gen-form").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -405,8 +420,8 @@ function watchButtons() {
 // What the model behind Ask can do: the embedded toy-world model was trained to commentate
 // its world and answer a few kinds of questions about it, nothing more; the server says which model it runs where it can tell.
 const MODEL_NOTES = {
-  embedded: "The embedded toy-world model names the shapes and colours it sees each second " +
-    "and when they appear, bounce or leave, and answers simple questions about them (what " +
+  embedded: "Toy-world model: it knows coloured shapes, not the real world. It names the " +
+    "shapes and colours it sees each second and when they appear, bounce or leave, and answers simple questions about them (what " +
     "colour, which shape, how many, which way); it does not answer free questions well. A real " +
     "StreamingVLM checkpoint (stream serve --vlm-dir) answers them.",
   checkpoint: "",

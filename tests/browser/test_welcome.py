@@ -1,7 +1,8 @@
 """What the page makes of the welcome's optional fields: the size picker marks the sizes this
 server cannot run in real time (``welcome.sizes``), a ``compute_full`` refusal reads as a
-banner, the Watch tab says what the embedded model can answer (``welcome.models``), and a
-server that sends neither (a cluster) keeps every size on offer."""
+banner, the Generate and Watch tabs say when they run the embedded toy-world models and what
+those know (``welcome.models``), and a server that sends neither (a cluster) keeps every size
+on offer."""
 
 from __future__ import annotations
 
@@ -97,8 +98,28 @@ def test_the_watch_tab_says_what_the_embedded_model_answers(browser, default_ser
         note = page.get_by_test_id("watch-model-note")
         expect(note).to_be_visible()
         expect(note).to_have_attribute("data-model", "embedded")
+        expect(note).to_contain_text("it knows coloured shapes, not the real world")
         expect(note).to_contain_text("does not answer free questions well")
         expect(note).to_contain_text("--vlm-dir")
+    finally:
+        context.close()
+
+
+def test_the_generate_tab_says_the_embedded_generator_knows_the_toy_world(
+    browser, default_server
+) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, default_server)
+    try:
+        assert page.evaluate("window.streamApp.conn.welcome.models.longlive") == "embedded"
+        note = page.get_by_test_id("gen-model-note")
+        for pipeline in ("longlive", "rolling_forcing"):
+            page.get_by_test_id("gen-pipeline").select_option(pipeline)
+            expect(note).to_be_visible()
+            expect(note).to_have_attribute("data-model", "embedded")
+            expect(note).to_contain_text("they know coloured shapes, not the real world")
+            expect(note).to_contain_text("--model-dir")
     finally:
         context.close()
 
@@ -123,5 +144,7 @@ def test_a_server_without_estimates_offers_every_size(browser) -> None:
             note = page.get_by_test_id("watch-model-note")
             expect(note).to_have_attribute("data-model", "unknown")
             expect(note).to_contain_text("as well as the server's model can")
+            page.get_by_test_id("tab-generate").click()
+            expect(page.get_by_test_id("gen-model-note")).to_be_hidden()
         finally:
             context.close()
