@@ -206,3 +206,14 @@ def test_the_targets_read_the_published_figures_from_the_anchors() -> None:
     assert "| LongLive DiT alone | ≥ 55 FPS | 39.2 FPS | 1.0–2.0 | no |" in targets_table(
         [("r3", r3)], anchors
     )
+
+
+def test_the_readme_retrains_the_embedded_models_as_embedded_py_says() -> None:
+    """The README's retraining block is RETRAIN's commands, one a line, in order: the two
+    drifted apart once (the README kept an older generator's last steps)."""
+    from framestream.models.toyworld.embedded import GENERATOR_DIR, RETRAIN, VLM_DIR
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("Retraining from scratch", 1)[1].split("```bash\n", 1)[1].split("```")[0]
+    commands = [c for folder in (GENERATOR_DIR, VLM_DIR) for c in RETRAIN[folder].split(" && ")]
+    assert block.splitlines() == commands
