@@ -421,9 +421,10 @@ function watchButtons() {
 // its world and answer a few kinds of questions about it, nothing more; the server says which model it runs where it can tell.
 const MODEL_NOTES = {
   embedded: "Toy-world model: it knows coloured shapes, not the real world. It names the " +
-    "shapes and colours it sees each second and when they appear, bounce or leave, and answers simple questions about them (what " +
-    "colour, which shape, how many, which way); it does not answer free questions well. A real " +
-    "StreamingVLM checkpoint (stream serve --vlm-dir) answers them.",
+    "shapes and colours it sees each second and when they appear, bounce or leave, and " +
+    "answers simple questions about them (what colour, which shape, how many, which way); it " +
+    "does not answer free questions well. A real StreamingVLM checkpoint (stream serve " +
+    "--vlm-dir) answers them.",
   checkpoint: "",
   unknown: "Questions are answered as well as the server's model can: a small model may only " +
     "describe what it sees.",
