@@ -720,11 +720,12 @@ class Engine:
             )
             for i, t in enumerate(chunk.timestamps)
         ]
-        dropped = session.output.put(frames)
+        # counted before they are published: a reader woken by a frame finds it counted
         session.stats.frames_generated += len(frames)
-        session.stats.frames_dropped += dropped
         session.stats.steps += 1
         session.stats.step_seconds.append(elapsed)
+        dropped = session.output.put(frames)
+        session.stats.frames_dropped += dropped
         if session.restyle:
             session.stats.input_skipped = live.state.restyle.skipped_frames
         self._record_step(elapsed, len(frames), dropped)
