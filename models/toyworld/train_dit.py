@@ -519,10 +519,9 @@ def guidance_stage(
         )  # fmt: skip
         sweep[str(scale)] = {k: graded[k] for k in ("color_adherence", "adherence")}
         logger.info("guidance %.1f: colours %.3f", scale, graded["color_adherence"])
-    if scales:
-        best = max(scales, key=lambda s: sweep[str(s)]["color_adherence"])
-    else:
-        best = cfg.guidance_scales[0]
+    best = max(
+        scales, key=lambda s: sweep[str(s)]["color_adherence"], default=cfg.guidance_scales[0]
+    )
     report = {"finetune": finetune, "guidance_sweep": sweep, "guidance": best, "distill": None}
     lessons = cfg.far_sink_fraction or cfg.rolling_fraction * cfg.rollout_fraction
     if best == 1.0 and not lessons:

@@ -219,12 +219,20 @@ const TOYWORLD_GENERATOR_NOTE = "Toy-world models: they know coloured shapes, no
   "checkpoints with stream serve --model-dir.";
 
 function genModelNote() {
+  const source = modelSource($("gen-pipeline").value);
+  showModelNote($("gen-model-note"), source, source === "embedded" ? TOYWORLD_GENERATOR_NOTE : "");
+}
+
+// what the server's welcome says a pipeline runs: "embedded", "checkpoint" or "unknown"
+function modelSource(pipeline) {
   const models = (conn.welcome && conn.welcome.models) || {};
-  const source = models[$("gen-pipeline").value] || "unknown";
-  const note = $("gen-model-note");
-  note.textContent = source === "embedded" ? TOYWORLD_GENERATOR_NOTE : "";
+  return models[pipeline] || "unknown";
+}
+
+function showModelNote(note, source, text) {
+  note.textContent = text;
   note.dataset.model = source;
-  note.hidden = !note.textContent;
+  note.hidden = !text;
 }
 
 $("gen-form").addEventListener("submit", (event) => {
@@ -432,12 +440,8 @@ const MODEL_NOTES = {
 
 function watchModelNote() {
   const names = conn.welcome ? conn.welcome.pipelines.filter((n) => !GENERATION(n)) : [];
-  const models = (conn.welcome && conn.welcome.models) || {};
-  const source = names.length ? models[names[0]] || "unknown" : "unknown";
-  const note = $("watch-model-note");
-  note.textContent = MODEL_NOTES[source] ?? MODEL_NOTES.unknown;
-  note.dataset.model = source;
-  note.hidden = !note.textContent;
+  const source = modelSource(names[0]);
+  showModelNote($("watch-model-note"), source, MODEL_NOTES[source] ?? MODEL_NOTES.unknown);
 }
 
 $("watch-source").addEventListener("change", () => {

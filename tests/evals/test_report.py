@@ -69,12 +69,13 @@ def test_the_readme_quotes_its_records() -> None:
     vlm, answers = qa["after"]["streaming_vlm"], qa["after"]["streaming_vlm_qa"]
 
     def span(stream: dict) -> str:
-        low, high = min(stream["adherence_per_minute"]), max(stream["adherence_per_minute"])
-        return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
+        per_minute = stream["adherence_per_minute"]
+        low, high = f"{min(per_minute):.2f}", f"{max(per_minute):.2f}"
+        return low if low == high else f"{low}-{high}"
 
     seeds = ("10000", "10001", "10002")
     for seed in seeds:  # "every minute keeps the prompt's background"
-        for pipeline in ("longlive", "rolling_forcing"):
+        for pipeline in PIPELINES:
             assert (
                 min(shipped["drift"][seed][pipeline]["drift"]["background_adherence_per_minute"])
                 == 1.0
@@ -90,7 +91,7 @@ def test_the_readme_quotes_its_records() -> None:
         return [span(shipped["drift"][seed][pipeline]["drift"]) for seed in seeds]
 
     def both(run: dict, part: str, figure: str) -> str:
-        return " / ".join(f"{run[p][part][figure]:.2f}" for p in ("longlive", "rolling_forcing"))
+        return " / ".join(f"{run[p][part][figure]:.2f}" for p in PIPELINES)
 
     def gen(pipeline: str, figure: str, variant: str = "ours") -> float:
         return _figure(r3, "generation", pipeline, figure, variant)
