@@ -137,7 +137,10 @@ class BlockPool:
                 f"{self.bytes_per_block} bytes; at least 2 are needed (one is the null block)"
             )
         self.num_blocks = total_blocks - 1
-        self.kv = torch.zeros(
+        # Uninitialised: attention reads only the slots a step wrote and the null block (where
+        # padding points), so zeroing gigabytes up front would buy nothing; on the CPU it cost
+        # seconds per pool, and untouched pages now cost no memory either.
+        self.kv = torch.empty(
             geometry.num_layers,
             2,
             total_blocks * block_size,
@@ -146,6 +149,8 @@ class BlockPool:
             dtype=geometry.dtype,
             device=geometry.device,
         )
+        null = slice(NULL_BLOCK * block_size, (NULL_BLOCK + 1) * block_size)
+        self.kv[:, :, null].view(torch.uint8).zero_()
         # LIFO free list: O(1) both ways, and recently freed (cache-warm) blocks are reused first.
         self._free: list[int] = list(range(total_blocks - 1, NULL_BLOCK, -1))
         self._reservations: dict[int, Reservation] = {}

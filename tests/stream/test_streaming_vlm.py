@@ -145,9 +145,14 @@ def cached_kv(pipe, state) -> tuple[torch.Tensor, np.ndarray]:
     return pipe.pool.kv[:, :, torch.from_numpy(slots.astype(np.int64))].clone(), positions
 
 
-def run_streams(model, batched: bool, seconds: int = 5, **config) -> list[list[tuple]]:
-    """Per stream, per second: (K/V, positions, caption) once the second's reply is done."""
+def run_streams(
+    model, batched: bool, seconds: int = 5, poison: bool = False, **config
+) -> list[list[tuple]]:
+    """Per stream, per second: (K/V, positions, caption) once the second's reply is done;
+    ``poison`` fills the pool with NaN but for its null block first."""
     pipe = pipeline(model, max_new_tokens=8, **config)
+    if poison:
+        pipe.pool.kv[:, :, pipe.pool.block_size :] = float("nan")
     states = [pipe.open(UnderstandingRequest(f"Watch stream {i}.", "")) for i in range(3)]
     rngs = [np.random.default_rng(i) for i in range(3)]
     out: list[list[tuple]] = [[] for _ in states]
@@ -181,6 +186,19 @@ def test_batched_prefill_equals_streams_alone(model) -> None:
             assert text_a == text_b
             np.testing.assert_array_equal(pos_a, pos_b)
             torch.testing.assert_close(kv_a, kv_b, rtol=1e-4, atol=1e-4)
+
+
+def test_no_round_reads_cache_memory_it_did_not_write(model) -> None:
+    """The pool is left uninitialised but for its null block: over NaN everywhere else, batched
+    rounds cache the same K/V and say the same words."""
+    clean, poisoned = (run_streams(model, batched=True, poison=p) for p in (False, True))
+    for stream_clean, stream_poisoned in zip(clean, poisoned, strict=True):
+        for (kv_a, pos_a, text_a), (kv_b, pos_b, text_b) in zip(
+            stream_clean, stream_poisoned, strict=True
+        ):
+            assert text_a == text_b
+            np.testing.assert_array_equal(pos_a, pos_b)
+            torch.testing.assert_close(kv_a, kv_b, rtol=0, atol=0)
 
 
 def test_the_next_token_of_a_batched_prefill_is_its_own(model) -> None:
