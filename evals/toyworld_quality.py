@@ -149,6 +149,16 @@ def drift(pipe, minutes: float, seed: int) -> dict:
     state = pipe.open(GenerationRequest(text, seed, SIZE, SIZE))
     per_minute, colors, backgrounds, stats, buffer = [], [], [], [], []
     total = round(minutes * 60 * FPS)
+
+    def score_minute() -> None:
+        frames = np.concatenate(buffer)
+        measured = [measure(f) for f in frames]  # scored 3 ways
+        per_minute.append(adherence(measured, text))
+        colors.append(color_adherence(measured, text))
+        backgrounds.append(background_adherence(measured, text))
+        stats.append((float(frames.mean()), float(frames.std())))
+        buffer.clear()
+
     try:
         with tqdm(total=total, desc="drift", unit="frame") as bar:
             while state.frames_emitted < total:
@@ -156,13 +166,9 @@ def drift(pipe, minutes: float, seed: int) -> dict:
                 buffer.append(chunk)
                 bar.update(len(chunk))
                 if sum(len(b) for b in buffer) >= 60 * FPS:
-                    frames = np.concatenate(buffer)
-                    measured = [measure(f) for f in frames]  # scored 3 ways
-                    per_minute.append(adherence(measured, text))
-                    colors.append(color_adherence(measured, text))
-                    backgrounds.append(background_adherence(measured, text))
-                    stats.append((float(frames.mean()), float(frames.std())))
-                    buffer = []
+                    score_minute()
+        if not per_minute:  # a stream shorter than a minute is scored as one
+            score_minute()
     finally:
         pipe.close(state)
     return {

@@ -78,7 +78,7 @@ def test_a_drift_run_streams_the_named_generators_and_plots_each(
 ) -> None:
     out = tmp_path / "drift.json"
     command = [sys.executable, "-m", "framestream.evals.toyworld_quality", "--out", str(out)]
-    run = [*command, "--parts", "drift", "--drift-minutes", "1"]
+    run = [*command, "--parts", "drift", "--drift-minutes", "0.25"]  # one partial minute
     subprocess.run([*run, "--drift-pipelines", "rolling_forcing"], check=True, timeout=600)
     result = json.loads(out.read_text())
     assert result["longlive"] == {} and set(result["rolling_forcing"]) == {"drift"}
