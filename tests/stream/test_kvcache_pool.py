@@ -23,8 +23,32 @@ from framestream.stream.kvcache import (
     check_kv_cache_dtype,
     text_positions,
 )
+from framestream.stream.pipelines.longlive import LongLivePipeline
+from framestream.stream.pipelines.rolling_forcing import RollingForcingPipeline
+from framestream.stream.requests import GenerationRequest
 
 GEOMETRY = CacheGeometry(num_layers=2, num_kv_heads=2, head_dim=8, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("pipeline", [LongLivePipeline, RollingForcingPipeline])
+def test_no_step_reads_cache_memory_it_did_not_write(pipeline) -> None:
+    """The pool is left uninitialised but for its null block: over a pool whose every other
+    slot holds NaN, a stream draws the same frames through its window and a recached switch
+    (the VLM's rounds: test_streaming_vlm)."""
+    from framestream.models.registry import load_wan_models
+
+    tiny, runs = load_wan_models("tiny"), []
+    for poison in (False, True):
+        pipe = pipeline(tiny, KVCacheManager(), 16 << 20)
+        if poison:
+            pipe.pool.kv[:, :, pipe.pool.block_size :] = float("nan")
+        state = pipe.open(GenerationRequest("a red ball", seed=3, height=32, width=32))
+        frames = [pipe.step(state).frames for _ in range(8)]
+        pipe.switch_prompt(state, "a blue cube")
+        frames += [pipe.step(state).frames for _ in range(3)]
+        pipe.close(state)
+        runs.append(np.concatenate(frames))
+    np.testing.assert_array_equal(runs[0], runs[1])
 
 
 def make_pool(blocks: int, block_size: int = 4) -> BlockPool:
