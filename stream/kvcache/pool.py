@@ -150,7 +150,7 @@ class BlockPool:
             device=geometry.device,
         )
         null = slice(NULL_BLOCK * block_size, (NULL_BLOCK + 1) * block_size)
-        self.kv[:, :, null].view(torch.uint8).zero_()
+        self.kv[:, :, null].zero_()
         # LIFO free list: O(1) both ways, and recently freed (cache-warm) blocks are reused first.
         self._free: list[int] = list(range(total_blocks - 1, NULL_BLOCK, -1))
         self._reservations: dict[int, Reservation] = {}

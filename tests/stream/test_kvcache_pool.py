@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from framestream.models.registry import load_wan_models
 from framestream.stream.kvcache import (
     BlockPool,
     CacheFullError,
@@ -35,8 +36,6 @@ def test_no_step_reads_cache_memory_it_did_not_write(pipeline) -> None:
     """The pool is left uninitialised but for its null block: over a pool whose every other
     slot holds NaN, a stream draws the same frames through its window and a recached switch
     (the VLM's rounds: test_streaming_vlm)."""
-    from framestream.models.registry import load_wan_models
-
     tiny, runs = load_wan_models("tiny"), []
     for poison in (False, True):
         pipe = pipeline(tiny, KVCacheManager(), 16 << 20)

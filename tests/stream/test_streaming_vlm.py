@@ -177,28 +177,25 @@ def run_streams(
     return out
 
 
-def test_batched_prefill_equals_streams_alone(model) -> None:
-    alone, together = run_streams(model, batched=False), run_streams(model, batched=True)
-    for stream_alone, stream_together in zip(alone, together, strict=True):
-        for (kv_a, pos_a, text_a), (kv_b, pos_b, text_b) in zip(
-            stream_alone, stream_together, strict=True
-        ):
+def assert_same_streams(first: list, second: list, tolerance: float) -> None:
+    """Two :func:`run_streams` results: the same words and positions, K/V within ``tolerance``."""
+    for stream_a, stream_b in zip(first, second, strict=True):
+        for (kv_a, pos_a, text_a), (kv_b, pos_b, text_b) in zip(stream_a, stream_b, strict=True):
             assert text_a == text_b
             np.testing.assert_array_equal(pos_a, pos_b)
-            torch.testing.assert_close(kv_a, kv_b, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(kv_a, kv_b, rtol=tolerance, atol=tolerance)
+
+
+def test_batched_prefill_equals_streams_alone(model) -> None:
+    alone, together = run_streams(model, batched=False), run_streams(model, batched=True)
+    assert_same_streams(alone, together, 1e-4)
 
 
 def test_no_round_reads_cache_memory_it_did_not_write(model) -> None:
     """The pool is left uninitialised but for its null block: over NaN everywhere else, batched
     rounds cache the same K/V and say the same words."""
     clean, poisoned = (run_streams(model, batched=True, poison=p) for p in (False, True))
-    for stream_clean, stream_poisoned in zip(clean, poisoned, strict=True):
-        for (kv_a, pos_a, text_a), (kv_b, pos_b, text_b) in zip(
-            stream_clean, stream_poisoned, strict=True
-        ):
-            assert text_a == text_b
-            np.testing.assert_array_equal(pos_a, pos_b)
-            torch.testing.assert_close(kv_a, kv_b, rtol=0, atol=0)
+    assert_same_streams(clean, poisoned, 0)
 
 
 def test_the_next_token_of_a_batched_prefill_is_its_own(model) -> None:
