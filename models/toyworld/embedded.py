@@ -52,8 +52,8 @@ WORDS_FILE = "words.json"  # its closed vocabulary, where it reads words rather 
 # (reading words) on that codec, the DiT trained on twice, then its guidance distillation at
 # the scale an earlier sweep chose; that student distilled into itself with the sink far
 # behind, on a 2-core CPU; then trained on as a teacher again on a fresh pool and distilled once
-# more; then grown to twelve layers (models/toyworld/deepen.py), trained on and distilled again
-# (train_generator's docstring; BENCHMARKS.md's runs 11-14 and 21)
+# more; then grown to twelve layers (models/toyworld/deepen.py), trained on for three rounds and
+# distilled again (train_generator's docstring; BENCHMARKS.md's runs 11-14, 21, 23 and 24)
 RETRAIN = {
     GENERATOR_DIR: "python -m framestream.models.toyworld.train_generator --device cuda "
     "--codec-only --seconds-budget 505 --out .runs/codec && "
@@ -90,10 +90,18 @@ RETRAIN = {
     "--resume .runs/generator14 --far-sink-fraction 0.5 --seconds-budget 290 "
     "--out .runs/teacher21 && "
     "python -m framestream.models.toyworld.train_generator --device cuda "
-    "--dit-preset toyworld-l-words --batch 256 --eval-clips 16 --seed 21 --pool-clips 4096 "
-    "--teacher .runs/teacher21 --guidance-scales 3.0 --distill-fraction 1.0 "
-    "--far-sink-fraction 0.9 --seconds-budget 180 --out .runs/generator21 && "
-    "cp -r .runs/generator21/. models/toyworld/checkpoints/generator",
+    "--dit-preset toyworld-l-words --batch 256 --eval-clips 16 --seed 23 --pool-clips 4096 "
+    "--resume .runs/teacher21 --far-sink-fraction 0.5 --seconds-budget 310 "
+    "--out .runs/teacher23 && "
+    "python -m framestream.models.toyworld.train_generator --device cuda "
+    "--dit-preset toyworld-l-words --batch 256 --eval-clips 16 --seed 24 --pool-clips 4096 "
+    "--resume .runs/teacher23 --far-sink-fraction 0.5 --seconds-budget 295 "
+    "--out .runs/teacher24 && "
+    "python -m framestream.models.toyworld.train_generator --device cuda "
+    "--dit-preset toyworld-l-words --batch 256 --eval-clips 16 --seed 24 --pool-clips 4096 "
+    "--teacher .runs/teacher24 --guidance-scales 3.0 --distill-fraction 1.0 "
+    "--far-sink-fraction 0.9 --seconds-budget 170 --out .runs/generator24 && "
+    "cp -r .runs/generator24/. models/toyworld/checkpoints/generator",
     # commentary on an accelerator, then questions mixed in on two CPU threads (20 minutes)
     VLM_DIR: "python -m framestream.models.toyworld.train_vlm --device cuda --seconds-budget 420 "
     "--out .runs/vlm && python -m framestream.models.toyworld.train_vlm --init .runs/vlm "

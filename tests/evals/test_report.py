@@ -54,10 +54,10 @@ def test_the_readme_quotes_its_records() -> None:
     what its record holds (the published ones as transcribed into the anchors record, or derived
     from them as BENCHMARKS.md derives them)."""
     readme = (ROOT / "README.md").read_text()
-    shipped = _result("toyworld_attempt21_generator_h200_2026-12-07")["run21"]
-    before = _result("toyworld_attempt19_generator_cpu_2026-12-07")["run14"]  # the run before
+    shipped = _result("toyworld_attempt23_generator_h100_2026-12-08")["run24"]
+    before = _result("toyworld_attempt21_generator_h200_2026-12-07")["run21"]  # the run before
     codec = _result("toyworld_codec_shapes_cpu_2026-12-07")
-    grid = [f"{row['adherence']:.2f}" for row in _result("toyworld_grid_cpu_2026-12-07")["rows"]]
+    grid = [f"{row['adherence']:.2f}" for row in _result("toyworld_grid_cpu_2026-12-08")["rows"]]
     grid_shapes = ", ".join(grid[:-1]) + f" and {grid[-1]}"
     quality, earlier = shipped["prompts24"], before["prompts24"]
     r3 = _result("bench_h200_round3_2026-11-29")
@@ -132,7 +132,7 @@ def test_the_readme_quotes_its_records() -> None:
         "colour and shape in {} of a minute's\nframes, and on two more prompts in {} (a white "
         "triangle) and {} (a red circle".format(*streams("longlive")),
         "through Rolling Forcing in {}, {} and\n{}.".format(*streams("rolling_forcing")),
-        f"Run 14 drew the same prompts' colours in\n{both(earlier, 'adherence', 'color_mean')} "
+        f"Run 21 drew the same prompts' colours in\n{both(earlier, 'adherence', 'color_mean')} "
         f"of frames and their shapes in {both(earlier, 'adherence', 'mean')}, and "
         f"followed {before['switches24']['longlive']['switch']['followed']} / "
         f"{before['switches24']['rolling_forcing']['switch']['followed']} of the switches",
