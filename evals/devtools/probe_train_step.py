@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "toyworld_train_step",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m framestream.evals.devtools.probe_train_step "
-        f"--dit-preset {args.dit_preset} --batch {args.batch} --out {args.out}",
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "batch": args.batch,
