@@ -127,8 +127,9 @@ def fused_kernels(device: torch.device) -> bool:
     """Whether the fused Triton kernels (norms, activations, cache writes) run on ``device``:
     on CUDA, unless ``STREAM_FUSED_KERNELS=0``; ``=1`` forces them anywhere (CPU tests, under
     Triton's interpreter). The kernels have no backward, so a forward that records gradients
-    (training) always runs the torch code, as does every other device."""
-    if torch.is_grad_enabled():
+    (training) always runs the torch code, as does every other device, and so does code being
+    compiled (``torch.compile`` fuses the torch code itself)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
     setting = os.environ.get("STREAM_FUSED_KERNELS")
     return device.type == "cuda" if setting is None else setting != "0"

@@ -307,6 +307,9 @@ def train_dit(
     else:
         model.load_state_dict(init.state_dict())
     model.train()
+    if cfg.compile_blocks:
+        for block in model.blocks:
+            block.compile()
     peak_lr = cfg.gen_lr if init is None else cfg.finetune_lr
     dropout = cfg.text_dropout if guide is None else 0.0
     names = [k for k, _ in model.named_parameters()]

@@ -402,6 +402,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--frozen-text-encoder", action="store_true", help="keep the seeded text encoder frozen"
     )
+    p.add_argument(
+        "--compile-blocks",
+        action="store_true",
+        help="compile the trained DiT's blocks (torch.compile; fuses the step's elementwise work)",
+    )
     stage = p.add_mutually_exclusive_group()
     stage.add_argument(
         "--codec-only", action="store_true", help="train only the codec, with the whole budget"
@@ -472,6 +477,7 @@ def main(argv: list[str] | None = None) -> dict:
         "decoded_frames": args.decoded_frames,
         "decoded_sigma_max": args.decoded_sigma_max,
         "train_text_encoder": False if args.frozen_text_encoder else None,
+        "compile_blocks": args.compile_blocks or None,
     }
     cfg = replace(cfg, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
     argv = sys.argv[1:] if argv is None else argv

@@ -7,14 +7,22 @@ import json
 from framestream.evals.devtools import probe_train_step
 
 
-def test_the_probe_times_real_steps_and_names_the_operators_they_ran(tmp_path):
+def test_the_probe_times_real_steps_eager_and_compiled_and_their_losses_agree(tmp_path):
     out = tmp_path / "step.json"
     argv = ["--device", "cpu", "--dit-preset", "tiny", "--batch", "2", "--clips", "4"]
     record = probe_train_step.main(
-        [*argv, "--warmup", "1", "--steps", "2", "--profile-steps", "1", "--out", str(out)]
+        [*argv, "--warmup", "1", "--steps", "2", "--profile-steps", "1", "--compile-blocks"]
+        + ["--out", str(out)]
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(record))
-    assert record["device"] == "cpu" and record["steps_a_second"] > 0
-    names = {row["name"] for row in record["top"]}
-    assert any("AdamW" in name for name in names), names  # the optimizer step is in the profile
-    assert all(row["cpu_ms_a_step"] >= row["self_cpu_ms_a_step"] >= 0 for row in record["top"])
+    assert record["device"] == "cpu"
+    for name in ("eager", "compiled"):
+        result = record[name]
+        assert result["steps_a_second"] > 0 and len(result["losses"]) == 2
+        names = {row["name"] for row in result["top"]}
+        assert any("AdamW" in name for name in names), names  # the optimizer step is profiled
+        assert all(row["cpu_ms_a_step"] >= row["self_cpu_ms_a_step"] >= 0 for row in result["top"])
+    # the same seeds through the same arithmetic, fused: the losses agree to float32 rounding
+    assert record["compiled_loss_gap"] < 1e-4
+    assert record["compiled_speedup"] > 0
+    assert any("compiled" in row["name"].lower() for row in record["compiled"]["top"])
