@@ -10,7 +10,9 @@
   whose measured colour and shape match the prompt (:func:`models.toyworld.adherence`), over
   held-out prompts; the fraction whose sprites have the prompt's colours, shapes aside
   (:func:`models.toyworld.color_adherence`, chance about 1/8 a sprite); and the fraction whose
-  background is the prompt's (:func:`models.toyworld.background_adherence`, chance 1/4).
+  background is the prompt's (:func:`models.toyworld.background_adherence`, chance 1/4); and
+  per named shape, what the frames drew instead
+  (:func:`~models.toyworld.measure.shape_verdicts`: a square rounded into a circle, a lump).
 - **Prompt switch**: adherence to the old prompt before and to the new one after a switch, and
   how many frames after the switch it takes until a one-second window shows the new prompt's
   colours (the switch scenarios change a sprite's colour and shape, not the background).
@@ -41,6 +43,7 @@ import random
 import re
 import statistics
 import sys
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,6 +63,7 @@ from framestream.models.toyworld import (
     sample_clip,
     switch_clip,
 )
+from framestream.models.toyworld.measure import shape_verdicts, verdict_table
 from framestream.models.toyworld.questions import KINDS, Question, answer_is_right, ask
 from framestream.stream.kvcache import KVCacheManager
 from framestream.stream.pipelines.longlive import LongLiveConfig, LongLivePipeline
@@ -91,13 +95,14 @@ def generate(pipe, text: str, seconds: float, seed: int, switches=()) -> np.ndar
 
 def prompt_adherence(pipe, n: int, seconds: float, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    scores, colors, backgrounds = [], [], []
+    scores, colors, backgrounds, verdicts = [], [], [], Counter()
     for i in range(n):
         text = prompt(sample_clip(rng, seconds=seconds, fps=FPS, size=(SIZE, SIZE)))
-        measured = [measure(f) for f in generate(pipe, text, seconds, seed + i)]  # scored 3 ways
+        measured = [measure(f) for f in generate(pipe, text, seconds, seed + i)]  # scored 4 ways
         scores.append(adherence(measured, text))
         colors.append(color_adherence(measured, text))
         backgrounds.append(background_adherence(measured, text))
+        verdicts += shape_verdicts(measured, text)
     return {
         "mean": float(np.mean(scores)),
         "per_prompt": scores,
@@ -105,6 +110,7 @@ def prompt_adherence(pipe, n: int, seconds: float, seed: int) -> dict:
         "color_per_prompt": colors,
         "background_mean": float(np.mean(backgrounds)),
         "background_per_prompt": backgrounds,
+        "shape_verdicts": verdict_table(verdicts),
     }
 
 

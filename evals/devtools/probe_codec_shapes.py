@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,23 +25,8 @@ from tqdm import tqdm
 from framestream.models.toyworld import adherence, measure, prompt, render
 from framestream.models.toyworld.generator_data import to_signed
 from framestream.models.toyworld.generator_eval import eval_clips, reconstruct
-from framestream.models.toyworld.measure import told_shape
-from framestream.models.toyworld.text import parse_prompt
+from framestream.models.toyworld.measure import shape_verdicts, verdict_table
 from framestream.models.vae import WanVAE, to_uint8
-
-
-def _verdicts(frames, text: str) -> Counter:
-    """How each frame's sprites of the prompt read: ``(prompted shape, verdict)`` counts."""
-    parsed = parse_prompt(text)
-    colors = {o.color for o in parsed.objects}
-    counts = Counter()
-    for frame in frames:
-        m = measure(frame)
-        for obj in (o for o in parsed.objects if not o.transient):
-            blob = m.find(obj.color)
-            verdict = "missing" if blob is None else told_shape(blob, colors) or "untold"
-            counts[obj.shape, verdict] += 1
-    return counts
 
 
 @torch.no_grad()
@@ -59,11 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
         decoded = reconstruct(codec, to_signed(torch.from_numpy(frames)[None]))
         decoded = to_uint8(decoded)[0].numpy()
         truth.append(adherence(frames, text))
-        recon.append(adherence(decoded, text))
-        verdicts += _verdicts(decoded, text)
-    by_shape = defaultdict(dict)
-    for (shape, verdict), n in sorted(verdicts.items()):
-        by_shape[shape][verdict] = n
+        measured = [measure(f) for f in decoded]  # scored two ways
+        recon.append(adherence(measured, text))
+        verdicts += shape_verdicts(measured, text)
     record = {
         "benchmark": "toyworld_codec_shapes",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -73,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
         "clips": args.clips,
         "truth_adherence": sum(truth) / len(truth),
         "recon_adherence": sum(recon) / len(recon),
-        "recon_verdicts": by_shape,
+        "recon_verdicts": verdict_table(verdicts),
     }
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k != "recon_verdicts"}, indent=1))

@@ -21,6 +21,7 @@ Nothing here uses the simulation, so it works on generated frames as well as ren
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
@@ -40,7 +41,9 @@ __all__ = [
     "background_adherence",
     "color_adherence",
     "measure",
+    "shape_verdicts",
     "told_shape",
+    "verdict_table",
 ]
 
 _NAMES = tuple(COLORS)
@@ -273,3 +276,30 @@ def background_adherence(frames: Frames, text: str) -> float:
     if wanted is None:
         raise ValueError(f"the prompt names no background: {text!r}")
     return sum(_measured(frame).background == wanted for frame in frames) / len(frames)
+
+
+def shape_verdicts(frames: Frames, text: str) -> Counter:
+    """How the sprites ``text`` names read, frame by frame: ``(named shape, verdict)`` counts,
+    the verdict being the shape a frame drew it as (its :func:`told_shape`), ``untold`` where
+    the measure leaves the shape, ``missing`` where the sprite's colour is gone. Where
+    :func:`adherence` says how often a frame is right, this says what is drawn instead (a
+    square rounded into a circle, a lump no template fits). :func:`verdict_table` nests them
+    for a record."""
+    parsed = parse_prompt(text)
+    colors = {o.color for o in parsed.objects}
+    counts: Counter = Counter()
+    for frame in frames:
+        m = _measured(frame)
+        for obj in (o for o in parsed.objects if not o.transient):
+            blob = m.find(obj.color)
+            verdict = "missing" if blob is None else told_shape(blob, colors) or "untold"
+            counts[obj.shape, verdict] += 1
+    return counts
+
+
+def verdict_table(counts: Counter) -> dict[str, dict[str, int]]:
+    """:func:`shape_verdicts` counts as ``{named shape: {verdict: frames}}``, sorted."""
+    table: dict[str, dict[str, int]] = {}
+    for (shape, verdict), n in sorted(counts.items()):
+        table.setdefault(shape, {})[verdict] = n
+    return table

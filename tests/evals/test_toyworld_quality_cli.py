@@ -51,7 +51,11 @@ def test_the_fp8_cache_run_records_its_cache_and_positions_and_refuses_unknown_o
     assert (result["dtype"], result["kv_cache_dtype"]) == ("bf16", "fp8_e4m3")
     assert result["longlive_positions"] == "contiguous"
     for name in ("longlive", "rolling_forcing"):
-        assert len(result[name]["adherence"]["per_prompt"]) == 1
+        adherence = result[name]["adherence"]
+        assert len(adherence["per_prompt"]) == 1
+        # every frame's verdict on every sprite the prompt names (4 s at 16 fps)
+        drawn = sum(n for row in adherence["shape_verdicts"].values() for n in row.values())
+        assert drawn > 0 and drawn % 64 == 0
 
     stderr = refused(monkeypatch, capsys, *command[3:], "--kv-cache-dtype", "fp16")
     assert "kv_cache_dtype must be one of auto, fp8_e4m3, got 'fp16'" in stderr

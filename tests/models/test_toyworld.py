@@ -227,6 +227,25 @@ def test_clean_shapes_fit_their_templates() -> None:
         assert blob is not None and blob.shape == shape and blob.fit >= FIT_IOU
 
 
+def test_shape_verdicts_say_what_each_named_sprite_was_drawn_as() -> None:
+    from framestream.models.toyworld.measure import shape_verdicts, verdict_table
+
+    square = Clip("gray", (Sprite("square", "purple", 8.0, (30.0, 30.0)),), (64, 64), 16, 4)
+    frames = render(square)
+    text = "a purple diamond is still and a red circle is still on a gray background"
+    # the purple sprite is drawn as a square where a diamond was asked for; the red one is gone
+    assert verdict_table(shape_verdicts(frames, text)) == {
+        "circle": {"missing": len(frames)},
+        "diamond": {"square": len(frames)},
+    }
+    measured = [measure(f) for f in frames]  # measurements count as the frames they read
+    assert shape_verdicts(measured, text) == shape_verdicts(frames, text)
+    untold = _lump(lambda f, c: cv2.fillConvexPoly(f, _DIAMOND, c))
+    cv2.rectangle(untold, (30, 30), (50, 50), COLORS["yellow"], -1)
+    text = "a purple diamond is still and a yellow square is still on a gray background"
+    assert shape_verdicts(untold[None], text)["diamond", "untold"] == 1
+
+
 def test_adherence_separates_matching_and_mismatching_prompts() -> None:
     rng = np.random.default_rng(4)
     for _ in range(10):
