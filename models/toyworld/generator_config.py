@@ -58,6 +58,10 @@ class TrainConfig:
             leaves grey blobs for sprites (what the second H200 run showed).
         vae_noise: scale of the posterior sample in training (0: decode the means, a plain
             autoencoder; the small KL then only keeps the latents near unit scale).
+        decoder_noise: in a decoder-only run (``--sharpen``), Gaussian noise of this many of
+            the generator's per-channel latent standard deviations added to the latents the
+            decoder trains on: a DiT's latents lie a little off the encoder's, and a decoder
+            that has only seen the encoder's may draw them as ragged lumps.
         vae_batch, vae_lr, kl_weight: codec optimisation (KL is per element, mean-reduced).
         dit_preset: the Wan preset of the generator.
         latent_frames: latent frames per pool clip (video frames ``1 + 4 (F - 1)``): 7 chunks,
@@ -148,6 +152,7 @@ class TrainConfig:
     vae_dim: int = 24
     vae_bf16: bool = True
     vae_noise: float = 0.0
+    decoder_noise: float = 0.0
     vae_image_fraction: float = 0.3
     vae_image_batch: int = 128
     vae_foreground_weight: float = 9.0

@@ -37,8 +37,9 @@ def train_codec(
     """Train a small Wan VAE: single frames first (colours and shapes, cheaply), then clips
     with the decoder as persistent streams (motion, and an endless stream's steady state).
 
-    ``decoder_of``: fine-tune only this trained codec's decoder (at ``finetune_lr``); its
-    encoder stays frozen, so its latents, and any DiT trained on them, stay valid.
+    ``decoder_of``: fine-tune only this trained codec's decoder (at ``finetune_lr``, reading
+    its latents with ``decoder_noise`` added); its encoder stays frozen, so its latents, and any
+    DiT trained on them, stay valid.
     """
     if decoder_of is None:
         vae = tiny_wan_vae(seed=cfg.seed, base_dim=cfg.vae_dim).vae
@@ -49,6 +50,10 @@ def train_codec(
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
     vae = vae.to(device).train()
+    latent_noise = None
+    if decoder_of is not None and cfg.decoder_noise:
+        std = torch.tensor(vae.config.latents_std, device=device)[None, :, None, None, None]
+        latent_noise = cfg.decoder_noise * std
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -82,6 +87,8 @@ def train_codec(
                 mean, logvar = encode_video(vae, batch).float().chunk(2, dim=1)
             logvar = logvar.clamp(-30.0, 20.0)  # as diffusers' DiagonalGaussianDistribution
             z = mean + cfg.vae_noise * torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            if latent_noise is not None:
+                z = z + latent_noise * torch.randn_like(z)
             x = vae.post_quant_conv(z)
             # a continuing stream decodes the new clip from its second latent (4 frames each)
             recon = decode_frames(vae.decoder, x if restart else x[:, :, 1:], history).float()

@@ -7,7 +7,8 @@ The stages also run one at a time, each with a whole budget (the form for a mach
 10-minute calls): ``--codec-only --out A``, then ``--codec A --out B`` (``--resume B --out B2``
 goes on training B's DiT and text encoder), then ``--teacher B --out C`` (guidance
 distillation, below). ``--sharpen A --out A2`` trains only A's decoder (``--vae-edge-weight``:
-corners), keeping the latents every DiT on A was trained on. ``--dit-preset`` picks the DiT's
+corners; ``--decoder-noise``: latents a little off the encoder's, as a DiT gives them), keeping
+the latents every DiT on A was trained on. ``--dit-preset`` picks the DiT's
 Wan preset; the tiny umT5 text encoder trains with the DiT (``train_text_encoder``; saved as
 ``text_encoder.safetensors``, which the registry loads beside the DiT) unless
 ``--frozen-text-encoder`` keeps its seeded weights; ``--tokenizer words`` has it read the toy
@@ -177,6 +178,8 @@ def train(
         )
     if student_from is not None and teacher_from is None:
         raise ValueError("student_from goes on distilling from a teacher_from, which is missing")
+    if cfg.decoder_noise and sharpen_from is None:
+        raise ValueError("decoder_noise trains a sharpened decoder: sharpen_from is missing")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -338,7 +341,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="a few steps of each stage, tiny batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pool-clips", type=int, default=None)
-    p.add_argument("--vae-batch", type=int, default=None)
+    p.add_argument("--vae-batch", type=int, default=None, help="codec clips per step")
+    p.add_argument("--vae-image-batch", type=int, default=None, help="codec frames per image step")
     p.add_argument("--batch", type=int, default=None, help="generator clips per step")
     p.add_argument("--lr", type=float, default=None, help="a fresh generator's peak learning rate")
     p.add_argument(
@@ -350,6 +354,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-clips", type=int, default=None)
     p.add_argument("--vae-dim", type=int, default=None, help="the codec's base width")
     p.add_argument("--vae-edge-weight", type=float, default=None, help="codec corner loss")
+    p.add_argument(
+        "--decoder-noise",
+        type=float,
+        default=None,
+        help="with --sharpen: noise on the latents the decoder trains on, in latent stds",
+    )
     p.add_argument("--dit-preset", default=None, help="the generator's Wan preset")
     p.add_argument(
         "--tokenizer",
@@ -460,12 +470,14 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds_budget": args.seconds_budget,
         "pool_clips": args.pool_clips,
         "vae_batch": args.vae_batch,
+        "vae_image_batch": args.vae_image_batch,
         "gen_batch": args.batch,
         "gen_lr": args.lr,
         "finetune_lr": args.finetune_lr,
         "eval_clips": args.eval_clips,
         "vae_dim": args.vae_dim,
         "vae_edge_weight": args.vae_edge_weight,
+        "decoder_noise": args.decoder_noise,
         "dit_preset": args.dit_preset,
         "tokenizer": args.tokenizer,
         "guidance_scales": args.guidance_scales,

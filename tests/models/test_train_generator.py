@@ -259,8 +259,9 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
     # sharpening trains the decoder alone: the encoder, so every latent, stays as it was
     sharp_run = tmp_path / "sharp"
     argv = ["--smoke", "--sharpen", str(codec_run), "--vae-edge-weight", "1.0"]
-    sharp = tg.main([*argv, "--out", str(sharp_run)])
+    sharp = tg.main([*argv, "--decoder-noise", "0.1", "--out", str(sharp_run)])
     assert sharp["codec"]["steps"] == SMOKE.max_vae_steps and "generator" not in sharp
+    assert sharp["config"]["decoder_noise"] == 0.1 and math.isfinite(sharp["codec"]["final_loss"])
     assert sharp["sharpened_run"]["command"] == codec_report["command"]
     assert sharp["latents_mean"] == codec_report["latents_mean"]
     sharpened = WanVAE.from_pretrained(sharp_run / "vae").vae.state_dict()
@@ -312,6 +313,11 @@ def test_stages_codec_then_generator_then_guidance_distillation(tmp_path):
         return sum(float((a[k] - b[k]).square().sum()) for k in a) ** 0.5
 
     assert 0 < distance(continued, student) < distance(continued, teacher)
+
+
+def test_decoder_noise_without_a_decoder_to_sharpen_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="decoder_noise trains a sharpened decoder"):
+        tg.train(replace(SMOKE, decoder_noise=0.1), tmp_path, torch.device("cpu"), "test")
 
 
 def test_a_student_without_its_teacher_is_refused(tmp_path, capsys):
