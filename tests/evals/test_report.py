@@ -57,6 +57,7 @@ def test_the_readme_quotes_its_records() -> None:
     shipped = _result("toyworld_attempt23_generator_h100_2026-12-08")["run24"]
     before = _result("toyworld_attempt21_generator_h200_2026-12-07")["run21"]  # the run before
     codec = _result("toyworld_codec_shapes_cpu_2026-12-07")
+    drawn = _result("toyworld_shapes_drawn_cpu_2026-12-08")
     grid = [f"{row['adherence']:.2f}" for row in _result("toyworld_grid_cpu_2026-12-08")["rows"]]
     grid_shapes = ", ".join(grid[:-1]) + f" and {grid[-1]}"
     quality, earlier = shipped["prompts24"], before["prompts24"]
@@ -123,6 +124,11 @@ def test_the_readme_quotes_its_records() -> None:
         f"background is the prompt's in\n{both(quality, 'adherence', 'background_mean')} of frames",
         f"colours in {both(quality, 'adherence', 'color_mean')} of frames",
         f"shapes as\nwell in {both(quality, 'adherence', 'mean')}",
+        " / ".join(
+            f"{square['irregular'] / sum(square.values()):.2f}"
+            for square in (drawn[p]["adherence"]["shape_verdicts"]["square"] for p in PIPELINES)
+        )
+        + " of the square sightings irregular",
         f"The codec alone carries held-out clips' shapes\nin {codec['recon_adherence']:.2f} "
         "of frames",
         f"Over {switches['longlive']['switch']['switches']} switches, each watched for 5 s, "
