@@ -9,7 +9,8 @@ same again under ``torch.profiler``, whose heaviest operators (by device time) t
 keeps. A device call's steps a second are what bounds a training round (BENCHMARKS.md's runs);
 this says which kernels to make faster. ``--compile-blocks`` does all of it twice in the one
 call, eagerly and with the DiT's blocks compiled (``TrainConfig.compile_blocks``), from the same
-seeds, and records both step times and both runs' losses, which must agree.
+seeds, and records both step times and both runs' losses (the first step's and the mean over the
+timed steps), which must agree.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from framestream.models.wan import wan_config
 
 
 def _run(cfg: TrainConfig, steps: int, device: torch.device, data: dict) -> dict:
-    """The stage's report over ``steps`` steps, a loss logged every step."""
-    cfg = replace(cfg, max_gen_steps=steps, log_every=1)
+    """The stage's report over ``steps`` steps: its curve holds the first step's loss and the
+    mean of all of them (a logged loss syncs the device, so none in between)."""
+    cfg = replace(cfg, max_gen_steps=steps, log_every=steps)
     _sync(device)
     _, report = train_dit(cfg, deadline=time.perf_counter() + 3600, device=device, **data)
     _sync(device)

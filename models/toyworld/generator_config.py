@@ -129,8 +129,9 @@ class TrainConfig:
         max_vae_steps, max_gen_steps: step caps (``None``: the budget decides).
         fixed_batch: reuse the first batch every step (smoke runs: loss must fall).
         compile_blocks: compile the trained DiT's blocks (``torch.compile`` on each block: one
-            block's code serves every layer, so it compiles once per layout, not once per
-            layer). Training runs the torch code of the norms, the modulation and the rotation
+            block's code serves every layer, and once the layout first changes the compiler
+            makes its shapes dynamic, so a run compiles a handful of graphs, not one per layer
+            or layout). Training runs the torch code of the norms, the modulation and the rotation
             in fp32, not the fused Triton kernels (they have no backward), so a step is many
             small elementwise passes over the batch's tokens, which the compiler fuses.
             :mod:`evals.devtools.probe_train_step` times a step both ways.

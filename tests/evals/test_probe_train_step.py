@@ -18,6 +18,7 @@ def test_the_probe_times_real_steps_eager_and_compiled_and_their_losses_agree(tm
     assert record["device"] == "cpu"
     for name in ("eager", "compiled"):
         result = record[name]
+        # the first step's loss and the mean over the timed steps
         assert result["steps_a_second"] > 0 and len(result["losses"]) == 2
         names = {row["name"] for row in result["top"]}
         assert any("AdamW" in name for name in names), names  # the optimizer step is profiled
